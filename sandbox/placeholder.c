@@ -1,0 +1,1 @@
+int pb_sandbox_placeholder_;
