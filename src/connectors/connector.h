@@ -1,0 +1,157 @@
+/*
+ * connectors/connector.h: the connector interface. A connector TYPE is a
+ * constant table of function pointers (like curl's protocol handlers); a
+ * CONNECTION is an instance of a type, configured in paybridge.yaml.
+ *
+ * Adding a gateway or an ERP = one folder src/connectors/NAME/ exporting one
+ * `const struct pb_connector_type pb_connector_NAME`, plus one line in
+ * connectors/registry.c. The engine has no special case for any vendor.
+ *
+ * Connectors never touch the store. The engine hands them what they need (the
+ * request, the mapped document, a per-thread HTTP client, a trace array) and
+ * records what they return. Connector code may be called from several worker
+ * threads at once for the same connection: shared state in c->state must be
+ * protected by the connector (e.g. the OAuth token cache).
+ *
+ * Canonical events are JSON (jansson); docs/canonical-model.md defines them.
+ * Money inside them is {"minor": int64, "currency": "GBP", "decimal": "10.99"};
+ * "decimal" is derived exactly from minor (core/money.h) for mappings.
+ */
+#ifndef PB_CONNECTORS_CONNECTOR_H
+#define PB_CONNECTORS_CONNECTOR_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "net/http_client.h"
+#include "net/ratelimit.h"
+
+#define PB_CONNECTOR_ABI 1
+
+enum pb_capability {
+    PB_CAP_INBOUND = 1u << 0,    /* authenticate + parse webhooks */
+    PB_CAP_CONFIRM = 1u << 1,    /* confirm an event with the gateway's API before posting */
+    PB_CAP_POLL = 1u << 2,       /* poll for events since a cursor */
+    PB_CAP_SETTLEMENT = 1u << 3, /* fetch settlement reports */
+    PB_CAP_REFUND = 1u << 4,     /* refund / void at the gateway */
+    PB_CAP_SINK = 1u << 8,       /* executes ERP commands */
+};
+
+struct pb_connector_type;
+
+/* An instance: one `connections:` entry of the config. */
+struct pb_connection {
+    unsigned magic;                         /* PB_CONNECTION_MAGIC */
+    const struct pb_connector_type *type;
+    char name[64];                          /* the connection name, e.g. "xero-demo" */
+    json_t *settings;                       /* owned: non-secret settings from config */
+    json_t *secrets;                        /* owned: decrypted secrets, memory only, never logged */
+    struct pb_ratelimit *limiter;           /* owned; NULL = unlimited */
+    void *state;                            /* owned by the connector (init/destroy) */
+};
+#define PB_CONNECTION_MAGIC 0x434f4e4eu
+
+/* Convenience accessors (settings then defaults). */
+const char *pb_connection_setting(const struct pb_connection *c, const char *key, const char *def);
+long long pb_connection_setting_int(const struct pb_connection *c, const char *key, long long def);
+const char *pb_connection_secret(const struct pb_connection *c, const char *key);
+
+/* ---- inbound --------------------------------------------------------------- */
+
+struct pb_inbound_request {
+    const char *body;                       /* raw bytes, NUL-terminated copy */
+    size_t body_len;
+    const char *content_type;
+    /* header lookup, case-insensitive; NULL when absent */
+    const char *(*header)(void *ctx, const char *name);
+    void *header_ctx;
+    time_t now;                             /* wall clock, injectable for tests */
+};
+
+/* One canonical event produced from an inbound request. */
+struct pb_event_out {
+    char event_id[128];                     /* gateway event id: (connection, event_id) de-duplicates */
+    char type[64];                          /* e.g. "payment.succeeded" */
+    json_t *event;                          /* owned: the canonical event (without "id"/"source") */
+};
+
+#define PB_INBOUND_MAX_EVENTS 64
+
+struct pb_event_list {
+    struct pb_event_out ev[PB_INBOUND_MAX_EVENTS];
+    size_t n;
+};
+void pb_event_list_clear(struct pb_event_list *l);
+
+/* ---- sink -------------------------------------------------------------------- */
+
+/* One job handed to a sink. A batch is an array of items with the same command. */
+struct pb_sink_item {
+    /* in */
+    const char *command;                    /* e.g. "contact.upsert", "invoice.create" */
+    json_t *document;                       /* borrowed: the mapped ERP document */
+    const char *reference;                  /* the source reference (xref key) */
+    const char *idempotency_key;            /* stable across retries of this job */
+    uint32_t attempt;                       /* 1 = first try; > 1 = an earlier try may have taken effect */
+    /* out */
+    enum pb_rc rc;                          /* PB_OK, PB_ERR_TRANSIENT, PB_ERR_PERMANENT, ... */
+    char erp_id[128];                       /* the ERP's id of the created/found record */
+    char message[512];                      /* why it failed, in the ERP's words when it said so */
+    int retry_after_s;                      /* -1 unless the ERP asked for a delay */
+    json_t *result;                         /* owned (set by the sink, freed by the engine): the ERP's record */
+};
+
+/* Everything the engine lends to a connector for one call. */
+struct pb_call_ctx {
+    struct pb_http_client *http;            /* the worker thread's client */
+    json_t *trace;                          /* JSON array; append with pb_trace_http() */
+    time_t now;
+};
+
+/* ---- the type table ------------------------------------------------------------ */
+
+struct pb_connector_type {
+    unsigned abi;                           /* MUST: PB_CONNECTOR_ABI */
+    const char *name;                       /* MUST: "opayo", "xero", ... */
+    unsigned caps;                          /* MUST: enum pb_capability bits */
+
+    /* MUST: validate settings/secrets and create c->state. Errors name the
+     * setting ("settings.base_url: must be an http(s) URL"). */
+    enum pb_rc (*init)(struct pb_connection *c, struct pb_err *err);
+    /* MUST: free c->state. */
+    void (*destroy)(struct pb_connection *c);
+
+    /* MUST with PB_CAP_INBOUND: authenticate the request (PB_ERR_AUTH), parse
+     * and validate it (PB_ERR_INVALID, PB_ERR_CURRENCY, PB_ERR_RANGE, ...) and
+     * append canonical events to `out`. Pure: no network, no store. */
+    enum pb_rc (*inbound)(struct pb_connection *c, const struct pb_inbound_request *req,
+                          struct pb_event_list *out, struct pb_err *err);
+
+    /* MAY with PB_CAP_CONFIRM: confirm `event` against the gateway's API
+     * before anything is posted (e.g. Opayo Pi GET /transactions/{id}); may
+     * correct fields from the authoritative record. PB_ERR_PERMANENT when the
+     * gateway contradicts the event. */
+    enum pb_rc (*confirm)(struct pb_connection *c, struct pb_call_ctx *ctx, json_t *event,
+                          struct pb_err *err);
+
+    /* MUST with PB_CAP_SINK: the largest batch for a command (1 = no batching);
+     * 0 = the command is unknown to this sink (a config error caught by `check`). */
+    size_t (*max_batch)(const struct pb_connection *c, const char *command);
+
+    /* MUST with PB_CAP_SINK: execute n items of the same command. Sets each
+     * item's rc/erp_id/message/result. The return value is for failures of the
+     * whole batch (e.g. token endpoint down): then every item is treated as
+     * having that error. Proves idempotency: an item with attempt > 1 must be
+     * looked up by reference before anything is created. */
+    enum pb_rc (*execute)(struct pb_connection *c, struct pb_call_ctx *ctx,
+                          struct pb_sink_item *items, size_t n, struct pb_err *err);
+};
+
+/* connectors/registry.c */
+const struct pb_connector_type *pb_connector_find(const char *name);
+extern const struct pb_connector_type *const pb_connector_types[]; /* NULL-terminated */
+
+#endif
