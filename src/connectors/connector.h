@@ -148,6 +148,10 @@ struct pb_connector_type {
      * looked up by reference before anything is created. */
     enum pb_rc (*execute)(struct pb_connection *c, struct pb_call_ctx *ctx,
                           struct pb_sink_item *items, size_t n, struct pb_err *err);
+
+    /* MAY: the rate limits of the remote system, used when the connection's
+     * config sets none (all zero = unlimited). Xero: 60/min, 5000/day, 5 concurrent. */
+    struct pb_ratelimit_config default_rate_limit;
 };
 
 /* connectors/registry.c */
