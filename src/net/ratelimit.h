@@ -55,4 +55,27 @@ void pb_ratelimit_stats(struct pb_ratelimit *rl, struct pb_ratelimit_stats *out)
 /* Tests: replace the monotonic clock (ns) and the sleep function. */
 void pb_ratelimit_set_clock(struct pb_ratelimit *rl, uint64_t (*now_ns)(void *), void *ctx);
 
+/* ---- internals (pb__: not static, not for connectors), used by acquire()
+ * and by the unit tests, which must observe "would wait" without sleeping. */
+
+/* *wait_ns value meaning "only a release() can help" (all slots busy). */
+#define PB_RATELIMIT_WAIT_SLOT UINT64_MAX
+
+/* One non-blocking attempt at time now_ns (on the limiter's clock). Returns 1
+ * when granted (a token of each bucket and a concurrency slot are taken; the
+ * caller must release()), else 0 with *wait_ns = the time until a token could
+ * be available, or PB_RATELIMIT_WAIT_SLOT. Thread-safe. */
+int pb__ratelimit_try(struct pb_ratelimit *rl, uint64_t now_ns, uint64_t *wait_ns);
+
+/* X-Rate-Limit-Problem, matched by case-insensitive prefix. */
+enum pb_ratelimit_problem {
+    PB_RATELIMIT_PROBLEM_NONE = 0,      /* NULL: no 429 */
+    PB_RATELIMIT_PROBLEM_OTHER,         /* a 429 without a known problem (also "") */
+    PB_RATELIMIT_PROBLEM_MINUTE,        /* "minute", "Minute", "MinuteLimit" */
+    PB_RATELIMIT_PROBLEM_DAY,           /* "day", "DayLimit", "daily" */
+    PB_RATELIMIT_PROBLEM_APPMINUTE,     /* "appminute", "AppMinuteLimit" */
+    PB_RATELIMIT_PROBLEM_CONCURRENT,    /* "concurrent" */
+};
+enum pb_ratelimit_problem pb__ratelimit_problem_parse(const char *problem);
+
 #endif
