@@ -17,14 +17,18 @@
  *
  * ROUTES (Pi v1; HTTP Basic base64(integration_key:integration_password)
  * unless said otherwise)
- *   POST /api/v1/merchant-session-keys          {"vendorName"} -> 201 {merchantSessionKey, expiry}
- *   GET  /api/v1/merchant-session-keys/{key}    -> 200 {merchantSessionKey, expiry} | 404 1006
- *   POST /api/v1/card-identifiers               Bearer <merchantSessionKey>; {"cardDetails":{...}}
- *                                               -> 201 {cardIdentifier, expiry, cardType}
- *   POST /api/v1/transactions                   Payment | Deferred | Repeat | Refund -> 201
- *   GET  /api/v1/transactions/{id}              -> 200 the retrieve shape | 404 1012
- *   POST /api/v1/transactions/{id}/instructions void | abort | release -> 201 {instructionType, date}
- *   GET  /api/v1/transactions/{id}/instructions -> 200 {"instructions":[...]} | 404 1019
+ *   POST /api/v1/merchant-session-keys   {"vendorName"}
+ *                                        -> 201 {merchantSessionKey, expiry}
+ *   GET  /api/v1/merchant-session-keys/{key}
+ *                                        -> 200 {merchantSessionKey, expiry} | 404 1006
+ *   POST /api/v1/card-identifiers        Bearer <merchantSessionKey>; {"cardDetails":{...}}
+ *                                        -> 201 {cardIdentifier, expiry, cardType}
+ *   POST /api/v1/transactions            Payment | Deferred | Repeat | Refund -> 201
+ *   GET  /api/v1/transactions/{id}       -> 200 the retrieve shape | 404 1012
+ *   POST /api/v1/transactions/{id}/instructions
+ *                                        void | abort | release -> 201 {instructionType, date}
+ *   GET  /api/v1/transactions/{id}/instructions
+ *                                        -> 200 {"instructions":[...]} | 404 1019
  * Admin (no auth, loopback peers only, else 403):
  *   POST /_sandbox/notify/{id}   re-send that transaction's notification (same
  *                                notificationId and body: a duplicate) -> 202
@@ -134,7 +138,7 @@
 #define OPAYO_VENDOR_TX_CODE_MAX 40
 #define OPAYO_CARD_TYPE_MAX 24
 
-/* ---- types ------------------------------------------------------------------ */
+/* ---- types --------------------------------------------------------------- */
 
 enum card_outcome { CARD_AUTHORISED = 0, CARD_DECLINED = 1 };
 enum check_result { CHECK_NOT_PROVIDED = 0, CHECK_MATCHED = 1, CHECK_NOT_MATCHED = 2 };
@@ -235,7 +239,7 @@ struct opayo_state {
     struct pb_http_route routes[OPAYO_MAX_ROUTES + 1]; /* our table; ends with {NULL} */
 };
 
-/* ---- small helpers ---------------------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------- */
 
 int64_t pb__opayo_now_ms(void)
 {
@@ -311,7 +315,7 @@ static struct opayo_state *state_of(void *arg)
     return st;
 }
 
-/* ---- replies ------------------------------------------------------------------------ */
+/* ---- replies ------------------------------------------------------------- */
 
 static const struct {
     int code;
@@ -413,7 +417,7 @@ static json_t *parse_body(struct pb_http_request *req, struct pb_http_response *
     return o;
 }
 
-/* ---- authentication ---------------------------------------------------------------------- */
+/* ---- authentication ------------------------------------------------------ */
 
 /* 0 when the request carries our Basic credentials; else fills a 401 and returns -1. */
 static int check_basic(struct opayo_state *st, struct pb_http_request *req,
@@ -466,7 +470,7 @@ static int check_admin(struct pb_http_request *req, struct pb_http_response *res
     return -1;
 }
 
-/* ---- field validation ----------------------------------------------------------------------- */
+/* ---- field validation ---------------------------------------------------- */
 
 /* The string at obj[key], or NULL when absent or null. Adds an error (and
  * returns NULL) when it is required and missing, not a string, contains NUL,
@@ -606,7 +610,7 @@ static json_t *get_billing_address(json_t *root, json_t *errs)
     return copy;
 }
 
-/* ---- cards ------------------------------------------------------------------------------------ */
+/* ---- cards --------------------------------------------------------------- */
 
 static const struct {
     const char *number;
@@ -718,7 +722,7 @@ static int vendor_tx_code_used(struct opayo_state *st, const char *code)
     return 0;
 }
 
-/* ---- transactions as JSON -------------------------------------------------------------------- */
+/* ---- transactions as JSON ------------------------------------------------ */
 
 static void set_str(json_t *o, const char *key, const char *value)
 {
@@ -809,7 +813,7 @@ static enum pb_rc notify_txn(struct opayo_state *st, struct txn *t, int first, s
                                       t->notification_len, first, err);
 }
 
-/* ---- route: merchant session keys ------------------------------------------------------------ */
+/* ---- route: merchant session keys ---------------------------------------- */
 
 static enum pb_http_action h_msk_create(struct pb_http_request *req,
                                         struct pb_http_response *resp, void *arg)
@@ -882,7 +886,7 @@ static enum pb_http_action h_msk_get(struct pb_http_request *req, struct pb_http
     return PB_HTTP_DONE;
 }
 
-/* ---- route: card identifiers -------------------------------------------------------------------- */
+/* ---- route: card identifiers --------------------------------------------- */
 
 /* Validate cardDetails into c (everything but ids); errors added to errs. */
 static void parse_card_details(json_t *body, struct card_ref *c, json_t *errs, int64_t now_ms)
@@ -1043,7 +1047,7 @@ static enum pb_http_action h_card_create(struct pb_http_request *req,
     return PB_HTTP_DONE;
 }
 
-/* ---- route: transactions --------------------------------------------------------------------------- */
+/* ---- route: transactions ------------------------------------------------- */
 
 static const char *const entry_methods[] = {"Ecommerce", "MailOrder", "TelephoneOrder", NULL};
 static const char *const apply_modes[] = {"UseMSPSetting", "Force", "Disable",
@@ -1373,7 +1377,7 @@ static enum pb_http_action h_txn_get(struct pb_http_request *req, struct pb_http
     return PB_HTTP_DONE;
 }
 
-/* ---- route: instructions ------------------------------------------------------------------------------ */
+/* ---- route: instructions ------------------------------------------------- */
 
 /* Caller holds mu. 0 and fills nothing when allowed; else fills resp. */
 static int apply_instruction(struct opayo_state *st, struct txn *t, const char *kind,
@@ -1504,7 +1508,7 @@ static enum pb_http_action h_instruction_list(struct pb_http_request *req,
     return PB_HTTP_DONE;
 }
 
-/* ---- admin routes ------------------------------------------------------------------------------------- */
+/* ---- admin routes -------------------------------------------------------- */
 
 static enum pb_http_action h_admin_notify(struct pb_http_request *req,
                                           struct pb_http_response *resp, void *arg)
@@ -1696,7 +1700,7 @@ static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_r
     return act;
 }
 
-/* ---- the emulator type ----------------------------------------------------------------------------------- */
+/* ---- the emulator type --------------------------------------------------- */
 
 static void opayo_destroy(void *arg);
 

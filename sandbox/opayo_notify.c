@@ -124,7 +124,8 @@ struct pb__opayo_notifier {
     /* settings */
     char *url;                  /* owned; NULL: notifications off */
     char *secret;               /* owned, never NULL or empty; never logged */
-    double duplicate_rate;      /* probability 0..1 of a second identical delivery */
+    double duplicate_rate;      /* probability 0..1 of a second identical delivery (a
+                                   probability, not money: the one double here) */
     unsigned delay_ms;          /* delay of every first send */
     unsigned max_attempts;      /* attempts per delivery, >= 1 */
     /* queue */
@@ -144,7 +145,7 @@ static void check_magic(const struct pb__opayo_notifier *n)
     }
 }
 
-/* ---- the notification body ------------------------------------------------ */
+/* ---- the notification body ----------------------------------------------- */
 
 char *pb__opayo_notification_build(const char *vendor_name, json_t *transaction,
                                    char id_out[OPAYO_GUID_LEN + 1], size_t *len_out,
@@ -179,7 +180,7 @@ nomem:
     return NULL;
 }
 
-/* ---- settings ------------------------------------------------------------------ */
+/* ---- settings ------------------------------------------------------------ */
 
 static int url_acceptable(const char *url)
 {
@@ -306,7 +307,7 @@ int pb__opayo_notifier_enabled(struct pb__opayo_notifier *n)
     return on;
 }
 
-/* ---- the queue ------------------------------------------------------------------- */
+/* ---- the queue ----------------------------------------------------------- */
 
 static void delivery_free(struct delivery *d)
 {
@@ -452,7 +453,7 @@ void pb__opayo_notifier_reset(struct pb__opayo_notifier *n)
     pthread_mutex_unlock(&n->mu);
 }
 
-/* ---- the sender thread ----------------------------------------------------------- */
+/* ---- the sender thread --------------------------------------------------- */
 
 static size_t discard_reply(char *data, size_t size, size_t nmemb, void *arg)
 {
@@ -619,7 +620,7 @@ static void *sender_main(void *arg)
     return NULL;
 }
 
-/* ---- life cycle ------------------------------------------------------------------- */
+/* ---- life cycle ---------------------------------------------------------- */
 
 enum pb_rc pb__opayo_notifier_create(json_t *settings, struct pb__opayo_notifier **out,
                                      struct pb_err *err)

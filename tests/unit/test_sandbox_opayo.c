@@ -35,11 +35,12 @@
 #include "net/httpd.h"
 #include "sbx.h"
 
-#define BASIC_AUTH "Authorization: Basic c2FuZGJveC1rZXk6c2FuZGJveC1wYXNzd29yZA==" /* sandbox-key:sandbox-password */
+/* base64("sandbox-key:sandbox-password") */
+#define BASIC_AUTH "Authorization: Basic c2FuZGJveC1rZXk6c2FuZGJveC1wYXNzd29yZA=="
 #define SECRET "sandbox-notify-secret"
 #define MAX_RECORDED 64
 
-/* ---- the notification receiver ------------------------------------------------ */
+/* ---- the notification receiver ------------------------------------------- */
 
 struct receiver {
     pthread_mutex_t mu;
@@ -88,7 +89,7 @@ static void receiver_clear(void)
     pthread_mutex_unlock(&rx.mu);
 }
 
-/* ---- fixture ------------------------------------------------------------------------ */
+/* ---- fixture ------------------------------------------------------------- */
 
 static const struct pb_http_route hook_routes[] = {
     {"POST", "/hook", on_hook, NULL},
@@ -146,7 +147,7 @@ static int group_teardown(void **unused)
     return 0;
 }
 
-/* ---- HTTP client ---------------------------------------------------------------------- */
+/* ---- HTTP client --------------------------------------------------------- */
 
 struct buf {
     char *data;
@@ -214,7 +215,7 @@ static const char *sget(json_t *o, const char *path)
     return json_string_value(json_object_get(o, path));
 }
 
-/* ---- Pi helpers -------------------------------------------------------------------------- */
+/* ---- Pi helpers ---------------------------------------------------------- */
 
 /* merchant session key -> card identifier for `number`; returns the two in msk/cid. */
 static void tokenise(const char *number, char msk[64], char cid[64])
@@ -335,7 +336,7 @@ static int all_digits(const char *s, size_t len)
     return 1;
 }
 
-/* ---- tests -------------------------------------------------------------------------------- */
+/* ---- tests --------------------------------------------------------------- */
 
 static void test_payment_ok(void **unused)
 {
@@ -506,6 +507,34 @@ static void test_validation(void **unused)
     assert_int_equal(json_integer_value(json_object_get(e, "code")), 1007);
     json_decref(r);
 
+    /* a card identifier pays for one transaction only */
+    {
+        char msk[64], cid[64], body[1024];
+        tokenise("4929000000006", msk, cid);
+        snprintf(body, sizeof(body),
+                 "{\"transactionType\":\"Payment\",\"paymentMethod\":{\"card\":{"
+                 "\"merchantSessionKey\":\"%s\",\"cardIdentifier\":\"%s\"}},"
+                 "\"vendorTxCode\":\"%s\",\"amount\":100,\"currency\":\"GBP\","
+                 "\"description\":\"d\",\"customerFirstName\":\"S\",\"customerLastName\":"
+                 "\"J\",\"billingAddress\":{\"address1\":\"88\",\"city\":\"L\","
+                 "\"postalCode\":\"412\",\"country\":\"GB\"}}",
+                 msk, cid, "order-once");
+        assert_int_equal(call("POST", "/api/v1/transactions", BASIC_AUTH, body, &r), 201);
+        json_decref(r);
+        snprintf(body, sizeof(body),
+                 "{\"transactionType\":\"Payment\",\"paymentMethod\":{\"card\":{"
+                 "\"merchantSessionKey\":\"%s\",\"cardIdentifier\":\"%s\"}},"
+                 "\"vendorTxCode\":\"%s\",\"amount\":100,\"currency\":\"GBP\","
+                 "\"description\":\"d\",\"customerFirstName\":\"S\",\"customerLastName\":"
+                 "\"J\",\"billingAddress\":{\"address1\":\"88\",\"city\":\"L\","
+                 "\"postalCode\":\"412\",\"country\":\"GB\"}}",
+                 msk, cid, "order-twice-card");
+        assert_int_equal(call("POST", "/api/v1/transactions", BASIC_AUTH, body, &r), 422);
+        e = json_array_get(json_object_get(r, "errors"), 0);
+        assert_int_equal(json_integer_value(json_object_get(e, "code")), 1011);
+        json_decref(r);
+    }
+
     /* malformed JSON */
     assert_int_equal(call("POST", "/api/v1/transactions", BASIC_AUTH, "{not json", &r), 400);
     assert_int_equal(json_integer_value(json_object_get(r, "code")), 1000);
@@ -582,19 +611,24 @@ static void test_instructions(void **unused)
     json_decref(r);
 }
 
-/* Recompute the HMAC with OpenSSL and compare with the header. */
-static void assert_signed(int i)
+/* Recompute the HMAC of delivery i with OpenSSL and compare with its header. */
+static void assert_signed_with(int i, const char *secret)
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int mac_len = 0;
     char hex[2 * EVP_MAX_MD_SIZE + 1];
 
-    HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)rx.body[i], rx.len[i],
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)rx.body[i], rx.len[i],
          mac, &mac_len);
     assert_int_equal(mac_len, 32);
     for (unsigned j = 0; j < mac_len; j++)
         snprintf(hex + 2 * j, 3, "%02x", mac[j]);
     assert_string_equal(rx.signature[i], hex);
+}
+
+static void assert_signed(int i)
+{
+    assert_signed_with(i, SECRET);
 }
 
 static void test_notification_signed(void **unused)
@@ -706,8 +740,9 @@ static void test_notification_duplicates_and_secret(void **unused)
                           "{\"notify_duplicate_rate\":1.0,\"notify_delay_ms\":50}", &r),
                      200);
     json_decref(r);
-    assert_int_equal(pay("Payment", "4929000000006", "order-twice", 100, "88", "412", "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-twice", 100, "88", "412", "sam@example.com", &r),
+        201);
     json_decref(r);
     wait_notifications();
     pthread_mutex_lock(&rx.mu);
@@ -718,6 +753,21 @@ static void test_notification_duplicates_and_secret(void **unused)
     assert_string_equal(sget(a, "notificationId"), sget(b, "notificationId"));
     json_decref(a);
     json_decref(b);
+
+    /* a rotated secret signs the next notification */
+    assert_int_equal(call("POST", "/_sandbox/settings", NULL,
+                          "{\"notify_secret\":\"rotated\",\"notify_duplicate_rate\":0}", &r),
+                     200);
+    json_decref(r);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-rotated", 100, "88", "412", "sam@example.com", &r),
+        201);
+    json_decref(r);
+    wait_notifications();
+    pthread_mutex_lock(&rx.mu);
+    assert_int_equal(rx.n, 3);
+    assert_signed_with(2, "rotated");
+    pthread_mutex_unlock(&rx.mu);
 
     /* a bad setting is refused and changes nothing */
     assert_int_equal(call("POST", "/_sandbox/settings", NULL,
