@@ -1,0 +1,462 @@
+/*
+ * connectors/xero/xero_commands.c: the commands the Xero sink executes, and
+ * how each proves that it takes effect once.
+ *
+ *   contact.upsert  document: a Xero Contact. One GET /Contacts?where=
+ *                   EmailAddress=="a" OR EmailAddress=="b" ... for the batch;
+ *                   an item whose EmailAddress matches a contact
+ *                   (case-insensitively) is done with that ContactID. The rest
+ *                   go in one PUT /Contacts?summarizeErrors=false, in item
+ *                   order; two items of one batch with the same email create
+ *                   one contact, and the second gets the first's outcome.
+ *   invoice.create  document: a Xero Invoice. Items with attempt > 1 are first
+ *   payment.create  looked up by Reference (one GET /Invoices or /Payments
+ *                   ?where=Reference=="r" OR ...); a match is done, not created
+ *                   again. The rest: one PUT /Invoices (/Payments)
+ *                   ?summarizeErrors=false. A document with no Reference is
+ *                   sent with Reference = the item's source reference, so that
+ *                   the look-up of a later attempt can find it.
+ *   invoice.void    document: {"InvoiceID": ...}. POST /Invoices/{InvoiceID}
+ *                   {"Invoices":[{"InvoiceID","Status":"VOIDED"}]}; with
+ *                   attempt > 1, GET /Invoices/{InvoiceID} first, and an
+ *                   invoice already VOIDED is done.
+ *
+ * Every write carries Idempotency-Key "pb-" + SHA-256 over the command and the
+ * idempotency keys of exactly the items in that write (xero_http.c), so an
+ * identical retried write is answered from Xero's idempotency store, while a
+ * batch whose membership changed gets a new key and relies on the look-up.
+ * Bodies are serialised by pb_json_dumps_decimal() with pb__xero_decimal_keys,
+ * so the exact decimal strings of the mapping ("10.99") go out as JSON numbers
+ * and no double ever holds money.
+ *
+ * Documents are borrowed from the items and never modified; an envelope holds
+ * references to them (or to a shallow copy when Reference has to be added).
+ *
+ * Rejected designs.
+ *   - A look-up for every item on the first attempt too: it doubles the calls
+ *     against a 60/minute budget to guard against something that cannot have
+ *     happened yet (nothing was sent before attempt 1).
+ *   - POST /Contacts (create-or-update by Name) for upserts: Xero matches on
+ *     Name, not email, and would overwrite a different customer's record who
+ *     shares a name.
+ *   - One GET per item: 50 calls where one where-clause does.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/json.h"
+#include "xero_internal.h"
+
+const char *const pb__xero_decimal_keys[] = {
+    "UnitAmount", "Quantity", "LineAmount", "Amount",   "CurrencyRate",
+    "DiscountRate", "TaxAmount", "SubTotal", "TotalTax", "Total",
+    NULL,
+};
+
+/* What a command run shares between its steps. */
+struct run {
+    struct pb_connection *c;
+    struct pb_call_ctx *ctx;
+    const char *command;
+    struct xero_failure failure;  /* the last failure that hit every item it touched */
+    int failed_all;               /* `failure` was applied to a whole step's items */
+};
+
+static const char *doc_string(json_t *doc, const char *key)
+{
+    const char *s = json_string_value(json_object_get(doc, key));
+    return s && s[0] ? s : NULL;
+}
+
+static int check_document(struct pb_sink_item *it, const char *what)
+{
+    if (json_is_object(it->document))
+        return 1;
+    pb__xero_item_fail(it, PB_ERR_MAPPING, -1, "the mapped document must be a JSON object (a "
+                                               "Xero %s)", what);
+    return 0;
+}
+
+static void fail_all(struct run *r, struct pb_sink_item **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        pb__xero_item_fail_with(list[i], &r->failure);
+    r->failed_all = 1;
+}
+
+/* PB_OK, or the whole-batch failure when every item ended with it. */
+static enum pb_rc finish(struct run *r, struct pb_sink_item *items, size_t n, struct pb_err *err)
+{
+    if (!r->failed_all)
+        return PB_OK;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].rc != r->failure.rc)
+            return PB_OK;
+    return pb_err_set(err, r->failure.rc, "%s", r->failure.message);
+}
+
+/* GET a where-clause look-up; returns the envelope array (borrowed from
+ * *root) or NULL after failing every item of `list`. */
+static json_t *lookup(struct run *r, const char *resource, const char *field,
+                      const char *const *values, size_t n_values, struct pb_sink_item **list,
+                      size_t n_list, json_t **root)
+{
+    struct xero_request rq = {"GET", NULL, NULL, NULL};
+    struct pb_http_call call;
+    struct pb_err e = {0};
+    char what[64];
+    json_t *arr = NULL;
+    enum pb_rc rc;
+    char *path = pb__xero_where_path(resource, field, values, n_values);
+
+    *root = NULL;
+    snprintf(what, sizeof what, "looking up %s by %s", resource, field);
+    if (!path) {
+        r->failure.rc = PB_ERR_PERMANENT;
+        r->failure.retry_after_s = -1;
+        snprintf(r->failure.message, sizeof r->failure.message,
+                 "%s: the where-clause is too long", what);
+        fail_all(r, list, n_list);
+        return NULL;
+    }
+    rq.path = path;
+    rc = pb__xero_call(r->c, r->ctx, &rq, &call, &e);
+    if (rc) {
+        pb__xero_describe_failure(&call, rc, &e, what, &r->failure);
+        fail_all(r, list, n_list);
+    } else {
+        arr = pb__xero_parse_envelope(&call, resource, root, &r->failure);
+        if (!arr)
+            fail_all(r, list, n_list);
+    }
+    pb_http_call_reset(&call);
+    free(path);
+    return arr;
+}
+
+/* PUT/POST an envelope of `docs` for the items `sent` and apply the reply. */
+static void write_envelope(struct run *r, const char *method, const char *path,
+                           const char *resource, const char *id_key, json_t *docs,
+                           struct pb_sink_item **sent, size_t n_sent)
+{
+    char key[XERO_IDEMPOTENCY_KEY_MAX];
+    struct xero_request rq = {method, path, NULL, key};
+    struct pb_http_call call;
+    struct pb_err e = {0};
+    json_t *envelope = json_object();
+    char *body = NULL;
+    enum pb_rc rc;
+
+    if (envelope && json_object_set(envelope, resource, docs) == 0)
+        body = pb_json_dumps_decimal(envelope, pb__xero_decimal_keys, 0);
+    json_decref(envelope);
+    if (!body) {
+        r->failure.rc = PB_ERR_TRANSIENT;
+        r->failure.retry_after_s = -1;
+        snprintf(r->failure.message, sizeof r->failure.message,
+                 "cannot serialise the %s request body (out of memory, or nested too deeply)",
+                 resource);
+        fail_all(r, sent, n_sent);
+        return;
+    }
+    pb__xero_idempotency_key(r->command, sent, n_sent, key);
+    rq.body = body;
+    rc = pb__xero_call(r->c, r->ctx, &rq, &call, &e);
+    if (pb__xero_apply_write_reply(&call, rc, &e, resource, id_key, sent, n_sent, &r->failure))
+        r->failed_all = 1;
+    pb_http_call_reset(&call);
+    free(body);
+}
+
+/* ---- contact.upsert ---------------------------------------------------------------- */
+
+enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                   struct pb_sink_item *items, size_t n, struct pb_err *err)
+{
+    struct run r = {c, ctx, "contact.upsert", {0, -1, ""}, 0};
+    struct pb_sink_item *pending[XERO_BATCH_MAX], *leaders[XERO_BATCH_MAX];
+    const char *emails[XERO_BATCH_MAX];
+    size_t leader_of[XERO_BATCH_MAX];
+    size_t np = 0, ne = 0, nl = 0;
+    json_t *root = NULL, *found, *docs = NULL;
+
+    for (size_t i = 0; i < n && i < XERO_BATCH_MAX; i++)
+        if (check_document(&items[i], "Contact"))
+            pending[np++] = &items[i];
+
+    /* 1. one look-up by email for the batch */
+    for (size_t i = 0; i < np; i++) {
+        const char *email = doc_string(pending[i]->document, "EmailAddress");
+        int seen = 0;
+        for (size_t j = 0; email && j < ne; j++)
+            seen |= strcasecmp(emails[j], email) == 0;
+        if (email && !seen)
+            emails[ne++] = email;
+    }
+    if (ne > 0) {
+        size_t kept = 0;
+        found = lookup(&r, "Contacts", "EmailAddress", emails, ne, pending, np, &root);
+        if (!found)
+            goto out;
+        for (size_t i = 0; i < np; i++) {
+            const char *email = doc_string(pending[i]->document, "EmailAddress");
+            json_t *contact, *match = NULL;
+            size_t k;
+            json_array_foreach(found, k, contact) {
+                const char *e = json_string_value(json_object_get(contact, "EmailAddress"));
+                if (email && e && strcasecmp(e, email) == 0 &&
+                    doc_string(contact, "ContactID")) {
+                    match = contact;
+                    break;
+                }
+            }
+            if (match)
+                pb__xero_item_ok(pending[i], doc_string(match, "ContactID"), match);
+            else
+                pending[kept++] = pending[i];
+        }
+        np = kept;
+    }
+
+    /* 2. create the rest; a repeated email in the batch follows its first item */
+    docs = json_array();
+    if (!docs) {
+        r.failure = (struct xero_failure){PB_ERR_TRANSIENT, -1, "out of memory"};
+        fail_all(&r, pending, np);
+        goto out;
+    }
+    for (size_t i = 0; i < np; i++) {
+        const char *email = doc_string(pending[i]->document, "EmailAddress");
+        leader_of[i] = SIZE_MAX;
+        for (size_t j = 0; email && j < i; j++) {
+            const char *other = doc_string(pending[j]->document, "EmailAddress");
+            if (leader_of[j] == SIZE_MAX && other && strcasecmp(other, email) == 0) {
+                leader_of[i] = j;
+                break;
+            }
+        }
+        if (leader_of[i] == SIZE_MAX) {
+            leaders[nl++] = pending[i];
+            json_array_append(docs, pending[i]->document);
+        }
+    }
+    if (nl > 0)
+        write_envelope(&r, "PUT", "/Contacts?summarizeErrors=false", "Contacts", "ContactID",
+                       docs, leaders, nl);
+    for (size_t i = 0; i < np; i++) {
+        struct pb_sink_item *it = pending[i], *lead;
+        if (leader_of[i] == SIZE_MAX)
+            continue;
+        lead = pending[leader_of[i]];
+        it->rc = lead->rc;
+        memcpy(it->erp_id, lead->erp_id, sizeof it->erp_id);
+        memcpy(it->message, lead->message, sizeof it->message);
+        it->retry_after_s = lead->retry_after_s;
+        json_decref(it->result);
+        it->result = json_incref(lead->result);
+    }
+out:
+    json_decref(docs);
+    json_decref(root);
+    return finish(&r, items, n, err);
+}
+
+/* ---- invoice.create / payment.create ---------------------------------------------------- */
+
+/* The Reference an item is known by in Xero: the document's, else the item's. */
+static const char *item_reference(const struct pb_sink_item *it)
+{
+    const char *ref = doc_string(it->document, "Reference");
+    return ref ? ref : (it->reference && it->reference[0] ? it->reference : NULL);
+}
+
+/* Does a found invoice/payment stand for this item? */
+static int same_record(json_t *found, const struct pb_sink_item *it, const char *id_key,
+                       int invoice)
+{
+    const char *ref = json_string_value(json_object_get(found, "Reference"));
+    const char *want = item_reference(it);
+    const char *type = doc_string(it->document, "Type");
+    if (!ref || !want || strcmp(ref, want) != 0 || !doc_string(found, id_key))
+        return 0;
+    /* an ACCPAY bill that happens to share the reference is not our ACCREC invoice */
+    if (invoice && type && doc_string(found, "Type") && strcmp(doc_string(found, "Type"), type))
+        return 0;
+    return 1;
+}
+
+/* The document as sent: itself, or a shallow copy carrying Reference. */
+static json_t *outgoing(struct pb_sink_item *it)
+{
+    json_t *copy;
+    if (doc_string(it->document, "Reference") || !item_reference(it))
+        return json_incref(it->document);
+    copy = json_copy(it->document);
+    if (copy && json_object_set_new(copy, "Reference", json_string(item_reference(it)))) {
+        json_decref(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
+                           struct pb_sink_item *items, size_t n, struct pb_err *err)
+{
+    int invoice = strcmp(items[0].command, "invoice.create") == 0;
+    const char *resource = invoice ? "Invoices" : "Payments";
+    const char *id_key = invoice ? "InvoiceID" : "PaymentID";
+    struct run r = {c, ctx, items[0].command, {0, -1, ""}, 0};
+    struct pb_sink_item *pending[XERO_BATCH_MAX], *sent[XERO_BATCH_MAX];
+    const char *refs[XERO_BATCH_MAX];
+    size_t np = 0, nr = 0, ns = 0;
+    json_t *root = NULL, *found, *docs = NULL;
+
+    for (size_t i = 0; i < n && i < XERO_BATCH_MAX; i++)
+        if (check_document(&items[i], invoice ? "Invoice" : "Payment"))
+            pending[np++] = &items[i];
+
+    /* 1. a retried item may already exist: look it up by reference */
+    for (size_t i = 0; i < np; i++) {
+        const char *ref = item_reference(pending[i]);
+        int seen = 0;
+        if (pending[i]->attempt <= 1 || !ref)
+            continue;
+        for (size_t j = 0; j < nr; j++)
+            seen |= strcmp(refs[j], ref) == 0;
+        if (!seen)
+            refs[nr++] = ref;
+    }
+    if (nr > 0) {
+        size_t kept = 0;
+        found = lookup(&r, resource, "Reference", refs, nr, pending, np, &root);
+        if (!found)
+            goto out;
+        for (size_t i = 0; i < np; i++) {
+            json_t *rec, *match = NULL;
+            size_t k;
+            if (pending[i]->attempt > 1) {
+                json_array_foreach(found, k, rec) {
+                    if (same_record(rec, pending[i], id_key, invoice)) {
+                        match = rec;
+                        break;
+                    }
+                }
+            }
+            if (match)
+                pb__xero_item_ok(pending[i], doc_string(match, id_key), match);
+            else
+                pending[kept++] = pending[i];
+        }
+        np = kept;
+    }
+
+    /* 2. create the rest in one write */
+    docs = json_array();
+    for (size_t i = 0; docs && i < np; i++) {
+        json_t *doc = outgoing(pending[i]);
+        if (!doc || json_array_append_new(docs, doc)) {
+            pb__xero_item_fail(pending[i], PB_ERR_TRANSIENT, -1, "out of memory");
+            continue;
+        }
+        sent[ns++] = pending[i];
+    }
+    if (!docs) {
+        r.failure = (struct xero_failure){PB_ERR_TRANSIENT, -1, "out of memory"};
+        fail_all(&r, pending, np);
+        goto out;
+    }
+    if (ns > 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/%s?summarizeErrors=false", resource);
+        write_envelope(&r, "PUT", path, resource, id_key, docs, sent, ns);
+    }
+out:
+    json_decref(docs);
+    json_decref(root);
+    return finish(&r, items, n, err);
+}
+
+/* ---- invoice.void -------------------------------------------------------------------- */
+
+/* attempt > 1: 1 when the invoice is already VOIDED (item done), 0 to go on,
+ * -1 when the item failed. */
+static int already_voided(struct run *r, struct pb_sink_item *it, const char *path,
+                          const char *invoice_id)
+{
+    struct xero_request rq = {"GET", path, NULL, NULL};
+    struct pb_http_call call;
+    struct pb_err e = {0};
+    json_t *root = NULL, *arr, *inv;
+    const char *status;
+    int result = 0;
+    enum pb_rc rc = pb__xero_call(r->c, r->ctx, &rq, &call, &e);
+
+    if (call.status == 404) {
+        pb__xero_item_fail(it, PB_ERR_PERMANENT, -1, "Xero has no invoice %s to void",
+                           invoice_id);
+        result = -1;
+    } else if (rc) {
+        pb__xero_describe_failure(&call, rc, &e, "looking up the invoice to void", &r->failure);
+        fail_all(r, &it, 1);
+        result = -1;
+    } else if ((arr = pb__xero_parse_envelope(&call, "Invoices", &root, &r->failure)) == NULL) {
+        fail_all(r, &it, 1);
+        result = -1;
+    } else {
+        inv = json_array_get(arr, 0);
+        status = json_string_value(json_object_get(inv, "Status"));
+        if (status && strcmp(status, "VOIDED") == 0) {
+            pb__xero_item_ok(it, invoice_id, inv);
+            result = 1;
+        }
+    }
+    json_decref(root);
+    pb_http_call_reset(&call);
+    return result;
+}
+
+enum pb_rc pb__xero_invoice_void(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                 struct pb_sink_item *items, size_t n, struct pb_err *err)
+{
+    struct run r = {c, ctx, "invoice.void", {0, -1, ""}, 0};
+
+    for (size_t i = 0; i < n; i++) {
+        struct pb_sink_item *it = &items[i];
+        const char *id;
+        struct xero_buf path;
+        json_t *docs;
+
+        if (!check_document(it, "Invoice with an InvoiceID"))
+            continue;
+        id = doc_string(it->document, "InvoiceID");
+        if (!id || strlen(id) > 64) {
+            pb__xero_item_fail(it, PB_ERR_MAPPING, -1,
+                               "invoice.void needs the document's InvoiceID (a Xero invoice id "
+                               "of at most 64 characters)");
+            continue;
+        }
+        pb__xero_buf_init(&path, 512);
+        pb__xero_buf_adds(&path, "/Invoices/");
+        pb__xero_buf_add_escaped(&path, id);
+        if (path.failed) {
+            pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1, "out of memory");
+            pb__xero_buf_free(&path);
+            continue;
+        }
+        if (it->attempt > 1 && already_voided(&r, it, path.data, id) != 0) {
+            pb__xero_buf_free(&path);
+            continue;
+        }
+        docs = json_pack("[{s:s,s:s}]", "InvoiceID", id, "Status", "VOIDED");
+        if (!docs) {
+            pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1, "out of memory");
+        } else {
+            write_envelope(&r, "POST", path.data, "Invoices", "InvoiceID", docs, &it, 1);
+            json_decref(docs);
+        }
+        pb__xero_buf_free(&path);
+    }
+    return finish(&r, items, n, err);
+}
