@@ -892,6 +892,24 @@ static enum pb_rc sqlite_query(struct pb_store *base, const char *what, const js
                                 json_object_get(row, "n"));
             json_decref(a);
         }
+    } else if (strcmp(what, "demo.summary") == 0) {
+        /* posted: every job done or skipped and at least one flow step done;
+         * declined: every job done or skipped and no flow step done */
+        json_t *a = rows(r->db,
+                         "SELECT (SELECT COUNT(*) FROM events) AS accepted,"
+                         " (SELECT COALESCE(SUM(duplicates),0) FROM events) AS duplicates,"
+                         " (SELECT COUNT(DISTINCT event_id) FROM jobs WHERE state=4) AS dead,"
+                         " (SELECT COUNT(*) FROM jobs WHERE state IN (0,1)) AS pending,"
+                         " (SELECT COUNT(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM jobs j"
+                         "   WHERE j.event_id=e.id AND j.state IN (0,1,4)) AND EXISTS (SELECT 1 FROM jobs j"
+                         "   WHERE j.event_id=e.id AND j.state=2 AND j.step>0)) AS posted,"
+                         " (SELECT COUNT(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM jobs j"
+                         "   WHERE j.event_id=e.id AND (j.state IN (0,1,4) OR (j.state=2 AND j.step>0)))) AS declined",
+                         NULL, 0, NULL, err);
+        if (a) {
+            res = json_incref(json_array_get(a, 0));
+            json_decref(a);
+        }
     } else if (strcmp(what, "events.count") == 0) {
         json_t *a = rows(r->db,
                          "SELECT COUNT(*) AS events, COALESCE(SUM(duplicates),0) AS duplicates FROM events",

@@ -1,0 +1,822 @@
+/*
+ * engine/engine.c: inbox, router and workers (see engine.h for the data path).
+ *
+ * Threads:
+ *   - the HTTP pool (libmicrohttpd): parses and authenticates webhooks, then
+ *     suspends the request until the store's writer has committed it;
+ *   - the store writer (store_sqlite.c): group commits, runs op callbacks;
+ *   - N workers: claim -> map -> execute -> complete; each owns an HTTP client
+ *     and a mapper (jq states are per thread);
+ *   - the maintainer: returns expired leases to the queue every few seconds.
+ *
+ * Step numbering of a job: 0 is the source's confirm step (when the source
+ * connector can confirm and the connection does not set confirm: false),
+ * 1..n are the flow's steps. Completing step k queues step k+1 in the same
+ * transaction.
+ *
+ * Exactly-once: before a step calls the ERP, the xref is consulted with the
+ * step's reference; the sink is told `tries`, and a try after the first makes
+ * the sink look the record up by reference before creating it. The xref row
+ * and the job's completion commit together.
+ */
+#include "engine/engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/json.h"
+#include "core/log.h"
+#include "core/pan.h"
+#include "net/trace.h"
+
+#define LEASE_MS (5 * 60 * 1000)
+
+struct pb_engine {
+    unsigned magic;
+    struct pb_config *cfg;
+    struct pb_store *store;
+    struct pb_httpd *httpd;
+    struct pb_metrics metrics;
+    pthread_t *workers;
+    unsigned n_workers;
+    pthread_t maintainer;
+    const struct pb_http_route *routes; /* owned: built by pb_admin_routes() */
+    int running;
+    int accepting;
+    pthread_mutex_t lock;
+    pthread_cond_t work;
+    uint64_t work_seq;
+};
+#define ENGINE_MAGIC 0x454e4731u
+
+static int conn_index(struct pb_engine *e, const struct pb_conn_entry *c)
+{
+    long i = c - e->cfg->conns;
+    return i >= 0 && i < PB_METRICS_MAX_CONNS ? (int)i : PB_METRICS_MAX_CONNS - 1;
+}
+
+void pb_engine_wake(struct pb_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->work_seq++;
+    pthread_cond_broadcast(&e->work);
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int source_confirms(const struct pb_conn_entry *src)
+{
+    json_t *v;
+    if (!(src->conn.type->caps & PB_CAP_CONFIRM) || !src->conn.type->confirm)
+        return 0;
+    v = json_object_get(src->conn.settings, "confirm");
+    return !json_is_false(v);
+}
+
+/* ---- inbound ---------------------------------------------------------------------------- */
+
+struct inbound {
+    struct pb_engine *e;
+    struct pb_http_request *req;
+    struct pb_conn_entry *conn;
+    struct pb_event_list events;
+    char *json[PB_INBOUND_MAX_EVENTS];
+    struct pb_store_op op[PB_INBOUND_MAX_EVENTS];
+    _Atomic int pending;
+};
+
+static const char *header_cb(void *ctx, const char *name)
+{
+    return pb_http_header(ctx, name);
+}
+
+static int status_for(enum pb_rc rc)
+{
+    switch (rc) {
+    case PB_ERR_AUTH: return 401;
+    case PB_ERR_TOOBIG: return 413;
+    case PB_ERR_NOTFOUND: return 404;
+    case PB_ERR_STORE: return 503;
+    case PB_ERR_NOMEM:
+    case PB_ERR_INTERNAL: return 500;
+    default: return 400;
+    }
+}
+
+static void inbound_free(struct inbound *in)
+{
+    for (size_t i = 0; i < in->events.n; i++)
+        free(in->json[i]);
+    pb_event_list_clear(&in->events);
+    free(in);
+}
+
+static void inbound_done(struct pb_store_op *op)
+{
+    struct inbound *in = op->ctx;
+    struct pb_engine *e = in->e;
+    if (atomic_fetch_sub(&in->pending, 1) != 1)
+        return;
+    /* the last op of this request has committed (or failed) */
+    struct pb_conn_metrics *m = &e->metrics.conn[conn_index(e, in->conn)];
+    json_t *body = json_object(), *arr = json_array();
+    int failed = 0, fresh = 0;
+    for (size_t i = 0; i < in->events.n; i++) {
+        struct pb_store_op *o = &in->op[i];
+        if (o->rc) {
+            failed = 1;
+            pb_log(PB_LOG_ERROR, "event.store_failed", "connection", in->conn->conn.name,
+                   "gateway_event_id", in->events.ev[i].event_id, "error", o->err.msg, (char *)NULL);
+            continue;
+        }
+        char idbuf[32];
+        snprintf(idbuf, sizeof(idbuf), "%lld", (long long)o->u.inbox.event_id);
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:b}", "id", (json_int_t)o->u.inbox.event_id,
+                                             "gateway_event_id", in->events.ev[i].event_id, "type",
+                                             in->events.ev[i].type, "duplicate", o->u.inbox.duplicate));
+        if (o->u.inbox.duplicate) {
+            atomic_fetch_add_explicit(&m->duplicate, 1, memory_order_relaxed);
+            pb_log(PB_LOG_INFO, "event.duplicate", "connection", in->conn->conn.name, "event_id", idbuf,
+                   "gateway_event_id", in->events.ev[i].event_id, (char *)NULL);
+        } else {
+            fresh++;
+            atomic_fetch_add_explicit(&m->accepted, 1, memory_order_relaxed);
+            pb_log(PB_LOG_INFO, "event.accepted", "connection", in->conn->conn.name, "event_id", idbuf,
+                   "gateway_event_id", in->events.ev[i].event_id, "type", in->events.ev[i].type,
+                   (char *)NULL);
+        }
+    }
+    if (failed) {
+        atomic_fetch_add_explicit(&m->unavailable, 1, memory_order_relaxed);
+        json_decref(arr);
+        json_decref(body);
+        pb_http_response_error(&in->req->resp, 503, "store_unavailable",
+                               "the event could not be stored durably; retry later");
+        pb_http_response_header(&in->req->resp, "Retry-After", "5");
+    } else {
+        json_object_set_new(body, "accepted", json_true());
+        json_object_set_new(body, "events", arr);
+        char *s = json_dumps(body, JSON_COMPACT);
+        json_decref(body);
+        pb_http_response_body_take(&in->req->resp, 200, s, s ? strlen(s) : 0);
+    }
+    pb_histogram_observe(&e->metrics.ack_latency, pb_monotonic_ns() - in->req->received_ns);
+    struct pb_http_request *req = in->req;
+    inbound_free(in);
+    if (fresh)
+        pb_engine_wake(e);
+    pb_http_resume(req);
+}
+
+enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
+                                           struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    const char *name = req->params[0];
+    struct pb_conn_entry *conn = pb_config_connection(e->cfg, name);
+    struct pb_inbound_request ir;
+    struct pb_err err = {0};
+    struct inbound *in;
+    struct pb_conn_metrics *m;
+    enum pb_rc rc;
+    size_t pan_at;
+
+    if (!conn || !(conn->conn.type->caps & PB_CAP_INBOUND)) {
+        pb_http_response_error(resp, 404, "unknown_connection",
+                               "no connection named \"%s\" receives webhooks here", name);
+        pb_log(PB_LOG_WARN, "event.rejected", "connection", name, "reason", "unknown connection",
+               (char *)NULL);
+        return PB_HTTP_DONE;
+    }
+    m = &e->metrics.conn[conn_index(e, conn)];
+    atomic_fetch_add_explicit(&m->received, 1, memory_order_relaxed);
+    if (!e->accepting) {
+        pb_http_response_error(resp, 503, "shutting_down", "paybridge is shutting down; retry later");
+        return PB_HTTP_DONE;
+    }
+    if (pb_pan_scan(req->body, req->body_len, &pan_at) > 0) {
+        atomic_fetch_add_explicit(&m->rejected, 1, memory_order_relaxed);
+        pb_http_response_error(resp, 400, "card_number",
+                               "the body contains what looks like a card number (at byte %zu); "
+                               "paybridge never accepts card numbers", pan_at);
+        pb_log(PB_LOG_WARN, "event.rejected", "connection", name, "reason", "card number in body",
+               (char *)NULL);
+        return PB_HTTP_DONE;
+    }
+    in = calloc(1, sizeof(*in));
+    if (!in) {
+        pb_http_response_error(resp, 503, "out_of_memory", "out of memory; retry later");
+        return PB_HTTP_DONE;
+    }
+    in->e = e;
+    in->req = req;
+    in->conn = conn;
+    memset(&ir, 0, sizeof(ir));
+    ir.body = req->body;
+    ir.body_len = req->body_len;
+    ir.content_type = pb_http_header(req, "Content-Type");
+    ir.header = header_cb;
+    ir.header_ctx = req;
+    ir.now = time(NULL);
+    rc = conn->conn.type->inbound(&conn->conn, &ir, &in->events, &err);
+    if (rc == PB_OK && in->events.n == 0) {
+        /* e.g. a verification ping: authenticated, nothing to store */
+        inbound_free(in);
+        pb_http_response_set(resp, 200, "application/json", "{\"accepted\":true,\"events\":[]}", 30);
+        return PB_HTTP_DONE;
+    }
+    if (rc) {
+        atomic_fetch_add_explicit(&m->rejected, 1, memory_order_relaxed);
+        pb_http_response_error(resp, status_for(rc), pb_rc_name(rc), "%s", err.msg);
+        pb_log(PB_LOG_WARN, "event.rejected", "connection", name, "reason", err.msg, "class",
+               pb_rc_name(rc), (char *)NULL);
+        inbound_free(in);
+        return PB_HTTP_DONE;
+    }
+
+    /* route and build one store op per event */
+    int64_t now = pb_now_ms();
+    in->pending = (int)in->events.n;
+    for (size_t i = 0; i < in->events.n; i++) {
+        struct pb_event_out *ev = &in->events.ev[i];
+        struct pb_store_op *op = &in->op[i];
+        json_object_set_new(ev->event, "type", json_string(ev->type));
+        json_object_set_new(ev->event, "source",
+                            json_pack("{s:s,s:s,s:s}", "connection", conn->conn.name, "connector",
+                                      conn->conn.type->name, "event_id", ev->event_id));
+        in->json[i] = json_dumps(ev->event, JSON_COMPACT);
+        op->kind = PB_OP_INBOX_PUT;
+        op->done = inbound_done;
+        op->ctx = in;
+        op->u.inbox.connection = conn->conn.name;
+        op->u.inbox.gateway_event_id = ev->event_id;
+        op->u.inbox.type = ev->type;
+        op->u.inbox.event_json = in->json[i] ? in->json[i] : "{}";
+        op->u.inbox.raw = req->body;
+        op->u.inbox.raw_len = req->body_len;
+        op->u.inbox.received_ms = now;
+        for (size_t f = 0; f < pb_flowset_count(e->cfg->flows) && op->u.inbox.n_jobs < PB_STORE_MAX_NEW_JOBS; f++) {
+            const struct pb_flow *fl = pb_flowset_flow(e->cfg->flows, f);
+            if (!(strcmp(fl->source, conn->conn.name) == 0 && pb_flow_handles(fl, ev->type)))
+                continue;
+            struct pb_job_new *j = &op->u.inbox.jobs[op->u.inbox.n_jobs++];
+            j->flow = fl->name;
+            if (source_confirms(conn)) {
+                j->step = 0;
+                j->step_name = "confirm";
+                j->target = conn->conn.name;
+                j->command = "confirm";
+            } else {
+                const struct pb_flow_step *st = (&fl->steps[0]);
+                j->step = 1;
+                j->step_name = st->name;
+                j->target = fl->target;
+                j->command = st->command;
+            }
+            j->run_at_ms = now;
+        }
+    }
+    for (size_t i = 0; i < in->events.n; i++)
+        pb_store_submit(e->store, &in->op[i]);
+    return PB_HTTP_SUSPEND;
+}
+
+/* ---- workers ---------------------------------------------------------------------------- */
+
+struct latch {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int left;
+};
+
+static void latch_done(struct pb_store_op *op)
+{
+    struct latch *l = op->ctx;
+    pthread_mutex_lock(&l->lock);
+    if (--l->left == 0)
+        pthread_cond_signal(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+}
+
+struct work_item {
+    struct pb_job *job;
+    const struct pb_flow *flow;
+    json_t *event;
+    json_t *refs;
+    json_t *document;
+    char *reference;
+    struct pb_sink_item sink;
+    /* outcome */
+    enum pb_job_outcome outcome;
+    enum pb_rc rc;
+    char message[512];
+    char erp_id[128];
+    int retry_after_s;
+    int decided;            /* outcome known before the call (skip, mapping error, xref hit) */
+};
+
+struct worker {
+    struct pb_engine *e;
+    unsigned index;
+    struct pb_http_client *http;
+    struct pb_mapper *mapper;
+};
+
+static void decide(struct work_item *w, enum pb_job_outcome o, enum pb_rc rc, const char *msg)
+{
+    w->decided = 1;
+    w->outcome = o;
+    w->rc = rc;
+    snprintf(w->message, sizeof(w->message), "%s", msg ? msg : "");
+}
+
+static void today(char out[11])
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 11, "%Y-%m-%d", &tm);
+}
+
+static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
+{
+    struct pb_engine *e = wk->e;
+    struct pb_err err = {0};
+    json_error_t jerr;
+    char day[11];
+
+    w->event = json_loads(w->job->event_json, 0, &jerr);
+    w->refs = json_loads(w->job->refs_json, 0, &jerr);
+    if (!w->event || !w->refs) {
+        decide(w, PB_OUTCOME_DEAD, PB_ERR_INTERNAL, "stored event is not valid JSON");
+        return;
+    }
+    json_object_set_new(w->event, "id", json_integer(w->job->event_id));
+    w->flow = pb_flowset_find(e->cfg->flows, w->job->flow);
+    if (!w->flow) {
+        decide(w, PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the flow of this job is no longer configured");
+        return;
+    }
+    if (is_confirm)
+        return;
+    if (w->job->step < 1 || (size_t)w->job->step > w->flow->n_steps) {
+        decide(w, PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the flow no longer has this step");
+        return;
+    }
+    const struct pb_flow_step *st = &w->flow->steps[(size_t)w->job->step - 1];
+    int run = 0;
+    char idbuf[32];
+    snprintf(idbuf, sizeof(idbuf), "%lld", (long long)w->job->event_id);
+    today(day);
+    enum pb_rc rc = pb_mapper_step(wk->mapper, st, w->event, w->refs, idbuf, day, &run,
+                                   &w->reference, &w->document, &err);
+    if (rc) {
+        decide(w, PB_OUTCOME_DEAD, rc, err.msg);
+        return;
+    }
+    if (!run) {
+        decide(w, PB_OUTCOME_SKIPPED, PB_OK, "the step's `when` is false for this event");
+        return;
+    }
+    if (w->reference && w->reference[0]) {
+        char erp[128];
+        if (e->store->ops->xref_get(e->store, w->job->target, w->job->command, w->reference,
+                                         erp, sizeof(erp), &err) == PB_OK) {
+            decide(w, PB_OUTCOME_DONE, PB_OK, "already in the ERP (xref)");
+            snprintf(w->erp_id, sizeof(w->erp_id), "%s", erp);
+            atomic_fetch_add_explicit(&e->metrics.xref_hits, 1, memory_order_relaxed);
+            return;
+        }
+    }
+}
+
+static char *dump_or_null(json_t *j)
+{
+    return j ? json_dumps(j, JSON_COMPACT) : NULL;
+}
+
+/* Drop bodies from a trace (successful calls keep timings only). */
+static void trace_strip_bodies(json_t *trace)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(trace, i, c)
+    {
+        json_object_del(c, "request");
+        json_object_del(c, "response");
+    }
+}
+
+static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
+{
+    struct pb_engine *e = wk->e;
+    struct work_item *w = calloc(n, sizeof(*w));
+    struct pb_sink_item *items = calloc(n, sizeof(*items));
+    struct work_item **item_owner = calloc(n, sizeof(*item_owner));
+    struct pb_conn_entry *conn = pb_config_connection(e->cfg, jobs[0].target);
+    int is_confirm = strcmp(jobs[0].command, "confirm") == 0;
+    json_t *trace = json_array();
+    uint64_t t0 = pb_monotonic_ns();
+    int64_t started_ms = pb_now_ms();
+    size_t n_items = 0;
+    struct pb_conn_metrics *m = conn ? &e->metrics.conn[conn_index(e, conn)] : NULL;
+
+    if (!w || !items || !item_owner || !trace) {
+        /* leases expire and the jobs come back */
+        free(w);
+        free(items);
+        free(item_owner);
+        json_decref(trace);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        w[i].job = &jobs[i];
+        w[i].retry_after_s = -1;
+        if (!conn) {
+            decide(&w[i], PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the target connection is no longer configured");
+            continue;
+        }
+        prepare(wk, &w[i], is_confirm);
+    }
+
+    if (conn && is_confirm) {
+        for (size_t i = 0; i < n; i++) {
+            struct pb_err err = {0};
+            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL)};
+            if (w[i].decided)
+                continue;
+            enum pb_rc rc = conn->conn.type->confirm(&conn->conn, &ctx, w[i].event, &err);
+            w[i].rc = rc;
+            w[i].outcome = rc == PB_OK ? PB_OUTCOME_DONE : pb_rc_is_transient(rc) ? PB_OUTCOME_RETRY : PB_OUTCOME_DEAD;
+            snprintf(w[i].message, sizeof(w[i].message), "%s", rc ? err.msg : "confirmed by the gateway");
+        }
+    } else if (conn) {
+        size_t max = conn->conn.type->max_batch(&conn->conn, jobs[0].command);
+        for (size_t i = 0; i < n; i++) {
+            if (w[i].decided)
+                continue;
+            struct pb_sink_item *it = &items[n_items];
+            char key[160];
+            snprintf(key, sizeof(key), "pb-%s-%lld-%s-%d", conn->conn.name, (long long)w[i].job->event_id,
+                     w[i].job->flow, w[i].job->step);
+            it->command = w[i].job->command;
+            it->document = w[i].document;
+            it->reference = w[i].reference;
+            it->idempotency_key = strdup(key);
+            it->attempt = w[i].job->tries;
+            it->retry_after_s = -1;
+            item_owner[n_items++] = &w[i];
+        }
+        if (max == 0)
+            max = 1;
+        for (size_t off = 0; off < n_items; off += max) {
+            size_t k = n_items - off < max ? n_items - off : max;
+            struct pb_err err = {0};
+            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL)};
+            uint64_t c0 = pb_monotonic_ns();
+            enum pb_rc rc = conn->conn.type->execute(&conn->conn, &ctx, &items[off], k, &err);
+            pb_histogram_observe(&m->call_latency, pb_monotonic_ns() - c0);
+            for (size_t j = off; j < off + k; j++) {
+                struct work_item *o = item_owner[j];
+                struct pb_sink_item *it = &items[j];
+                if (rc) {
+                    it->rc = rc;
+                    snprintf(it->message, sizeof(it->message), "%s", err.msg);
+                }
+                o->rc = it->rc;
+                o->retry_after_s = it->retry_after_s;
+                snprintf(o->message, sizeof(o->message), "%s", it->message);
+                snprintf(o->erp_id, sizeof(o->erp_id), "%s", it->erp_id);
+                if (it->rc == PB_OK && !it->erp_id[0]) {
+                    o->rc = PB_ERR_PERMANENT;
+                    snprintf(o->message, sizeof(o->message), "the connector reported success without an ERP id");
+                }
+                o->outcome = o->rc == PB_OK ? PB_OUTCOME_DONE
+                             : pb_rc_is_transient(o->rc) ? PB_OUTCOME_RETRY : PB_OUTCOME_DEAD;
+            }
+        }
+    }
+
+    /* completions, all submitted at once so they share a commit */
+    struct latch latch = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, (int)n};
+    struct pb_store_op *ops = calloc(n, sizeof(*ops));
+    char **strs = calloc(n * 4, sizeof(char *));
+    int failed_any = 0;
+    for (size_t i = 0; i < n; i++)
+        if (w[i].outcome == PB_OUTCOME_RETRY || w[i].outcome == PB_OUTCOME_DEAD)
+            failed_any = 1;
+    if (!failed_any)
+        trace_strip_bodies(trace);
+    char *trace_s = dump_or_null(trace);
+    int64_t now = pb_now_ms();
+    int64_t dur = (int64_t)((pb_monotonic_ns() - t0) / 1000000u);
+    for (size_t i = 0; i < n; i++) {
+        struct work_item *x = &w[i];
+        struct pb_store_op *op = &ops[i];
+        op->kind = PB_OP_COMPLETE;
+        op->done = latch_done;
+        op->ctx = &latch;
+        op->u.complete.job_id = x->job->id;
+        op->u.complete.attempt = x->job->attempts;
+        op->u.complete.started_ms = started_ms;
+        op->u.complete.duration_ms = dur;
+        op->u.complete.trace_json = trace_s;
+        if (x->document) {
+            char *d = dump_or_null(x->document);
+            strs[i * 4] = d ? pb_trace_redact_body(d, strlen(d)) : NULL;
+            free(d);
+            op->u.complete.document_json = strs[i * 4];
+        }
+        for (size_t j = 0; j < n_items; j++)
+            if (item_owner[j] == x && items[j].result) {
+                char *r = dump_or_null(items[j].result);
+                strs[i * 4 + 1] = r ? pb_trace_redact_body(r, strlen(r)) : NULL;
+                free(r);
+                op->u.complete.result_json = strs[i * 4 + 1];
+            }
+        op->u.complete.mapping_version = x->flow ? x->flow->version : NULL;
+        op->u.complete.reference = x->reference;
+        op->u.complete.message = x->message[0] ? x->message : NULL;
+        if (x->outcome == PB_OUTCOME_RETRY) {
+            if (pb_retry_exhausted(&conn->retry, x->job->attempts)) {
+                char msg[600];
+                snprintf(msg, sizeof(msg), "gave up after %u attempts: %s", x->job->attempts, x->message);
+                snprintf(x->message, sizeof(x->message), "%s", msg);
+                x->outcome = PB_OUTCOME_DEAD;
+            } else {
+                int64_t ra = x->retry_after_s >= 0 ? (int64_t)x->retry_after_s * 1000 : -1;
+                op->u.complete.next_run_ms =
+                    now + (int64_t)pb_retry_delay_ms(&conn->retry, x->job->attempts, pb_retry_random(), ra);
+            }
+        }
+        op->u.complete.outcome = x->outcome;
+        if (x->outcome == PB_OUTCOME_RETRY || x->outcome == PB_OUTCOME_DEAD)
+            op->u.complete.error_class = pb_rc_name(x->rc);
+        if (x->outcome == PB_OUTCOME_DONE) {
+            op->u.complete.erp_id = x->erp_id[0] ? x->erp_id : NULL;
+        }
+        if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow &&
+            (size_t)x->job->step < x->flow->n_steps) {
+            const struct pb_flow_step *nx = &x->flow->steps[(size_t)x->job->step];
+            op->u.complete.next.flow = x->job->flow;
+            op->u.complete.next.step = x->job->step + 1;
+            op->u.complete.next.step_name = nx->name;
+            op->u.complete.next.target = x->flow->target;
+            op->u.complete.next.command = nx->command;
+            op->u.complete.next.run_at_ms = now;
+        }
+        switch (x->outcome) {
+        case PB_OUTCOME_DONE:
+            atomic_fetch_add_explicit(&e->metrics.jobs_done, 1, memory_order_relaxed);
+            if (m) atomic_fetch_add_explicit(&m->calls_done, 1, memory_order_relaxed);
+            break;
+        case PB_OUTCOME_SKIPPED:
+            atomic_fetch_add_explicit(&e->metrics.jobs_skipped, 1, memory_order_relaxed);
+            break;
+        case PB_OUTCOME_RETRY:
+            atomic_fetch_add_explicit(&e->metrics.jobs_retried, 1, memory_order_relaxed);
+            if (m) atomic_fetch_add_explicit(&m->calls_retry, 1, memory_order_relaxed);
+            break;
+        case PB_OUTCOME_DEAD:
+            atomic_fetch_add_explicit(&e->metrics.jobs_dead, 1, memory_order_relaxed);
+            if (m) atomic_fetch_add_explicit(&m->calls_dead, 1, memory_order_relaxed);
+            break;
+        }
+        atomic_fetch_add_explicit(&e->metrics.attempts, 1, memory_order_relaxed);
+        {
+            char jid[32], eid[32], att[16];
+            snprintf(jid, sizeof(jid), "%lld", (long long)x->job->id);
+            snprintf(eid, sizeof(eid), "%lld", (long long)x->job->event_id);
+            snprintf(att, sizeof(att), "%u", x->job->attempts);
+            static const char *names[] = {"job.done", "job.skipped", "job.retry", "job.dead"};
+            pb_log(x->outcome == PB_OUTCOME_DEAD ? PB_LOG_WARN : PB_LOG_INFO, names[x->outcome],
+                   "job_id", jid, "event_id", eid, "flow", x->job->flow, "step", x->job->step_name,
+                   "target", x->job->target, "attempt", att, "erp_id",
+                   x->outcome == PB_OUTCOME_DONE ? x->erp_id : NULL, "message",
+                   x->outcome == PB_OUTCOME_DONE ? NULL : x->message, (char *)NULL);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        pb_store_submit(e->store, &ops[i]);
+    pthread_mutex_lock(&latch.lock);
+    while (latch.left > 0)
+        pthread_cond_wait(&latch.cond, &latch.lock);
+    pthread_mutex_unlock(&latch.lock);
+    for (size_t i = 0; i < n; i++) {
+        pb_histogram_observe(&e->metrics.job_latency, pb_monotonic_ns() - t0);
+        if (ops[i].rc && ops[i].rc != PB_ERR_EXISTS)
+            pb_log(PB_LOG_ERROR, "job.complete_failed", "error", ops[i].err.msg, (char *)NULL);
+    }
+    free(trace_s);
+    for (size_t i = 0; i < n * 4; i++)
+        free(strs[i]);
+    free(strs);
+    free(ops);
+    for (size_t j = 0; j < n_items; j++) {
+        free((char *)items[j].idempotency_key);
+        json_decref(items[j].result);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_decref(w[i].event);
+        json_decref(w[i].refs);
+        json_decref(w[i].document);
+        free(w[i].reference);
+    }
+    json_decref(trace);
+    free(items);
+    free(item_owner);
+    free(w);
+    pb_engine_wake(e); /* next steps were queued */
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *wk = arg;
+    struct pb_engine *e = wk->e;
+    for (;;) {
+        uint64_t seq;
+        pthread_mutex_lock(&e->lock);
+        int running = e->running;
+        seq = e->work_seq;
+        pthread_mutex_unlock(&e->lock);
+        if (!running)
+            break;
+        struct pb_store_op op;
+        memset(&op, 0, sizeof(op));
+        op.kind = PB_OP_CLAIM;
+        op.u.claim.now_ms = pb_now_ms();
+        op.u.claim.lease_ms = LEASE_MS;
+        op.u.claim.max = e->cfg->claim_batch;
+        if (pb_store_run(e->store, &op) == PB_OK && op.u.claim.n > 0) {
+            run_batch(wk, op.u.claim.jobs, op.u.claim.n);
+            pb_store_jobs_free(op.u.claim.jobs, op.u.claim.n);
+            continue;
+        }
+        /* nothing due: sleep until woken, the next due time, or 250 ms */
+        int64_t wait_ms = 250;
+        if (op.rc == PB_OK && op.u.claim.next_due_ms > 0) {
+            int64_t d = op.u.claim.next_due_ms - pb_now_ms();
+            if (d < wait_ms)
+                wait_ms = d < 1 ? 1 : d;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        ts.tv_sec += wait_ms / 1000 + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&e->lock);
+        while (e->running && e->work_seq == seq) {
+            if (pthread_cond_timedwait(&e->work, &e->lock, &ts) == ETIMEDOUT)
+                break;
+        }
+        pthread_mutex_unlock(&e->lock);
+    }
+    pb_mapper_free(wk->mapper);
+    pb_http_client_free(wk->http);
+    free(wk);
+    return NULL;
+}
+
+static void *maintainer_main(void *arg)
+{
+    struct pb_engine *e = arg;
+    int ticks = 0;
+    for (;;) {
+        pthread_mutex_lock(&e->lock);
+        int running = e->running;
+        pthread_mutex_unlock(&e->lock);
+        if (!running)
+            break;
+        usleep(200 * 1000);
+        if (++ticks % 25)
+            continue;
+        struct pb_store_op op;
+        memset(&op, 0, sizeof(op));
+        op.kind = PB_OP_RECOVER;
+        op.u.recover.now_ms = pb_now_ms();
+        if (pb_store_run(e->store, &op) == PB_OK && op.u.recover.count > 0) {
+            char n[32];
+            snprintf(n, sizeof(n), "%lld", (long long)op.u.recover.count);
+            pb_log(PB_LOG_WARN, "jobs.lease_expired", "count", n, (char *)NULL);
+            pb_engine_wake(e);
+        }
+    }
+    return NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+enum pb_rc pb_engine_start(struct pb_config *cfg, const struct pb_engine_options *opt,
+                           struct pb_engine **out, struct pb_err *err)
+{
+    struct pb_engine *e = calloc(1, sizeof(*e));
+    enum pb_rc rc;
+    struct pb_httpd_config hc;
+    if (!e)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    e->magic = ENGINE_MAGIC;
+    e->cfg = cfg;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->work, NULL);
+    rc = pb_store_open(cfg->store_dsn, &e->store, err);
+    if (rc) {
+        free(e);
+        return rc;
+    }
+    /* every lease at start-up belongs to a process that is gone */
+    {
+        struct pb_store_op op;
+        memset(&op, 0, sizeof(op));
+        op.kind = PB_OP_RECOVER;
+        op.u.recover.all = 1;
+        if (pb_store_run(e->store, &op) == PB_OK && op.u.recover.count > 0) {
+            char n[32];
+            snprintf(n, sizeof(n), "%lld", (long long)op.u.recover.count);
+            pb_log(PB_LOG_WARN, "jobs.recovered", "count", n, "msg",
+                   "jobs leased by a previous process are queued again", (char *)NULL);
+        }
+    }
+    e->running = 1;
+    e->accepting = 1;
+    if (!opt || !opt->no_workers) {
+        e->workers = calloc(cfg->workers, sizeof(pthread_t));
+        for (unsigned i = 0; i < cfg->workers; i++) {
+            struct worker *wk = calloc(1, sizeof(*wk));
+            wk->e = e;
+            wk->index = i;
+            if (pb_http_client_new(&wk->http, err) || !(wk->mapper = pb_mapper_new(cfg->flows, err))) {
+                free(wk);
+                break;
+            }
+            pthread_create(&e->workers[e->n_workers++], NULL, worker_main, wk);
+        }
+        pthread_create(&e->maintainer, NULL, maintainer_main, e);
+    }
+    memset(&hc, 0, sizeof(hc));
+    hc.bind_addr = cfg->listen_addr;
+    hc.port = opt && opt->port_override >= 0 ? opt->port_override : cfg->listen_port;
+    hc.max_body = cfg->max_body;
+    hc.threads = cfg->http_threads;
+    e->routes = pb_admin_routes(e);
+    hc.routes = e->routes;
+    rc = pb_httpd_start(&hc, &e->httpd, err);
+    if (rc) {
+        pb_engine_stop(e);
+        return rc;
+    }
+    {
+        char port[16], workers[16];
+        snprintf(port, sizeof(port), "%d", pb_httpd_port(e->httpd));
+        snprintf(workers, sizeof(workers), "%u", e->n_workers);
+        pb_log(PB_LOG_INFO, "engine.started", "listen", cfg->listen_addr, "port", port, "workers",
+               workers, "store", cfg->store_dsn, (char *)NULL);
+    }
+    *out = e;
+    return PB_OK;
+}
+
+void pb_engine_stop(struct pb_engine *e)
+{
+    if (!e)
+        return;
+    e->accepting = 0;
+    if (e->httpd) {
+        usleep(100 * 1000); /* let in-flight commits resume their requests */
+        pb_httpd_stop(e->httpd);
+        e->httpd = NULL;
+    }
+    pthread_mutex_lock(&e->lock);
+    e->running = 0;
+    pthread_cond_broadcast(&e->work);
+    pthread_mutex_unlock(&e->lock);
+    for (unsigned i = 0; i < e->n_workers; i++)
+        pthread_join(e->workers[i], NULL);
+    if (e->workers)
+        pthread_join(e->maintainer, NULL);
+    free(e->workers);
+    free((void *)e->routes);
+    pb_store_close(e->store);
+    pb_log(PB_LOG_INFO, "engine.stopped", (char *)NULL);
+    e->magic = 0;
+    free(e);
+}
+
+int pb_engine_port(const struct pb_engine *e) { return e->httpd ? pb_httpd_port(e->httpd) : -1; }
+struct pb_store *pb_engine_store(struct pb_engine *e) { return e->store; }
+struct pb_config *pb_engine_config(struct pb_engine *e) { return e->cfg; }
+struct pb_metrics *pb_engine_metrics(struct pb_engine *e) { return &e->metrics; }
+
+long long pb_engine_pending(struct pb_engine *e)
+{
+    json_t *st = NULL;
+    struct pb_err err = {0};
+    long long n;
+    if (pb_store_query(e->store, "jobs.states", NULL, &st, &err))
+        return -1;
+    n = json_integer_value(json_object_get(st, "ready")) + json_integer_value(json_object_get(st, "leased"));
+    json_decref(st);
+    return n;
+}
