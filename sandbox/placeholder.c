@@ -1,1 +1,0 @@
-int pb_sandbox_placeholder_;
