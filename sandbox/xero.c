@@ -1,0 +1,3726 @@
+/*
+ * sandbox/xero.c: an emulator of the Xero Accounting API (OAuth2 client
+ * credentials, Contacts, Invoices, Payments) for paybridge's tests and
+ * benchmarks. It speaks the wire format of /work/shared/specs/xero (envelopes,
+ * /Date(ms+0000)/ dates, ValidationException bodies, summarizeErrors,
+ * Idempotency-Key, where filters, rate-limit headers), keeps everything in
+ * memory, and exposes counters under /_sandbox/ for exactly-once checks.
+ *
+ * Routes (the framework adds fault injection and /_sandbox/health|faults):
+ *   POST /connect/token                     client_credentials grant
+ *   GET  /connections                       the one tenant
+ *   GET  /api.xro/2.0/Organisation, /Accounts
+ *   PUT|POST /api.xro/2.0/Contacts          create (batch) / create or update
+ *   GET  /api.xro/2.0/Contacts[/{id}]
+ *   PUT|POST /api.xro/2.0/Invoices, POST /Invoices/{id} (update)
+ *   GET  /api.xro/2.0/Invoices[/{id or number}]
+ *   PUT /api.xro/2.0/Payments (batch), POST /Payments (one)
+ *   GET  /api.xro/2.0/Payments[/{id}]
+ *   GET  /_sandbox/stats, POST /_sandbox/reset
+ *
+ * Life of an /api.xro call (api_handler): count it; check the Bearer token
+ * (401) and xero-tenant-id (403); admit it against the per-minute, per-day,
+ * per-app-minute and concurrency limits (429 with Retry-After and
+ * X-Rate-Limit-Problem); for a write with Idempotency-Key, replay a stored
+ * reply or register the key; run the operation; store the reply for the key;
+ * add X-MinLimit-Remaining, X-DayLimit-Remaining, X-AppMinLimit-Remaining.
+ *
+ * Writes run in three steps so that the state mutex is held only for the part
+ * that must see the state:
+ *   1. outside the lock: parse the body, check each element on its own
+ *      (types, enums, dates, account codes, currencies, line arithmetic) and
+ *      build most of its document;
+ *   2. under the data lock: resolve references (contacts, invoices, names,
+ *      numbers, amounts due) against the state *and* the earlier elements of
+ *      the same batch, then, unless summarizeErrors is on and something
+ *      failed, commit the valid elements;
+ *   3. outside the lock: serialise the reply.
+ * Updates of existing invoices merge the stored document with the element and
+ * re-run step 1 under the lock; they are rare next to creates.
+ *
+ * Money: every amount is an int64 in minor units of the document's currency
+ * (pb_currency_exponent). Quantity and UnitAmount are kept at 4 decimal
+ * places; LineAmount = Quantity x UnitAmount is computed exactly at 8 places
+ * and rounded once, half to even, to the currency's minor unit. No double
+ * touches money: reals from jansson are read as text ("%.15g", as
+ * pb_json_to_minor does) and amounts go out as decimal strings that
+ * pb_json_dumps_decimal() writes as exact JSON numbers.
+ *
+ * Documents: each record holds `doc`, the JSON it is served as. A published
+ * doc is immutable (invariant): a change builds a new doc (a shallow
+ * json_copy plus the changed members) and swaps it in under the lock.
+ * Readers take a reference under the lock and serialise after releasing it;
+ * jansson's reference counts are atomic (JANSSON_THREAD_SAFE_REFCOUNT).
+ *
+ * Indexes: chained hash tables (struct hidx) from a key to records, case-
+ * insensitive, several records per key: contacts by ContactID, Name,
+ * EmailAddress; invoices by InvoiceID, InvoiceNumber, Reference, ContactID;
+ * payments by PaymentID, Reference, InvoiceID. Keys are borrowed from the
+ * records, so a key is removed from its index before its record changes it.
+ *
+ * Locking: two mutexes, never held together except by reset (data, then
+ * gate): `data` guards the records, indexes and their counters; `gate`
+ * guards tokens, rate-limit windows, the idempotency store and the request
+ * counters. Handlers may block (thread per connection); a request that finds
+ * its Idempotency-Key in flight waits on `idem_cond` for the first to finish.
+ *
+ * Not emulated: tax rates (TotalTax is always 0), discounts, tracking,
+ * credit notes, overpayments, deleting payments, If-Modified-Since, `order`.
+ */
+#include <ctype.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/crypto.h"
+#include "core/json.h"
+#include "core/money.h"
+#include "net/httpd.h"
+#include "sbx.h"
+
+#define XERO_MAGIC 0x5845524fu
+#define PROVIDER_NAME "paybridge sandbox"
+#define DEFAULT_TENANT_ID "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e"
+#define CONNECTION_ID "7c1e4b9a-3d2f-4e8b-a6c5-0f9e8d7c6b5a"
+#define API "/api.xro/2.0"
+#define MAX_TOKENS 4096
+#define IDEM_KEY_MAX 128
+#define PAGE_SIZE 100
+#define PAGE_SIZE_MAX 1000
+#define WHERE_NODES_MAX 128
+#define NAME_MAX_LEN 255
+#define QTY_SCALE 4            /* Quantity and UnitAmount decimal places */
+#define NS_PER_S 1000000000ull
+
+/* Members written as JSON numbers by pb_json_dumps_decimal(). */
+static const char *const DECIMAL_KEYS[] = {
+    "Quantity", "UnitAmount", "LineAmount", "TaxAmount", "SubTotal", "TotalTax",
+    "Total", "AmountDue", "AmountPaid", "AmountCredited", "Amount", "BankAmount",
+    "CurrencyRate", NULL};
+
+/* ==== small containers ======================================================== */
+
+struct vec {
+    void **v;
+    size_t n, cap;
+};
+
+static int vec_push(struct vec *a, void *p)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        void **nv = realloc(a->v, cap * sizeof(*nv));
+        if (!nv)
+            return -1;
+        a->v = nv;
+        a->cap = cap;
+    }
+    a->v[a->n++] = p;
+    return 0;
+}
+
+/* A case-insensitive multi-map from borrowed C strings to records. */
+struct hent {
+    uint64_t h;
+    const char *key;            /* borrowed from rec */
+    void *rec;
+    struct hent *next;
+};
+
+struct hidx {
+    struct hent **b;
+    size_t nb, n;
+};
+
+static uint64_t hash_fold(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)tolower((unsigned char)*s);
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static int hidx_grow(struct hidx *ix)
+{
+    size_t nb = ix->nb ? ix->nb * 2 : 256;
+    struct hent **b = calloc(nb, sizeof(*b));
+    if (!b)
+        return -1;
+    for (size_t i = 0; i < ix->nb; i++) {
+        struct hent *e = ix->b[i], *next;
+        for (; e; e = next) {
+            next = e->next;
+            e->next = b[e->h & (nb - 1)];
+            b[e->h & (nb - 1)] = e;
+        }
+    }
+    free(ix->b);
+    ix->b = b;
+    ix->nb = nb;
+    return 0;
+}
+
+/* Add (key, rec); an empty key is not indexed. */
+static int hidx_add(struct hidx *ix, const char *key, void *rec)
+{
+    struct hent *e;
+    if (!key || !*key)
+        return 0;
+    if (ix->n >= ix->nb && hidx_grow(ix))
+        return -1;
+    e = malloc(sizeof(*e));
+    if (!e)
+        return -1;
+    e->h = hash_fold(key);
+    e->key = key;
+    e->rec = rec;
+    e->next = ix->b[e->h & (ix->nb - 1)];
+    ix->b[e->h & (ix->nb - 1)] = e;
+    ix->n++;
+    return 0;
+}
+
+static void hidx_del(struct hidx *ix, const char *key, void *rec)
+{
+    struct hent **pp;
+    if (!key || !*key || !ix->nb)
+        return;
+    for (pp = &ix->b[hash_fold(key) & (ix->nb - 1)]; *pp; pp = &(*pp)->next) {
+        if ((*pp)->rec == rec && (*pp)->key == key) {
+            struct hent *e = *pp;
+            *pp = e->next;
+            free(e);
+            ix->n--;
+            return;
+        }
+    }
+}
+
+static struct hent *hidx_scan(struct hent *e, uint64_t h, const char *key)
+{
+    for (; e; e = e->next)
+        if (e->h == h && !strcasecmp(e->key, key))
+            return e;
+    return NULL;
+}
+
+static struct hent *hidx_find(const struct hidx *ix, const char *key)
+{
+    uint64_t h;
+    if (!ix->nb || !key || !*key)
+        return NULL;
+    h = hash_fold(key);
+    return hidx_scan(ix->b[h & (ix->nb - 1)], h, key);
+}
+
+static struct hent *hidx_next(struct hent *e, const char *key)
+{
+    return hidx_scan(e->next, e->h, key);
+}
+
+static void *hidx_get(const struct hidx *ix, const char *key)
+{
+    struct hent *e = hidx_find(ix, key);
+    return e ? e->rec : NULL;
+}
+
+/* The record whose key equals `key` exactly (case-sensitive). */
+static void *hidx_get_exact(const struct hidx *ix, const char *key)
+{
+    struct hent *e;
+    for (e = hidx_find(ix, key); e; e = hidx_next(e, key))
+        if (!strcmp(e->key, key))
+            return e->rec;
+    return NULL;
+}
+
+static void hidx_clear(struct hidx *ix)
+{
+    for (size_t i = 0; i < ix->nb; i++) {
+        struct hent *e = ix->b[i], *next;
+        for (; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    }
+    free(ix->b);
+    memset(ix, 0, sizeof(*ix));
+}
+
+/* ==== records =================================================================== */
+
+struct contact {
+    uint64_t seq;               /* creation order, for stable listing */
+    char id[37];
+    char *name;                 /* owned, never NULL */
+    char *email;                /* owned, "" when none */
+    int archived;               /* ContactStatus ARCHIVED */
+    json_t *doc;                /* published, immutable */
+};
+
+struct invoice {
+    uint64_t seq;
+    char id[37];
+    char *number;               /* owned, "" when none (ACCPAY without one) */
+    char *reference;            /* owned, "" when none */
+    char type[8];               /* ACCREC | ACCPAY */
+    char status[12];            /* DRAFT SUBMITTED AUTHORISED PAID VOIDED DELETED */
+    char currency[4];
+    char contact_id[37];
+    int64_t total, paid, due;   /* minor units of currency */
+    json_t *doc;
+};
+
+struct payment {
+    uint64_t seq;
+    char id[37];
+    char *reference;            /* owned, "" when none */
+    char invoice_id[37];
+    char *invoice_number;       /* owned */
+    char status[12];            /* AUTHORISED */
+    char type[16];              /* ACCRECPAYMENT | ACCPAYPAYMENT */
+    json_t *doc;
+};
+
+struct account {
+    char id[37];
+    char code[32];
+    char name[128];
+    char type[32];
+    int payments_enabled;       /* EnablePaymentsToAccount */
+};
+
+/* ==== state ======================================================================== */
+
+struct token {
+    char value[65];
+    uint64_t expires_ns;
+};
+
+struct idem {
+    char *key;                  /* owned "METHOD path\nkey" */
+    int done;                   /* 0 while the first request runs */
+    int status;
+    char *body;                 /* owned reply body */
+    size_t len;
+    struct idem *newer;         /* FIFO for eviction */
+};
+
+/* A sliding window of admission times (ns), as a ring of `cap` slots. */
+struct window {
+    uint64_t *t;
+    size_t cap, head, n;        /* oldest at head */
+};
+
+enum op {
+    OP_TOKEN, OP_CONNECTIONS, OP_ORGANISATION, OP_ACCOUNTS,
+    OP_CONTACTS_GET, OP_CONTACT_GET, OP_CONTACTS_PUT, OP_CONTACTS_POST,
+    OP_INVOICES_GET, OP_INVOICE_GET, OP_INVOICES_PUT, OP_INVOICES_POST, OP_INVOICE_POST,
+    OP_PAYMENTS_GET, OP_PAYMENT_GET, OP_PAYMENTS_PUT, OP_PAYMENTS_POST,
+    OP_STATS, OP_RESET, OP__COUNT
+};
+
+struct xero;
+
+struct route_arg {
+    struct xero *x;
+    enum op op;
+};
+
+struct xero {
+    unsigned magic;             /* XERO_MAGIC while alive */
+    /* --- configuration, immutable after create --- */
+    char client_id[128];
+    char client_secret[128];
+    char tenant_id[37];
+    char tenant_name[256];
+    char base_currency[4];
+    char (*currencies)[4];      /* owned; enabled currency codes */
+    size_t n_currencies;
+    struct account *accounts;   /* owned */
+    size_t n_accounts;
+    unsigned token_ttl_s;
+    unsigned lim_minute, lim_day, lim_concurrent, lim_app_minute;  /* 0 = unlimited */
+    size_t idem_max_entries, idem_max_bytes;
+    struct route_arg args[OP__COUNT];
+    struct pb_http_route routes[32];
+
+    /* --- guarded by `data` --- */
+    pthread_mutex_t data;
+    struct vec contacts, invoices, payments;
+    struct hidx c_id, c_name, c_email;
+    struct hidx i_id, i_number, i_ref, i_contact;
+    struct hidx p_id, p_ref, p_invoice;
+    uint64_t seq;               /* last record seq */
+    unsigned invoice_counter;   /* last auto INV-nnnn */
+    uint64_t dup_invoice_refs, dup_payment_refs;
+
+    /* --- guarded by `gate` --- */
+    pthread_mutex_t gate;
+    pthread_cond_t idem_cond;
+    struct hidx tokens;         /* value -> struct token */
+    struct token *token_ring[MAX_TOKENS];
+    size_t token_head, token_n;
+    struct window w_minute, w_app;
+    uint64_t day_start_ns;
+    unsigned day_count;
+    unsigned inflight;
+    struct hidx idem_ix;
+    struct idem *idem_oldest, *idem_newest;
+    size_t idem_n, idem_bytes;
+    uint64_t requests, responses[600], replays, idem_evictions, tokens_issued;
+    uint64_t limited_minute, limited_day, limited_concurrent, limited_app;
+};
+
+/* One API call in progress. */
+struct call {
+    struct xero *x;
+    struct pb_http_request *req;
+    struct pb_http_response *resp;
+    int summarize;              /* summarizeErrors: 1 unless "false" */
+    int unitdp4;                /* unitdp=4 */
+    int64_t now_ms;
+};
+
+/* ==== time and text helpers ============================================================ */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *xstrdup(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+/* Replace *slot (owned) with a copy of s; -1 when out of memory. */
+static int set_str(char **slot, const char *s)
+{
+    char *c = xstrdup(s);
+    if (!c)
+        return -1;
+    free(*slot);
+    *slot = c;
+    return 0;
+}
+
+static void copy_str(char *dst, size_t len, const char *src)
+{
+    snprintf(dst, len, "%s", src ? src : "");
+}
+
+/* Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    int64_t era;
+    unsigned yoe, doy, doe;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = (unsigned)(y - era * 400);
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int *y, unsigned *m, unsigned *d)
+{
+    int64_t era;
+    unsigned doe, yoe, doy, mp;
+    z += 719468;
+    era = (z >= 0 ? z : z - 146096) / 146097;
+    doe = (unsigned)(z - era * 146097);
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    mp = (5 * doy + 2) / 153;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int)((int64_t)yoe + era * 400 + (*m <= 2));
+}
+
+static int days_in_month(int y, unsigned m)
+{
+    static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 ? 28 + leap : dm[m - 1];
+}
+
+/* "YYYY-MM-DD" (optionally followed by "T..."), or "/Date(ms[+zzzz])/". */
+static int parse_date(const char *s, int64_t *days)
+{
+    int y;
+    unsigned m, d;
+    int n = 0;
+    if (!strncmp(s, "/Date(", 6)) {
+        char *end;
+        long long ms = strtoll(s + 6, &end, 10);
+        if (end == s + 6)
+            return -1;
+        *days = ms >= 0 ? ms / 86400000 : -((-ms + 86399999) / 86400000);
+        return 0;
+    }
+    if (sscanf(s, "%4d-%2u-%2u%n", &y, &m, &d, &n) != 3 || n != 10)
+        return -1;
+    if (s[10] != '\0' && s[10] != 'T')
+        return -1;
+    if (y < 1900 || y > 9999 || m < 1 || m > 12 || d < 1 || (int)d > days_in_month(y, m))
+        return -1;
+    *days = days_from_civil(y, m, d);
+    return 0;
+}
+
+static json_t *msdate(int64_t ms)
+{
+    char buf[48];
+    snprintf(buf, sizeof(buf), "/Date(%" PRId64 "+0000)/", ms);
+    return json_string(buf);
+}
+
+static json_t *date_string(int64_t days)
+{
+    char buf[32];
+    int y;
+    unsigned m, d;
+    civil_from_days(days, &y, &m, &d);
+    snprintf(buf, sizeof(buf), "%04d-%02u-%02uT00:00:00", y, m, d);
+    return json_string(buf);
+}
+
+static int is_uuid_like(const char *s)
+{
+    size_t i;
+    for (i = 0; s[i]; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return 0;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return 0;
+        }
+    }
+    return i == 36;
+}
+
+static void new_uuid(char out[37])
+{
+    if (pb_uuid4(out) != PB_OK)
+        snprintf(out, 37, "00000000-0000-4000-8000-%012llx",
+                 (unsigned long long)(now_ms() & 0xffffffffffffll));
+}
+
+/* ==== exact decimals ====================================================================== */
+
+enum { DEC_OK = 0, DEC_SYNTAX = -1, DEC_RANGE = -2, DEC_INEXACT = -3 };
+
+/* Parse -?digits(.digits)?([eE][+-]?digits)? into round(value * 10^scale).
+ * With `round` the dropped digits round half to even; without, any non-zero
+ * dropped digit is DEC_INEXACT. */
+static int dec_parse(const char *s, int scale, int round, int64_t *out)
+{
+    char dig[48];
+    int nd = 0, frac = 0, seen_point = 0, any = 0, neg = 0, exp10 = 0, k, keep, i;
+    int64_t v = 0;
+    if (*s == '-') {
+        neg = 1;
+        s++;
+    }
+    for (; *s; s++) {
+        if (*s >= '0' && *s <= '9') {
+            any = 1;
+            if (nd == 0 && *s == '0') {
+                if (seen_point)
+                    frac++;
+                continue;           /* leading zero */
+            }
+            if (nd >= (int)sizeof(dig))
+                return DEC_RANGE;
+            dig[nd++] = *s;
+            if (seen_point)
+                frac++;
+        } else if (*s == '.' && !seen_point) {
+            seen_point = 1;
+        } else {
+            break;
+        }
+    }
+    if (!any)
+        return DEC_SYNTAX;
+    if (*s == 'e' || *s == 'E') {
+        char *end;
+        long e = strtol(s + 1, &end, 10);
+        if (end == s + 1 || *end || e < -60 || e > 60)
+            return DEC_SYNTAX;
+        exp10 = (int)e;
+    } else if (*s) {
+        return DEC_SYNTAX;
+    }
+    /* value = dig * 10^(exp10 - frac); we want dig * 10^k */
+    k = exp10 - frac + scale;
+    keep = k >= 0 ? nd : nd + k;
+    if (keep < 0)
+        keep = 0;
+    for (i = 0; i < keep; i++)
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, dig[i] - '0', &v))
+            return DEC_RANGE;
+    for (i = 0; i < k; i++)
+        if (__builtin_mul_overflow(v, 10, &v))
+            return DEC_RANGE;
+    if (keep < nd) {
+        int first = dig[keep] - '0', rest = 0, up;
+        for (i = keep + 1; i < nd; i++)
+            rest |= dig[i] != '0';
+        /* digits dropped entirely (keep == 0 with k < -nd) are below one half */
+        if (nd + k < 0)
+            first = 0, rest = 1;
+        if (!round && (first || rest))
+            return DEC_INEXACT;
+        up = first > 5 || (first == 5 && (rest || (v & 1)));
+        if (up && __builtin_add_overflow(v, 1, &v))
+            return DEC_RANGE;
+    }
+    *out = neg ? -v : v;
+    return DEC_OK;
+}
+
+/* A JSON number or decimal string at `scale` places (see dec_parse). */
+static int json_dec(const json_t *j, int scale, int round, int64_t *out)
+{
+    char buf[64];
+    if (json_is_integer(j))
+        snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(j));
+    else if (json_is_real(j))
+        snprintf(buf, sizeof(buf), "%.15g", json_real_value(j));
+    else if (json_is_string(j) && json_string_length(j) < sizeof(buf))
+        copy_str(buf, sizeof(buf), json_string_value(j));
+    else
+        return DEC_SYNTAX;
+    return dec_parse(buf, scale, round, out);
+}
+
+/* v / 10^places rounded half to even. */
+static int64_t round_div_pow10(int64_t v, int places)
+{
+    int64_t p = 1, q, r;
+    for (int i = 0; i < places; i++)
+        p *= 10;
+    q = v / p;
+    r = v % p;
+    if (r < 0)
+        r = -r;
+    if (r * 2 > p || (r * 2 == p && (q & 1)))
+        q += v < 0 ? -1 : 1;
+    return q;
+}
+
+/* Text of v / 10^scale with at least min_frac and at most scale decimals. */
+static void dec_format(int64_t v, int scale, int min_frac, char *buf, size_t len)
+{
+    uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, p = 1;
+    char frac[24];
+    int nf = scale;
+    for (int i = 0; i < scale; i++)
+        p *= 10;
+    snprintf(frac, sizeof(frac), "%0*" PRIu64, scale, a % p);
+    while (nf > min_frac && frac[nf - 1] == '0')
+        nf--;
+    if (nf > 0)
+        snprintf(buf, len, "%s%" PRIu64 ".%.*s", v < 0 ? "-" : "", a / p, nf, frac);
+    else
+        snprintf(buf, len, "%s%" PRIu64, v < 0 ? "-" : "", a / p);
+}
+
+static json_t *money_json(int64_t minor, const char *currency)
+{
+    char buf[PB_MONEY_DECIMAL_MAX];
+    if (pb_money_format_decimal(minor, currency, buf, sizeof(buf), NULL) != PB_OK)
+        return json_null();
+    return json_string(buf);
+}
+
+/* ==== replies ================================================================================ */
+
+static void reply_json(struct pb_http_response *resp, int status, json_t *body)
+{
+    char *text = body ? pb_json_dumps_decimal(body, DECIMAL_KEYS, JSON_REAL_PRECISION(15)) : NULL;
+    json_decref(body);
+    if (!text) {
+        pb_http_response_error(resp, 500, "internal", "out of memory serialising the reply");
+        return;
+    }
+    pb_http_response_body_take(resp, status, text, strlen(text));
+}
+
+/* {"Type":null,"Title":..,"Status":..,"Detail":..}: the API gateway's errors. */
+static void reply_problem(struct pb_http_response *resp, int status, const char *title,
+                          const char *detail)
+{
+    reply_json(resp, status,
+               json_pack("{s:n,s:s,s:i,s:s}", "Type", "Title", title, "Status", status, "Detail",
+                         detail));
+}
+
+/* {"ErrorNumber":n,"Type":..,"Message":..}: the API's own exceptions. */
+static void reply_exception(struct pb_http_response *resp, int status, int number,
+                            const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void reply_exception(struct pb_http_response *resp, int status, int number,
+                            const char *type, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_json(resp, status,
+               json_pack("{s:i,s:s,s:s}", "ErrorNumber", number, "Type", type, "Message", msg));
+}
+
+static void reply_not_found(struct pb_http_response *resp)
+{
+    reply_problem(resp, 404, "NotFound", "The resource you're looking for cannot be found");
+}
+
+static json_t *envelope(const char *key, json_t *items)
+{
+    char id[37];
+    json_t *env;
+    new_uuid(id);
+    env = json_pack("{s:s,s:s,s:s,s:o}", "Id", id, "Status", "OK", "ProviderName",
+                    PROVIDER_NAME, "DateTimeUTC", msdate(now_ms()));
+    if (env)
+        json_object_set_new(env, key, items);
+    else
+        json_decref(items);
+    return env;
+}
+
+/* Append {"Message":msg} to *errs (created on first use). */
+static void add_error(json_t **errs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_error(json_t **errs, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!*errs)
+        *errs = json_array();
+    if (*errs)
+        json_array_append_new(*errs, json_pack("{s:s}", "Message", msg));
+}
+
+/* The element as sent, marked as failed. Takes a reference to `src`. */
+static json_t *error_element(json_t *src, json_t *errs, const char *has_key)
+{
+    json_t *e = json_is_object(src) ? json_copy(src) : json_object();
+    if (!e)
+        return NULL;
+    json_object_set_new(e, "ValidationErrors", errs ? json_incref(errs) : json_array());
+    json_object_set_new(e, "StatusAttributeString", json_string("ERROR"));
+    json_object_set_new(e, has_key, json_true());
+    return e;
+}
+
+/* ==== configuration ============================================================================ */
+
+static const struct account DEFAULT_ACCOUNTS[] = {
+    {"", "090", "Business Bank Account", "BANK", 0}, {"", "091", "Opayo Clearing", "BANK", 0},
+    {"", "200", "Sales", "REVENUE", 0},             {"", "260", "Other Revenue", "REVENUE", 0},
+    {"", "404", "Bank Fees", "EXPENSE", 0},
+};
+
+static const char *const SETTINGS_KEYS[] = {
+    "client_id", "client_secret", "tenant_id", "tenant_name", "base_currency", "currencies",
+    "token_ttl_s", "accounts", "limits", "idempotency_max_entries", "idempotency_max_bytes",
+    /* read by the framework */
+    "port", "faults", "enabled", NULL};
+
+static enum pb_rc conf_string(json_t *s, const char *key, char *dst, size_t len,
+                              struct pb_err *err)
+{
+    json_t *v = json_object_get(s, key);
+    if (!v)
+        return PB_OK;
+    if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) >= len)
+        return pb_err_set(err, PB_ERR_CONFIG, "xero.%s must be a non-empty string of at most %zu "
+                          "characters", key, len - 1);
+    copy_str(dst, len, json_string_value(v));
+    return PB_OK;
+}
+
+static enum pb_rc conf_uint(json_t *s, const char *key, unsigned *dst, unsigned max,
+                            struct pb_err *err)
+{
+    json_t *v = json_object_get(s, key);
+    if (!v || json_is_null(v))
+        return PB_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
+        return pb_err_set(err, PB_ERR_CONFIG, "%s must be an integer from 0 to %u", key, max);
+    *dst = (unsigned)json_integer_value(v);
+    return PB_OK;
+}
+
+static int currency_enabled(const struct xero *x, const char *code)
+{
+    for (size_t i = 0; i < x->n_currencies; i++)
+        if (!strcmp(x->currencies[i], code))
+            return 1;
+    return 0;
+}
+
+static const struct account *account_by_code(const struct xero *x, const char *code)
+{
+    for (size_t i = 0; i < x->n_accounts; i++)
+        if (!strcasecmp(x->accounts[i].code, code))
+            return &x->accounts[i];
+    return NULL;
+}
+
+static const struct account *account_by_id(const struct xero *x, const char *id)
+{
+    for (size_t i = 0; i < x->n_accounts; i++)
+        if (!strcasecmp(x->accounts[i].id, id))
+            return &x->accounts[i];
+    return NULL;
+}
+
+static enum pb_rc conf_accounts(struct xero *x, json_t *v, struct pb_err *err)
+{
+    size_t i, n = v ? json_array_size(v) : sizeof(DEFAULT_ACCOUNTS) / sizeof(DEFAULT_ACCOUNTS[0]);
+    if (v && (!json_is_array(v) || n == 0))
+        return pb_err_set(err, PB_ERR_CONFIG, "xero.accounts must be a non-empty array");
+    x->accounts = calloc(n, sizeof(*x->accounts));
+    if (!x->accounts)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    x->n_accounts = n;
+    for (i = 0; i < n; i++) {
+        struct account *a = &x->accounts[i];
+        if (!v) {
+            *a = DEFAULT_ACCOUNTS[i];
+        } else {
+            json_t *e = json_array_get(v, i);
+            const char *code = json_string_value(json_object_get(e, "Code"));
+            const char *name = json_string_value(json_object_get(e, "Name"));
+            const char *type = json_string_value(json_object_get(e, "Type"));
+            const char *id = json_string_value(json_object_get(e, "AccountID"));
+            if (!code || !*code || !type || !*type)
+                return pb_err_set(err, PB_ERR_CONFIG,
+                                  "xero.accounts[%zu] needs string Code and Type", i);
+            if (id && !is_uuid_like(id))
+                return pb_err_set(err, PB_ERR_CONFIG, "xero.accounts[%zu].AccountID is not a "
+                                  "GUID", i);
+            copy_str(a->code, sizeof(a->code), code);
+            copy_str(a->name, sizeof(a->name), name ? name : code);
+            copy_str(a->type, sizeof(a->type), type);
+            copy_str(a->id, sizeof(a->id), id);
+            a->payments_enabled = json_is_true(json_object_get(e, "EnablePaymentsToAccount"));
+        }
+        if (!a->id[0])
+            new_uuid(a->id);
+    }
+    return PB_OK;
+}
+
+static enum pb_rc conf_currencies(struct xero *x, json_t *v, struct pb_err *err)
+{
+    static const char *const def[] = {"GBP", "EUR", "USD", "JPY"};
+    size_t n = v ? json_array_size(v) : 4;
+    if (v && (!json_is_array(v) || n == 0))
+        return pb_err_set(err, PB_ERR_CONFIG, "xero.currencies must be a non-empty array");
+    x->currencies = calloc(n, sizeof(*x->currencies));
+    if (!x->currencies)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    x->n_currencies = n;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = v ? json_string_value(json_array_get(v, i)) : def[i];
+        if (!c || !pb_currency_valid(c))
+            return pb_err_set(err, PB_ERR_CONFIG, "xero.currencies[%zu] is not an ISO 4217 "
+                              "code", i);
+        copy_str(x->currencies[i], 4, c);
+    }
+    return PB_OK;
+}
+
+static enum pb_rc conf_limits(struct xero *x, json_t *v, struct pb_err *err)
+{
+    enum pb_rc rc;
+    x->lim_minute = 60;
+    x->lim_day = 5000;
+    x->lim_concurrent = 5;
+    x->lim_app_minute = 10000;
+    if (!v)
+        return PB_OK;
+    if (json_is_false(v) || json_is_null(v)) {
+        x->lim_minute = x->lim_day = x->lim_concurrent = x->lim_app_minute = 0;
+        return PB_OK;
+    }
+    if (!json_is_object(v))
+        return pb_err_set(err, PB_ERR_CONFIG, "xero.limits must be an object or false");
+    /* A key that is absent means unlimited, as the brief of the settings says. */
+    x->lim_minute = x->lim_day = x->lim_concurrent = x->lim_app_minute = 0;
+    if ((rc = conf_uint(v, "per_minute", &x->lim_minute, 10000000, err)) ||
+        (rc = conf_uint(v, "per_day", &x->lim_day, 1000000000, err)) ||
+        (rc = conf_uint(v, "concurrent", &x->lim_concurrent, 100000, err)) ||
+        (rc = conf_uint(v, "app_per_minute", &x->lim_app_minute, 10000000, err)))
+        return rc;
+    {
+        const char *key;
+        json_t *val;
+        json_object_foreach(v, key, val)
+        {
+            if (strcmp(key, "per_minute") && strcmp(key, "per_day") &&
+                strcmp(key, "concurrent") && strcmp(key, "app_per_minute"))
+                return pb_err_set(err, PB_ERR_CONFIG,
+                                  "unknown key xero.limits.%s (known: per_minute, per_day, "
+                                  "concurrent, app_per_minute)", key);
+        }
+    }
+    return PB_OK;
+}
+
+static int window_init(struct window *w, unsigned cap)
+{
+    memset(w, 0, sizeof(*w));
+    if (!cap)
+        return 0;
+    w->t = calloc(cap, sizeof(*w->t));
+    w->cap = cap;
+    return w->t ? 0 : -1;
+}
+
+/* ==== state life ================================================================================== */
+
+static void clear_data(struct xero *x)
+{
+    size_t i;
+    for (i = 0; i < x->contacts.n; i++) {
+        struct contact *c = x->contacts.v[i];
+        json_decref(c->doc);
+        free(c->name);
+        free(c->email);
+        free(c);
+    }
+    for (i = 0; i < x->invoices.n; i++) {
+        struct invoice *inv = x->invoices.v[i];
+        json_decref(inv->doc);
+        free(inv->number);
+        free(inv->reference);
+        free(inv);
+    }
+    for (i = 0; i < x->payments.n; i++) {
+        struct payment *p = x->payments.v[i];
+        json_decref(p->doc);
+        free(p->reference);
+        free(p->invoice_number);
+        free(p);
+    }
+    x->contacts.n = x->invoices.n = x->payments.n = 0;
+    hidx_clear(&x->c_id);
+    hidx_clear(&x->c_name);
+    hidx_clear(&x->c_email);
+    hidx_clear(&x->i_id);
+    hidx_clear(&x->i_number);
+    hidx_clear(&x->i_ref);
+    hidx_clear(&x->i_contact);
+    hidx_clear(&x->p_id);
+    hidx_clear(&x->p_ref);
+    hidx_clear(&x->p_invoice);
+    x->invoice_counter = 0;
+    x->dup_invoice_refs = x->dup_payment_refs = 0;
+}
+
+/* Forget every stored reply. With `all` 0, entries of requests still running
+ * stay (their owner finishes them with idem_end); destroy passes 1. */
+static void clear_idempotency(struct xero *x, int all)
+{
+    struct idem *e = x->idem_oldest, *next, *head = NULL, *tail = NULL;
+    x->idem_n = x->idem_bytes = 0;
+    for (; e; e = next) {
+        next = e->newer;
+        e->newer = NULL;
+        if (!e->done && !all) {
+            if (tail)
+                tail->newer = e;
+            else
+                head = e;
+            tail = e;
+            x->idem_n++;
+            continue;
+        }
+        hidx_del(&x->idem_ix, e->key, e);
+        free(e->key);
+        free(e->body);
+        free(e);
+    }
+    x->idem_oldest = head;
+    x->idem_newest = tail;
+}
+
+static void xero_destroy(void *state)
+{
+    struct xero *x = state;
+    if (!x || x->magic != XERO_MAGIC)
+        return;
+    x->magic = 0;
+    clear_data(x);
+    free(x->contacts.v);
+    free(x->invoices.v);
+    free(x->payments.v);
+    clear_idempotency(x, 1);
+    hidx_clear(&x->idem_ix);
+    for (size_t i = 0; i < x->token_n; i++)
+        free(x->token_ring[(x->token_head + i) % MAX_TOKENS]);
+    hidx_clear(&x->tokens);
+    free(x->w_minute.t);
+    free(x->w_app.t);
+    free(x->currencies);
+    free(x->accounts);
+    pthread_mutex_destroy(&x->data);
+    pthread_mutex_destroy(&x->gate);
+    pthread_cond_destroy(&x->idem_cond);
+    free(x);
+}
+
+static void build_routes(struct xero *x);
+
+static void *xero_create(json_t *s, struct pb_err *err)
+{
+    struct xero *x = calloc(1, sizeof(*x));
+    const char *key;
+    json_t *v;
+    unsigned idem_entries = 200000, idem_mb = 512;
+    enum pb_rc rc = PB_OK;
+
+    if (!x) {
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&x->data, NULL);
+    pthread_mutex_init(&x->gate, NULL);
+    pthread_cond_init(&x->idem_cond, NULL);
+    x->magic = XERO_MAGIC;
+    copy_str(x->client_id, sizeof(x->client_id), "sandbox-client");
+    copy_str(x->client_secret, sizeof(x->client_secret), "sandbox-secret");
+    copy_str(x->tenant_id, sizeof(x->tenant_id), DEFAULT_TENANT_ID);
+    copy_str(x->tenant_name, sizeof(x->tenant_name), "Demo Company (UK)");
+    copy_str(x->base_currency, sizeof(x->base_currency), "GBP");
+    x->token_ttl_s = 1800;
+
+    if (s && !json_is_object(s)) {
+        pb_err_set(err, PB_ERR_CONFIG, "xero settings must be an object");
+        goto fail;
+    }
+    json_object_foreach(s, key, v)
+    {
+        int known = 0;
+        for (size_t i = 0; SETTINGS_KEYS[i]; i++)
+            known |= !strcmp(key, SETTINGS_KEYS[i]);
+        if (!known) {
+            pb_err_set(err, PB_ERR_CONFIG, "unknown setting xero.%s", key);
+            goto fail;
+        }
+    }
+    if ((rc = conf_string(s, "client_id", x->client_id, sizeof(x->client_id), err)) ||
+        (rc = conf_string(s, "client_secret", x->client_secret, sizeof(x->client_secret), err)) ||
+        (rc = conf_string(s, "tenant_id", x->tenant_id, sizeof(x->tenant_id), err)) ||
+        (rc = conf_string(s, "tenant_name", x->tenant_name, sizeof(x->tenant_name), err)) ||
+        (rc = conf_string(s, "base_currency", x->base_currency, sizeof(x->base_currency), err)) ||
+        (rc = conf_uint(s, "token_ttl_s", &x->token_ttl_s, 31 * 86400, err)) ||
+        (rc = conf_uint(s, "idempotency_max_entries", &idem_entries, 100000000, err)) ||
+        (rc = conf_uint(s, "idempotency_max_bytes", &idem_mb, 0xffffffffu, err)))
+        goto fail;
+    /* idempotency_max_bytes is given in bytes; the default is 512 MiB. */
+    x->idem_max_entries = idem_entries;
+    x->idem_max_bytes = json_object_get(s, "idempotency_max_bytes") ? (size_t)idem_mb
+                                                                     : (size_t)512 << 20;
+    if (!is_uuid_like(x->tenant_id)) {
+        pb_err_set(err, PB_ERR_CONFIG, "xero.tenant_id must be a GUID");
+        goto fail;
+    }
+    if ((rc = conf_currencies(x, json_object_get(s, "currencies"), err)) ||
+        (rc = conf_accounts(x, json_object_get(s, "accounts"), err)) ||
+        (rc = conf_limits(x, json_object_get(s, "limits"), err)))
+        goto fail;
+    if (!pb_currency_valid(x->base_currency) || !currency_enabled(x, x->base_currency)) {
+        pb_err_set(err, PB_ERR_CONFIG, "xero.base_currency %s must be a valid code listed in "
+                   "xero.currencies", x->base_currency);
+        goto fail;
+    }
+    if (x->token_ttl_s == 0) {
+        pb_err_set(err, PB_ERR_CONFIG, "xero.token_ttl_s must be at least 1");
+        goto fail;
+    }
+    if (window_init(&x->w_minute, x->lim_minute) || window_init(&x->w_app, x->lim_app_minute)) {
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory for the rate-limit windows");
+        goto fail;
+    }
+    build_routes(x);
+    return x;
+fail:
+    xero_destroy(x);
+    return NULL;
+}
+
+/* ==== tokens ======================================================================================== */
+
+/* Add a token; evicts the oldest beyond MAX_TOKENS. Caller holds gate. */
+static struct token *token_add(struct xero *x)
+{
+    struct token *t = calloc(1, sizeof(*t));
+    unsigned char raw[32];
+    if (!t || pb_random_bytes(raw, sizeof(raw)) ||
+        pb_hex_encode(raw, sizeof(raw), t->value, sizeof(t->value))) {
+        free(t);
+        return NULL;
+    }
+    t->expires_ns = pb_monotonic_ns() + (uint64_t)x->token_ttl_s * NS_PER_S;
+    if (x->token_n == MAX_TOKENS) {
+        struct token *old = x->token_ring[x->token_head];
+        hidx_del(&x->tokens, old->value, old);
+        free(old);
+        x->token_head = (x->token_head + 1) % MAX_TOKENS;
+        x->token_n--;
+    }
+    if (hidx_add(&x->tokens, t->value, t)) {
+        free(t);
+        return NULL;
+    }
+    x->token_ring[(x->token_head + x->token_n) % MAX_TOKENS] = t;
+    x->token_n++;
+    x->tokens_issued++;
+    return t;
+}
+
+/* 0 valid, 1 unknown, 2 expired. */
+static int token_check(struct xero *x, const struct pb_http_request *req)
+{
+    const char *auth = pb_http_header(req, "Authorization");
+    struct token *t;
+    int rc;
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+        return 1;
+    auth += 7;
+    while (*auth == ' ')
+        auth++;
+    pthread_mutex_lock(&x->gate);
+    t = hidx_get_exact(&x->tokens, auth);
+    rc = !t ? 1 : (t->expires_ns <= pb_monotonic_ns() ? 2 : 0);
+    pthread_mutex_unlock(&x->gate);
+    return rc;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Value of `name` in an application/x-www-form-urlencoded body, decoded into
+ * out. Returns 1 when found. */
+static int form_get(const char *body, size_t len, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name), i = 0;
+    while (i < len) {
+        size_t end = i, o = 0;
+        while (end < len && body[end] != '&')
+            end++;
+        if (end - i > nlen && !strncmp(body + i, name, nlen) && body[i + nlen] == '=') {
+            for (size_t k = i + nlen + 1; k < end && o + 1 < outlen; k++) {
+                int c = (unsigned char)body[k];
+                if (c == '+')
+                    c = ' ';
+                else if (c == '%' && k + 2 < end + 1 && hexval(body[k + 1]) >= 0 &&
+                         hexval(body[k + 2]) >= 0) {
+                    c = hexval(body[k + 1]) * 16 + hexval(body[k + 2]);
+                    k += 2;
+                }
+                out[o++] = (char)c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        i = end + 1;
+    }
+    return 0;
+}
+
+static int str_ct_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    return la == lb && pb_ct_equal(a, b, la);
+}
+
+static void op_token(struct call *c)
+{
+    struct xero *x = c->x;
+    const struct pb_http_request *req = c->req;
+    const char *auth = pb_http_header(req, "Authorization");
+    char grant[64] = "", scope[512] = "", id[256] = "", secret[256] = "";
+    struct token *t;
+    json_t *body;
+    int have_basic = 0;
+
+    if (auth && !strncasecmp(auth, "Basic ", 6)) {
+        unsigned char *dec = NULL;
+        size_t dlen = 0;
+        const char *b64 = auth + 6;
+        while (*b64 == ' ')
+            b64++;
+        if (pb_base64_decode(b64, strlen(b64), &dec, &dlen, NULL) == PB_OK) {
+            char *colon = memchr(dec, ':', dlen);
+            if (colon) {
+                *colon = '\0';
+                copy_str(id, sizeof(id), (char *)dec);
+                copy_str(secret, sizeof(secret), colon + 1);
+                have_basic = 1;
+            }
+            free(dec);
+        }
+    }
+    if (!have_basic) {
+        form_get(req->body, req->body_len, "client_id", id, sizeof(id));
+        form_get(req->body, req->body_len, "client_secret", secret, sizeof(secret));
+    }
+    form_get(req->body, req->body_len, "grant_type", grant, sizeof(grant));
+    form_get(req->body, req->body_len, "scope", scope, sizeof(scope));
+    if (!str_ct_equal(id, x->client_id) || !str_ct_equal(secret, x->client_secret)) {
+        reply_json(c->resp, 400, json_pack("{s:s}", "error", "invalid_client"));
+        return;
+    }
+    if (strcmp(grant, "client_credentials") != 0) {
+        reply_json(c->resp, 400, json_pack("{s:s}", "error", "unsupported_grant_type"));
+        return;
+    }
+    pthread_mutex_lock(&x->gate);
+    t = token_add(x);
+    body = t ? json_pack("{s:s,s:i,s:s,s:s}", "access_token", t->value, "expires_in",
+                         (int)x->token_ttl_s, "token_type", "Bearer", "scope",
+                         scope[0] ? scope
+                                  : "accounting.transactions accounting.contacts "
+                                    "accounting.settings")
+             : NULL;
+    pthread_mutex_unlock(&x->gate);
+    if (!body) {
+        reply_problem(c->resp, 500, "InternalError", "could not issue a token");
+        return;
+    }
+    pb_http_response_header(c->resp, "Cache-Control", "no-store");
+    reply_json(c->resp, 200, body);
+}
+
+static void reply_unauthorized(struct pb_http_response *resp, int why)
+{
+    pb_http_response_header(resp, "WWW-Authenticate",
+                            why == 2 ? "Bearer error=\"invalid_token\", "
+                                       "error_description=\"TokenExpired: token expired\""
+                                     : "Bearer error=\"invalid_token\"");
+    reply_problem(resp, 401, "Unauthorized", why == 2 ? "TokenExpired" : "AuthenticationUnsuccessful");
+}
+
+static void op_connections(struct call *c)
+{
+    struct xero *x = c->x;
+    int why = token_check(x, c->req);
+    char created[48];
+    time_t t = time(NULL);
+    struct tm tm;
+    if (why) {
+        reply_unauthorized(c->resp, why);
+        return;
+    }
+    gmtime_r(&t, &tm);
+    strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%S.0000000", &tm);
+    reply_json(c->resp, 200,
+               json_pack("[{s:s,s:s,s:s,s:s,s:s,s:s,s:s}]", "id", CONNECTION_ID, "authEventId",
+                         CONNECTION_ID, "tenantId", x->tenant_id, "tenantType", "ORGANISATION",
+                         "tenantName", x->tenant_name, "createdDateUtc", created,
+                         "updatedDateUtc", created));
+}
+
+/* ==== rate limits ====================================================================================== */
+
+/* Drop admissions older than a minute. */
+static void window_prune(struct window *w, uint64_t now)
+{
+    while (w->n && w->t[w->head] + 60 * NS_PER_S <= now) {
+        w->head = (w->head + 1) % w->cap;
+        w->n--;
+    }
+}
+
+static void window_push(struct window *w, uint64_t now)
+{
+    w->t[(w->head + w->n) % w->cap] = now;
+    w->n++;
+}
+
+static unsigned secs_until(uint64_t when, uint64_t now)
+{
+    uint64_t d = when > now ? when - now : 0;
+    unsigned s = (unsigned)((d + NS_PER_S - 1) / NS_PER_S);
+    return s ? s : 1;
+}
+
+struct admission {
+    int admitted;               /* 1: counted, inflight held */
+    const char *problem;        /* when refused: minute, day, concurrent, appminute */
+    unsigned retry_after;
+    long min_left, day_left, app_left;  /* -1 = unlimited */
+};
+
+/* Admit one call against the tenant's and the app's limits (gate held). With
+ * `consume` 0 only fill the remaining counts. */
+static void admit(struct xero *x, struct admission *a, int consume)
+{
+    uint64_t now = pb_monotonic_ns();
+    memset(a, 0, sizeof(*a));
+    if (x->lim_minute)
+        window_prune(&x->w_minute, now);
+    if (x->lim_app_minute)
+        window_prune(&x->w_app, now);
+    if (x->lim_day && (x->day_start_ns == 0 || now - x->day_start_ns >= 86400ull * NS_PER_S)) {
+        x->day_start_ns = now;
+        x->day_count = 0;
+    }
+    if (consume) {
+        if (x->lim_concurrent && x->inflight >= x->lim_concurrent) {
+            a->problem = "concurrent";
+            a->retry_after = 1;
+            x->limited_concurrent++;
+        } else if (x->lim_day && x->day_count >= x->lim_day) {
+            a->problem = "day";
+            a->retry_after = secs_until(x->day_start_ns + 86400ull * NS_PER_S, now);
+            x->limited_day++;
+        } else if (x->lim_minute && x->w_minute.n >= x->lim_minute) {
+            a->problem = "minute";
+            a->retry_after = secs_until(x->w_minute.t[x->w_minute.head] + 60 * NS_PER_S, now);
+            x->limited_minute++;
+        } else if (x->lim_app_minute && x->w_app.n >= x->lim_app_minute) {
+            a->problem = "appminute";
+            a->retry_after = secs_until(x->w_app.t[x->w_app.head] + 60 * NS_PER_S, now);
+            x->limited_app++;
+        } else {
+            a->admitted = 1;
+            x->inflight++;
+            if (x->lim_minute)
+                window_push(&x->w_minute, now);
+            if (x->lim_app_minute)
+                window_push(&x->w_app, now);
+            x->day_count++;
+        }
+    }
+    a->min_left = x->lim_minute ? (long)(x->lim_minute - x->w_minute.n) : -1;
+    a->app_left = x->lim_app_minute ? (long)(x->lim_app_minute - x->w_app.n) : -1;
+    a->day_left = x->lim_day ? (long)(x->lim_day - x->day_count) : -1;
+}
+
+static void limit_headers(struct pb_http_response *resp, const struct admission *a)
+{
+    char buf[24];
+    if (a->min_left >= 0) {
+        snprintf(buf, sizeof(buf), "%ld", a->min_left);
+        pb_http_response_header(resp, "X-MinLimit-Remaining", buf);
+    }
+    if (a->day_left >= 0) {
+        snprintf(buf, sizeof(buf), "%ld", a->day_left);
+        pb_http_response_header(resp, "X-DayLimit-Remaining", buf);
+    }
+    if (a->app_left >= 0) {
+        snprintf(buf, sizeof(buf), "%ld", a->app_left);
+        pb_http_response_header(resp, "X-AppMinLimit-Remaining", buf);
+    }
+}
+
+/* ==== idempotency ========================================================================================= */
+
+static void idem_free(struct idem *e)
+{
+    free(e->key);
+    free(e->body);
+    free(e);
+}
+
+static void idem_unlink(struct xero *x, struct idem *e)
+{
+    struct idem **pp = &x->idem_oldest, *prev = NULL;
+    for (; *pp && *pp != e; pp = &(*pp)->newer)
+        prev = *pp;
+    if (!*pp)
+        return;
+    *pp = e->newer;
+    if (x->idem_newest == e)
+        x->idem_newest = prev;
+    hidx_del(&x->idem_ix, e->key, e);
+    x->idem_n--;
+    x->idem_bytes -= e->len;
+}
+
+/* Evict the oldest finished entries beyond the caps (gate held). */
+static void idem_evict(struct xero *x)
+{
+    while (x->idem_oldest && x->idem_oldest->done &&
+           (x->idem_n > x->idem_max_entries || x->idem_bytes > x->idem_max_bytes)) {
+        struct idem *e = x->idem_oldest;
+        idem_unlink(x, e);
+        idem_free(e);
+        x->idem_evictions++;
+    }
+}
+
+/* Look the key up: returns a finished entry to replay (copied into status,
+ * body), or registers a pending one owned by this call (*mine). Waits while
+ * another call with the same key runs. Gate held by the caller. */
+static int idem_begin(struct xero *x, const char *key, struct idem **mine, int *status,
+                      char **body, size_t *len)
+{
+    struct idem *e;
+    *mine = NULL;
+    for (;;) {
+        e = hidx_get_exact(&x->idem_ix, key);
+        if (!e || e->done)
+            break;
+        pthread_cond_wait(&x->idem_cond, &x->gate);
+    }
+    if (e) {
+        *body = malloc(e->len + 1);
+        if (!*body)
+            return -1;
+        memcpy(*body, e->body, e->len);
+        (*body)[e->len] = '\0';
+        *len = e->len;
+        *status = e->status;
+        x->replays++;
+        return 1;
+    }
+    e = calloc(1, sizeof(*e));
+    if (!e || !(e->key = strdup(key)) || hidx_add(&x->idem_ix, e->key, e)) {
+        if (e)
+            free(e->key);
+        free(e);
+        return -1;
+    }
+    if (x->idem_newest)
+        x->idem_newest->newer = e;
+    else
+        x->idem_oldest = e;
+    x->idem_newest = e;
+    x->idem_n++;
+    *mine = e;
+    return 0;
+}
+
+/* Finish the call that owns `e`: keep its reply, or forget the key when the
+ * reply says nothing about the request (5xx, 429). Gate held. */
+static void idem_end(struct xero *x, struct idem *e, const struct pb_http_response *resp)
+{
+    int status = resp->status ? resp->status : 500;
+    int keep = status < 500 && status != 429 && status != 401 && status != 403;
+    if (keep && resp->body_len) {
+        e->body = malloc(resp->body_len);
+        if (e->body) {
+            memcpy(e->body, resp->body, resp->body_len);
+            e->len = resp->body_len;
+        } else {
+            keep = 0;
+        }
+    }
+    if (!keep) {
+        idem_unlink(x, e);
+        idem_free(e);
+    } else {
+        e->status = status;
+        e->done = 1;
+        x->idem_bytes += e->len;
+        idem_evict(x);
+    }
+    pthread_cond_broadcast(&x->idem_cond);
+}
+
+/* ==== JSON bodies ============================================================================================= */
+
+/* The elements of a write: `key` of the parsed body (an array), or the body
+ * itself when it is a single object without that key. Replies 400 and returns
+ * NULL when the body is not usable. *root owns everything. */
+static json_t *body_elements(struct call *c, const char *key, json_t **root)
+{
+    json_error_t jerr;
+    json_t *arr;
+    *root = NULL;
+    if (c->req->body_len == 0) {
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "The request body is empty; expected {\"%s\":[...]}", key);
+        return NULL;
+    }
+    *root = json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!*root) {
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "JSON for post data was invalid,%s Line %d, position %d.", jerr.text,
+                        jerr.line, jerr.column);
+        return NULL;
+    }
+    if (!json_is_object(*root)) {
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "JSON for post data was invalid, expected an object {\"%s\":[...]}",
+                        key);
+        goto fail;
+    }
+    arr = json_object_get(*root, key);
+    if (!arr) {
+        json_t *one = json_array();
+        if (!one || json_array_append(one, *root)) {
+            json_decref(one);
+            goto fail;
+        }
+        json_decref(*root);
+        *root = json_pack("{s:o}", key, one);
+        if (!*root)
+            goto fail;
+        arr = json_object_get(*root, key);
+    }
+    if (!json_is_array(arr)) {
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "JSON for post data was invalid, %s must be an array", key);
+        goto fail;
+    }
+    return arr;
+fail:
+    if (!c->resp->body)
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+    json_decref(*root);
+    *root = NULL;
+    return NULL;
+}
+
+/* Member `key` as a string: NULL when absent or null; *bad set when present
+ * but not a string. */
+static const char *opt_str(json_t *obj, const char *key, int *bad)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return NULL;
+    if (!json_is_string(v)) {
+        *bad = 1;
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+/* The reply of a write: every element with summarizeErrors=false, else 200
+ * with the saved ones or 400 with the failed ones. Takes `items` and `failed`. */
+static void reply_write(struct call *c, const char *key, json_t *items, json_t *failed,
+                        int n_failed)
+{
+    if (n_failed && c->summarize) {
+        json_decref(items);
+        reply_json(c->resp, 400,
+                   json_pack("{s:i,s:s,s:s,s:o}", "ErrorNumber", 10, "Type",
+                             "ValidationException", "Message", "A validation exception occurred",
+                             "Elements", failed));
+        return;
+    }
+    json_decref(failed);
+    reply_json(c->resp, 200, envelope(key, items));
+}
+
+/* A reply element for a saved doc: the doc itself, or with summarizeErrors=false
+ * a shallow copy marked OK. */
+static json_t *ok_element(const struct call *c, json_t *doc)
+{
+    json_t *e;
+    if (c->summarize)
+        return json_incref(doc);
+    e = json_copy(doc);
+    if (e)
+        json_object_set_new(e, "StatusAttributeString", json_string("OK"));
+    return e;
+}
+
+/* ==== Contacts ================================================================================================= */
+
+struct contact_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned ValidationErrors, NULL when none */
+    json_t *patch;              /* owned normalised members to set */
+    char id[64];                /* ContactID as sent, "" when none */
+    const char *name;           /* borrowed from src, NULL when absent */
+    const char *email;
+    const char *status;         /* ACTIVE | ARCHIVED | NULL */
+    struct contact *target;     /* resolved update target */
+    json_t *doc;                /* owned result doc when saved */
+};
+
+static const char *const CONTACT_STRINGS[] = {"FirstName", "LastName", "AccountNumber",
+                                              "ContactNumber", "CompanyNumber", "TaxNumber",
+                                              "BankAccountDetails", "Website", NULL};
+static const char *const ADDRESS_STRINGS[] = {"AddressLine1", "AddressLine2", "AddressLine3",
+                                              "AddressLine4", "City", "Region", "PostalCode",
+                                              "Country", "AttentionTo", NULL};
+static const char *const PHONE_STRINGS[] = {"PhoneNumber", "PhoneAreaCode", "PhoneCountryCode",
+                                            NULL};
+
+/* Copy the string members `keys` of `src` into `dst`, checking lengths. */
+static void copy_strings(json_t *dst, json_t *src, const char *const *keys, size_t max,
+                         const char *what, json_t **errs)
+{
+    for (size_t i = 0; keys[i]; i++) {
+        int bad = 0;
+        const char *s = opt_str(src, keys[i], &bad);
+        if (bad)
+            add_error(errs, "%s%s must be a string", what, keys[i]);
+        else if (s && strlen(s) > max)
+            add_error(errs, "%s%s must be at most %zu characters", what, keys[i], max);
+        else if (s)
+            json_object_set_new(dst, keys[i], json_string(s));
+    }
+}
+
+/* Step 1 for one contact: checks that need no state, and the patch. */
+static void contact_check(struct contact_in *ci)
+{
+    json_t *e = ci->src, *v;
+    int bad = 0;
+    const char *id;
+    ci->patch = json_object();
+    if (!json_is_object(e)) {
+        add_error(&ci->errs, "A contact must be a JSON object");
+        return;
+    }
+    id = opt_str(e, "ContactID", &bad);
+    if (bad || (id && !is_uuid_like(id))) {
+        add_error(&ci->errs, "ContactID must be a GUID");
+        bad = 0;
+    } else if (id) {
+        copy_str(ci->id, sizeof(ci->id), id);
+    }
+    ci->name = opt_str(e, "Name", &bad);
+    if (bad) {
+        add_error(&ci->errs, "Name must be a string");
+        bad = 0;
+    } else if (ci->name) {
+        const char *p = ci->name;
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            add_error(&ci->errs, "The contact name must be provided.");
+        else if (strlen(ci->name) > NAME_MAX_LEN)
+            add_error(&ci->errs, "The contact name must be at most 255 characters.");
+        else
+            json_object_set_new(ci->patch, "Name", json_string(ci->name));
+    }
+    ci->email = opt_str(e, "EmailAddress", &bad);
+    if (bad) {
+        add_error(&ci->errs, "EmailAddress must be a string");
+        bad = 0;
+    } else if (ci->email) {
+        const char *at = strchr(ci->email, '@');
+        if (*ci->email && (!at || at == ci->email || !strchr(at, '.') || strchr(ci->email, ' ')))
+            add_error(&ci->errs, "Email address must be valid.");
+        else if (strlen(ci->email) > NAME_MAX_LEN)
+            add_error(&ci->errs, "EmailAddress must be at most 255 characters.");
+        else
+            json_object_set_new(ci->patch, "EmailAddress", json_string(ci->email));
+    }
+    ci->status = opt_str(e, "ContactStatus", &bad);
+    if (bad || (ci->status && strcmp(ci->status, "ACTIVE") && strcmp(ci->status, "ARCHIVED"))) {
+        add_error(&ci->errs, "ContactStatus must be ACTIVE or ARCHIVED");
+        ci->status = NULL;
+        bad = 0;
+    } else if (ci->status) {
+        json_object_set_new(ci->patch, "ContactStatus", json_string(ci->status));
+    }
+    copy_strings(ci->patch, e, CONTACT_STRINGS, NAME_MAX_LEN, "", &ci->errs);
+    if ((v = json_object_get(e, "Addresses")) && !json_is_null(v)) {
+        json_t *out = json_array(), *a;
+        size_t i;
+        if (!json_is_array(v))
+            add_error(&ci->errs, "Addresses must be an array");
+        json_array_foreach(v, i, a)
+        {
+            json_t *o = json_object();
+            const char *type = opt_str(a, "AddressType", &bad);
+            if (!json_is_object(a) || bad || !type ||
+                (strcmp(type, "STREET") && strcmp(type, "POBOX"))) {
+                add_error(&ci->errs, "Addresses[%zu].AddressType must be STREET or POBOX", i);
+                bad = 0;
+            } else {
+                json_object_set_new(o, "AddressType", json_string(type));
+            }
+            copy_strings(o, a, ADDRESS_STRINGS, 500, "Address ", &ci->errs);
+            json_array_append_new(out, o);
+        }
+        json_object_set_new(ci->patch, "Addresses", out);
+    }
+    if ((v = json_object_get(e, "Phones")) && !json_is_null(v)) {
+        json_t *out = json_array(), *p;
+        size_t i;
+        if (!json_is_array(v))
+            add_error(&ci->errs, "Phones must be an array");
+        json_array_foreach(v, i, p)
+        {
+            json_t *o = json_object();
+            const char *type = opt_str(p, "PhoneType", &bad);
+            if (!json_is_object(p) || bad || !type ||
+                (strcmp(type, "DEFAULT") && strcmp(type, "DDI") && strcmp(type, "MOBILE") &&
+                 strcmp(type, "FAX"))) {
+                add_error(&ci->errs, "Phones[%zu].PhoneType must be DEFAULT, DDI, MOBILE or FAX",
+                          i);
+                bad = 0;
+            } else {
+                json_object_set_new(o, "PhoneType", json_string(type));
+            }
+            copy_strings(o, p, PHONE_STRINGS, 50, "Phone ", &ci->errs);
+            json_array_append_new(out, o);
+        }
+        json_object_set_new(ci->patch, "Phones", out);
+    }
+}
+
+/* An active contact named `name` other than `except`, or NULL (data held). */
+static struct contact *active_named(struct xero *x, const char *name, const struct contact *except)
+{
+    struct hent *h;
+    for (h = hidx_find(&x->c_name, name); h; h = hidx_next(h, name)) {
+        struct contact *ct = h->rec;
+        if (!ct->archived && ct != except)
+            return ct;
+    }
+    return NULL;
+}
+
+static int contact_index(struct xero *x, struct contact *ct)
+{
+    return hidx_add(&x->c_id, ct->id, ct) | hidx_add(&x->c_name, ct->name, ct) |
+           hidx_add(&x->c_email, ct->email, ct);
+}
+
+/* Create a contact from a prepared doc (data held). Takes `doc`. */
+static struct contact *contact_insert(struct xero *x, const char *id, json_t *doc)
+{
+    struct contact *ct = calloc(1, sizeof(*ct));
+    const char *status = json_string_value(json_object_get(doc, "ContactStatus"));
+    if (!ct) {
+        json_decref(doc);
+        return NULL;
+    }
+    copy_str(ct->id, sizeof(ct->id), id);
+    ct->name = xstrdup(json_string_value(json_object_get(doc, "Name")));
+    ct->email = xstrdup(json_string_value(json_object_get(doc, "EmailAddress")));
+    ct->archived = status && !strcmp(status, "ARCHIVED");
+    ct->doc = doc;
+    ct->seq = ++x->seq;
+    if (!ct->name || !ct->email || vec_push(&x->contacts, ct) || contact_index(x, ct)) {
+        /* Out of memory half-way: the record stays listed if pushed. */
+        return NULL;
+    }
+    return ct;
+}
+
+static json_t *contact_new_doc(const char *id, json_t *patch, int64_t now)
+{
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:s,s:[],s:[],s:o,s:b,s:b,s:b}", "ContactID", id,
+                            "ContactStatus", "ACTIVE", "Name", "", "EmailAddress", "",
+                            "Addresses", "Phones", "UpdatedDateUTC", msdate(now), "IsSupplier",
+                            0, "IsCustomer", 0, "HasValidationErrors", 0);
+    if (doc && patch)
+        json_object_update(doc, patch);
+    return doc;
+}
+
+/* Apply a prepared update to an existing contact (data held). */
+static int contact_update(struct xero *x, struct contact *ct, json_t *patch, int64_t now)
+{
+    json_t *doc = json_copy(ct->doc);
+    const char *name, *email, *status;
+    if (!doc)
+        return -1;
+    json_object_update(doc, patch);
+    json_object_set_new(doc, "UpdatedDateUTC", msdate(now));
+    name = json_string_value(json_object_get(doc, "Name"));
+    email = json_string_value(json_object_get(doc, "EmailAddress"));
+    status = json_string_value(json_object_get(doc, "ContactStatus"));
+    hidx_del(&x->c_name, ct->name, ct);
+    hidx_del(&x->c_email, ct->email, ct);
+    set_str(&ct->name, name);
+    set_str(&ct->email, email);
+    hidx_add(&x->c_name, ct->name, ct);
+    hidx_add(&x->c_email, ct->email, ct);
+    ct->archived = status && !strcmp(status, "ARCHIVED");
+    json_decref(ct->doc);
+    ct->doc = doc;
+    return 0;
+}
+
+static void contacts_write(struct call *c, int is_put)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "Contacts", &root), *items, *failed;
+    struct contact_in *in;
+    struct hidx batch_names = {0};
+    size_t n, i;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, sizeof(*in));
+    if (!in) {
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        contact_check(&in[i]);
+    }
+
+    pthread_mutex_lock(&x->data);
+    for (i = 0; i < n; i++) {
+        struct contact_in *ci = &in[i];
+        const char *new_name = ci->name;
+        if (ci->errs)
+            continue;
+        if (ci->id[0]) {
+            ci->target = hidx_get(&x->c_id, ci->id);
+            if (!ci->target) {
+                add_error(&ci->errs, "The contact with ContactID %s could not be found.", ci->id);
+                continue;
+            }
+        } else if (!ci->name) {
+            add_error(&ci->errs, "The contact name must be provided.");
+            continue;
+        } else if (!is_put) {
+            /* POST without an ID updates the active contact of that name. */
+            ci->target = active_named(x, ci->name, NULL);
+        }
+        if (new_name) {
+            int archiving = ci->status && !strcmp(ci->status, "ARCHIVED");
+            int was_archived = ci->target && ci->target->archived && !ci->status;
+            if (!archiving && !was_archived &&
+                (active_named(x, new_name, ci->target) || hidx_find(&batch_names, new_name))) {
+                add_error(&ci->errs,
+                          "The contact name %s is already assigned to another contact. The "
+                          "contact name must be unique across all active contacts.",
+                          new_name);
+                continue;
+            }
+            if (!archiving)
+                hidx_add(&batch_names, new_name, ci);
+        }
+    }
+    for (i = 0; i < n; i++)
+        n_failed += in[i].errs != NULL;
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            struct contact_in *ci = &in[i];
+            if (ci->errs)
+                continue;
+            if (ci->target) {
+                contact_update(x, ci->target, ci->patch, c->now_ms);
+                ci->doc = json_incref(ci->target->doc);
+            } else {
+                char id[37];
+                json_t *doc;
+                new_uuid(id);
+                doc = contact_new_doc(id, ci->patch, c->now_ms);
+                if (doc && contact_insert(x, id, json_incref(doc)))
+                    ci->doc = doc;
+                else
+                    json_decref(doc);
+            }
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    hidx_clear(&batch_names);
+
+    items = json_array();
+    failed = json_array();
+    for (i = 0; i < n; i++) {
+        struct contact_in *ci = &in[i];
+        if (ci->errs) {
+            json_t *e = error_element(ci->src, ci->errs, "HasValidationErrors");
+            json_array_append(failed, e);
+            json_array_append_new(items, e);
+        } else if (ci->doc) {
+            json_array_append_new(items, ok_element(c, ci->doc));
+        }
+        json_decref(ci->errs);
+        json_decref(ci->patch);
+        json_decref(ci->doc);
+    }
+    free(in);
+    reply_write(c, "Contacts", items, failed, n_failed);
+    json_decref(root);
+}
+
+/* ==== Invoices ======================================================================================================= */
+
+struct line_in {
+    json_t *doc;                /* owned normalised line, LineAmount set by finalize */
+    int64_t qty, unit;          /* QTY_SCALE places */
+    int64_t product;            /* qty * unit, 2 * QTY_SCALE places */
+    json_t *given;              /* borrowed LineAmount as sent, or NULL */
+};
+
+struct invoice_in {
+    json_t *src;                /* borrowed element as sent */
+    json_t *merged;             /* owned: stored doc + element, for updates */
+    json_t *errs;               /* owned ValidationErrors */
+    char id[64];                /* InvoiceID as sent */
+    char type[8], status[12], currency[4], lat[12];
+    int64_t date, due;          /* days since the epoch */
+    const char *reference;      /* borrowed, NULL when absent */
+    const char *number;         /* borrowed, NULL when absent */
+    char contact_id[64];
+    const char *contact_name;   /* borrowed */
+    struct line_in *lines;
+    size_t n_lines;
+    int64_t total;              /* minor units, after finalize */
+    int finalized;
+    /* resolution */
+    struct invoice *target;     /* update target */
+    struct contact *contact;    /* resolved contact */
+    struct contact_in *new_contact; /* or a contact to create (batch-shared) */
+    struct invoice_in *upd;     /* owned: the checked merge of an update */
+    struct contact *upd_ct;     /* its contact */
+    json_t *doc;                /* owned result doc */
+};
+
+static void invoice_in_free(struct invoice_in *ii)
+{
+    if (ii->upd) {
+        invoice_in_free(ii->upd);
+        free(ii->upd);
+    }
+    for (size_t k = 0; k < ii->n_lines; k++)
+        json_decref(ii->lines[k].doc);
+    free(ii->lines);
+    json_decref(ii->errs);
+    json_decref(ii->merged);
+    json_decref(ii->doc);
+}
+
+static int one_of(const char *s, const char *const *set)
+{
+    for (; *set; set++)
+        if (!strcmp(s, *set))
+            return 1;
+    return 0;
+}
+
+/* Step 1 for one invoice (create) or a merged update: all checks that need
+ * no state. `e` is the element (or the merge); a create may only ask for
+ * DRAFT, SUBMITTED or AUTHORISED. */
+static void invoice_check(const struct call *c, struct invoice_in *ii, json_t *e, int is_update)
+{
+    static const char *const types[] = {"ACCREC", "ACCPAY", NULL};
+    static const char *const lats[] = {"Exclusive", "Inclusive", "NoTax", NULL};
+    static const char *const statuses[] = {"DRAFT", "SUBMITTED", "AUTHORISED", "PAID",
+                                           "VOIDED", "DELETED", NULL};
+    const struct xero *x = c->x;
+    const char *s;
+    json_t *v, *lines;
+    int bad = 0;
+    size_t i;
+
+    if (!json_is_object(e)) {
+        add_error(&ii->errs, "An invoice must be a JSON object");
+        return;
+    }
+    s = opt_str(e, "InvoiceID", &bad);
+    if (bad || (s && !is_uuid_like(s))) {
+        add_error(&ii->errs, "InvoiceID must be a GUID");
+        bad = 0;
+    } else if (s) {
+        copy_str(ii->id, sizeof(ii->id), s);
+    }
+    s = opt_str(e, "Type", &bad);
+    if (bad || !s)
+        add_error(&ii->errs, "Invoice Type must be specified (ACCREC or ACCPAY)");
+    else if (!one_of(s, types))
+        add_error(&ii->errs, "Invoice Type '%s' is not supported; use ACCREC or ACCPAY", s);
+    else
+        copy_str(ii->type, sizeof(ii->type), s);
+    bad = 0;
+    s = opt_str(e, "Status", &bad);
+    if (bad || (s && !one_of(s, statuses)) ||
+        (s && !is_update && one_of(s, statuses + 3)))
+        add_error(&ii->errs, "Invoice Status must be DRAFT, SUBMITTED or AUTHORISED");
+    else
+        copy_str(ii->status, sizeof(ii->status), s ? s : "DRAFT");
+    bad = 0;
+    s = opt_str(e, "LineAmountTypes", &bad);
+    if (bad || (s && !one_of(s, lats)))
+        add_error(&ii->errs, "LineAmountTypes must be Exclusive, Inclusive or NoTax");
+    else
+        copy_str(ii->lat, sizeof(ii->lat), s ? s : "Exclusive");
+    bad = 0;
+    s = opt_str(e, "CurrencyCode", &bad);
+    if (bad)
+        add_error(&ii->errs, "CurrencyCode must be a string");
+    else if (s && !currency_enabled(x, s))
+        add_error(&ii->errs, "The currency '%s' is not enabled for this organisation. Please "
+                  "add the currency in Xero and try again.", s);
+    else
+        copy_str(ii->currency, sizeof(ii->currency), s ? s : x->base_currency);
+    bad = 0;
+    ii->date = c->now_ms / 86400000;
+    s = opt_str(e, "Date", &bad);
+    if (bad || (s && parse_date(s, &ii->date)))
+        add_error(&ii->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    ii->due = ii->date;
+    s = opt_str(e, "DueDate", &bad);
+    if (bad || (s && parse_date(s, &ii->due)))
+        add_error(&ii->errs, "DueDate '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    ii->reference = opt_str(e, "Reference", &bad);
+    if (bad)
+        add_error(&ii->errs, "Reference must be a string");
+    else if (ii->reference && strlen(ii->reference) > NAME_MAX_LEN)
+        add_error(&ii->errs, "Reference must be at most 255 characters");
+    bad = 0;
+    ii->number = opt_str(e, "InvoiceNumber", &bad);
+    if (bad)
+        add_error(&ii->errs, "InvoiceNumber must be a string");
+    else if (ii->number && strlen(ii->number) > NAME_MAX_LEN)
+        add_error(&ii->errs, "InvoiceNumber must be at most 255 characters");
+    else if (ii->number && !*ii->number)
+        ii->number = NULL;
+    bad = 0;
+    v = json_object_get(e, "Contact");
+    if (!json_is_object(v)) {
+        add_error(&ii->errs, "A Contact must be specified for this type of transaction");
+    } else {
+        const char *cid = opt_str(v, "ContactID", &bad);
+        const char *name = opt_str(v, "Name", &bad);
+        if (bad || (cid && !is_uuid_like(cid)))
+            add_error(&ii->errs, "Contact.ContactID must be a GUID and Contact.Name a string");
+        else if (cid)
+            copy_str(ii->contact_id, sizeof(ii->contact_id), cid);
+        else if (name && *name && strlen(name) <= NAME_MAX_LEN)
+            ii->contact_name = name;
+        else
+            add_error(&ii->errs, "A Contact must be specified for this type of transaction");
+    }
+
+    lines = json_object_get(e, "LineItems");
+    if (lines && !json_is_null(lines) && !json_is_array(lines)) {
+        add_error(&ii->errs, "LineItems must be an array");
+        return;
+    }
+    ii->n_lines = json_array_size(lines);
+    ii->lines = calloc(ii->n_lines ? ii->n_lines : 1, sizeof(*ii->lines));
+    if (!ii->lines) {
+        add_error(&ii->errs, "out of memory");
+        ii->n_lines = 0;
+        return;
+    }
+    for (i = 0; i < ii->n_lines; i++) {
+        json_t *l = json_array_get(lines, i), *q, *u;
+        struct line_in *li = &ii->lines[i];
+        const char *desc, *code, *lid;
+        char buf[48];
+        int rc;
+        li->doc = json_object();
+        if (!json_is_object(l)) {
+            add_error(&ii->errs, "LineItems[%zu] must be an object", i);
+            continue;
+        }
+        lid = opt_str(l, "LineItemID", &bad);
+        if (lid && is_uuid_like(lid)) {
+            json_object_set_new(li->doc, "LineItemID", json_string(lid));
+        } else {
+            char id[37];
+            new_uuid(id);
+            json_object_set_new(li->doc, "LineItemID", json_string(id));
+        }
+        bad = 0;
+        desc = opt_str(l, "Description", &bad);
+        if (bad)
+            add_error(&ii->errs, "LineItems[%zu].Description must be a string", i);
+        else if (desc && strlen(desc) > 4000)
+            add_error(&ii->errs, "Description must be at most 4000 characters");
+        else if (desc)
+            json_object_set_new(li->doc, "Description", json_string(desc));
+        bad = 0;
+        code = opt_str(l, "AccountCode", &bad);
+        if (bad) {
+            add_error(&ii->errs, "LineItems[%zu].AccountCode must be a string", i);
+        } else if (code) {
+            const struct account *a = account_by_code(x, code);
+            if (!a)
+                add_error(&ii->errs, "Account code '%s' is not a valid code for this document.",
+                          code);
+            else
+                json_object_set_new(li->doc, "AccountCode", json_string(a->code));
+        }
+        bad = 0;
+        q = json_object_get(l, "Quantity");
+        u = json_object_get(l, "UnitAmount");
+        li->given = json_object_get(l, "LineAmount");
+        if (json_is_null(q))
+            q = NULL;
+        if (json_is_null(u))
+            u = NULL;
+        if (json_is_null(li->given))
+            li->given = NULL;
+        li->qty = 10000;    /* 1.0000 */
+        if (q && (rc = json_dec(q, QTY_SCALE, 1, &li->qty)) != DEC_OK) {
+            add_error(&ii->errs, "LineItems[%zu].Quantity must be a decimal number%s", i,
+                      rc == DEC_RANGE ? " in range" : "");
+            continue;
+        }
+        if (u) {
+            if ((rc = json_dec(u, QTY_SCALE, 1, &li->unit)) != DEC_OK) {
+                add_error(&ii->errs, "LineItems[%zu].UnitAmount must be a decimal number%s", i,
+                          rc == DEC_RANGE ? " in range" : "");
+                continue;
+            }
+            if (!c->unitdp4)     /* without unitdp=4 Xero keeps 2 places */
+                li->unit = round_div_pow10(li->unit, QTY_SCALE - 2) * 100;
+        } else if (li->given && !q) {
+            /* LineAmount alone: one unit of that amount. */
+            if ((rc = json_dec(li->given, QTY_SCALE, 0, &li->unit)) != DEC_OK) {
+                add_error(&ii->errs, "LineItems[%zu].LineAmount must be a decimal number", i);
+                continue;
+            }
+        } else if (!desc) {
+            add_error(&ii->errs, "LineItems[%zu] needs a UnitAmount (or a LineAmount)", i);
+            continue;
+        } else {
+            li->unit = 0;   /* a description-only line */
+        }
+        if (__builtin_mul_overflow(li->qty, li->unit, &li->product)) {
+            add_error(&ii->errs, "LineItems[%zu]: Quantity x UnitAmount is too large", i);
+            continue;
+        }
+        dec_format(li->qty, QTY_SCALE, QTY_SCALE, buf, sizeof(buf));
+        json_object_set_new(li->doc, "Quantity", json_string(buf));
+        dec_format(li->unit, QTY_SCALE, 2, buf, sizeof(buf));
+        json_object_set_new(li->doc, "UnitAmount", json_string(buf));
+    }
+}
+
+/* Round the lines to the currency and total them; checks LineAmounts sent.
+ * Runs once the currency is known (step 1 for creates, under the lock for
+ * updates). */
+static void invoice_finalize(struct invoice_in *ii)
+{
+    int exp = pb_currency_exponent(ii->currency);
+    int64_t sum = 0;
+    if (ii->errs || exp < 0)
+        return;
+    for (size_t i = 0; i < ii->n_lines; i++) {
+        struct line_in *li = &ii->lines[i];
+        int64_t amount = round_div_pow10(li->product, 2 * QTY_SCALE - exp), given;
+        if (li->given) {
+            struct pb_err err = {0};
+            if (pb_json_to_minor(li->given, ii->currency, &given, &err) != PB_OK) {
+                add_error(&ii->errs, "LineItems[%zu].LineAmount: %s", i, err.msg);
+                continue;
+            }
+            if (given != amount) {
+                char g[PB_MONEY_DECIMAL_MAX], a[PB_MONEY_DECIMAL_MAX];
+                pb_money_format_decimal(given, ii->currency, g, sizeof(g), NULL);
+                pb_money_format_decimal(amount, ii->currency, a, sizeof(a), NULL);
+                add_error(&ii->errs, "LineItems[%zu]: LineAmount %s does not equal Quantity x "
+                          "UnitAmount rounded to the currency (%s)", i, g, a);
+                continue;
+            }
+        }
+        if (__builtin_add_overflow(sum, amount, &sum)) {
+            add_error(&ii->errs, "The invoice total is too large");
+            return;
+        }
+        json_object_set_new(li->doc, "TaxAmount", money_json(0, ii->currency));
+        json_object_set_new(li->doc, "LineAmount", money_json(amount, ii->currency));
+    }
+    if (!ii->errs && sum < 0)
+        add_error(&ii->errs, "The invoice total cannot be negative");
+    ii->total = sum;
+    ii->finalized = 1;
+}
+
+/* The document of an invoice, without ID, number and contact (set at commit). */
+static json_t *invoice_base_doc(const struct invoice_in *ii)
+{
+    json_t *lines = json_array(), *doc;
+    for (size_t i = 0; i < ii->n_lines; i++)
+        json_array_append(lines, ii->lines[i].doc);
+    doc = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s,s:s,"
+                    "s:[],s:[],s:[],s:[],s:b,s:b,s:b,s:b}",
+                    "Type", ii->type, "Reference", ii->reference ? ii->reference : "", "Date",
+                    msdate(ii->date * 86400000), "DateString", date_string(ii->date), "DueDate",
+                    msdate(ii->due * 86400000), "DueDateString", date_string(ii->due), "Status",
+                    ii->status, "LineAmountTypes", ii->lat, "LineItems", lines, "SubTotal",
+                    money_json(ii->total, ii->currency), "TotalTax",
+                    money_json(0, ii->currency), "Total", money_json(ii->total, ii->currency),
+                    "AmountDue", money_json(ii->total, ii->currency), "AmountPaid",
+                    money_json(0, ii->currency), "AmountCredited", money_json(0, ii->currency),
+                    "CurrencyCode", ii->currency, "CurrencyRate", "1.000000", "Payments",
+                    "CreditNotes", "Prepayments", "Overpayments", "HasErrors", 0, "IsDiscounted",
+                    0, "HasAttachments", 0, "SentToContact", 0);
+    return doc;
+}
+
+static int invoice_index(struct xero *x, struct invoice *inv)
+{
+    return hidx_add(&x->i_id, inv->id, inv) | hidx_add(&x->i_number, inv->number, inv) |
+           hidx_add(&x->i_ref, inv->reference, inv) |
+           hidx_add(&x->i_contact, inv->contact_id, inv);
+}
+
+/* 1 when an earlier record in `ix` has exactly `ref` (data held). */
+static int ref_taken(const struct hidx *ix, const char *ref, const void *self)
+{
+    struct hent *h;
+    if (!ref || !*ref)
+        return 0;
+    for (h = hidx_find(ix, ref); h; h = hidx_next(h, ref))
+        if (h->rec != self && !strcmp(h->key, ref))
+            return 1;
+    return 0;
+}
+
+static int number_taken(struct xero *x, const char *number, const struct invoice *self)
+{
+    struct hent *h;
+    for (h = hidx_find(&x->i_number, number); h; h = hidx_next(h, number)) {
+        struct invoice *inv = h->rec;
+        if (inv != self && !strcmp(inv->type, "ACCREC"))
+            return 1;
+    }
+    return 0;
+}
+
+static json_t *contact_ref_json(const struct contact *ct)
+{
+    return json_pack("{s:s,s:s}", "ContactID", ct->id, "Name", ct->name);
+}
+
+/* Which status changes an update may make. */
+static const char *transition_error(const struct invoice *old, const char *to)
+{
+    const char *from = old->status;
+    if (!strcmp(from, to))
+        return NULL;
+    if (!strcmp(from, "DRAFT") || !strcmp(from, "SUBMITTED")) {
+        if (!strcmp(to, "DRAFT") || !strcmp(to, "SUBMITTED") || !strcmp(to, "AUTHORISED") ||
+            !strcmp(to, "DELETED"))
+            return NULL;
+    } else if (!strcmp(from, "AUTHORISED")) {
+        if (!strcmp(to, "VOIDED"))
+            return old->paid ? "This document cannot be voided as it has payments applied." : NULL;
+    }
+    return "invalid";
+}
+
+/* Keys an update may carry once money has moved or the invoice is closed. */
+static int only_light_keys(json_t *e)
+{
+    static const char *const light[] = {"InvoiceID", "InvoiceNumber", "Reference", "Status",
+                                        "DueDate", "SentToContact", "ExpectedPaymentDate", NULL};
+    const char *key;
+    json_t *v;
+    json_object_foreach(e, key, v)
+    {
+        if (!one_of(key, light))
+            return 0;
+    }
+    return 1;
+}
+
+/* Step 2 for one invoice (data held): resolve contact, number, update rules. */
+static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *batch_numbers, struct hidx *batch_contacts,
+                            struct contact_in *pending_contacts, size_t *n_pending)
+{
+    struct xero *x = c->x;
+    if (ii->errs)
+        return;
+    if (ii->contact_id[0]) {
+        ii->contact = hidx_get(&x->c_id, ii->contact_id);
+        if (!ii->contact) {
+            add_error(&ii->errs, "The contact with ContactID %s could not be found.",
+                      ii->contact_id);
+            return;
+        }
+    } else if (ii->contact_name) {
+        ii->contact = active_named(x, ii->contact_name, NULL);
+        if (!ii->contact) {
+            /* Xero creates a contact for an unknown name; share it in the batch. */
+            ii->new_contact = hidx_get(batch_contacts, ii->contact_name);
+            if (!ii->new_contact) {
+                struct contact_in *pc = &pending_contacts[(*n_pending)++];
+                pc->name = ii->contact_name;
+                pc->patch = json_pack("{s:s}", "Name", ii->contact_name);
+                hidx_add(batch_contacts, pc->name, pc);
+                ii->new_contact = pc;
+            }
+        }
+    }
+    if (ii->number) {
+        if (!strcmp(ii->type, "ACCREC") &&
+            (number_taken(x, ii->number, ii->target) || hidx_find(batch_numbers, ii->number))) {
+            add_error(&ii->errs, "Invoice # must be unique.");
+            return;
+        }
+        hidx_add(batch_numbers, ii->number, ii);
+    }
+}
+
+/* The next free INV-nnnn (data held). */
+static void next_number(struct xero *x, const struct hidx *batch, char *buf, size_t len)
+{
+    do
+        snprintf(buf, len, "INV-%04u", ++x->invoice_counter);
+    while (hidx_find(&x->i_number, buf) || hidx_find(batch, buf));
+}
+
+/* Step 2 commit of a new invoice (data held). */
+static void invoice_commit_new(struct call *c, struct invoice_in *ii, const struct hidx *batch)
+{
+    struct xero *x = c->x;
+    struct invoice *inv = calloc(1, sizeof(*inv));
+    struct contact *ct = ii->contact;
+    char number[64] = "";
+    json_t *doc = invoice_base_doc(ii);
+    if (!inv || !doc)
+        goto oom;
+    if (!ct && ii->new_contact) {
+        struct contact_in *pc = ii->new_contact;
+        if (!pc->target) {   /* first invoice to use it creates it */
+            char id[37];
+            new_uuid(id);
+            pc->target = contact_insert(x, id, contact_new_doc(id, pc->patch, c->now_ms));
+        }
+        ct = pc->target;
+    }
+    if (!ct)
+        goto oom;
+    if (ii->number)
+        copy_str(number, sizeof(number), ii->number);
+    else if (!strcmp(ii->type, "ACCREC"))
+        next_number(x, batch, number, sizeof(number));
+    new_uuid(inv->id);
+    inv->number = xstrdup(number);
+    inv->reference = xstrdup(ii->reference);
+    copy_str(inv->type, sizeof(inv->type), ii->type);
+    copy_str(inv->status, sizeof(inv->status), ii->status);
+    copy_str(inv->currency, sizeof(inv->currency), ii->currency);
+    copy_str(inv->contact_id, sizeof(inv->contact_id), ct->id);
+    inv->total = inv->due = ii->total;
+    json_object_set_new(doc, "InvoiceID", json_string(inv->id));
+    json_object_set_new(doc, "InvoiceNumber", json_string(number));
+    json_object_set_new(doc, "Contact", contact_ref_json(ct));
+    json_object_set_new(doc, "UpdatedDateUTC", msdate(c->now_ms));
+    inv->doc = doc;
+    inv->seq = ++x->seq;
+    if (!inv->number || !inv->reference)
+        goto oom;
+    if (ref_taken(&x->i_ref, inv->reference, inv))
+        x->dup_invoice_refs++;
+    if (vec_push(&x->invoices, inv))
+        goto oom;
+    invoice_index(x, inv);
+    ii->doc = json_incref(doc);
+    return;
+oom:
+    if (inv) {
+        free(inv->number);
+        free(inv->reference);
+    }
+    free(inv);
+    json_decref(doc);
+    add_error(&ii->errs, "The sandbox ran out of memory saving this invoice");
+}
+
+/* Check an update of an existing invoice (data held): merge the stored doc
+ * with the element and run the create checks on the merge, plus the rules
+ * for closed and paid documents. Nothing changes until invoice_apply_update. */
+static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
+                                   struct hidx *batch_numbers)
+{
+    struct xero *x = c->x;
+    struct invoice *old = ii->target;
+    struct invoice_in *m;
+    struct call cc = *c;
+    const char *terr;
+    if ((!strcmp(old->status, "PAID") || (!strcmp(old->status, "AUTHORISED") && old->paid)) &&
+        !only_light_keys(ii->src)) {
+        add_error(&ii->errs, "This document cannot be edited as it has a payment or credit note "
+                  "allocated to it.");
+        return;
+    }
+    if ((!strcmp(old->status, "VOIDED") || !strcmp(old->status, "DELETED")) &&
+        !only_light_keys(ii->src)) {
+        add_error(&ii->errs, "Invoice not of valid status for modification");
+        return;
+    }
+    m = calloc(1, sizeof(*m));
+    if (!m || !(m->merged = json_copy(old->doc))) {
+        free(m);
+        add_error(&ii->errs, "out of memory");
+        return;
+    }
+    m->src = ii->src;
+    json_object_update(m->merged, ii->src);
+    /* Stored lines have at most 4 places: re-read them exactly, whatever the
+     * unitdp of this request. */
+    if (!json_object_get(ii->src, "LineItems"))
+        cc.unitdp4 = 1;
+    invoice_check(&cc, m, m->merged, 1);
+    invoice_finalize(m);
+    if (!m->errs && (terr = transition_error(old, m->status)) != NULL) {
+        if (!strcmp(terr, "invalid"))
+            add_error(&m->errs, "Invoice status cannot be changed from %s to %s", old->status,
+                      m->status);
+        else
+            add_error(&m->errs, "%s", terr);
+    }
+    if (!m->errs && m->total < old->paid)
+        add_error(&m->errs, "The invoice total cannot be less than the amount already paid");
+    if (!m->errs && m->number && strcmp(m->number, old->number)) {
+        if (!strcmp(m->type, "ACCREC") &&
+            (number_taken(x, m->number, old) || hidx_find(batch_numbers, m->number)))
+            add_error(&m->errs, "Invoice # must be unique.");
+        else
+            hidx_add(batch_numbers, m->number, ii);
+    }
+    if (!m->errs) {
+        ii->upd_ct = m->contact_id[0] ? hidx_get(&x->c_id, m->contact_id)
+                                      : active_named(x, m->contact_name ? m->contact_name : "",
+                                                     NULL);
+        if (!ii->upd_ct)
+            add_error(&m->errs, "The contact could not be found.");
+    }
+    if (m->errs) {
+        ii->errs = m->errs;
+        m->errs = NULL;
+        invoice_in_free(m);
+        free(m);
+        return;
+    }
+    ii->upd = m;
+}
+
+/* Apply a prepared update (data held): new doc, re-index, swap. */
+static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
+{
+    struct xero *x = c->x;
+    struct invoice *old = ii->target;
+    struct invoice_in *m = ii->upd;
+    struct contact *ct = ii->upd_ct;
+    json_t *doc = invoice_base_doc(m);
+    int64_t due = m->total - old->paid;
+    const char *status = m->status;
+    if (!doc) {
+        add_error(&ii->errs, "The sandbox ran out of memory saving this invoice");
+        return;
+    }
+    if (!strcmp(status, "AUTHORISED") && due == 0 && old->paid > 0)
+        status = "PAID";
+    json_object_set_new(doc, "InvoiceID", json_string(old->id));
+    json_object_set_new(doc, "InvoiceNumber", json_string(m->number ? m->number : old->number));
+    json_object_set_new(doc, "Contact", contact_ref_json(ct));
+    json_object_set_new(doc, "Status", json_string(status));
+    json_object_set_new(doc, "AmountDue", money_json(due, m->currency));
+    json_object_set_new(doc, "AmountPaid", money_json(old->paid, m->currency));
+    json_object_set(doc, "Payments", json_object_get(old->doc, "Payments"));
+    if (json_object_get(old->doc, "FullyPaidOnDate"))
+        json_object_set(doc, "FullyPaidOnDate", json_object_get(old->doc, "FullyPaidOnDate"));
+    json_object_set_new(doc, "UpdatedDateUTC", msdate(c->now_ms));
+    /* Keys leave their index before their record changes them. */
+    hidx_del(&x->i_number, old->number, old);
+    hidx_del(&x->i_ref, old->reference, old);
+    hidx_del(&x->i_contact, old->contact_id, old);
+    if (m->number)
+        set_str(&old->number, m->number);
+    if (strcmp(old->reference, m->reference ? m->reference : "") &&
+        ref_taken(&x->i_ref, m->reference, old))
+        x->dup_invoice_refs++;
+    set_str(&old->reference, m->reference);
+    copy_str(old->contact_id, sizeof(old->contact_id), ct->id);
+    copy_str(old->status, sizeof(old->status), status);
+    copy_str(old->type, sizeof(old->type), m->type);
+    copy_str(old->currency, sizeof(old->currency), m->currency);
+    old->total = m->total;
+    old->due = due;
+    hidx_add(&x->i_number, old->number, old);
+    hidx_add(&x->i_ref, old->reference, old);
+    hidx_add(&x->i_contact, old->contact_id, old);
+    json_decref(old->doc);
+    old->doc = doc;
+    ii->doc = json_incref(doc);
+}
+
+static void invoices_write(struct call *c, int is_put, const char *path_id)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "Invoices", &root), *items, *failed;
+    struct invoice_in *in;
+    struct contact_in *pending;
+    struct hidx batch_numbers = {0}, batch_contacts = {0};
+    size_t n, i, n_pending = 0;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    if (path_id && n != 1) {
+        json_decref(root);
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "POST /Invoices/{InvoiceID} takes exactly one invoice");
+        return;
+    }
+    in = calloc(n ? n : 1, sizeof(*in));
+    pending = calloc(n ? n : 1, sizeof(*pending));
+    if (!in || !pending) {
+        free(in);
+        free(pending);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    /* Step 1: elements that name an existing invoice are checked later, merged. */
+    for (i = 0; i < n; i++) {
+        struct invoice_in *ii = &in[i];
+        json_t *e = json_array_get(arr, i);
+        ii->src = e;
+        if (path_id && json_is_object(e))
+            json_object_set_new(e, "InvoiceID", json_string(path_id));
+        if (json_is_object(e) && (json_object_get(e, "InvoiceID") ||
+                                  (!is_put && json_is_string(json_object_get(e, "InvoiceNumber")))))
+            continue;   /* maybe an update: decided under the lock */
+        invoice_check(c, ii, e, 0);
+        invoice_finalize(ii);
+    }
+
+    /* Step 2: resolve every element, then commit unless something failed
+     * under summarizeErrors. */
+    pthread_mutex_lock(&x->data);
+    for (i = 0; i < n; i++) {
+        struct invoice_in *ii = &in[i];
+        json_t *e = ii->src;
+        const char *id, *num;
+        if (!ii->errs && !ii->finalized) {
+            id = json_string_value(json_object_get(e, "InvoiceID"));
+            num = json_string_value(json_object_get(e, "InvoiceNumber"));
+            if (json_object_get(e, "InvoiceID")) {
+                if (!id || !is_uuid_like(id))
+                    add_error(&ii->errs, "InvoiceID must be a GUID");
+                else if (!(ii->target = hidx_get(&x->i_id, id)))
+                    add_error(&ii->errs, "Invoice with InvoiceID %s could not be found.", id);
+                else
+                    invoice_prepare_update(c, ii, &batch_numbers);
+                continue;
+            }
+            if (num && (ii->target = hidx_get(&x->i_number, num)) != NULL) {
+                /* POST by InvoiceNumber: an update */
+                invoice_prepare_update(c, ii, &batch_numbers);
+                continue;
+            }
+            /* A create after all: step 1 here (rare: POST with a new number). */
+            invoice_check(c, ii, e, 0);
+            invoice_finalize(ii);
+        }
+        invoice_resolve(c, ii, &batch_numbers, &batch_contacts, pending, &n_pending);
+    }
+    for (i = 0; i < n; i++)
+        n_failed += in[i].errs != NULL;
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            struct invoice_in *ii = &in[i];
+            if (ii->errs)
+                continue;
+            if (ii->upd)
+                invoice_apply_update(c, ii);
+            else
+                invoice_commit_new(c, ii, &batch_numbers);
+            n_failed += ii->errs != NULL;   /* out of memory only */
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    hidx_clear(&batch_numbers);
+    hidx_clear(&batch_contacts);
+    for (i = 0; i < n_pending; i++)
+        json_decref(pending[i].patch);
+    free(pending);
+
+    items = json_array();
+    failed = json_array();
+    for (i = 0; i < n; i++) {
+        struct invoice_in *ii = &in[i];
+        if (ii->errs) {
+            json_t *e = error_element(ii->src, ii->errs, "HasErrors");
+            json_array_append(failed, e);
+            json_array_append_new(items, e);
+        } else if (ii->doc) {
+            json_array_append_new(items, ok_element(c, ii->doc));
+        }
+        invoice_in_free(ii);
+    }
+    free(in);
+    reply_write(c, "Invoices", items, failed, n_failed);
+    json_decref(root);
+}
+
+/* ==== Payments ======================================================================================================== */
+
+struct payment_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned */
+    char invoice_id[64];
+    const char *invoice_number; /* borrowed */
+    const struct account *account;
+    json_t *amount;             /* borrowed Amount as sent */
+    int64_t date;
+    const char *reference;      /* borrowed */
+    /* resolution */
+    struct invoice *invoice;
+    int64_t minor;
+    json_t *doc;                /* owned result */
+};
+
+static void payment_check(struct call *c, struct payment_in *pi)
+{
+    json_t *e = pi->src, *inv, *acc;
+    const char *s;
+    int bad = 0;
+    if (!json_is_object(e)) {
+        add_error(&pi->errs, "A payment must be a JSON object");
+        return;
+    }
+    inv = json_object_get(e, "Invoice");
+    if (json_is_object(inv)) {
+        s = opt_str(inv, "InvoiceID", &bad);
+        if (s && is_uuid_like(s))
+            copy_str(pi->invoice_id, sizeof(pi->invoice_id), s);
+        else if (s || bad)
+            add_error(&pi->errs, "Invoice.InvoiceID must be a GUID");
+        pi->invoice_number = opt_str(inv, "InvoiceNumber", &bad);
+    }
+    if (!pi->invoice_id[0] && !pi->invoice_number)
+        pi->invoice_number = opt_str(e, "InvoiceNumber", &bad);
+    if (!pi->invoice_id[0] && !pi->invoice_number && !pi->errs)
+        add_error(&pi->errs, "Invoice must be specified by InvoiceID or InvoiceNumber");
+    bad = 0;
+    acc = json_object_get(e, "Account");
+    if (!json_is_object(acc)) {
+        add_error(&pi->errs, "Account must be specified by Code or AccountID");
+    } else {
+        const char *code = opt_str(acc, "Code", &bad), *id = opt_str(acc, "AccountID", &bad);
+        pi->account = id ? account_by_id(c->x, id) : code ? account_by_code(c->x, code) : NULL;
+        if (!pi->account)
+            add_error(&pi->errs, "Account could not be found");
+        else if (strcmp(pi->account->type, "BANK") && !pi->account->payments_enabled)
+            add_error(&pi->errs, "Payments can only be made to bank accounts or accounts with "
+                      "EnablePaymentsToAccount set to true.");
+    }
+    bad = 0;
+    pi->amount = json_object_get(e, "Amount");
+    if (!pi->amount || json_is_null(pi->amount))
+        add_error(&pi->errs, "Payment Amount must be specified");
+    pi->date = c->now_ms / 86400000;
+    s = opt_str(e, "Date", &bad);
+    if (bad || (s && parse_date(s, &pi->date)))
+        add_error(&pi->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    pi->reference = opt_str(e, "Reference", &bad);
+    if (bad)
+        add_error(&pi->errs, "Reference must be a string");
+    else if (pi->reference && strlen(pi->reference) > NAME_MAX_LEN)
+        add_error(&pi->errs, "Reference must be at most 255 characters");
+}
+
+/* Apply a payment to its invoice and create the record (data held). */
+static void payment_commit(struct call *c, struct payment_in *pi)
+{
+    struct xero *x = c->x;
+    struct invoice *inv = pi->invoice;
+    struct payment *p = calloc(1, sizeof(*p));
+    const char *type = !strcmp(inv->type, "ACCPAY") ? "ACCPAYPAYMENT" : "ACCRECPAYMENT";
+    json_t *pdoc = NULL, *idoc = NULL, *pays = NULL, *summary;
+    int64_t paid = inv->paid + pi->minor, due = inv->due - pi->minor;
+    const char *status = due == 0 ? "PAID" : inv->status;
+
+    if (!p)
+        goto oom;
+    new_uuid(p->id);
+    p->reference = xstrdup(pi->reference);
+    p->invoice_number = xstrdup(inv->number);
+    copy_str(p->invoice_id, sizeof(p->invoice_id), inv->id);
+    copy_str(p->status, sizeof(p->status), "AUTHORISED");
+    copy_str(p->type, sizeof(p->type), type);
+    pdoc = json_pack("{s:s,s:o,s:o,s:o,s:o,s:s,s:s,s:s,s:s,s:o,s:b,s:b,s:b,"
+                     "s:{s:s,s:s,s:s},s:{s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:s}}",
+                     "PaymentID", p->id, "Date", msdate(pi->date * 86400000), "Amount",
+                     money_json(pi->minor, inv->currency), "BankAmount",
+                     money_json(pi->minor, inv->currency), "CurrencyRate",
+                     json_string("1.000000"), "Reference", p->reference, "Status", "AUTHORISED",
+                     "PaymentType", type, "CurrencyCode", inv->currency, "UpdatedDateUTC",
+                     msdate(c->now_ms), "HasAccount", 1, "IsReconciled", 0,
+                     "HasValidationErrors", 0, "Account", "AccountID", pi->account->id, "Code",
+                     pi->account->code, "Name", pi->account->name, "Invoice", "Type", inv->type,
+                     "InvoiceID", inv->id, "InvoiceNumber", inv->number, "Reference",
+                     inv->reference, "Status", status, "Contact",
+                     json_incref(json_object_get(inv->doc, "Contact")), "Total",
+                     money_json(inv->total, inv->currency), "AmountDue",
+                     money_json(due, inv->currency), "AmountPaid",
+                     money_json(paid, inv->currency), "CurrencyCode", inv->currency);
+    summary = json_pack("{s:s,s:o,s:o,s:s,s:s}", "PaymentID", p->id, "Date",
+                        msdate(pi->date * 86400000), "Amount",
+                        money_json(pi->minor, inv->currency), "CurrencyRate", "1.000000",
+                        "Reference", p->reference ? p->reference : "");
+    idoc = json_copy(inv->doc);
+    pays = json_copy(json_object_get(inv->doc, "Payments"));
+    if (!pays)
+        pays = json_array();
+    if (!pdoc || !summary || !idoc || !pays || !p->reference || !p->invoice_number) {
+        json_decref(summary);
+        goto oom;
+    }
+    json_array_append_new(pays, summary);
+    json_object_set_new(idoc, "Payments", pays);
+    pays = NULL;
+    json_object_set_new(idoc, "AmountPaid", money_json(paid, inv->currency));
+    json_object_set_new(idoc, "AmountDue", money_json(due, inv->currency));
+    json_object_set_new(idoc, "Status", json_string(status));
+    json_object_set_new(idoc, "UpdatedDateUTC", msdate(c->now_ms));
+    if (due == 0)
+        json_object_set_new(idoc, "FullyPaidOnDate", msdate(pi->date * 86400000));
+    p->doc = pdoc;
+    p->seq = ++x->seq;
+    if (vec_push(&x->payments, p))
+        goto oom;
+    if (ref_taken(&x->p_ref, p->reference, p))
+        x->dup_payment_refs++;
+    hidx_add(&x->p_id, p->id, p);
+    hidx_add(&x->p_ref, p->reference, p);
+    hidx_add(&x->p_invoice, p->invoice_id, p);
+    inv->paid = paid;
+    inv->due = due;
+    copy_str(inv->status, sizeof(inv->status), status);
+    json_decref(inv->doc);
+    inv->doc = idoc;
+    pi->doc = json_incref(pdoc);
+    return;
+oom:
+    json_decref(pdoc);
+    json_decref(idoc);
+    json_decref(pays);
+    if (p) {
+        free(p->reference);
+        free(p->invoice_number);
+        free(p);
+    }
+    add_error(&pi->errs, "The sandbox ran out of memory saving this payment");
+}
+
+/* Amounts already claimed on an invoice by earlier elements of the batch. */
+struct claim {
+    const char *key;            /* the invoice's id, borrowed */
+    int64_t minor;
+};
+
+static void payments_write(struct call *c, int single)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "Payments", &root), *items, *failed;
+    struct payment_in *in;
+    struct claim *claims;
+    struct hidx batch = {0};
+    size_t n, i, n_claims = 0;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    if (single && n != 1) {
+        json_decref(root);
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "POST /Payments takes a single payment; use PUT /Payments for a batch");
+        return;
+    }
+    in = calloc(n ? n : 1, sizeof(*in));
+    claims = calloc(n ? n : 1, sizeof(*claims));
+    if (!in || !claims) {
+        free(in);
+        free(claims);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        payment_check(c, &in[i]);
+    }
+
+    pthread_mutex_lock(&x->data);
+    for (i = 0; i < n; i++) {
+        struct payment_in *pi = &in[i];
+        struct pb_err err = {0};
+        struct claim *cl;
+        int64_t left;
+        if (pi->errs)
+            continue;
+        pi->invoice = pi->invoice_id[0] ? hidx_get(&x->i_id, pi->invoice_id)
+                                        : hidx_get(&x->i_number, pi->invoice_number);
+        if (!pi->invoice) {
+            add_error(&pi->errs, "Invoice could not be found");
+            continue;
+        }
+        if (strcmp(pi->invoice->status, "AUTHORISED") != 0) {
+            add_error(&pi->errs, "Invoice not of valid status for creation of a payment.");
+            continue;
+        }
+        if (pb_json_to_minor(pi->amount, pi->invoice->currency, &pi->minor, &err) != PB_OK) {
+            add_error(&pi->errs, "Payment Amount: %s", err.msg);
+            continue;
+        }
+        if (pi->minor <= 0) {
+            add_error(&pi->errs, "Payment amount must be greater than zero.");
+            continue;
+        }
+        cl = hidx_get(&batch, pi->invoice->id);
+        left = pi->invoice->due - (cl ? cl->minor : 0);
+        if (pi->minor > left) {
+            add_error(&pi->errs, "Payment amount exceeds the amount outstanding on this document.");
+            continue;
+        }
+        if (!cl) {
+            cl = &claims[n_claims++];
+            cl->key = pi->invoice->id;
+            hidx_add(&batch, cl->key, cl);
+        }
+        cl->minor += pi->minor;
+    }
+    for (i = 0; i < n; i++)
+        n_failed += in[i].errs != NULL;
+    if (!(n_failed && c->summarize))
+        for (i = 0; i < n; i++)
+            if (!in[i].errs)
+                payment_commit(c, &in[i]);
+    pthread_mutex_unlock(&x->data);
+    hidx_clear(&batch);
+    free(claims);
+
+    items = json_array();
+    failed = json_array();
+    for (i = 0; i < n; i++) {
+        struct payment_in *pi = &in[i];
+        if (pi->errs) {
+            json_t *e = error_element(pi->src, pi->errs, "HasValidationErrors");
+            json_array_append(failed, e);
+            json_array_append_new(items, e);
+        } else if (pi->doc) {
+            json_array_append_new(items, ok_element(c, pi->doc));
+        }
+        json_decref(pi->errs);
+        json_decref(pi->doc);
+    }
+    free(in);
+    reply_write(c, "Payments", items, failed, n_failed);
+    json_decref(root);
+}
+
+/* ==== GET: where filters and listing ======================================================================================= */
+
+enum entity { E_CONTACT, E_INVOICE, E_PAYMENT };
+
+enum field_id {
+    F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
+    F_INVOICE_ID, F_INVOICE_NUMBER, F_REFERENCE, F_STATUS, F_TYPE, F_CURRENCY, F_INV_CONTACT_ID,
+    F_PAYMENT_ID, F_PAY_INVOICE_ID, F_PAY_INVOICE_NUMBER, F_PAYMENT_TYPE,
+};
+
+struct field {
+    const char *name;
+    enum entity ent;
+    enum field_id id;
+};
+
+static const struct field FIELDS[] = {
+    {"ContactID", E_CONTACT, F_CONTACT_ID},
+    {"Name", E_CONTACT, F_NAME},
+    {"EmailAddress", E_CONTACT, F_EMAIL},
+    {"ContactStatus", E_CONTACT, F_CONTACT_STATUS},
+    {"InvoiceID", E_INVOICE, F_INVOICE_ID},
+    {"InvoiceNumber", E_INVOICE, F_INVOICE_NUMBER},
+    {"Reference", E_INVOICE, F_REFERENCE},
+    {"Status", E_INVOICE, F_STATUS},
+    {"Type", E_INVOICE, F_TYPE},
+    {"CurrencyCode", E_INVOICE, F_CURRENCY},
+    {"Contact.ContactID", E_INVOICE, F_INV_CONTACT_ID},
+    {"ContactID", E_INVOICE, F_INV_CONTACT_ID},
+    {"PaymentID", E_PAYMENT, F_PAYMENT_ID},
+    {"Reference", E_PAYMENT, F_REFERENCE},
+    {"Status", E_PAYMENT, F_STATUS},
+    {"PaymentType", E_PAYMENT, F_PAYMENT_TYPE},
+    {"Invoice.InvoiceID", E_PAYMENT, F_PAY_INVOICE_ID},
+    {"InvoiceID", E_PAYMENT, F_PAY_INVOICE_ID},
+    {"Invoice.InvoiceNumber", E_PAYMENT, F_PAY_INVOICE_NUMBER},
+    {"InvoiceNumber", E_PAYMENT, F_PAY_INVOICE_NUMBER},
+    {NULL, E_CONTACT, F_CONTACT_ID},
+};
+
+static const char *const ENTITY_NAME[] = {"Contact", "Invoice", "Payment"};
+
+static const char *field_value(enum entity ent, const void *rec, enum field_id f)
+{
+    const struct contact *ct = rec;
+    const struct invoice *inv = rec;
+    const struct payment *p = rec;
+    switch (f) {
+    case F_CONTACT_ID: return ct->id;
+    case F_NAME: return ct->name;
+    case F_EMAIL: return ct->email;
+    case F_CONTACT_STATUS: return ct->archived ? "ARCHIVED" : "ACTIVE";
+    case F_INVOICE_ID: return inv->id;
+    case F_INVOICE_NUMBER: return inv->number;
+    case F_REFERENCE: return ent == E_INVOICE ? inv->reference : p->reference;
+    case F_STATUS: return ent == E_INVOICE ? inv->status : p->status;
+    case F_TYPE: return inv->type;
+    case F_CURRENCY: return inv->currency;
+    case F_INV_CONTACT_ID: return inv->contact_id;
+    case F_PAYMENT_ID: return p->id;
+    case F_PAY_INVOICE_ID: return p->invoice_id;
+    case F_PAY_INVOICE_NUMBER: return p->invoice_number;
+    case F_PAYMENT_TYPE: return p->type;
+    }
+    return "";
+}
+
+/* The index answering `field == value`, or NULL (data held by the caller). */
+static const struct hidx *field_index(const struct xero *x, enum field_id f, enum entity ent)
+{
+    switch (f) {
+    case F_CONTACT_ID: return &x->c_id;
+    case F_NAME: return &x->c_name;
+    case F_EMAIL: return &x->c_email;
+    case F_INVOICE_ID: return &x->i_id;
+    case F_INVOICE_NUMBER: return &x->i_number;
+    case F_REFERENCE: return ent == E_INVOICE ? &x->i_ref : &x->p_ref;
+    case F_INV_CONTACT_ID: return &x->i_contact;
+    case F_PAYMENT_ID: return &x->p_id;
+    case F_PAY_INVOICE_ID: return &x->p_invoice;
+    default: return NULL;
+    }
+}
+
+enum node_kind { N_CMP, N_AND, N_OR };
+
+struct wnode {
+    enum node_kind kind;
+    int l, r;                   /* children for AND / OR */
+    enum field_id field;        /* for CMP */
+    int ne;                     /* != */
+    char *value;                /* owned literal */
+};
+
+struct query {
+    enum entity ent;
+    struct wnode nodes[WHERE_NODES_MAX];
+    int n_nodes, root;          /* root -1: no where */
+    char *lists[4];             /* owned comma lists: IDs, numbers, contact IDs, statuses */
+    long page, page_size;
+    char err[512];
+};
+
+struct lexer {
+    const char *p;
+    struct query *q;
+};
+
+enum tok { T_END, T_IDENT, T_STRING, T_EQ, T_NE, T_AND, T_OR, T_LP, T_RP, T_BAD };
+
+struct token_s {
+    enum tok t;
+    char text[512];
+};
+
+static void skip_ws(struct lexer *lx)
+{
+    while (*lx->p == ' ' || *lx->p == '\t' || *lx->p == '\n' || *lx->p == '\r')
+        lx->p++;
+}
+
+static int lex_string(struct lexer *lx, struct token_s *tk)
+{
+    size_t o = 0;
+    char quote = *lx->p++;
+    for (; *lx->p && *lx->p != quote; lx->p++) {
+        if (*lx->p == '\\' && lx->p[1])
+            lx->p++;
+        if (o + 1 >= sizeof(tk->text))
+            return -1;
+        tk->text[o++] = *lx->p;
+    }
+    if (*lx->p != quote)
+        return -1;
+    lx->p++;
+    tk->text[o] = '\0';
+    tk->t = T_STRING;
+    return 0;
+}
+
+static void lex(struct lexer *lx, struct token_s *tk)
+{
+    const char *s;
+    size_t n;
+    skip_ws(lx);
+    s = lx->p;
+    tk->text[0] = '\0';
+    if (!*s) {
+        tk->t = T_END;
+        return;
+    }
+    if (s[0] == '=' && s[1] == '=') {
+        lx->p += 2;
+        tk->t = T_EQ;
+        return;
+    }
+    if (s[0] == '!' && s[1] == '=') {
+        lx->p += 2;
+        tk->t = T_NE;
+        return;
+    }
+    if (s[0] == '&' && s[1] == '&') {
+        lx->p += 2;
+        tk->t = T_AND;
+        return;
+    }
+    if (s[0] == '|' && s[1] == '|') {
+        lx->p += 2;
+        tk->t = T_OR;
+        return;
+    }
+    if (*s == '(' || *s == ')') {
+        lx->p++;
+        tk->t = *s == '(' ? T_LP : T_RP;
+        return;
+    }
+    if (*s == '"' || *s == '\'') {
+        if (lex_string(lx, tk))
+            tk->t = T_BAD;
+        return;
+    }
+    n = 0;
+    while (isalnum((unsigned char)s[n]) || s[n] == '_' || s[n] == '.' || s[n] == '-')
+        n++;
+    if (n == 0 || n >= sizeof(tk->text)) {
+        tk->t = T_BAD;
+        snprintf(tk->text, sizeof(tk->text), "%.20s", s);
+        return;
+    }
+    memcpy(tk->text, s, n);
+    tk->text[n] = '\0';
+    lx->p += n;
+    if (!strcasecmp(tk->text, "AND")) {
+        tk->t = T_AND;
+        return;
+    }
+    if (!strcasecmp(tk->text, "OR")) {
+        tk->t = T_OR;
+        return;
+    }
+    /* guid("...") / Guid("...") is a string literal */
+    skip_ws(lx);
+    if (!strcasecmp(tk->text, "guid") && *lx->p == '(') {
+        lx->p++;
+        skip_ws(lx);
+        if ((*lx->p != '"' && *lx->p != '\'') || lex_string(lx, tk)) {
+            tk->t = T_BAD;
+            return;
+        }
+        skip_ws(lx);
+        if (*lx->p != ')') {
+            tk->t = T_BAD;
+            return;
+        }
+        lx->p++;
+        return;
+    }
+    if (*lx->p == '(') {
+        tk->t = T_BAD;   /* Name.Contains("x"), DateTime(...): not supported */
+        return;
+    }
+    tk->t = T_IDENT;
+}
+
+static int parse_or(struct lexer *lx, struct token_s *tk);
+
+static int new_node(struct query *q)
+{
+    if (q->n_nodes >= WHERE_NODES_MAX) {
+        snprintf(q->err, sizeof(q->err), "The where clause is too long for the sandbox (at most "
+                 "%d terms)", WHERE_NODES_MAX / 2);
+        return -1;
+    }
+    memset(&q->nodes[q->n_nodes], 0, sizeof(q->nodes[0]));
+    return q->n_nodes++;
+}
+
+static int parse_primary(struct lexer *lx, struct token_s *tk)
+{
+    struct query *q = lx->q;
+    const struct field *f;
+    int node, ne;
+    if (tk->t == T_LP) {
+        lex(lx, tk);
+        node = parse_or(lx, tk);
+        if (node < 0)
+            return -1;
+        if (tk->t != T_RP) {
+            snprintf(q->err, sizeof(q->err), "Expected ')' in the where clause");
+            return -1;
+        }
+        lex(lx, tk);
+        return node;
+    }
+    if (tk->t != T_IDENT) {
+        snprintf(q->err, sizeof(q->err),
+                 "Syntax error in the where clause near '%s': expected Field==\"value\"",
+                 tk->text);
+        return -1;
+    }
+    for (f = FIELDS; f->name; f++)
+        if (f->ent == q->ent && !strcasecmp(f->name, tk->text))
+            break;
+    if (!f->name) {
+        char known[256] = "";
+        size_t o = 0;
+        for (const struct field *g = FIELDS; g->name; g++)
+            if (g->ent == q->ent)
+                o += (size_t)snprintf(known + o, o < sizeof(known) ? sizeof(known) - o : 0,
+                                      "%s%s", o ? ", " : "", g->name);
+        snprintf(q->err, sizeof(q->err),
+                 "No property or field '%s' exists in type '%s' (the sandbox filters on: %s)",
+                 tk->text, ENTITY_NAME[q->ent], known);
+        return -1;
+    }
+    lex(lx, tk);
+    if (tk->t != T_EQ && tk->t != T_NE) {
+        snprintf(q->err, sizeof(q->err),
+                 "Operator not supported in the where clause after '%s' (the sandbox supports "
+                 "== and !=)", f->name);
+        return -1;
+    }
+    ne = tk->t == T_NE;
+    lex(lx, tk);
+    if (tk->t != T_STRING && tk->t != T_IDENT) {
+        snprintf(q->err, sizeof(q->err), "Expected a value after %s%s", f->name,
+                 ne ? "!=" : "==");
+        return -1;
+    }
+    if ((node = new_node(q)) < 0)
+        return -1;
+    q->nodes[node].kind = N_CMP;
+    q->nodes[node].field = f->id;
+    q->nodes[node].ne = ne;
+    q->nodes[node].value = strdup(tk->text);
+    lex(lx, tk);
+    return q->nodes[node].value ? node : -1;
+}
+
+static int parse_and(struct lexer *lx, struct token_s *tk)
+{
+    int l = parse_primary(lx, tk), node;
+    while (l >= 0 && tk->t == T_AND) {
+        int r;
+        lex(lx, tk);
+        if ((r = parse_primary(lx, tk)) < 0 || (node = new_node(lx->q)) < 0)
+            return -1;
+        lx->q->nodes[node] = (struct wnode){N_AND, l, r, F_CONTACT_ID, 0, NULL};
+        l = node;
+    }
+    return l;
+}
+
+static int parse_or(struct lexer *lx, struct token_s *tk)
+{
+    int l = parse_and(lx, tk), node;
+    while (l >= 0 && tk->t == T_OR) {
+        int r;
+        lex(lx, tk);
+        if ((r = parse_and(lx, tk)) < 0 || (node = new_node(lx->q)) < 0)
+            return -1;
+        lx->q->nodes[node] = (struct wnode){N_OR, l, r, F_CONTACT_ID, 0, NULL};
+        l = node;
+    }
+    return l;
+}
+
+static int parse_where(struct query *q, const char *where)
+{
+    struct lexer lx = {where, q};
+    struct token_s tk;
+    lex(&lx, &tk);
+    if (tk.t == T_END) {
+        q->root = -1;
+        return 0;
+    }
+    q->root = parse_or(&lx, &tk);
+    if (q->root < 0) {
+        if (!q->err[0])
+            snprintf(q->err, sizeof(q->err), "The where clause could not be parsed");
+        return -1;
+    }
+    if (tk.t != T_END) {
+        snprintf(q->err, sizeof(q->err), "Unexpected '%s' in the where clause",
+                 tk.t == T_RP ? ")" : tk.text);
+        return -1;
+    }
+    return 0;
+}
+
+static void query_free(struct query *q)
+{
+    for (int i = 0; i < q->n_nodes; i++)
+        free(q->nodes[i].value);
+    for (int i = 0; i < 4; i++)
+        free(q->lists[i]);
+}
+
+static int eval(const struct query *q, int node, const void *rec)
+{
+    const struct wnode *n = &q->nodes[node];
+    switch (n->kind) {
+    case N_AND: return eval(q, n->l, rec) && eval(q, n->r, rec);
+    case N_OR: return eval(q, n->l, rec) || eval(q, n->r, rec);
+    case N_CMP: break;
+    }
+    return (strcasecmp(field_value(q->ent, rec, n->field), n->value) == 0) != n->ne;
+}
+
+/* 1 when `value` is in the comma list (case-insensitive, spaces and quotes trimmed). */
+static int in_list(const char *list, const char *value)
+{
+    const char *p = list;
+    size_t vlen = strlen(value);
+    while (*p) {
+        const char *end = strchr(p, ','), *s = p, *e;
+        if (!end)
+            end = p + strlen(p);
+        e = end;
+        while (s < e && (*s == ' ' || *s == '"' || *s == '\''))
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '"' || e[-1] == '\''))
+            e--;
+        if ((size_t)(e - s) == vlen && !strncasecmp(s, value, vlen))
+            return 1;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* Fields of the list filters IDs, InvoiceNumbers, ContactIDs, Statuses. */
+static const enum field_id LIST_FIELD[3][4] = {
+    [E_CONTACT] = {F_CONTACT_ID, F_NAME, F_CONTACT_ID, F_CONTACT_STATUS},
+    [E_INVOICE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
+    [E_PAYMENT] = {F_PAYMENT_ID, F_PAY_INVOICE_NUMBER, F_PAY_INVOICE_ID, F_STATUS},
+};
+
+static int matches(const struct query *q, const void *rec)
+{
+    for (int i = 0; i < 4; i++)
+        if (q->lists[i] && !in_list(q->lists[i], field_value(q->ent, rec, LIST_FIELD[q->ent][i])))
+            return 0;
+    return q->root < 0 || eval(q, q->root, rec);
+}
+
+/* Candidates from the indexes for `node`; 0 when a full scan is needed. */
+static int candidates(const struct xero *x, const struct query *q, int node, struct vec *out)
+{
+    const struct wnode *n = &q->nodes[node];
+    if (n->kind == N_CMP) {
+        const struct hidx *ix = n->ne ? NULL : field_index(x, n->field, q->ent);
+        struct hent *h;
+        if (!ix || !n->value[0])
+            return 0;   /* empty keys are not indexed */
+        for (h = hidx_find(ix, n->value); h; h = hidx_next(h, n->value))
+            vec_push(out, h->rec);
+        return 1;
+    }
+    if (n->kind == N_AND) {
+        size_t mark = out->n;
+        if (candidates(x, q, n->l, out))
+            return 1;
+        out->n = mark;
+        return candidates(x, q, n->r, out);
+    }
+    {
+        size_t mark = out->n;
+        if (candidates(x, q, n->l, out) && candidates(x, q, n->r, out))
+            return 1;
+        out->n = mark;
+        return 0;
+    }
+}
+
+/* Candidates from an ID or number list. */
+static int list_candidates(const struct xero *x, const struct query *q, struct vec *out)
+{
+    for (int i = 0; i < 3; i++) {
+        const struct hidx *ix = q->lists[i] ? field_index(x, LIST_FIELD[q->ent][i], q->ent) : NULL;
+        const char *p;
+        if (!ix)
+            continue;
+        for (p = q->lists[i]; *p;) {
+            const char *end = strchr(p, ','), *s = p, *e;
+            char key[256];
+            struct hent *h;
+            if (!end)
+                end = p + strlen(p);
+            e = end;
+            while (s < e && (*s == ' ' || *s == '"' || *s == '\''))
+                s++;
+            while (e > s && (e[-1] == ' ' || e[-1] == '"' || e[-1] == '\''))
+                e--;
+            snprintf(key, sizeof(key), "%.*s", (int)(e - s), s);
+            for (h = hidx_find(ix, key); h; h = hidx_next(h, key))
+                vec_push(out, h->rec);
+            p = *end ? end + 1 : end;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static uint64_t rec_seq(enum entity ent, const void *rec)
+{
+    return ent == E_CONTACT ? ((const struct contact *)rec)->seq
+         : ent == E_INVOICE ? ((const struct invoice *)rec)->seq
+                            : ((const struct payment *)rec)->seq;
+}
+
+static json_t *rec_doc(enum entity ent, const void *rec)
+{
+    return ent == E_CONTACT ? ((const struct contact *)rec)->doc
+         : ent == E_INVOICE ? ((const struct invoice *)rec)->doc
+                            : ((const struct payment *)rec)->doc;
+}
+
+static int cmp_seq(const void *a, const void *b, void *ent)
+{
+    enum entity e = *(const enum entity *)ent;
+    uint64_t sa = rec_seq(e, *(void *const *)a), sb = rec_seq(e, *(void *const *)b);
+    return sa < sb ? -1 : sa > sb;
+}
+
+static void list_get(struct call *c, enum entity ent)
+{
+    static const char *const env_key[] = {"Contacts", "Invoices", "Payments"};
+    static const char *const list_param[] = {"IDs", "InvoiceNumbers", "ContactIDs", "Statuses"};
+    struct xero *x = c->x;
+    struct query *q = calloc(1, sizeof(*q));
+    const char *where = pb_http_query(c->req, "where");
+    const char *page = pb_http_query(c->req, "page");
+    const char *psize = pb_http_query(c->req, "pageSize");
+    const struct vec *all;
+    struct vec cand = {0};
+    json_t **docs = NULL, *items, *env;
+    size_t n_docs = 0, total = 0, skip = 0, i, src_n;
+    void **src;
+    int indexed = 0;
+
+    if (!q) {
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    q->ent = ent;
+    q->root = -1;
+    q->page_size = PAGE_SIZE;
+    if (page) {
+        char *end;
+        q->page = strtol(page, &end, 10);
+        if (*end || q->page < 1) {
+            reply_exception(c->resp, 400, 16, "QueryParseException",
+                            "page must be a whole number from 1, got '%s'", page);
+            goto out;
+        }
+    }
+    if (psize) {
+        char *end;
+        q->page_size = strtol(psize, &end, 10);
+        if (*end || q->page_size < 1 || q->page_size > PAGE_SIZE_MAX) {
+            reply_exception(c->resp, 400, 16, "QueryParseException",
+                            "pageSize must be from 1 to %d", PAGE_SIZE_MAX);
+            goto out;
+        }
+    }
+    for (i = 0; i < 4; i++) {
+        const char *v = pb_http_query(c->req, list_param[i]);
+        if ((i == 1 && ent != E_INVOICE) || !v || !*v)
+            continue;
+        q->lists[i] = strdup(v);
+    }
+    if (where && parse_where(q, where)) {
+        reply_exception(c->resp, 400, 16, "QueryParseException", "%s", q->err);
+        goto out;
+    }
+
+    pthread_mutex_lock(&x->data);
+    all = ent == E_CONTACT ? &x->contacts : ent == E_INVOICE ? &x->invoices : &x->payments;
+    if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
+        indexed = 1;
+        qsort_r(cand.v, cand.n, sizeof(void *), cmp_seq, &ent);
+        src = cand.v;
+        src_n = cand.n;
+    } else {
+        src = all->v;
+        src_n = all->n;
+    }
+    if (q->page)
+        skip = (size_t)(q->page - 1) * (size_t)q->page_size;
+    for (i = 0; i < src_n; i++) {
+        if (indexed && i > 0 && src[i] == src[i - 1])
+            continue;   /* OR of two index hits */
+        if (!matches(q, src[i]))
+            continue;
+        total++;
+        if (total <= skip || (q->page && n_docs >= (size_t)q->page_size))
+            continue;
+        if (n_docs % 256 == 0) {
+            json_t **nd = realloc(docs, (n_docs + 256) * sizeof(*nd));
+            if (!nd)
+                break;
+            docs = nd;
+        }
+        docs[n_docs++] = json_incref(rec_doc(ent, src[i]));
+    }
+    pthread_mutex_unlock(&x->data);
+
+    items = json_array();
+    for (i = 0; i < n_docs; i++)
+        json_array_append_new(items, docs[i]);
+    env = envelope(env_key[ent], items);
+    if (env && q->page) {
+        size_t pages = (total + (size_t)q->page_size - 1) / (size_t)q->page_size;
+        json_object_set_new(env, "pagination",
+                            json_pack("{s:i,s:i,s:I,s:I}", "page", (int)q->page, "pageSize",
+                                      (int)q->page_size, "pageCount", (json_int_t)pages,
+                                      "itemCount", (json_int_t)total));
+    }
+    reply_json(c->resp, 200, env);
+out:
+    free(docs);
+    free(cand.v);
+    query_free(q);
+    free(q);
+}
+
+static void one_get(struct call *c, enum entity ent)
+{
+    static const char *const env_key[] = {"Contacts", "Invoices", "Payments"};
+    struct xero *x = c->x;
+    const char *id = c->req->params[0];
+    json_t *doc = NULL;
+    pthread_mutex_lock(&x->data);
+    if (ent == E_CONTACT) {
+        struct contact *ct = hidx_get(&x->c_id, id);
+        doc = ct ? json_incref(ct->doc) : NULL;
+    } else if (ent == E_INVOICE) {
+        struct invoice *inv = is_uuid_like(id) ? hidx_get(&x->i_id, id)
+                                               : hidx_get(&x->i_number, id);
+        doc = inv ? json_incref(inv->doc) : NULL;
+    } else {
+        struct payment *p = hidx_get(&x->p_id, id);
+        doc = p ? json_incref(p->doc) : NULL;
+    }
+    pthread_mutex_unlock(&x->data);
+    if (!doc) {
+        reply_not_found(c->resp);
+        return;
+    }
+    reply_json(c->resp, 200, envelope(env_key[ent], json_pack("[o]", doc)));
+}
+
+/* ==== settings reads ======================================================================================================= */
+
+static void op_organisation(struct call *c)
+{
+    struct xero *x = c->x;
+    reply_json(c->resp, 200,
+               envelope("Organisations",
+                        json_pack("[{s:s,s:s,s:s,s:s,s:s,s:s}]", "OrganisationID", x->tenant_id,
+                                  "Name", x->tenant_name, "LegalName", x->tenant_name,
+                                  "BaseCurrency", x->base_currency, "CountryCode", "GB",
+                                  "OrganisationStatus", "ACTIVE")));
+}
+
+static void op_accounts(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < x->n_accounts; i++) {
+        const struct account *a = &x->accounts[i];
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:b}", "AccountID", a->id,
+                                             "Code", a->code, "Name", a->name, "Type", a->type,
+                                             "Status", "ACTIVE", "EnablePaymentsToAccount",
+                                             a->payments_enabled));
+    }
+    reply_json(c->resp, 200, envelope("Accounts", arr));
+}
+
+/* ==== admin ======================================================================================================================== */
+
+static void op_stats(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *st, *resp = json_object(), *limited;
+    size_t nc, ni, np;
+    uint64_t dinv, dpay;
+    pthread_mutex_lock(&x->data);
+    nc = x->contacts.n;
+    ni = x->invoices.n;
+    np = x->payments.n;
+    dinv = x->dup_invoice_refs;
+    dpay = x->dup_payment_refs;
+    pthread_mutex_unlock(&x->data);
+    pthread_mutex_lock(&x->gate);
+    for (int s = 100; s < 600; s++) {
+        char key[8];
+        if (!x->responses[s])
+            continue;
+        snprintf(key, sizeof(key), "%d", s);
+        json_object_set_new(resp, key, json_integer((json_int_t)x->responses[s]));
+    }
+    limited = json_pack("{s:I,s:I,s:I,s:I}", "minute", (json_int_t)x->limited_minute, "day",
+                        (json_int_t)x->limited_day, "concurrent",
+                        (json_int_t)x->limited_concurrent, "appminute",
+                        (json_int_t)x->limited_app);
+    st = json_pack("{s:I,s:I,s:I,s:I,s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:o,s:I}", "contacts",
+                   (json_int_t)nc, "invoices", (json_int_t)ni, "payments", (json_int_t)np,
+                   "requests", (json_int_t)x->requests, "responses", resp, "idempotent_replays",
+                   (json_int_t)x->replays, "idempotency_keys", (json_int_t)x->idem_n,
+                   "idempotency_evictions", (json_int_t)x->idem_evictions,
+                   "duplicate_invoice_references", (json_int_t)dinv,
+                   "duplicate_payment_references", (json_int_t)dpay, "tokens_issued",
+                   (json_int_t)x->tokens_issued, "rate_limited", limited, "faults_injected",
+                   (json_int_t)0);
+    pthread_mutex_unlock(&x->gate);
+    reply_json(c->resp, 200, st);
+}
+
+static void op_reset(struct call *c)
+{
+    struct xero *x = c->x;
+    pthread_mutex_lock(&x->data);
+    pthread_mutex_lock(&x->gate);
+    clear_data(x);
+    clear_idempotency(x, 0);
+    x->requests = x->replays = x->idem_evictions = 0;
+    memset(x->responses, 0, sizeof(x->responses));
+    x->limited_minute = x->limited_day = x->limited_concurrent = x->limited_app = 0;
+    x->w_minute.n = x->w_minute.head = 0;
+    x->w_app.n = x->w_app.head = 0;
+    x->day_count = 0;
+    x->day_start_ns = 0;
+    pthread_mutex_unlock(&x->gate);
+    pthread_mutex_unlock(&x->data);
+    reply_json(c->resp, 200, json_pack("{s:s}", "status", "reset"));
+}
+
+/* ==== dispatch ====================================================================================================================== */
+
+static void count_response(struct xero *x, int status)
+{
+    pthread_mutex_lock(&x->gate);
+    x->requests++;
+    if (status >= 100 && status < 600)
+        x->responses[status]++;
+    pthread_mutex_unlock(&x->gate);
+}
+
+static void run_op(struct call *c, enum op op)
+{
+    switch (op) {
+    case OP_TOKEN: op_token(c); break;
+    case OP_CONNECTIONS: op_connections(c); break;
+    case OP_ORGANISATION: op_organisation(c); break;
+    case OP_ACCOUNTS: op_accounts(c); break;
+    case OP_CONTACTS_GET: list_get(c, E_CONTACT); break;
+    case OP_CONTACT_GET: one_get(c, E_CONTACT); break;
+    case OP_CONTACTS_PUT: contacts_write(c, 1); break;
+    case OP_CONTACTS_POST: contacts_write(c, 0); break;
+    case OP_INVOICES_GET: list_get(c, E_INVOICE); break;
+    case OP_INVOICE_GET: one_get(c, E_INVOICE); break;
+    case OP_INVOICES_PUT: invoices_write(c, 1, NULL); break;
+    case OP_INVOICES_POST: invoices_write(c, 0, NULL); break;
+    case OP_INVOICE_POST: invoices_write(c, 0, c->req->params[0]); break;
+    case OP_PAYMENTS_GET: list_get(c, E_PAYMENT); break;
+    case OP_PAYMENT_GET: one_get(c, E_PAYMENT); break;
+    case OP_PAYMENTS_PUT: payments_write(c, 0); break;
+    case OP_PAYMENTS_POST: payments_write(c, 1); break;
+    case OP_STATS: op_stats(c); break;
+    case OP_RESET: op_reset(c); break;
+    case OP__COUNT: break;
+    }
+}
+
+static void call_init(struct call *c, struct xero *x, struct pb_http_request *req,
+                      struct pb_http_response *resp)
+{
+    const char *sum = pb_http_query(req, "summarizeErrors");
+    const char *udp = pb_http_query(req, "unitdp");
+    memset(c, 0, sizeof(*c));
+    c->x = x;
+    c->req = req;
+    c->resp = resp;
+    c->summarize = !(sum && !strcasecmp(sum, "false"));
+    c->unitdp4 = udp && !strcmp(udp, "4");
+    c->now_ms = now_ms();
+}
+
+/* Routes outside /api.xro: token, connections, admin. */
+static enum pb_http_action plain_handler(struct pb_http_request *req,
+                                         struct pb_http_response *resp, void *arg)
+{
+    struct route_arg *ra = arg;
+    struct call c;
+    call_init(&c, ra->x, req, resp);
+    run_op(&c, ra->op);
+    if (ra->op != OP_STATS && ra->op != OP_RESET)
+        count_response(ra->x, resp->status);
+    return PB_HTTP_DONE;
+}
+
+static enum pb_http_action api_handler(struct pb_http_request *req, struct pb_http_response *resp,
+                                       void *arg)
+{
+    struct route_arg *ra = arg;
+    struct xero *x = ra->x;
+    struct call c;
+    struct admission adm;
+    struct idem *mine = NULL;
+    const char *tenant, *ikey;
+    int why, write = strcmp(req->method, "GET") != 0;
+
+    call_init(&c, x, req, resp);
+    if ((why = token_check(x, req)) != 0) {
+        pthread_mutex_lock(&x->gate);
+        admit(x, &adm, 0);
+        pthread_mutex_unlock(&x->gate);
+        reply_unauthorized(resp, why);
+        goto out;
+    }
+    tenant = pb_http_header(req, "xero-tenant-id");
+    if (!tenant || strcasecmp(tenant, x->tenant_id) != 0) {
+        pthread_mutex_lock(&x->gate);
+        admit(x, &adm, 0);
+        pthread_mutex_unlock(&x->gate);
+        reply_problem(resp, 403, "Forbidden", "AuthorizationUnsuccessful");
+        goto out;
+    }
+    pthread_mutex_lock(&x->gate);
+    admit(x, &adm, 1);
+    pthread_mutex_unlock(&x->gate);
+    if (!adm.admitted) {
+        char buf[16];
+        snprintf(buf, sizeof(buf), "%u", adm.retry_after);
+        pb_http_response_header(resp, "Retry-After", buf);
+        pb_http_response_header(resp, "X-Rate-Limit-Problem", adm.problem);
+        reply_problem(resp, 429, "Too Many Requests", "Rate limit exceeded");
+        goto out;
+    }
+    ikey = write ? pb_http_header(req, "Idempotency-Key") : NULL;
+    if (ikey && strlen(ikey) > IDEM_KEY_MAX) {
+        reply_exception(resp, 400, 10, "ValidationException",
+                        "Idempotency-Key must be at most %d characters", IDEM_KEY_MAX);
+        goto release;
+    }
+    if (ikey && *ikey) {
+        char key[IDEM_KEY_MAX + 2200];
+        char *body = NULL;
+        size_t len = 0;
+        int status = 0, r;
+        snprintf(key, sizeof(key), "%s %s\n%s", req->method, req->path, ikey);
+        pthread_mutex_lock(&x->gate);
+        r = idem_begin(x, key, &mine, &status, &body, &len);
+        pthread_mutex_unlock(&x->gate);
+        if (r == 1) {
+            pb_http_response_body_take(resp, status, body, len);
+            pb_http_response_header(resp, "Idempotent-Replayed", "true");
+            goto release;
+        }
+        if (r < 0) {
+            reply_problem(resp, 500, "InternalError", "out of memory");
+            goto release;
+        }
+    }
+    run_op(&c, ra->op);
+    if (mine) {
+        pthread_mutex_lock(&x->gate);
+        idem_end(x, mine, resp);
+        pthread_mutex_unlock(&x->gate);
+    }
+release:
+    pthread_mutex_lock(&x->gate);
+    x->inflight--;
+    pthread_mutex_unlock(&x->gate);
+out:
+    limit_headers(resp, &adm);
+    count_response(x, resp->status);
+    return PB_HTTP_DONE;
+}
+
+static void build_routes(struct xero *x)
+{
+    static const struct {
+        const char *method, *pattern;
+        enum op op;
+        int api;
+    } table[] = {
+        {"POST", "/connect/token", OP_TOKEN, 0},
+        {"GET", "/connections", OP_CONNECTIONS, 0},
+        {"GET", API "/Organisation", OP_ORGANISATION, 1},
+        {"GET", API "/Accounts", OP_ACCOUNTS, 1},
+        {"GET", API "/Contacts", OP_CONTACTS_GET, 1},
+        {"PUT", API "/Contacts", OP_CONTACTS_PUT, 1},
+        {"POST", API "/Contacts", OP_CONTACTS_POST, 1},
+        {"GET", API "/Contacts/{}", OP_CONTACT_GET, 1},
+        {"GET", API "/Invoices", OP_INVOICES_GET, 1},
+        {"PUT", API "/Invoices", OP_INVOICES_PUT, 1},
+        {"POST", API "/Invoices", OP_INVOICES_POST, 1},
+        {"GET", API "/Invoices/{}", OP_INVOICE_GET, 1},
+        {"POST", API "/Invoices/{}", OP_INVOICE_POST, 1},
+        {"GET", API "/Payments", OP_PAYMENTS_GET, 1},
+        {"PUT", API "/Payments", OP_PAYMENTS_PUT, 1},
+        {"POST", API "/Payments", OP_PAYMENTS_POST, 1},
+        {"GET", API "/Payments/{}", OP_PAYMENT_GET, 1},
+        {"GET", "/_sandbox/stats", OP_STATS, 0},
+        {"POST", "/_sandbox/reset", OP_RESET, 0},
+    };
+    size_t n = sizeof(table) / sizeof(table[0]);
+    for (size_t i = 0; i < n; i++) {
+        x->args[table[i].op] = (struct route_arg){x, table[i].op};
+        x->routes[i] = (struct pb_http_route){table[i].method, table[i].pattern,
+                                              table[i].api ? api_handler : plain_handler,
+                                              &x->args[table[i].op]};
+    }
+    x->routes[n] = (struct pb_http_route){NULL, NULL, NULL, NULL};
+}
+
+static const struct pb_http_route *xero_routes(void *state)
+{
+    struct xero *x = state;
+    return x->routes;
+}
+
+const struct sbx_emulator_type sbx_xero_type = {
+    .name = "xero",
+    .create = xero_create,
+    .routes = xero_routes,
+    .started = NULL,
+    .destroy = xero_destroy,
+};
