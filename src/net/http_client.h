@@ -80,4 +80,8 @@ enum pb_rc pb_http_classify_status(long status);
 /* Parse a Retry-After value (delta seconds or IMF-fixdate); -1 if unparsable. */
 int pb_http_parse_retry_after(const char *value, long long now_unix);
 
+/* New connections the client's last pb_http_perform() opened (curl's
+ * CURLINFO_NUM_CONNECTS): 0 means a kept-alive connection was reused. */
+long pb_http_client_new_connections(const struct pb_http_client *c);
+
 #endif
