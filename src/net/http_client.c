@@ -46,14 +46,15 @@
  *
  * Error messages say method, URL and what happened, e.g.
  *   "POST https://api.xero.com/api.xro/2.0/Invoices: HTTP 503, retry after 7 s"
- *   "GET http://127.0.0.1:1/x: Couldn't connect to server (Failed to connect ...)"
+ *   "GET http://127.0.0.1:1/x: Failed to connect to 127.0.0.1 port 1 after 0 ms: ..."
  * The URL goes through pb_trace_redact_url() first (SYSPRO puts passwords in
  * query strings); header values and bodies never enter a message.
  *
  * Threading. A client is used by one thread at a time (not locked). Global
  * setup (curl_global_init) runs once, under pthread_once, on the first
  * pb_http_client_new(); CURLOPT_NOSIGNAL keeps curl away from SIGALRM in a
- * multi-threaded process (timeouts use the threaded resolver instead).
+ * multi-threaded process (so DNS timeouts rely on curl's threaded resolver,
+ * which the libcurl we build against uses).
  *
  * Rejected designs.
  *   - A new easy handle per call: a TCP + TLS handshake per ERP call, which
@@ -491,7 +492,8 @@ enum pb_rc pb_http_perform(struct pb_http_client *c, struct pb_http_call *call, 
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "paybridge");
-    curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, ""); /* what libcurl can decode; cap is on decoded bytes */
+    /* every encoding libcurl can decode; max_response caps the decoded bytes */
+    curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t.max);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
@@ -514,9 +516,10 @@ enum pb_rc pb_http_perform(struct pb_http_client *c, struct pb_http_call *call, 
     snprintf(call->curl_error, sizeof(call->curl_error), "%s",
              code == CURLE_OK ? "" : (c->errbuf[0] ? c->errbuf : curl_easy_strerror(code)));
 
-    if (call->status)
-        call->retry_after_s =
-            pb_http_parse_retry_after(pb_http_call_header(call, "Retry-After"), (long long)time(NULL));
+    if (call->status) {
+        const char *ra = pb_http_call_header(call, "Retry-After");
+        call->retry_after_s = pb_http_parse_retry_after(ra, (long long)time(NULL));
+    }
 
     /* Feedback to the limiter, before the slot is freed for the next waiter. */
     if (call->limiter && call->status) {
@@ -538,11 +541,13 @@ enum pb_rc pb_http_perform(struct pb_http_client *c, struct pb_http_call *call, 
         rc = pb_err_set(err, PB_ERR_NOMEM, "%s %s: out of memory reading the response",
                         call->method, url_msg);
     } else if (code == CURLE_OPERATION_TIMEDOUT) {
-        rc = pb_err_set(err, PB_ERR_TRANSIENT, "%s %s: timed out after %ld ms (%s)", call->method,
-                        url_msg, timeout, call->curl_error);
+        rc = pb_err_set(err, PB_ERR_TRANSIENT, "%s %s: timed out (limits: %ld ms in all, %ld ms to "
+                        "connect): %s", call->method, url_msg, timeout, connect_timeout,
+                        call->curl_error);
     } else if (code != CURLE_OK) {
-        rc = pb_err_set(err, curl_code_rc(code), "%s %s: %s (%s)", call->method, url_msg,
-                        curl_easy_strerror(code), call->curl_error);
+        /* curl_error: curl's detail line, or its generic text when there is none */
+        rc = pb_err_set(err, curl_code_rc(code), "%s %s: %s", call->method, url_msg,
+                        call->curl_error);
     } else {
         rc = pb_http_classify_status(call->status);
         if (rc && call->retry_after_s >= 0)

@@ -17,7 +17,7 @@
  * time waited to call->ratelimit_wait_ns), holds a concurrency slot for the
  * duration of the call, and feeds 429 answers back to the limiter.
  *
- * Each call can be appended to a `struct pb_trace` (see engine/trace.h) by
+ * Each call can be appended to a `struct pb_trace` (see net/trace.h) by
  * the caller; the client itself never logs bodies or headers, so credentials
  * in headers never reach a log.
  */

@@ -263,7 +263,8 @@ char *pb_trace_redact_url(const char *url)
 
     /* userinfo password: scheme://user:pw@host */
     scheme = strstr(clean, "://");
-    if (scheme && strspn(clean, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
+    if (scheme && strspn(clean, "abcdefghijklmnopqrstuvwxyz"
+                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") !=
                       (size_t)(scheme - clean))
         scheme = NULL; /* "://" inside a path or query, not after a scheme */
     if (scheme) {
@@ -525,7 +526,8 @@ void pb_trace_http(json_t *trace, const struct pb_http_call *call, enum pb_rc rc
     json_object_set_new(rec, "url",
                         call->url ? string_or_null(pb_trace_redact_url(call->url)) : json_null());
     json_object_set_new(rec, "status", call->status ? json_integer(call->status) : json_null());
-    json_object_set_new(rec, "duration_ms", json_integer((json_int_t)(call->duration_ns / 1000000)));
+    json_object_set_new(rec, "duration_ms",
+                        json_integer((json_int_t)(call->duration_ns / 1000000)));
 
     if (rc == PB_OK) {
         json_object_set_new(rec, "error", json_null());
@@ -543,10 +545,12 @@ void pb_trace_http(json_t *trace, const struct pb_http_call *call, enum pb_rc rc
     } else {
         json_object_set_new(rec, "request", json_null());
     }
-    json_object_set_new(rec, "response",
-                        call->response
-                            ? string_or_null(pb_trace_redact_body(call->response, call->response_len))
-                            : json_null());
+    if (call->response)
+        json_object_set_new(
+            rec, "response",
+            string_or_null(pb_trace_redact_body(call->response, call->response_len)));
+    else
+        json_object_set_new(rec, "response", json_null());
 
     while (json_array_size(trace) >= TRACE_MAX_CALLS)
         json_array_remove(trace, 0);

@@ -354,7 +354,7 @@ static void test_timeout(void **state)
     f->call.url = url(f, "/slow");
     f->call.timeout_ms = 150;
     assert_int_equal(pb_http_perform(f->client, &f->call, &err), PB_ERR_TRANSIENT);
-    assert_non_null(strstr(err.msg, "timed out after 150 ms"));
+    assert_non_null(strstr(err.msg, "timed out (limits: 150 ms in all, 150 ms to connect)"));
     assert_true(f->call.duration_ns < 550ull * 1000000);
 }
 

@@ -144,8 +144,9 @@ static void test_xml_body(void **state)
     (void)state;
     out = redact("<Logon><Operator>ADMIN</Operator><OperatorPassword>pw1</OperatorPassword>"
                  "<CompanyPassword/><Company Password=\"cpw\">EDU1</Company></Logon>");
-    assert_string_equal(out, "<Logon><Operator>ADMIN</Operator><OperatorPassword>***</OperatorPassword>"
-                             "<CompanyPassword/><Company Password=\"***\">EDU1</Company></Logon>");
+    assert_string_equal(out, "<Logon><Operator>ADMIN</Operator>"
+                             "<OperatorPassword>***</OperatorPassword><CompanyPassword/>"
+                             "<Company Password=\"***\">EDU1</Company></Logon>");
     free(out);
 }
 
@@ -159,7 +160,8 @@ static void test_url(void **state)
                              "&OperatorPassword=***&CompanyId=EDU1&CompanyPassword=***");
     free(out);
     out = pb_trace_redact_url("https://api.example/v1?api_key=k1&Signature=s&access_token=t&x&y=");
-    assert_string_equal(out, "https://api.example/v1?api_key=***&Signature=s&access_token=***&x&y=");
+    assert_string_equal(out,
+                        "https://api.example/v1?api_key=***&Signature=s&access_token=***&x&y=");
     free(out);
     out = pb_trace_redact_url("https://u:pa55@host.example:8443/p?q=1#access_token=abc&state=s");
     assert_string_equal(out, "https://u:***@host.example:8443/p?q=1#access_token=***&state=s");
