@@ -1324,20 +1324,19 @@ static void admit(struct xero *x, struct admission *a, int consume)
     a->day_left = x->lim_day ? (long)(x->lim_day - x->day_count) : -1;
 }
 
+/* Every API reply carries the three headers; an unlimited window reports
+ * UNLIMITED_REMAINING so that clients parsing them always find a number. */
+#define UNLIMITED_REMAINING 1000000L
+
 static void limit_headers(struct pb_http_response *resp, const struct admission *a)
 {
+    static const char *const names[] = {"X-MinLimit-Remaining", "X-DayLimit-Remaining",
+                                        "X-AppMinLimit-Remaining"};
+    long left[] = {a->min_left, a->day_left, a->app_left};
     char buf[24];
-    if (a->min_left >= 0) {
-        snprintf(buf, sizeof(buf), "%ld", a->min_left);
-        pb_http_response_header(resp, "X-MinLimit-Remaining", buf);
-    }
-    if (a->day_left >= 0) {
-        snprintf(buf, sizeof(buf), "%ld", a->day_left);
-        pb_http_response_header(resp, "X-DayLimit-Remaining", buf);
-    }
-    if (a->app_left >= 0) {
-        snprintf(buf, sizeof(buf), "%ld", a->app_left);
-        pb_http_response_header(resp, "X-AppMinLimit-Remaining", buf);
+    for (int i = 0; i < 3; i++) {
+        snprintf(buf, sizeof(buf), "%ld", left[i] >= 0 ? left[i] : UNLIMITED_REMAINING);
+        pb_http_response_header(resp, names[i], buf);
     }
 }
 
@@ -2710,7 +2709,8 @@ static void payment_commit(struct call *c, struct payment_in *pi)
     hidx_add(&x->p_invoice, p->invoice_id, p);
     inv->paid = paid;
     inv->due = due;
-    copy_str(inv->status, sizeof(inv->status), status);
+    if (due == 0)   /* `status` may point at inv->status itself */
+        copy_str(inv->status, sizeof(inv->status), "PAID");
     json_decref(inv->doc);
     inv->doc = idoc;
     pi->doc = json_incref(pdoc);

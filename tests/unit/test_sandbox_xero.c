@@ -1,0 +1,695 @@
+/*
+ * tests/unit/test_sandbox_xero.c: the sandbox framework (sandbox.c,
+ * faults.c) and the Xero Accounting API emulator (xero.c), over real HTTP
+ * on loopback with libcurl.
+ *
+ * Two sandboxes run for the whole file, each with only Xero: `open` without
+ * rate limits for the functional tests, and `tight` with per_minute = 3 for
+ * the rate-limit test. Every test on `open` starts with POST /_sandbox/reset
+ * and POST /_sandbox/faults {"reset":true}, so tests do not depend on order.
+ * Amounts are read back exactly: from the raw reply text, or through
+ * pb_json_to_minor(), never as doubles.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "core/json.h"
+#include "sandbox.h"
+
+#define TENANT "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e"
+
+struct reply {
+    long status;
+    char *body;
+    size_t len;
+    char headers[4096];
+    json_t *json;               /* parsed body, NULL if not JSON */
+};
+
+static struct pb_sandbox *open_sb, *tight_sb;
+static int open_port, tight_port;
+static char token[128], tight_token[128];
+
+/* ---- HTTP helpers ------------------------------------------------------------------------ */
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct reply *r = arg;
+    char *nb = realloc(r->body, r->len + size * n + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + r->len, p, size * n);
+    r->body = nb;
+    r->len += size * n;
+    r->body[r->len] = '\0';
+    return size * n;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    struct reply *r = arg;
+    size_t have = strlen(r->headers), add = size * n;
+    if (have + add < sizeof(r->headers)) {
+        memcpy(r->headers + have, p, add);
+        r->headers[have + add] = '\0';
+    }
+    return size * n;
+}
+
+static void reply_free(struct reply *r)
+{
+    free(r->body);
+    json_decref(r->json);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Value of a reply header (case-insensitive) into buf, or NULL. */
+static const char *header(const struct reply *r, const char *name, char *buf, size_t len)
+{
+    const char *p = r->headers;
+    size_t n = strlen(name);
+    while (p && *p) {
+        if (!strncasecmp(p, name, n) && p[n] == ':') {
+            const char *v = p + n + 1, *e;
+            while (*v == ' ')
+                v++;
+            e = strpbrk(v, "\r\n");
+            snprintf(buf, len, "%.*s", (int)(e ? e - v : (long)strlen(v)), v);
+            return buf;
+        }
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return NULL;
+}
+
+/* One request. `auth`: a bearer token, "" for none; extra: one more header or NULL. */
+static long http(int port, const char *method, const char *path, const char *auth,
+                 const char *extra, const char *body, struct reply *r)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    char url[2048], line[512];
+    memset(r, 0, sizeof(*r));
+    assert_non_null(c);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    if (auth && *auth) {
+        snprintf(line, sizeof(line), "Authorization: Bearer %s", auth);
+        h = curl_slist_append(h, line);
+        h = curl_slist_append(h, "xero-tenant-id: " TENANT);
+    }
+    if (extra)
+        h = curl_slist_append(h, extra);
+    if (body) {
+        h = curl_slist_append(h, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    else
+        r->status = -1;
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (r->body)
+        r->json = json_loadb(r->body, r->len, JSON_DECODE_ANY, NULL);
+    return r->status;
+}
+
+static long api(const char *method, const char *path, const char *body, struct reply *r)
+{
+    return http(open_port, method, path, token, NULL, body, r);
+}
+
+static void get_token(int port, char *out, size_t len)
+{
+    CURL *c = curl_easy_init();
+    struct reply r;
+    char url[256];
+    memset(&r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/connect/token", port);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_USERPWD, "sandbox-client:sandbox-secret");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "grant_type=client_credentials&scope=accounting.transactions");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_easy_cleanup(c);
+    assert_int_equal(r.status, 200);
+    r.json = json_loads(r.body, 0, NULL);
+    assert_non_null(r.json);
+    assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
+    assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 1800);
+    snprintf(out, len, "%s", json_string_value(json_object_get(r.json, "access_token")));
+    reply_free(&r);
+}
+
+/* Minor units of an amount member, read exactly. */
+static int64_t minor_of(json_t *obj, const char *key)
+{
+    int64_t v = 0;
+    struct pb_err err = {0};
+    json_t *j = json_object_get(obj, key);
+    if (pb_json_to_minor(j, "GBP", &v, &err) != PB_OK)
+        fail_msg("%s: %s", key, err.msg);
+    return v;
+}
+
+static json_t *first(const struct reply *r, const char *key)
+{
+    return json_array_get(json_object_get(r->json, key), 0);
+}
+
+static json_int_t stat_of(int port, const char *key)
+{
+    struct reply r;
+    json_int_t v;
+    assert_int_equal(http(port, "GET", "/_sandbox/stats", NULL, NULL, NULL, &r), 200);
+    v = json_integer_value(json_object_get(r.json, key));
+    reply_free(&r);
+    return v;
+}
+
+/* Create a contact and an AUTHORISED invoice of one line; returns the invoice number. */
+static void make_invoice(const char *reference, const char *qty, const char *unit,
+                         char *number, size_t len)
+{
+    struct reply r;
+    char body[1024];
+    snprintf(body, sizeof(body),
+             "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Customer %s\"},"
+             "\"Date\":\"2024-05-01\",\"DueDate\":\"2024-05-31\",\"Status\":\"AUTHORISED\","
+             "\"Reference\":\"%s\",\"LineItems\":[{\"Description\":\"Order %s\","
+             "\"Quantity\":%s,\"UnitAmount\":%s,\"AccountCode\":\"200\"}]}]}",
+             reference, reference, reference, qty, unit);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices?unitdp=4", body, &r), 200);
+    snprintf(number, len, "%s",
+             json_string_value(json_object_get(first(&r, "Invoices"), "InvoiceNumber")));
+    reply_free(&r);
+}
+
+/* ---- fixtures ---------------------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    struct pb_err err = {0};
+    json_t *s;
+    (void)state;
+    curl_global_init(CURL_GLOBAL_ALL);
+    s = json_pack("{s:s,s:{s:i,s:b}}", "bind", "127.0.0.1", "xero", "port", 0, "limits", 0);
+    if (pb_sandbox_start(s, &open_sb, &err)) {
+        fprintf(stderr, "sandbox: %s\n", err.msg);
+        return -1;
+    }
+    json_decref(s);
+    s = json_pack("{s:{s:i,s:{s:i}}}", "xero", "port", 0, "limits", "per_minute", 3);
+    if (pb_sandbox_start(s, &tight_sb, &err)) {
+        fprintf(stderr, "sandbox: %s\n", err.msg);
+        return -1;
+    }
+    json_decref(s);
+    open_port = pb_sandbox_port(open_sb, "xero");
+    tight_port = pb_sandbox_port(tight_sb, "xero");
+    if (open_port <= 0 || tight_port <= 0 || pb_sandbox_port(open_sb, "opayo") != -1)
+        return -1;
+    get_token(open_port, token, sizeof(token));
+    get_token(tight_port, tight_token, sizeof(tight_token));
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    pb_sandbox_stop(open_sb);
+    pb_sandbox_stop(tight_sb);
+    curl_global_cleanup();
+    return 0;
+}
+
+static int reset(void **state)
+{
+    struct reply r;
+    (void)state;
+    if (http(open_port, "POST", "/_sandbox/reset", NULL, NULL, "{}", &r) != 200)
+        return -1;
+    reply_free(&r);
+    if (http(open_port, "POST", "/_sandbox/faults", NULL, NULL, "{\"reset\":true}", &r) != 200)
+        return -1;
+    reply_free(&r);
+    return 0;
+}
+
+/* ---- tests ---------------------------------------------------------------------------------------- */
+
+/* Contact, invoice, two payments; AmountDue and PAID through a where filter. */
+static void test_invoice_payment_flow(void **state)
+{
+    struct reply r;
+    json_t *inv, *line;
+    char contact_id[64], invoice_id[64], body[1024];
+    (void)state;
+
+    assert_int_equal(http(open_port, "GET", "/connections", token, NULL, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(r.json, 0), "tenantId")),
+                        TENANT);
+    reply_free(&r);
+
+    assert_int_equal(api("PUT", "/api.xro/2.0/Contacts",
+                         "{\"Contacts\":[{\"Name\":\"Acme Ltd\",\"EmailAddress\":\"ap@acme.test\","
+                         "\"FirstName\":\"Ada\",\"Addresses\":[{\"AddressType\":\"STREET\","
+                         "\"AddressLine1\":\"1 High St\",\"City\":\"Leeds\",\"PostalCode\":"
+                         "\"LS1 1AA\",\"Country\":\"GB\"}]}]}",
+                         &r),
+                     200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Status")), "OK");
+    snprintf(contact_id, sizeof(contact_id), "%s",
+             json_string_value(json_object_get(first(&r, "Contacts"), "ContactID")));
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Contacts"), "ContactStatus")),
+                        "ACTIVE");
+    assert_non_null(strstr(json_string_value(json_object_get(first(&r, "Contacts"),
+                                                             "UpdatedDateUTC")),
+                           "/Date("));
+    reply_free(&r);
+
+    /* Quantity 3 x 10.995 = 32.985 -> 32.98 (half to even); 1 x 0.125 -> 0.12. */
+    snprintf(body, sizeof(body),
+             "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"ContactID\":\"%s\"},"
+             "\"Date\":\"2024-05-01\",\"DueDate\":\"2024-05-31\",\"Status\":\"AUTHORISED\","
+             "\"LineAmountTypes\":\"Exclusive\",\"Reference\":\"ORDER-1001\",\"LineItems\":["
+             "{\"Description\":\"Widgets\",\"Quantity\":3,\"UnitAmount\":10.995,"
+             "\"AccountCode\":\"200\"},"
+             "{\"Description\":\"Tiny\",\"Quantity\":\"1\",\"UnitAmount\":\"0.125\","
+             "\"AccountCode\":\"260\"}]}]}",
+             contact_id);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices?unitdp=4", body, &r), 200);
+    inv = first(&r, "Invoices");
+    assert_string_equal(json_string_value(json_object_get(inv, "InvoiceNumber")), "INV-0001");
+    assert_string_equal(json_string_value(json_object_get(inv, "Status")), "AUTHORISED");
+    line = json_array_get(json_object_get(inv, "LineItems"), 0);
+    assert_int_equal(minor_of(line, "LineAmount"), 3298);
+    line = json_array_get(json_object_get(inv, "LineItems"), 1);
+    assert_int_equal(minor_of(line, "LineAmount"), 12);
+    assert_int_equal(minor_of(inv, "SubTotal"), 3310);
+    assert_int_equal(minor_of(inv, "TotalTax"), 0);
+    assert_int_equal(minor_of(inv, "Total"), 3310);
+    assert_int_equal(minor_of(inv, "AmountDue"), 3310);
+    /* exact decimals on the wire, as numbers */
+    assert_non_null(strstr(r.body, "\"Total\":33.10"));
+    assert_non_null(strstr(r.body, "\"UnitAmount\":10.995"));
+    snprintf(invoice_id, sizeof(invoice_id), "%s",
+             json_string_value(json_object_get(inv, "InvoiceID")));
+    reply_free(&r);
+
+    /* A part payment (POST, a single payment) by InvoiceID. */
+    snprintf(body, sizeof(body),
+             "{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
+             "\"Amount\":10.10,\"Date\":\"2024-05-02\",\"Reference\":\"PAY-1\"}",
+             invoice_id);
+    assert_int_equal(api("POST", "/api.xro/2.0/Payments", body, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "PaymentType")),
+                        "ACCRECPAYMENT");
+    assert_int_equal(minor_of(first(&r, "Payments"), "Amount"), 1010);
+    reply_free(&r);
+
+    /* More than is due is refused, by its Xero message. */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
+                         "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"INV-0001\"},"
+                         "\"Account\":{\"Code\":\"090\"},\"Amount\":23.01}]}",
+                         &r),
+                     400);
+    if (!strstr(r.body, "Payment amount exceeds the amount outstanding"))
+        fail_msg("%s", r.body);
+    reply_free(&r);
+
+    /* To a revenue account: refused. */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
+                         "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"INV-0001\"},"
+                         "\"Account\":{\"Code\":\"200\"},\"Amount\":1}]}",
+                         &r),
+                     400);
+    assert_non_null(strstr(r.body, "Payments can only be made to bank accounts"));
+    reply_free(&r);
+
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices?where=Reference%3D%3D%22ORDER-1001%22",
+                         NULL, &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Invoices")), 1);
+    assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 2300);
+    assert_int_equal(minor_of(first(&r, "Invoices"), "AmountPaid"), 1010);
+    reply_free(&r);
+
+    /* The rest (PUT, a batch) pays it off. */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
+                         "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"INV-0001\"},"
+                         "\"Account\":{\"Code\":\"090\"},\"Amount\":\"23.00\","
+                         "\"Reference\":\"PAY-2\"}]}",
+                         &r),
+                     200);
+    reply_free(&r);
+    assert_int_equal(api("GET",
+                         "/api.xro/2.0/Invoices?where=Reference%3D%3D%22ORDER-1001%22%20AND%20"
+                         "Status%3D%3D%22PAID%22",
+                         NULL, &r),
+                     200);
+    inv = first(&r, "Invoices");
+    assert_non_null(inv);
+    assert_int_equal(minor_of(inv, "AmountDue"), 0);
+    assert_int_equal(json_array_size(json_object_get(inv, "Payments")), 2);
+    assert_non_null(json_object_get(inv, "FullyPaidOnDate"));
+    reply_free(&r);
+
+    /* Payments by invoice; an unknown where field is a clear 400. */
+    snprintf(body, sizeof(body),
+             "/api.xro/2.0/Payments?where=Invoice.InvoiceID%%3D%%3Dguid(%%22%s%%22)", invoice_id);
+    assert_int_equal(api("GET", body, NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 2);
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices?where=Colour%3D%3D%22red%22", NULL, &r),
+                     400);
+    assert_non_null(strstr(r.body, "Colour"));
+    reply_free(&r);
+
+    snprintf(body, sizeof(body), "/api.xro/2.0/Contacts/%s", contact_id);
+    assert_int_equal(api("GET", body, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Contacts"), "Name")),
+                        "Acme Ltd");
+    reply_free(&r);
+
+    assert_int_equal(stat_of(open_port, "invoices"), 1);
+    assert_int_equal(stat_of(open_port, "payments"), 2);
+    assert_int_equal(stat_of(open_port, "contacts"), 1);
+}
+
+/* summarizeErrors=false: one element saved, the other reported. */
+static void test_summarize_errors_false(void **state)
+{
+    struct reply r;
+    json_t *bad, *good;
+    (void)state;
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices?summarizeErrors=false",
+                         "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Bob\"},"
+                         "\"Reference\":\"OK-1\",\"LineItems\":[{\"Description\":\"a\","
+                         "\"Quantity\":1,\"UnitAmount\":5,\"AccountCode\":\"200\"}]},"
+                         "{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Bob\"},\"Reference\":"
+                         "\"BAD-1\",\"LineItems\":[{\"Description\":\"b\",\"Quantity\":1,"
+                         "\"UnitAmount\":5,\"AccountCode\":\"999\"}]}]}",
+                         &r),
+                     200);
+    good = json_array_get(json_object_get(r.json, "Invoices"), 0);
+    bad = json_array_get(json_object_get(r.json, "Invoices"), 1);
+    assert_string_equal(json_string_value(json_object_get(good, "StatusAttributeString")), "OK");
+    assert_string_equal(json_string_value(json_object_get(bad, "StatusAttributeString")), "ERROR");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(bad, "ValidationErrors"), 0), "Message")),
+                        "Account code '999' is not a valid code for this document.");
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "invoices"), 1);
+    assert_int_equal(stat_of(open_port, "contacts"), 1);  /* Bob, created once by name */
+}
+
+/* Without the flag one bad element fails the batch and nothing is saved. */
+static void test_validation_envelope(void **state)
+{
+    struct reply r;
+    (void)state;
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices",
+                         "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Bob\"},"
+                         "\"LineItems\":[{\"Description\":\"a\",\"Quantity\":1,\"UnitAmount\":5,"
+                         "\"AccountCode\":\"200\"}]},"
+                         "{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Bob\"},\"CurrencyCode\":"
+                         "\"CHF\",\"LineItems\":[]}]}",
+                         &r),
+                     400);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "ErrorNumber")), 10);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Type")), "ValidationException");
+    assert_string_equal(json_string_value(json_object_get(r.json, "Message")),
+                        "A validation exception occurred");
+    assert_int_equal(json_array_size(json_object_get(r.json, "Elements")), 1);
+    assert_non_null(strstr(r.body, "The currency 'CHF' is not enabled"));
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "invoices"), 0);
+    assert_int_equal(stat_of(open_port, "contacts"), 0);
+
+    /* Malformed JSON */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices", "{\"Invoices\":[", &r), 400);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "ErrorNumber")), 14);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
+                        "PostDataInvalidException");
+    reply_free(&r);
+
+    /* Contact names are unique among active contacts */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", "{\"Contacts\":[{\"Name\":\"Zed\"}]}",
+                         &r),
+                     200);
+    reply_free(&r);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", "{\"Contacts\":[{\"Name\":\"Zed\"}]}",
+                         &r),
+                     400);
+    assert_non_null(strstr(r.body, "The contact name Zed is already assigned to another contact."));
+    reply_free(&r);
+}
+
+/* A repeated Idempotency-Key replays the first reply and creates nothing. */
+static void test_idempotency_replay(void **state)
+{
+    struct reply a, b;
+    char hdr[256], key[200];
+    const char *body = "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Idem\"},"
+                       "\"Reference\":\"IDEM-1\",\"LineItems\":[{\"Description\":\"x\","
+                       "\"Quantity\":2,\"UnitAmount\":1.5,\"AccountCode\":\"200\"}]}]}";
+    (void)state;
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token,
+                          "Idempotency-Key: evt-123", body, &a),
+                     200);
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token,
+                          "Idempotency-Key: evt-123", body, &b),
+                     200);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.body, b.body, a.len);
+    reply_free(&a);
+    reply_free(&b);
+    assert_int_equal(stat_of(open_port, "invoices"), 1);
+    assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
+    assert_int_equal(stat_of(open_port, "duplicate_invoice_references"), 0);
+
+    /* Without a key the same body is a second invoice, and the stats say so. */
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices", body, &a), 200);
+    reply_free(&a);
+    assert_int_equal(stat_of(open_port, "duplicate_invoice_references"), 1);
+
+    memset(key, 'k', 129);
+    key[129] = '\0';
+    snprintf(hdr, sizeof(hdr), "Idempotency-Key: %s", key);
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token, hdr, body, &a), 400);
+    reply_free(&a);
+    assert_int_equal(stat_of(open_port, "invoices"), 2);
+}
+
+/* The per-minute limit answers 429 with Retry-After and the problem. */
+static void test_rate_limit_minute(void **state)
+{
+    struct reply r;
+    char buf[64];
+    long retry;
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(http(tight_port, "GET", "/api.xro/2.0/Contacts", tight_token, NULL, NULL,
+                              &r),
+                         200);
+        assert_non_null(header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)));
+        assert_int_equal(strtol(buf, NULL, 10), 2 - i);
+        assert_non_null(header(&r, "X-DayLimit-Remaining", buf, sizeof(buf)));
+        assert_non_null(header(&r, "X-AppMinLimit-Remaining", buf, sizeof(buf)));
+        reply_free(&r);
+    }
+    assert_int_equal(http(tight_port, "GET", "/api.xro/2.0/Contacts", tight_token, NULL, NULL, &r),
+                     429);
+    assert_non_null(header(&r, "Retry-After", buf, sizeof(buf)));
+    retry = strtol(buf, NULL, 10);
+    assert_true(retry >= 1 && retry <= 60);
+    assert_string_equal(header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
+    assert_string_equal(header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)), "0");
+    reply_free(&r);
+    assert_int_equal(stat_of(tight_port, "requests") >= 4, 1);
+}
+
+/* Faults set at run time: a 429 burst, then every request failing. */
+static void test_faults_runtime(void **state)
+{
+    struct reply r;
+    char buf[64];
+    struct pb_err err = {0};
+    json_t *f;
+    (void)state;
+    assert_int_equal(http(open_port, "POST", "/_sandbox/faults", NULL, NULL,
+                          "{\"burst_429\":2,\"retry_after_s\":7}", &r),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "burst_429")), 2);
+    reply_free(&r);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 429);
+        assert_string_equal(header(&r, "Retry-After", buf, sizeof(buf)), "7");
+        assert_string_equal(header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
+        reply_free(&r);
+    }
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 200);
+    reply_free(&r);
+    /* Admin routes are never faulted. */
+    assert_int_equal(http(open_port, "POST", "/_sandbox/faults", NULL, NULL,
+                          "{\"error_rate\":1}", &r),
+                     200);
+    reply_free(&r);
+    assert_int_equal(http(open_port, "GET", "/_sandbox/health", NULL, NULL, NULL, &r), 200);
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 500);
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 503);
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "faults_injected"), 4);
+    /* A bad fault is refused and changes nothing. */
+    assert_int_equal(http(open_port, "POST", "/_sandbox/faults", NULL, NULL,
+                          "{\"error_rate\":2}", &r),
+                     400);
+    reply_free(&r);
+    assert_int_equal(http(open_port, "GET", "/_sandbox/faults", NULL, NULL, NULL, &r), 200);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "faults_injected")), 4);
+    reply_free(&r);
+    /* Through the C API: clear them. */
+    f = json_pack("{s:b}", "reset", 1);
+    assert_int_equal(pb_sandbox_set_faults(open_sb, "xero", f, &err), PB_OK);
+    assert_int_equal(pb_sandbox_set_faults(open_sb, "opayo", f, &err), PB_ERR_NOTFOUND);
+    json_decref(f);
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 200);
+    reply_free(&r);
+}
+
+/* No token, a bad token, a wrong tenant, bad client credentials. */
+static void test_auth(void **state)
+{
+    struct reply r;
+    CURL *c;
+    char url[128];
+    (void)state;
+    assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", "not-a-token", NULL, NULL,
+                          &r),
+                     401);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Detail")),
+                        "AuthenticationUnsuccessful");
+    assert_int_equal(json_integer_value(json_object_get(r.json, "Status")), 401);
+    reply_free(&r);
+    assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", NULL, NULL, NULL, &r), 401);
+    reply_free(&r);
+    {
+        char hdr[200];
+        snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", token);
+        assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", NULL, hdr, NULL, &r),
+                         403);
+        reply_free(&r);
+    }
+    memset(&r, 0, sizeof(r));
+    c = curl_easy_init();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/connect/token", open_port);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "grant_type=client_credentials&client_id=sandbox-client&client_secret=no");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_easy_cleanup(c);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "invalid_client"));
+    reply_free(&r);
+}
+
+/* Paging: 100 per page, 1-based; without page, everything. */
+static void test_paging(void **state)
+{
+    struct reply r;
+    char *body = malloc(64 * 1024);
+    size_t o = 0;
+    (void)state;
+    assert_non_null(body);
+    o += (size_t)snprintf(body + o, 64 * 1024 - o, "{\"Contacts\":[");
+    for (int i = 0; i < 150; i++)
+        o += (size_t)snprintf(body + o, 64 * 1024 - o, "%s{\"Name\":\"P%03d\",\"EmailAddress\":"
+                              "\"p%d@x.test\"}", i ? "," : "", i, i);
+    snprintf(body + o, 64 * 1024 - o, "]}");
+    assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", body, &r), 200);
+    reply_free(&r);
+    free(body);
+    assert_int_equal(api("GET", "/api.xro/2.0/Contacts?page=2", NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 50);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Contacts"), "Name")), "P100");
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/Contacts", NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 150);
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/Contacts?where=EmailAddress%3D%3D%22P7%40X.test%22"
+                         "%20OR%20Name%3D%3D%22P009%22",
+                         NULL, &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 2);
+    reply_free(&r);
+}
+
+/* Voiding through POST /Invoices/{id}; a voided invoice takes no payment. */
+static void test_void_invoice(void **state)
+{
+    struct reply r;
+    char number[32], path[128];
+    (void)state;
+    make_invoice("VOID-1", "1", "12.50", number, sizeof(number));
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s",
+             json_string_value(json_object_get(first(&r, "Invoices"), "InvoiceID")));
+    reply_free(&r);
+    assert_int_equal(api("POST", path, "{\"Invoices\":[{\"Status\":\"VOIDED\"}]}", &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Status")),
+                        "VOIDED");
+    assert_int_equal(minor_of(first(&r, "Invoices"), "Total"), 1250);
+    reply_free(&r);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
+                         "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"INV-0001\"},"
+                         "\"Account\":{\"Code\":\"090\"},\"Amount\":1}]}",
+                         &r),
+                     400);
+    assert_non_null(strstr(r.body, "not of valid status"));
+    reply_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_invoice_payment_flow, reset),
+        cmocka_unit_test_setup(test_summarize_errors_false, reset),
+        cmocka_unit_test_setup(test_validation_envelope, reset),
+        cmocka_unit_test_setup(test_idempotency_replay, reset),
+        cmocka_unit_test(test_rate_limit_minute),
+        cmocka_unit_test_setup(test_faults_runtime, reset),
+        cmocka_unit_test_setup(test_auth, reset),
+        cmocka_unit_test_setup(test_paging, reset),
+        cmocka_unit_test_setup(test_void_invoice, reset),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
