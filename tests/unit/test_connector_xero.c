@@ -1,0 +1,957 @@
+/*
+ * tests/unit/test_connector_xero.c: the Xero sink connector
+ * (src/connectors/xero/) against the sandbox's Xero emulator, plus a small
+ * scripted fake server for the replies the emulator cannot be made to give.
+ *
+ * Emulator (pb_sandbox_start with only "xero", port 0): OAuth2 token fetched
+ * once and reused, refreshed inside the margin and after a 401; contact.upsert
+ * creating and then finding by email (case-insensitively, no duplicate per
+ * GET /_sandbox/stats); invoice.create of 3 with one bad AccountCode (two OK,
+ * one PB_ERR_PERMANENT carrying Xero's message); payment.create against an
+ * invoice; attempt = 2 finding the existing record and creating nothing; an
+ * identical retried write answered from Xero's idempotency store; invoice.void
+ * and its retry; 429 (fault burst_429) and 500 (error_rate) as transient with
+ * retry_after_s; bad client credentials.
+ *
+ * Fake server (pb_httpd on an ephemeral port): records the last API request's
+ * headers and body, and answers with a scripted status/body, to check the
+ * headers every request carries, that decimal strings go out as JSON numbers,
+ * a reply with fewer elements than sent, a 400 ValidationException with
+ * per-element errors, a 403 with Xero's Detail, and a 401 that persists after
+ * a fresh token.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "connectors/connector.h"
+#include "connectors/xero/xero_internal.h"
+#include "core/json.h"
+#include "net/http_client.h"
+#include "net/httpd.h"
+#include "net/ratelimit.h"
+#include "sandbox.h"
+
+extern const struct pb_connector_type pb_connector_xero;
+
+#define TENANT "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e" /* the emulator's default tenant */
+
+static struct {
+    struct pb_sandbox *sb;
+    int port;
+    struct pb_http_client *http;
+} sx;
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
+}
+
+/* ---- plain libcurl to the emulator's admin routes ----------------------------------------------- */
+
+struct buf {
+    char *data;
+    size_t len;
+};
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    char *grown = realloc(b->data, b->len + size * n + 1);
+    if (!grown)
+        return 0;
+    b->data = grown;
+    memcpy(b->data + b->len, p, size * n);
+    b->len += size * n;
+    b->data[b->len] = '\0';
+    return size * n;
+}
+
+static long admin(const char *method, const char *path, const char *body, json_t **out)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    struct buf b = {0};
+    char url[256];
+    long status = 0;
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (out)
+        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    free(b.data);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static long long stat_of(const char *key)
+{
+    json_t *s;
+    long long v;
+    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
+    if (!json_is_integer(json_object_get(s, key)))
+        fail_msg("stats has no integer \"%s\"", key);
+    v = json_integer_value(json_object_get(s, key));
+    json_decref(s);
+    return v;
+}
+
+/* ---- fixture ---------------------------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    struct pb_err err = {0};
+    json_t *settings = json_pack("{s:{s:i}}", "xero", "port", 0);
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (pb_sandbox_start(settings, &sx.sb, &err)) {
+        fprintf(stderr, "sandbox: %s\n", err.msg);
+        json_decref(settings);
+        return -1;
+    }
+    json_decref(settings);
+    sx.port = pb_sandbox_port(sx.sb, "xero");
+    if (pb_http_client_new(&sx.http, &err)) {
+        fprintf(stderr, "client: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    pb_http_client_free(sx.http);
+    pb_sandbox_stop(sx.sb);
+    curl_global_cleanup();
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    json_t *faults = json_pack("{s:b}", "reset", 1);
+    struct pb_err err = {0};
+    assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
+    json_decref(faults);
+    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    return 0;
+}
+
+static struct pb_connection *connection_at(int port, const char *client_secret, json_t *extra,
+                                           struct pb_err *err, enum pb_rc *rc)
+{
+    struct pb_connection *c = calloc(1, sizeof *c);
+    char api[96], token[96];
+    snprintf(api, sizeof api, "http://127.0.0.1:%d/api.xro/2.0", port);
+    snprintf(token, sizeof token, "http://127.0.0.1:%d/connect/token", port);
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_xero;
+    snprintf(c->name, sizeof c->name, "xero-test");
+    c->settings = json_pack("{s:s,s:s,s:s}", "api_base", api, "token_url", token, "tenant_id",
+                            TENANT);
+    if (extra) {
+        json_object_update(c->settings, extra);
+        json_decref(extra);
+    }
+    c->secrets = json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret",
+                           client_secret);
+    *rc = c->type->init(c, err);
+    if (*rc == PB_OK &&
+        pb_ratelimit_new(&pb_connector_xero.default_rate_limit, &c->limiter, err) != PB_OK)
+        fail_msg("ratelimit: %s", err->msg);
+    return c;
+}
+
+static struct pb_connection *connection(void)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(sx.port, "sandbox-secret", NULL, &err, &rc);
+    if (rc)
+        fail_msg("init: %s", err.msg);
+    return c;
+}
+
+static void connection_free(struct pb_connection *c)
+{
+    if (c->state)
+        c->type->destroy(c);
+    pb_ratelimit_free(c->limiter);
+    json_decref(c->settings);
+    json_decref(c->secrets);
+    free(c);
+}
+
+/* ---- items ---------------------------------------------------------------------------------------------- */
+
+#define MAX_ITEMS 8
+
+struct batch {
+    struct pb_sink_item it[MAX_ITEMS];
+    json_t *docs[MAX_ITEMS];
+    size_t n;
+};
+
+/* Add an item; takes `doc`. */
+static void add(struct batch *b, const char *command, json_t *doc, const char *reference,
+                const char *key, uint32_t attempt)
+{
+    struct pb_sink_item *it = &b->it[b->n];
+    assert_true(b->n < MAX_ITEMS);
+    memset(it, 0, sizeof *it);
+    b->docs[b->n] = doc;
+    it->command = command;
+    it->document = doc;
+    it->reference = reference;
+    it->idempotency_key = key;
+    it->attempt = attempt;
+    b->n++;
+}
+
+static void batch_clear(struct batch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        json_decref(b->docs[i]);
+        json_decref(b->it[i].result);
+    }
+    b->n = 0;
+}
+
+static enum pb_rc execute_at(struct pb_connection *c, struct batch *b, time_t now, json_t *trace,
+                             struct pb_err *err)
+{
+    struct pb_call_ctx ctx = {sx.http, trace, now};
+    return c->type->execute(c, &ctx, b->it, b->n, err);
+}
+
+static enum pb_rc execute(struct pb_connection *c, struct batch *b, struct pb_err *err)
+{
+    return execute_at(c, b, time(NULL), NULL, err);
+}
+
+static void expect_ok(struct batch *b, size_t i)
+{
+    if (b->it[i].rc != PB_OK)
+        fail_msg("item %zu: rc %d: %s", i, b->it[i].rc, b->it[i].message);
+    assert_true(strlen(b->it[i].erp_id) == 36);
+    assert_non_null(b->it[i].result);
+}
+
+static json_t *contact(const char *name, const char *email)
+{
+    return json_pack("{s:s,s:s}", "Name", name, "EmailAddress", email);
+}
+
+static json_t *invoice(const char *contact_id, const char *reference, const char *account,
+                       const char *amount)
+{
+    return json_pack("{s:s,s:{s:s},s:s,s:s,s:s,s:s,s:s,s:[{s:s,s:s,s:s,s:s}]}", "Type", "ACCREC",
+                     "Contact", "ContactID", contact_id, "Date", "2026-11-21", "DueDate",
+                     "2026-12-21", "Status", "AUTHORISED", "LineAmountTypes", "NoTax",
+                     "Reference", reference, "LineItems", "Description", "Order",
+                     "Quantity", "1", "UnitAmount", amount, "AccountCode", account);
+}
+
+static json_t *payment(const char *invoice_id, const char *reference, const char *amount)
+{
+    return json_pack("{s:{s:s},s:{s:s},s:s,s:s,s:s}", "Invoice", "InvoiceID", invoice_id,
+                     "Account", "Code", "090", "Date", "2026-11-21", "Amount", amount,
+                     "Reference", reference);
+}
+
+/* One contact, created; its ContactID into id. */
+static void make_contact(struct pb_connection *c, const char *email, char id[64])
+{
+    struct batch b = {0};
+    struct pb_err err = {0};
+    add(&b, "contact.upsert", contact("Ann Smith", email), email, "k-contact", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(id, 64, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+}
+
+/* ---- tests against the emulator ------------------------------------------------------------------------ */
+
+static void test_init_settings(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c;
+
+    c = connection_at(1, "x", json_pack("{s:i}", "batch_size", 51), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.batch_size");
+    connection_free(c);
+    c = connection_at(1, "x", json_pack("{s:s}", "tenant_id", ""), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.tenant_id");
+    connection_free(c);
+    c = connection_at(1, "x", json_pack("{s:i}", "batchsize", 5), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.batchsize");
+    connection_free(c);
+    c = connection_at(1, "", NULL, &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "secrets.client_secret");
+    connection_free(c);
+
+    c = connection_at(1, "x", json_pack("{s:i}", "batch_size", 20), &err, &rc);
+    assert_int_equal(rc, PB_OK);
+    assert_int_equal(c->type->max_batch(c, "contact.upsert"), 20);
+    assert_int_equal(c->type->max_batch(c, "invoice.create"), 20);
+    assert_int_equal(c->type->max_batch(c, "payment.create"), 20);
+    assert_int_equal(c->type->max_batch(c, "invoice.void"), 1);
+    assert_int_equal(c->type->max_batch(c, "journal.post"), 0);
+    assert_int_equal(pb_connector_xero.caps, PB_CAP_SINK);
+    assert_int_equal(pb_connector_xero.default_rate_limit.per_minute, 60);
+    assert_int_equal(pb_connector_xero.default_rate_limit.per_day, 5000);
+    assert_int_equal(pb_connector_xero.default_rate_limit.concurrent, 5);
+    connection_free(c);
+}
+
+static void test_token_fetch_and_reuse(void **state)
+{
+    struct pb_connection *c = connection();
+    struct xero_state *st = c->state;
+    struct batch b = {0};
+    struct pb_err err = {0};
+    json_t *trace = json_array();
+    long long issued = stat_of("tokens_issued");
+    time_t now = time(NULL);
+    char *dump, token[256];
+
+    add(&b, "contact.upsert", contact("Ann Smith", "ann@example.com"), "c1", "k1", 1);
+    assert_int_equal(execute_at(c, &b, now, trace, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+    assert_int_equal(stat_of("tokens_issued"), issued + 1);
+    /* the token call and the API calls are in the trace, the token itself is not */
+    assert_true(json_array_size(trace) >= 3);
+    assert_contains(pb_json_str(trace, "0.url"), "/connect/token");
+    snprintf(token, sizeof token, "%s", st->token);
+    dump = json_dumps(trace, JSON_COMPACT);
+    assert_null(strstr(dump, token));
+    assert_null(strstr(dump, "sandbox-secret"));
+    free(dump);
+
+    /* reused while more than the margin (120 s) is left */
+    add(&b, "contact.upsert", contact("Bob Jones", "bob@example.com"), "c2", "k2", 1);
+    assert_int_equal(execute_at(c, &b, now + 1800 - 121, NULL, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+    assert_int_equal(stat_of("tokens_issued"), issued + 1);
+
+    /* refreshed inside the margin */
+    add(&b, "contact.upsert", contact("Cy Brown", "cy@example.com"), "c3", "k3", 1);
+    assert_int_equal(execute_at(c, &b, now + 1800 - 119, NULL, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+    assert_int_equal(stat_of("tokens_issued"), issued + 2);
+
+    /* a token Xero no longer accepts: 401, one new token, the request retried once */
+    pthread_mutex_lock(&st->token_lock);
+    st->token[0] = st->token[0] == 'x' ? 'y' : 'x';
+    pthread_mutex_unlock(&st->token_lock);
+    add(&b, "contact.upsert", contact("Di Green", "di@example.com"), "c4", "k4", 1);
+    assert_int_equal(execute_at(c, &b, now + 1800 - 119, NULL, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+    assert_int_equal(stat_of("tokens_issued"), issued + 3);
+    json_decref(trace);
+    connection_free(c);
+}
+
+static void test_bad_client_credentials(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(sx.port, "wrong-secret", NULL, &err, &rc);
+    struct batch b = {0};
+    assert_int_equal(rc, PB_OK);
+    add(&b, "contact.upsert", contact("Ann Smith", "ann@example.com"), "c1", "k1", 1);
+    add(&b, "contact.upsert", contact("Bob Jones", "bob@example.com"), "c2", "k2", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_contains(err.msg, "refused the client credentials");
+    assert_contains(err.msg, "invalid_client");
+    for (size_t i = 0; i < b.n; i++) {
+        assert_int_equal(b.it[i].rc, PB_ERR_TRANSIENT);
+        assert_contains(b.it[i].message, "secrets.client_secret");
+    }
+    assert_int_equal(stat_of("contacts"), 0);
+    batch_clear(&b);
+    connection_free(c);
+}
+
+static void test_contact_upsert(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char ann[64], bob[64];
+
+    add(&b, "contact.upsert", contact("Ann Smith", "ann@example.com"), "c1", "k1", 1);
+    add(&b, "contact.upsert", contact("Bob Jones", "bob@example.com"), "c2", "k2", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    expect_ok(&b, 1);
+    assert_string_not_equal(b.it[0].erp_id, b.it[1].erp_id);
+    assert_string_equal(pb_json_str(b.it[0].result, "EmailAddress"), "ann@example.com");
+    snprintf(ann, sizeof ann, "%s", b.it[0].erp_id);
+    snprintf(bob, sizeof bob, "%s", b.it[1].erp_id);
+    batch_clear(&b);
+    assert_int_equal(stat_of("contacts"), 2);
+
+    /* the same emails again (one in another case) are found, not created; a new one is */
+    add(&b, "contact.upsert", contact("Ann Smith", "ANN@Example.com"), "c1", "k1b", 1);
+    add(&b, "contact.upsert", contact("Cy Brown", "cy@example.com"), "c3", "k3", 1);
+    add(&b, "contact.upsert", contact("Bob Jones", "bob@example.com"), "c2", "k2b", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    expect_ok(&b, 1);
+    expect_ok(&b, 2);
+    assert_string_equal(b.it[0].erp_id, ann);
+    assert_string_equal(b.it[2].erp_id, bob);
+    batch_clear(&b);
+    assert_int_equal(stat_of("contacts"), 3);
+
+    /* one email twice in a batch makes one contact */
+    add(&b, "contact.upsert", contact("Di Green", "di@example.com"), "c4", "k4", 1);
+    add(&b, "contact.upsert", contact("Di Green", "Di@example.com"), "c5", "k5", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    expect_ok(&b, 1);
+    assert_string_equal(b.it[0].erp_id, b.it[1].erp_id);
+    batch_clear(&b);
+    assert_int_equal(stat_of("contacts"), 4);
+
+    /* a quote and a backslash in an email are escaped in the where-clause */
+    add(&b, "contact.upsert", contact("Odd Name", "o\"dd\\x@example.com"), "c6", "k6", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    if (b.it[0].rc != PB_OK) /* the emulator may refuse the address; it must not be a 400 */
+        assert_int_equal(b.it[0].rc, PB_ERR_PERMANENT);
+    batch_clear(&b);
+
+    /* a document that is not an object is a mapping error, the rest still goes */
+    add(&b, "contact.upsert", json_string("not a contact"), "c7", "k7", 1);
+    add(&b, "contact.upsert", contact("Ed Black", "ed@example.com"), "c8", "k8", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    assert_int_equal(b.it[0].rc, PB_ERR_MAPPING);
+    expect_ok(&b, 1);
+    batch_clear(&b);
+    connection_free(c);
+}
+
+static void test_invoice_batch_with_bad_account(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64];
+
+    make_contact(c, "ann@example.com", cid);
+    add(&b, "invoice.create", invoice(cid, "INV-1", "200", "10.99"), "ORDER-1", "ki1", 1);
+    add(&b, "invoice.create", invoice(cid, "INV-2", "999", "5.00"), "ORDER-2", "ki2", 1);
+    add(&b, "invoice.create", invoice(cid, "INV-3", "200", "0.01"), "ORDER-3", "ki3", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    expect_ok(&b, 2);
+    assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
+    assert_contains(b.it[1].message, "Account code '999' is not a valid code for this document.");
+    assert_non_null(b.it[1].result); /* Xero's element, for the dead letter */
+    assert_string_equal(pb_json_str(b.it[1].result, "StatusAttributeString"), "ERROR");
+    /* the decimal string went out as an exact number */
+    assert_true(json_is_number(pb_json_path(b.it[0].result, "Total")));
+    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "INV-1");
+    batch_clear(&b);
+    assert_int_equal(stat_of("invoices"), 2);
+    connection_free(c);
+}
+
+static void test_payment_and_retry_by_reference(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64], pay[64];
+    long long requests;
+
+    make_contact(c, "ann@example.com", cid);
+    add(&b, "invoice.create", invoice(cid, "INV-10", "200", "10.99"), "ORDER-10", "ki10", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(inv, sizeof inv, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+
+    add(&b, "payment.create", payment(inv, "PAY-10", "10.99"), "PAYMENT-10", "kp10", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(pay, sizeof pay, "%s", b.it[0].erp_id);
+    assert_string_equal(pb_json_str(b.it[0].result, "Invoice.InvoiceID"), inv);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 1);
+
+    /* attempt 2 of an invoice that was created: found by reference, nothing created.
+     * A different idempotency key makes sure it is the look-up that finds it. */
+    requests = stat_of("requests");
+    add(&b, "invoice.create", invoice(cid, "INV-10", "200", "10.99"), "ORDER-10", "ki10-b", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, inv);
+    batch_clear(&b);
+    assert_int_equal(stat_of("invoices"), 1);
+    assert_int_equal(stat_of("requests"), requests + 1); /* the GET only: no PUT */
+
+    /* the same for a payment */
+    add(&b, "payment.create", payment(inv, "PAY-10", "10.99"), "PAYMENT-10", "kp10-b", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, pay);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 1);
+
+    /* a retried batch whose membership changed: the old one found, the new one created */
+    add(&b, "invoice.create", invoice(cid, "INV-10", "200", "10.99"), "ORDER-10", "ki10", 2);
+    add(&b, "invoice.create", invoice(cid, "INV-11", "200", "3.50"), "ORDER-11", "ki11", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    expect_ok(&b, 1);
+    assert_string_equal(b.it[0].erp_id, inv);
+    assert_string_not_equal(b.it[1].erp_id, inv);
+    batch_clear(&b);
+    assert_int_equal(stat_of("invoices"), 2);
+    assert_int_equal(stat_of("duplicate_invoice_references"), 0);
+    connection_free(c);
+}
+
+/* A document without Reference is sent with the item's reference, so a retry can find it. */
+static void test_reference_filled_in(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64];
+    json_t *doc;
+
+    make_contact(c, "ann@example.com", cid);
+    doc = invoice(cid, "x", "200", "1.00");
+    json_object_del(doc, "Reference");
+    add(&b, "invoice.create", doc, "ORDER-20", "ki20", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "ORDER-20");
+    assert_null(json_object_get(b.docs[0], "Reference")); /* the borrowed document is untouched */
+    snprintf(inv, sizeof inv, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+
+    doc = invoice(cid, "x", "200", "1.00");
+    json_object_del(doc, "Reference");
+    add(&b, "invoice.create", doc, "ORDER-20", "ki20-retry", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, inv);
+    batch_clear(&b);
+    assert_int_equal(stat_of("invoices"), 1);
+    connection_free(c);
+}
+
+/* An identical write retried (its reply lost) is answered from Xero's idempotency store. */
+static void test_idempotency_key_replay(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], first[2][64];
+
+    make_contact(c, "ann@example.com", cid);
+    for (int round = 0; round < 2; round++) {
+        add(&b, "invoice.create", invoice(cid, "INV-30", "200", "1.00"), "ORDER-30", "ki30", 1);
+        add(&b, "invoice.create", invoice(cid, "INV-31", "200", "2.00"), "ORDER-31", "ki31", 1);
+        assert_int_equal(execute(c, &b, &err), PB_OK);
+        expect_ok(&b, 0);
+        expect_ok(&b, 1);
+        if (round == 0) {
+            snprintf(first[0], 64, "%s", b.it[0].erp_id);
+            snprintf(first[1], 64, "%s", b.it[1].erp_id);
+        } else {
+            assert_string_equal(b.it[0].erp_id, first[0]);
+            assert_string_equal(b.it[1].erp_id, first[1]);
+        }
+        batch_clear(&b);
+    }
+    assert_int_equal(stat_of("invoices"), 2);
+    assert_int_equal(stat_of("idempotent_replays"), 1);
+    connection_free(c);
+}
+
+static void test_invoice_void(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64];
+
+    make_contact(c, "ann@example.com", cid);
+    add(&b, "invoice.create", invoice(cid, "INV-40", "200", "4.00"), "ORDER-40", "ki40", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(inv, sizeof inv, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+
+    add(&b, "invoice.void", json_pack("{s:s}", "InvoiceID", inv), "VOID-40", "kv40", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, inv);
+    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    batch_clear(&b);
+
+    /* a retry finds it voided and sends no second void */
+    add(&b, "invoice.void", json_pack("{s:s}", "InvoiceID", inv), "VOID-40", "kv40-b", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+
+    /* an invoice with a payment cannot be voided: Xero's business error, permanent */
+    add(&b, "invoice.create", invoice(cid, "INV-41", "200", "4.00"), "ORDER-41", "ki41", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(inv, sizeof inv, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+    add(&b, "payment.create", payment(inv, "PAY-41", "4.00"), "PAYMENT-41", "kp41", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    batch_clear(&b);
+    add(&b, "invoice.void", json_pack("{s:s}", "InvoiceID", inv), "VOID-41", "kv41", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    assert_int_equal(b.it[0].rc, PB_ERR_PERMANENT);
+    assert_contains(b.it[0].message, "Invoice status cannot be changed from PAID to VOIDED");
+    batch_clear(&b);
+
+    add(&b, "invoice.void", json_object(), "VOID-42", "kv42", 1);
+    execute(c, &b, &err);
+    assert_int_equal(b.it[0].rc, PB_ERR_MAPPING);
+    assert_contains(b.it[0].message, "InvoiceID");
+    batch_clear(&b);
+    connection_free(c);
+}
+
+static void test_rate_limited(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+
+    /* fetch the token first so that the burst hits the API call */
+    make_contact(c, "ann@example.com", (char[64]){0});
+    assert_int_equal(admin("POST", "/_sandbox/faults", "{\"burst_429\":1,\"retry_after_s\":2}",
+                           NULL),
+                     200);
+    add(&b, "contact.upsert", contact("Bob Jones", "bob@example.com"), "c2", "k2", 1);
+    add(&b, "contact.upsert", contact("Cy Brown", "cy@example.com"), "c3", "k3", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    for (size_t i = 0; i < b.n; i++) {
+        assert_int_equal(b.it[i].rc, PB_ERR_TRANSIENT);
+        assert_int_equal(b.it[i].retry_after_s, 2);
+        assert_contains(b.it[i].message, "429");
+        assert_contains(b.it[i].message, "X-Rate-Limit-Problem: minute");
+    }
+    batch_clear(&b);
+    assert_int_equal(stat_of("contacts"), 1);
+    connection_free(c);
+}
+
+static void test_server_error(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    json_t *faults;
+    char cid[64];
+
+    make_contact(c, "ann@example.com", cid);
+    faults = json_pack("{s:f}", "error_rate", 1.0);
+    assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
+    json_decref(faults);
+    add(&b, "invoice.create", invoice(cid, "INV-50", "200", "1.00"), "ORDER-50", "ki50", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_int_equal(b.it[0].rc, PB_ERR_TRANSIENT);
+    assert_contains(b.it[0].message, "HTTP 50");
+    batch_clear(&b);
+    faults = json_pack("{s:b}", "reset", 1);
+    assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
+    json_decref(faults);
+    assert_int_equal(stat_of("invoices"), 0);
+    connection_free(c);
+}
+
+static void test_unknown_command(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    add(&b, "journal.post", json_object(), "J1", "kj1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_PERMANENT);
+    assert_int_equal(b.it[0].rc, PB_ERR_PERMANENT);
+    assert_contains(b.it[0].message, "journal.post");
+    batch_clear(&b);
+    connection_free(c);
+}
+
+/* ---- the scripted fake -------------------------------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    int status;                     /* reply to API calls */
+    char body[4096];
+    char retry_after[16];
+    int tokens;                     /* token requests seen */
+    int api_calls;
+    char method[8], path[256], query_where[1024];
+    char auth[64], tenant[64], accept[64], content_type[64], idem[160];
+    char request_body[8192];
+} fk = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void copy_header(char *dst, size_t len, struct pb_http_request *req, const char *name)
+{
+    const char *v = pb_http_header(req, name);
+    snprintf(dst, len, "%s", v ? v : "");
+}
+
+static enum pb_http_action fake_token(struct pb_http_request *req,
+                                      struct pb_http_response *resp, void *arg)
+{
+    char body[128];
+    pthread_mutex_lock(&fk.mu);
+    fk.tokens++;
+    snprintf(body, sizeof body,
+             "{\"access_token\":\"fake-token-%d\",\"expires_in\":1800,\"token_type\":\"Bearer\"}",
+             fk.tokens);
+    pthread_mutex_unlock(&fk.mu);
+    pb_http_response_set(resp, 200, "application/json", body, strlen(body));
+    return PB_HTTP_DONE;
+}
+
+static enum pb_http_action fake_api(struct pb_http_request *req, struct pb_http_response *resp,
+                                    void *arg)
+{
+    const char *where = pb_http_query(req, "where");
+    pthread_mutex_lock(&fk.mu);
+    fk.api_calls++;
+    snprintf(fk.method, sizeof fk.method, "%s", req->method);
+    snprintf(fk.path, sizeof fk.path, "%s", req->path);
+    snprintf(fk.query_where, sizeof fk.query_where, "%s", where ? where : "");
+    copy_header(fk.auth, sizeof fk.auth, req, "Authorization");
+    copy_header(fk.tenant, sizeof fk.tenant, req, "xero-tenant-id");
+    copy_header(fk.accept, sizeof fk.accept, req, "Accept");
+    copy_header(fk.content_type, sizeof fk.content_type, req, "Content-Type");
+    copy_header(fk.idem, sizeof fk.idem, req, "Idempotency-Key");
+    snprintf(fk.request_body, sizeof fk.request_body, "%s", req->body ? req->body : "");
+    if (fk.retry_after[0])
+        pb_http_response_header(resp, "Retry-After", fk.retry_after);
+    pb_http_response_set(resp, fk.status, "application/json", fk.body, strlen(fk.body));
+    pthread_mutex_unlock(&fk.mu);
+    return PB_HTTP_DONE;
+}
+
+static const struct pb_http_route fake_routes[] = {
+    {"POST", "/connect/token", fake_token, NULL},
+    {"*", "/api.xro/2.0/*", fake_api, NULL},
+    {NULL, NULL, NULL, NULL},
+};
+
+static void script(int status, const char *body)
+{
+    pthread_mutex_lock(&fk.mu);
+    fk.status = status;
+    snprintf(fk.body, sizeof fk.body, "%s", body);
+    fk.retry_after[0] = '\0';
+    fk.tokens = fk.api_calls = 0;
+    pthread_mutex_unlock(&fk.mu);
+}
+
+static struct pb_connection *fake_connection(struct pb_httpd **server)
+{
+    struct pb_httpd_config cfg = {.routes = fake_routes};
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c;
+    if (pb_httpd_start(&cfg, server, &err))
+        fail_msg("fake: %s", err.msg);
+    c = connection_at(pb_httpd_port(*server), "sandbox-secret", NULL, &err, &rc);
+    if (rc)
+        fail_msg("init: %s", err.msg);
+    return c;
+}
+
+static void test_request_shape(void **state)
+{
+    struct pb_httpd *server;
+    struct pb_connection *c = fake_connection(&server);
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char key1[160];
+
+    script(200, "{\"Invoices\":[{\"InvoiceID\":\"11111111-2222-4333-8444-555555555555\","
+                "\"StatusAttributeString\":\"OK\"}]}");
+    add(&b, "invoice.create", invoice("c0ffee00-0000-4000-8000-000000000000", "INV-1", "200",
+                                      "10.99"),
+        "ORDER-1", "key-1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, "11111111-2222-4333-8444-555555555555");
+    assert_string_equal(fk.method, "PUT");
+    assert_string_equal(fk.path, "/api.xro/2.0/Invoices");
+    assert_string_equal(fk.auth, "Bearer fake-token-1");
+    assert_string_equal(fk.tenant, TENANT);
+    assert_string_equal(fk.accept, "application/json");
+    assert_string_equal(fk.content_type, "application/json");
+    assert_int_equal(strlen(fk.idem), 67);
+    assert_memory_equal(fk.idem, "pb-", 3);
+    snprintf(key1, sizeof key1, "%s", fk.idem);
+    /* money went out as the exact number, never through a double */
+    assert_contains(fk.request_body, "\"UnitAmount\":10.99");
+    assert_contains(fk.request_body, "\"Quantity\":1");
+    assert_contains(fk.request_body, "{\"Invoices\":[{");
+    batch_clear(&b);
+
+    /* the same batch gets the same key; another batch another */
+    add(&b, "invoice.create", invoice("c0ffee00-0000-4000-8000-000000000000", "INV-1", "200",
+                                      "10.99"),
+        "ORDER-1", "key-1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    assert_string_equal(fk.idem, key1);
+    batch_clear(&b);
+    add(&b, "invoice.create", invoice("c0ffee00-0000-4000-8000-000000000000", "INV-1", "200",
+                                      "10.99"),
+        "ORDER-1", "key-2", 1);
+    execute(c, &b, &err);
+    assert_string_not_equal(fk.idem, key1);
+    batch_clear(&b);
+
+    /* a look-up: GET, no body headers, the where-clause escaped */
+    script(200, "{\"Contacts\":[]}");
+    add(&b, "contact.upsert", contact("Q", "a\"b\\c@example.com"), "c1", "k1", 1);
+    add(&b, "contact.upsert", contact("R", "r@example.com"), "c2", "k2", 1);
+    execute(c, &b, &err); /* the PUT gets {"Contacts":[]}: fewer elements than sent */
+    for (size_t i = 0; i < b.n; i++) {
+        assert_int_equal(b.it[i].rc, PB_ERR_TRANSIENT);
+        assert_contains(b.it[i].message, "returned 0 Contacts for 2 sent");
+    }
+    batch_clear(&b);
+    assert_int_equal(fk.api_calls, 2);
+    add(&b, "contact.upsert", contact("Q", "a\"b\\c@example.com"), "c1", "k1", 1);
+    script(500, "{}");
+    execute(c, &b, &err);
+    assert_string_equal(fk.method, "GET");
+    assert_string_equal(fk.path, "/api.xro/2.0/Contacts");
+    assert_string_equal(fk.query_where, "EmailAddress==\"a\\\"b\\\\c@example.com\"");
+    assert_string_equal(fk.content_type, "");
+    assert_string_equal(fk.idem, "");
+    batch_clear(&b);
+    connection_free(c);
+    pb_httpd_stop(server);
+}
+
+static void test_fake_error_replies(void **state)
+{
+    struct pb_httpd *server;
+    struct pb_connection *c = fake_connection(&server);
+    struct batch b = {0};
+    struct pb_err err = {0};
+
+    /* 400 ValidationException: per element; the clean one was not saved either */
+    script(400, "{\"ErrorNumber\":10,\"Type\":\"ValidationException\",\"Message\":\"A validation "
+                "exception occurred\",\"Elements\":[{\"ValidationErrors\":[]},"
+                "{\"ValidationErrors\":[{\"Message\":\"Email address must be valid.\"},"
+                "{\"Message\":\"The contact name must be provided.\"}]}]}");
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "Ok One"), "c1", "k1", 1);
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", ""), "c2", "k2", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    assert_int_equal(b.it[0].rc, PB_ERR_TRANSIENT);
+    assert_contains(b.it[0].message, "another element");
+    assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
+    assert_contains(b.it[1].message,
+                    "Email address must be valid.; The contact name must be provided.");
+    batch_clear(&b);
+
+    /* another 4xx: permanent, in Xero's words */
+    script(403, "{\"Title\":\"Forbidden\",\"Detail\":\"AuthorizationUnsuccessful\"}");
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "X"), "c1", "k1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_PERMANENT);
+    assert_contains(b.it[0].message, "HTTP 403");
+    assert_contains(b.it[0].message, "AuthorizationUnsuccessful");
+    batch_clear(&b);
+
+    /* 401 even with a fresh token: one refresh, one retry, then transient */
+    script(401, "{\"Title\":\"Unauthorized\",\"Detail\":\"AuthenticationUnsuccessful\"}");
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "X"), "c1", "k1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_int_equal(b.it[0].rc, PB_ERR_TRANSIENT);
+    assert_contains(b.it[0].message, "401 again");
+    assert_int_equal(fk.api_calls, 2);
+    assert_int_equal(fk.tokens, 1); /* the token cached from before, then one new */
+    batch_clear(&b);
+
+    /* 503 with Retry-After */
+    script(503, "");
+    pthread_mutex_lock(&fk.mu);
+    snprintf(fk.retry_after, sizeof fk.retry_after, "7");
+    pthread_mutex_unlock(&fk.mu);
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "X"), "c1", "k1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_int_equal(b.it[0].retry_after_s, 7);
+    batch_clear(&b);
+
+    /* a 200 that is not an envelope */
+    script(200, "<html>maintenance</html>");
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "X"), "c1", "k1", 1);
+    assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_contains(b.it[0].message, "without a \"Contacts\" array");
+    batch_clear(&b);
+    connection_free(c);
+    pb_httpd_stop(server);
+}
+
+int main(void)
+{
+    const struct CMUnitTest emulator[] = {
+        cmocka_unit_test(test_init_settings),
+        cmocka_unit_test_setup(test_token_fetch_and_reuse, test_setup),
+        cmocka_unit_test_setup(test_bad_client_credentials, test_setup),
+        cmocka_unit_test_setup(test_contact_upsert, test_setup),
+        cmocka_unit_test_setup(test_invoice_batch_with_bad_account, test_setup),
+        cmocka_unit_test_setup(test_payment_and_retry_by_reference, test_setup),
+        cmocka_unit_test_setup(test_reference_filled_in, test_setup),
+        cmocka_unit_test_setup(test_idempotency_key_replay, test_setup),
+        cmocka_unit_test_setup(test_invoice_void, test_setup),
+        cmocka_unit_test_setup(test_rate_limited, test_setup),
+        cmocka_unit_test_setup(test_server_error, test_setup),
+        cmocka_unit_test_setup(test_unknown_command, test_setup),
+        cmocka_unit_test(test_request_shape),
+        cmocka_unit_test(test_fake_error_replies),
+    };
+    return cmocka_run_group_tests_name("xero", emulator, group_setup, group_teardown);
+}
