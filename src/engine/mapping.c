@@ -1,0 +1,1224 @@
+/*
+ * engine/mapping.c: evaluating flows with libjq (see mapping.h for the
+ * semantics and the threading rule: one mapper per thread).
+ *
+ * The program. A mapper compiles ONE jq program for the whole flow set,
+ * because each jq_compile() costs ~15 ms (libjq re-binds its builtins every
+ * time) while the size of the program hardly matters. Its input is an
+ * envelope array built in C for each evaluation:
+ *
+ *   [sel, mode, event, vars, refs, fx, event_id, now]
+ *
+ * and it starts (the "prologue") by shadowing the environment and binding the
+ * flow variables:
+ *
+ *   def env: error(...); {} as $ENV
+ *   | . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $fx, $event_id, $now]
+ *   | $__pb_event
+ *   | if $__pb_mode == 2 then <leaf dispatch> else <step dispatch> end
+ *
+ * A dispatch is a balanced tree of `if $__pb_sel < k then .. else .. end`
+ * (depth log2 n) over the steps (mode 0/1) or over every single expression
+ * (mode 2). A step item is
+ *
+ *   (DEFS
+ *    (WHEN) as $__pb_run
+ *    | if $__pb_mode == 1 then [$__pb_run]           # the when clause alone
+ *      elif $__pb_run then [true, (REFERENCE), DOCUMENT]
+ *      else [false] end)
+ *
+ * where DOCUMENT is one object construction mirroring the template:
+ * {"Type": (e1), "Contact": {"ContactID": (e2)}, "LineItems": {"0": {...}}}.
+ * Arrays of the template are built as objects keyed "0", "1", ... and turned
+ * back into arrays in C: jq's [...] would silently swallow a leaf that yields
+ * no value and flatten one that yields several, while an object construction
+ * multiplies (or drops) the whole result, which the count checks below see.
+ *
+ * Every user expression is pasted inside "(\n" ... "\n)": the newline ends
+ * any trailing # comment, and engine/flow.c has proven the brackets of each
+ * expression balanced, so no expression can reach into its neighbour.
+ * `import`/`include` are impossible inside parentheses, so no module is ever
+ * loaded from disk.
+ *
+ * Evaluation (pb_mapper_step) runs mode 0 once and expects exactly one output:
+ * [false] (skip) or [true, reference, document]. Anything else, or a jq error,
+ * sends it to diagnose(), which re-runs the step's expressions one by one in
+ * mode 2 to name the exact field that failed and why. The document is then
+ * rebuilt as a jansson tree by walking the template: null leaves are dropped,
+ * then objects and arrays of the template that ended up empty.
+ *
+ * jv and jansson. Events come in as jansson trees and are converted to jv for
+ * every call (jv values are not thread-safe to share, so nothing jv-typed is
+ * kept in the flow set; each mapper owns jv copies of the flows' vars).
+ * Results are converted back; a non-integer number (a double) in a document
+ * is an error, because it means money or a rate went through jq arithmetic.
+ *
+ * Rejected designs.
+ *   - jq_compile_args() to bind $vars: it binds at compile time (so $refs and
+ *     $fx, which vary per event, need the envelope anyway), and the libjq 1.6
+ *     shipped by Debian double-frees when given an array of arguments.
+ *   - One jq_state per leaf: hundreds of compiles per thread (seconds) and
+ *     hundreds of states in memory for what one program does.
+ *   - Dropping nulls with jq (del(..|nulls)): it would also reach into values
+ *     that a leaf produced on purpose, and cannot tell template arrays apart.
+ *   - Interrupting runaway expressions: libjq 1.6 has no hook for it. Flow
+ *     files are trusted configuration; docs/flows.md warns about it.
+ */
+#include "engine/mapping.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jq.h>
+
+#define MAPPER_MAGIC 0x4d415050u /* "MAPP" */
+#define PROGRAM_MAX ((size_t)64 * 1024 * 1024)
+#define JSON_DEPTH_MAX 128
+#define MODE_STEP 0
+#define MODE_WHEN 1
+#define MODE_LEAF 2
+
+/* ---- a bounded string builder ---------------------------------------------------------- */
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int failed;                   /* out of memory or over PROGRAM_MAX */
+};
+
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        char *np;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        if (cap > PROGRAM_MAX || !(np = realloc(b->p, cap))) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_puts(struct sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        b->failed = 1;
+    else
+        sb_add(b, tmp, (size_t)n);
+}
+
+/* A jq string literal for `s` (JSON escaping; jq reads it the same way). */
+static void sb_quote(struct sbuf *b, const char *s)
+{
+    sb_puts(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_add(b, e, 2);
+        } else if (c < 0x20) {
+            sb_printf(b, "\\u%04x", c);
+        } else {
+            sb_add(b, (const char *)&c, 1);
+        }
+    }
+    sb_puts(b, "\"");
+}
+
+/* ---- program generation ------------------------------------------------------------------ */
+
+struct leaf_ref {
+    const struct pb_flow_step *step;
+    size_t leaf;
+};
+
+struct program_items {
+    const struct pb_flow_step **steps;  /* owned array of borrowed steps, dispatch order */
+    size_t n_steps;
+    struct leaf_ref *leaves;            /* owned */
+    size_t n_leaves;
+};
+
+static const char prologue[] =
+    "def env: error(\"env is not available in flow expressions\");\n"
+    "{} as $ENV\n"
+    "| . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $fx, $event_id, $now]\n"
+    "| $__pb_event\n"
+    "| ";
+
+static void emit_expr(struct sbuf *b, const char *expr)
+{
+    sb_puts(b, "(\n");
+    sb_puts(b, expr);
+    sb_puts(b, "\n)");
+}
+
+static void emit_defs_open(struct sbuf *b, const struct pb_flow *f)
+{
+    sb_puts(b, "(");
+    if (f->defs && f->defs[0]) {
+        sb_puts(b, f->defs);
+        sb_puts(b, "\n");
+    }
+}
+
+static void emit_tnode(struct sbuf *b, const struct pb_flow_step *st, const struct pb__tnode *t)
+{
+    if (t->kind == PB__TNODE_LEAF) {
+        emit_expr(b, st->leaves[t->leaf].expr);
+        return;
+    }
+    sb_puts(b, "{");
+    for (size_t i = 0; i < t->n_kids; i++) {
+        if (i)
+            sb_puts(b, ", ");
+        if (t->kind == PB__TNODE_OBJECT)
+            sb_quote(b, t->kids[i].key);
+        else
+            sb_printf(b, "\"%zu\"", i);
+        sb_puts(b, ": ");
+        emit_tnode(b, st, &t->kids[i]);
+    }
+    sb_puts(b, "}");
+}
+
+static void emit_step(struct sbuf *b, const struct pb_flow_step *st)
+{
+    emit_defs_open(b, st->flow);
+    if (st->has_when)
+        emit_expr(b, st->leaves[0].expr);
+    else
+        sb_puts(b, "true");
+    sb_puts(b, " as $__pb_run\n| if $__pb_mode == 1 then [$__pb_run]\n  elif $__pb_run then [true, ");
+    emit_expr(b, st->leaves[st->reference_leaf].expr);
+    sb_puts(b, ", ");
+    emit_tnode(b, st, &st->document);
+    sb_puts(b, "]\n  else [false] end)");
+}
+
+static void emit_leaf(struct sbuf *b, const struct leaf_ref *lr)
+{
+    emit_defs_open(b, lr->step->flow);
+    emit_expr(b, lr->step->leaves[lr->leaf].expr);
+    sb_puts(b, ")");
+}
+
+static void emit_dispatch(struct sbuf *b, const struct program_items *it, int leaves, size_t lo,
+                          size_t hi)
+{
+    size_t mid;
+    if (hi - lo == 1) {
+        if (leaves)
+            emit_leaf(b, &it->leaves[lo]);
+        else
+            emit_step(b, it->steps[lo]);
+        return;
+    }
+    mid = lo + (hi - lo) / 2;
+    sb_printf(b, "if $__pb_sel < %zu then\n", mid);
+    emit_dispatch(b, it, leaves, lo, mid);
+    sb_puts(b, "\nelse\n");
+    emit_dispatch(b, it, leaves, mid, hi);
+    sb_puts(b, "\nend");
+}
+
+static void items_free(struct program_items *it)
+{
+    free(it->steps);
+    free(it->leaves);
+    memset(it, 0, sizeof(*it));
+}
+
+/* Collect the steps and leaves of `flows` in dispatch order. */
+static int items_collect(struct program_items *it, const struct pb_flow *const *flows, size_t n)
+{
+    size_t ns = 0, nl = 0;
+    memset(it, 0, sizeof(*it));
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < flows[i]->n_steps; k++) {
+            ns++;
+            nl += flows[i]->steps[k].n_leaves;
+        }
+    it->steps = calloc(ns ? ns : 1, sizeof(*it->steps));
+    it->leaves = calloc(nl ? nl : 1, sizeof(*it->leaves));
+    if (!it->steps || !it->leaves) {
+        items_free(it);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < flows[i]->n_steps; k++) {
+            const struct pb_flow_step *st = &flows[i]->steps[k];
+            it->steps[it->n_steps++] = st;
+            for (size_t l = 0; l < st->n_leaves; l++) {
+                it->leaves[it->n_leaves].step = st;
+                it->leaves[it->n_leaves++].leaf = l;
+            }
+        }
+    return 0;
+}
+
+/* The whole program for `flows` (malloc'ed), or NULL when out of memory. */
+static char *program_build(const struct program_items *it)
+{
+    struct sbuf b = {0};
+    sb_puts(&b, prologue);
+    sb_puts(&b, "if $__pb_mode == 2 then\n");
+    if (it->n_leaves)
+        emit_dispatch(&b, it, 1, 0, it->n_leaves);
+    else
+        sb_puts(&b, "error(\"no expressions\")");
+    sb_puts(&b, "\nelse\n");
+    if (it->n_steps)
+        emit_dispatch(&b, it, 0, 0, it->n_steps);
+    else
+        sb_puts(&b, "error(\"no steps\")");
+    sb_puts(&b, "\nend\n");
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* ---- running jq ---------------------------------------------------------------------------- */
+
+struct jqmsg {
+    char text[1024];              /* messages of the last compile, "; "-separated */
+};
+
+/* "jq: error: syntax error, unexpected $end (Unix shell quoting issues?) at
+ * <top-level>, line 3:\n..." -> "syntax error, unexpected $end". */
+static void clean_jq_message(const char *in, char *out, size_t len)
+{
+    const char *s = in, *end;
+    size_t n;
+    if (strncmp(s, "jq: error: ", 11) == 0)
+        s += 11;
+    else if (strncmp(s, "jq: error", 9) == 0)
+        s += 9;
+    end = strchr(s, '\n');
+    if (!end)
+        end = s + strlen(s);
+    {
+        const char *at = strstr(s, " at <top-level>");
+        if (at && at < end)
+            end = at;
+    }
+    {
+        const char *q = strstr(s, " (Unix shell quoting issues?)");
+        if (q && q < end) {
+            /* drop the parenthesis but keep what follows it */
+            size_t head = (size_t)(q - s), tail_off = head + strlen(" (Unix shell quoting issues?)");
+            size_t tail = (size_t)(end - s) > tail_off ? (size_t)(end - s) - tail_off : 0;
+            snprintf(out, len, "%.*s%.*s", (int)head, s, (int)tail, s + tail_off);
+            return;
+        }
+    }
+    n = (size_t)(end - s);
+    snprintf(out, len, "%.*s", (int)n, s);
+}
+
+static void on_jq_error(void *data, jv msg)
+{
+    struct jqmsg *m = data;
+    char clean[512];
+    size_t used;
+    if (jv_get_kind(msg) != JV_KIND_STRING)
+        msg = jq_format_error(msg);
+    if (jv_get_kind(msg) == JV_KIND_STRING) {
+        const char *s = jv_string_value(msg);
+        /* the trailing "jq: 1 compile error" adds nothing */
+        if (!(strncmp(s, "jq: ", 4) == 0 && strstr(s, "compile error") && !strstr(s, "error:"))) {
+            clean_jq_message(s, clean, sizeof(clean));
+            used = strlen(m->text);
+            if (used + 3 < sizeof(m->text))
+                snprintf(m->text + used, sizeof(m->text) - used, "%s%s", used ? "; " : "",
+                         clean);
+        }
+    }
+    jv_free(msg);
+}
+
+static void on_jq_debug(void *data, jv msg)
+{
+    (void)data;
+    jv_free(msg); /* `debug` in a flow expression prints nothing */
+}
+
+/* Compile `program` into a new jq_state; NULL with m->text set on failure. */
+static jq_state *compile(const char *program, struct jqmsg *m)
+{
+    jq_state *jq = jq_init();
+    m->text[0] = '\0';
+    if (!jq) {
+        snprintf(m->text, sizeof(m->text), "out of memory");
+        return NULL;
+    }
+    jq_set_error_cb(jq, on_jq_error, m);
+    jq_set_debug_cb(jq, on_jq_debug, NULL);
+    if (!jq_compile(jq, program)) {
+        if (!m->text[0])
+            snprintf(m->text, sizeof(m->text), "the expression does not compile");
+        jq_teardown(&jq);
+        return NULL;
+    }
+    return jq;
+}
+
+static void error_text(jv invalid, char *buf, size_t len)
+{
+    jv m = jv_invalid_get_msg(invalid);
+    if (jv_get_kind(m) == JV_KIND_STRING) {
+        snprintf(buf, len, "%s", jv_string_value(m));
+    } else {
+        jv s = jv_dump_string(jv_copy(m), 0);
+        snprintf(buf, len, "error(%s)", jv_string_value(s));
+        jv_free(s);
+    }
+    jv_free(m);
+}
+
+enum run_result { RUN_ONE = 0, RUN_NONE = 1, RUN_MANY = 2, RUN_ERROR = -1 };
+
+/* Run `jq` on `input` (consumed). RUN_ONE: *out holds the only output. */
+static enum run_result run_jq(jq_state *jq, jv input, jv *out, char *msg, size_t msglen)
+{
+    jv r, r2;
+    jq_start(jq, input, 0);
+    r = jq_next(jq);
+    if (!jv_is_valid(r)) {
+        if (jv_invalid_has_msg(jv_copy(r))) {
+            error_text(r, msg, msglen);
+            return RUN_ERROR;
+        }
+        jv_free(r);
+        if (jq_halted(jq)) {
+            snprintf(msg, msglen, "the expression called halt or halt_error, which flows may not "
+                                  "use; use error(\"...\") instead");
+            return RUN_ERROR;
+        }
+        return RUN_NONE;
+    }
+    r2 = jq_next(jq);
+    if (jv_is_valid(r2)) {
+        jv_free(r2);
+        jv_free(r);
+        return RUN_MANY;
+    }
+    if (jv_invalid_has_msg(jv_copy(r2))) {
+        error_text(r2, msg, msglen);
+        jv_free(r);
+        return RUN_ERROR;
+    }
+    jv_free(r2);
+    *out = r;
+    return RUN_ONE;
+}
+
+static int truthy(jv v /* borrowed */)
+{
+    jv_kind k = jv_get_kind(v);
+    return k != JV_KIND_NULL && k != JV_KIND_FALSE && k != JV_KIND_INVALID;
+}
+
+/* ---- jansson <-> jv ----------------------------------------------------------------------- */
+
+static jv to_jv(const json_t *j, int depth)
+{
+    if (!j)
+        return jv_null();
+    if (depth > JSON_DEPTH_MAX)
+        return jv_invalid_with_msg(jv_string("the event is nested too deeply"));
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        jv o = jv_object();
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)j, key, v) {
+            jv c = to_jv(v, depth + 1);
+            if (!jv_is_valid(c)) {
+                jv_free(o);
+                return c;
+            }
+            o = jv_object_set(o, jv_string(key), c);
+        }
+        return o;
+    }
+    case JSON_ARRAY: {
+        jv a = jv_array();
+        size_t i;
+        json_t *v;
+        json_array_foreach(j, i, v) {
+            jv c = to_jv(v, depth + 1);
+            if (!jv_is_valid(c)) {
+                jv_free(a);
+                return c;
+            }
+            a = jv_array_append(a, c);
+        }
+        return a;
+    }
+    case JSON_STRING:
+        if (json_string_length(j) > INT32_MAX)
+            return jv_invalid_with_msg(jv_string("a string in the event is too long"));
+        return jv_string_sized(json_string_value(j), (int)json_string_length(j));
+    case JSON_INTEGER:
+        return jv_number((double)json_integer_value(j));
+    case JSON_REAL:
+        return jv_number(json_real_value(j));
+    case JSON_TRUE:
+        return jv_true();
+    case JSON_FALSE:
+        return jv_false();
+    case JSON_NULL:
+        return jv_null();
+    }
+    return jv_null();
+}
+
+struct eval {
+    struct pb_mapper *m;
+    const struct pb_flow_step *step;
+    struct pb_err *err;
+};
+
+/* "when", "reference" or "field X" for leaf i of a step. */
+static void leaf_label(const struct pb_flow_step *st, size_t i, char *buf, size_t len)
+{
+    if (st->has_when && i == 0)
+        snprintf(buf, len, "when");
+    else if (i == st->reference_leaf)
+        snprintf(buf, len, "reference");
+    else
+        snprintf(buf, len, "field %s", st->leaves[i].field);
+}
+
+__attribute__((format(printf, 4, 5))) static enum pb_rc
+map_error(const struct pb_flow_step *st, size_t leaf, struct pb_err *err, const char *fmt, ...)
+{
+    char what[320], msg[PB_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (leaf == SIZE_MAX)
+        return pb_err_set(err, PB_ERR_MAPPING, "flow %s step %s: %s", st->flow->name, st->name,
+                          msg);
+    leaf_label(st, leaf, what, sizeof(what));
+    return pb_err_set(err, PB_ERR_MAPPING, "flow %s step %s %s: %s", st->flow->name, st->name,
+                      what, msg);
+}
+
+/* Convert a jq value produced by leaf `leaf` into jansson (*out new reference). */
+static enum pb_rc to_json(struct eval *ev, size_t leaf, jv v, int depth, json_t **out)
+{
+    *out = NULL;
+    if (depth > JSON_DEPTH_MAX)
+        return map_error(ev->step, leaf, ev->err, "the value is nested more than %d levels deep",
+                         JSON_DEPTH_MAX);
+    switch (jv_get_kind(v)) {
+    case JV_KIND_NULL:
+        *out = json_null();
+        return PB_OK;
+    case JV_KIND_TRUE:
+        *out = json_true();
+        return PB_OK;
+    case JV_KIND_FALSE:
+        *out = json_false();
+        return PB_OK;
+    case JV_KIND_NUMBER: {
+        double d = jv_number_value(v);
+        if (d != d || d > 9007199254740992.0 || d < -9007199254740992.0 ||
+            d != (double)(int64_t)d) {
+            char txt[64];
+            jv s = jv_dump_string(jv_copy(v), 0);
+            snprintf(txt, sizeof(txt), "%s", jv_string_value(s));
+            jv_free(s);
+            return map_error(ev->step, leaf, ev->err,
+                             "evaluated to the number %s, which is not an exact integer; jq "
+                             "numbers are doubles, so amounts and rates must be decimal strings "
+                             "(e.g. $fx.amount.decimal or .payment.amount.decimal)",
+                             txt);
+        }
+        *out = json_integer((json_int_t)d);
+        break;
+    }
+    case JV_KIND_STRING:
+        *out = json_stringn(jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
+        break;
+    case JV_KIND_ARRAY: {
+        int n = jv_array_length(jv_copy(v));
+        *out = json_array();
+        for (int i = 0; *out && i < n; i++) {
+            json_t *c;
+            jv e = jv_array_get(jv_copy(v), i);
+            enum pb_rc rc = to_json(ev, leaf, e, depth + 1, &c);
+            jv_free(e);
+            if (rc) {
+                json_decref(*out);
+                *out = NULL;
+                return rc;
+            }
+            if (json_array_append_new(*out, c) != 0) {
+                json_decref(*out);
+                *out = NULL;
+            }
+        }
+        break;
+    }
+    case JV_KIND_OBJECT: {
+        int it;
+        *out = json_object();
+        for (it = jv_object_iter(v); *out && jv_object_iter_valid(v, it);
+             it = jv_object_iter_next(v, it)) {
+            jv k = jv_object_iter_key(v, it), e = jv_object_iter_value(v, it);
+            json_t *c;
+            enum pb_rc rc = to_json(ev, leaf, e, depth + 1, &c);
+            jv_free(e);
+            if (rc) {
+                jv_free(k);
+                json_decref(*out);
+                *out = NULL;
+                return rc;
+            }
+            if (json_object_set_new(*out, jv_string_value(k), c) != 0) {
+                json_decref(*out);
+                *out = NULL;
+            }
+            jv_free(k);
+        }
+        break;
+    }
+    default:
+        return map_error(ev->step, leaf, ev->err, "evaluated to an invalid value");
+    }
+    if (!*out)
+        return pb_err_set(ev->err, PB_ERR_NOMEM, "out of memory building a document");
+    return PB_OK;
+}
+
+/* Rebuild the document from jq's object `v` (borrowed) along template `t`.
+ * *out = NULL means "leave it out" (a null leaf, an empty object or array). */
+static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, int top,
+                            json_t **out)
+{
+    json_t *res;
+    *out = NULL;
+    if (t->kind == PB__TNODE_LEAF) {
+        if (jv_get_kind(v) == JV_KIND_NULL)
+            return PB_OK;
+        return to_json(ev, t->leaf, v, 0, out);
+    }
+    if (jv_get_kind(v) != JV_KIND_OBJECT)
+        return pb_err_set(ev->err, PB_ERR_INTERNAL, "flow %s step %s: the document program "
+                          "returned a %s", ev->step->flow->name, ev->step->name,
+                          jv_kind_name(jv_get_kind(v)));
+    res = t->kind == PB__TNODE_OBJECT ? json_object() : json_array();
+    if (!res)
+        return pb_err_set(ev->err, PB_ERR_NOMEM, "out of memory building a document");
+    for (size_t i = 0; i < t->n_kids; i++) {
+        char idx[24];
+        const char *key = t->kids[i].key;
+        json_t *c;
+        enum pb_rc rc;
+        jv child;
+        if (t->kind == PB__TNODE_ARRAY) {
+            snprintf(idx, sizeof(idx), "%zu", i);
+            key = idx;
+        }
+        child = jv_object_get(jv_copy(v), jv_string(key));
+        if (!jv_is_valid(child)) {
+            jv_free(child);
+            json_decref(res);
+            return pb_err_set(ev->err, PB_ERR_INTERNAL,
+                              "flow %s step %s: member %s missing from the document program's "
+                              "result",
+                              ev->step->flow->name, ev->step->name, key);
+        }
+        rc = build_doc(ev, &t->kids[i], child, 0, &c);
+        jv_free(child);
+        if (rc) {
+            json_decref(res);
+            return rc;
+        }
+        if (!c)
+            continue;
+        if ((t->kind == PB__TNODE_OBJECT ? json_object_set_new(res, t->kids[i].key, c)
+                                         : json_array_append_new(res, c)) != 0) {
+            json_decref(res);
+            return pb_err_set(ev->err, PB_ERR_NOMEM, "out of memory building a document");
+        }
+    }
+    if (!top && (json_is_object(res) ? json_object_size(res) : json_array_size(res)) == 0) {
+        json_decref(res);
+        return PB_OK;
+    }
+    *out = res;
+    return PB_OK;
+}
+
+/* ---- the mapper ---------------------------------------------------------------------------- */
+
+struct pb_mapper {
+    unsigned magic;               /* MAPPER_MAGIC */
+    const struct pb_flowset *set; /* borrowed; frozen */
+    jq_state *jq;                 /* owned: the set's program */
+    jv *vars;                     /* owned: vars of flow i as jv (this thread's copies) */
+    size_t n_flows;
+    struct jqmsg msg;             /* compile messages */
+};
+
+struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err)
+{
+    struct pb_mapper *m;
+    struct program_items it;
+    const struct pb_flow **flows;
+    size_t n = pb_flowset_count(set);
+    char *program;
+
+    if (!set) {
+        pb_err_set(err, PB_ERR_INVALID, "pb_mapper_new: no flow set");
+        return NULL;
+    }
+    pb__flowset_freeze(set);
+    if (!(m = calloc(1, sizeof(*m))) || !(flows = calloc(n ? n : 1, sizeof(*flows)))) {
+        free(m);
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
+        return NULL;
+    }
+    m->magic = MAPPER_MAGIC;
+    m->set = set;
+    for (size_t i = 0; i < n; i++)
+        flows[i] = pb_flowset_flow(set, i);
+    if (items_collect(&it, flows, n) != 0) {
+        free(flows);
+        pb_mapper_free(m);
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
+        return NULL;
+    }
+    free(flows);
+    program = program_build(&it);
+    items_free(&it);
+    if (!program) {
+        pb_mapper_free(m);
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory building the flows' jq program");
+        return NULL;
+    }
+    m->jq = compile(program, &m->msg);
+    free(program);
+    if (!m->jq) {
+        pb_err_set(err, PB_ERR_INTERNAL, "the flows' jq program does not compile: %s",
+                   m->msg.text);
+        pb_mapper_free(m);
+        return NULL;
+    }
+    if (!(m->vars = calloc(n ? n : 1, sizeof(*m->vars)))) {
+        pb_mapper_free(m);
+        pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        m->vars[i] = to_jv(pb_flowset_flow(set, i)->vars, 0);
+        m->n_flows++;
+        if (!jv_is_valid(m->vars[i])) {
+            pb_err_set(err, PB_ERR_INVALID, "flow %s: vars: nested too deeply",
+                       pb_flowset_flow(set, i)->name);
+            pb_mapper_free(m);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+void pb_mapper_free(struct pb_mapper *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_flows; i++)
+        jv_free(m->vars[i]);
+    free(m->vars);
+    if (m->jq)
+        jq_teardown(&m->jq);
+    m->magic = 0;
+    free(m);
+}
+
+/* The per-call inputs, converted to jv once. */
+struct inputs {
+    jv event, refs, fx, event_id, now;
+};
+
+static jv envelope(const struct pb_mapper *m, const struct pb_flow_step *st, size_t sel, int mode,
+                   const struct inputs *in)
+{
+    jv a = jv_array();
+    a = jv_array_append(a, jv_number((double)sel));
+    a = jv_array_append(a, jv_number(mode));
+    a = jv_array_append(a, jv_copy(in->event));
+    a = jv_array_append(a, jv_copy(m->vars[st->flow->set_index]));
+    a = jv_array_append(a, jv_copy(in->refs));
+    a = jv_array_append(a, jv_copy(in->fx));
+    a = jv_array_append(a, jv_copy(in->event_id));
+    a = jv_array_append(a, jv_copy(in->now));
+    return a;
+}
+
+/* Evaluate the step's expressions one by one to name the one that fails. */
+static enum pb_rc diagnose(struct pb_mapper *m, const struct pb_flow_step *st,
+                           const struct inputs *in, const char *whole, struct pb_err *err)
+{
+    char msg[PB_ERR_MSG_MAX];
+    for (size_t i = 0; i < st->n_leaves; i++) {
+        jv out;
+        enum run_result r = run_jq(m->jq, envelope(m, st, st->set_leaf_base + i, MODE_LEAF, in),
+                                   &out, msg, sizeof(msg));
+        if (r == RUN_ERROR)
+            return map_error(st, i, err, "%s", msg);
+        if (r == RUN_NONE)
+            return map_error(st, i, err,
+                             "the expression produced no value (it ran into `empty`, select() "
+                             "or a failed `?`); add `// null` to leave the field out instead");
+        if (r == RUN_MANY)
+            return map_error(st, i, err,
+                             "the expression produced more than one value; use first(...) or "
+                             "collect them into a list with [...]");
+        if (st->has_when && i == 0 && !truthy(out)) {
+            jv_free(out);
+            break; /* nothing after a false when is evaluated */
+        }
+        jv_free(out);
+    }
+    return map_error(st, SIZE_MAX, err, "%s", whole);
+}
+
+/* pb_flow_fx() says "flow F: why"; make it "flow F step S: why". */
+static enum pb_rc fx_needed_error(const struct pb_flow_step *st, const struct pb_err *fxerr,
+                                  struct pb_err *err)
+{
+    const char *why = fxerr->msg;
+    size_t n = strlen(st->flow->name);
+    if (strncmp(why, "flow ", 5) == 0 && strncmp(why + 5, st->flow->name, n) == 0 &&
+        strncmp(why + 5 + n, ": ", 2) == 0)
+        why += 5 + n + 2;
+    return pb_err_set(err, fxerr->rc, "flow %s step %s: %s", st->flow->name, st->name, why);
+}
+
+enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
+                          const json_t *event, const json_t *refs, const char *event_id,
+                          const char *today, int *run, char **reference, json_t **document,
+                          struct pb_err *err)
+{
+    struct inputs in;
+    struct pb_err fxerr = {0};
+    enum pb_rc rc = PB_OK, fxrc = PB_OK;
+    struct eval ev;
+    json_t *fx = NULL;
+    char msg[PB_ERR_MSG_MAX];
+    jv out, ref = jv_invalid(), doc = jv_invalid();
+    enum run_result r;
+
+    *run = 0;
+    *reference = NULL;
+    *document = NULL;
+    if (!m || m->magic != MAPPER_MAGIC)
+        return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_step: not a mapper");
+    if (!step || step->magic != PB_FLOW_STEP_MAGIC || step->flow->set != m->set)
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "pb_mapper_step: the step does not belong to this mapper's flow set");
+    if (refs && !json_is_object(refs))
+        return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_step: refs must be an object");
+
+    /* a step that uses the id of a step that did not run is skipped too */
+    for (size_t i = 0; i < step->n_needs; i++) {
+        json_t *id = json_object_get(refs, step->needs[i]);
+        if (!id || json_is_null(id))
+            return PB_OK;
+    }
+
+    if (step->flow->uses_fx) {
+        fxrc = pb_flow_fx(step->flow, event, &fx, &fxerr);
+        if (fxrc != PB_OK && (!step->has_when || step->when_uses_fx ||
+                              strstr(step->flow->defs, "$fx")))
+            return fx_needed_error(step, &fxerr, err);
+    }
+
+    in.event = to_jv(event, 0);
+    if (!jv_is_valid(in.event)) {
+        json_decref(fx);
+        jv_free(in.event);
+        return pb_err_set(err, PB_ERR_INVALID, "flow %s step %s: the event is nested too deeply",
+                          step->flow->name, step->name);
+    }
+    in.refs = refs ? to_jv(refs, 0) : jv_object();
+    in.fx = fx ? to_jv(fx, 0) : jv_null();
+    in.event_id = event_id ? jv_string(event_id) : jv_null();
+    in.now = today ? jv_string(today) : jv_null();
+    json_decref(fx);
+    ev.m = m;
+    ev.step = step;
+    ev.err = err;
+
+    if (fxrc != PB_OK) {
+        /* $fx cannot be computed: fine only if the step does not run */
+        r = run_jq(m->jq, envelope(m, step, step->set_index, MODE_WHEN, &in), &out, msg,
+                   sizeof(msg));
+        if (r != RUN_ONE) {
+            rc = diagnose(m, step, &in, msg, err);
+        } else {
+            jv w = jv_array_get(out, 0);
+            if (truthy(w))
+                rc = fx_needed_error(step, &fxerr, err);
+            jv_free(w);
+        }
+        goto done;
+    }
+
+    r = run_jq(m->jq, envelope(m, step, step->set_index, MODE_STEP, &in), &out, msg, sizeof(msg));
+    if (r != RUN_ONE) {
+        if (r == RUN_NONE)
+            snprintf(msg, sizeof(msg), "an expression produced no value");
+        else if (r == RUN_MANY)
+            snprintf(msg, sizeof(msg), "an expression produced more than one value");
+        rc = diagnose(m, step, &in, msg, err);
+        goto done;
+    }
+    {
+        int len = jv_get_kind(out) == JV_KIND_ARRAY ? jv_array_length(jv_copy(out)) : -1;
+        jv first = len > 0 ? jv_array_get(jv_copy(out), 0) : jv_invalid();
+        jv_kind fk = jv_get_kind(first);
+        jv_free(first);
+        if (fk == JV_KIND_FALSE && len == 1) {
+            jv_free(out);
+            goto done; /* skipped by when */
+        }
+        if (fk != JV_KIND_TRUE || len != 3) {
+            jv_free(out);
+            rc = diagnose(m, step, &in, "an expression produced no value or several values", err);
+            goto done;
+        }
+        ref = jv_array_get(jv_copy(out), 1);
+        doc = jv_array_get(out, 2);
+    }
+    if (jv_get_kind(ref) != JV_KIND_STRING || jv_string_length_bytes(jv_copy(ref)) == 0 ||
+        (size_t)jv_string_length_bytes(jv_copy(ref)) > PB_FLOW_REFERENCE_MAX ||
+        strlen(jv_string_value(ref)) != (size_t)jv_string_length_bytes(jv_copy(ref))) {
+        if (jv_get_kind(ref) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(ref)) > 0 &&
+            strlen(jv_string_value(ref)) == (size_t)jv_string_length_bytes(jv_copy(ref)))
+            rc = map_error(step, step->reference_leaf, err, "the reference is longer than %d bytes",
+                           PB_FLOW_REFERENCE_MAX);
+        else if (jv_get_kind(ref) == JV_KIND_STRING)
+            rc = map_error(step, step->reference_leaf, err,
+                           "the reference is empty (or contains NUL); it must be non-empty text");
+        else
+            rc = map_error(step, step->reference_leaf, err,
+                           "evaluated to %s; a reference must be non-empty text (use tostring "
+                           "for numbers)",
+                           jv_kind_name(jv_get_kind(ref)));
+        goto done;
+    }
+    rc = build_doc(&ev, &step->document, doc, 1, document);
+    if (rc)
+        goto done;
+    if (!(*reference = strdup(jv_string_value(ref)))) {
+        rc = pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    *run = 1;
+
+done:
+    if (rc != PB_OK) {
+        json_decref(*document);
+        *document = NULL;
+        free(*reference);
+        *reference = NULL;
+        *run = 0;
+    }
+    jv_free(ref);
+    jv_free(doc);
+    jv_free(in.event);
+    jv_free(in.refs);
+    jv_free(in.fx);
+    jv_free(in.event_id);
+    jv_free(in.now);
+    return rc;
+}
+
+/* ---- load-time check ----------------------------------------------------------------------- */
+
+/* Does the defs text start with `def` (after blanks and comments)? */
+static int starts_with_def(const char *s)
+{
+    for (;;) {
+        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+            s++;
+        if (*s != '#')
+            break;
+        while (*s && *s != '\n')
+            s++;
+    }
+    return strncmp(s, "def", 3) == 0 && !(s[3] == '_' || (s[3] >= 'a' && s[3] <= 'z') ||
+                                          (s[3] >= 'A' && s[3] <= 'Z') || (s[3] >= '0' && s[3] <= '9'));
+}
+
+static size_t check_defs(const struct pb_flow *f, struct pb_diags *d)
+{
+    struct sbuf b = {0};
+    struct jqmsg msg;
+    jq_state *jq;
+    jv probe, input, out;
+    char err[PB_ERR_MSG_MAX];
+    enum run_result r;
+    int ok;
+
+    if (!starts_with_def(f->defs)) {
+        pb_diags_add(d, f->file, f->defs_line,
+                     "defs: must hold only jq function definitions, each `def name: body;`");
+        return 1;
+    }
+    sb_puts(&b, prologue);
+    emit_defs_open(&b, f);
+    sb_puts(&b, ".)");
+    if (b.failed) {
+        free(b.p);
+        pb_diags_add(d, f->file, f->defs_line, "out of memory checking defs");
+        return 1;
+    }
+    jq = compile(b.p, &msg);
+    free(b.p);
+    if (!jq) {
+        pb_diags_add(d, f->file, f->defs_line, "defs: jq: %s", msg.text);
+        return 1;
+    }
+    /* the definitions must leave the input alone: "def f: 1; 2 |" would not */
+    probe = jv_object_set(jv_object(), jv_string("__pb_probe"), jv_true());
+    input = jv_array();
+    input = jv_array_append(input, jv_number(0));
+    input = jv_array_append(input, jv_number(0));
+    input = jv_array_append(input, jv_copy(probe));
+    for (int i = 0; i < 5; i++)
+        input = jv_array_append(input, jv_null());
+    r = run_jq(jq, input, &out, err, sizeof(err));
+    ok = r == RUN_ONE && jv_equal(out, jv_copy(probe));
+    if (r != RUN_ONE || !ok)
+        pb_diags_add(d, f->file, f->defs_line,
+                     "defs: must hold only jq function definitions (def name: body;); something "
+                     "after the last definition changes the input");
+    jv_free(probe);
+    jq_teardown(&jq);
+    return ok ? 0 : 1;
+}
+
+size_t pb__mapping_check_flow(const struct pb_flow *flow, struct pb_diags *d)
+{
+    struct program_items it;
+    struct jqmsg msg;
+    jq_state *jq;
+    char *program;
+    size_t problems = 0;
+
+    if (flow->defs && flow->defs[0] && check_defs(flow, d))
+        return 1;
+    if (items_collect(&it, &flow, 1) != 0 || !(program = program_build(&it))) {
+        items_free(&it);
+        pb_diags_add(d, flow->file, 0, "out of memory compiling the flow");
+        return 1;
+    }
+    jq = compile(program, &msg);
+    free(program);
+    if (jq) {
+        jq_teardown(&jq);
+        items_free(&it);
+        return 0;
+    }
+    /* find the culprits: compile each expression on its own (slow, errors only) */
+    for (size_t i = 0; i < it.n_leaves; i++) {
+        const struct leaf_ref *lr = &it.leaves[i];
+        struct sbuf b = {0};
+        char what[320];
+        sb_puts(&b, prologue);
+        emit_leaf(&b, lr);
+        if (b.failed) {
+            free(b.p);
+            continue;
+        }
+        jq = compile(b.p, &msg);
+        free(b.p);
+        if (jq) {
+            jq_teardown(&jq);
+            continue;
+        }
+        leaf_label(lr->step, lr->leaf, what, sizeof(what));
+        pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %s %s: jq: %s",
+                     lr->step->name, what, msg.text);
+        problems++;
+    }
+    items_free(&it);
+    if (!problems) {
+        pb_diags_add(d, flow->file, 0, "the flow's expressions do not compile together: %s",
+                     msg.text);
+        problems = 1;
+    }
+    return problems;
+}
+
+/* ---- paybridge map test ------------------------------------------------------------------- */
+
+static void print_indented(FILE *out, const char *text, const char *indent)
+{
+    const char *s = text;
+    while (*s) {
+        const char *nl = strchr(s, '\n');
+        size_t n = nl ? (size_t)(nl - s) : strlen(s);
+        fprintf(out, "%s%.*s\n", indent, (int)n, s);
+        s += n + (nl ? 1 : 0);
+    }
+}
+
+enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
+                            const char *today, FILE *out, struct pb_err *err)
+{
+    struct pb_flowset *set = pb_flowset_new();
+    struct pb_diags d = {0};
+    struct pb_mapper *m = NULL;
+    const struct pb_flow *f;
+    json_t *event = NULL, *refs = NULL;
+    json_error_t je;
+    enum pb_rc rc, first = PB_OK;
+    struct pb_err first_err = {0};
+    const char *event_id, *type, *conn;
+    char date[16];
+    size_t ran = 0, skipped = 0, failed = 0;
+
+    if (!set)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    rc = pb_flowset_add_file(set, flow_path, &d);
+    if (rc != PB_OK) {
+        pb_diags_print(&d, out);
+        pb_diags_to_err(&d, rc, err);
+        goto out;
+    }
+    event = json_load_file(sample_json_path, JSON_REJECT_DUPLICATES, &je);
+    if (!event) {
+        rc = pb_err_set(err, PB_ERR_INVALID, "%s:%d: not a JSON file: %s", sample_json_path,
+                        je.line, je.text);
+        fprintf(out, "%s\n", err->msg);
+        goto out;
+    }
+    if (!json_is_object(event)) {
+        rc = pb_err_set(err, PB_ERR_INVALID, "%s: a canonical event is a JSON object",
+                        sample_json_path);
+        fprintf(out, "%s\n", err->msg);
+        goto out;
+    }
+    if (!today) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d", &tm);
+        today = date;
+    }
+    f = pb_flowset_flow(set, 0);
+    event_id = json_string_value(json_object_get(event, "id"));
+    if (!event_id)
+        event_id = "evt_sample";
+    type = json_string_value(json_object_get(event, "type"));
+    conn = json_string_value(json_object_get(json_object_get(event, "source"), "connection"));
+
+    fprintf(out, "flow %s (%s, %s)\n", f->name, f->file, f->version);
+    fprintf(out, "event %s: %s from %s, $now = %s\n", event_id, type ? type : "(no type)",
+            conn ? conn : "(no source.connection)", today);
+    if (!type || !pb_flow_handles(f, type))
+        fprintf(out, "note: the flow does not list %s in events:, so the engine would not run it "
+                     "for this event; evaluating anyway\n",
+                type ? type : "(no type)");
+    if (conn && strcmp(conn, f->source) != 0)
+        fprintf(out, "note: the event comes from %s but the flow's source is %s\n", conn,
+                f->source);
+
+    if (!(m = pb_mapper_new(set, err)) || !(refs = json_object())) {
+        rc = m ? pb_err_set(err, PB_ERR_NOMEM, "out of memory") : err->rc;
+        goto out;
+    }
+    for (size_t i = 0; i < f->n_steps; i++) {
+        const struct pb_flow_step *st = &f->steps[i];
+        struct pb_err e = {0};
+        char *ref = NULL, placeholder[PB_FLOW_NAME_MAX + 8];
+        json_t *doc = NULL;
+        int run = 0;
+
+        fprintf(out, "\nstep %zu/%zu %s: %s -> %s\n", i + 1, f->n_steps, st->name, st->command,
+                f->target);
+        rc = pb_mapper_step(m, st, event, refs, event_id, today, &run, &ref, &doc, &e);
+        if (rc != PB_OK) {
+            fprintf(out, "  error (%s): %s\n", pb_rc_name(rc), e.msg);
+            if (first == PB_OK) {
+                first = rc;
+                first_err = e;
+            }
+            failed++;
+            continue;
+        }
+        if (!run) {
+            const char *missing = NULL;
+            for (size_t k = 0; k < st->n_needs && !missing; k++)
+                if (!json_object_get(refs, st->needs[k]))
+                    missing = st->needs[k];
+            if (missing)
+                fprintf(out, "  skipped: it uses $refs.%s and step %s did not run\n", missing,
+                        missing);
+            else
+                fprintf(out, "  skipped: `when` is false or null\n");
+            skipped++;
+            continue;
+        }
+        {
+            char *text = json_dumps(doc, JSON_INDENT(2));
+            fprintf(out, "  reference: %s\n  document:\n", ref);
+            if (text)
+                print_indented(out, text, "    ");
+            free(text);
+        }
+        snprintf(placeholder, sizeof(placeholder), "<%s.id>", st->name);
+        json_object_set_new(refs, st->name, json_string(placeholder));
+        ran++;
+        free(ref);
+        json_decref(doc);
+    }
+    fprintf(out, "\n%zu step%s would run, %zu skipped, %zu failed\n", ran, ran == 1 ? "" : "s",
+            skipped, failed);
+    rc = first;
+    if (first != PB_OK)
+        pb_err_set(err, first, "%s", first_err.msg);
+    else
+        pb_err_clear(err);
+
+out:
+    pb_mapper_free(m);
+    json_decref(refs);
+    json_decref(event);
+    pb_flowset_free(set);
+    pb_diags_free(&d);
+    return rc;
+}

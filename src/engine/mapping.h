@@ -1,0 +1,90 @@
+/*
+ * engine/mapping.h: evaluating flows with libjq — the per-thread mapper, and
+ * `paybridge map test`.
+ *
+ * A mapper turns (step, canonical event, refs of earlier steps) into the
+ * step's decision to run, its reference (the xref key of the record it
+ * creates) and its ERP document. docs/flows.md states the semantics; in
+ * short: a `when` that is false or null skips the step; a step that reads
+ * $refs.NAME is skipped when step NAME did not run; a document leaf that
+ * evaluates to null is left out, and so is an object or array of the template
+ * left empty; a leaf with no value or with several values is an error; a jq
+ * runtime error is PB_ERR_MAPPING naming the flow, the step and the field.
+ *
+ * Threading. libjq 1.6 is not thread-safe within a jq_state, and its jv
+ * values use non-atomic reference counts, so a mapper is strictly
+ * single-threaded: the engine creates one per worker thread. Mappers share
+ * nothing but the (immutable) flow set; each owns its jq states and its own
+ * jv copies of every flow's vars.
+ *
+ * Cost. Compiling a jq program costs ~15 ms whatever its size (libjq binds
+ * its builtins on every compile), so a mapper compiles the steps of the
+ * whole set into ONE program that dispatches on the step, and builds each
+ * document with one object expression. A second program holding every leaf
+ * on its own is compiled only when an evaluation fails, to find the exact
+ * field that failed.
+ *
+ * Ownership. pb_mapper_step() returns a malloc'ed reference and a new json_t
+ * reference; the caller frees them (free(), json_decref()). Inputs are
+ * borrowed for the duration of the call.
+ */
+#ifndef PB_ENGINE_MAPPING_H
+#define PB_ENGINE_MAPPING_H
+
+#include <jansson.h>
+#include <stdio.h>
+
+#include "core/diag.h"
+#include "core/err.h"
+#include "engine/flow.h"
+
+struct pb_mapper;
+
+/* A mapper for `set`, which is frozen from now on. NULL on failure (err says
+ * why: PB_ERR_NOMEM, or PB_ERR_INTERNAL when the set's program does not
+ * compile, which loading has ruled out). Call on the thread that will use it
+ * (any thread is fine; it just must not be shared). */
+struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err);
+
+/* Free the mapper and its jq states. NULL is allowed. */
+void pb_mapper_free(struct pb_mapper *m);
+
+/* Evaluate `step` for `event`.
+ *   event     the canonical event (borrowed)
+ *   refs      object step name -> ERP id (string) of the steps of this event
+ *             that already ran; NULL = none
+ *   event_id  paybridge's event id, reaches jq as $event_id (NULL -> null)
+ *   today     "YYYY-MM-DD", reaches jq as $now (NULL -> null)
+ * Out, on PB_OK: *run = 0 when the step is skipped (its when is false/null,
+ * or it reads $refs.NAME of a step that did not run; *reference and *document
+ * are then NULL), else 1 with *reference (malloc'ed, non-empty, at most
+ * PB_FLOW_REFERENCE_MAX bytes) and *document (new reference, a JSON object).
+ * Errors: PB_ERR_MAPPING with "flow F step S field P: <why>" (a jq error, a
+ * leaf without a value or with several, a non-integer number in the document,
+ * a missing FX rate, a reference that is not a string); PB_ERR_INVALID for a
+ * step of another set; PB_ERR_NOMEM. Outputs are NULL / 0 on error. */
+enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
+                          const json_t *event, const json_t *refs, const char *event_id,
+                          const char *today, int *run, char **reference, json_t **document,
+                          struct pb_err *err);
+
+/* `paybridge map test FLOW.yaml SAMPLE.json`: load one flow file and one
+ * sample canonical event, evaluate every step in order as the engine would
+ * (refs of steps that ran are the placeholders "<NAME.id>"), and print to
+ * `out` for each step whether it runs, its reference and its document as
+ * pretty JSON, or the exact error. `today` is $now ("YYYY-MM-DD"; NULL = the
+ * current UTC date). Returns PB_OK when every step evaluated (ran or was
+ * skipped), PB_ERR_CONFIG when the flow file has problems (all printed),
+ * PB_ERR_INVALID / PB_ERR_IO for an unreadable sample, or the first step's
+ * error (PB_ERR_MAPPING); err holds the summary. */
+enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
+                            const char *today, FILE *out, struct pb_err *err);
+
+/* ---- internal -------------------------------------------------------------------- */
+
+/* Compile every expression of `flow` (not yet in a set) exactly as a mapper
+ * would and append each failure to `d` at the expression's line, with jq's
+ * message. Returns the number of problems added. Used by the loader. */
+size_t pb__mapping_check_flow(const struct pb_flow *flow, struct pb_diags *d);
+
+#endif
