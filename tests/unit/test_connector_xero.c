@@ -448,6 +448,19 @@ static void test_contact_upsert(void **state)
     batch_clear(&b);
     assert_int_equal(stat_of("contacts"), 4);
 
+    /* without an email, the name is the key: Xero keeps names unique */
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "Fay Stone"), "c9", "k9", 1);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    snprintf(ann, sizeof ann, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "fay stone"), "c9", "k9b", 2);
+    assert_int_equal(execute(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, ann);
+    batch_clear(&b);
+    assert_int_equal(stat_of("contacts"), 5);
+
     /* a quote and a backslash in an email are escaped in the where-clause */
     add(&b, "contact.upsert", contact("Odd Name", "o\"dd\\x@example.com"), "c6", "k6", 1);
     assert_int_equal(execute(c, &b, &err), PB_OK);
@@ -887,9 +900,10 @@ static void test_fake_error_replies(void **state)
                 "exception occurred\",\"Elements\":[{\"ValidationErrors\":[]},"
                 "{\"ValidationErrors\":[{\"Message\":\"Email address must be valid.\"},"
                 "{\"Message\":\"The contact name must be provided.\"}]}]}");
-    add(&b, "contact.upsert", json_pack("{s:s}", "Name", "Ok One"), "c1", "k1", 1);
-    add(&b, "contact.upsert", json_pack("{s:s}", "Name", ""), "c2", "k2", 1);
+    add(&b, "invoice.create", json_pack("{s:s}", "Reference", "R1"), "R1", "k1", 1);
+    add(&b, "invoice.create", json_pack("{s:s}", "Reference", "R2"), "R2", "k2", 1);
     assert_int_equal(execute(c, &b, &err), PB_OK);
+    assert_string_equal(fk.method, "PUT"); /* attempt 1: no look-up */
     assert_int_equal(b.it[0].rc, PB_ERR_TRANSIENT);
     assert_contains(b.it[0].message, "another element");
     assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);

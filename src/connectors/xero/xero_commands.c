@@ -5,10 +5,13 @@
  *   contact.upsert  document: a Xero Contact. One GET /Contacts?where=
  *                   EmailAddress=="a" OR EmailAddress=="b" ... for the batch;
  *                   an item whose EmailAddress matches a contact
- *                   (case-insensitively) is done with that ContactID. The rest
- *                   go in one PUT /Contacts?summarizeErrors=false, in item
- *                   order; two items of one batch with the same email create
- *                   one contact, and the second gets the first's outcome.
+ *                   (case-insensitively) is done with that ContactID. An item
+ *                   without EmailAddress is matched by Name instead (Xero
+ *                   keeps contact names unique, so creating it again would
+ *                   only fail). The rest go in one PUT
+ *                   /Contacts?summarizeErrors=false, in item order; two items
+ *                   of one batch with the same key create one contact, and
+ *                   the second gets the first's outcome.
  *   invoice.create  document: a Xero Invoice. Items with attempt > 1 are first
  *   payment.create  looked up by Reference (one GET /Invoices or /Payments
  *                   ?where=Reference=="r" OR ...); a match is done, not created
@@ -99,7 +102,7 @@ static enum pb_rc finish(struct run *r, struct pb_sink_item *items, size_t n, st
 
 /* GET a where-clause look-up; returns the envelope array (borrowed from
  * *root) or NULL after failing every item of `list`. */
-static json_t *lookup(struct run *r, const char *resource, const char *field,
+static json_t *lookup(struct run *r, const char *resource, const char *const *fields,
                       const char *const *values, size_t n_values, struct pb_sink_item **list,
                       size_t n_list, json_t **root)
 {
@@ -109,10 +112,10 @@ static json_t *lookup(struct run *r, const char *resource, const char *field,
     char what[64];
     json_t *arr = NULL;
     enum pb_rc rc;
-    char *path = pb__xero_where_path(resource, field, values, n_values);
+    char *path = pb__xero_where_path(resource, fields, values, n_values);
 
     *root = NULL;
-    snprintf(what, sizeof what, "looking up %s by %s", resource, field);
+    snprintf(what, sizeof what, "looking up %s by %s", resource, fields[0]);
     if (!path) {
         r->failure.rc = PB_ERR_PERMANENT;
         r->failure.retry_after_s = -1;
@@ -172,42 +175,65 @@ static void write_envelope(struct run *r, const char *method, const char *path,
 
 /* ---- contact.upsert ---------------------------------------------------------------- */
 
+/* What a contact is matched on: its email, else its name. */
+struct contact_key {
+    const char *field;            /* "EmailAddress" or "Name" */
+    const char *value;            /* NULL: nothing to match on */
+};
+
+static struct contact_key contact_key(json_t *doc)
+{
+    struct contact_key k = {"EmailAddress", doc_string(doc, "EmailAddress")};
+    if (!k.value) {
+        k.field = "Name";
+        k.value = doc_string(doc, "Name");
+    }
+    return k;
+}
+
+static int same_key(struct contact_key a, struct contact_key b)
+{
+    return a.value && b.value && strcmp(a.field, b.field) == 0 && strcasecmp(a.value, b.value) == 0;
+}
+
 enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *ctx,
                                    struct pb_sink_item *items, size_t n, struct pb_err *err)
 {
     struct run r = {c, ctx, "contact.upsert", {0, -1, ""}, 0};
     struct pb_sink_item *pending[XERO_BATCH_MAX], *leaders[XERO_BATCH_MAX];
-    const char *emails[XERO_BATCH_MAX];
+    const char *fields[XERO_BATCH_MAX], *values[XERO_BATCH_MAX];
     size_t leader_of[XERO_BATCH_MAX];
-    size_t np = 0, ne = 0, nl = 0;
+    size_t np = 0, nv = 0, nl = 0;
     json_t *root = NULL, *found, *docs = NULL;
 
     for (size_t i = 0; i < n && i < XERO_BATCH_MAX; i++)
         if (check_document(&items[i], "Contact"))
             pending[np++] = &items[i];
 
-    /* 1. one look-up by email for the batch */
+    /* 1. one look-up by email (or name) for the batch */
     for (size_t i = 0; i < np; i++) {
-        const char *email = doc_string(pending[i]->document, "EmailAddress");
+        struct contact_key k = contact_key(pending[i]->document);
         int seen = 0;
-        for (size_t j = 0; email && j < ne; j++)
-            seen |= strcasecmp(emails[j], email) == 0;
-        if (email && !seen)
-            emails[ne++] = email;
+        for (size_t j = 0; k.value && j < nv; j++)
+            seen |= same_key(k, (struct contact_key){fields[j], values[j]});
+        if (k.value && !seen) {
+            fields[nv] = k.field;
+            values[nv++] = k.value;
+        }
     }
-    if (ne > 0) {
+    if (nv > 0) {
         size_t kept = 0;
-        found = lookup(&r, "Contacts", "EmailAddress", emails, ne, pending, np, &root);
+        found = lookup(&r, "Contacts", fields, values, nv, pending, np, &root);
         if (!found)
             goto out;
         for (size_t i = 0; i < np; i++) {
-            const char *email = doc_string(pending[i]->document, "EmailAddress");
+            struct contact_key k = contact_key(pending[i]->document);
             json_t *contact, *match = NULL;
-            size_t k;
-            json_array_foreach(found, k, contact) {
-                const char *e = json_string_value(json_object_get(contact, "EmailAddress"));
-                if (email && e && strcasecmp(e, email) == 0 &&
-                    doc_string(contact, "ContactID")) {
+            size_t j;
+            json_array_foreach(found, j, contact) {
+                struct contact_key have = {
+                    k.field, json_string_value(json_object_get(contact, k.field))};
+                if (same_key(k, have) && doc_string(contact, "ContactID")) {
                     match = contact;
                     break;
                 }
@@ -220,7 +246,7 @@ enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *
         np = kept;
     }
 
-    /* 2. create the rest; a repeated email in the batch follows its first item */
+    /* 2. create the rest; a repeated key in the batch follows its first item */
     docs = json_array();
     if (!docs) {
         r.failure = (struct xero_failure){PB_ERR_TRANSIENT, -1, "out of memory"};
@@ -228,11 +254,10 @@ enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *
         goto out;
     }
     for (size_t i = 0; i < np; i++) {
-        const char *email = doc_string(pending[i]->document, "EmailAddress");
+        struct contact_key k = contact_key(pending[i]->document);
         leader_of[i] = SIZE_MAX;
-        for (size_t j = 0; email && j < i; j++) {
-            const char *other = doc_string(pending[j]->document, "EmailAddress");
-            if (leader_of[j] == SIZE_MAX && other && strcasecmp(other, email) == 0) {
+        for (size_t j = 0; k.value && j < i; j++) {
+            if (leader_of[j] == SIZE_MAX && same_key(k, contact_key(pending[j]->document))) {
                 leader_of[i] = j;
                 break;
             }
@@ -309,7 +334,7 @@ enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
     const char *id_key = invoice ? "InvoiceID" : "PaymentID";
     struct run r = {c, ctx, items[0].command, {0, -1, ""}, 0};
     struct pb_sink_item *pending[XERO_BATCH_MAX], *sent[XERO_BATCH_MAX];
-    const char *refs[XERO_BATCH_MAX];
+    const char *refs[XERO_BATCH_MAX], *ref_fields[XERO_BATCH_MAX];
     size_t np = 0, nr = 0, ns = 0;
     json_t *root = NULL, *found, *docs = NULL;
 
@@ -325,12 +350,14 @@ enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
             continue;
         for (size_t j = 0; j < nr; j++)
             seen |= strcmp(refs[j], ref) == 0;
-        if (!seen)
+        if (!seen) {
+            ref_fields[nr] = "Reference";
             refs[nr++] = ref;
+        }
     }
     if (nr > 0) {
         size_t kept = 0;
-        found = lookup(&r, resource, "Reference", refs, nr, pending, np, &root);
+        found = lookup(&r, resource, ref_fields, refs, nr, pending, np, &root);
         if (!found)
             goto out;
         for (size_t i = 0; i < np; i++) {

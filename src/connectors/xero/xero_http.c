@@ -103,8 +103,8 @@ void pb__xero_buf_free(struct xero_buf *b)
 
 /* ---- builders ---------------------------------------------------------------------- */
 
-char *pb__xero_where_path(const char *resource, const char *field, const char *const *values,
-                          size_t n)
+char *pb__xero_where_path(const char *resource, const char *const *fields,
+                          const char *const *values, size_t n)
 {
     struct xero_buf clause, path;
     pb__xero_buf_init(&clause, XERO_PATH_MAX);
@@ -112,7 +112,7 @@ char *pb__xero_where_path(const char *resource, const char *field, const char *c
     for (size_t i = 0; i < n; i++) {
         if (i)
             pb__xero_buf_adds(&clause, " OR ");
-        pb__xero_buf_adds(&clause, field);
+        pb__xero_buf_adds(&clause, fields[i]);
         pb__xero_buf_adds(&clause, "==\"");
         for (const char *p = values[i]; *p; p++) {
             if (*p == '"' || *p == '\\')

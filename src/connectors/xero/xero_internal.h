@@ -102,10 +102,10 @@ void pb__xero_buf_adds(struct xero_buf *b, const char *s);
 void pb__xero_buf_add_escaped(struct xero_buf *b, const char *s);
 void pb__xero_buf_free(struct xero_buf *b);
 
-/* "/Contacts?where=" + URL-encoded `Field=="v1" OR Field=="v2"`, with '"'
- * and '\' in values escaped by a backslash. Returns a malloc'd path or NULL. */
-char *pb__xero_where_path(const char *resource, const char *field, const char *const *values,
-                          size_t n);
+/* "/Contacts?where=" + URL-encoded `F1=="v1" OR F2=="v2"`, with '"' and '\'
+ * in values escaped by a backslash. Returns a malloc'd path or NULL. */
+char *pb__xero_where_path(const char *resource, const char *const *fields,
+                          const char *const *values, size_t n);
 
 /* "pb-" + the first 64 hex digits of SHA-256 over the command and the
  * idempotency keys of `items` in order (length-prefixed, so no two different
