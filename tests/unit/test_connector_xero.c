@@ -59,7 +59,7 @@ static void assert_contains(const char *hay, const char *needle)
         fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
 }
 
-/* ---- plain libcurl to the emulator's admin routes ----------------------------------------------- */
+/* ---- plain libcurl to the emulator's admin routes -------------------------------------------- */
 
 struct buf {
     char *data;
@@ -120,7 +120,7 @@ static long long stat_of(const char *key)
     return v;
 }
 
-/* ---- fixture ---------------------------------------------------------------------------------------- */
+/* ---- fixture --------------------------------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
@@ -205,7 +205,7 @@ static void connection_free(struct pb_connection *c)
     free(c);
 }
 
-/* ---- items ---------------------------------------------------------------------------------------------- */
+/* ---- items ----------------------------------------------------------------------------------- */
 
 #define MAX_ITEMS 8
 
@@ -294,7 +294,7 @@ static void make_contact(struct pb_connection *c, const char *email, char id[64]
     batch_clear(&b);
 }
 
-/* ---- tests against the emulator ------------------------------------------------------------------------ */
+/* ---- tests against the emulator -------------------------------------------------------------- */
 
 static void test_init_settings(void **state)
 {
@@ -382,6 +382,56 @@ static void test_token_fetch_and_reuse(void **state)
     batch_clear(&b);
     assert_int_equal(stat_of("tokens_issued"), issued + 3);
     json_decref(trace);
+    connection_free(c);
+}
+
+/* Many workers share one connection: one token between them. */
+struct worker {
+    struct pb_connection *c;
+    int index;
+    enum pb_rc rc;
+    enum pb_rc item_rc;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct pb_http_client *http = NULL;
+    struct pb_err err = {0};
+    struct batch b = {0};
+    char email[64];
+    struct pb_call_ctx ctx;
+
+    if (pb_http_client_new(&http, &err) != PB_OK)
+        return NULL;
+    snprintf(email, sizeof email, "worker%d@example.com", w->index);
+    add(&b, "contact.upsert", contact(email, email), email, email, 1);
+    ctx = (struct pb_call_ctx){http, NULL, time(NULL)};
+    w->rc = w->c->type->execute(w->c, &ctx, b.it, b.n, &err);
+    w->item_rc = b.it[0].rc;
+    batch_clear(&b);
+    pb_http_client_free(http);
+    return NULL;
+}
+
+static void test_token_shared_by_threads(void **state)
+{
+    struct pb_connection *c = connection();
+    struct worker w[6];
+    pthread_t t[6];
+    long long issued = stat_of("tokens_issued");
+
+    for (int i = 0; i < 6; i++) {
+        w[i] = (struct worker){c, i, PB_ERR_INTERNAL, PB_ERR_INTERNAL};
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].rc, PB_OK);
+        assert_int_equal(w[i].item_rc, PB_OK);
+    }
+    assert_int_equal(stat_of("tokens_issued"), issued + 1);
+    assert_int_equal(stat_of("contacts"), 6);
     connection_free(c);
 }
 
@@ -733,7 +783,7 @@ static void test_unknown_command(void **state)
     connection_free(c);
 }
 
-/* ---- the scripted fake -------------------------------------------------------------------------------- */
+/* ---- the scripted fake ----------------------------------------------------------------------- */
 
 static struct {
     pthread_mutex_t mu;
@@ -954,6 +1004,7 @@ int main(void)
     const struct CMUnitTest emulator[] = {
         cmocka_unit_test(test_init_settings),
         cmocka_unit_test_setup(test_token_fetch_and_reuse, test_setup),
+        cmocka_unit_test_setup(test_token_shared_by_threads, test_setup),
         cmocka_unit_test_setup(test_bad_client_credentials, test_setup),
         cmocka_unit_test_setup(test_contact_upsert, test_setup),
         cmocka_unit_test_setup(test_invoice_batch_with_bad_account, test_setup),

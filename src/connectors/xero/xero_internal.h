@@ -29,7 +29,7 @@
 #define XERO_STATE_MAGIC 0x5845524fu         /* "XERO" */
 #define XERO_URL_MAX 512                     /* longest api_base / token_url */
 #define XERO_TENANT_MAX 128                  /* longest tenant_id */
-#define XERO_BATCH_MAX 50                    /* Xero's advice for one PUT; also the where-clause bound */
+#define XERO_BATCH_MAX 50                    /* per PUT (Xero advises 50); bounds where-clauses */
 #define XERO_BATCH_DEFAULT 50
 #define XERO_TIMEOUT_DEFAULT_MS 30000L
 #define XERO_REFRESH_MARGIN_DEFAULT_S 120L
