@@ -631,7 +631,8 @@ enum pb_rc pb__opayo_inbound(struct pb_connection *c, const struct pb_inbound_re
     rc = read_transaction(tx, &t, err);
     if (rc)
         goto out;
-    /* 6. one canonical event */
+    /* 6. one canonical event (both instants were validated above) */
+    when = req->now;
     pb__opayo_parse_instant(t.created_at ? t.created_at
                                          : json_string_value(json_object_get(root, "createdAt")),
                             &when);
