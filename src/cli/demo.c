@@ -19,6 +19,7 @@
  *   demo: accepted=A posted=P dead=D duplicates=U
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,8 @@ struct pb_embedded_file {
     size_t len;
 };
 extern const struct pb_embedded_file pb_embedded_files[];
+
+#define DEMO_TENANT "6f1d8a0e-5b2c-4c3e-9a7d-2b1f0e9c8d7a"
 
 static volatile sig_atomic_t demo_stop;
 static void on_sig(int s) { demo_stop = s; }
@@ -318,7 +321,8 @@ int pb_cli_demo(int argc, char **argv)
     pb_hex_encode(dg, 32, admin_hash, sizeof(admin_hash));
 
     /* 2. the sandbox */
-    json_t *sbs = json_pack("{s:s,s:{s:i,s:o},s:{s:i}}", "bind", "127.0.0.1", "xero", "port", 0, "limits",
+    json_t *sbs = json_pack("{s:s,s:{s:i,s:s,s:o},s:{s:i}}", "bind", "127.0.0.1", "xero", "port", 0,
+                            "tenant_id", DEMO_TENANT, "limits",
                             xero_limits ? json_pack("{s:i,s:i,s:i}", "per_minute", 60, "per_day", 5000,
                                                     "concurrent", 5)
                                         : json_false(),
@@ -358,7 +362,7 @@ int pb_cli_demo(int argc, char **argv)
                  "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
                  "flows:\n  - flows/opayo-xero.yaml\n",
                  port, admin_hash, oport, s_notify, s_ik, s_ip, xport, xport,
-                 "6f1d8a0e-5b2c-4c3e-9a7d-2b1f0e9c8d7a", s_cid, s_cs) < 0) {
+                 DEMO_TENANT, s_cid, s_cs) < 0) {
         fprintf(stderr, "paybridge demo: out of memory\n");
         goto out;
     }
@@ -371,7 +375,15 @@ int pb_cli_demo(int argc, char **argv)
         pb_diags_print(&d, stderr);
         goto out;
     }
-    pb_log_set_level(cfg->log_level);
+    /* the JSON log goes to a file so that the status line stays readable */
+    {
+        char logpath[1100];
+        snprintf(logpath, sizeof(logpath), "%s/paybridge.log", dir);
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0)
+            pb_log_set_fd(fd);
+        pb_log_set_level(PB_LOG_INFO);
+    }
 
     /* 4. the engine, then point the gateway's notifications at it */
     struct pb_engine_options opt = {.port_override = -1};
@@ -397,6 +409,7 @@ int pb_cli_demo(int argc, char **argv)
     int ep = pb_engine_port(e);
     printf("paybridge demo\n");
     printf("  config        %s (secrets sealed with %s)\n", cfgpath, keypath);
+    printf("  log           %s/paybridge.log (JSON lines)\n", dir);
     printf("  webhooks      POST http://127.0.0.1:%d/hooks/opayo-shop\n", ep);
     printf("  metrics       http://127.0.0.1:%d/metrics\n", ep);
     printf("  admin API     http://127.0.0.1:%d/admin/events   (Authorization: Bearer %s)\n", ep, admin_key);

@@ -44,6 +44,9 @@
  */
 #include "core/pan.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #define PAN_MIN_DIGITS 13
 #define PAN_MAX_DIGITS 19
 #define PAN_KEEP_DIGITS 4
@@ -187,3 +190,50 @@ size_t pb_pan_redact(char *text, size_t len)
         return 0;
     return pan_walk((const unsigned char *)text, (unsigned char *)text, len, NULL);
 }
+
+/* ---- payloads: GUIDs are not card numbers ------------------------------------------ */
+
+#define GUID_LEN 36
+
+static int is_hex(char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+static int is_word(char ch)
+{
+    return is_hex(ch) || (ch >= 'g' && ch <= 'z') || (ch >= 'G' && ch <= 'Z') || ch == '-';
+}
+
+/* 1 when t[0..GUID_LEN) is 8-4-4-4-12 hex digits. */
+static int guid_at(const char *t)
+{
+    for (int i = 0; i < GUID_LEN; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? t[i] != '-' : !is_hex(t[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* See pan.h: pb_pan_scan with GUID-shaped tokens blanked first. */
+size_t pb_pan_scan_payload(const char *body, size_t len, size_t *first_offset)
+{
+    char *scratch = malloc(len + 1);
+    size_t found;
+    if (!scratch) /* fail closed: scan the raw text */
+        return pb_pan_scan(body, len, first_offset);
+    memcpy(scratch, body, len);
+    scratch[len] = '\0';
+    for (size_t i = 0; i + GUID_LEN <= len; i++) {
+        if ((i > 0 && is_word(scratch[i - 1])) || !guid_at(scratch + i) ||
+            (i + GUID_LEN < len && is_word(scratch[i + GUID_LEN])))
+            continue;
+        memset(scratch + i, 'x', GUID_LEN);
+        i += GUID_LEN - 1;
+    }
+    found = pb_pan_scan(scratch, len, first_offset);
+    free(scratch);
+    return found;
+}
+

@@ -197,7 +197,7 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
         pb_http_response_error(resp, 503, "shutting_down", "paybridge is shutting down; retry later");
         return PB_HTTP_DONE;
     }
-    if (pb_pan_scan(req->body, req->body_len, &pan_at) > 0) {
+    if (pb_pan_scan_payload(req->body, req->body_len, &pan_at) > 0) {
         atomic_fetch_add_explicit(&m->rejected, 1, memory_order_relaxed);
         pb_http_response_error(resp, 400, "card_number",
                                "the body contains what looks like a card number (at byte %zu); "

@@ -59,7 +59,6 @@
 #include "opayo_internal.h"
 
 #define SIGNATURE_HEX_MAX 128       /* a longer header is not a SHA-256 MAC */
-#define GUID_LEN 36
 
 static const char *const transaction_types[] = {"Payment", "Deferred", "Repeat", "Refund", NULL};
 static const char *const statuses[] = {"Ok",      "NotAuthed", "Rejected", "Malformed",
@@ -190,48 +189,6 @@ static int vendor_tx_code_valid(const char *s)
 }
 
 /* ---- the steps ---------------------------------------------------------------------- */
-
-static int is_hex(char ch)
-{
-    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
-}
-
-static int is_word(char ch)
-{
-    return is_hex(ch) || (ch >= 'g' && ch <= 'z') || (ch >= 'G' && ch <= 'Z') || ch == '-';
-}
-
-/* 1 when t[0..GUID_LEN) is 8-4-4-4-12 hex digits. */
-static int guid_at(const char *t)
-{
-    for (int i = 0; i < GUID_LEN; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? t[i] != '-' : !is_hex(t[i]))
-            return 0;
-    }
-    return 1;
-}
-
-/* Number of PANs in the body, GUID-shaped tokens excepted (see the essay). */
-static size_t scan_pans(const char *body, size_t len, size_t *first_offset)
-{
-    char *scratch = malloc(len + 1);
-    size_t found;
-    if (!scratch) /* fail closed: scan the raw text */
-        return pb_pan_scan(body, len, first_offset);
-    memcpy(scratch, body, len);
-    scratch[len] = '\0';
-    for (size_t i = 0; i + GUID_LEN <= len; i++) {
-        if ((i > 0 && is_word(scratch[i - 1])) || !guid_at(scratch + i) ||
-            (i + GUID_LEN < len && is_word(scratch[i + GUID_LEN])))
-            continue;
-        memset(scratch + i, 'x', GUID_LEN);
-        i += GUID_LEN - 1;
-    }
-    found = pb_pan_scan(scratch, len, first_offset);
-    free(scratch);
-    return found;
-}
 
 static enum pb_rc check_signature(const struct pb_connection *c,
                                   const struct pb_inbound_request *req, struct pb_err *err)
@@ -588,7 +545,7 @@ enum pb_rc pb__opayo_inbound(struct pb_connection *c, const struct pb_inbound_re
         return pb_err_set(err, PB_ERR_INTERNAL, "event list is full");
 
     /* 1. never let a card number go any further */
-    if (scan_pans(req->body, req->body_len, &pan_at) > 0)
+    if (pb_pan_scan_payload(req->body, req->body_len, &pan_at) > 0)
         return pb_err_set(err, PB_ERR_INVALID,
                           "the body contains what looks like a card number (at byte %zu); "
                           "paybridge never accepts card numbers",
