@@ -30,6 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "sandbox.h"
 
 static void usage(FILE *out)
@@ -154,6 +155,18 @@ static int write_ports_file(const char *path, const char *line)
     return 0;
 }
 
+/* 1 when the first `nlen` characters of `a` name an option (all take a value). */
+static int flag_known(const char *a, size_t nlen)
+{
+    static const char *const fixed[] = {"--bind", "--config", "--ports-file", "--only", "--fault",
+                                        NULL};
+    for (size_t i = 0; fixed[i]; i++)
+        if (strlen(fixed[i]) == nlen && !strncmp(a, fixed[i], nlen))
+            return 1;
+    return nlen > 7 && !strncmp(a, "--", 2) && !strncmp(a + nlen - 5, "-port", 5) &&
+           known_system(a + 2, nlen - 7);
+}
+
 /* Value of "--name VALUE" or "--name=VALUE"; advances *i. NULL when missing. */
 static const char *flag_value(int argc, char **argv, int *i, const char *eq)
 {
@@ -192,6 +205,10 @@ int main(int argc, char **argv)
             rc = usage_error("unexpected argument '%s'", a);
             goto out;
         }
+        if (!flag_known(a, nlen)) {
+            rc = usage_error("unknown option '%s'", a);
+            goto out;
+        }
         if (!(val = flag_value(argc, argv, &i, eq))) {
             rc = usage_error("%s needs a value", a);
             goto out;
@@ -223,6 +240,17 @@ int main(int argc, char **argv)
             if (!(fv = fault_value(feq + 1))) {
                 rc = usage_error("--fault: '%s' is not a number or true/false", feq + 1);
                 goto out;
+            }
+            {
+                struct pb_err ferr = {0};
+                json_t *one = json_pack("{s:O}", fkey, fv);
+                if (!one || sbx_faults_check(one, &ferr)) {
+                    json_decref(one);
+                    json_decref(fv);
+                    rc = usage_error("--fault: %s", ferr.msg);
+                    goto out;
+                }
+                json_decref(one);
             }
             {
                 json_t *conf = system_conf(flags, sysname);

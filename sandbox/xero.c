@@ -18,6 +18,26 @@
  *   GET  /api.xro/2.0/Payments[/{id}]
  *   GET  /_sandbox/stats, POST /_sandbox/reset
  *
+ * Settings (all optional; defaults in brackets): client_id ["sandbox-client"],
+ * client_secret ["sandbox-secret"], tenant_id [DEFAULT_TENANT_ID],
+ * tenant_name ["Demo Company (UK)"], base_currency ["GBP"], currencies
+ * [GBP EUR USD JPY], token_ttl_s [1800], accounts [090 and 091 BANK, 200 and
+ * 260 REVENUE, 404 EXPENSE; objects {Code, Name, Type, AccountID?,
+ * EnablePaymentsToAccount?}], limits [{per_minute 60, per_day 5000,
+ * concurrent 5, app_per_minute 10000}; in a given object an absent or 0 key
+ * is unlimited; false disables all], idempotency_max_entries [200000] and
+ * idempotency_max_bytes [512 MiB] (oldest stored replies are evicted beyond
+ * them, counted as idempotency_evictions). Unknown keys are a config error.
+ *
+ * Queries: `where` is a small subset of Xero's Dynamic LINQ: Field==value,
+ * Field=value, Field!=value, Field<>value with "string", guid("..."), or a
+ * bare word; AND OR && || and parentheses. Comparisons ignore case. Fields
+ * are listed in FIELDS; anything else is a 400 QueryParseException that
+ * names the supported ones. An equality on an indexed field (or an AND or
+ * OR of them, or IDs / InvoiceNumbers / ContactIDs) reads the index; other
+ * filters scan. `page` gives 100 (or pageSize, up to 1000) per page and a
+ * "pagination" member; without it every match is returned.
+ *
  * Life of an /api.xro call (api_handler): count it; check the Bearer token
  * (401) and xero-tenant-id (403); admit it against the per-minute, per-day,
  * per-app-minute and concurrency limits (429 with Retry-After and
@@ -35,7 +55,7 @@
  *      the same batch, then, unless summarizeErrors is on and something
  *      failed, commit the valid elements;
  *   3. outside the lock: serialise the reply.
- * Updates of existing invoices merge the stored document with the element and
+ * Updates of existing records merge the stored document with the element and
  * re-run step 1 under the lock; they are rare next to creates.
  *
  * Money: every amount is an int64 in minor units of the document's currency
@@ -46,11 +66,16 @@
  * pb_json_to_minor does) and amounts go out as decimal strings that
  * pb_json_dumps_decimal() writes as exact JSON numbers.
  *
- * Documents: each record holds `doc`, the JSON it is served as. A published
- * doc is immutable (invariant): a change builds a new doc (a shallow
- * json_copy plus the changed members) and swaps it in under the lock.
- * Readers take a reference under the lock and serialise after releasing it;
- * jansson's reference counts are atomic (JANSSON_THREAD_SAFE_REFCOUNT).
+ * Documents: records keep their JSON as compact text, not as jansson trees
+ * (a tree costs ~6 KB a document, the text ~1 KB; 100k+ records must fit).
+ * Contacts and payments keep their whole document; an invoice keeps a
+ * `head` (the members only an update changes) and render_invoice() appends
+ * the members payments change (Status, AmountDue, AmountPaid, Payments, ...)
+ * from typed fields. Creates build their text in step 1 with jansson and
+ * pb_json_dumps_decimal(); under the lock only plain text is appended
+ * (out_jstr escapes as jansson does). Reads render under the data lock
+ * (a memcpy per record) into the reply buffer, so a record never needs to
+ * outlive the lock. Updates parse the stored text back into a tree.
  *
  * Indexes: chained hash tables (struct hidx) from a key to records, case-
  * insensitive, several records per key: contacts by ContactID, Name,
@@ -64,11 +89,16 @@
  * counters. Handlers may block (thread per connection); a request that finds
  * its Idempotency-Key in flight waits on `idem_cond` for the first to finish.
  *
+ * Rejected: a jansson tree per record (simplest, but ~6 KB a record and a
+ * re-serialisation per read); one mutex for everything (a token check or a
+ * rate-limit decision would wait behind a 100k-record listing).
+ *
  * Not emulated: tax rates (TotalTax is always 0), discounts, tracking,
  * credit notes, overpayments, deleting payments, If-Modified-Since, `order`.
  */
 #include <ctype.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -256,14 +286,19 @@ static void hidx_clear(struct hidx *ix)
 
 /* ==== records =================================================================== */
 
+enum entity { E_CONTACT, E_INVOICE, E_PAYMENT };
+
 struct contact {
     uint64_t seq;               /* creation order, for stable listing */
     char id[37];
     char *name;                 /* owned, never NULL */
     char *email;                /* owned, "" when none */
     int archived;               /* ContactStatus ARCHIVED */
-    json_t *doc;                /* published, immutable */
+    char *text;                 /* owned: the whole document, compact JSON */
+    size_t len;
 };
+
+struct payment;
 
 struct invoice {
     uint64_t seq;
@@ -273,9 +308,16 @@ struct invoice {
     char type[8];               /* ACCREC | ACCPAY */
     char status[12];            /* DRAFT SUBMITTED AUTHORISED PAID VOIDED DELETED */
     char currency[4];
-    char contact_id[37];
+    char contact_id[37];        /* index key, = contact->id */
+    struct contact *contact;    /* borrowed: contacts live until reset */
     int64_t total, paid, due;   /* minor units of currency */
-    json_t *doc;
+    int64_t updated_ms;
+    int64_t fully_paid_days;    /* days since the epoch, -1 until fully paid */
+    struct payment **pays;      /* owned array of borrowed payments, oldest first */
+    size_t n_pays, cap_pays;
+    char *head;                 /* owned: the members only an update changes, as
+                                   compact JSON without the closing brace */
+    size_t head_len;
 };
 
 struct payment {
@@ -286,7 +328,11 @@ struct payment {
     char *invoice_number;       /* owned */
     char status[12];            /* AUTHORISED */
     char type[16];              /* ACCRECPAYMENT | ACCPAYPAYMENT */
-    json_t *doc;
+    char currency[4];
+    int64_t amount;             /* minor units of currency */
+    int64_t date;               /* days since the epoch */
+    char *text;                 /* owned: the whole document (payments never change) */
+    size_t len;
 };
 
 struct account {
@@ -652,7 +698,8 @@ static void reply_json(struct pb_http_response *resp, int status, json_t *body)
     char *text = body ? pb_json_dumps_decimal(body, DECIMAL_KEYS, JSON_REAL_PRECISION(15)) : NULL;
     json_decref(body);
     if (!text) {
-        pb_http_response_error(resp, 500, "internal", "out of memory serialising the reply");
+        pb_http_response_error(resp, 500, "internal",
+                               "could not serialise the reply (out of memory or too large)");
         return;
     }
     pb_http_response_body_take(resp, status, text, strlen(text));
@@ -695,11 +742,130 @@ static json_t *envelope(const char *key, json_t *items)
     new_uuid(id);
     env = json_pack("{s:s,s:s,s:s,s:o}", "Id", id, "Status", "OK", "ProviderName",
                     PROVIDER_NAME, "DateTimeUTC", msdate(now_ms()));
-    if (env)
+    if (env && items)
         json_object_set_new(env, key, items);
     else
         json_decref(items);
     return env;
+}
+
+/* Largest reply built as text; a bigger one is refused (ask for pages). */
+#define TEXT_REPLY_MAX ((size_t)1 << 30)
+
+/* A growing text buffer; after a failure every append is a no-op. */
+struct outbuf {
+    char *p;
+    size_t len, cap;
+    int failed;
+};
+
+static void out_add(struct outbuf *b, const char *s, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        char *np;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        if (cap > TEXT_REPLY_MAX || !(np = realloc(b->p, cap))) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void out_str(struct outbuf *b, const char *s)
+{
+    out_add(b, s, strlen(s));
+}
+
+/* A JSON string literal, escaped as jansson does (UTF-8 passes through). */
+static void out_jstr(struct outbuf *b, const char *s)
+{
+    const char *run = s;
+    out_add(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        if (ch != '"' && ch != '\\' && ch >= 0x20)
+            continue;
+        out_add(b, run, (size_t)(s - run));
+        if (ch == '"' || ch == '\\')
+            snprintf(esc, sizeof(esc), "\\%c", ch);
+        else if (ch == '\n')
+            snprintf(esc, sizeof(esc), "\\n");
+        else if (ch == '\r')
+            snprintf(esc, sizeof(esc), "\\r");
+        else if (ch == '\t')
+            snprintf(esc, sizeof(esc), "\\t");
+        else
+            snprintf(esc, sizeof(esc), "\\u%04x", ch);
+        out_str(b, esc);
+        run = s + 1;
+    }
+    out_add(b, run, (size_t)(s - run));
+    out_add(b, "\"", 1);
+}
+
+static void out_msdate(struct outbuf *b, int64_t ms)
+{
+    char buf[48];
+    snprintf(buf, sizeof(buf), "\"/Date(%" PRId64 "+0000)/\"", ms);
+    out_str(b, buf);
+}
+
+/* An amount as a bare JSON number with the currency's decimals. */
+static void out_money(struct outbuf *b, int64_t minor, const char *currency)
+{
+    char buf[PB_MONEY_DECIMAL_MAX];
+    if (pb_money_format_decimal(minor, currency, buf, sizeof(buf), NULL) != PB_OK)
+        snprintf(buf, sizeof(buf), "null");
+    out_str(b, buf);
+}
+
+/* Compact text of a doc with exact decimals; `open` drops the closing brace. */
+static char *doc_text(json_t *doc, int open, size_t *len)
+{
+    char *t = doc ? pb_json_dumps_decimal(doc, DECIMAL_KEYS, JSON_REAL_PRECISION(15)) : NULL;
+    if (!t)
+        return NULL;
+    *len = strlen(t);
+    if (open && *len > 0)
+        t[--*len] = '\0';
+    return t;
+}
+
+/* {"Id":..,"Status":"OK","ProviderName":..,"DateTimeUTC":..,"key":[ */
+static void envelope_open(struct outbuf *b, const char *key)
+{
+    char id[37];
+    new_uuid(id);
+    out_str(b, "{\"Id\":\"");
+    out_str(b, id);
+    out_str(b, "\",\"Status\":\"OK\",\"ProviderName\":\"" PROVIDER_NAME "\",\"DateTimeUTC\":");
+    out_msdate(b, now_ms());
+    out_str(b, ",\"");
+    out_str(b, key);
+    out_str(b, "\":[");
+}
+
+/* Send a finished text buffer (taken), or a 500 when it failed. */
+static void reply_text(struct pb_http_response *resp, struct outbuf *b)
+{
+    if (b->failed || !b->p) {
+        free(b->p);
+        reply_problem(resp, 500, "InternalError",
+                      "the reply is too large or the sandbox is out of memory; ask by page");
+        return;
+    }
+    pb_http_response_body_take(resp, 200, b->p, b->len);
+    b->p = NULL;
 }
 
 /* Append {"Message":msg} to *errs (created on first use). */
@@ -903,21 +1069,22 @@ static void clear_data(struct xero *x)
     size_t i;
     for (i = 0; i < x->contacts.n; i++) {
         struct contact *c = x->contacts.v[i];
-        json_decref(c->doc);
+        free(c->text);
         free(c->name);
         free(c->email);
         free(c);
     }
     for (i = 0; i < x->invoices.n; i++) {
         struct invoice *inv = x->invoices.v[i];
-        json_decref(inv->doc);
+        free(inv->head);
+        free(inv->pays);
         free(inv->number);
         free(inv->reference);
         free(inv);
     }
     for (i = 0; i < x->payments.n; i++) {
         struct payment *p = x->payments.v[i];
-        json_decref(p->doc);
+        free(p->text);
         free(p->reference);
         free(p->invoice_number);
         free(p);
@@ -1514,34 +1681,138 @@ static const char *opt_str(json_t *obj, const char *key, int *bad)
     return json_string_value(v);
 }
 
+/* ---- rendering stored records (data lock held) ---- */
+
+/* A stored document, with "StatusAttributeString":"OK" when `ok`. */
+static void render_text(struct outbuf *b, const char *text, size_t len, int ok)
+{
+    if (!ok || len == 0) {
+        out_add(b, text, len);
+        return;
+    }
+    out_add(b, text, len - 1);
+    out_str(b, ",\"StatusAttributeString\":\"OK\"}");
+}
+
+static void render_contact_ref(struct outbuf *b, const struct contact *ct)
+{
+    out_str(b, "{\"ContactID\":\"");
+    out_str(b, ct->id);
+    out_str(b, "\",\"Name\":");
+    out_jstr(b, ct->name);
+    out_str(b, "}");
+}
+
+/* An invoice: its head, then the members that payments and numbering change. */
+static void render_invoice(struct outbuf *b, const struct invoice *inv, int ok)
+{
+    out_add(b, inv->head, inv->head_len);
+    out_str(b, ",\"InvoiceNumber\":");
+    out_jstr(b, inv->number);
+    out_str(b, ",\"Contact\":");
+    render_contact_ref(b, inv->contact);
+    out_str(b, ",\"Status\":\"");
+    out_str(b, inv->status);
+    out_str(b, "\",\"AmountDue\":");
+    out_money(b, inv->due, inv->currency);
+    out_str(b, ",\"AmountPaid\":");
+    out_money(b, inv->paid, inv->currency);
+    out_str(b, ",\"Payments\":[");
+    for (size_t i = 0; i < inv->n_pays; i++) {
+        const struct payment *p = inv->pays[i];
+        out_str(b, i ? ",{\"PaymentID\":\"" : "{\"PaymentID\":\"");
+        out_str(b, p->id);
+        out_str(b, "\",\"Date\":");
+        out_msdate(b, p->date * 86400000);
+        out_str(b, ",\"Amount\":");
+        out_money(b, p->amount, p->currency);
+        out_str(b, ",\"CurrencyRate\":1.000000,\"Reference\":");
+        out_jstr(b, p->reference);
+        out_str(b, "}");
+    }
+    out_str(b, "],\"UpdatedDateUTC\":");
+    out_msdate(b, inv->updated_ms);
+    if (inv->fully_paid_days >= 0) {
+        out_str(b, ",\"FullyPaidOnDate\":");
+        out_msdate(b, inv->fully_paid_days * 86400000);
+    }
+    if (ok)
+        out_str(b, ",\"StatusAttributeString\":\"OK\"");
+    out_str(b, "}");
+}
+
+static void render(struct outbuf *b, enum entity ent, const void *rec, int ok)
+{
+    if (ent == E_CONTACT)
+        render_text(b, ((const struct contact *)rec)->text, ((const struct contact *)rec)->len, ok);
+    else if (ent == E_PAYMENT)
+        render_text(b, ((const struct payment *)rec)->text, ((const struct payment *)rec)->len, ok);
+    else
+        render_invoice(b, rec, ok);
+}
+
+/* One element of a write's reply: a saved record rendered under the lock,
+ * or the element as sent with its ValidationErrors. */
+struct out_el {
+    char *text;                 /* owned, NULL when not saved */
+    size_t len;
+    json_t *err;                /* owned error element, or NULL */
+};
+
+static void out_el_render(struct out_el *o, enum entity ent, const void *rec, int ok)
+{
+    struct outbuf b = {0};
+    render(&b, ent, rec, ok);
+    if (b.failed) {
+        free(b.p);
+        return;
+    }
+    o->text = b.p;
+    o->len = b.len;
+}
+
 /* The reply of a write: every element with summarizeErrors=false, else 200
- * with the saved ones or 400 with the failed ones. Takes `items` and `failed`. */
-static void reply_write(struct call *c, const char *key, json_t *items, json_t *failed,
+ * with the saved ones or 400 with the failed ones. Frees the elements. */
+static void reply_write(struct call *c, const char *key, struct out_el *els, size_t n,
                         int n_failed)
 {
+    size_t i;
     if (n_failed && c->summarize) {
-        json_decref(items);
+        json_t *failed = json_array();
+        for (i = 0; i < n; i++)
+            if (els[i].err)
+                json_array_append(failed, els[i].err);
         reply_json(c->resp, 400,
                    json_pack("{s:i,s:s,s:s,s:o}", "ErrorNumber", 10, "Type",
                              "ValidationException", "Message", "A validation exception occurred",
                              "Elements", failed));
-        return;
+    } else {
+        struct outbuf b = {0};
+        size_t k = 0;
+        envelope_open(&b, key);
+        for (i = 0; i < n; i++) {
+            char *t = els[i].text;
+            size_t len = els[i].len;
+            if (!t && els[i].err) {
+                t = doc_text(els[i].err, 0, &len);
+                if (!t)
+                    b.failed = 1;
+            }
+            if (!t)
+                continue;
+            if (k++)
+                out_add(&b, ",", 1);
+            out_add(&b, t, len);
+            if (t != els[i].text)
+                free(t);
+        }
+        out_str(&b, "]}");
+        reply_text(c->resp, &b);
     }
-    json_decref(failed);
-    reply_json(c->resp, 200, envelope(key, items));
-}
-
-/* A reply element for a saved doc: the doc itself, or with summarizeErrors=false
- * a shallow copy marked OK. */
-static json_t *ok_element(const struct call *c, json_t *doc)
-{
-    json_t *e;
-    if (c->summarize)
-        return json_incref(doc);
-    e = json_copy(doc);
-    if (e)
-        json_object_set_new(e, "StatusAttributeString", json_string("OK"));
-    return e;
+    for (i = 0; i < n; i++) {
+        free(els[i].text);
+        json_decref(els[i].err);
+    }
 }
 
 /* ==== Contacts ================================================================================================= */
@@ -1555,7 +1826,10 @@ struct contact_in {
     const char *email;
     const char *status;         /* ACTIVE | ARCHIVED | NULL */
     struct contact *target;     /* resolved update target */
-    json_t *doc;                /* owned result doc when saved */
+    char new_id[37];            /* ContactID if it is created */
+    char *text;                 /* owned document if it is created (built in step 1) */
+    size_t len;
+    struct out_el out;          /* its reply element */
 };
 
 static const char *const CONTACT_STRINGS[] = {"FirstName", "LastName", "AccountNumber",
@@ -1702,25 +1976,27 @@ static int contact_index(struct xero *x, struct contact *ct)
            hidx_add(&x->c_email, ct->email, ct);
 }
 
-/* Create a contact from a prepared doc (data held). Takes `doc`. */
-static struct contact *contact_insert(struct xero *x, const char *id, json_t *doc)
+/* Create a contact from its document text (taken) (data held). */
+static struct contact *contact_insert(struct xero *x, const char *id, const char *name,
+                                      const char *email, int archived, char *text, size_t len)
 {
     struct contact *ct = calloc(1, sizeof(*ct));
-    const char *status = json_string_value(json_object_get(doc, "ContactStatus"));
-    if (!ct) {
-        json_decref(doc);
+    if (!ct || !(ct->name = xstrdup(name)) || !(ct->email = xstrdup(email)) ||
+        vec_push(&x->contacts, ct)) {
+        if (ct) {
+            free(ct->name);
+            free(ct->email);
+        }
+        free(ct);
+        free(text);
         return NULL;
     }
     copy_str(ct->id, sizeof(ct->id), id);
-    ct->name = xstrdup(json_string_value(json_object_get(doc, "Name")));
-    ct->email = xstrdup(json_string_value(json_object_get(doc, "EmailAddress")));
-    ct->archived = status && !strcmp(status, "ARCHIVED");
-    ct->doc = doc;
+    ct->archived = archived;
+    ct->text = text;
+    ct->len = len;
     ct->seq = ++x->seq;
-    if (!ct->name || !ct->email || vec_push(&x->contacts, ct) || contact_index(x, ct)) {
-        /* Out of memory half-way: the record stays listed if pushed. */
-        return NULL;
-    }
+    contact_index(x, ct);
     return ct;
 }
 
@@ -1735,18 +2011,46 @@ static json_t *contact_new_doc(const char *id, json_t *patch, int64_t now)
     return doc;
 }
 
-/* Apply a prepared update to an existing contact (data held). */
+/* The contact an invoice creates for a new name, built as text (data held). */
+static struct contact *contact_insert_named(struct xero *x, const char *name, int64_t now)
+{
+    struct outbuf b = {0};
+    char id[37];
+    new_uuid(id);
+    out_str(&b, "{\"ContactID\":\"");
+    out_str(&b, id);
+    out_str(&b, "\",\"ContactStatus\":\"ACTIVE\",\"Name\":");
+    out_jstr(&b, name);
+    out_str(&b, ",\"EmailAddress\":\"\",\"Addresses\":[],\"Phones\":[],\"UpdatedDateUTC\":");
+    out_msdate(&b, now);
+    out_str(&b, ",\"IsSupplier\":false,\"IsCustomer\":false,\"HasValidationErrors\":false}");
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    return contact_insert(x, id, name, "", 0, b.p, b.len);
+}
+
+/* Apply a patch to an existing contact (data held). Re-reads its stored
+ * text; updates are rarer than creates. */
 static int contact_update(struct xero *x, struct contact *ct, json_t *patch, int64_t now)
 {
-    json_t *doc = json_copy(ct->doc);
+    json_t *doc = json_loadb(ct->text, ct->len, 0, NULL);
     const char *name, *email, *status;
+    char *text;
+    size_t len;
     if (!doc)
         return -1;
     json_object_update(doc, patch);
     json_object_set_new(doc, "UpdatedDateUTC", msdate(now));
+    text = doc_text(doc, 0, &len);
     name = json_string_value(json_object_get(doc, "Name"));
     email = json_string_value(json_object_get(doc, "EmailAddress"));
     status = json_string_value(json_object_get(doc, "ContactStatus"));
+    if (!text) {
+        json_decref(doc);
+        return -1;
+    }
     hidx_del(&x->c_name, ct->name, ct);
     hidx_del(&x->c_email, ct->email, ct);
     set_str(&ct->name, name);
@@ -1754,16 +2058,19 @@ static int contact_update(struct xero *x, struct contact *ct, json_t *patch, int
     hidx_add(&x->c_name, ct->name, ct);
     hidx_add(&x->c_email, ct->email, ct);
     ct->archived = status && !strcmp(status, "ARCHIVED");
-    json_decref(ct->doc);
-    ct->doc = doc;
+    free(ct->text);
+    ct->text = text;
+    ct->len = len;
+    json_decref(doc);
     return 0;
 }
 
 static void contacts_write(struct call *c, int is_put)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "Contacts", &root), *items, *failed;
+    json_t *root, *arr = body_elements(c, "Contacts", &root);
     struct contact_in *in;
+    struct out_el *els;
     struct hidx batch_names = {0};
     size_t n, i;
     int n_failed = 0;
@@ -1771,16 +2078,31 @@ static void contacts_write(struct call *c, int is_put)
         return;
     n = json_array_size(arr);
     in = calloc(n ? n : 1, sizeof(*in));
-    if (!in) {
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !els) {
+        free(in);
+        free(els);
         json_decref(root);
         reply_problem(c->resp, 500, "InternalError", "out of memory");
         return;
     }
+    /* Step 1: check each element and build its document in case it is new. */
     for (i = 0; i < n; i++) {
-        in[i].src = json_array_get(arr, i);
-        contact_check(&in[i]);
+        struct contact_in *ci = &in[i];
+        ci->src = json_array_get(arr, i);
+        contact_check(ci);
+        if (!ci->errs) {
+            json_t *doc;
+            new_uuid(ci->new_id);
+            doc = contact_new_doc(ci->new_id, ci->patch, c->now_ms);
+            ci->text = doc_text(doc, 0, &ci->len);
+            json_decref(doc);
+            if (!ci->text)
+                add_error(&ci->errs, "The sandbox ran out of memory");
+        }
     }
 
+    /* Step 2: resolve against the state and the batch, then commit. */
     pthread_mutex_lock(&x->data);
     for (i = 0; i < n; i++) {
         struct contact_in *ci = &in[i];
@@ -1820,43 +2142,42 @@ static void contacts_write(struct call *c, int is_put)
     if (!(n_failed && c->summarize)) {
         for (i = 0; i < n; i++) {
             struct contact_in *ci = &in[i];
+            struct contact *saved = NULL;
             if (ci->errs)
                 continue;
             if (ci->target) {
-                contact_update(x, ci->target, ci->patch, c->now_ms);
-                ci->doc = json_incref(ci->target->doc);
+                if (contact_update(x, ci->target, ci->patch, c->now_ms) == 0)
+                    saved = ci->target;
             } else {
-                char id[37];
-                json_t *doc;
-                new_uuid(id);
-                doc = contact_new_doc(id, ci->patch, c->now_ms);
-                if (doc && contact_insert(x, id, json_incref(doc)))
-                    ci->doc = doc;
-                else
-                    json_decref(doc);
+                const char *status = json_string_value(json_object_get(ci->patch,
+                                                                       "ContactStatus"));
+                saved = contact_insert(x, ci->new_id, ci->name, ci->email ? ci->email : "",
+                                       status && !strcmp(status, "ARCHIVED"), ci->text, ci->len);
+                ci->text = NULL;
+            }
+            if (saved)
+                out_el_render(&els[i], E_CONTACT, saved, !c->summarize);
+            if (!els[i].text) {
+                add_error(&ci->errs, "The sandbox ran out of memory saving this contact");
+                n_failed++;
             }
         }
     }
     pthread_mutex_unlock(&x->data);
     hidx_clear(&batch_names);
 
-    items = json_array();
-    failed = json_array();
+    /* Step 3: the reply. */
     for (i = 0; i < n; i++) {
         struct contact_in *ci = &in[i];
-        if (ci->errs) {
-            json_t *e = error_element(ci->src, ci->errs, "HasValidationErrors");
-            json_array_append(failed, e);
-            json_array_append_new(items, e);
-        } else if (ci->doc) {
-            json_array_append_new(items, ok_element(c, ci->doc));
-        }
+        if (ci->errs)
+            els[i].err = error_element(ci->src, ci->errs, "HasValidationErrors");
         json_decref(ci->errs);
         json_decref(ci->patch);
-        json_decref(ci->doc);
+        free(ci->text);
     }
     free(in);
-    reply_write(c, "Contacts", items, failed, n_failed);
+    reply_write(c, "Contacts", els, n, n_failed);
+    free(els);
     json_decref(root);
 }
 
@@ -1890,7 +2211,10 @@ struct invoice_in {
     struct contact_in *new_contact; /* or a contact to create (batch-shared) */
     struct invoice_in *upd;     /* owned: the checked merge of an update */
     struct contact *upd_ct;     /* its contact */
-    json_t *doc;                /* owned result doc */
+    char new_id[37];            /* InvoiceID if it is created */
+    char *head;                 /* owned head text if it is created (built in step 1) */
+    size_t head_len;
+    struct invoice *saved;      /* the record once committed */
 };
 
 static void invoice_in_free(struct invoice_in *ii)
@@ -1904,7 +2228,7 @@ static void invoice_in_free(struct invoice_in *ii)
     free(ii->lines);
     json_decref(ii->errs);
     json_decref(ii->merged);
-    json_decref(ii->doc);
+    free(ii->head);
 }
 
 static int one_of(const char *s, const char *const *set)
@@ -2151,26 +2475,32 @@ static void invoice_finalize(struct invoice_in *ii)
     ii->finalized = 1;
 }
 
-/* The document of an invoice, without ID, number and contact (set at commit). */
-static json_t *invoice_base_doc(const struct invoice_in *ii)
+/* The head of an invoice: every member except those render_invoice() adds
+ * from the record (number, contact, status, amounts due and paid, payments,
+ * dates of change). Returns compact text without the closing brace. */
+static char *invoice_head(const struct invoice_in *ii, const char *id, size_t *len)
 {
     json_t *lines = json_array(), *doc;
+    char *text;
     for (size_t i = 0; i < ii->n_lines; i++)
         json_array_append(lines, ii->lines[i].doc);
-    doc = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s,s:s,"
-                    "s:[],s:[],s:[],s:[],s:b,s:b,s:b,s:b}",
-                    "Type", ii->type, "Reference", ii->reference ? ii->reference : "", "Date",
-                    msdate(ii->date * 86400000), "DateString", date_string(ii->date), "DueDate",
-                    msdate(ii->due * 86400000), "DueDateString", date_string(ii->due), "Status",
-                    ii->status, "LineAmountTypes", ii->lat, "LineItems", lines, "SubTotal",
-                    money_json(ii->total, ii->currency), "TotalTax",
-                    money_json(0, ii->currency), "Total", money_json(ii->total, ii->currency),
-                    "AmountDue", money_json(ii->total, ii->currency), "AmountPaid",
-                    money_json(0, ii->currency), "AmountCredited", money_json(0, ii->currency),
-                    "CurrencyCode", ii->currency, "CurrencyRate", "1.000000", "Payments",
-                    "CreditNotes", "Prepayments", "Overpayments", "HasErrors", 0, "IsDiscounted",
-                    0, "HasAttachments", 0, "SentToContact", 0);
-    return doc;
+    doc = json_pack("{s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:s,"
+                    "s:[],s:[],s:[],s:b,s:b,s:b,s:b}",
+                    "Type", ii->type, "InvoiceID", id, "Reference",
+                    ii->reference ? ii->reference : "", "Date", msdate(ii->date * 86400000),
+                    "DateString", date_string(ii->date), "DueDate", msdate(ii->due * 86400000),
+                    "DueDateString", date_string(ii->due), "LineAmountTypes", ii->lat,
+                    "LineItems", lines, "SubTotal", money_json(ii->total, ii->currency),
+                    "TotalTax", money_json(0, ii->currency), "Total",
+                    money_json(ii->total, ii->currency), "AmountCredited",
+                    money_json(0, ii->currency), "CurrencyCode", ii->currency, "CurrencyRate",
+                    "1.000000", "CreditNotes", "Prepayments", "Overpayments", "HasErrors", 0,
+                    "IsDiscounted", 0, "HasAttachments", 0, "SentToContact",
+                    json_is_true(json_object_get(ii->merged ? ii->merged : ii->src,
+                                                 "SentToContact")));
+    text = doc_text(doc, 1, len);
+    json_decref(doc);
+    return text;
 }
 
 static int invoice_index(struct xero *x, struct invoice *inv)
@@ -2201,11 +2531,6 @@ static int number_taken(struct xero *x, const char *number, const struct invoice
             return 1;
     }
     return 0;
-}
-
-static json_t *contact_ref_json(const struct contact *ct)
-{
-    return json_pack("{s:s,s:s}", "ContactID", ct->id, "Name", ct->name);
 }
 
 /* Which status changes an update may make. */
@@ -2262,7 +2587,6 @@ static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *
             if (!ii->new_contact) {
                 struct contact_in *pc = &pending_contacts[(*n_pending)++];
                 pc->name = ii->contact_name;
-                pc->patch = json_pack("{s:s}", "Name", ii->contact_name);
                 hidx_add(batch_contacts, pc->name, pc);
                 ii->new_contact = pc;
             }
@@ -2286,23 +2610,19 @@ static void next_number(struct xero *x, const struct hidx *batch, char *buf, siz
     while (hidx_find(&x->i_number, buf) || hidx_find(batch, buf));
 }
 
-/* Step 2 commit of a new invoice (data held). */
+/* Step 2 commit of a new invoice (data held); takes ii->head. */
 static void invoice_commit_new(struct call *c, struct invoice_in *ii, const struct hidx *batch)
 {
     struct xero *x = c->x;
     struct invoice *inv = calloc(1, sizeof(*inv));
     struct contact *ct = ii->contact;
-    char number[64] = "";
-    json_t *doc = invoice_base_doc(ii);
-    if (!inv || !doc)
+    char number[256] = "";
+    if (!inv)
         goto oom;
     if (!ct && ii->new_contact) {
         struct contact_in *pc = ii->new_contact;
-        if (!pc->target) {   /* first invoice to use it creates it */
-            char id[37];
-            new_uuid(id);
-            pc->target = contact_insert(x, id, contact_new_doc(id, pc->patch, c->now_ms));
-        }
+        if (!pc->target)    /* the first invoice to use it creates it */
+            pc->target = contact_insert_named(x, pc->name, c->now_ms);
         ct = pc->target;
     }
     if (!ct)
@@ -2311,28 +2631,27 @@ static void invoice_commit_new(struct call *c, struct invoice_in *ii, const stru
         copy_str(number, sizeof(number), ii->number);
     else if (!strcmp(ii->type, "ACCREC"))
         next_number(x, batch, number, sizeof(number));
-    new_uuid(inv->id);
+    copy_str(inv->id, sizeof(inv->id), ii->new_id);
     inv->number = xstrdup(number);
     inv->reference = xstrdup(ii->reference);
+    if (!inv->number || !inv->reference || vec_push(&x->invoices, inv))
+        goto oom;
     copy_str(inv->type, sizeof(inv->type), ii->type);
     copy_str(inv->status, sizeof(inv->status), ii->status);
     copy_str(inv->currency, sizeof(inv->currency), ii->currency);
     copy_str(inv->contact_id, sizeof(inv->contact_id), ct->id);
+    inv->contact = ct;
     inv->total = inv->due = ii->total;
-    json_object_set_new(doc, "InvoiceID", json_string(inv->id));
-    json_object_set_new(doc, "InvoiceNumber", json_string(number));
-    json_object_set_new(doc, "Contact", contact_ref_json(ct));
-    json_object_set_new(doc, "UpdatedDateUTC", msdate(c->now_ms));
-    inv->doc = doc;
+    inv->updated_ms = c->now_ms;
+    inv->fully_paid_days = -1;
+    inv->head = ii->head;
+    inv->head_len = ii->head_len;
+    ii->head = NULL;
     inv->seq = ++x->seq;
-    if (!inv->number || !inv->reference)
-        goto oom;
     if (ref_taken(&x->i_ref, inv->reference, inv))
         x->dup_invoice_refs++;
-    if (vec_push(&x->invoices, inv))
-        goto oom;
     invoice_index(x, inv);
-    ii->doc = json_incref(doc);
+    ii->saved = inv;
     return;
 oom:
     if (inv) {
@@ -2340,8 +2659,18 @@ oom:
         free(inv->reference);
     }
     free(inv);
-    json_decref(doc);
     add_error(&ii->errs, "The sandbox ran out of memory saving this invoice");
+}
+
+/* The stored invoice as a JSON tree (data held). */
+static json_t *invoice_tree(const struct invoice *inv)
+{
+    struct outbuf b = {0};
+    json_t *j;
+    render_invoice(&b, inv, 0);
+    j = b.failed ? NULL : json_loadb(b.p, b.len, 0, NULL);
+    free(b.p);
+    return j;
 }
 
 /* Check an update of an existing invoice (data held): merge the stored doc
@@ -2367,7 +2696,7 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
         return;
     }
     m = calloc(1, sizeof(*m));
-    if (!m || !(m->merged = json_copy(old->doc))) {
+    if (!m || !(m->merged = invoice_tree(old))) {
         free(m);
         add_error(&ii->errs, "out of memory");
         return;
@@ -2403,6 +2732,8 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
         if (!ii->upd_ct)
             add_error(&m->errs, "The contact could not be found.");
     }
+    if (!m->errs && !(m->head = invoice_head(m, old->id, &m->head_len)))
+        add_error(&m->errs, "out of memory");
     if (m->errs) {
         ii->errs = m->errs;
         m->errs = NULL;
@@ -2413,32 +2744,17 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
     ii->upd = m;
 }
 
-/* Apply a prepared update (data held): new doc, re-index, swap. */
+/* Apply a prepared update (data held): swap the head, re-index. */
 static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
 {
     struct xero *x = c->x;
     struct invoice *old = ii->target;
     struct invoice_in *m = ii->upd;
     struct contact *ct = ii->upd_ct;
-    json_t *doc = invoice_base_doc(m);
     int64_t due = m->total - old->paid;
     const char *status = m->status;
-    if (!doc) {
-        add_error(&ii->errs, "The sandbox ran out of memory saving this invoice");
-        return;
-    }
     if (!strcmp(status, "AUTHORISED") && due == 0 && old->paid > 0)
         status = "PAID";
-    json_object_set_new(doc, "InvoiceID", json_string(old->id));
-    json_object_set_new(doc, "InvoiceNumber", json_string(m->number ? m->number : old->number));
-    json_object_set_new(doc, "Contact", contact_ref_json(ct));
-    json_object_set_new(doc, "Status", json_string(status));
-    json_object_set_new(doc, "AmountDue", money_json(due, m->currency));
-    json_object_set_new(doc, "AmountPaid", money_json(old->paid, m->currency));
-    json_object_set(doc, "Payments", json_object_get(old->doc, "Payments"));
-    if (json_object_get(old->doc, "FullyPaidOnDate"))
-        json_object_set(doc, "FullyPaidOnDate", json_object_get(old->doc, "FullyPaidOnDate"));
-    json_object_set_new(doc, "UpdatedDateUTC", msdate(c->now_ms));
     /* Keys leave their index before their record changes them. */
     hidx_del(&x->i_number, old->number, old);
     hidx_del(&x->i_ref, old->reference, old);
@@ -2450,25 +2766,30 @@ static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
         x->dup_invoice_refs++;
     set_str(&old->reference, m->reference);
     copy_str(old->contact_id, sizeof(old->contact_id), ct->id);
+    old->contact = ct;
     copy_str(old->status, sizeof(old->status), status);
     copy_str(old->type, sizeof(old->type), m->type);
     copy_str(old->currency, sizeof(old->currency), m->currency);
     old->total = m->total;
     old->due = due;
+    old->updated_ms = c->now_ms;
     hidx_add(&x->i_number, old->number, old);
     hidx_add(&x->i_ref, old->reference, old);
     hidx_add(&x->i_contact, old->contact_id, old);
-    json_decref(old->doc);
-    old->doc = doc;
-    ii->doc = json_incref(doc);
+    free(old->head);
+    old->head = m->head;
+    old->head_len = m->head_len;
+    m->head = NULL;
+    ii->saved = old;
 }
 
 static void invoices_write(struct call *c, int is_put, const char *path_id)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "Invoices", &root), *items, *failed;
+    json_t *root, *arr = body_elements(c, "Invoices", &root);
     struct invoice_in *in;
     struct contact_in *pending;
+    struct out_el *els;
     struct hidx batch_numbers = {0}, batch_contacts = {0};
     size_t n, i, n_pending = 0;
     int n_failed = 0;
@@ -2483,14 +2804,17 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
     }
     in = calloc(n ? n : 1, sizeof(*in));
     pending = calloc(n ? n : 1, sizeof(*pending));
-    if (!in || !pending) {
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !pending || !els) {
         free(in);
         free(pending);
+        free(els);
         json_decref(root);
         reply_problem(c->resp, 500, "InternalError", "out of memory");
         return;
     }
-    /* Step 1: elements that name an existing invoice are checked later, merged. */
+    /* Step 1: check creates and build their heads; elements that name an
+     * existing invoice are checked in step 2, merged with it. */
     for (i = 0; i < n; i++) {
         struct invoice_in *ii = &in[i];
         json_t *e = json_array_get(arr, i);
@@ -2502,6 +2826,11 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
             continue;   /* maybe an update: decided under the lock */
         invoice_check(c, ii, e, 0);
         invoice_finalize(ii);
+        if (!ii->errs) {
+            new_uuid(ii->new_id);
+            if (!(ii->head = invoice_head(ii, ii->new_id, &ii->head_len)))
+                add_error(&ii->errs, "The sandbox ran out of memory");
+        }
     }
 
     /* Step 2: resolve every element, then commit unless something failed
@@ -2528,9 +2857,14 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
                 invoice_prepare_update(c, ii, &batch_numbers);
                 continue;
             }
-            /* A create after all: step 1 here (rare: POST with a new number). */
+            /* A create after all (POST with a new number): step 1 here, rare. */
             invoice_check(c, ii, e, 0);
             invoice_finalize(ii);
+            if (!ii->errs) {
+                new_uuid(ii->new_id);
+                if (!(ii->head = invoice_head(ii, ii->new_id, &ii->head_len)))
+                    add_error(&ii->errs, "The sandbox ran out of memory");
+            }
         }
         invoice_resolve(c, ii, &batch_numbers, &batch_contacts, pending, &n_pending);
     }
@@ -2545,31 +2879,30 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
                 invoice_apply_update(c, ii);
             else
                 invoice_commit_new(c, ii, &batch_numbers);
-            n_failed += ii->errs != NULL;   /* out of memory only */
+            if (ii->saved)
+                out_el_render(&els[i], E_INVOICE, ii->saved, !c->summarize);
+            if (!els[i].text) {
+                if (!ii->errs)
+                    add_error(&ii->errs, "The sandbox ran out of memory");
+                n_failed++;
+            }
         }
     }
     pthread_mutex_unlock(&x->data);
     hidx_clear(&batch_numbers);
     hidx_clear(&batch_contacts);
-    for (i = 0; i < n_pending; i++)
-        json_decref(pending[i].patch);
     free(pending);
 
-    items = json_array();
-    failed = json_array();
+    /* Step 3: the reply. */
     for (i = 0; i < n; i++) {
         struct invoice_in *ii = &in[i];
-        if (ii->errs) {
-            json_t *e = error_element(ii->src, ii->errs, "HasErrors");
-            json_array_append(failed, e);
-            json_array_append_new(items, e);
-        } else if (ii->doc) {
-            json_array_append_new(items, ok_element(c, ii->doc));
-        }
+        if (ii->errs)
+            els[i].err = error_element(ii->src, ii->errs, "HasErrors");
         invoice_in_free(ii);
     }
     free(in);
-    reply_write(c, "Invoices", items, failed, n_failed);
+    reply_write(c, "Invoices", els, n, n_failed);
+    free(els);
     json_decref(root);
 }
 
@@ -2584,10 +2917,13 @@ struct payment_in {
     json_t *amount;             /* borrowed Amount as sent */
     int64_t date;
     const char *reference;      /* borrowed */
+    char new_id[37];            /* PaymentID */
+    char *head;                 /* owned: the members known before the lock, open text */
+    size_t head_len;
     /* resolution */
     struct invoice *invoice;
     int64_t minor;
-    json_t *doc;                /* owned result */
+    struct payment *saved;
 };
 
 static void payment_check(struct call *c, struct payment_in *pi)
@@ -2640,85 +2976,107 @@ static void payment_check(struct call *c, struct payment_in *pi)
         add_error(&pi->errs, "Reference must be a string");
     else if (pi->reference && strlen(pi->reference) > NAME_MAX_LEN)
         add_error(&pi->errs, "Reference must be at most 255 characters");
+    if (!pi->errs) {
+        json_t *doc;
+        new_uuid(pi->new_id);
+        doc = json_pack("{s:s,s:o,s:o,s:s,s:s,s:s,s:b,s:b,s:b,s:{s:s,s:s,s:s}}", "PaymentID",
+                        pi->new_id, "Date", msdate(pi->date * 86400000), "DateString",
+                        date_string(pi->date), "Reference", pi->reference ? pi->reference : "",
+                        "Status", "AUTHORISED", "CurrencyRate", "1.000000", "HasAccount", 1,
+                        "IsReconciled", 0, "HasValidationErrors", 0, "Account", "AccountID",
+                        pi->account->id, "Code", pi->account->code, "Name", pi->account->name);
+        pi->head = doc_text(doc, 1, &pi->head_len);
+        json_decref(doc);
+        if (!pi->head)
+            add_error(&pi->errs, "The sandbox ran out of memory");
+    }
 }
 
-/* Apply a payment to its invoice and create the record (data held). */
+/* Apply a payment to its invoice and create the record (data held). The
+ * document is the head from step 1 plus what only the state knows, written
+ * as text: no JSON library work here. */
 static void payment_commit(struct call *c, struct payment_in *pi)
 {
     struct xero *x = c->x;
     struct invoice *inv = pi->invoice;
     struct payment *p = calloc(1, sizeof(*p));
     const char *type = !strcmp(inv->type, "ACCPAY") ? "ACCPAYPAYMENT" : "ACCRECPAYMENT";
-    json_t *pdoc = NULL, *idoc = NULL, *pays = NULL, *summary;
     int64_t paid = inv->paid + pi->minor, due = inv->due - pi->minor;
-    const char *status = due == 0 ? "PAID" : inv->status;
+    struct outbuf b = {0};
 
-    if (!p)
+    if (!p || !(p->reference = xstrdup(pi->reference)) ||
+        !(p->invoice_number = xstrdup(inv->number)))
         goto oom;
-    new_uuid(p->id);
-    p->reference = xstrdup(pi->reference);
-    p->invoice_number = xstrdup(inv->number);
+    if (inv->n_pays == inv->cap_pays) {
+        size_t cap = inv->cap_pays ? inv->cap_pays * 2 : 2;
+        struct payment **np = realloc(inv->pays, cap * sizeof(*np));
+        if (!np)
+            goto oom;
+        inv->pays = np;
+        inv->cap_pays = cap;
+    }
+    copy_str(p->id, sizeof(p->id), pi->new_id);
     copy_str(p->invoice_id, sizeof(p->invoice_id), inv->id);
     copy_str(p->status, sizeof(p->status), "AUTHORISED");
     copy_str(p->type, sizeof(p->type), type);
-    pdoc = json_pack("{s:s,s:o,s:o,s:o,s:o,s:s,s:s,s:s,s:s,s:o,s:b,s:b,s:b,"
-                     "s:{s:s,s:s,s:s},s:{s:s,s:s,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:s}}",
-                     "PaymentID", p->id, "Date", msdate(pi->date * 86400000), "Amount",
-                     money_json(pi->minor, inv->currency), "BankAmount",
-                     money_json(pi->minor, inv->currency), "CurrencyRate",
-                     json_string("1.000000"), "Reference", p->reference, "Status", "AUTHORISED",
-                     "PaymentType", type, "CurrencyCode", inv->currency, "UpdatedDateUTC",
-                     msdate(c->now_ms), "HasAccount", 1, "IsReconciled", 0,
-                     "HasValidationErrors", 0, "Account", "AccountID", pi->account->id, "Code",
-                     pi->account->code, "Name", pi->account->name, "Invoice", "Type", inv->type,
-                     "InvoiceID", inv->id, "InvoiceNumber", inv->number, "Reference",
-                     inv->reference, "Status", status, "Contact",
-                     json_incref(json_object_get(inv->doc, "Contact")), "Total",
-                     money_json(inv->total, inv->currency), "AmountDue",
-                     money_json(due, inv->currency), "AmountPaid",
-                     money_json(paid, inv->currency), "CurrencyCode", inv->currency);
-    summary = json_pack("{s:s,s:o,s:o,s:s,s:s}", "PaymentID", p->id, "Date",
-                        msdate(pi->date * 86400000), "Amount",
-                        money_json(pi->minor, inv->currency), "CurrencyRate", "1.000000",
-                        "Reference", p->reference ? p->reference : "");
-    idoc = json_copy(inv->doc);
-    pays = json_copy(json_object_get(inv->doc, "Payments"));
-    if (!pays)
-        pays = json_array();
-    if (!pdoc || !summary || !idoc || !pays || !p->reference || !p->invoice_number) {
-        json_decref(summary);
+    copy_str(p->currency, sizeof(p->currency), inv->currency);
+    p->amount = pi->minor;
+    p->date = pi->date;
+
+    out_add(&b, pi->head, pi->head_len);
+    out_str(&b, ",\"Amount\":");
+    out_money(&b, pi->minor, inv->currency);
+    out_str(&b, ",\"BankAmount\":");
+    out_money(&b, pi->minor, inv->currency);
+    out_str(&b, ",\"CurrencyCode\":\"");
+    out_str(&b, inv->currency);
+    out_str(&b, "\",\"PaymentType\":\"");
+    out_str(&b, type);
+    out_str(&b, "\",\"UpdatedDateUTC\":");
+    out_msdate(&b, c->now_ms);
+    out_str(&b, ",\"Invoice\":{\"Type\":\"");
+    out_str(&b, inv->type);
+    out_str(&b, "\",\"InvoiceID\":\"");
+    out_str(&b, inv->id);
+    out_str(&b, "\",\"InvoiceNumber\":");
+    out_jstr(&b, inv->number);
+    out_str(&b, ",\"Reference\":");
+    out_jstr(&b, inv->reference);
+    out_str(&b, ",\"Status\":\"");
+    out_str(&b, due == 0 ? "PAID" : inv->status);
+    out_str(&b, "\",\"Contact\":");
+    render_contact_ref(&b, inv->contact);
+    out_str(&b, ",\"Total\":");
+    out_money(&b, inv->total, inv->currency);
+    out_str(&b, ",\"AmountDue\":");
+    out_money(&b, due, inv->currency);
+    out_str(&b, ",\"AmountPaid\":");
+    out_money(&b, paid, inv->currency);
+    out_str(&b, ",\"CurrencyCode\":\"");
+    out_str(&b, inv->currency);
+    out_str(&b, "\"}}");
+    if (b.failed || vec_push(&x->payments, p))
         goto oom;
-    }
-    json_array_append_new(pays, summary);
-    json_object_set_new(idoc, "Payments", pays);
-    pays = NULL;
-    json_object_set_new(idoc, "AmountPaid", money_json(paid, inv->currency));
-    json_object_set_new(idoc, "AmountDue", money_json(due, inv->currency));
-    json_object_set_new(idoc, "Status", json_string(status));
-    json_object_set_new(idoc, "UpdatedDateUTC", msdate(c->now_ms));
-    if (due == 0)
-        json_object_set_new(idoc, "FullyPaidOnDate", msdate(pi->date * 86400000));
-    p->doc = pdoc;
+    p->text = b.p;
+    p->len = b.len;
     p->seq = ++x->seq;
-    if (vec_push(&x->payments, p))
-        goto oom;
     if (ref_taken(&x->p_ref, p->reference, p))
         x->dup_payment_refs++;
     hidx_add(&x->p_id, p->id, p);
     hidx_add(&x->p_ref, p->reference, p);
     hidx_add(&x->p_invoice, p->invoice_id, p);
+    inv->pays[inv->n_pays++] = p;
     inv->paid = paid;
     inv->due = due;
-    if (due == 0)   /* `status` may point at inv->status itself */
+    inv->updated_ms = c->now_ms;
+    if (due == 0) {
         copy_str(inv->status, sizeof(inv->status), "PAID");
-    json_decref(inv->doc);
-    inv->doc = idoc;
-    pi->doc = json_incref(pdoc);
+        inv->fully_paid_days = pi->date;
+    }
+    pi->saved = p;
     return;
 oom:
-    json_decref(pdoc);
-    json_decref(idoc);
-    json_decref(pays);
+    free(b.p);
     if (p) {
         free(p->reference);
         free(p->invoice_number);
@@ -2736,8 +3094,9 @@ struct claim {
 static void payments_write(struct call *c, int single)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "Payments", &root), *items, *failed;
+    json_t *root, *arr = body_elements(c, "Payments", &root);
     struct payment_in *in;
+    struct out_el *els;
     struct claim *claims;
     struct hidx batch = {0};
     size_t n, i, n_claims = 0;
@@ -2753,9 +3112,11 @@ static void payments_write(struct call *c, int single)
     }
     in = calloc(n ? n : 1, sizeof(*in));
     claims = calloc(n ? n : 1, sizeof(*claims));
-    if (!in || !claims) {
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !claims || !els) {
         free(in);
         free(claims);
+        free(els);
         json_decref(root);
         reply_problem(c->resp, 500, "InternalError", "out of memory");
         return;
@@ -2806,36 +3167,38 @@ static void payments_write(struct call *c, int single)
     }
     for (i = 0; i < n; i++)
         n_failed += in[i].errs != NULL;
-    if (!(n_failed && c->summarize))
-        for (i = 0; i < n; i++)
-            if (!in[i].errs)
-                payment_commit(c, &in[i]);
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            if (in[i].errs)
+                continue;
+            payment_commit(c, &in[i]);
+            if (in[i].saved)
+                out_el_render(&els[i], E_PAYMENT, in[i].saved, !c->summarize);
+            if (!els[i].text) {
+                if (!in[i].errs)
+                    add_error(&in[i].errs, "The sandbox ran out of memory");
+                n_failed++;
+            }
+        }
+    }
     pthread_mutex_unlock(&x->data);
     hidx_clear(&batch);
     free(claims);
 
-    items = json_array();
-    failed = json_array();
     for (i = 0; i < n; i++) {
         struct payment_in *pi = &in[i];
-        if (pi->errs) {
-            json_t *e = error_element(pi->src, pi->errs, "HasValidationErrors");
-            json_array_append(failed, e);
-            json_array_append_new(items, e);
-        } else if (pi->doc) {
-            json_array_append_new(items, ok_element(c, pi->doc));
-        }
+        if (pi->errs)
+            els[i].err = error_element(pi->src, pi->errs, "HasValidationErrors");
         json_decref(pi->errs);
-        json_decref(pi->doc);
+        free(pi->head);
     }
     free(in);
-    reply_write(c, "Payments", items, failed, n_failed);
+    reply_write(c, "Payments", els, n, n_failed);
+    free(els);
     json_decref(root);
 }
 
 /* ==== GET: where filters and listing ======================================================================================= */
-
-enum entity { E_CONTACT, E_INVOICE, E_PAYMENT };
 
 enum field_id {
     F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
@@ -2854,6 +3217,7 @@ static const struct field FIELDS[] = {
     {"Name", E_CONTACT, F_NAME},
     {"EmailAddress", E_CONTACT, F_EMAIL},
     {"ContactStatus", E_CONTACT, F_CONTACT_STATUS},
+    {"Status", E_CONTACT, F_CONTACT_STATUS},
     {"InvoiceID", E_INVOICE, F_INVOICE_ID},
     {"InvoiceNumber", E_INVOICE, F_INVOICE_NUMBER},
     {"Reference", E_INVOICE, F_REFERENCE},
@@ -2989,7 +3353,12 @@ static void lex(struct lexer *lx, struct token_s *tk)
         tk->t = T_EQ;
         return;
     }
-    if (s[0] == '!' && s[1] == '=') {
+    if (s[0] == '=') {   /* Dynamic LINQ also takes a single '=' */
+        lx->p += 1;
+        tk->t = T_EQ;
+        return;
+    }
+    if ((s[0] == '!' && s[1] == '=') || (s[0] == '<' && s[1] == '>')) {
         lx->p += 2;
         tk->t = T_NE;
         return;
@@ -3112,7 +3481,7 @@ static int parse_primary(struct lexer *lx, struct token_s *tk)
     if (tk->t != T_EQ && tk->t != T_NE) {
         snprintf(q->err, sizeof(q->err),
                  "Operator not supported in the where clause after '%s' (the sandbox supports "
-                 "== and !=)", f->name);
+                 "==, =, != and <>)", f->name);
         return -1;
     }
     ne = tk->t == T_NE;
@@ -3303,13 +3672,6 @@ static uint64_t rec_seq(enum entity ent, const void *rec)
                             : ((const struct payment *)rec)->seq;
 }
 
-static json_t *rec_doc(enum entity ent, const void *rec)
-{
-    return ent == E_CONTACT ? ((const struct contact *)rec)->doc
-         : ent == E_INVOICE ? ((const struct invoice *)rec)->doc
-                            : ((const struct payment *)rec)->doc;
-}
-
 static int cmp_seq(const void *a, const void *b, void *ent)
 {
     enum entity e = *(const enum entity *)ent;
@@ -3328,8 +3690,8 @@ static void list_get(struct call *c, enum entity ent)
     const char *psize = pb_http_query(c->req, "pageSize");
     const struct vec *all;
     struct vec cand = {0};
-    json_t **docs = NULL, *items, *env;
-    size_t n_docs = 0, total = 0, skip = 0, i, src_n;
+    struct outbuf b = {0};
+    size_t n_out = 0, total = 0, skip = 0, i, src_n;
     void **src;
     int indexed = 0;
 
@@ -3369,6 +3731,8 @@ static void list_get(struct call *c, enum entity ent)
         goto out;
     }
 
+    /* The envelope before the lock, the records under it, the end after. */
+    envelope_open(&b, env_key[ent]);
     pthread_mutex_lock(&x->data);
     all = ent == E_CONTACT ? &x->contacts : ent == E_INVOICE ? &x->invoices : &x->payments;
     if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
@@ -3382,38 +3746,33 @@ static void list_get(struct call *c, enum entity ent)
     }
     if (q->page)
         skip = (size_t)(q->page - 1) * (size_t)q->page_size;
-    for (i = 0; i < src_n; i++) {
+    for (i = 0; i < src_n && !b.failed; i++) {
         if (indexed && i > 0 && src[i] == src[i - 1])
             continue;   /* OR of two index hits */
         if (!matches(q, src[i]))
             continue;
         total++;
-        if (total <= skip || (q->page && n_docs >= (size_t)q->page_size))
+        if (total <= skip || (q->page && n_out >= (size_t)q->page_size))
             continue;
-        if (n_docs % 256 == 0) {
-            json_t **nd = realloc(docs, (n_docs + 256) * sizeof(*nd));
-            if (!nd)
-                break;
-            docs = nd;
-        }
-        docs[n_docs++] = json_incref(rec_doc(ent, src[i]));
+        if (n_out++)
+            out_add(&b, ",", 1);
+        render(&b, ent, src[i], 0);
     }
     pthread_mutex_unlock(&x->data);
-
-    items = json_array();
-    for (i = 0; i < n_docs; i++)
-        json_array_append_new(items, docs[i]);
-    env = envelope(env_key[ent], items);
-    if (env && q->page) {
+    out_str(&b, "]");
+    if (q->page) {
+        char pg[160];
         size_t pages = (total + (size_t)q->page_size - 1) / (size_t)q->page_size;
-        json_object_set_new(env, "pagination",
-                            json_pack("{s:i,s:i,s:I,s:I}", "page", (int)q->page, "pageSize",
-                                      (int)q->page_size, "pageCount", (json_int_t)pages,
-                                      "itemCount", (json_int_t)total));
+        snprintf(pg, sizeof(pg),
+                 ",\"pagination\":{\"page\":%ld,\"pageSize\":%ld,\"pageCount\":%zu,"
+                 "\"itemCount\":%zu}",
+                 q->page, q->page_size, pages, total);
+        out_str(&b, pg);
     }
-    reply_json(c->resp, 200, env);
+    out_str(&b, "}");
+    reply_text(c->resp, &b);
 out:
-    free(docs);
+    free(b.p);
     free(cand.v);
     query_free(q);
     free(q);
@@ -3424,25 +3783,26 @@ static void one_get(struct call *c, enum entity ent)
     static const char *const env_key[] = {"Contacts", "Invoices", "Payments"};
     struct xero *x = c->x;
     const char *id = c->req->params[0];
-    json_t *doc = NULL;
+    const void *rec;
+    struct outbuf b = {0};
+    envelope_open(&b, env_key[ent]);
     pthread_mutex_lock(&x->data);
-    if (ent == E_CONTACT) {
-        struct contact *ct = hidx_get(&x->c_id, id);
-        doc = ct ? json_incref(ct->doc) : NULL;
-    } else if (ent == E_INVOICE) {
-        struct invoice *inv = is_uuid_like(id) ? hidx_get(&x->i_id, id)
-                                               : hidx_get(&x->i_number, id);
-        doc = inv ? json_incref(inv->doc) : NULL;
-    } else {
-        struct payment *p = hidx_get(&x->p_id, id);
-        doc = p ? json_incref(p->doc) : NULL;
-    }
+    if (ent == E_CONTACT)
+        rec = hidx_get(&x->c_id, id);
+    else if (ent == E_INVOICE)
+        rec = is_uuid_like(id) ? hidx_get(&x->i_id, id) : hidx_get(&x->i_number, id);
+    else
+        rec = hidx_get(&x->p_id, id);
+    if (rec)
+        render(&b, ent, rec, 0);
     pthread_mutex_unlock(&x->data);
-    if (!doc) {
+    if (!rec) {
+        free(b.p);
         reply_not_found(c->resp);
         return;
     }
-    reply_json(c->resp, 200, envelope(env_key[ent], json_pack("[o]", doc)));
+    out_str(&b, "]}");
+    reply_text(c->resp, &b);
 }
 
 /* ==== settings reads ======================================================================================================= */
@@ -3528,6 +3888,7 @@ static void op_reset(struct call *c)
     x->day_start_ns = 0;
     pthread_mutex_unlock(&x->gate);
     pthread_mutex_unlock(&x->data);
+    malloc_trim(0);     /* hand the freed records back to the system */
     reply_json(c->resp, 200, json_pack("{s:s}", "status", "reset"));
 }
 
