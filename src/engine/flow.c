@@ -173,9 +173,13 @@ static const char *closest(const char *word, const char *const *cands, size_t n)
 /* ---- the expression scanner ------------------------------------------------------------- */
 
 #define SCAN_NAMES_MAX 32
+#define SCAN_FX_MAX 64
 
 struct scan {
     int uses_fx;                  /* $fx */
+    size_t fx_at[SCAN_FX_MAX];    /* offsets of the $fx tokens in code (not in strings) */
+    size_t n_fx;
+    int fx_bound;                 /* `as $fx` or {$fx}: $fx used as a binding, not a value */
     int uses_env;                 /* $ENV or env */
     int uses_reserved;            /* $__pb... */
     char refs[SCAN_NAMES_MAX][PB_FLOW_NAME_MAX + 1]; /* NAME of each $refs.NAME */
@@ -332,8 +336,23 @@ static void scan_expr(const char *s, struct scan *sc)
             if (j - i - 1 < sizeof(name)) {
                 memcpy(name, s + i + 1, j - i - 1);
                 name[j - i - 1] = '\0';
-                if (strcmp(name, "fx") == 0)
+                if (strcmp(name, "fx") == 0) {
+                    size_t k = i, n = j;
                     sc->uses_fx = 1;
+                    if (sc->n_fx < SCAN_FX_MAX)
+                        sc->fx_at[sc->n_fx] = i;
+                    sc->n_fx++;
+                    while (k > 0 && space(s[k - 1]))
+                        k--;
+                    while (space(s[n]))
+                        n++;
+                    /* "... as $fx" and "{$fx}" bind or name the variable */
+                    if ((k >= 2 && s[k - 2] == 'a' && s[k - 1] == 's' &&
+                         (k == 2 || !ident_char(s[k - 3]))) ||
+                        (k >= 1 && (s[k - 1] == '{' || s[k - 1] == ',') && depth &&
+                         stack[depth - 1] == '{' && (s[n] == '}' || s[n] == ',')))
+                        sc->fx_bound = 1;
+                }
                 else if (strcmp(name, "ENV") == 0)
                     sc->uses_env = 1;
                 else if (strncmp(name, "__pb", 4) == 0)
@@ -403,6 +422,29 @@ static int is_fractional_literal(const char *s)
     return digits && frac && *s == '\0';
 }
 
+/* The text to compile: `s` with each $fx token (offsets from scan_expr)
+ * replaced by a call of __pb_fx, the prologue function that returns $fx or
+ * raises the FX error only when it is used (engine/mapping.c). NULL when out
+ * of memory. */
+static char *rewrite_fx(struct pb__arena *a, const char *s, const struct scan *sc)
+{
+    size_t len = strlen(s), out_len = len + sc->n_fx * 8 + 1, o = 0, from = 0;
+    char *out = arena_alloc(a, out_len);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < sc->n_fx && i < SCAN_FX_MAX; i++) {
+        size_t at = sc->fx_at[i];
+        memcpy(out + o, s + from, at - from);
+        o += at - from;
+        memcpy(out + o, "__pb_fx", 7);
+        o += 7;
+        from = at + 3; /* "$fx" */
+    }
+    memcpy(out + o, s + from, len - from);
+    out[o + len - from] = '\0';
+    return out;
+}
+
 /* ---- the loader ---------------------------------------------------------------------------- */
 
 struct loader {
@@ -411,6 +453,7 @@ struct loader {
     struct pb_diags *d;
     size_t problems;
     int nomem;
+    int defs_broken;              /* defs: failed its static checks */
     const struct pb_flowset *set; /* for duplicate flow names */
     struct pb_flow *flow;         /* being built */
     struct pb__arena *arena;      /* flow->arena */
@@ -788,25 +831,32 @@ static void check_fx(struct loader *ld, const json_t *root)
     }
 }
 
-/* Static checks of one expression; records needs and uses_fx. */
-static void check_expr(struct loader *ld, struct step_build *sb, const char *field,
-                       const char *expr, int line)
+/* "step NAME field F", "step NAME when", "step 2 reference", ... for messages. */
+static void where_of(const struct step_build *sb, const char *field, char *buf, size_t len)
+{
+    const struct pb_flow_step *st = sb->step;
+    int plain = strcmp(field, "when") == 0 || strcmp(field, "reference") == 0;
+    if (st->name)
+        snprintf(buf, len, "step %s %s%s", st->name, plain ? "" : "field ", field);
+    else
+        snprintf(buf, len, "step %zu %s%s", st->index + 1, plain ? "" : "field ", field);
+}
+
+/* Static checks of one expression; records needs and uses_fx. Returns 1 when
+ * the expression is malformed (unbalanced, unterminated string). */
+static int check_expr(struct loader *ld, struct step_build *sb, const char *field,
+                      const char *expr, int line, const char **code)
 {
     struct scan sc;
-    const struct pb_flow_step *st = sb ? sb->step : NULL;
+    const struct pb_flow_step *st = sb->step;
     char where[320];
 
-    if (st)
-        snprintf(where, sizeof(where), "step %s %s%s", st->name ? st->name : "?",
-                 strcmp(field, "when") == 0 || strcmp(field, "reference") == 0 ? "" : "field ",
-                 field);
-    else
-        snprintf(where, sizeof(where), "%s", field);
+    where_of(sb, field, where, sizeof(where));
 
     scan_expr(expr, &sc);
     if (sc.problem[0]) {
         bad(ld, line, "%s: %s", where, sc.problem);
-        return;
+        return 1;
     }
     if (sc.uses_env)
         bad(ld, line,
@@ -815,6 +865,7 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
             where);
     if (sc.uses_reserved)
         bad(ld, line, "%s: variables starting with $__pb are reserved for paybridge", where);
+    *code = expr;
     if (sc.uses_fx) {
         ld->flow->uses_fx = 1;
         if (!json_object_get(pb_yamldoc_root(ld->doc), "fx"))
@@ -822,8 +873,14 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
                 "%s: uses $fx but the flow has no fx: block; add fx: {base_currency: GBP, rates: "
                 "{...}}",
                 where);
-        if (st && strcmp(field, "when") == 0)
-            sb->step->when_uses_fx = 1;
+        if (sc.fx_bound)
+            bad(ld, line, "%s: $fx is set by paybridge and cannot be bound or used as {$fx}; "
+                          "write {fx: $fx}", where);
+        else if (sc.n_fx > SCAN_FX_MAX)
+            bad(ld, line, "%s: more than %d uses of $fx; bind it once with `$fx as $x`", where,
+                SCAN_FX_MAX);
+        else if (!(*code = rewrite_fx(ld->arena, expr, &sc)))
+            oom(ld);
     }
     if (sc.n_vars && json_is_object(ld->vars)) {
         for (size_t i = 0; i < sc.n_vars; i++) {
@@ -849,7 +906,7 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
     }
     for (size_t i = 0; i < sc.n_refs; i++) {
         const char *name = sc.refs[i], *earlier[PB_FLOW_STEPS_MAX], *guess;
-        size_t k, n_earlier = st ? st->index : 0, j;
+        size_t k, n_earlier = st->index, j;
         char list[256];
         size_t llen = 0;
         for (k = 0; k < n_earlier; k++) {
@@ -857,16 +914,12 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
             if (earlier[k] && strcmp(earlier[k], name) == 0)
                 break;
         }
-        if (st && k < n_earlier) {
+        if (k < n_earlier) {
             for (j = 0; j < sb->n_needs; j++)
                 if (strcmp(sb->needs[j], name) == 0)
                     break;
             if (j == sb->n_needs)
                 sb->needs[sb->n_needs++] = ld->step_names[k];
-            continue;
-        }
-        if (!st) {
-            bad(ld, line, "%s: $refs is only available inside steps", where);
             continue;
         }
         if (st->name && strcmp(name, st->name) == 0) {
@@ -879,8 +932,9 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
                 break;
         if (k < PB_FLOW_STEPS_MAX) {
             bad(ld, line,
-                "%s: $refs.%s is a later step; steps run in order, so move step %s before step %s",
-                where, name, name, st->name ? st->name : "?");
+                "%s: $refs.%s is a later step; steps run in order, so move step %s before this "
+                "one",
+                where, name, name);
             continue;
         }
         list[0] = '\0';
@@ -896,20 +950,21 @@ static void check_expr(struct loader *ld, struct step_build *sb, const char *fie
             bad(ld, line, "%s: $refs.%s is not an earlier step of this flow (earlier steps: %s)",
                 where, name, list[0] ? list : "none");
     }
+    return 0;
 }
 
 /* Turn a scalar leaf into expression text (arena); NULL after reporting. */
 static const char *leaf_text(struct loader *ld, struct step_build *sb, const json_t *v,
                              const char *field, int line)
 {
-    char num[32];
+    char num[32], where[320];
     const char *s;
     size_t i;
+    where_of(sb, field, where, sizeof(where));
     if (json_is_string(v)) {
         s = json_string_value(v);
         if (strlen(s) != json_string_length(v)) {
-            bad(ld, line, "step %s field %s: the expression contains a NUL character",
-                sb->step->name ? sb->step->name : "?", field);
+            bad(ld, line, "%s: the expression contains a NUL character", where);
             return NULL;
         }
     } else if (json_is_integer(v)) {
@@ -921,40 +976,39 @@ static const char *leaf_text(struct loader *ld, struct step_build *sb, const jso
         s = "false";
     } else {
         bad(ld, line,
-            "step %s %s: no expression (an empty value); write a jq expression, or remove the "
-            "key to leave the field out",
-            sb->step->name ? sb->step->name : "?", field);
+            "%s: no expression (an empty value); write a jq expression, or remove the key to "
+            "leave the field out",
+            where);
         return NULL;
     }
     for (i = 0; s[i] && space(s[i]); i++)
         ;
     if (!s[i]) {
-        bad(ld, line, "step %s %s: the expression is empty", sb->step->name ? sb->step->name : "?",
-            field);
+        bad(ld, line, "%s: the expression is empty", where);
         return NULL;
     }
     if (strlen(s) > PB_FLOW_EXPR_MAX) {
-        bad(ld, line, "step %s %s: the expression is longer than %d bytes; move logic into defs:",
-            sb->step->name ? sb->step->name : "?", field, PB_FLOW_EXPR_MAX);
+        bad(ld, line, "%s: the expression is longer than %d bytes; move logic into defs:", where,
+            PB_FLOW_EXPR_MAX);
         return NULL;
     }
     if (is_fractional_literal(s)) {
         bad(ld, line,
-            "step %s %s: %s is a jq number, i.e. a double; write it as the string '\"%s\"' so "
-            "that amounts stay exact",
-            sb->step->name ? sb->step->name : "?", field, s, s);
+            "%s: %s is a jq number, i.e. a double; write it as the string '\"%s\"' so that "
+            "amounts stay exact",
+            where, s, s);
         return NULL;
     }
     return arena_strdup(ld->arena, s);
 }
 
-static int add_leaf(struct loader *ld, struct step_build *sb, const char *expr, const char *field,
-                    int line, size_t *index)
+static int add_leaf(struct loader *ld, struct step_build *sb, const char *expr, const char *code,
+                    const char *field, int line, int malformed, size_t *index)
 {
     if (sb->n == PB_FLOW_LEAVES_MAX) {
         if (!sb->overflow)
-            bad(ld, line, "step %s has more than %d expressions; split it",
-                sb->step->name ? sb->step->name : "?", PB_FLOW_LEAVES_MAX);
+            bad(ld, line, "step %zu has more than %d expressions; split it", sb->step->index + 1,
+                PB_FLOW_LEAVES_MAX);
         sb->overflow = 1;
         return -1;
     }
@@ -969,8 +1023,10 @@ static int add_leaf(struct loader *ld, struct step_build *sb, const char *expr, 
         sb->cap = cap;
     }
     sb->leaves[sb->n].expr = expr;
+    sb->leaves[sb->n].code = code ? code : expr;
     sb->leaves[sb->n].field = field;
     sb->leaves[sb->n].line = line;
+    sb->leaves[sb->n].malformed = malformed;
     *index = sb->n++;
     return 0;
 }
@@ -1024,8 +1080,9 @@ static void build_tnode(struct loader *ld, struct step_build *sb, const json_t *
         const char *expr = leaf_text(ld, sb, v, path, line);
         if (!expr)
             return;
-        check_expr(ld, sb, path, expr, line);
-        if (add_leaf(ld, sb, expr, path, line, &out->leaf) != 0)
+        const char *code = NULL;
+        int malformed = check_expr(ld, sb, path, expr, line, &code);
+        if (add_leaf(ld, sb, expr, code, path, line, malformed, &out->leaf) != 0)
             return;
     }
 }
@@ -1045,6 +1102,7 @@ static void parse_step(struct loader *ld, const json_t *obj, size_t index, int l
     st->flow = ld->flow;
     st->index = index;
     st->line = line;
+    st->reference_leaf = SIZE_MAX;
     st->document.kind = PB__TNODE_OBJECT;
 
     if (!json_is_object(obj)) {
@@ -1080,16 +1138,21 @@ static void parse_step(struct loader *ld, const json_t *obj, size_t index, int l
     if ((v = json_object_get(obj, "when"))) {
         const char *expr = leaf_text(ld, &sb, v, "when", key_line(ld, obj, "when"));
         if (expr) {
-            check_expr(ld, &sb, "when", expr, key_line(ld, obj, "when"));
-            if (add_leaf(ld, &sb, expr, "when", key_line(ld, obj, "when"), &leaf) == 0)
+            const char *code = NULL;
+            int malformed = check_expr(ld, &sb, "when", expr, key_line(ld, obj, "when"), &code);
+            if (add_leaf(ld, &sb, expr, code, "when", key_line(ld, obj, "when"), malformed,
+                         &leaf) == 0)
                 st->has_when = 1;
         }
     }
     if ((v = json_object_get(obj, "reference"))) {
         const char *expr = leaf_text(ld, &sb, v, "reference", key_line(ld, obj, "reference"));
         if (expr) {
-            check_expr(ld, &sb, "reference", expr, key_line(ld, obj, "reference"));
-            if (add_leaf(ld, &sb, expr, "reference", key_line(ld, obj, "reference"), &leaf) == 0)
+            const char *code = NULL;
+            int malformed =
+                check_expr(ld, &sb, "reference", expr, key_line(ld, obj, "reference"), &code);
+            if (add_leaf(ld, &sb, expr, code, "reference", key_line(ld, obj, "reference"),
+                         malformed, &leaf) == 0)
                 st->reference_leaf = leaf;
         }
     }
@@ -1132,34 +1195,52 @@ static void check_defs(struct loader *ld, const json_t *root)
     struct scan sc;
     const char *s;
 
-    ld->flow->defs = "";
+    ld->flow->defs = ld->flow->defs_code = "";
     if (!v)
         return;
     if (!json_is_string(v)) {
         bad(ld, line, "`defs` must be text holding jq definitions (def name: body;), not %s",
             type_name(v));
+        ld->defs_broken = 1;
         return;
     }
     s = json_string_value(v);
     ld->flow->defs_line = line;
     if (strlen(s) > PB_FLOW_EXPR_MAX) {
         bad(ld, line, "`defs` is longer than %d bytes", PB_FLOW_EXPR_MAX);
+        ld->defs_broken = 1;
         return;
     }
     scan_expr(s, &sc);
     if (sc.problem[0]) {
         bad(ld, line, "defs: %s", sc.problem);
+        ld->defs_broken = 1;
         return;
     }
     if (sc.uses_env)
         bad(ld, line, "defs: flow expressions cannot read the process environment ($ENV, env), "
                       "which holds secrets; put the value under vars:");
+    if (sc.fx_bound) {
+        bad(ld, line, "defs: $fx is set by paybridge and cannot be bound or used as {$fx}");
+        ld->defs_broken = 1;
+    }
+    if (sc.n_fx > SCAN_FX_MAX) {
+        bad(ld, line, "defs: more than %d uses of $fx", SCAN_FX_MAX);
+        ld->defs_broken = 1;
+    }
     if (sc.uses_fx)
         ld->flow->uses_fx = 1;
+    if (sc.uses_fx && !json_object_get(root, "fx"))
+        bad(ld, line, "defs: uses $fx but the flow has no fx: block; add fx: {base_currency: "
+                      "GBP, rates: {...}}");
     if (sc.n_refs)
         bad(ld, line, "defs: $refs.%s: defs are shared by all steps, so they cannot use $refs; "
                       "pass the id as an argument from the step instead", sc.refs[0]);
     ld->flow->defs = arena_strdup(ld->arena, s);
+    ld->flow->defs_code = sc.uses_fx && !ld->defs_broken ? rewrite_fx(ld->arena, s, &sc)
+                                                         : ld->flow->defs;
+    if (!ld->flow->defs || !ld->flow->defs_code)
+        oom(ld);
 }
 
 static void parse_flow(struct loader *ld)
@@ -1284,9 +1365,11 @@ static struct pb_flow *load_flow(const struct pb_flowset *set, struct pb_yamldoc
     f->vars = ld.vars ? ld.vars : json_null();
     f->rates = ld.rates;
     ld.vars = ld.rates = NULL;
-    /* jq compilation only for a structurally clean flow: otherwise errors cascade */
-    if (ld.problems == 0)
-        ld.problems += pb__mapping_check_flow(f, d);
+    /* compile the expressions: the whole program when the flow is otherwise
+     * clean, else one by one (its template may be incomplete); skipped when
+     * defs are broken, since every expression would then fail */
+    if (!ld.nomem && !ld.defs_broken)
+        ld.problems += pb__mapping_check_flow(f, ld.problems != 0, d);
     if (ld.problems) {
         *rc = ld.nomem ? PB_ERR_NOMEM : PB_ERR_CONFIG;
         flow_free(f);

@@ -68,8 +68,10 @@ struct pb__arena;
 /* One jq expression of a step. */
 struct pb__leaf {
     const char *expr;            /* the expression text as written in the file */
+    const char *code;            /* what is compiled: expr with each $fx made a call to __pb_fx */
     const char *field;           /* "when", "reference", or the document path ("LineItems[0].AccountCode") */
     int line;                    /* line in the flow file */
+    int malformed;               /* loading only: failed the bracket/string scan, not compiled */
 };
 
 enum pb__tnode_kind { PB__TNODE_LEAF, PB__TNODE_OBJECT, PB__TNODE_ARRAY };
@@ -102,7 +104,6 @@ struct pb_flow_step {
     struct pb__tnode document;   /* the document template (root is an OBJECT) */
     const char *const *needs;    /* earlier steps this one reads as $refs.NAME: it is skipped when any did not run */
     size_t n_needs;
-    int when_uses_fx;            /* the when clause mentions $fx */
     size_t set_index;            /* position among all steps of the set (program dispatch) */
     size_t set_leaf_base;        /* position of leaves[0] among all leaves of the set */
 };
@@ -127,6 +128,7 @@ struct pb_flow {
     /* internal (engine/mapping.c) */
     const json_t *vars;          /* the vars block (json null when absent); reaches jq as $vars */
     const char *defs;            /* jq definitions put before every expression; "" when none */
+    const char *defs_code;       /* defs as compiled ($fx rewritten like pb__leaf.code) */
     int defs_line;               /* line of defs: in the file */
     int has_fx;                  /* an fx: block is present */
     const char *base_currency;   /* fx.base_currency, or NULL */

@@ -77,9 +77,8 @@
 #define MAPPER_MAGIC 0x4d415050u /* "MAPP" */
 #define PROGRAM_MAX ((size_t)64 * 1024 * 1024)
 #define JSON_DEPTH_MAX 128
-#define MODE_STEP 0
-#define MODE_WHEN 1
-#define MODE_LEAF 2
+#define MODE_STEP 0 /* evaluate a step: [false] or [true, reference, document] */
+#define MODE_LEAF 2 /* evaluate one expression alone (diagnosis) */
 
 /* ---- a bounded string builder ---------------------------------------------------------- */
 
@@ -164,8 +163,10 @@ struct program_items {
 static const char prologue[] =
     "def env: error(\"env is not available in flow expressions\");\n"
     "{} as $ENV\n"
-    "| . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $fx, $event_id, $now]\n"
-    "| $__pb_event\n"
+    "| . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval, $__pb_fxerr,\n"
+    "        $event_id, $now]\n"
+    "| def __pb_fx: if $__pb_fxerr != null then error($__pb_fxerr) else $__pb_fxval end;\n"
+    "  $__pb_event\n"
     "| ";
 
 static void emit_expr(struct sbuf *b, const char *expr)
@@ -178,8 +179,8 @@ static void emit_expr(struct sbuf *b, const char *expr)
 static void emit_defs_open(struct sbuf *b, const struct pb_flow *f)
 {
     sb_puts(b, "(");
-    if (f->defs && f->defs[0]) {
-        sb_puts(b, f->defs);
+    if (f->defs_code && f->defs_code[0]) {
+        sb_puts(b, f->defs_code);
         sb_puts(b, "\n");
     }
 }
@@ -187,7 +188,7 @@ static void emit_defs_open(struct sbuf *b, const struct pb_flow *f)
 static void emit_tnode(struct sbuf *b, const struct pb_flow_step *st, const struct pb__tnode *t)
 {
     if (t->kind == PB__TNODE_LEAF) {
-        emit_expr(b, st->leaves[t->leaf].expr);
+        emit_expr(b, st->leaves[t->leaf].code);
         return;
     }
     sb_puts(b, "{");
@@ -208,11 +209,11 @@ static void emit_step(struct sbuf *b, const struct pb_flow_step *st)
 {
     emit_defs_open(b, st->flow);
     if (st->has_when)
-        emit_expr(b, st->leaves[0].expr);
+        emit_expr(b, st->leaves[0].code);
     else
         sb_puts(b, "true");
-    sb_puts(b, " as $__pb_run\n| if $__pb_mode == 1 then [$__pb_run]\n  elif $__pb_run then [true, ");
-    emit_expr(b, st->leaves[st->reference_leaf].expr);
+    sb_puts(b, " as $__pb_run\n| if $__pb_run then [true, ");
+    emit_expr(b, st->leaves[st->reference_leaf].code);
     sb_puts(b, ", ");
     emit_tnode(b, st, &st->document);
     sb_puts(b, "]\n  else [false] end)");
@@ -221,7 +222,7 @@ static void emit_step(struct sbuf *b, const struct pb_flow_step *st)
 static void emit_leaf(struct sbuf *b, const struct leaf_ref *lr)
 {
     emit_defs_open(b, lr->step->flow);
-    emit_expr(b, lr->step->leaves[lr->leaf].expr);
+    emit_expr(b, lr->step->leaves[lr->leaf].code);
     sb_puts(b, ")");
 }
 
@@ -308,12 +309,22 @@ struct jqmsg {
     char text[1024];              /* messages of the last compile, "; "-separated */
 };
 
+/* Replace the first `from` in buf (NUL-terminated, size len) by `to`. */
+static void replace_once(char *buf, size_t len, const char *from, const char *to)
+{
+    char tmp[512];
+    char *p = strstr(buf, from);
+    if (!p)
+        return;
+    snprintf(tmp, sizeof(tmp), "%.*s%s%s", (int)(p - buf), buf, to, p + strlen(from));
+    snprintf(buf, len, "%s", tmp);
+}
+
 /* "jq: error: syntax error, unexpected $end (Unix shell quoting issues?) at
- * <top-level>, line 3:\n..." -> "syntax error, unexpected $end". */
+ * <top-level>, line 3:\n..." -> "syntax error, unexpected end of the expression". */
 static void clean_jq_message(const char *in, char *out, size_t len)
 {
-    const char *s = in, *end;
-    size_t n;
+    const char *s = in, *end, *at;
     if (strncmp(s, "jq: error: ", 11) == 0)
         s += 11;
     else if (strncmp(s, "jq: error", 9) == 0)
@@ -321,23 +332,12 @@ static void clean_jq_message(const char *in, char *out, size_t len)
     end = strchr(s, '\n');
     if (!end)
         end = s + strlen(s);
-    {
-        const char *at = strstr(s, " at <top-level>");
-        if (at && at < end)
-            end = at;
-    }
-    {
-        const char *q = strstr(s, " (Unix shell quoting issues?)");
-        if (q && q < end) {
-            /* drop the parenthesis but keep what follows it */
-            size_t head = (size_t)(q - s), tail_off = head + strlen(" (Unix shell quoting issues?)");
-            size_t tail = (size_t)(end - s) > tail_off ? (size_t)(end - s) - tail_off : 0;
-            snprintf(out, len, "%.*s%.*s", (int)head, s, (int)tail, s + tail_off);
-            return;
-        }
-    }
-    n = (size_t)(end - s);
-    snprintf(out, len, "%.*s", (int)n, s);
+    at = strstr(s, " at <top-level>");
+    if (at && at < end)
+        end = at;
+    snprintf(out, len, "%.*s", (int)(end - s), s);
+    replace_once(out, len, " (Unix shell quoting issues?)", "");
+    replace_once(out, len, "unexpected $end", "unexpected end of the expression");
 }
 
 static void on_jq_error(void *data, jv msg)
@@ -767,7 +767,7 @@ void pb_mapper_free(struct pb_mapper *m)
 
 /* The per-call inputs, converted to jv once. */
 struct inputs {
-    jv event, refs, fx, event_id, now;
+    jv event, refs, fxval, fxerr, event_id, now;
 };
 
 static jv envelope(const struct pb_mapper *m, const struct pb_flow_step *st, size_t sel, int mode,
@@ -779,7 +779,8 @@ static jv envelope(const struct pb_mapper *m, const struct pb_flow_step *st, siz
     a = jv_array_append(a, jv_copy(in->event));
     a = jv_array_append(a, jv_copy(m->vars[st->flow->set_index]));
     a = jv_array_append(a, jv_copy(in->refs));
-    a = jv_array_append(a, jv_copy(in->fx));
+    a = jv_array_append(a, jv_copy(in->fxval));
+    a = jv_array_append(a, jv_copy(in->fxerr));
     a = jv_array_append(a, jv_copy(in->event_id));
     a = jv_array_append(a, jv_copy(in->now));
     return a;
@@ -813,16 +814,15 @@ static enum pb_rc diagnose(struct pb_mapper *m, const struct pb_flow_step *st,
     return map_error(st, SIZE_MAX, err, "%s", whole);
 }
 
-/* pb_flow_fx() says "flow F: why"; make it "flow F step S: why". */
-static enum pb_rc fx_needed_error(const struct pb_flow_step *st, const struct pb_err *fxerr,
-                                  struct pb_err *err)
+/* pb_flow_fx() says "flow F: why"; the why. */
+static const char *fx_why(const struct pb_flow *f, const struct pb_err *fxerr)
 {
     const char *why = fxerr->msg;
-    size_t n = strlen(st->flow->name);
-    if (strncmp(why, "flow ", 5) == 0 && strncmp(why + 5, st->flow->name, n) == 0 &&
+    size_t n = strlen(f->name);
+    if (strncmp(why, "flow ", 5) == 0 && strncmp(why + 5, f->name, n) == 0 &&
         strncmp(why + 5 + n, ": ", 2) == 0)
         why += 5 + n + 2;
-    return pb_err_set(err, fxerr->rc, "flow %s step %s: %s", st->flow->name, st->name, why);
+    return why;
 }
 
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
@@ -857,12 +857,10 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
             return PB_OK;
     }
 
-    if (step->flow->uses_fx) {
+    /* $fx: computed in C; when it cannot be, __pb_fx raises the error where
+     * (and only if) an expression uses it */
+    if (step->flow->uses_fx)
         fxrc = pb_flow_fx(step->flow, event, &fx, &fxerr);
-        if (fxrc != PB_OK && (!step->has_when || step->when_uses_fx ||
-                              strstr(step->flow->defs, "$fx")))
-            return fx_needed_error(step, &fxerr, err);
-    }
 
     in.event = to_jv(event, 0);
     if (!jv_is_valid(in.event)) {
@@ -872,28 +870,14 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
                           step->flow->name, step->name);
     }
     in.refs = refs ? to_jv(refs, 0) : jv_object();
-    in.fx = fx ? to_jv(fx, 0) : jv_null();
+    in.fxval = fx ? to_jv(fx, 0) : jv_null();
+    in.fxerr = fxrc != PB_OK ? jv_string(fx_why(step->flow, &fxerr)) : jv_null();
     in.event_id = event_id ? jv_string(event_id) : jv_null();
     in.now = today ? jv_string(today) : jv_null();
     json_decref(fx);
     ev.m = m;
     ev.step = step;
     ev.err = err;
-
-    if (fxrc != PB_OK) {
-        /* $fx cannot be computed: fine only if the step does not run */
-        r = run_jq(m->jq, envelope(m, step, step->set_index, MODE_WHEN, &in), &out, msg,
-                   sizeof(msg));
-        if (r != RUN_ONE) {
-            rc = diagnose(m, step, &in, msg, err);
-        } else {
-            jv w = jv_array_get(out, 0);
-            if (truthy(w))
-                rc = fx_needed_error(step, &fxerr, err);
-            jv_free(w);
-        }
-        goto done;
-    }
 
     r = run_jq(m->jq, envelope(m, step, step->set_index, MODE_STEP, &in), &out, msg, sizeof(msg));
     if (r != RUN_ONE) {
@@ -938,6 +922,12 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
                            jv_kind_name(jv_get_kind(ref)));
         goto done;
     }
+    if (fxrc != PB_OK) {
+        /* the step runs but the flow needs $fx: stop before anything is created */
+        rc = pb_err_set(err, fxrc, "flow %s step %s: %s", step->flow->name, step->name,
+                        fx_why(step->flow, &fxerr));
+        goto done;
+    }
     rc = build_doc(&ev, &step->document, doc, 1, document);
     if (rc)
         goto done;
@@ -959,7 +949,8 @@ done:
     jv_free(doc);
     jv_free(in.event);
     jv_free(in.refs);
-    jv_free(in.fx);
+    jv_free(in.fxval);
+    jv_free(in.fxerr);
     jv_free(in.event_id);
     jv_free(in.now);
     return rc;
@@ -1017,7 +1008,7 @@ static size_t check_defs(const struct pb_flow *f, struct pb_diags *d)
     input = jv_array_append(input, jv_number(0));
     input = jv_array_append(input, jv_number(0));
     input = jv_array_append(input, jv_copy(probe));
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         input = jv_array_append(input, jv_null());
     r = run_jq(jq, input, &out, err, sizeof(err));
     ok = r == RUN_ONE && jv_equal(out, jv_copy(probe));
@@ -1030,33 +1021,65 @@ static size_t check_defs(const struct pb_flow *f, struct pb_diags *d)
     return ok ? 0 : 1;
 }
 
-size_t pb__mapping_check_flow(const struct pb_flow *flow, struct pb_diags *d)
+/* Compile the leaf without the wrapping parentheses, for a message that
+ * talks about the user's text only; keeps `msg` when that compiles. */
+static void unwrapped_message(const struct leaf_ref *lr, struct jqmsg *msg)
+{
+    struct sbuf b = {0};
+    struct jqmsg again;
+    jq_state *jq;
+    const struct pb_flow *f = lr->step->flow;
+    sb_puts(&b, prologue);
+    if (f->defs_code && f->defs_code[0]) {
+        sb_puts(&b, f->defs_code);
+        sb_puts(&b, "\n");
+    }
+    sb_puts(&b, lr->step->leaves[lr->leaf].code);
+    sb_puts(&b, "\n");
+    if (b.failed) {
+        free(b.p);
+        return;
+    }
+    jq = compile(b.p, &again);
+    free(b.p);
+    if (jq)
+        jq_teardown(&jq);
+    else
+        memcpy(msg->text, again.text, sizeof(msg->text));
+}
+
+size_t pb__mapping_check_flow(const struct pb_flow *flow, int one_by_one, struct pb_diags *d)
 {
     struct program_items it;
     struct jqmsg msg;
     jq_state *jq;
-    char *program;
+    char *program = NULL;
     size_t problems = 0;
 
+    msg.text[0] = '\0';
     if (flow->defs && flow->defs[0] && check_defs(flow, d))
         return 1;
-    if (items_collect(&it, &flow, 1) != 0 || !(program = program_build(&it))) {
+    if (items_collect(&it, &flow, 1) != 0 || (!one_by_one && !(program = program_build(&it)))) {
         items_free(&it);
         pb_diags_add(d, flow->file, 0, "out of memory compiling the flow");
         return 1;
     }
-    jq = compile(program, &msg);
-    free(program);
-    if (jq) {
-        jq_teardown(&jq);
-        items_free(&it);
-        return 0;
+    if (!one_by_one) {
+        jq = compile(program, &msg);
+        free(program);
+        if (jq) {
+            jq_teardown(&jq);
+            items_free(&it);
+            return 0;
+        }
     }
     /* find the culprits: compile each expression on its own (slow, errors only) */
     for (size_t i = 0; i < it.n_leaves; i++) {
         const struct leaf_ref *lr = &it.leaves[i];
         struct sbuf b = {0};
         char what[320];
+        if (lr->step->leaves[lr->leaf].malformed)
+            continue; /* already reported by the loader's scan */
         sb_puts(&b, prologue);
         emit_leaf(&b, lr);
         if (b.failed) {
@@ -1069,13 +1092,19 @@ size_t pb__mapping_check_flow(const struct pb_flow *flow, struct pb_diags *d)
             jq_teardown(&jq);
             continue;
         }
+        if (strstr(msg.text, "unexpected ')'"))
+            unwrapped_message(lr, &msg); /* that ')' is ours: ask again without it */
         leaf_label(lr->step, lr->leaf, what, sizeof(what));
-        pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %s %s: jq: %s",
-                     lr->step->name, what, msg.text);
+        if (lr->step->name)
+            pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %s %s: jq: %s",
+                         lr->step->name, what, msg.text);
+        else
+            pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %zu %s: jq: %s",
+                         lr->step->index + 1, what, msg.text);
         problems++;
     }
     items_free(&it);
-    if (!problems) {
+    if (!problems && !one_by_one) {
         pb_diags_add(d, flow->file, 0, "the flow's expressions do not compile together: %s",
                      msg.text);
         problems = 1;

@@ -84,7 +84,10 @@ enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
 
 /* Compile every expression of `flow` (not yet in a set) exactly as a mapper
  * would and append each failure to `d` at the expression's line, with jq's
- * message. Returns the number of problems added. Used by the loader. */
-size_t pb__mapping_check_flow(const struct pb_flow *flow, struct pb_diags *d);
+ * message. Returns the number of problems added. Used by the loader.
+ * `one_by_one` (set when the flow already has other problems, so that its
+ * template may be incomplete): compile each well-formed expression on its own
+ * instead of the whole program first. */
+size_t pb__mapping_check_flow(const struct pb_flow *flow, int one_by_one, struct pb_diags *d);
 
 #endif
