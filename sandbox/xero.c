@@ -3737,7 +3737,8 @@ static void list_get(struct call *c, enum entity ent)
     all = ent == E_CONTACT ? &x->contacts : ent == E_INVOICE ? &x->invoices : &x->payments;
     if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
         indexed = 1;
-        qsort_r(cand.v, cand.n, sizeof(void *), cmp_seq, &ent);
+        if (cand.n > 1)
+            qsort_r(cand.v, cand.n, sizeof(void *), cmp_seq, &ent);
         src = cand.v;
         src_n = cand.n;
     } else {

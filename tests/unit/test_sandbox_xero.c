@@ -678,6 +678,47 @@ static void test_void_invoice(void **state)
     reply_free(&r);
 }
 
+/* Two payments in one batch share the amount due; escaped names round-trip. */
+static void test_batch_claims_and_escaping(void **state)
+{
+    struct reply r;
+    char number[32], body[512];
+    json_t *pays;
+    (void)state;
+    make_invoice("CLAIM-1", "4", "2.50", number, sizeof(number));
+    snprintf(body, sizeof(body),
+             "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"%s\"},\"Account\":{\"Code\":"
+             "\"090\"},\"Amount\":6},{\"Invoice\":{\"InvoiceNumber\":\"%s\"},\"Account\":"
+             "{\"Code\":\"090\"},\"Amount\":6}]}",
+             number, number);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments?summarizeErrors=false", body, &r), 200);
+    pays = json_object_get(r.json, "Payments");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(pays, 0),
+                                                          "StatusAttributeString")), "OK");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(pays, 1),
+                                                          "StatusAttributeString")), "ERROR");
+    reply_free(&r);
+    snprintf(body, sizeof(body), "/api.xro/2.0/Invoices/%s", number);
+    assert_int_equal(api("GET", body, NULL, &r), 200);
+    assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 400);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Status")),
+                        "AUTHORISED");
+    reply_free(&r);
+
+    assert_int_equal(api("PUT", "/api.xro/2.0/Invoices",
+                         "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":"
+                         "\"Caf\u00e9 \\\"Quote\\\" \\\\ Ltd\"},\"Reference\":\"tab\\there\","
+                         "\"LineItems\":[]}]}",
+                         &r),
+                     200);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(first(&r, "Invoices"),
+                                                                           "Contact"), "Name")),
+                        "Caf\xc3\xa9 \"Quote\" \\ Ltd");
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Reference")),
+                        "tab\there");
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +731,7 @@ int main(void)
         cmocka_unit_test_setup(test_auth, reset),
         cmocka_unit_test_setup(test_paging, reset),
         cmocka_unit_test_setup(test_void_invoice, reset),
+        cmocka_unit_test_setup(test_batch_claims_and_escaping, reset),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
