@@ -21,8 +21,9 @@
  * JSON echo stable.
  *
  * Settings are merged from JSON objects (config, the CLI's --fault flags,
- * POST /_sandbox/faults, pb_sandbox_set_faults()). A merge is all-or-nothing: a bad value changes nothing and the error names
- * the key. {"reset":true} first clears every setting (counters stay).
+ * POST /_sandbox/faults, pb_sandbox_set_faults()). A merge is all-or-nothing:
+ * a bad value changes nothing and the error names the key. {"reset":true}
+ * first clears every setting (counters stay).
  *
  * Locking: one mutex per struct guards settings, counters and the random
  * generator; no call holds it while sleeping or calling out. Every function

@@ -133,7 +133,7 @@ static const char *const DECIMAL_KEYS[] = {
     "Total", "AmountDue", "AmountPaid", "AmountCredited", "Amount", "BankAmount",
     "CurrencyRate", NULL};
 
-/* ==== small containers ======================================================== */
+/* ==== small containers ==================================================== */
 
 struct vec {
     void **v;
@@ -284,7 +284,7 @@ static void hidx_clear(struct hidx *ix)
     memset(ix, 0, sizeof(*ix));
 }
 
-/* ==== records =================================================================== */
+/* ==== records ============================================================= */
 
 enum entity { E_CONTACT, E_INVOICE, E_PAYMENT };
 
@@ -343,7 +343,7 @@ struct account {
     int payments_enabled;       /* EnablePaymentsToAccount */
 };
 
-/* ==== state ======================================================================== */
+/* ==== state =============================================================== */
 
 struct token {
     char value[65];
@@ -435,7 +435,7 @@ struct call {
     int64_t now_ms;
 };
 
-/* ==== time and text helpers ============================================================ */
+/* ==== time and text helpers =============================================== */
 
 static int64_t now_ms(void)
 {
@@ -562,7 +562,7 @@ static void new_uuid(char out[37])
                  (unsigned long long)(now_ms() & 0xffffffffffffll));
 }
 
-/* ==== exact decimals ====================================================================== */
+/* ==== exact decimals ====================================================== */
 
 enum { DEC_OK = 0, DEC_SYNTAX = -1, DEC_RANGE = -2, DEC_INEXACT = -3 };
 
@@ -691,7 +691,7 @@ static json_t *money_json(int64_t minor, const char *currency)
     return json_string(buf);
 }
 
-/* ==== replies ================================================================================ */
+/* ==== replies ============================================================= */
 
 static void reply_json(struct pb_http_response *resp, int status, json_t *body)
 {
@@ -895,7 +895,7 @@ static json_t *error_element(json_t *src, json_t *errs, const char *has_key)
     return e;
 }
 
-/* ==== configuration ============================================================================ */
+/* ==== configuration ======================================================= */
 
 static const struct account DEFAULT_ACCOUNTS[] = {
     {"", "090", "Business Bank Account", "BANK", 0}, {"", "091", "Opayo Clearing", "BANK", 0},
@@ -1062,7 +1062,7 @@ static int window_init(struct window *w, unsigned cap)
     return w->t ? 0 : -1;
 }
 
-/* ==== state life ================================================================================== */
+/* ==== state life ========================================================== */
 
 static void clear_data(struct xero *x)
 {
@@ -1236,7 +1236,7 @@ fail:
     return NULL;
 }
 
-/* ==== tokens ======================================================================================== */
+/* ==== tokens ============================================================== */
 
 /* Add a token; evicts the oldest beyond MAX_TOKENS. Caller holds gate. */
 static struct token *token_add(struct xero *x)
@@ -1391,7 +1391,8 @@ static void reply_unauthorized(struct pb_http_response *resp, int why)
                             why == 2 ? "Bearer error=\"invalid_token\", "
                                        "error_description=\"TokenExpired: token expired\""
                                      : "Bearer error=\"invalid_token\"");
-    reply_problem(resp, 401, "Unauthorized", why == 2 ? "TokenExpired" : "AuthenticationUnsuccessful");
+    reply_problem(resp, 401, "Unauthorized",
+                  why == 2 ? "TokenExpired" : "AuthenticationUnsuccessful");
 }
 
 static void op_connections(struct call *c)
@@ -1414,7 +1415,7 @@ static void op_connections(struct call *c)
                          "updatedDateUtc", created));
 }
 
-/* ==== rate limits ====================================================================================== */
+/* ==== rate limits ========================================================= */
 
 /* Drop admissions older than a minute. */
 static void window_prune(struct window *w, uint64_t now)
@@ -1507,7 +1508,7 @@ static void limit_headers(struct pb_http_response *resp, const struct admission 
     }
 }
 
-/* ==== idempotency ========================================================================================= */
+/* ==== idempotency ========================================================= */
 
 static void idem_free(struct idem *e)
 {
@@ -1612,7 +1613,7 @@ static void idem_end(struct xero *x, struct idem *e, const struct pb_http_respon
     pthread_cond_broadcast(&x->idem_cond);
 }
 
-/* ==== JSON bodies ============================================================================================= */
+/* ==== JSON bodies ========================================================= */
 
 /* The elements of a write: `key` of the parsed body (an array), or the body
  * itself when it is a single object without that key. Replies 400 and returns
@@ -1815,7 +1816,7 @@ static void reply_write(struct call *c, const char *key, struct out_el *els, siz
     }
 }
 
-/* ==== Contacts ================================================================================================= */
+/* ==== Contacts ============================================================ */
 
 struct contact_in {
     json_t *src;                /* borrowed element */
@@ -2181,7 +2182,7 @@ static void contacts_write(struct call *c, int is_put)
     json_decref(root);
 }
 
-/* ==== Invoices ======================================================================================================= */
+/* ==== Invoices ============================================================ */
 
 struct line_in {
     json_t *doc;                /* owned normalised line, LineAmount set by finalize */
@@ -2566,7 +2567,8 @@ static int only_light_keys(json_t *e)
 }
 
 /* Step 2 for one invoice (data held): resolve contact, number, update rules. */
-static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *batch_numbers, struct hidx *batch_contacts,
+static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *batch_numbers,
+                            struct hidx *batch_contacts,
                             struct contact_in *pending_contacts, size_t *n_pending)
 {
     struct xero *x = c->x;
@@ -2906,7 +2908,7 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
     json_decref(root);
 }
 
-/* ==== Payments ======================================================================================================== */
+/* ==== Payments ============================================================ */
 
 struct payment_in {
     json_t *src;                /* borrowed element */
@@ -3198,7 +3200,7 @@ static void payments_write(struct call *c, int single)
     json_decref(root);
 }
 
-/* ==== GET: where filters and listing ======================================================================================= */
+/* ==== GET: where filters and listing ====================================== */
 
 enum field_id {
     F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
@@ -3806,7 +3808,7 @@ static void one_get(struct call *c, enum entity ent)
     reply_text(c->resp, &b);
 }
 
-/* ==== settings reads ======================================================================================================= */
+/* ==== settings reads ====================================================== */
 
 static void op_organisation(struct call *c)
 {
@@ -3833,7 +3835,7 @@ static void op_accounts(struct call *c)
     reply_json(c->resp, 200, envelope("Accounts", arr));
 }
 
-/* ==== admin ======================================================================================================================== */
+/* ==== admin =============================================================== */
 
 static void op_stats(struct call *c)
 {
@@ -3893,7 +3895,7 @@ static void op_reset(struct call *c)
     reply_json(c->resp, 200, json_pack("{s:s}", "status", "reset"));
 }
 
-/* ==== dispatch ====================================================================================================================== */
+/* ==== dispatch ============================================================ */
 
 static void count_response(struct xero *x, int status)
 {

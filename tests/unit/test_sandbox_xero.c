@@ -40,7 +40,7 @@ static struct pb_sandbox *open_sb, *tight_sb;
 static int open_port, tight_port;
 static char token[128], tight_token[128];
 
-/* ---- HTTP helpers ------------------------------------------------------------------------ */
+/* ---- HTTP helpers -------------------------------------------------------- */
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
@@ -148,7 +148,8 @@ static void get_token(int port, char *out, size_t len)
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/connect/token", port);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_USERPWD, "sandbox-client:sandbox-secret");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "grant_type=client_credentials&scope=accounting.transactions");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "grant_type=client_credentials&scope=accounting.transactions");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
     assert_int_equal(curl_easy_perform(c), CURLE_OK);
@@ -207,7 +208,7 @@ static void make_invoice(const char *reference, const char *qty, const char *uni
     reply_free(&r);
 }
 
-/* ---- fixtures ---------------------------------------------------------------------------------- */
+/* ---- fixtures ------------------------------------------------------------ */
 
 static int group_setup(void **state)
 {
@@ -258,7 +259,7 @@ static int reset(void **state)
     return 0;
 }
 
-/* ---- tests ---------------------------------------------------------------------------------------- */
+/* ---- tests --------------------------------------------------------------- */
 
 /* Contact, invoice, two payments; AmountDue and PAID through a where filter. */
 static void test_invoice_payment_flow(void **state)
@@ -418,9 +419,10 @@ static void test_summarize_errors_false(void **state)
     bad = json_array_get(json_object_get(r.json, "Invoices"), 1);
     assert_string_equal(json_string_value(json_object_get(good, "StatusAttributeString")), "OK");
     assert_string_equal(json_string_value(json_object_get(bad, "StatusAttributeString")), "ERROR");
-    assert_string_equal(json_string_value(json_object_get(
-                            json_array_get(json_object_get(bad, "ValidationErrors"), 0), "Message")),
-                        "Account code '999' is not a valid code for this document.");
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_array_get(json_object_get(bad, "ValidationErrors"), 0), "Message")),
+        "Account code '999' is not a valid code for this document.");
     reply_free(&r);
     assert_int_equal(stat_of(open_port, "invoices"), 1);
     assert_int_equal(stat_of(open_port, "contacts"), 1);  /* Bob, created once by name */
