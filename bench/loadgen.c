@@ -237,13 +237,25 @@ static const char *const last_names[] = {"Smith", "Jones", "Martin", "Braun", "C
                                          "Moreau", "Sato", "Petrov", "Walker", "Lee", "Rossi"};
 static const char *const cities[] = {"London", "Leeds", "Paris", "Berlin", "Boston", "York"};
 
-/* A GUID-shaped, upper-case identifier, unique per (run, kind, n). Every group
- * starts with a hex letter, so the longest digit run is 11 (see the essay). */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* A GUID-shaped, upper-case identifier, unique per (run, kind, n): the last
+ * group holds n. The first groups are a hash, so identifiers arrive in random
+ * order as real GUIDs do (an index on them takes random inserts, not appends).
+ * Every group starts with a hex letter, so the longest digit run is 11 (see
+ * the essay). */
 static void make_guid(char out[37], uint32_t run, unsigned kind, uint64_t n)
 {
-    snprintf(out, 37, "A%07" PRIX32 "-B%03X-4C%02X-D%03X-E%011" PRIX64, run & 0xfffffffu,
-             (unsigned)((run >> 4) & 0xfffu), kind & 0xffu, (unsigned)(run & 0xfffu),
-             (uint64_t)(n & 0xfffffffffffull));
+    uint64_t h = mix64(((uint64_t)run << 32) ^ ((uint64_t)kind << 56) ^ n);
+    snprintf(out, 37, "A%07" PRIX64 "-B%03X-4C%02X-D%03X-E%011" PRIX64,
+             (uint64_t)(h & 0xfffffffu), (unsigned)((h >> 28) & 0xfffu), kind & 0xffu,
+             (unsigned)(run & 0xfffu), (uint64_t)(n & 0xfffffffffffull));
 }
 
 static int hmac_hex(const char *secret, const char *body, size_t len, char hex[65])
@@ -756,8 +768,10 @@ static void on_event(struct run *r, struct conn *c, uint32_t events)
         if ((events & (EPOLLERR | EPOLLHUP)) ||
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err) {
             conn_close(r, c);
-            if (r->t0 && ++r->n_connect_failures > 10u * r->o->connections) {
-                fprintf(stderr, "pb_loadgen: the server stopped accepting connections\n");
+            if (r->t0 && ++r->n_connect_failures > 10u * r->o->connections &&
+                !r->stop_sending) {
+                fprintf(stderr, "pb_loadgen: the server stopped accepting connections; "
+                                "sending stops\n");
                 r->stop_sending = 1;
             }
             return;
