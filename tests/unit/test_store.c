@@ -1,0 +1,308 @@
+/*
+ * test_store.c: the SQLite store — inbox de-duplication, the event and its
+ * first job in one transaction, claims (tries survive replays), completions
+ * (xref + next step atomically), retries, dead letters, lease recovery, and
+ * the group commit sharing one transaction between concurrent submitters.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store/store.h"
+
+static char dir[256];
+
+static struct pb_store *open_fresh(void)
+{
+    struct pb_store *s = NULL;
+    struct pb_err err = {0};
+    char path[300];
+    snprintf(dir, sizeof(dir), "/tmp/pb-test-store-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/t.db", dir);
+    assert_int_equal(pb_store_open(path, &s, &err), PB_OK);
+    return s;
+}
+
+static void close_and_remove(struct pb_store *s)
+{
+    char cmd[300];
+    pb_store_close(s);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void inbox(struct pb_store *s, const char *gw_id, int n_jobs, struct pb_store_op *op)
+{
+    memset(op, 0, sizeof(*op));
+    op->kind = PB_OP_INBOX_PUT;
+    op->u.inbox.connection = "opayo-shop";
+    op->u.inbox.gateway_event_id = gw_id;
+    op->u.inbox.type = "payment.succeeded";
+    op->u.inbox.event_json = "{\"type\":\"payment.succeeded\"}";
+    op->u.inbox.raw = "{}";
+    op->u.inbox.raw_len = 2;
+    op->u.inbox.received_ms = pb_now_ms();
+    for (int i = 0; i < n_jobs; i++) {
+        op->u.inbox.jobs[i].flow = i == 0 ? "f1" : "f2";
+        op->u.inbox.jobs[i].step = 1;
+        op->u.inbox.jobs[i].step_name = "contact";
+        op->u.inbox.jobs[i].target = "xero";
+        op->u.inbox.jobs[i].command = "contact.upsert";
+    }
+    op->u.inbox.n_jobs = n_jobs;
+    assert_int_equal(pb_store_run(s, op), PB_OK);
+}
+
+static size_t claim(struct pb_store *s, struct pb_job **jobs, int64_t now)
+{
+    struct pb_store_op op;
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_CLAIM;
+    op.u.claim.now_ms = now;
+    op.u.claim.lease_ms = 60000;
+    op.u.claim.max = 50;
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    *jobs = op.u.claim.jobs;
+    return op.u.claim.n;
+}
+
+static long long state_count(struct pb_store *s, const char *state)
+{
+    json_t *out = NULL;
+    struct pb_err err = {0};
+    assert_int_equal(pb_store_query(s, "jobs.states", NULL, &out, &err), PB_OK);
+    long long n = json_integer_value(json_object_get(out, state));
+    json_decref(out);
+    return n;
+}
+
+static void test_inbox_dedup(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a, b;
+    inbox(s, "TX-1", 1, &a);
+    assert_false(a.u.inbox.duplicate);
+    assert_true(a.u.inbox.event_id > 0);
+    inbox(s, "TX-1", 1, &b);
+    assert_true(b.u.inbox.duplicate);
+    assert_int_equal(b.u.inbox.event_id, a.u.inbox.event_id);
+    /* the duplicate queued nothing */
+    assert_int_equal(state_count(s, "ready"), 1);
+    json_t *c = NULL;
+    struct pb_err err = {0};
+    assert_int_equal(pb_store_query(s, "events.count", NULL, &c, &err), PB_OK);
+    assert_int_equal(json_integer_value(json_object_get(c, "events")), 1);
+    assert_int_equal(json_integer_value(json_object_get(c, "duplicates")), 1);
+    json_decref(c);
+    close_and_remove(s);
+}
+
+static void test_claim_complete_xref_next(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a, op;
+    struct pb_job *jobs;
+    char erp[128];
+    struct pb_err err = {0};
+    inbox(s, "TX-2", 1, &a);
+    assert_int_equal(claim(s, &jobs, pb_now_ms()), 1);
+    assert_int_equal(jobs[0].tries, 1);
+    assert_int_equal(jobs[0].attempts, 1);
+    assert_string_equal(jobs[0].command, "contact.upsert");
+    assert_string_equal(jobs[0].refs_json, "{}");
+    /* nothing else is due while it is leased */
+    struct pb_job *none;
+    assert_int_equal(claim(s, &none, pb_now_ms()), 0);
+
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_COMPLETE;
+    op.u.complete.job_id = jobs[0].id;
+    op.u.complete.attempt = 1;
+    op.u.complete.outcome = PB_OUTCOME_DONE;
+    op.u.complete.erp_id = "C-1";
+    op.u.complete.reference = "email:ann@example.com";
+    op.u.complete.next.flow = "f1";
+    op.u.complete.next.step = 2;
+    op.u.complete.next.step_name = "invoice";
+    op.u.complete.next.target = "xero";
+    op.u.complete.next.command = "invoice.create";
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    pb_store_jobs_free(jobs, 1);
+
+    assert_int_equal(s->ops->xref_get(s, "xero", "contact.upsert", "email:ann@example.com", erp,
+                                      sizeof(erp), &err), PB_OK);
+    assert_string_equal(erp, "C-1");
+    assert_int_equal(s->ops->xref_get(s, "xero", "contact.upsert", "email:bob@example.com", erp,
+                                      sizeof(erp), &err), PB_ERR_NOTFOUND);
+    /* the next step is due and sees the first step's ERP id in its refs */
+    assert_int_equal(claim(s, &jobs, pb_now_ms()), 1);
+    assert_string_equal(jobs[0].command, "invoice.create");
+    assert_string_equal(jobs[0].refs_json, "{\"contact\":\"C-1\"}");
+    /* a second completion of an already finished job is refused */
+    op.u.complete.next.flow = NULL;
+    assert_int_equal(pb_store_run(s, &op), PB_ERR_EXISTS);
+    pb_store_jobs_free(jobs, 1);
+    close_and_remove(s);
+}
+
+static void test_retry_dead_replay_keeps_tries(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a, op;
+    struct pb_job *jobs;
+    int64_t now = pb_now_ms();
+    inbox(s, "TX-3", 1, &a);
+    assert_int_equal(claim(s, &jobs, now), 1);
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_COMPLETE;
+    op.u.complete.job_id = jobs[0].id;
+    op.u.complete.outcome = PB_OUTCOME_RETRY;
+    op.u.complete.message = "HTTP 503";
+    op.u.complete.error_class = "transient";
+    op.u.complete.next_run_ms = now + 5000;
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    int64_t id = jobs[0].id;
+    pb_store_jobs_free(jobs, 1);
+    /* not due before next_run_ms, due after */
+    assert_int_equal(claim(s, &jobs, now + 1000), 0);
+    assert_int_equal(claim(s, &jobs, now + 6000), 1);
+    assert_int_equal(jobs[0].tries, 2);
+    assert_int_equal(jobs[0].attempts, 2);
+    op.u.complete.outcome = PB_OUTCOME_DEAD;
+    op.u.complete.message = "Account code '999' is not a valid code";
+    op.u.complete.error_class = "permanent";
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    pb_store_jobs_free(jobs, 1);
+    assert_int_equal(state_count(s, "dead"), 1);
+
+    json_t *dl = NULL;
+    struct pb_err err = {0};
+    assert_int_equal(pb_store_query(s, "dlq.list", NULL, &dl, &err), PB_OK);
+    assert_int_equal(json_array_size(dl), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(dl, 0), "reason")),
+                        "Account code '999' is not a valid code");
+    json_decref(dl);
+
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_REPLAY;
+    op.u.replay.job_id = id;
+    op.u.replay.now_ms = now;
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    assert_int_equal(op.u.replay.count, 1);
+    /* replaying a job that is not dead says so */
+    assert_int_equal(pb_store_run(s, &op), PB_ERR_NOTFOUND);
+    assert_int_equal(claim(s, &jobs, now + 7000), 1);
+    assert_int_equal(jobs[0].attempts, 1); /* the retry budget starts again */
+    assert_int_equal(jobs[0].tries, 3);    /* but the sink still knows it may exist */
+    pb_store_jobs_free(jobs, 1);
+    close_and_remove(s);
+}
+
+static void test_recover_leases(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a, op;
+    struct pb_job *jobs;
+    inbox(s, "TX-4", 2, &a);
+    assert_int_equal(claim(s, &jobs, pb_now_ms()), 2);
+    pb_store_jobs_free(jobs, 2);
+    assert_int_equal(state_count(s, "leased"), 2);
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_RECOVER;
+    op.u.recover.now_ms = pb_now_ms(); /* leases not expired yet */
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    assert_int_equal(op.u.recover.count, 0);
+    op.u.recover.now_ms = pb_now_ms() + 120000;
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    assert_int_equal(op.u.recover.count, 2);
+    assert_int_equal(state_count(s, "ready"), 2);
+    close_and_remove(s);
+}
+
+/* Many threads submit at once: all are stored, in fewer commits than ops. */
+struct submitter {
+    struct pb_store *s;
+    int base;
+};
+
+static void *submit_many(void *arg)
+{
+    struct submitter *sb = arg;
+    for (int i = 0; i < 200; i++) {
+        char id[32];
+        struct pb_store_op op;
+        snprintf(id, sizeof(id), "T%d-%d", sb->base, i);
+        inbox(sb->s, id, 1, &op);
+    }
+    return NULL;
+}
+
+static void test_group_commit(void **st)
+{
+    struct pb_store *s = open_fresh();
+    pthread_t t[8];
+    struct submitter sb[8];
+    struct pb_store_stats stats;
+    for (int i = 0; i < 8; i++) {
+        sb[i].s = s;
+        sb[i].base = i;
+        pthread_create(&t[i], NULL, submit_many, &sb[i]);
+    }
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    s->ops->stats(s, &stats);
+    assert_int_equal(stats.ops, 1600);
+    assert_true(stats.commits < stats.ops);
+    assert_true(stats.max_batch > 1);
+    assert_int_equal(state_count(s, "ready"), 1600);
+    close_and_remove(s);
+}
+
+static void test_reopen_is_durable(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a;
+    struct pb_err err = {0};
+    char path[300];
+    inbox(s, "TX-5", 1, &a);
+    s->ops->close(s);
+    snprintf(path, sizeof(path), "%s/t.db", dir);
+    assert_int_equal(pb_store_open(path, &s, &err), PB_OK);
+    assert_int_equal(state_count(s, "ready"), 1);
+    inbox(s, "TX-5", 1, &a);
+    assert_true(a.u.inbox.duplicate);
+    close_and_remove(s);
+}
+
+static void test_bad_dsn(void **st)
+{
+    struct pb_store *s = NULL;
+    struct pb_err err = {0};
+    assert_int_equal(pb_store_open("postgres://x", &s, &err), PB_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "postgres"));
+    assert_int_equal(pb_store_open("/nonexistent-dir/x/y.db", &s, &err), PB_ERR_STORE);
+    assert_non_null(strstr(err.msg, "cannot open"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_inbox_dedup),
+        cmocka_unit_test(test_claim_complete_xref_next),
+        cmocka_unit_test(test_retry_dead_replay_keeps_tries),
+        cmocka_unit_test(test_recover_leases),
+        cmocka_unit_test(test_group_commit),
+        cmocka_unit_test(test_reopen_is_durable),
+        cmocka_unit_test(test_bad_dsn),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
