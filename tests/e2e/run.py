@@ -1,0 +1,1413 @@
+#!/usr/bin/env python3
+"""tests/e2e/run.py: replay one end-to-end case against the sandbox.
+
+    run.py --bin-dir BUILD --source-dir SRC CASE.json [--keep]
+
+A case is a data file (tests/e2e/cases/*.json, format in README.md): the
+sandbox settings, the paybridge settings, and a list of steps, each one
+action (play an order, send a raw webhook, inject a fault, kill paybridge) or
+one expectation (what Xero holds, what the dead-letter queue holds). This
+program owns nothing but the case's temporary directory and the processes it
+starts there:
+
+  1. paybridge-sandbox on ephemeral ports (Opayo Pi + Xero emulators);
+  2. DIR/paybridge.yaml (secrets as env:NAME, a random admin key) and a copy
+     of SRC/flows/opayo-xero.yaml in DIR/flows, so a case may edit it;
+     `paybridge check -c` must pass with no diagnostics at all;
+  3. `paybridge serve` on port 0, then always on that same port after a
+     restart, because the Opayo sandbox's notify_url points at it;
+  4. the steps, in order. A failed expectation is reported and the case goes
+     on (later steps often explain the first failure); a broken precondition
+     (a process died, a port never opened) stops the case at once;
+  5. SIGTERM to paybridge (which must exit 0: a crash on shutdown is a bug)
+     and to the sandbox. On failure the tail of paybridge's JSON log follows.
+
+Exit status: 0 when every expectation held, 1 otherwise, 2 for a malformed
+case or command line.
+
+Rules this runner keeps:
+  - Strict by default: an unexpected notification failure, a duplicate Xero
+    reference, an unexpected dead letter or a paybridge crash fails the case
+    even when no step asked about it. Cases relax a check only by saying so.
+  - Money is compared exactly: Xero's JSON numbers are parsed as Decimal and
+    turned into integer minor units with the currency's exponent.
+  - Standard library only, so it runs wherever CMake and python3 do.
+
+Rejected designs:
+  - Python test functions per case: a case is then code, and reviewing what
+    is sent and what is expected means reading control flow. Data files keep
+    every case in one readable shape (curl's tests/data, HOUSE-STYLE.md).
+  - Verifying Xero through paybridge's own xref: a bug that writes the xref
+    but not the document would pass. Everything about Xero is read back from
+    the Xero sandbox's real API and its /_sandbox/stats counters.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from decimal import Decimal
+
+# ---- small helpers ------------------------------------------------------------------------------
+
+CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3, "CLF": 4}
+CARDS = {"ok": "4929000000006", "declined": "4929602110085639"}
+CARD_OUTCOME = {"ok": "Ok", "declined": "NotAuthed"}
+LOG_TAIL_LINES = 60
+
+
+class CaseError(Exception):
+    """The case file itself is wrong (exit 2)."""
+
+
+class Abort(Exception):
+    """A precondition broke: the rest of the case cannot mean anything."""
+
+
+def exponent(currency):
+    return CURRENCY_EXPONENT.get(currency, 2)
+
+
+def to_minor(amount, currency):
+    """A Xero decimal (Decimal, int or str) as an int of minor units, or None if not exact."""
+    if amount is None:
+        return None
+    d = Decimal(str(amount)) * (Decimal(10) ** exponent(currency))
+    return int(d) if d == d.to_integral_value() else None
+
+
+def now_iso():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def luhn_ok(digits):
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def lettered_guid():
+    """An upper-case GUID whose every group holds a letter, so no dash-joined
+    digit run in it can look like a card number to anyone."""
+    while True:
+        g = str(uuid.uuid4()).upper()
+        if all(re.search("[A-F]", part) for part in g.split("-")):
+            return g
+
+
+def http(method, url, body=None, headers=None, timeout=15.0):
+    """One HTTP call. Returns (status, headers dict lower-case, body bytes);
+    status 0 when the server could not be reached (body says why)."""
+    data = None
+    hdrs = dict(headers or {})
+    if body is not None:
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        try:
+            payload = e.read()
+        except Exception:  # the server may have closed mid-body
+            payload = b""
+        return e.code, {k.lower(): v for k, v in (e.headers or {}).items()}, payload
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        return 0, {}, str(e).encode()
+
+
+def as_json(payload, decimals=False):
+    try:
+        if decimals:
+            return json.loads(payload, parse_float=Decimal)
+        return json.loads(payload)
+    except (ValueError, TypeError):
+        return None
+
+
+def short(payload, n=300):
+    s = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def yaml_dump(value, indent=0):
+    """Block-style YAML for dicts, lists and scalars. Strings are written as
+    JSON strings, which YAML reads as double-quoted scalars."""
+    pad = "  " * indent
+    out = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                out.append("%s%s:" % (pad, k))
+                out.append(yaml_dump(v, indent + 1))
+            else:
+                out.append("%s%s: %s" % (pad, k, yaml_scalar(v)))
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)) and v:
+                inner = yaml_dump(v, indent + 1).lstrip()
+                out.append("%s- %s" % (pad, inner))
+            else:
+                out.append("%s- %s" % (pad, yaml_scalar(v)))
+    return "\n".join(out)
+
+
+def yaml_scalar(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return json.dumps(str(v))
+
+
+def set_path(obj, path, value):
+    keys = path.split(".")
+    for k in keys[:-1]:
+        obj = obj.setdefault(k, {})
+    obj[keys[-1]] = value
+
+
+def del_path(obj, path):
+    keys = path.split(".")
+    for k in keys[:-1]:
+        obj = obj.get(k, {})
+    obj.pop(keys[-1], None)
+
+
+def parse_metrics(text):
+    """Prometheus text -> list of (name, {label: value}, float)."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?\s+(\S+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="([^"]*)"', m.group(3) or ""))
+        try:
+            out.append((m.group(1), labels, float(m.group(4))))
+        except ValueError:
+            pass
+    return out
+
+
+def metric_sum(samples, name, labels=None):
+    total, found = 0.0, False
+    for n, l, v in samples:
+        if n == name and all(l.get(k) == str(val) for k, val in (labels or {}).items()):
+            total += v
+            found = True
+    return total if found else None
+
+
+def set_parent_death_signal():
+    """Child side of Popen: die with the runner, even if ctest SIGKILLs it."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+# ---- processes --------------------------------------------------------------------------------------
+
+class Sandbox:
+    """paybridge-sandbox with Opayo and Xero on ephemeral ports."""
+
+    def __init__(self, run):
+        self.run = run
+        self.proc = None
+        self.ports = {}
+
+    def start(self, settings):
+        d = self.run.dir
+        conf = os.path.join(d, "sandbox.json")
+        with open(conf, "w") as f:
+            json.dump(settings, f, indent=2)
+        ports_file = os.path.join(d, "ports.json")
+        self.log = open(os.path.join(d, "sandbox.log"), "wb")
+        self.proc = subprocess.Popen(
+            [os.path.join(self.run.bin_dir, "paybridge-sandbox"), "--xero-port", "0", "--opayo-port", "0",
+             "--ports-file", ports_file, "--config", conf],
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=set_parent_death_signal)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise Abort("paybridge-sandbox exited with %s before listening:\n%s"
+                            % (self.proc.returncode, self.run.tail(os.path.join(d, "sandbox.log"))))
+            if os.path.exists(ports_file):
+                with open(ports_file) as f:
+                    line = as_json(f.read())
+                if line and "ports" in line:
+                    self.ports = line["ports"]
+                    return
+            time.sleep(0.05)
+        raise Abort("paybridge-sandbox wrote no %s within 15 s" % ports_file)
+
+    def url(self, system, path):
+        return "http://127.0.0.1:%d%s" % (self.ports[system], path)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+
+class Paybridge:
+    """The paybridge daemon: one Popen per start, one log file per start."""
+
+    def __init__(self, run):
+        self.run = run
+        self.proc = None
+        self.port = 0
+        self.starts = 0
+        self.logs = []
+
+    def start(self):
+        d = self.run.dir
+        port_file = os.path.join(d, "port")
+        if os.path.exists(port_file):
+            os.unlink(port_file)
+        self.run.write_config(self.port)
+        self.starts += 1
+        log_path = os.path.join(d, "paybridge.%d.log" % self.starts)
+        self.logs.append(log_path)
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [os.path.join(self.run.bin_dir, "paybridge"), "serve", "-c", self.run.config_path,
+             "--port-file", port_file],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.run.env, cwd=d,
+            preexec_fn=set_parent_death_signal)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise Abort("paybridge serve exited with status %s while starting:\n%s"
+                            % (self.proc.returncode, self.run.tail(log_path)))
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    text = f.read().strip()
+                if text.isdigit():
+                    port = int(text)
+                    if self.port and port != self.port:
+                        raise Abort("paybridge came back on port %d, not %d" % (port, self.port))
+                    self.port = port
+                    break
+            time.sleep(0.05)
+        else:
+            raise Abort("paybridge wrote no port file within 20 s:\n%s" % self.run.tail(log_path))
+        while time.time() < deadline:
+            status, _, _ = http("GET", self.url("/readyz"), timeout=2)
+            if status == 200:
+                return
+            time.sleep(0.05)
+        raise Abort("GET /readyz never answered 200 within 20 s")
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            rc = self.proc.returncode
+            why = ("killed by signal %d" % -rc) if rc < 0 else ("exit status %d" % rc)
+            raise Abort("paybridge died unexpectedly (%s):\n%s" % (why, self.run.tail(self.logs[-1])))
+
+    def stop(self, expect_clean=True):
+        """SIGTERM; returns an error text when the daemon did not exit 0 in 15 s."""
+        if not self.proc:
+            return None
+        problem = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                problem = "paybridge did not exit within 15 s of SIGTERM (killed)"
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        if problem is None and rc != 0 and expect_clean:
+            problem = ("paybridge exited with %s after SIGTERM (expected 0)"
+                       % (("signal %d" % -rc) if rc < 0 else rc))
+        self.proc = None
+        self.log.close()
+        return problem
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+
+# ---- the run of one case ------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, bin_dir, source_dir, case_path, keep):
+        self.bin_dir = os.path.abspath(bin_dir)
+        self.source_dir = os.path.abspath(source_dir)
+        self.case_path = case_path
+        self.name = os.path.splitext(os.path.basename(case_path))[0]
+        self.keep = keep
+        with open(case_path) as f:
+            try:
+                self.case = json.load(f)
+            except ValueError as e:
+                raise CaseError("%s is not JSON: %s" % (case_path, e))
+        known = {"description", "sandbox", "paybridge", "steps", "timeout_s", "comment", "allow_log_errors"}
+        for k in self.case:
+            if k not in known:
+                raise CaseError("%s: unknown top-level key %r (known: %s)" % (case_path, k, ", ".join(sorted(known))))
+        self.pb_conf = self.case.get("paybridge", {})
+        known_pb = {"max_attempts", "xero_rate_limit", "max_body", "workers", "flow_edits", "opayo_settings",
+                    "xero_settings", "log_level", "comment"}
+        for k in self.pb_conf:
+            if k not in known_pb:
+                raise CaseError("paybridge.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known_pb))))
+        self.failures = []
+        self.t0 = time.time()
+        self.deadline = self.t0 + float(self.case.get("timeout_s", 150))
+        self.orders = {}          # vendorTxCode -> {"amount","currency","status","transaction_id", ...}
+        self.order_lock = threading.Lock()
+        self.xero_token = None
+        self.notify_secret = "e2e-notify-" + secrets.token_hex(12)
+        self.opayo_key = "e2e-key-" + secrets.token_hex(6)
+        self.opayo_password = "e2e-pw-" + secrets.token_hex(6)
+        self.xero_client_id = "e2e-client-" + secrets.token_hex(6)
+        self.xero_client_secret = "e2e-secret-" + secrets.token_hex(12)
+        self.xero_tenant = str(uuid.uuid4())
+        self.admin_key = "e2e-admin-" + secrets.token_hex(16)
+        self.vendor_name = "sandbox"
+        self.env = dict(os.environ)
+        self.env.update({
+            "PB_E2E_NOTIFY_SECRET": self.notify_secret,
+            "PB_E2E_OPAYO_KEY": self.opayo_key,
+            "PB_E2E_OPAYO_PASSWORD": self.opayo_password,
+            "PB_E2E_XERO_CLIENT_ID": self.xero_client_id,
+            "PB_E2E_XERO_CLIENT_SECRET": self.xero_client_secret,
+        })
+        self.env.pop("PAYBRIDGE_SECRET_KEY", None)
+        self.dir = tempfile.mkdtemp(prefix="pb-e2e-%s-" % self.name)
+        self.config_path = os.path.join(self.dir, "paybridge.yaml")
+        self.flow_path = os.path.join(self.dir, "flows", "opayo-xero.yaml")
+        self.sandbox = Sandbox(self)
+        self.pb = Paybridge(self)
+
+    # -- reporting --
+
+    def say(self, msg):
+        print("[%6.2fs] %s" % (time.time() - self.t0, msg), flush=True)
+
+    def fail(self, msg):
+        self.failures.append(msg)
+        self.say("FAIL: " + msg)
+
+    def expect(self, cond, msg):
+        if not cond:
+            self.fail(msg)
+        return cond
+
+    def tail(self, path, n=LOG_TAIL_LINES):
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return "(no log at %s)" % path
+        return "\n".join("    " + l for l in lines[-n:])
+
+    def log_lines(self, needle, n=8):
+        """Lines of every paybridge log of this run that contain `needle` (the last n)."""
+        hits = []
+        for p in self.pb.logs:
+            try:
+                with open(p, "rb") as f:
+                    hits += [l for l in f.read().decode("utf-8", "replace").splitlines() if needle in l]
+            except OSError:
+                pass
+        return hits[-n:]
+
+    def time_left(self):
+        return self.deadline - time.time()
+
+    # -- set-up --
+
+    def sandbox_settings(self):
+        sb = self.case.get("sandbox", {})
+        for k in sb:
+            if k not in ("xero", "opayo"):
+                raise CaseError("sandbox.%s: unknown system (xero, opayo)" % k)
+        xero = {"port": 0, "client_id": self.xero_client_id, "client_secret": self.xero_client_secret,
+                "tenant_id": self.xero_tenant, "limits": False}
+        xero.update(sb.get("xero", {}))
+        opayo = {"port": 0, "integration_key": self.opayo_key, "integration_password": self.opayo_password,
+                 "vendor_name": self.vendor_name, "notify_secret": self.notify_secret}
+        opayo.update(sb.get("opayo", {}))
+        return {"bind": "127.0.0.1", "xero": xero, "opayo": opayo}
+
+    def write_config(self, port):
+        admin_hash = self.admin_hash
+        xero_conn = {
+            "connector": "xero",
+            "settings": {
+                "api_base": self.sandbox.url("xero", "/api.xro/2.0"),
+                "token_url": self.sandbox.url("xero", "/connect/token"),
+                "tenant_id": self.xero_tenant,
+            },
+            "secrets": {"client_id": "env:PB_E2E_XERO_CLIENT_ID", "client_secret": "env:PB_E2E_XERO_CLIENT_SECRET"},
+            "retry": {"base_ms": 50, "cap_ms": 500, "max_attempts": int(self.pb_conf.get("max_attempts", 8))},
+        }
+        xero_conn["settings"].update(self.pb_conf.get("xero_settings", {}))
+        rl = self.pb_conf.get("xero_rate_limit", False)
+        if rl != "default":
+            xero_conn["rate_limit"] = rl
+        opayo_settings = {"api_base": self.sandbox.url("opayo", "/api/v1"), "vendor_name": self.vendor_name}
+        opayo_settings.update(self.pb_conf.get("opayo_settings", {}))
+        conf = {
+            "server": {"listen": "127.0.0.1:%d" % port, "threads": 4},
+            "store": "sqlite:" + os.path.join(self.dir, "pb.db"),
+            "workers": int(self.pb_conf.get("workers", 2)),
+            "log_level": self.pb_conf.get("log_level", "info"),
+            "admin": {"api_keys": [admin_hash], "metrics_public": True},
+            "connections": {
+                "opayo-shop": {
+                    "connector": "opayo",
+                    "settings": opayo_settings,
+                    "secrets": {"notify_secret": "env:PB_E2E_NOTIFY_SECRET",
+                                "integration_key": "env:PB_E2E_OPAYO_KEY",
+                                "integration_password": "env:PB_E2E_OPAYO_PASSWORD"},
+                },
+                "xero-demo": xero_conn,
+            },
+            "flows": [self.flow_path],
+        }
+        if "max_body" in self.pb_conf:
+            conf["server"]["max_body"] = int(self.pb_conf["max_body"])
+        text = "# written by tests/e2e/run.py for case %s\n%s\n" % (self.name, yaml_dump(conf))
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    def cli(self, *args, timeout=60):
+        p = subprocess.run([os.path.join(self.bin_dir, "paybridge")] + list(args), env=self.env, cwd=self.dir,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+    def setup(self):
+        for exe in ("paybridge", "paybridge-sandbox"):
+            if not os.access(os.path.join(self.bin_dir, exe), os.X_OK):
+                raise Abort("%s/%s is missing: build first (cmake --build %s)" % (self.bin_dir, exe, self.bin_dir))
+        src_flow = os.path.join(self.source_dir, "flows", "opayo-xero.yaml")
+        if not os.path.exists(src_flow):
+            raise Abort("%s is missing" % src_flow)
+        os.makedirs(os.path.dirname(self.flow_path))
+        shutil.copyfile(src_flow, self.flow_path)
+        for edit in self.pb_conf.get("flow_edits", []):
+            self.apply_flow_edit(edit)
+        rc, out, err = self.cli("admin", "hash-key", self.admin_key)
+        want = "sha256:" + hashlib.sha256(self.admin_key.encode()).hexdigest()
+        if rc != 0 or out.strip() != want:
+            raise Abort("`paybridge admin hash-key` printed %r (rc %d), expected %r" % (out.strip(), rc, want))
+        self.admin_hash = out.strip()
+        self.sandbox.start(self.sandbox_settings())
+        self.say("sandbox: opayo :%d, xero :%d; dir %s" % (self.sandbox.ports["opayo"], self.sandbox.ports["xero"], self.dir))
+        self.write_config(0)
+        rc, out, err = self.cli("check", "-c", self.config_path)
+        if rc != 0:
+            raise Abort("`paybridge check` failed (rc %d):\n%s%s" % (rc, out, err))
+        if err.strip():
+            self.fail("`paybridge check` printed diagnostics (a clean config must have none):\n" + err)
+        self.pb.start()
+        self.say("paybridge: :%d" % self.pb.port)
+        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/settings"),
+                               {"notify_url": self.pb.url("/hooks/opayo-shop"), "notify_secret": self.notify_secret})
+        if status != 200:
+            raise Abort("POST /_sandbox/settings on the Opayo sandbox: HTTP %d %s" % (status, short(body)))
+
+    def apply_flow_edit(self, edit):
+        old, new = edit.get("replace"), edit.get("with")
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise CaseError("a flow edit needs \"replace\" and \"with\" strings: %r" % edit)
+        with open(self.flow_path) as f:
+            text = f.read()
+        n = text.count(old)
+        if n == 0:
+            raise Abort("flow edit: %r does not occur in flows/opayo-xero.yaml (did the template change?)" % old)
+        count = int(edit.get("count", 1))
+        if n != count:
+            raise Abort("flow edit: %r occurs %d times in flows/opayo-xero.yaml, the case expects %d" % (old, n, count))
+        with open(self.flow_path, "w") as f:
+            f.write(text.replace(old, new))
+
+    # -- systems --
+
+    def admin_get(self, path):
+        status, _, body = http("GET", self.pb.url(path), headers={"Authorization": "Bearer " + self.admin_key})
+        data = as_json(body)
+        if status != 200 or data is None:
+            raise Abort("GET %s: HTTP %d %s" % (path, status, short(body)))
+        return data
+
+    def events(self):
+        return self.admin_get("/admin/events?limit=10000")
+
+    def dlq(self):
+        return self.admin_get("/admin/dlq?limit=10000")
+
+    def metrics(self):
+        status, _, body = http("GET", self.pb.url("/metrics"))
+        if status != 200:
+            raise Abort("GET /metrics: HTTP %d %s" % (status, short(body)))
+        return parse_metrics(body.decode())
+
+    def sandbox_get(self, system, path):
+        status, _, body = http("GET", self.sandbox.url(system, path))
+        data = as_json(body)
+        if status != 200 or data is None:
+            raise Abort("GET %s on the %s sandbox: HTTP %d %s" % (path, system, status, short(body)))
+        return data
+
+    def opayo_basic(self):
+        tok = base64.b64encode(("%s:%s" % (self.opayo_key, self.opayo_password)).encode()).decode()
+        return {"Authorization": "Basic " + tok}
+
+    def xero_api(self, path):
+        """GET on the Xero sandbox's real API, retrying the faults a case may have left behind."""
+        deadline = time.time() + 30
+        while True:
+            if not self.xero_token:
+                basic = base64.b64encode(("%s:%s" % (self.xero_client_id, self.xero_client_secret)).encode()).decode()
+                status, _, body = http("POST", self.sandbox.url("xero", "/connect/token"),
+                                       "grant_type=client_credentials",
+                                       {"Authorization": "Basic " + basic,
+                                        "Content-Type": "application/x-www-form-urlencoded"})
+                tok = as_json(body)
+                if status == 200 and tok and tok.get("access_token"):
+                    self.xero_token = tok["access_token"]
+                elif time.time() > deadline:
+                    raise Abort("Xero sandbox /connect/token: HTTP %d %s" % (status, short(body)))
+                else:
+                    time.sleep(0.5)
+                    continue
+            status, hdrs, body = http("GET", self.sandbox.url("xero", "/api.xro/2.0" + path),
+                                      headers={"Authorization": "Bearer " + self.xero_token,
+                                               "xero-tenant-id": self.xero_tenant, "Accept": "application/json"})
+            if status == 200:
+                return as_json(body, decimals=True)
+            if status == 401:
+                self.xero_token = None
+            if status in (0, 401, 429, 500, 502, 503) and time.time() < deadline:
+                time.sleep(min(5.0, float(hdrs.get("retry-after", "0.5") or 0.5)))
+                continue
+            raise Abort("GET %s on the Xero sandbox: HTTP %d %s" % (path, status, short(body)))
+
+    def xero_list(self, entity):
+        items, page = [], 1
+        while True:
+            data = self.xero_api("/%s?page=%d&pageSize=1000" % (entity, page))
+            batch = data.get(entity, [])
+            items += batch
+            if len(batch) < 1000:
+                return items
+            page += 1
+
+    def xero_invoices_by_reference(self, reference):
+        where = urllib.parse.quote('Reference=="%s"' % reference)
+        return self.xero_api("/Invoices?where=" + where).get("Invoices", [])
+
+    # -- orders --
+
+    def play_order(self, o, vtc):
+        """One shop checkout through the Opayo sandbox. Returns (record, error text)."""
+        card = o.get("card", "ok")
+        number = CARDS.get(card, card)
+        expect = o.get("expect_status", CARD_OUTCOME.get(card, "Ok"))
+        cust = o.get("customer", {})
+        first = cust.get("first_name", "Ann")
+        last = cust.get("last_name", "Smith")
+        email = cust.get("email", "ann.smith@example.com")
+        if o.get("unique_customer"):
+            # Xero wants contact names unique as well as e-mail addresses
+            suffix = vtc.rsplit("-", 1)[-1]
+            email = email.replace("@", "+%s@" % vtc.lower())
+            last = "%s-%s" % (last, suffix)
+        status, _, body = http("POST", self.sandbox.url("opayo", "/api/v1/merchant-session-keys"),
+                               {"vendorName": self.vendor_name}, self.opayo_basic())
+        r = as_json(body) or {}
+        if status != 201:
+            return None, "merchant-session-keys: HTTP %d %s" % (status, short(body))
+        msk = r["merchantSessionKey"]
+        status, _, body = http("POST", self.sandbox.url("opayo", "/api/v1/card-identifiers"),
+                               {"cardDetails": {"cardholderName": "%s %s" % (first, last), "cardNumber": number,
+                                                "expiryDate": o.get("expiry", "1239"), "securityCode": "123"}},
+                               {"Authorization": "Bearer " + msk})
+        r = as_json(body) or {}
+        if status != 201:
+            return None, "card-identifiers: HTTP %d %s" % (status, short(body))
+        tx = {
+            "transactionType": "Payment",
+            "paymentMethod": {"card": {"merchantSessionKey": msk, "cardIdentifier": r["cardIdentifier"]}},
+            "vendorTxCode": vtc,
+            "amount": int(o.get("amount", 1099)),
+            "currency": o.get("currency", "GBP"),
+            "description": o.get("description", "Order " + vtc),
+            "customerFirstName": first,
+            "customerLastName": last,
+            "customerEmail": email,
+            "billingAddress": {"address1": o.get("address1", "88 High Street"), "city": o.get("city", "London"),
+                               "postalCode": o.get("postal_code", "412"), "country": o.get("country", "GB")},
+            "entryMethod": "Ecommerce",
+        }
+        status, _, body = http("POST", self.sandbox.url("opayo", "/api/v1/transactions"), tx, self.opayo_basic())
+        r = as_json(body) or {}
+        if status != 201:
+            return None, "transactions: HTTP %d %s" % (status, short(body))
+        rec = {"vendor_tx_code": vtc, "amount": tx["amount"], "currency": tx["currency"], "status": r.get("status"),
+               "transaction_id": r.get("transactionId"), "email": email, "name": "%s %s" % (first, last)}
+        if r.get("status") != expect:
+            return rec, "transaction %s: status %r (%s), expected %r" % (vtc, r.get("status"), r.get("statusDetail"), expect)
+        return rec, None
+
+    def ok_orders(self):
+        return [o for o in self.orders.values() if o["status"] == "Ok"]
+
+    # ---- steps ----------------------------------------------------------------------------------------------
+
+    def step_order(self, spec, step):
+        o = dict(spec)
+        known = {"vendor_tx_code", "amount", "currency", "card", "customer", "count", "expect_status", "address1",
+                 "postal_code", "city", "country", "description", "expiry", "unique_customer"}
+        for k in o:
+            if k not in known:
+                raise CaseError("order.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        base = o.get("vendor_tx_code") or "E2E-%s" % secrets.token_hex(3).upper()
+        count = int(o.get("count", 1))
+        codes = [base] if count == 1 else ["%s-%03d" % (base, i + 1) for i in range(count)]
+        for vtc in codes:
+            rec, err = self.play_order(o, vtc)
+            if rec:
+                self.orders[vtc] = rec
+            if err:
+                self.fail("order %s: %s" % (vtc, err))
+        return "%d order(s) %s" % (len(codes), codes[0] + (" .. " + codes[-1] if count > 1 else ""))
+
+    def step_resend(self, vtc, step):
+        rec = self.orders.get(vtc)
+        if not rec:
+            raise CaseError("resend %r: no order with that vendorTxCode was played" % vtc)
+        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/notify/" + rec["transaction_id"]), {})
+        self.expect(status == 202, "resend %s: POST /_sandbox/notify: HTTP %d %s" % (vtc, status, short(body)))
+        return "notification of %s queued again" % vtc
+
+    def notification_body(self, spec):
+        """The webhook body of a `webhook` step, as bytes."""
+        if "raw" in spec:
+            return spec["raw"].encode()
+        if "notification_of" in spec:
+            vtc = spec["notification_of"]
+            txs = self.sandbox_get("opayo", "/_sandbox/transactions")
+            tx = next((t for t in txs if t.get("vendorTxCode") == vtc), None)
+            if tx is None:
+                raise Abort("webhook: the Opayo sandbox has no transaction %r" % vtc)
+            body = {"notificationId": lettered_guid(), "eventType": "transaction.completed", "createdAt": now_iso(),
+                    "vendorName": self.vendor_name, "transaction": tx}
+        elif "body" in spec:
+            body = spec["body"]
+            if isinstance(body, str):
+                return body.encode()
+            body = json.loads(json.dumps(body))
+            if isinstance(body, dict):
+                body.setdefault("createdAt", now_iso())
+        else:
+            body = self.template_notification()
+        raws = {}
+        for path, value in spec.get("set", {}).items():
+            if isinstance(value, dict) and set(value) == {"$raw"}:
+                token = "__pb_e2e_raw_%d__" % len(raws)
+                raws[token] = value["$raw"]
+                value = token
+            set_path(body, path, value)
+        for path in spec.get("delete", []):
+            del_path(body, path)
+        text = json.dumps(body)
+        for token, raw in raws.items():
+            text = text.replace('"%s"' % token, raw)
+        return text.encode()
+
+    def template_notification(self):
+        """A valid, signed-able transaction.completed notification for a
+        transaction the gateway never made (bad_input only ever sends it broken)."""
+        amount = 1099
+        return {
+            "notificationId": lettered_guid(),
+            "eventType": "transaction.completed",
+            "createdAt": now_iso(),
+            "vendorName": self.vendor_name,
+            "transaction": {
+                "transactionId": lettered_guid(),
+                "transactionType": "Payment",
+                "status": "Ok",
+                "statusCode": "0000",
+                "statusDetail": "The Authorisation was Successful.",
+                "retrievalReference": "13645201",
+                "bankAuthorisationCode": "999777",
+                "bankResponseCode": "00",
+                "amount": {"totalAmount": amount, "saleAmount": amount, "surchargeAmount": 0},
+                "currency": "GBP",
+                "paymentMethod": {"card": {"cardType": "Visa", "lastFourDigits": "0006", "expiryDate": "1239",
+                                           "cardIdentifier": lettered_guid(), "reusable": False}},
+                "3DSecure": {"status": "Authenticated"},
+                "vendorTxCode": "E2E-TEMPLATE-1",
+                "description": "Template order",
+                "customerFirstName": "Ann",
+                "customerLastName": "Smith",
+                "customerEmail": "ann.smith@example.com",
+                "billingAddress": {"address1": "88 High Street", "city": "London", "postalCode": "412", "country": "GB"},
+                "fraudScore": 3,
+                "createdAt": now_iso(),
+            },
+        }
+
+    def step_webhook(self, spec, step):
+        known = {"raw", "body", "notification_of", "template", "set", "delete", "sign", "secret", "headers", "size",
+                 "path", "content_type"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("webhook.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        body = self.notification_body(spec)
+        if "size" in spec:
+            want = int(spec["size"])
+            if len(body) < want:
+                body += b" " * (want - len(body))
+        headers = {"Content-Type": spec.get("content_type", "application/json")}
+        sign = spec.get("sign", True)
+        secret = spec.get("secret", self.notify_secret)
+        if sign is True:
+            headers["X-Opayo-Signature"] = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        elif sign == "wrong":
+            headers["X-Opayo-Signature"] = hmac.new(b"not-the-secret", body, hashlib.sha256).hexdigest()
+        elif sign is not False:
+            raise CaseError("webhook.sign: true, false or \"wrong\"")
+        headers.update(spec.get("headers", {}))
+        path = spec.get("path", "/hooks/opayo-shop")
+        status, _, resp = http("POST", self.pb.url(path), body, headers)
+        data = as_json(resp)
+        what = "webhook %s (%d bytes)" % (path, len(body))
+        want_status = step.get("expect_status", 200)
+        self.expect(status == want_status, "%s: HTTP %d, expected %d; body %s" % (what, status, want_status, short(resp)))
+        if status >= 400 or "expect_error_code" in step or "expect_message_contains" in step:
+            err = data.get("error") if isinstance(data, dict) else None
+            if self.expect(isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str),
+                           "%s: the reply is not {\"error\":{\"code\",\"message\"}}: %s" % (what, short(resp))):
+                if "expect_error_code" in step:
+                    self.expect(err["code"] == step["expect_error_code"],
+                                "%s: error code %r, expected %r (message: %s)" % (what, err["code"], step["expect_error_code"], err["message"]))
+                for needle in as_list(step.get("expect_message_contains", [])):
+                    self.expect(needle.lower() in err["message"].lower(),
+                                "%s: error message %r does not mention %r" % (what, err["message"], needle))
+        if "expect_duplicate" in step or "expect_accepted" in step:
+            events = data.get("events") if isinstance(data, dict) else None
+            if self.expect(isinstance(events, list) and len(events) == 1,
+                           "%s: expected {\"accepted\":true,\"events\":[one event]}, got %s" % (what, short(resp))):
+                if "expect_accepted" in step:
+                    self.expect(data.get("accepted") is step["expect_accepted"],
+                                "%s: accepted is %r, expected %r" % (what, data.get("accepted"), step["expect_accepted"]))
+                if "expect_duplicate" in step:
+                    self.expect(events[0].get("duplicate") is step["expect_duplicate"],
+                                "%s: duplicate is %r, expected %r" % (what, events[0].get("duplicate"), step["expect_duplicate"]))
+        return "%s -> %d %s" % (what, status, short(resp, 160))
+
+    def step_faults(self, spec, step):
+        spec = dict(spec)
+        system = spec.pop("system", None)
+        if system not in ("xero", "opayo"):
+            raise CaseError("faults.system: \"xero\" or \"opayo\"")
+        status, _, body = http("POST", self.sandbox.url(system, "/_sandbox/faults"), spec)
+        if status != 200:
+            raise Abort("POST /_sandbox/faults on %s: HTTP %d %s" % (system, status, short(body)))
+        return "%s faults %s" % (system, json.dumps(spec))
+
+    def step_sandbox_settings(self, spec, step):
+        spec = dict(spec)
+        if spec.pop("system", "opayo") != "opayo":
+            raise CaseError("sandbox_settings: only the opayo sandbox has run-time settings")
+        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/settings"), spec)
+        if status != 200:
+            raise Abort("POST /_sandbox/settings: HTTP %d %s" % (status, short(body)))
+        return "opayo settings %s" % json.dumps(spec)
+
+    def settle(self, timeout_s, allow_notify_failures=False):
+        """Wait until the gateway has nothing left to deliver and no event is pending."""
+        deadline = min(time.time() + timeout_s, self.deadline)
+        last = None
+        while True:
+            self.pb.check_alive()
+            st = self.sandbox_get("opayo", "/_sandbox/stats")
+            pending_events = None
+            if st["notifications_pending"] == 0:
+                evs = self.events()
+                pending_events = [e for e in evs if e.get("state") == "pending"]
+                if not pending_events:
+                    break
+            last = (st, pending_events)
+            if time.time() > deadline:
+                st, pe = last
+                msg = ("not settled after %.0f s: %d notification(s) still pending at the gateway (sent %d, "
+                       "acknowledged %d)" % (timeout_s, st["notifications_pending"], st["notifications_sent"],
+                                             st["notifications_acknowledged"]))
+                if pe:
+                    msg += "; %d event(s) pending in paybridge: %s" % (len(pe), ", ".join(
+                        "%s(%s)" % (e.get("id"), e.get("gateway_event_id")) for e in pe[:5]))
+                msg += self.missing_events_note()
+                rej = self.log_lines("event.rejected", 5)
+                if rej:
+                    msg += "\n  paybridge rejected notifications:\n    " + "\n    ".join(rej)
+                raise Abort(msg)
+            time.sleep(0.2)
+        if st["notifications_failed"] and not allow_notify_failures:
+            rej = self.log_lines("event.rejected", 5)
+            self.fail("the Opayo sandbox gave up on %d notification(s): paybridge never acknowledged them%s%s"
+                      % (st["notifications_failed"], self.missing_events_note(),
+                         ("\n  paybridge log:\n    " + "\n    ".join(rej)) if rej else ""))
+        return st
+
+    def missing_events_note(self):
+        """Which gateway transactions paybridge has no event for, with their ids."""
+        try:
+            stored = {e.get("gateway_event_id") for e in self.events()}
+            txs = self.sandbox_get("opayo", "/_sandbox/transactions")
+        except Abort:
+            return ""
+        missing = [t for t in txs if t.get("transactionId") not in stored]
+        if not missing:
+            return ""
+        return "\n  transactions with no stored event: " + "; ".join(
+            "%s (transactionId %s, cardIdentifier %s)" % (t.get("vendorTxCode"), t.get("transactionId"),
+                                                          ((t.get("paymentMethod") or {}).get("card") or {}).get("cardIdentifier"))
+            for t in missing[:5])
+
+    def step_wait_settled(self, spec, step):
+        spec = spec if isinstance(spec, dict) else {}
+        st = self.settle(float(spec.get("timeout_s", 60)), spec.get("allow_notify_failures", False))
+        return "settled: gateway sent %d, acknowledged %d" % (st["notifications_sent"], st["notifications_acknowledged"])
+
+    def step_sleep(self, seconds, step):
+        time.sleep(float(seconds))
+        return "slept %ss" % seconds
+
+    def step_expect_xero(self, spec, step):
+        known = {"contacts", "invoices", "payments", "duplicate_invoice_references", "duplicate_payment_references",
+                 "invoice", "no_invoice", "every_order_posted_once", "min_requests", "rate_limited"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_xero.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        st = self.sandbox_get("xero", "/_sandbox/stats")
+        for key in ("contacts", "invoices", "payments"):
+            if key in spec:
+                self.expect(st[key] == spec[key], "Xero holds %d %s, expected %d" % (st[key], key, spec[key]))
+        for key in ("duplicate_invoice_references", "duplicate_payment_references"):
+            want = spec.get(key, 0)
+            self.expect(st[key] == want, "Xero stats: %s = %d, expected %d" % (key, st[key], want))
+        if "rate_limited" in spec:
+            total = sum(st.get("rate_limited", {}).values())
+            self.expect(total <= spec["rate_limited"], "Xero refused %d call(s) for its own rate limits (%s), at most %d expected"
+                        % (total, json.dumps(st.get("rate_limited")), spec["rate_limited"]))
+        for inv in as_list(spec.get("invoice", [])):
+            self.check_invoice(inv)
+        for ref in as_list(spec.get("no_invoice", [])):
+            found = self.xero_invoices_by_reference(ref)
+            self.expect(not found, "Xero has %d invoice(s) with Reference %r, expected none" % (len(found), ref))
+        if spec.get("every_order_posted_once"):
+            self.check_every_order_once()
+        return "Xero: %d contacts, %d invoices, %d payments" % (st["contacts"], st["invoices"], st["payments"])
+
+    def check_invoice(self, want):
+        ref = want["reference"]
+        invs = self.xero_invoices_by_reference(ref)
+        if not self.expect(len(invs) == want.get("count", 1),
+                           "Xero has %d invoice(s) with Reference %r, expected %d" % (len(invs), ref, want.get("count", 1))):
+            return
+        inv = invs[0]
+        cur = inv.get("CurrencyCode")
+        checks = [("status", "Status"), ("type", "Type"), ("currency", "CurrencyCode")]
+        for k, field in checks:
+            if k in want:
+                self.expect(inv.get(field) == want[k], "invoice %s: %s is %r, expected %r" % (ref, field, inv.get(field), want[k]))
+        for k, field in (("total_minor", "Total"), ("amount_due_minor", "AmountDue"), ("amount_paid_minor", "AmountPaid"),
+                         ("subtotal_minor", "SubTotal")):
+            if k in want:
+                got = to_minor(inv.get(field), cur)
+                self.expect(got == want[k], "invoice %s: %s is %s %s (%r minor units), expected %d minor units"
+                            % (ref, field, inv.get(field), cur, got, want[k]))
+        contact = inv.get("Contact") or {}
+        if "contact_name" in want:
+            self.expect(contact.get("Name") == want["contact_name"],
+                        "invoice %s: contact %r, expected %r" % (ref, contact.get("Name"), want["contact_name"]))
+        if "contact_email" in want and contact.get("ContactID"):
+            cs = self.xero_api("/Contacts/" + contact["ContactID"]).get("Contacts", [])
+            email = cs[0].get("EmailAddress") if cs else None
+            self.expect(email == want["contact_email"], "invoice %s: contact email %r, expected %r" % (ref, email, want["contact_email"]))
+        if "line_account_code" in want:
+            codes = sorted({li.get("AccountCode") for li in inv.get("LineItems", [])})
+            self.expect(codes == [want["line_account_code"]],
+                        "invoice %s: line account codes %s, expected [%r]" % (ref, codes, want["line_account_code"]))
+        if "payments" in want or "payment_total_minor" in want:
+            pays = [p for p in self.xero_list("Payments") if (p.get("Invoice") or {}).get("InvoiceID") == inv.get("InvoiceID")]
+            if "payments" in want:
+                self.expect(len(pays) == want["payments"], "invoice %s: %d payment(s) in Xero, expected %d" % (ref, len(pays), want["payments"]))
+            if "payment_total_minor" in want:
+                total = sum(to_minor(p.get("Amount"), cur) or 0 for p in pays)
+                self.expect(total == want["payment_total_minor"],
+                            "invoice %s: payments total %d minor units, expected %d" % (ref, total, want["payment_total_minor"]))
+
+    def check_every_order_once(self):
+        """Each authorised order: exactly one invoice with its vendorTxCode as Reference, fully
+        paid by exactly one payment; each other order: nothing."""
+        invoices = self.xero_list("Invoices")
+        payments = self.xero_list("Payments")
+        by_ref = {}
+        for inv in invoices:
+            by_ref.setdefault(inv.get("Reference"), []).append(inv)
+        pays_by_inv = {}
+        for p in payments:
+            pays_by_inv.setdefault((p.get("Invoice") or {}).get("InvoiceID"), []).append(p)
+        bad = []
+        for vtc, o in sorted(self.orders.items()):
+            invs = by_ref.get(vtc, [])
+            if o["status"] != "Ok":
+                if invs:
+                    bad.append("%s (%s): %d invoice(s), expected none" % (vtc, o["status"], len(invs)))
+                continue
+            if len(invs) != 1:
+                bad.append("%s: %d invoice(s), expected exactly 1" % (vtc, len(invs)))
+                continue
+            inv = invs[0]
+            ps = pays_by_inv.get(inv.get("InvoiceID"), [])
+            if len(ps) != 1:
+                bad.append("%s: %d payment(s) on invoice %s, expected exactly 1" % (vtc, len(ps), inv.get("InvoiceNumber")))
+            if inv.get("Status") != "PAID":
+                bad.append("%s: invoice status %s, expected PAID" % (vtc, inv.get("Status")))
+            if inv.get("CurrencyCode") == o["currency"] and to_minor(inv.get("Total"), o["currency"]) != o["amount"]:
+                bad.append("%s: invoice total %s %s, expected %d minor units" % (vtc, inv.get("Total"), o["currency"], o["amount"]))
+        n_ok = len(self.ok_orders())
+        strays = [r for r in by_ref if r not in self.orders]
+        if strays:
+            bad.append("%d invoice(s) with references no order had: %s" % (len(strays), ", ".join(map(str, strays[:5]))))
+        if len(payments) != n_ok:
+            bad.append("Xero holds %d payment(s) for %d authorised order(s)" % (len(payments), n_ok))
+        for b in bad[:20]:
+            self.fail("exactly once: " + b)
+        if len(bad) > 20:
+            self.fail("exactly once: ... and %d more" % (len(bad) - 20))
+        self.say("exactly once: %d authorised order(s), %d invoice(s), %d payment(s)" % (n_ok, len(invoices), len(payments)))
+
+    def step_expect_dlq(self, spec, step):
+        dl = self.dlq()
+        want = spec.get("count")
+        if want is not None:
+            self.expect(len(dl) == want, "the dead-letter queue holds %d job(s), expected %d: %s"
+                        % (len(dl), want, "; ".join("%s/%s: %s" % (d.get("flow"), d.get("step_name"), d.get("reason")) for d in dl[:3])))
+        for needle in as_list(spec.get("reason_contains", [])):
+            for d in dl:
+                self.expect(needle.lower() in (d.get("reason") or "").lower(),
+                            "dead letter %s (%s): reason %r does not mention %r" % (d.get("job_id"), d.get("step_name"), d.get("reason"), needle))
+        if "step_name" in spec:
+            for d in dl:
+                self.expect(d.get("step_name") == spec["step_name"],
+                            "dead letter %s: step %r, expected %r" % (d.get("job_id"), d.get("step_name"), spec["step_name"]))
+        # the CLI reads the same store
+        rc, out, err = self.cli("dlq", "list", "-c", self.config_path)
+        if self.expect(rc == 0, "`paybridge dlq list` failed (rc %d): %s" % (rc, err.strip())):
+            rows = [l for l in out.splitlines()[1:] if l.strip()]
+            if want is not None:
+                self.expect(len(rows) == want, "`paybridge dlq list` shows %d row(s), expected %d:\n%s" % (len(rows), want, out))
+            for needle in as_list(spec.get("reason_contains", [])):
+                for r in rows:
+                    self.expect(needle.lower() in r.lower(), "`paybridge dlq list` row does not mention %r: %s" % (needle, r))
+        return "dead letters: %d" % len(dl)
+
+    def step_expect_events(self, spec, step):
+        known = {"count", "duplicates", "states", "types"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_events.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        evs = self.events()
+        dups = sum(int(e.get("duplicates") or 0) for e in evs)
+        if "count" in spec:
+            self.expect(len(evs) == spec["count"], "paybridge stored %d event(s), expected %d: %s"
+                        % (len(evs), spec["count"], ", ".join("%s %s" % (e.get("type"), e.get("gateway_event_id")) for e in evs[:5])))
+        if "duplicates" in spec:
+            self.expect(dups == spec["duplicates"], "paybridge counted %d duplicate deliveries, expected %d" % (dups, spec["duplicates"]))
+        for state, n in spec.get("states", {}).items():
+            got = sum(1 for e in evs if e.get("state") == state)
+            self.expect(got == n, "%d event(s) in state %r, expected %d (states: %s)"
+                        % (got, state, n, json.dumps(count_by(evs, "state"))))
+        for typ, n in spec.get("types", {}).items():
+            got = sum(1 for e in evs if e.get("type") == typ)
+            self.expect(got == n, "%d event(s) of type %r, expected %d" % (got, typ, n))
+        if self.pb.starts == 1:
+            # counters are per process: compare them only when paybridge never restarted
+            m = self.metrics()
+            acc = metric_sum(m, "paybridge_events_accepted_total")
+            dup = metric_sum(m, "paybridge_events_duplicate_total")
+            if "count" in spec:
+                self.expect(acc == len(evs), "/metrics paybridge_events_accepted_total = %s, but %d event(s) are stored" % (acc, len(evs)))
+            if "duplicates" in spec:
+                self.expect(dup == spec["duplicates"], "/metrics paybridge_events_duplicate_total = %s, expected %d" % (dup, spec["duplicates"]))
+        return "events: %d, duplicates %d, states %s" % (len(evs), dups, json.dumps(count_by(evs, "state")))
+
+    def step_expect_metrics(self, spec, step):
+        m = self.metrics()
+        out = []
+        for e in as_list(spec):
+            v = metric_sum(m, e["metric"], e.get("labels"))
+            label = "%s%s" % (e["metric"], json.dumps(e.get("labels", {})) if e.get("labels") else "")
+            if not self.expect(v is not None, "/metrics has no %s" % label):
+                continue
+            if "min" in e:
+                self.expect(v >= e["min"], "/metrics %s = %s, expected at least %s" % (label, v, e["min"]))
+            if "max" in e:
+                self.expect(v <= e["max"], "/metrics %s = %s, expected at most %s" % (label, v, e["max"]))
+            if "equals" in e:
+                self.expect(v == e["equals"], "/metrics %s = %s, expected %s" % (label, v, e["equals"]))
+            out.append("%s=%g" % (label, v))
+        return ", ".join(out)
+
+    def step_expect_retry_gaps(self, spec, step):
+        """Every attempt whose message mentions `message_contains` (e.g. "HTTP 429") must be
+        followed by its job's next attempt no sooner than min_gap_ms after it ended."""
+        needle = spec.get("message_contains", "HTTP 429")
+        min_gap = int(spec["min_gap_ms"])
+        seen, bad = 0, []
+        for ev in self.events():
+            detail = self.admin_get("/admin/events/%d" % ev["id"])
+            for job in detail.get("jobs", []):
+                atts = sorted(job.get("attempts_detail") or [], key=lambda a: a.get("attempt", 0))
+                for a, nxt in zip(atts, atts[1:]):
+                    if needle not in (a.get("message") or ""):
+                        continue
+                    seen += 1
+                    gap = nxt["started_at"] - (a["started_at"] + (a.get("duration_ms") or 0))
+                    if gap < min_gap:
+                        bad.append("job %s (%s) attempt %d -> %d after %d ms (message: %s)"
+                                   % (job.get("id"), job.get("step_name"), a["attempt"], nxt["attempt"], gap, a.get("message")))
+        if "min_seen" in spec:
+            self.expect(seen >= spec["min_seen"], "only %d attempt(s) failed with %r, expected at least %d"
+                        % (seen, needle, spec["min_seen"]))
+        if bad:
+            self.fail("%d of %d retries after %r came sooner than %d ms:\n    %s"
+                      % (len(bad), seen, needle, min_gap, "\n    ".join(bad[:6])))
+        return "%d attempt(s) failed with %r, %d retried too soon" % (seen, needle, len(bad))
+
+    def step_expect_health(self, spec, step):
+        for path in ("/healthz", "/readyz"):
+            status, _, body = http("GET", self.pb.url(path))
+            self.expect(status == 200, "GET %s: HTTP %d %s" % (path, status, short(body)))
+        return "healthy"
+
+    def step_edit_flow(self, spec, step):
+        self.apply_flow_edit(spec)
+        if spec.get("restart", True):
+            self.restart()
+            return "flow edited, paybridge restarted"
+        return "flow edited"
+
+    def restart(self):
+        problem = self.pb.stop()
+        if problem:
+            self.fail(problem + "\n" + self.tail(self.pb.logs[-1], 20))
+        rc, out, err = self.cli("check", "-c", self.config_path)
+        if rc != 0:
+            raise Abort("`paybridge check` failed after the edit (rc %d):\n%s%s" % (rc, out, err))
+        self.pb.start()
+
+    def step_restart(self, spec, step):
+        self.restart()
+        return "paybridge restarted on :%d" % self.pb.port
+
+    def step_dlq_replay(self, spec, step):
+        what = "--all" if spec == "all" else str(spec)
+        rc, out, err = self.cli("dlq", "replay", what, "-c", self.config_path)
+        self.expect(rc == 0, "`paybridge dlq replay %s` failed (rc %d): %s" % (what, rc, err.strip()))
+        m = re.search(r"replayed (\d+)", out)
+        n = int(m.group(1)) if m else None
+        if "expect_replayed" in step:
+            self.expect(n == step["expect_replayed"], "`paybridge dlq replay` replayed %s, expected %d: %s"
+                        % (n, step["expect_replayed"], out.strip()))
+        return out.strip()
+
+    def step_cli(self, args, step):
+        """One CLI command against the case's config, e.g. ["events", "list"]."""
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise CaseError("cli: a list of argument strings, e.g. [\"events\", \"list\"]")
+        rc, out, err = self.cli(*(args + ["-c", self.config_path]))
+        want = step.get("expect_rc", 0)
+        self.expect(rc == want, "`paybridge %s`: rc %d, expected %d: %s" % (" ".join(args), rc, want, err.strip()[:300]))
+        for needle in as_list(step.get("expect_stdout_contains", [])):
+            self.expect(needle in out, "`paybridge %s` output does not contain %r:\n%s" % (" ".join(args), needle, out[:1000]))
+        return "`paybridge %s` rc %d, %d line(s)" % (" ".join(args), rc, len(out.splitlines()))
+
+    def step_cli_during(self, spec, step):
+        """Run read-only CLI commands against the live store in a loop while orders are played."""
+        known = {"commands", "orders", "extra_s"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("cli_during.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        commands = spec.get("commands", [["dlq", "list"], ["events", "list"]])
+        stop = threading.Event()
+        runs, bad = [0], []
+
+        def loop():
+            while not stop.is_set():
+                for c in commands:
+                    rc, out, err = self.cli(*(list(c) + ["-c", self.config_path]))
+                    runs[0] += 1
+                    if rc != 0:
+                        bad.append("`paybridge %s` rc %d: %s" % (" ".join(c), rc, err.strip()[:200]))
+
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        try:
+            note = self.step_order(spec["orders"], step)
+            time.sleep(float(spec.get("extra_s", 1.0)))
+        finally:
+            stop.set()
+            t.join(30)
+        for b in bad[:5]:
+            self.fail(b)
+        return "%s while the CLI ran %d command(s)" % (note, runs[0])
+
+    def step_kill9_under_load(self, spec, step):
+        known = {"orders", "kill_after_s", "down_s", "threads", "orders_per_s", "vendor_tx_code", "amount", "currency",
+                 "customer", "card", "timeout_s"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("kill9_under_load.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        n = int(spec.get("orders", 200))
+        kill_after = float(spec.get("kill_after_s", 1.5))
+        down_s = float(spec.get("down_s", 0.5))
+        threads = int(spec.get("threads", 8))
+        base = spec.get("vendor_tx_code", "E2E-K9")
+        order = {k: spec[k] for k in ("amount", "currency", "customer", "card") if k in spec}
+        order["unique_customer"] = True
+        codes = ["%s-%04d" % (base, i + 1) for i in range(n)]
+        queue = list(reversed(codes))
+        errors = []
+        done_at_kill = [None]
+
+        rate = float(spec.get("orders_per_s", 0))
+        start = time.time()
+        issued = [0]
+
+        def worker():
+            while True:
+                with self.order_lock:
+                    if not queue:
+                        return
+                    vtc = queue.pop()
+                    k = issued[0]
+                    issued[0] += 1
+                if rate > 0:  # order k starts no earlier than k / rate seconds in
+                    delay = start + k / rate - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                rec, err = self.play_order(order, vtc)
+                with self.order_lock:
+                    if rec:
+                        self.orders[vtc] = rec
+                    if err:
+                        errors.append(err)
+
+        pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        time.sleep(kill_after)
+        with self.order_lock:
+            done_at_kill[0] = len(self.orders)
+        acked_before = metric_sum(self.metrics(), "paybridge_events_accepted_total") or 0
+        self.pb.kill9()
+        self.say("SIGKILL after %.1f s: %d/%d orders played, %d event(s) acknowledged" % (kill_after, done_at_kill[0], n, acked_before))
+        time.sleep(down_s)
+        self.pb.start()
+        self.say("paybridge back on :%d" % self.pb.port)
+        for t in pool:
+            t.join(max(1, self.time_left()))
+        for e in errors[:10]:
+            self.fail("order under load: " + e)
+        if done_at_kill[0] >= n:
+            self.say("note: every order was played before the kill; the kill hit the processing, not the intake")
+        self.settle(float(spec.get("timeout_s", 90)))
+        st = self.sandbox_get("opayo", "/_sandbox/stats")
+        self.expect(st["notifications_acknowledged"] >= len(self.orders),
+                    "the gateway saw %d acknowledgement(s) for %d order(s)" % (st["notifications_acknowledged"], len(self.orders)))
+        xs = self.sandbox_get("xero", "/_sandbox/stats")
+        n_ok = len(self.ok_orders())
+        self.expect(xs["invoices"] == n_ok, "Xero holds %d invoice(s) for %d authorised order(s)" % (xs["invoices"], n_ok))
+        self.expect(xs["payments"] == n_ok, "Xero holds %d payment(s) for %d authorised order(s)" % (xs["payments"], n_ok))
+        self.expect(xs["duplicate_invoice_references"] == 0, "Xero saw %d duplicate invoice reference(s)" % xs["duplicate_invoice_references"])
+        self.expect(xs["duplicate_payment_references"] == 0, "Xero saw %d duplicate payment reference(s)" % xs["duplicate_payment_references"])
+        self.check_every_order_once()
+        evs = self.events()
+        self.expect(len(evs) == len(self.orders), "paybridge stored %d event(s) for %d order(s)" % (len(evs), len(self.orders)))
+        dead = [e for e in evs if e.get("state") == "dead"]
+        self.expect(not dead, "%d event(s) dead-lettered after the kill: %s" % (len(dead), json.dumps(self.dlq()[:3])))
+        return "%d orders, killed mid-load, all posted exactly once" % n
+
+    STEP_TABLE = {
+        # type key: (method, keys allowed beside it)
+        "order": (step_order, set()),
+        "resend": (step_resend, set()),
+        "webhook": (step_webhook, {"expect_status", "expect_error_code", "expect_message_contains", "expect_duplicate", "expect_accepted"}),
+        "faults": (step_faults, set()),
+        "sandbox_settings": (step_sandbox_settings, set()),
+        "wait_settled": (step_wait_settled, set()),
+        "sleep": (step_sleep, set()),
+        "expect_xero": (step_expect_xero, set()),
+        "expect_dlq": (step_expect_dlq, set()),
+        "expect_events": (step_expect_events, set()),
+        "expect_metrics": (step_expect_metrics, set()),
+        "expect_health": (step_expect_health, set()),
+        "expect_retry_gaps": (step_expect_retry_gaps, set()),
+        "edit_flow": (step_edit_flow, set()),
+        "restart": (step_restart, set()),
+        "dlq_replay": (step_dlq_replay, {"expect_replayed"}),
+        "kill9_under_load": (step_kill9_under_load, set()),
+        "cli_during": (step_cli_during, set()),
+        "cli": (step_cli, {"expect_rc", "expect_stdout_contains"}),
+    }
+
+    def check_case(self):
+        steps = self.case.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise CaseError("%s: \"steps\" must be a non-empty list" % self.case_path)
+        for i, step in enumerate(steps, 1):
+            if not isinstance(step, dict):
+                raise CaseError("step %d: must be an object" % i)
+            types = [k for k in step if k in self.STEP_TABLE]
+            if len(types) != 1:
+                raise CaseError("step %d: needs exactly one of %s, has %s" % (i, ", ".join(sorted(self.STEP_TABLE)), sorted(step)))
+            allowed = self.STEP_TABLE[types[0]][1] | {types[0], "comment"}
+            for k in step:
+                if k not in allowed:
+                    raise CaseError("step %d (%s): unknown key %r" % (i, types[0], k))
+
+    def execute(self):
+        self.check_case()
+        self.say("case %s: %s" % (self.name, self.case.get("description", "")))
+        ok = False
+        try:
+            self.setup()
+            for i, step in enumerate(self.case["steps"], 1):
+                kind = next(k for k in step if k in self.STEP_TABLE)
+                if self.time_left() <= 0:
+                    raise Abort("the case ran out of its %s s budget before step %d" % (self.case.get("timeout_s", 150), i))
+                before = len(self.failures)
+                self.pb.check_alive()
+                note = self.STEP_TABLE[kind][0](self, step[kind], step)
+                self.pb.check_alive()
+                self.say("step %d %s: %s%s" % (i, kind, note or "", "" if len(self.failures) == before else "  [FAILED]"))
+            ok = True
+        except Abort as e:
+            self.fail("aborted: %s" % e)
+        except Exception:
+            import traceback
+            self.fail("the runner crashed:\n" + traceback.format_exc())
+        finally:
+            problem = None
+            if self.pb.proc is not None:
+                problem = self.pb.stop()
+            if problem:
+                self.fail(problem)
+            self.sandbox.stop()
+        # paybridge logs at level error only when it lost its grip on the store: never expected
+        allowed = set(self.case.get("allow_log_errors", []))
+        errors = [l for l in self.log_lines('"level":"error"', 1000000)
+                  if not any('"event":"%s"' % a in l for a in allowed)]
+        if errors:
+            self.fail("paybridge logged %d error line(s):\n    %s" % (len(errors), "\n    ".join(errors[:8])))
+        if self.failures:
+            print("\n==== paybridge log (last %d lines of %s) ====" % (LOG_TAIL_LINES, self.pb.logs[-1] if self.pb.logs else "-"))
+            if self.pb.logs:
+                print(self.tail(self.pb.logs[-1]))
+            print("\n==== FAIL %s: %d problem(s)" % (self.name, len(self.failures)))
+            for f in self.failures:
+                print("  - " + f.replace("\n", "\n    "))
+            print("  (files kept in %s)" % self.dir)
+            return 1
+        print("==== PASS %s (%.1f s)" % (self.name, time.time() - self.t0))
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return 0 if ok else 1
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def count_by(items, key):
+    out = {}
+    for it in items:
+        out[it.get(key)] = out.get(it.get(key), 0) + 1
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Replay one paybridge end-to-end case against the sandbox.")
+    ap.add_argument("--bin-dir", required=True, help="the build directory holding paybridge and paybridge-sandbox")
+    ap.add_argument("--source-dir", required=True, help="the source tree (for flows/opayo-xero.yaml)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory even when the case passes")
+    ap.add_argument("case", help="a case file, tests/e2e/cases/NAME.json")
+    args = ap.parse_args()
+    try:
+        run = Run(args.bin_dir, args.source_dir, args.case, args.keep or os.environ.get("PB_E2E_KEEP") == "1")
+        # a ctest timeout sends SIGTERM first: stop our children instead of orphaning them
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Abort("the runner got SIGTERM")))
+        return run.execute()
+    except CaseError as e:
+        print("case error: %s" % e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
