@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/log.h"
 
@@ -172,6 +173,8 @@ static int exec(sqlite3 *db, const char *sql, struct pb_err *err)
     }
     return 0;
 }
+
+static int exec_retry(sqlite3 *db, const char *sql, struct pb_err *err);
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s)
 {
@@ -496,6 +499,24 @@ static enum pb_rc apply(struct sqlite_store *s, struct pb_store_op *op)
 
 /* ---- the writer thread ------------------------------------------------------------ */
 
+/* BEGIN IMMEDIATE and COMMIT, retried while another process (a CLI command,
+ * a backup) holds the lock or recovers the WAL. The busy handler covers most
+ * cases; SQLITE_BUSY_RECOVERY and a COMMIT that meets a reader's lock on the
+ * WAL index are returned without it, so we wait here, up to ~10 s. */
+static int exec_retry(sqlite3 *db, const char *sql, struct pb_err *err)
+{
+    for (int i = 0;; i++) {
+        int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            return 0;
+        if (((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) || i >= 2000) {
+            pb_err_set(err, PB_ERR_STORE, "%s: %s", sql, sqlite3_errmsg(db));
+            return -1;
+        }
+        usleep(5000);
+    }
+}
+
 static void finish(struct pb_store_op *op)
 {
     if (op->wait_lock__) {
@@ -532,7 +553,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         struct pb_err err = {0};
-        int ok = exec(s->db, "BEGIN IMMEDIATE", &err) == 0;
+        int ok = exec_retry(s->db, "BEGIN IMMEDIATE", &err) == 0;
         for (size_t i = 0; ok && i < n; i++) {
             struct pb_store_op *op = batch[i];
             exec(s->db, "SAVEPOINT op", NULL);
@@ -541,7 +562,7 @@ static void *writer_main(void *arg)
                 exec(s->db, "ROLLBACK TO op", NULL);
             exec(s->db, "RELEASE op", NULL);
         }
-        if (ok && exec(s->db, "COMMIT", &err) != 0) {
+        if (ok && exec_retry(s->db, "COMMIT", &err) != 0) {
             exec(s->db, "ROLLBACK", NULL);
             ok = 0;
         }
@@ -599,7 +620,7 @@ static int open_conn(const char *path, int readonly, sqlite3 **out, struct pb_er
     }
     sqlite3_busy_timeout(db, 10000);
     if (!readonly) {
-        if (exec(db, "PRAGMA journal_mode=WAL", err) || exec(db, "PRAGMA synchronous=FULL", err) ||
+        if (exec_retry(db, "PRAGMA journal_mode=WAL", err) || exec(db, "PRAGMA synchronous=FULL", err) ||
             exec(db, "PRAGMA foreign_keys=OFF", err) ||
             exec(db, "PRAGMA wal_autocheckpoint=4000", err)) {
             sqlite3_close(db);
@@ -614,7 +635,18 @@ static int migrate(sqlite3 *db, struct pb_err *err)
 {
     int version = 0;
     sqlite3_stmt *st;
-    if (exec(db, "BEGIN IMMEDIATE", err))
+    /* a current store is only read: CLI commands that open it while the
+     * daemon runs take no write lock */
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='schema_version'", -1, &st, NULL) ==
+        SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            version = (int)strtol((const char *)sqlite3_column_text(st, 0), NULL, 10);
+        sqlite3_finalize(st);
+        if (version == SCHEMA_VERSION)
+            return 0;
+        version = 0;
+    }
+    if (exec_retry(db, "BEGIN IMMEDIATE", err))
         return -1;
     if (exec(db, "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)", err))
         goto fail;
