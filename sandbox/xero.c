@@ -27,7 +27,9 @@
  * concurrent 5, app_per_minute 10000}; in a given object an absent or 0 key
  * is unlimited; false disables all], idempotency_max_entries [200000] and
  * idempotency_max_bytes [512 MiB] (oldest stored replies are evicted beyond
- * them, counted as idempotency_evictions). Unknown keys are a config error.
+ * them, counted as idempotency_evictions), idempotency_store_errors [false:
+ * only 2xx replies are stored for replay, see idem_end]. Unknown keys are a
+ * config error.
  *
  * Queries: `where` is a small subset of Xero's Dynamic LINQ: Field==value,
  * Field=value, Field!=value, Field<>value with "string", guid("..."), or a
@@ -395,6 +397,7 @@ struct xero {
     unsigned token_ttl_s;
     unsigned lim_minute, lim_day, lim_concurrent, lim_app_minute;  /* 0 = unlimited */
     size_t idem_max_entries, idem_max_bytes;
+    int idem_store_errors;      /* also replay 4xx replies (default: 2xx only) */
     struct route_arg args[OP__COUNT];
     struct pb_http_route routes[32];
 
@@ -906,6 +909,7 @@ static const struct account DEFAULT_ACCOUNTS[] = {
 static const char *const SETTINGS_KEYS[] = {
     "client_id", "client_secret", "tenant_id", "tenant_name", "base_currency", "currencies",
     "token_ttl_s", "accounts", "limits", "idempotency_max_entries", "idempotency_max_bytes",
+    "idempotency_store_errors",
     /* read by the framework */
     "port", "faults", "enabled", NULL};
 
@@ -1206,6 +1210,14 @@ static void *xero_create(json_t *s, struct pb_err *err)
         goto fail;
     /* idempotency_max_bytes is given in bytes; the default is 512 MiB. */
     x->idem_max_entries = idem_entries;
+    {
+        json_t *se = json_object_get(s, "idempotency_store_errors");
+        if (se && !json_is_boolean(se)) {
+            pb_err_set(err, PB_ERR_CONFIG, "xero.idempotency_store_errors must be true or false");
+            goto fail;
+        }
+        x->idem_store_errors = json_is_true(se);
+    }
     x->idem_max_bytes = json_object_get(s, "idempotency_max_bytes") ? (size_t)idem_mb
                                                                      : (size_t)512 << 20;
     if (!is_uuid_like(x->tenant_id)) {
@@ -1586,12 +1598,18 @@ static int idem_begin(struct xero *x, const char *key, struct idem **mine, int *
     return 0;
 }
 
-/* Finish the call that owns `e`: keep its reply, or forget the key when the
- * reply says nothing about the request (5xx, 429). Gate held. */
+/* Finish the call that owns `e`: keep a reply that had effects (2xx), and
+ * forget the key otherwise. A 4xx saved nothing, so a corrected request with
+ * the same key (a dead letter replayed after its mapping was fixed) must be
+ * processed, as APIs that store only executed requests do; whether Xero
+ * itself replays its 400s is unverified, hence idempotency_store_errors.
+ * 5xx, 429, 401 and 403 are never kept. Gate held. */
 static void idem_end(struct xero *x, struct idem *e, const struct pb_http_response *resp)
 {
     int status = resp->status ? resp->status : 500;
-    int keep = status < 500 && status != 429 && status != 401 && status != 403;
+    int keep = (status >= 200 && status < 300) ||
+               (x->idem_store_errors && status >= 400 && status < 500 && status != 429 &&
+                status != 401 && status != 403);
     if (keep && resp->body_len) {
         e->body = malloc(resp->body_len);
         if (e->body) {

@@ -498,12 +498,33 @@ static void test_idempotency_replay(void **state)
     reply_free(&a);
     assert_int_equal(stat_of(open_port, "duplicate_invoice_references"), 1);
 
+    /* A refused write saved nothing and is not stored: the corrected request
+     * with the same key is processed. */
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token,
+                          "Idempotency-Key: evt-456",
+                          "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Idem\"},"
+                          "\"Reference\":\"IDEM-2\",\"LineItems\":[{\"Description\":\"x\","
+                          "\"Quantity\":1,\"UnitAmount\":1,\"AccountCode\":\"999\"}]}]}",
+                          &a),
+                     400);
+    reply_free(&a);
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token,
+                          "Idempotency-Key: evt-456",
+                          "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Idem\"},"
+                          "\"Reference\":\"IDEM-2\",\"LineItems\":[{\"Description\":\"x\","
+                          "\"Quantity\":1,\"UnitAmount\":1,\"AccountCode\":\"200\"}]}]}",
+                          &a),
+                     200);
+    reply_free(&a);
+    assert_int_equal(stat_of(open_port, "invoices"), 3);
+    assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
+
     memset(key, 'k', 129);
     key[129] = '\0';
     snprintf(hdr, sizeof(hdr), "Idempotency-Key: %s", key);
     assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token, hdr, body, &a), 400);
     reply_free(&a);
-    assert_int_equal(stat_of(open_port, "invoices"), 2);
+    assert_int_equal(stat_of(open_port, "invoices"), 3);
 }
 
 /* The per-minute limit answers 429 with Retry-After and the problem. */
