@@ -668,10 +668,10 @@ class Run:
         last = cust.get("last_name", "Smith")
         email = cust.get("email", "ann.smith@example.com")
         if o.get("unique_customer"):
-            # Xero wants contact names unique as well as e-mail addresses
-            suffix = vtc.rsplit("-", 1)[-1]
+            # Xero wants contact names unique as well as e-mail addresses; Opayo
+            # takes last names of at most 20 characters
             email = email.replace("@", "+%s@" % vtc.lower())
-            last = "%s-%s" % (last, suffix)
+            last = "%s-%s" % (last, vtc[-max(1, 19 - len(last)):])
         status, _, body = http("POST", self.sandbox.url("opayo", "/api/v1/merchant-session-keys"),
                                {"vendorName": self.vendor_name}, self.opayo_basic())
         r = as_json(body) or {}
