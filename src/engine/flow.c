@@ -21,9 +21,11 @@
  * next; (2) finds $refs.NAME (NAME must be an earlier step: steps run in
  * order), $vars.NAME (NAME must be a key of vars: a typo would silently give
  * null, and null fields are omitted, so the typo would never show), $fx (the
- * flow must have an fx: block) and $ENV / env (refused: the process
- * environment holds secrets). It is a scan, not a parser: $refs reached in a
- * roundabout way ($refs | .[$x]) is not seen, and docs/flows.md says so.
+ * flow must have an fx: block; each $fx token is rewritten into a call of
+ * __pb_fx, which makes $fx lazy, see engine/mapping.c) and $ENV / env
+ * (refused: the process environment holds secrets). It is a scan, not a
+ * parser: $refs reached in a roundabout way ($refs | .[$x]) is not seen, and
+ * docs/flows.md says so.
  *
  * Invariants. A flow returned by the loader had zero problems. Step names are
  * jq identifiers, so "$refs.NAME" always works. `needs` lists each name once.
@@ -122,8 +124,6 @@ struct pb_flowset {
     unsigned magic;               /* FLOWSET_MAGIC */
     struct pb_flow **flows;       /* owned */
     size_t n, cap;
-    size_t step_total;            /* steps over all flows */
-    size_t leaf_total;            /* leaves over all steps */
     atomic_int frozen;            /* set by the first mapper */
 };
 
@@ -1308,6 +1308,15 @@ static void parse_flow(struct loader *ld)
         }
         parse_step(ld, st, i, node_line(ld, st, key_line(ld, root, "steps")));
     }
+    for (size_t i = 0; i < f->n_steps; i++) {
+        ((struct pb_flow_step *)&f->steps[i])->leaf_base = f->n_leaves;
+        f->n_leaves += f->steps[i].n_leaves;
+    }
+    if (f->n_leaves > PB_FLOW_EXPRS_MAX)
+        bad(ld, key_line(ld, root, "steps"),
+            "the flow has %zu expressions, more than the limit of %d; split it into several "
+            "flows",
+            f->n_leaves, PB_FLOW_EXPRS_MAX);
 }
 
 static void flow_free(struct pb_flow *f)
@@ -1412,14 +1421,6 @@ static enum pb_rc add_doc(struct pb_flowset *set, struct pb_yamldoc *doc, struct
         set->cap = cap;
     }
     f->set_index = set->n;
-    f->set_step_base = set->step_total;
-    f->set_leaf_base = set->leaf_total;
-    for (size_t i = 0; i < f->n_steps; i++) {
-        struct pb_flow_step *st = (struct pb_flow_step *)&f->steps[i];
-        st->set_index = set->step_total++;
-        st->set_leaf_base = set->leaf_total;
-        set->leaf_total += st->n_leaves;
-    }
     set->flows[set->n++] = f;
     return PB_OK;
 }
@@ -1525,15 +1526,6 @@ void pb__flowset_freeze(const struct pb_flowset *set)
     atomic_store(&((struct pb_flowset *)set)->frozen, 1);
 }
 
-size_t pb__flowset_step_total(const struct pb_flowset *set)
-{
-    return set->step_total;
-}
-
-size_t pb__flowset_leaf_total(const struct pb_flowset *set)
-{
-    return set->leaf_total;
-}
 
 /* ---- flows ------------------------------------------------------------------------------- */
 

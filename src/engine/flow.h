@@ -55,6 +55,7 @@
 #define PB_FLOW_NAME_MAX 64        /* flow, step and connection names, bytes without NUL */
 #define PB_FLOW_STEPS_MAX 64       /* steps in one flow */
 #define PB_FLOW_LEAVES_MAX 512     /* jq expressions in one step (when + reference + document) */
+#define PB_FLOW_EXPRS_MAX 1024     /* jq expressions in one flow (bounds compile time, ~2 s) */
 #define PB_FLOW_EXPR_MAX 8192      /* bytes in one jq expression (and in defs) */
 #define PB_FLOW_REFERENCE_MAX 512  /* bytes in an evaluated reference */
 #define PB_FLOWSET_FLOWS_MAX 1024  /* flows in one set */
@@ -104,8 +105,7 @@ struct pb_flow_step {
     struct pb__tnode document;   /* the document template (root is an OBJECT) */
     const char *const *needs;    /* earlier steps this one reads as $refs.NAME: it is skipped when any did not run */
     size_t n_needs;
-    size_t set_index;            /* position among all steps of the set (program dispatch) */
-    size_t set_leaf_base;        /* position of leaves[0] among all leaves of the set */
+    size_t leaf_base;            /* position of leaves[0] among all leaves of the flow */
 };
 #define PB_FLOW_STEP_MAGIC 0x53544550u /* "STEP" */
 
@@ -134,9 +134,8 @@ struct pb_flow {
     const char *base_currency;   /* fx.base_currency, or NULL */
     const json_t *rates;         /* fx.rates: object currency -> positive decimal string */
     int uses_fx;                 /* some expression mentions $fx */
+    size_t n_leaves;             /* expressions over all steps */
     size_t set_index;            /* position in the set (pb_flowset_flow) */
-    size_t set_step_base;        /* set_index of steps[0] */
-    size_t set_leaf_base;        /* set_leaf_base of steps[0] */
     struct pb__arena *arena;     /* owns everything above */
 };
 #define PB_FLOW_MAGIC 0x464c4f57u /* "FLOW" */
@@ -201,8 +200,5 @@ enum pb_rc pb_flow_fx(const struct pb_flow *flow, const json_t *event, json_t **
 
 /* Mark the set immutable (called by pb_mapper_new). Thread-safe. */
 void pb__flowset_freeze(const struct pb_flowset *set);
-/* Total steps and leaves in the set (sizes of the mapper's dispatch tables). */
-size_t pb__flowset_step_total(const struct pb_flowset *set);
-size_t pb__flowset_leaf_total(const struct pb_flowset *set);
 
 #endif

@@ -7,25 +7,33 @@
  * time) while the size of the program hardly matters. Its input is an
  * envelope array built in C for each evaluation:
  *
- *   [sel, mode, event, vars, refs, fx, event_id, now]
+ *   [sel, mode, event, vars, refs, fx value, fx error, event_id, now]
  *
  * and it starts (the "prologue") by shadowing the environment and binding the
  * flow variables:
  *
  *   def env: error(...); {} as $ENV
- *   | . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $fx, $event_id, $now]
- *   | $__pb_event
+ *   | . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval,
+ *           $__pb_fxerr, $event_id, $now]
+ *   | def __pb_fx: if $__pb_fxerr != null then error($__pb_fxerr) else $__pb_fxval end;
+ *     $__pb_event
  *   | if $__pb_mode == 2 then <leaf dispatch> else <step dispatch> end
  *
+ * $fx is lazy: engine/flow.c rewrote every $fx token of the flow's code into
+ * a call of __pb_fx, so when $fx cannot be computed (no rate for the
+ * currency) the error is raised exactly where an expression uses it, and a
+ * `when` that does not need it can still skip the step. A step that runs in a
+ * flow that uses $fx anywhere fails with the FX error even if the step itself
+ * does not use it, so that nothing is created in the ERP for an event whose
+ * documents cannot all be built.
+ *
  * A dispatch is a balanced tree of `if $__pb_sel < k then .. else .. end`
- * (depth log2 n) over the steps (mode 0/1) or over every single expression
+ * (depth log2 n) over the steps (mode 0) or over every single expression
  * (mode 2). A step item is
  *
  *   (DEFS
  *    (WHEN) as $__pb_run
- *    | if $__pb_mode == 1 then [$__pb_run]           # the when clause alone
- *      elif $__pb_run then [true, (REFERENCE), DOCUMENT]
- *      else [false] end)
+ *    | if $__pb_run then [true, (REFERENCE), DOCUMENT] else [false] end)
  *
  * where DOCUMENT is one object construction mirroring the template:
  * {"Type": (e1), "Contact": {"ContactID": (e2)}, "LineItems": {"0": {...}}}.
@@ -148,47 +156,40 @@ static void sb_quote(struct sbuf *b, const char *s)
 
 /* ---- program generation ------------------------------------------------------------------ */
 
-struct leaf_ref {
-    const struct pb_flow_step *step;
-    size_t leaf;
-};
-
-struct program_items {
-    const struct pb_flow_step **steps;  /* owned array of borrowed steps, dispatch order */
-    size_t n_steps;
-    struct leaf_ref *leaves;            /* owned */
-    size_t n_leaves;
-};
-
 static const char prologue[] =
     "def env: error(\"env is not available in flow expressions\");\n"
     "{} as $ENV\n"
-    "| . as [$__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval, $__pb_fxerr,\n"
-    "        $event_id, $now]\n"
+    "| . as [$__pb_step, $__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval,\n"
+    "        $__pb_fxerr, $event_id, $now]\n"
     "| def __pb_fx: if $__pb_fxerr != null then error($__pb_fxerr) else $__pb_fxval end;\n"
     "  $__pb_event\n"
     "| ";
 
-static void emit_expr(struct sbuf *b, const char *expr)
+static void emit_expr(struct sbuf *b, const char *code)
 {
     sb_puts(b, "(\n");
-    sb_puts(b, expr);
+    sb_puts(b, code);
     sb_puts(b, "\n)");
 }
 
-static void emit_defs_open(struct sbuf *b, const struct pb_flow *f)
+static void emit_defs(struct sbuf *b, const struct pb_flow *f)
 {
-    sb_puts(b, "(");
     if (f->defs_code && f->defs_code[0]) {
         sb_puts(b, f->defs_code);
         sb_puts(b, "\n");
     }
 }
 
+/* Leaf i of the flow is the function __pb_l<i>. */
+static void emit_call(struct sbuf *b, const struct pb_flow_step *st, size_t leaf)
+{
+    sb_printf(b, "(__pb_l%zu)", st->leaf_base + leaf);
+}
+
 static void emit_tnode(struct sbuf *b, const struct pb_flow_step *st, const struct pb__tnode *t)
 {
     if (t->kind == PB__TNODE_LEAF) {
-        emit_expr(b, st->leaves[t->leaf].code);
+        emit_call(b, st, t->leaf);
         return;
     }
     sb_puts(b, "{");
@@ -205,97 +206,82 @@ static void emit_tnode(struct sbuf *b, const struct pb_flow_step *st, const stru
     sb_puts(b, "}");
 }
 
-static void emit_step(struct sbuf *b, const struct pb_flow_step *st)
-{
-    emit_defs_open(b, st->flow);
-    if (st->has_when)
-        emit_expr(b, st->leaves[0].code);
-    else
-        sb_puts(b, "true");
-    sb_puts(b, " as $__pb_run\n| if $__pb_run then [true, ");
-    emit_expr(b, st->leaves[st->reference_leaf].code);
-    sb_puts(b, ", ");
-    emit_tnode(b, st, &st->document);
-    sb_puts(b, "]\n  else [false] end)");
-}
-
-static void emit_leaf(struct sbuf *b, const struct leaf_ref *lr)
-{
-    emit_defs_open(b, lr->step->flow);
-    emit_expr(b, lr->step->leaves[lr->leaf].code);
-    sb_puts(b, ")");
-}
-
-static void emit_dispatch(struct sbuf *b, const struct program_items *it, int leaves, size_t lo,
-                          size_t hi)
+/* Balanced `if $<var> < k` tree over lo..hi-1 calling <prefix><base + i>. */
+static void emit_dispatch(struct sbuf *b, const char *var, const char *prefix, size_t base,
+                          size_t lo, size_t hi)
 {
     size_t mid;
     if (hi - lo == 1) {
-        if (leaves)
-            emit_leaf(b, &it->leaves[lo]);
-        else
-            emit_step(b, it->steps[lo]);
+        sb_printf(b, "%s%zu", prefix, base + lo);
         return;
     }
     mid = lo + (hi - lo) / 2;
-    sb_printf(b, "if $__pb_sel < %zu then\n", mid);
-    emit_dispatch(b, it, leaves, lo, mid);
-    sb_puts(b, "\nelse\n");
-    emit_dispatch(b, it, leaves, mid, hi);
-    sb_puts(b, "\nend");
+    sb_printf(b, "(if $%s < %zu then ", var, mid);
+    emit_dispatch(b, var, prefix, base, lo, mid);
+    sb_puts(b, " else ");
+    emit_dispatch(b, var, prefix, base, mid, hi);
+    sb_puts(b, " end)");
 }
 
-static void items_free(struct program_items *it)
+static void emit_leaf_def(struct sbuf *b, const struct pb_flow_step *st, size_t i)
 {
-    free(it->steps);
-    free(it->leaves);
-    memset(it, 0, sizeof(*it));
+    sb_printf(b, "def __pb_l%zu: ", st->leaf_base + i);
+    emit_expr(b, st->leaves[i].code);
+    sb_puts(b, ";\n");
 }
 
-/* Collect the steps and leaves of `flows` in dispatch order. */
-static int items_collect(struct program_items *it, const struct pb_flow *const *flows, size_t n)
+/* Step k of the flow is the function __pb_s<k>, holding one function per
+ * expression of the step: in mode 2 it evaluates expression $__pb_sel alone,
+ * else the whole step. */
+static void emit_step_def(struct sbuf *b, const struct pb_flow_step *st)
 {
-    size_t ns = 0, nl = 0;
-    memset(it, 0, sizeof(*it));
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < flows[i]->n_steps; k++) {
-            ns++;
-            nl += flows[i]->steps[k].n_leaves;
-        }
-    it->steps = calloc(ns ? ns : 1, sizeof(*it->steps));
-    it->leaves = calloc(nl ? nl : 1, sizeof(*it->leaves));
-    if (!it->steps || !it->leaves) {
-        items_free(it);
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < flows[i]->n_steps; k++) {
-            const struct pb_flow_step *st = &flows[i]->steps[k];
-            it->steps[it->n_steps++] = st;
-            for (size_t l = 0; l < st->n_leaves; l++) {
-                it->leaves[it->n_leaves].step = st;
-                it->leaves[it->n_leaves++].leaf = l;
-            }
-        }
-    return 0;
+    sb_printf(b, "def __pb_s%zu:\n", st->index);
+    for (size_t i = 0; i < st->n_leaves; i++)
+        emit_leaf_def(b, st, i);
+    sb_puts(b, "if $__pb_mode == 2 then ");
+    if (st->n_leaves)
+        emit_dispatch(b, "__pb_sel", "__pb_l", st->leaf_base, 0, st->n_leaves);
+    else
+        sb_puts(b, "error(\"no expressions\")");
+    sb_puts(b, "\n  else ");
+    if (st->has_when)
+        emit_call(b, st, 0);
+    else
+        sb_puts(b, "true");
+    sb_puts(b, " as $__pb_run | if $__pb_run then [true, ");
+    emit_call(b, st, st->reference_leaf);
+    sb_puts(b, ", ");
+    emit_tnode(b, st, &st->document);
+    sb_puts(b, "] else [false] end end;\n");
 }
 
-/* The whole program for `flows` (malloc'ed), or NULL when out of memory. */
-static char *program_build(const struct program_items *it)
+/* The program of one flow (malloc'ed), or NULL when out of memory:
+ *
+ *   PROLOGUE (DEFS
+ *     def __pb_s0: def __pb_l0: (expression 0); ...  <step 0>;
+ *     def __pb_s1: ...;                  one function per step, holding
+ *                                        one function per expression
+ *     if $__pb_mode == 3 then .          the defs probe (loading only)
+ *     else <dispatch on $__pb_step to __pb_s<k>> end)
+ *
+ * The nesting matters twice: libjq refuses any bytecode function above
+ * 64 KiB, and binding n definitions in one scope costs O(n^2) at compile
+ * time; here the biggest function and scope is one step (at most
+ * PB_FLOW_LEAVES_MAX expressions). */
+static char *program_build(const struct pb_flow *f)
 {
     struct sbuf b = {0};
     sb_puts(&b, prologue);
-    sb_puts(&b, "if $__pb_mode == 2 then\n");
-    if (it->n_leaves)
-        emit_dispatch(&b, it, 1, 0, it->n_leaves);
-    else
-        sb_puts(&b, "error(\"no expressions\")");
-    sb_puts(&b, "\nelse\n");
-    if (it->n_steps)
-        emit_dispatch(&b, it, 0, 0, it->n_steps);
+    sb_puts(&b, "(");
+    emit_defs(&b, f);
+    for (size_t k = 0; k < f->n_steps; k++)
+        emit_step_def(&b, &f->steps[k]);
+    sb_puts(&b, "if $__pb_mode == 3 then . else ");
+    if (f->n_steps)
+        emit_dispatch(&b, "__pb_step", "__pb_s", 0, 0, f->n_steps);
     else
         sb_puts(&b, "error(\"no steps\")");
-    sb_puts(&b, "\nend\n");
+    sb_puts(&b, " end)\n");
     if (b.failed) {
         free(b.p);
         return NULL;
@@ -681,11 +667,17 @@ static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, in
 
 /* ---- the mapper ---------------------------------------------------------------------------- */
 
+/* What a mapper keeps per flow; filled on the flow's first evaluation. */
+struct mapper_flow {
+    jq_state *jq;                 /* owned: the flow's program; NULL until first use */
+    jv vars;                      /* owned: the flow's vars as jv (this thread's copy) */
+    int ready;                    /* jq and vars are set */
+};
+
 struct pb_mapper {
     unsigned magic;               /* MAPPER_MAGIC */
     const struct pb_flowset *set; /* borrowed; frozen */
-    jq_state *jq;                 /* owned: the set's program */
-    jv *vars;                     /* owned: vars of flow i as jv (this thread's copies) */
+    struct mapper_flow *flows;    /* owned: one per flow of the set, by set_index */
     size_t n_flows;
     struct jqmsg msg;             /* compile messages */
 };
@@ -693,62 +685,21 @@ struct pb_mapper {
 struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err)
 {
     struct pb_mapper *m;
-    struct program_items it;
-    const struct pb_flow **flows;
     size_t n = pb_flowset_count(set);
-    char *program;
 
     if (!set) {
         pb_err_set(err, PB_ERR_INVALID, "pb_mapper_new: no flow set");
         return NULL;
     }
     pb__flowset_freeze(set);
-    if (!(m = calloc(1, sizeof(*m))) || !(flows = calloc(n ? n : 1, sizeof(*flows)))) {
+    if (!(m = calloc(1, sizeof(*m))) || !(m->flows = calloc(n ? n : 1, sizeof(*m->flows)))) {
         free(m);
         pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
         return NULL;
     }
     m->magic = MAPPER_MAGIC;
     m->set = set;
-    for (size_t i = 0; i < n; i++)
-        flows[i] = pb_flowset_flow(set, i);
-    if (items_collect(&it, flows, n) != 0) {
-        free(flows);
-        pb_mapper_free(m);
-        pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
-        return NULL;
-    }
-    free(flows);
-    program = program_build(&it);
-    items_free(&it);
-    if (!program) {
-        pb_mapper_free(m);
-        pb_err_set(err, PB_ERR_NOMEM, "out of memory building the flows' jq program");
-        return NULL;
-    }
-    m->jq = compile(program, &m->msg);
-    free(program);
-    if (!m->jq) {
-        pb_err_set(err, PB_ERR_INTERNAL, "the flows' jq program does not compile: %s",
-                   m->msg.text);
-        pb_mapper_free(m);
-        return NULL;
-    }
-    if (!(m->vars = calloc(n ? n : 1, sizeof(*m->vars)))) {
-        pb_mapper_free(m);
-        pb_err_set(err, PB_ERR_NOMEM, "out of memory creating a mapper");
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        m->vars[i] = to_jv(pb_flowset_flow(set, i)->vars, 0);
-        m->n_flows++;
-        if (!jv_is_valid(m->vars[i])) {
-            pb_err_set(err, PB_ERR_INVALID, "flow %s: vars: nested too deeply",
-                       pb_flowset_flow(set, i)->name);
-            pb_mapper_free(m);
-            return NULL;
-        }
-    }
+    m->n_flows = n;
     return m;
 }
 
@@ -756,13 +707,46 @@ void pb_mapper_free(struct pb_mapper *m)
 {
     if (!m)
         return;
-    for (size_t i = 0; i < m->n_flows; i++)
-        jv_free(m->vars[i]);
-    free(m->vars);
-    if (m->jq)
-        jq_teardown(&m->jq);
+    for (size_t i = 0; i < m->n_flows; i++) {
+        if (m->flows[i].jq)
+            jq_teardown(&m->flows[i].jq);
+        if (m->flows[i].ready)
+            jv_free(m->flows[i].vars);
+    }
+    free(m->flows);
     m->magic = 0;
     free(m);
+}
+
+/* The flow's compiled program and vars, compiled on first use (~15 ms). */
+static struct mapper_flow *mapper_flow(struct pb_mapper *m, const struct pb_flow *f,
+                                       struct pb_err *err)
+{
+    struct mapper_flow *mf = &m->flows[f->set_index];
+    char *program;
+    if (mf->ready)
+        return mf;
+    if (!(program = program_build(f))) {
+        pb_err_set(err, PB_ERR_NOMEM, "flow %s: out of memory building its jq program", f->name);
+        return NULL;
+    }
+    mf->jq = compile(program, &m->msg);
+    free(program);
+    if (!mf->jq) {
+        /* loading compiled this very program, so this is a bug (or no memory) */
+        pb_err_set(err, PB_ERR_INTERNAL, "flow %s: its jq program does not compile: %s", f->name,
+                   m->msg.text);
+        return NULL;
+    }
+    mf->vars = to_jv(f->vars, 0);
+    if (!jv_is_valid(mf->vars)) {
+        jv_free(mf->vars);
+        jq_teardown(&mf->jq);
+        pb_err_set(err, PB_ERR_INVALID, "flow %s: vars: nested too deeply", f->name);
+        return NULL;
+    }
+    mf->ready = 1;
+    return mf;
 }
 
 /* The per-call inputs, converted to jv once. */
@@ -770,14 +754,15 @@ struct inputs {
     jv event, refs, fxval, fxerr, event_id, now;
 };
 
-static jv envelope(const struct pb_mapper *m, const struct pb_flow_step *st, size_t sel, int mode,
+static jv envelope(const struct mapper_flow *mf, size_t step, size_t sel, int mode,
                    const struct inputs *in)
 {
     jv a = jv_array();
+    a = jv_array_append(a, jv_number((double)step));
     a = jv_array_append(a, jv_number((double)sel));
     a = jv_array_append(a, jv_number(mode));
     a = jv_array_append(a, jv_copy(in->event));
-    a = jv_array_append(a, jv_copy(m->vars[st->flow->set_index]));
+    a = jv_array_append(a, jv_copy(mf->vars));
     a = jv_array_append(a, jv_copy(in->refs));
     a = jv_array_append(a, jv_copy(in->fxval));
     a = jv_array_append(a, jv_copy(in->fxerr));
@@ -787,14 +772,14 @@ static jv envelope(const struct pb_mapper *m, const struct pb_flow_step *st, siz
 }
 
 /* Evaluate the step's expressions one by one to name the one that fails. */
-static enum pb_rc diagnose(struct pb_mapper *m, const struct pb_flow_step *st,
+static enum pb_rc diagnose(const struct mapper_flow *mf, const struct pb_flow_step *st,
                            const struct inputs *in, const char *whole, struct pb_err *err)
 {
     char msg[PB_ERR_MSG_MAX];
     for (size_t i = 0; i < st->n_leaves; i++) {
         jv out;
-        enum run_result r = run_jq(m->jq, envelope(m, st, st->set_leaf_base + i, MODE_LEAF, in),
-                                   &out, msg, sizeof(msg));
+        enum run_result r = run_jq(mf->jq, envelope(mf, st->index, i, MODE_LEAF, in), &out, msg,
+                                   sizeof(msg));
         if (r == RUN_ERROR)
             return map_error(st, i, err, "%s", msg);
         if (r == RUN_NONE)
@@ -833,6 +818,7 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
     struct inputs in;
     struct pb_err fxerr = {0};
     enum pb_rc rc = PB_OK, fxrc = PB_OK;
+    struct mapper_flow *mf;
     struct eval ev;
     json_t *fx = NULL;
     char msg[PB_ERR_MSG_MAX];
@@ -857,6 +843,9 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
             return PB_OK;
     }
 
+    if (!(mf = mapper_flow(m, step->flow, err)))
+        return err ? err->rc : PB_ERR_INTERNAL;
+
     /* $fx: computed in C; when it cannot be, __pb_fx raises the error where
      * (and only if) an expression uses it */
     if (step->flow->uses_fx)
@@ -879,13 +868,13 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
     ev.step = step;
     ev.err = err;
 
-    r = run_jq(m->jq, envelope(m, step, step->set_index, MODE_STEP, &in), &out, msg, sizeof(msg));
+    r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_STEP, &in), &out, msg, sizeof(msg));
     if (r != RUN_ONE) {
         if (r == RUN_NONE)
             snprintf(msg, sizeof(msg), "an expression produced no value");
         else if (r == RUN_MANY)
             snprintf(msg, sizeof(msg), "an expression produced more than one value");
-        rc = diagnose(m, step, &in, msg, err);
+        rc = diagnose(mf, step, &in, msg, err);
         goto done;
     }
     {
@@ -899,7 +888,7 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
         }
         if (fk != JV_KIND_TRUE || len != 3) {
             jv_free(out);
-            rc = diagnose(m, step, &in, "an expression produced no value or several values", err);
+            rc = diagnose(mf, step, &in, "an expression produced no value or several values", err);
             goto done;
         }
         ref = jv_array_get(jv_copy(out), 1);
@@ -973,140 +962,192 @@ static int starts_with_def(const char *s)
                                           (s[3] >= 'A' && s[3] <= 'Z') || (s[3] >= '0' && s[3] <= '9'));
 }
 
-static size_t check_defs(const struct pb_flow *f, struct pb_diags *d)
+/* Compile `code` on its own, bare (not in parentheses), after the prologue
+ * and the flow's defs: for checking defs (code ".") and for a jq message
+ * that talks about the user's text only. NULL with msg set on failure. */
+static jq_state *compile_piece(const struct pb_flow *f, const char *code, struct jqmsg *msg)
 {
     struct sbuf b = {0};
-    struct jqmsg msg;
     jq_state *jq;
-    jv probe, input, out;
-    char err[PB_ERR_MSG_MAX];
-    enum run_result r;
-    int ok;
-
-    if (!starts_with_def(f->defs)) {
-        pb_diags_add(d, f->file, f->defs_line,
-                     "defs: must hold only jq function definitions, each `def name: body;`");
-        return 1;
-    }
     sb_puts(&b, prologue);
-    emit_defs_open(&b, f);
-    sb_puts(&b, ".)");
+    sb_puts(&b, "(");
+    emit_defs(&b, f);
+    sb_puts(&b, code);
+    sb_puts(&b, "\n)");
     if (b.failed) {
         free(b.p);
-        pb_diags_add(d, f->file, f->defs_line, "out of memory checking defs");
-        return 1;
+        snprintf(msg->text, sizeof(msg->text), "out of memory");
+        return NULL;
     }
-    jq = compile(b.p, &msg);
+    jq = compile(b.p, msg);
     free(b.p);
-    if (!jq) {
-        pb_diags_add(d, f->file, f->defs_line, "defs: jq: %s", msg.text);
-        return 1;
-    }
-    /* the definitions must leave the input alone: "def f: 1; 2 |" would not */
-    probe = jv_object_set(jv_object(), jv_string("__pb_probe"), jv_true());
+    return jq;
+}
+
+/* Mode 3 of a flow program (or of "(DEFS .)") must return its input: the
+ * defs must not be followed by something like "2 |". */
+static int defs_leave_input_alone(jq_state *jq)
+{
+    jv probe = jv_object_set(jv_object(), jv_string("__pb_probe"), jv_true()), input, out;
+    char err[PB_ERR_MSG_MAX];
+    int ok;
     input = jv_array();
     input = jv_array_append(input, jv_number(0));
     input = jv_array_append(input, jv_number(0));
+    input = jv_array_append(input, jv_number(3));
     input = jv_array_append(input, jv_copy(probe));
     for (int i = 0; i < 6; i++)
         input = jv_array_append(input, jv_null());
-    r = run_jq(jq, input, &out, err, sizeof(err));
-    ok = r == RUN_ONE && jv_equal(out, jv_copy(probe));
-    if (r != RUN_ONE || !ok)
-        pb_diags_add(d, f->file, f->defs_line,
-                     "defs: must hold only jq function definitions (def name: body;); something "
-                     "after the last definition changes the input");
+    ok = run_jq(jq, input, &out, err, sizeof(err)) == RUN_ONE && jv_equal(out, jv_copy(probe));
     jv_free(probe);
-    jq_teardown(&jq);
-    return ok ? 0 : 1;
+    return ok;
 }
 
-/* Compile the leaf without the wrapping parentheses, for a message that
- * talks about the user's text only; keeps `msg` when that compiles. */
-static void unwrapped_message(const struct leaf_ref *lr, struct jqmsg *msg)
+static void defs_alter_input(const struct pb_flow *f, struct pb_diags *d)
+{
+    pb_diags_add(d, f->file, f->defs_line,
+                 "defs: must hold only jq function definitions (def name: body;); something "
+                 "after the last definition changes the input");
+}
+
+struct leaf_at {
+    const struct pb_flow_step *step;
+    size_t leaf;
+};
+
+/* Compile the n expressions as functions of one program; NULL + msg on failure. */
+static jq_state *compile_leaves(const struct pb_flow *f, const struct leaf_at *list, size_t n,
+                                struct jqmsg *msg)
 {
     struct sbuf b = {0};
-    struct jqmsg again;
     jq_state *jq;
-    const struct pb_flow *f = lr->step->flow;
     sb_puts(&b, prologue);
-    if (f->defs_code && f->defs_code[0]) {
-        sb_puts(&b, f->defs_code);
-        sb_puts(&b, "\n");
+    sb_puts(&b, "(");
+    emit_defs(&b, f);
+    for (size_t i = 0; i < n; i++)
+        emit_leaf_def(&b, list[i].step, list[i].leaf);
+    /* libjq drops (and so never checks) functions nobody calls */
+    sb_puts(&b, "if false then (");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sb_puts(&b, ", ");
+        emit_call(&b, list[i].step, list[i].leaf);
     }
-    sb_puts(&b, lr->step->leaves[lr->leaf].code);
-    sb_puts(&b, "\n");
+    sb_puts(&b, ") else . end)");
     if (b.failed) {
         free(b.p);
-        return;
+        snprintf(msg->text, sizeof(msg->text), "out of memory");
+        return NULL;
     }
-    jq = compile(b.p, &again);
+    jq = compile(b.p, msg);
     free(b.p);
-    if (jq)
+    return jq;
+}
+
+/* Report every expression of list[0..n) that does not compile, by halving:
+ * about (failures x log2 n) compiles instead of n. Returns the count. */
+static size_t bisect(const struct pb_flow *f, const struct leaf_at *list, size_t n,
+                     struct pb_diags *d)
+{
+    struct jqmsg msg;
+    jq_state *jq = compile_leaves(f, list, n, &msg);
+    const struct pb_flow_step *st;
+    char what[320];
+    if (jq) {
         jq_teardown(&jq);
+        return 0;
+    }
+    if (n > 1)
+        return bisect(f, list, n / 2, d) + bisect(f, list + n / 2, n - n / 2, d);
+    st = list[0].step;
+    if (strstr(msg.text, "unexpected ')'")) {
+        /* that ')' is ours: ask again without it, for a message about the user's text */
+        struct jqmsg bare;
+        if (!(jq = compile_piece(f, st->leaves[list[0].leaf].code, &bare)))
+            memcpy(msg.text, bare.text, sizeof(msg.text));
+        else
+            jq_teardown(&jq);
+    }
+    leaf_label(st, list[0].leaf, what, sizeof(what));
+    if (st->name)
+        pb_diags_add(d, f->file, st->leaves[list[0].leaf].line, "step %s %s: jq: %s", st->name,
+                     what, msg.text);
     else
-        memcpy(msg->text, again.text, sizeof(msg->text));
+        pb_diags_add(d, f->file, st->leaves[list[0].leaf].line, "step %zu %s: jq: %s",
+                     st->index + 1, what, msg.text);
+    return 1;
 }
 
 size_t pb__mapping_check_flow(const struct pb_flow *flow, int one_by_one, struct pb_diags *d)
 {
-    struct program_items it;
-    struct jqmsg msg;
+    struct jqmsg msg, whole;
     jq_state *jq;
-    char *program = NULL;
     size_t problems = 0;
+    int has_defs = flow->defs && flow->defs[0];
 
-    msg.text[0] = '\0';
-    if (flow->defs && flow->defs[0] && check_defs(flow, d))
-        return 1;
-    if (items_collect(&it, &flow, 1) != 0 || (!one_by_one && !(program = program_build(&it)))) {
-        items_free(&it);
-        pb_diags_add(d, flow->file, 0, "out of memory compiling the flow");
+    whole.text[0] = '\0';
+    if (has_defs && !starts_with_def(flow->defs)) {
+        pb_diags_add(d, flow->file, flow->defs_line,
+                     "defs: must hold only jq function definitions, each `def name: body;`");
         return 1;
     }
+    /* a clean flow: its whole program compiles (one ~15 ms compile) */
     if (!one_by_one) {
-        jq = compile(program, &msg);
+        char *program = program_build(flow);
+        if (!program) {
+            pb_diags_add(d, flow->file, 0, "out of memory compiling the flow");
+            return 1;
+        }
+        jq = compile(program, &whole);
         free(program);
         if (jq) {
+            int ok = defs_leave_input_alone(jq);
             jq_teardown(&jq);
-            items_free(&it);
-            return 0;
+            if (ok)
+                return 0;
+            defs_alter_input(flow, d);
+            return 1;
         }
     }
-    /* find the culprits: compile each expression on its own (slow, errors only) */
-    for (size_t i = 0; i < it.n_leaves; i++) {
-        const struct leaf_ref *lr = &it.leaves[i];
-        struct sbuf b = {0};
-        char what[320];
-        if (lr->step->leaves[lr->leaf].malformed)
-            continue; /* already reported by the loader's scan */
-        sb_puts(&b, prologue);
-        emit_leaf(&b, lr);
-        if (b.failed) {
-            free(b.p);
-            continue;
+    /* find the culprits, one piece at a time (slow, errors only) */
+    if (has_defs) {
+        if (!(jq = compile_piece(flow, ".", &msg))) {
+            pb_diags_add(d, flow->file, flow->defs_line, "defs: jq: %s", msg.text);
+            return 1; /* every expression would fail */
         }
-        jq = compile(b.p, &msg);
-        free(b.p);
-        if (jq) {
+        if (!defs_leave_input_alone(jq)) {
             jq_teardown(&jq);
-            continue;
+            defs_alter_input(flow, d);
+            return 1;
         }
-        if (strstr(msg.text, "unexpected ')'"))
-            unwrapped_message(lr, &msg); /* that ')' is ours: ask again without it */
-        leaf_label(lr->step, lr->leaf, what, sizeof(what));
-        if (lr->step->name)
-            pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %s %s: jq: %s",
-                         lr->step->name, what, msg.text);
-        else
-            pb_diags_add(d, flow->file, lr->step->leaves[lr->leaf].line, "step %zu %s: jq: %s",
-                         lr->step->index + 1, what, msg.text);
-        problems++;
+        jq_teardown(&jq);
     }
-    items_free(&it);
+    {
+        struct leaf_at *list = calloc(flow->n_leaves ? flow->n_leaves : 1, sizeof(*list));
+        size_t n = 0;
+        if (!list) {
+            pb_diags_add(d, flow->file, 0, "out of memory compiling the flow");
+            return problems + 1;
+        }
+        /* step by step: one scope of at most PB_FLOW_LEAVES_MAX definitions */
+        for (size_t k = 0; k < flow->n_steps; k++) {
+            n = 0;
+            for (size_t i = 0; i < flow->steps[k].n_leaves; i++)
+                if (!flow->steps[k].leaves[i].malformed) { /* those were reported by the scan */
+                    list[n].step = &flow->steps[k];
+                    list[n++].leaf = i;
+                }
+            if (n)
+                problems += bisect(flow, list, n, d);
+        }
+        free(list);
+    }
     if (!problems && !one_by_one) {
-        pb_diags_add(d, flow->file, 0, "the flow's expressions do not compile together: %s",
-                     msg.text);
+        pb_diags_add(d, flow->file, 0,
+                     "the flow's expressions compile one by one but not together: %s%s",
+                     whole.text,
+                     strstr(whole.text, "too long") ? " (split the largest step or expression)"
+                                                    : "");
         problems = 1;
     }
     return problems;

@@ -17,12 +17,14 @@
  * nothing but the (immutable) flow set; each owns its jq states and its own
  * jv copies of every flow's vars.
  *
- * Cost. Compiling a jq program costs ~15 ms whatever its size (libjq binds
- * its builtins on every compile), so a mapper compiles the steps of the
- * whole set into ONE program that dispatches on the step, and builds each
- * document with one object expression. A second program holding every leaf
- * on its own is compiled only when an evaluation fails, to find the exact
- * field that failed.
+ * Cost. Compiling a jq program costs at least ~15 ms (libjq binds its
+ * builtins on every compile), so a mapper compiles ONE program per flow, on
+ * the flow's first evaluation on that thread (creating a mapper is free, and
+ * flows a thread never sees are never compiled). The template compiles in
+ * about 30 ms; the expression limits of engine/flow.h bound the worst case.
+ * Each document is built by one object expression; when an evaluation fails,
+ * the same program evaluates the step's expressions one by one to name the
+ * exact field that failed.
  *
  * Ownership. pb_mapper_step() returns a malloc'ed reference and a new json_t
  * reference; the caller frees them (free(), json_decref()). Inputs are
@@ -40,10 +42,9 @@
 
 struct pb_mapper;
 
-/* A mapper for `set`, which is frozen from now on. NULL on failure (err says
- * why: PB_ERR_NOMEM, or PB_ERR_INTERNAL when the set's program does not
- * compile, which loading has ruled out). Call on the thread that will use it
- * (any thread is fine; it just must not be shared). */
+/* A mapper for `set`, which is frozen from now on. NULL on failure
+ * (PB_ERR_NOMEM). Cheap: flows are compiled on first use. Create it on any
+ * thread, but use it on one thread only. */
 struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err);
 
 /* Free the mapper and its jq states. NULL is allowed. */
@@ -62,7 +63,9 @@ void pb_mapper_free(struct pb_mapper *m);
  * Errors: PB_ERR_MAPPING with "flow F step S field P: <why>" (a jq error, a
  * leaf without a value or with several, a non-integer number in the document,
  * a missing FX rate, a reference that is not a string); PB_ERR_INVALID for a
- * step of another set; PB_ERR_NOMEM. Outputs are NULL / 0 on error. */
+ * step of another set; PB_ERR_NOMEM; PB_ERR_INTERNAL if the flow's program,
+ * which loading compiled, fails to compile here. Outputs are NULL / 0 on
+ * error. The first call for a flow compiles its program. */
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
                           const json_t *event, const json_t *refs, const char *event_id,
                           const char *today, int *run, char **reference, json_t **document,
