@@ -109,6 +109,9 @@ struct pb_call_ctx {
     struct pb_http_client *http;            /* the worker thread's client */
     json_t *trace;                          /* JSON array; append with pb_trace_http() */
     time_t now;
+    int retry_after_s;                      /* out, -1: set with a whole-call failure when the
+                                               remote asked for a delay (e.g. a 429 from a token
+                                               endpoint) */
 };
 
 /* ---- the type table ------------------------------------------------------------ */

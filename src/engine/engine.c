@@ -445,11 +445,13 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
     if (conn && is_confirm) {
         for (size_t i = 0; i < n; i++) {
             struct pb_err err = {0};
-            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL)};
+            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL),
+                                      .retry_after_s = -1};
             if (w[i].decided)
                 continue;
             enum pb_rc rc = conn->conn.type->confirm(&conn->conn, &ctx, w[i].event, &err);
             w[i].rc = rc;
+            w[i].retry_after_s = ctx.retry_after_s;
             w[i].outcome = rc == PB_OK ? PB_OUTCOME_DONE : pb_rc_is_transient(rc) ? PB_OUTCOME_RETRY : PB_OUTCOME_DEAD;
             snprintf(w[i].message, sizeof(w[i].message), "%s", rc ? err.msg : "confirmed by the gateway");
         }
@@ -475,7 +477,8 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         for (size_t off = 0; off < n_items; off += max) {
             size_t k = n_items - off < max ? n_items - off : max;
             struct pb_err err = {0};
-            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL)};
+            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL),
+                                      .retry_after_s = -1};
             uint64_t c0 = pb_monotonic_ns();
             enum pb_rc rc = conn->conn.type->execute(&conn->conn, &ctx, &items[off], k, &err);
             pb_histogram_observe(&m->call_latency, pb_monotonic_ns() - c0);
@@ -483,8 +486,13 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
                 struct work_item *o = item_owner[j];
                 struct pb_sink_item *it = &items[j];
                 if (rc) {
+                    /* a whole-batch failure: every item has it (the contract),
+                     * keeping the item's own words and delay when it has them */
+                    if (it->rc == PB_OK || !it->message[0])
+                        snprintf(it->message, sizeof(it->message), "%s", err.msg);
                     it->rc = rc;
-                    snprintf(it->message, sizeof(it->message), "%s", err.msg);
+                    if (ctx.retry_after_s > it->retry_after_s)
+                        it->retry_after_s = ctx.retry_after_s;
                 }
                 o->rc = it->rc;
                 o->retry_after_s = it->retry_after_s;

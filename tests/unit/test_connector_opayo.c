@@ -879,7 +879,7 @@ static json_t *notified_event(struct pb_connection *c, const char *card, const c
 static enum pb_rc confirm(struct pb_connection *c, json_t *event, json_t *trace,
                           struct pb_err *err)
 {
-    struct pb_call_ctx ctx = {sx.http, trace, time(NULL)};
+    struct pb_call_ctx ctx = {sx.http, trace, time(NULL), -1};
     return c->type->confirm(c, &ctx, event, err);
 }
 
@@ -996,7 +996,7 @@ static void test_confirm_off(void **state)
     struct pb_connection *c = offline();
     struct pb_event_list out = {0};
     struct pb_err err = {0};
-    struct pb_call_ctx ctx = {NULL, NULL, 0};
+    struct pb_call_ctx ctx = {NULL, NULL, 0, -1};
     assert_int_equal(inbound_json(c, fixture(), &out, &err), PB_OK);
     assert_int_equal(c->type->confirm(c, &ctx, out.ev[0].event, &err), PB_OK);
     pb_event_list_clear(&out);

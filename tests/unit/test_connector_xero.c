@@ -243,7 +243,7 @@ static void batch_clear(struct batch *b)
 static enum pb_rc execute_at(struct pb_connection *c, struct batch *b, time_t now, json_t *trace,
                              struct pb_err *err)
 {
-    struct pb_call_ctx ctx = {sx.http, trace, now};
+    struct pb_call_ctx ctx = {sx.http, trace, now, -1};
     return c->type->execute(c, &ctx, b->it, b->n, err);
 }
 
@@ -406,7 +406,7 @@ static void *worker_main(void *arg)
         return NULL;
     snprintf(email, sizeof email, "worker%d@example.com", w->index);
     add(&b, "contact.upsert", contact(email, email), email, email, 1);
-    ctx = (struct pb_call_ctx){http, NULL, time(NULL)};
+    ctx = (struct pb_call_ctx){http, NULL, time(NULL), -1};
     w->rc = w->c->type->execute(w->c, &ctx, b.it, b.n, &err);
     w->item_rc = b.it[0].rc;
     batch_clear(&b);

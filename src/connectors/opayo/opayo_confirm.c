@@ -144,6 +144,8 @@ enum pb_rc pb__opayo_confirm(struct pb_connection *c, struct pb_call_ctx *ctx, j
     call.basic_password = pb_connection_secret(c, "integration_password");
     rc = pb_http_perform(ctx->http, &call, err);
     pb_trace_http(ctx->trace, &call, rc, err);
+    if (rc && call.retry_after_s >= 0)
+        ctx->retry_after_s = call.retry_after_s;
 
     if (call.status == 404) {
         rc = pb_err_set(err, PB_ERR_PERMANENT, "Opayo does not know transaction %s (GET %s: 404)",

@@ -96,6 +96,8 @@ static enum pb_rc fetch(struct pb_connection *c, struct xero_state *st, struct p
     call.max_response = 1024 * 1024;
     rc = pb_http_perform(ctx->http, &call, err);
     pb_trace_http(ctx->trace, &call, rc, err);
+    if (rc && call.retry_after_s >= 0)
+        ctx->retry_after_s = call.retry_after_s;
     if (rc) {
         if (call.status == 400 || call.status == 401 || call.status == 403) {
             oauth_error(&call, why, sizeof why);
