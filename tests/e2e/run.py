@@ -717,15 +717,32 @@ class Run:
     def step_order(self, spec, step):
         o = dict(spec)
         known = {"vendor_tx_code", "amount", "currency", "card", "customer", "count", "expect_status", "address1",
-                 "postal_code", "city", "country", "description", "expiry", "unique_customer"}
+                 "postal_code", "city", "country", "description", "expiry", "unique_customer", "parallel"}
         for k in o:
             if k not in known:
                 raise CaseError("order.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
         base = o.get("vendor_tx_code") or "E2E-%s" % secrets.token_hex(3).upper()
         count = int(o.get("count", 1))
         codes = [base] if count == 1 else ["%s-%03d" % (base, i + 1) for i in range(count)]
+        results = {}
+
+        def play(vtc):
+            results[vtc] = self.play_order(o, vtc)
+
+        parallel = int(o.get("parallel", 1))
+        if parallel > 1:
+            # all orders at once: their notifications reach paybridge within milliseconds
+            for i in range(0, len(codes), parallel):
+                threads = [threading.Thread(target=play, args=(vtc,)) for vtc in codes[i:i + parallel]]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+        else:
+            for vtc in codes:
+                play(vtc)
         for vtc in codes:
-            rec, err = self.play_order(o, vtc)
+            rec, err = results[vtc]
             if rec:
                 self.orders[vtc] = rec
             if err:
