@@ -181,6 +181,7 @@ struct scan {
     size_t n_fx;
     int fx_bound;                 /* `as $fx` or {$fx}: $fx used as a binding, not a value */
     int uses_env;                 /* $ENV or env */
+    int uses_halt;                /* halt or halt_error */
     int uses_reserved;            /* $__pb... */
     char refs[SCAN_NAMES_MAX][PB_FLOW_NAME_MAX + 1]; /* NAME of each $refs.NAME */
     size_t n_refs;
@@ -369,12 +370,17 @@ static void scan_expr(const char *s, struct scan *sc)
                 j++;
             while (k > 0 && space(s[k - 1]))
                 k--;
-            if (j - i == 3 && memcmp(s + i, "env", 3) == 0 && !(k > 0 && s[k - 1] == '.')) {
+            if (!(k > 0 && s[k - 1] == '.')) {
                 size_t n = j;
                 while (space(s[n]))
                     n++;
-                if (s[n] != ':')
-                    sc->uses_env = 1;
+                if (s[n] != ':') { /* {env: 1} is a key, not a call */
+                    if (j - i == 3 && memcmp(s + i, "env", 3) == 0)
+                        sc->uses_env = 1;
+                    if ((j - i == 4 && memcmp(s + i, "halt", 4) == 0) ||
+                        (j - i == 10 && memcmp(s + i, "halt_error", 10) == 0))
+                        sc->uses_halt = 1;
+                }
             }
             i = j;
         } else {
@@ -865,6 +871,9 @@ static int check_expr(struct loader *ld, struct step_build *sb, const char *fiel
             where);
     if (sc.uses_reserved)
         bad(ld, line, "%s: variables starting with $__pb are reserved for paybridge", where);
+    if (sc.uses_halt)
+        bad(ld, line, "%s: halt and halt_error are not available in flows; use error(\"...\")",
+            where);
     *code = expr;
     if (sc.uses_fx) {
         ld->flow->uses_fx = 1;
@@ -1220,6 +1229,8 @@ static void check_defs(struct loader *ld, const json_t *root)
     if (sc.uses_env)
         bad(ld, line, "defs: flow expressions cannot read the process environment ($ENV, env), "
                       "which holds secrets; put the value under vars:");
+    if (sc.uses_halt)
+        bad(ld, line, "defs: halt and halt_error are not available in flows; use error(\"...\")");
     if (sc.fx_bound) {
         bad(ld, line, "defs: $fx is set by paybridge and cannot be bound or used as {$fx}");
         ld->defs_broken = 1;

@@ -156,8 +156,15 @@ static void sb_quote(struct sbuf *b, const char *s)
 
 /* ---- program generation ------------------------------------------------------------------ */
 
+/* env: the environment holds secrets. halt, halt_error: libjq 1.6 corrupts a
+ * jq_state that halted (jq_reset frees the exit code without clearing it, so
+ * the next jq_start frees it again). stderr: keep the log clean. */
 static const char prologue[] =
     "def env: error(\"env is not available in flow expressions\");\n"
+    "def halt: error(\"halt is not available in flow expressions; use error(...)\");\n"
+    "def halt_error: error(\"halt_error is not available in flow expressions; use error(...)\");\n"
+    "def halt_error($code): halt_error;\n"
+    "def stderr: .;\n"
     "{} as $ENV\n"
     "| . as [$__pb_step, $__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval,\n"
     "        $__pb_fxerr, $event_id, $now]\n"
@@ -386,7 +393,7 @@ static void error_text(jv invalid, char *buf, size_t len)
     jv_free(m);
 }
 
-enum run_result { RUN_ONE = 0, RUN_NONE = 1, RUN_MANY = 2, RUN_ERROR = -1 };
+enum run_result { RUN_ONE = 0, RUN_NONE = 1, RUN_MANY = 2, RUN_ERROR = -1, RUN_HALTED = -2 };
 
 /* Run `jq` on `input` (consumed). RUN_ONE: *out holds the only output. */
 static enum run_result run_jq(jq_state *jq, jv input, jv *out, char *msg, size_t msglen)
@@ -401,9 +408,11 @@ static enum run_result run_jq(jq_state *jq, jv input, jv *out, char *msg, size_t
         }
         jv_free(r);
         if (jq_halted(jq)) {
-            snprintf(msg, msglen, "the expression called halt or halt_error, which flows may not "
-                                  "use; use error(\"...\") instead");
-            return RUN_ERROR;
+            /* cannot happen (the prologue shadows halt); if it does, the caller
+             * must tear the state down before any other jq_start() */
+            snprintf(msg, msglen, "the expression halted jq, which flows may not do; use "
+                                  "error(\"...\") instead");
+            return RUN_HALTED;
         }
         return RUN_NONE;
     }
@@ -718,6 +727,16 @@ void pb_mapper_free(struct pb_mapper *m)
     free(m);
 }
 
+/* Forget the flow's compiled state (it is compiled again on next use). */
+static void mapper_flow_discard(struct mapper_flow *mf)
+{
+    if (mf->jq)
+        jq_teardown(&mf->jq);
+    if (mf->ready)
+        jv_free(mf->vars);
+    mf->ready = 0;
+}
+
 /* The flow's compiled program and vars, compiled on first use (~15 ms). */
 static struct mapper_flow *mapper_flow(struct pb_mapper *m, const struct pb_flow *f,
                                        struct pb_err *err)
@@ -772,7 +791,7 @@ static jv envelope(const struct mapper_flow *mf, size_t step, size_t sel, int mo
 }
 
 /* Evaluate the step's expressions one by one to name the one that fails. */
-static enum pb_rc diagnose(const struct mapper_flow *mf, const struct pb_flow_step *st,
+static enum pb_rc diagnose(struct mapper_flow *mf, const struct pb_flow_step *st,
                            const struct inputs *in, const char *whole, struct pb_err *err)
 {
     char msg[PB_ERR_MSG_MAX];
@@ -780,6 +799,10 @@ static enum pb_rc diagnose(const struct mapper_flow *mf, const struct pb_flow_st
         jv out;
         enum run_result r = run_jq(mf->jq, envelope(mf, st->index, i, MODE_LEAF, in), &out, msg,
                                    sizeof(msg));
+        if (r == RUN_HALTED) {
+            mapper_flow_discard(mf);
+            return map_error(st, i, err, "%s", msg);
+        }
         if (r == RUN_ERROR)
             return map_error(st, i, err, "%s", msg);
         if (r == RUN_NONE)
@@ -869,6 +892,11 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
     ev.err = err;
 
     r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_STEP, &in), &out, msg, sizeof(msg));
+    if (r == RUN_HALTED) {
+        mapper_flow_discard(mf); /* a halted libjq 1.6 state must not be started again */
+        rc = map_error(step, SIZE_MAX, err, "%s", msg);
+        goto done;
+    }
     if (r != RUN_ONE) {
         if (r == RUN_NONE)
             snprintf(msg, sizeof(msg), "an expression produced no value");

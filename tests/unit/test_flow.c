@@ -939,6 +939,13 @@ static void test_load_problems(void **state)
     expect_load_problem(GOOD_HEAD "steps:\n  - name: a\n    command: x.y\n    reference: '\"r\"'\n"
                                   "    document: {A: 'env.HOME'}\n",
                         9, "cannot read the process environment");
+    /* libjq 1.6 corrupts a jq_state that halted: refused at load, shadowed at run time */
+    expect_load_problem(GOOD_HEAD "steps:\n  - name: a\n    command: x.y\n    reference: '\"r\"'\n"
+                                  "    document: {A: '\"x\" | halt_error(1)'}\n",
+                        9, "halt and halt_error are not available");
+    expect_load_problem(GOOD_HEAD "defs: 'def stop: halt;'\nsteps:\n  - name: a\n    command: x.y\n"
+                                  "    reference: '\"r\"'\n    document: {}\n",
+                        5, "halt and halt_error are not available");
     expect_load_problem(GOOD_HEAD "steps:\n  - name: a\n    command: x.y\n    reference: '\"r\"'\n"
                                   "    document: {A: '$__pb_event'}\n",
                         9, "reserved");
