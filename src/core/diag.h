@@ -39,15 +39,15 @@
 #define PB_DIAGS_MAX 1000
 
 struct pb_diag {
-    char file[256];     /* file (or name) the problem is in; "" when none */
-    int line;           /* 1-based line; 0 when unknown (printed without a line) */
-    char msg[512];      /* what is wrong and how to fix it */
+    char file[256]; /* file (or name) the problem is in; "" when none */
+    int line;       /* 1-based line; 0 when unknown (printed without a line) */
+    char msg[512];  /* what is wrong and how to fix it */
 };
 
 struct pb_diags {
-    struct pb_diag *v;  /* owned: the entries, in the order they were added */
-    size_t n, cap;      /* entries used and allocated */
-    size_t dropped;     /* problems not kept (over PB_DIAGS_MAX, or out of memory) */
+    struct pb_diag *v; /* owned: the entries, in the order they were added */
+    size_t n, cap;     /* entries used and allocated */
+    size_t dropped;    /* problems not kept (over PB_DIAGS_MAX, or out of memory) */
 };
 
 /* Append a problem. `d` may be NULL (the problem is then ignored); `file`

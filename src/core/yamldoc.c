@@ -42,25 +42,25 @@
 #define NO_KEY SIZE_MAX
 
 struct line_entry {
-    const void *node;   /* node address, or the mapping's address for a key entry; NULL = free slot */
-    size_t key;         /* offset of the key text in keybuf, or NO_KEY for a node entry */
-    int line;           /* 1-based */
+    const void *node; /* node address, or the mapping's address for a key entry; NULL = free slot */
+    size_t key;       /* offset of the key text in keybuf, or NO_KEY for a node entry */
+    int line;         /* 1-based */
 };
 
 struct line_table {
     struct line_entry *slots; /* owned; capacity is a power of two */
     size_t cap, used;
-    char *keybuf;             /* owned: NUL-terminated key texts, back to back */
+    char *keybuf; /* owned: NUL-terminated key texts, back to back */
     size_t keylen, keycap;
 };
 
 struct pb_yamldoc {
-    unsigned magic;           /* YAMLDOC_MAGIC */
-    char *name;               /* owned: file path or given name */
-    char *text;               /* owned: the raw text, NUL-terminated */
-    size_t len;               /* bytes in text */
-    json_t *root;             /* owned (one reference) */
-    struct line_table lines;  /* owned */
+    unsigned magic;          /* YAMLDOC_MAGIC */
+    char *name;              /* owned: file path or given name */
+    char *text;              /* owned: the raw text, NUL-terminated */
+    size_t len;              /* bytes in text */
+    json_t *root;            /* owned (one reference) */
+    struct line_table lines; /* owned */
 };
 
 /* ---- the line table --------------------------------------------------------- */
@@ -183,22 +183,22 @@ static void table_free(struct line_table *t)
 /* ---- the loader --------------------------------------------------------------- */
 
 struct frame {
-    json_t *node;   /* the open mapping or sequence (owned until attached to its parent) */
-    int is_map;     /* 1: mapping, 0: sequence */
-    char *key;      /* mapping: the key waiting for its value (owned), NULL = expecting a key */
-    int discard;    /* mapping: the waiting key is a duplicate; drop its value */
+    json_t *node; /* the open mapping or sequence (owned until attached to its parent) */
+    int is_map;   /* 1: mapping, 0: sequence */
+    char *key;    /* mapping: the key waiting for its value (owned), NULL = expecting a key */
+    int discard;  /* mapping: the waiting key is a duplicate; drop its value */
 };
 
 struct loader {
     struct pb_yamldoc *doc;
     struct pb_diags *d;
     struct frame stack[PB_YAMLDOC_MAX_DEPTH];
-    int depth;              /* frames in use */
-    json_t *root;           /* owned until moved into doc */
+    int depth;    /* frames in use */
+    json_t *root; /* owned until moved into doc */
     int have_root;
-    int documents;          /* DOCUMENT-START events seen */
-    size_t problems;        /* problems reported */
-    enum pb_rc rc;          /* first non-config failure (NOMEM), else PB_OK */
+    int documents;   /* DOCUMENT-START events seen */
+    size_t problems; /* problems reported */
+    enum pb_rc rc;   /* first non-config failure (NOMEM), else PB_OK */
 };
 
 #define LINE(mark) ((int)(mark).line + 1)
@@ -383,8 +383,7 @@ static int on_event(struct loader *L, const yaml_event_t *ev)
     case YAML_STREAM_START_EVENT:
     case YAML_STREAM_END_EVENT:
     case YAML_DOCUMENT_END_EVENT:
-    case YAML_NO_EVENT:
-        return 0;
+    case YAML_NO_EVENT: return 0;
     case YAML_DOCUMENT_START_EVENT:
         if (++L->documents > 1) {
             problem(L, line,
@@ -412,10 +411,10 @@ static int on_event(struct loader *L, const yaml_event_t *ev)
     case YAML_MAPPING_START_EVENT:
     case YAML_SEQUENCE_START_EVENT: {
         int is_map = ev->type == YAML_MAPPING_START_EVENT;
-        const char *anchor = (const char *)(is_map ? ev->data.mapping_start.anchor
-                                                   : ev->data.sequence_start.anchor);
-        const char *tag = (const char *)(is_map ? ev->data.mapping_start.tag
-                                                : ev->data.sequence_start.tag);
+        const char *anchor =
+            (const char *)(is_map ? ev->data.mapping_start.anchor : ev->data.sequence_start.anchor);
+        const char *tag =
+            (const char *)(is_map ? ev->data.mapping_start.tag : ev->data.sequence_start.tag);
         json_t *node;
         if (expecting_key) {
             problem(L, line, "a mapping key must be a plain value, not a %s",

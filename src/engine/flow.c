@@ -121,10 +121,10 @@ static void arena_free(struct pb__arena *a)
 /* ---- flow sets ------------------------------------------------------------------------ */
 
 struct pb_flowset {
-    unsigned magic;               /* FLOWSET_MAGIC */
-    struct pb_flow **flows;       /* owned */
+    unsigned magic;         /* FLOWSET_MAGIC */
+    struct pb_flow **flows; /* owned */
     size_t n, cap;
-    atomic_int frozen;            /* set by the first mapper */
+    atomic_int frozen; /* set by the first mapper */
 };
 
 /* ---- did you mean ------------------------------------------------------------------------ */
@@ -176,18 +176,18 @@ static const char *closest(const char *word, const char *const *cands, size_t n)
 #define SCAN_FX_MAX 64
 
 struct scan {
-    int uses_fx;                  /* $fx */
-    size_t fx_at[SCAN_FX_MAX];    /* offsets of the $fx tokens in code (not in strings) */
+    int uses_fx;               /* $fx */
+    size_t fx_at[SCAN_FX_MAX]; /* offsets of the $fx tokens in code (not in strings) */
     size_t n_fx;
-    int fx_bound;                 /* `as $fx` or {$fx}: $fx used as a binding, not a value */
-    int uses_env;                 /* $ENV or env */
-    int uses_halt;                /* halt or halt_error */
-    int uses_reserved;            /* $__pb... */
+    int fx_bound;      /* `as $fx` or {$fx}: $fx used as a binding, not a value */
+    int uses_env;      /* $ENV or env */
+    int uses_halt;     /* halt or halt_error */
+    int uses_reserved; /* $__pb... */
     char refs[SCAN_NAMES_MAX][PB_FLOW_NAME_MAX + 1]; /* NAME of each $refs.NAME */
     size_t n_refs;
     char vars[SCAN_NAMES_MAX][PB_FLOW_NAME_MAX + 1]; /* NAME of each $vars.NAME */
     size_t n_vars;
-    char problem[200];            /* "" when the brackets and strings are well formed */
+    char problem[200]; /* "" when the brackets and strings are well formed */
 };
 
 static int ident_start(char c)
@@ -312,7 +312,8 @@ static void scan_expr(const char *s, struct scan *sc)
             char open = c == ')' ? '(' : c == ']' ? '[' : '{';
             if (!depth) {
                 snprintf(sc->problem, sizeof(sc->problem),
-                         "unbalanced brackets: '%c' at offset %zu has no matching '%c'", c, i, open);
+                         "unbalanced brackets: '%c' at offset %zu has no matching '%c'", c, i,
+                         open);
                 return;
             }
             if (c == ')' && stack[depth - 1] == 'I') {
@@ -353,8 +354,7 @@ static void scan_expr(const char *s, struct scan *sc)
                         (k >= 1 && (s[k - 1] == '{' || s[k - 1] == ',') && depth &&
                          stack[depth - 1] == '{' && (s[n] == '}' || s[n] == ',')))
                         sc->fx_bound = 1;
-                }
-                else if (strcmp(name, "ENV") == 0)
+                } else if (strcmp(name, "ENV") == 0)
                     sc->uses_env = 1;
                 else if (strncmp(name, "__pb", 4) == 0)
                     sc->uses_reserved = 1;
@@ -394,8 +394,7 @@ static void scan_expr(const char *s, struct scan *sc)
                  stack[depth - 1] == 'I' ? '(' : stack[depth - 1]);
     return;
 too_deep:
-    snprintf(sc->problem, sizeof(sc->problem), "brackets nested more than %zu deep",
-             sizeof(stack));
+    snprintf(sc->problem, sizeof(sc->problem), "brackets nested more than %zu deep", sizeof(stack));
 }
 
 /* 1 when the whole expression is a jq number literal with a fraction or an
@@ -455,7 +454,7 @@ static char *rewrite_fx(struct pb__arena *a, const char *s, const struct scan *s
 
 struct loader {
     struct pb_yamldoc *doc;
-    const char *file;             /* for diagnostics */
+    const char *file; /* for diagnostics */
     struct pb_diags *d;
     size_t problems;
     int nomem;
@@ -465,21 +464,22 @@ struct loader {
     struct pb__arena *arena;      /* flow->arena */
     json_t *rates;                /* normalised fx.rates, owned until moved into the flow */
     json_t *vars;                 /* reference to the vars block, owned until moved */
-    const char *step_names[PB_FLOW_STEPS_MAX]; /* names of the steps parsed so far (NULL = bad name) */
+    const char
+        *step_names[PB_FLOW_STEPS_MAX]; /* names of the steps parsed so far (NULL = bad name) */
 };
 
 /* per-step scratch while building its leaves */
 struct step_build {
     struct pb_flow_step *step;
-    struct pb__leaf *leaves;      /* malloc'ed, copied into the arena at the end */
+    struct pb__leaf *leaves; /* malloc'ed, copied into the arena at the end */
     size_t n, cap;
     const char *needs[PB_FLOW_STEPS_MAX];
     size_t n_needs;
-    int overflow;                 /* reported "too many leaves" */
+    int overflow; /* reported "too many leaves" */
 };
 
-__attribute__((format(printf, 3, 4))) static void bad(struct loader *ld, int line,
-                                                      const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void bad(struct loader *ld, int line, const char *fmt,
+                                                      ...)
 {
     char msg[512];
     va_list ap;
@@ -527,7 +527,7 @@ static const char *type_name(const json_t *v)
 struct key_spec {
     const char *key;
     int required;
-    const char *hint;             /* what to write when it is missing */
+    const char *hint; /* what to write when it is missing */
 };
 
 static const struct key_spec flow_keys[] = {
@@ -544,12 +544,14 @@ static const struct key_spec flow_keys[] = {
 };
 
 static const struct key_spec step_keys[] = {
-    {"name", 1, "a name for the step, e.g. `name: invoice` (it is how later steps say $refs.invoice)"},
+    {"name", 1,
+     "a name for the step, e.g. `name: invoice` (it is how later steps say $refs.invoice)"},
     {"command", 1, "the sink command, e.g. `command: invoice.create`"},
     {"description", 0, NULL},
     {"when", 0, NULL},
-    {"reference", 1, "a jq expression for the source reference (xref key) of the record, "
-                     "e.g. `reference: '.payment.reference'`"},
+    {"reference", 1,
+     "a jq expression for the source reference (xref key) of the record, "
+     "e.g. `reference: '.payment.reference'`"},
     {"document", 1, "the document template, a mapping whose leaves are jq expressions"},
     {NULL, 0, NULL},
 };
@@ -583,7 +585,8 @@ static void check_keys(struct loader *ld, const json_t *obj, const struct key_sp
         if (klen >= sizeof(known))
             klen = sizeof(known) - 1;
     }
-    json_object_foreach((json_t *)obj, key, v) {
+    json_object_foreach((json_t *)obj, key, v)
+    {
         const struct key_spec *s;
         const char *guess;
         for (s = spec; s->key; s++)
@@ -640,9 +643,7 @@ static const char *get_name(struct loader *ld, const json_t *obj, const char *ke
         case NAME_COMMAND:
             ok = (c >= 'a' && c <= 'z') || c == '_' || (c == '.' && i > 0 && i + 1 < len);
             break;
-        default:
-            ok = ident_char(c) || c == '-' || c == '.';
-            break;
+        default: ok = ident_char(c) || c == '-' || c == '.'; break;
         }
         if (!ok) {
             if (kind == NAME_STEP)
@@ -667,8 +668,7 @@ static const char *get_name(struct loader *ld, const json_t *obj, const char *ke
     return s;
 }
 
-static const char *get_text(struct loader *ld, const json_t *obj, const char *key,
-                            const char *what)
+static const char *get_text(struct loader *ld, const json_t *obj, const char *key, const char *what)
 {
     json_t *v = json_object_get(obj, key);
     if (!v)
@@ -762,8 +762,7 @@ static void check_fx(struct loader *ld, const json_t *root)
     if (!fx)
         return;
     if (!json_is_object(fx)) {
-        bad(ld, line, "`fx` must be a mapping with base_currency and rates, not %s",
-            type_name(fx));
+        bad(ld, line, "`fx` must be a mapping with base_currency and rates, not %s", type_name(fx));
         return;
     }
     check_keys(ld, fx, fx_keys, "fx");
@@ -794,7 +793,8 @@ static void check_fx(struct loader *ld, const json_t *root)
             type_name(rates));
         return;
     }
-    json_object_foreach(rates, cur, v) {
+    json_object_foreach(rates, cur, v)
+    {
         int rline = key_line(ld, rates, cur);
         char text[64];
         if (!pb_currency_valid(cur)) {
@@ -850,8 +850,8 @@ static void where_of(const struct step_build *sb, const char *field, char *buf, 
 
 /* Static checks of one expression; records needs and uses_fx. Returns 1 when
  * the expression is malformed (unbalanced, unterminated string). */
-static int check_expr(struct loader *ld, struct step_build *sb, const char *field,
-                      const char *expr, int line, const char **code)
+static int check_expr(struct loader *ld, struct step_build *sb, const char *field, const char *expr,
+                      int line, const char **code)
 {
     struct scan sc;
     const struct pb_flow_step *st = sb->step;
@@ -883,8 +883,10 @@ static int check_expr(struct loader *ld, struct step_build *sb, const char *fiel
                 "{...}}",
                 where);
         if (sc.fx_bound)
-            bad(ld, line, "%s: $fx is set by paybridge and cannot be bound or used as {$fx}; "
-                          "write {fx: $fx}", where);
+            bad(ld, line,
+                "%s: $fx is set by paybridge and cannot be bound or used as {$fx}; "
+                "write {fx: $fx}",
+                where);
         else if (sc.n_fx > SCAN_FX_MAX)
             bad(ld, line, "%s: more than %d uses of $fx; bind it once with `$fx as $x`", where,
                 SCAN_FX_MAX);
@@ -898,7 +900,8 @@ static int check_expr(struct loader *ld, struct step_build *sb, const char *fiel
             size_t n = 0;
             if (json_object_get(ld->vars, sc.vars[i]))
                 continue;
-            json_object_foreach(ld->vars, key, v) {
+            json_object_foreach(ld->vars, key, v)
+            {
                 if (n < 64)
                     cands[n++] = key;
             }
@@ -932,8 +935,10 @@ static int check_expr(struct loader *ld, struct step_build *sb, const char *fiel
             continue;
         }
         if (st->name && strcmp(name, st->name) == 0) {
-            bad(ld, line, "%s: $refs.%s is this step itself; a step can only use the ids of "
-                          "earlier steps", where, name);
+            bad(ld, line,
+                "%s: $refs.%s is this step itself; a step can only use the ids of "
+                "earlier steps",
+                where, name);
             continue;
         }
         for (k = st->index + 1; k < PB_FLOW_STEPS_MAX; k++)
@@ -1040,8 +1045,8 @@ static int add_leaf(struct loader *ld, struct step_build *sb, const char *expr, 
     return 0;
 }
 
-static void build_tnode(struct loader *ld, struct step_build *sb, const json_t *v,
-                        const char *path, int line, struct pb__tnode *out)
+static void build_tnode(struct loader *ld, struct step_build *sb, const json_t *v, const char *path,
+                        int line, struct pb__tnode *out)
 {
     char *child_path;
     size_t i = 0;
@@ -1058,7 +1063,8 @@ static void build_tnode(struct loader *ld, struct step_build *sb, const json_t *
         if (json_is_object(v)) {
             const char *key;
             json_t *child;
-            json_object_foreach((json_t *)v, key, child) {
+            json_object_foreach((json_t *)v, key, child)
+            {
                 size_t plen = strlen(path) + strlen(key) + 2;
                 if (!(child_path = arena_alloc(ld->arena, plen))) {
                     oom(ld);
@@ -1115,8 +1121,10 @@ static void parse_step(struct loader *ld, const json_t *obj, size_t index, int l
     st->document.kind = PB__TNODE_OBJECT;
 
     if (!json_is_object(obj)) {
-        bad(ld, line, "step %zu must be a mapping with name, command, reference and document, "
-                      "not %s", index + 1, type_name(obj));
+        bad(ld, line,
+            "step %zu must be a mapping with name, command, reference and document, "
+            "not %s",
+            index + 1, type_name(obj));
         return;
     }
     name = get_name(ld, obj, "name", NAME_STEP, "step");
@@ -1168,8 +1176,7 @@ static void parse_step(struct loader *ld, const json_t *obj, size_t index, int l
     if ((v = json_object_get(obj, "document"))) {
         if (!json_is_object(v))
             bad(ld, key_line(ld, obj, "document"),
-                "%s `document` must be a mapping of field: expression, not %s", what,
-                type_name(v));
+                "%s `document` must be a mapping of field: expression, not %s", what, type_name(v));
         else
             build_tnode(ld, &sb, v, "", key_line(ld, obj, "document"), &st->document);
     }
@@ -1227,8 +1234,9 @@ static void check_defs(struct loader *ld, const json_t *root)
         return;
     }
     if (sc.uses_env)
-        bad(ld, line, "defs: flow expressions cannot read the process environment ($ENV, env), "
-                      "which holds secrets; put the value under vars:");
+        bad(ld, line,
+            "defs: flow expressions cannot read the process environment ($ENV, env), "
+            "which holds secrets; put the value under vars:");
     if (sc.uses_halt)
         bad(ld, line, "defs: halt and halt_error are not available in flows; use error(\"...\")");
     if (sc.fx_bound) {
@@ -1242,14 +1250,17 @@ static void check_defs(struct loader *ld, const json_t *root)
     if (sc.uses_fx)
         ld->flow->uses_fx = 1;
     if (sc.uses_fx && !json_object_get(root, "fx"))
-        bad(ld, line, "defs: uses $fx but the flow has no fx: block; add fx: {base_currency: "
-                      "GBP, rates: {...}}");
+        bad(ld, line,
+            "defs: uses $fx but the flow has no fx: block; add fx: {base_currency: "
+            "GBP, rates: {...}}");
     if (sc.n_refs)
-        bad(ld, line, "defs: $refs.%s: defs are shared by all steps, so they cannot use $refs; "
-                      "pass the id as an argument from the step instead", sc.refs[0]);
+        bad(ld, line,
+            "defs: $refs.%s: defs are shared by all steps, so they cannot use $refs; "
+            "pass the id as an argument from the step instead",
+            sc.refs[0]);
     ld->flow->defs = arena_strdup(ld->arena, s);
-    ld->flow->defs_code = sc.uses_fx && !ld->defs_broken ? rewrite_fx(ld->arena, s, &sc)
-                                                         : ld->flow->defs;
+    ld->flow->defs_code =
+        sc.uses_fx && !ld->defs_broken ? rewrite_fx(ld->arena, s, &sc) : ld->flow->defs;
     if (!ld->flow->defs || !ld->flow->defs_code)
         oom(ld);
 }
@@ -1537,7 +1548,6 @@ void pb__flowset_freeze(const struct pb_flowset *set)
     atomic_store(&((struct pb_flowset *)set)->frozen, 1);
 }
 
-
 /* ---- flows ------------------------------------------------------------------------------- */
 
 const struct pb_flow_step *pb_flow_step_find(const struct pb_flow *flow, const char *name)
@@ -1562,8 +1572,8 @@ int pb_flow_handles(const struct pb_flow *flow, const char *event_type)
 
 static json_t *money_json(int64_t minor, const char *currency, const char *decimal)
 {
-    return json_pack("{s:I, s:s, s:s}", "minor", (json_int_t)minor, "currency", currency,
-                     "decimal", decimal);
+    return json_pack("{s:I, s:s, s:s}", "minor", (json_int_t)minor, "currency", currency, "decimal",
+                     decimal);
 }
 
 enum pb_rc pb_flow_fx(const struct pb_flow *flow, const json_t *event, json_t **out,
@@ -1620,10 +1630,11 @@ enum pb_rc pb_flow_fx(const struct pb_flow *flow, const json_t *event, json_t **
             PB_OK)
             return pb_err_set(err, PB_ERR_MAPPING, "flow %s: %s", flow->name, e.msg);
     }
-    fx = json_pack("{s:s, s:s, s:s, s:b, s:o, s:o}", "base_currency", flow->base_currency,
-                   "currency", cur, "rate", rate, "converted", strcmp(cur, flow->base_currency) != 0,
-                   "amount", money_json(converted, flow->base_currency, to_dec), "original",
-                   money_json(minor, cur, from_dec));
+    fx =
+        json_pack("{s:s, s:s, s:s, s:b, s:o, s:o}", "base_currency", flow->base_currency,
+                  "currency", cur, "rate", rate, "converted", strcmp(cur, flow->base_currency) != 0,
+                  "amount", money_json(converted, flow->base_currency, to_dec), "original",
+                  money_json(minor, cur, from_dec));
     if (!fx)
         return pb_err_set(err, PB_ERR_NOMEM, "flow %s: out of memory building $fx", flow->name);
     *out = fx;

@@ -52,13 +52,13 @@
 #include "core/diag.h"
 #include "core/err.h"
 
-#define PB_FLOW_NAME_MAX 64        /* flow, step and connection names, bytes without NUL */
-#define PB_FLOW_STEPS_MAX 64       /* steps in one flow */
-#define PB_FLOW_LEAVES_MAX 512     /* jq expressions in one step (when + reference + document) */
-#define PB_FLOW_EXPRS_MAX 1024     /* jq expressions in one flow (bounds compile time, ~2 s) */
-#define PB_FLOW_EXPR_MAX 8192      /* bytes in one jq expression (and in defs) */
-#define PB_FLOW_REFERENCE_MAX 512  /* bytes in an evaluated reference */
-#define PB_FLOWSET_FLOWS_MAX 1024  /* flows in one set */
+#define PB_FLOW_NAME_MAX 64       /* flow, step and connection names, bytes without NUL */
+#define PB_FLOW_STEPS_MAX 64      /* steps in one flow */
+#define PB_FLOW_LEAVES_MAX 512    /* jq expressions in one step (when + reference + document) */
+#define PB_FLOW_EXPRS_MAX 1024    /* jq expressions in one flow (bounds compile time, ~2 s) */
+#define PB_FLOW_EXPR_MAX 8192     /* bytes in one jq expression (and in defs) */
+#define PB_FLOW_REFERENCE_MAX 512 /* bytes in an evaluated reference */
+#define PB_FLOWSET_FLOWS_MAX 1024 /* flows in one set */
 
 struct pb_flowset;
 struct pb_flow;
@@ -68,11 +68,11 @@ struct pb__arena;
 
 /* One jq expression of a step. */
 struct pb__leaf {
-    const char *expr;            /* the expression text as written in the file */
-    const char *code;            /* what is compiled: expr with each $fx made a call to __pb_fx */
-    const char *field;           /* "when", "reference", or the document path ("LineItems[0].AccountCode") */
-    int line;                    /* line in the flow file */
-    int malformed;               /* loading only: failed the bracket/string scan, not compiled */
+    const char *expr;  /* the expression text as written in the file */
+    const char *code;  /* what is compiled: expr with each $fx made a call to __pb_fx */
+    const char *field; /* "when", "reference", or the document path ("LineItems[0].AccountCode") */
+    int line;          /* line in the flow file */
+    int malformed;     /* loading only: failed the bracket/string scan, not compiled */
 };
 
 enum pb__tnode_kind { PB__TNODE_LEAF, PB__TNODE_OBJECT, PB__TNODE_ARRAY };
@@ -80,63 +80,64 @@ enum pb__tnode_kind { PB__TNODE_LEAF, PB__TNODE_OBJECT, PB__TNODE_ARRAY };
 /* A node of a document template. */
 struct pb__tnode {
     enum pb__tnode_kind kind;
-    const char *key;             /* member name in the parent object; NULL in an array and at the root */
-    size_t leaf;                 /* LEAF: index into the step's leaves */
-    const struct pb__tnode *kids;/* OBJECT / ARRAY: the members or elements, in file order */
+    const char *key; /* member name in the parent object; NULL in an array and at the root */
+    size_t leaf;     /* LEAF: index into the step's leaves */
+    const struct pb__tnode *kids; /* OBJECT / ARRAY: the members or elements, in file order */
     size_t n_kids;
 };
 
 /* ---- the model ---------------------------------------------------------------------- */
 
 struct pb_flow_step {
-    unsigned magic;              /* PB_FLOW_STEP_MAGIC */
-    const char *name;            /* "contact": unique in the flow, a jq identifier */
-    const char *command;         /* sink command, e.g. "contact.upsert" */
-    const char *description;     /* free text, or NULL */
-    const struct pb_flow *flow;  /* the flow it belongs to */
-    size_t index;                /* position in flow->steps */
-    int line;                    /* line of the step in the flow file */
+    unsigned magic;             /* PB_FLOW_STEP_MAGIC */
+    const char *name;           /* "contact": unique in the flow, a jq identifier */
+    const char *command;        /* sink command, e.g. "contact.upsert" */
+    const char *description;    /* free text, or NULL */
+    const struct pb_flow *flow; /* the flow it belongs to */
+    size_t index;               /* position in flow->steps */
+    int line;                   /* line of the step in the flow file */
 
     /* internal (engine/mapping.c) */
     const struct pb__leaf *leaves; /* [when], reference, then the document's leaves in file order */
     size_t n_leaves;
-    int has_when;                /* leaves[0] is the when clause */
-    size_t reference_leaf;       /* index of the reference expression */
-    struct pb__tnode document;   /* the document template (root is an OBJECT) */
-    const char *const *needs;    /* earlier steps this one reads as $refs.NAME: it is skipped when any did not run */
+    int has_when;              /* leaves[0] is the when clause */
+    size_t reference_leaf;     /* index of the reference expression */
+    struct pb__tnode document; /* the document template (root is an OBJECT) */
+    const char *const
+        *needs; /* earlier steps this one reads as $refs.NAME: it is skipped when any did not run */
     size_t n_needs;
-    size_t leaf_base;            /* position of leaves[0] among all leaves of the flow */
+    size_t leaf_base; /* position of leaves[0] among all leaves of the flow */
 };
 #define PB_FLOW_STEP_MAGIC 0x53544550u /* "STEP" */
 
 struct pb_flow {
-    unsigned magic;              /* PB_FLOW_MAGIC */
-    const char *name;            /* unique in the set, e.g. "opayo-xero-payments" */
-    const char *description;     /* free text, or NULL */
-    const char *source;          /* connection events come from */
-    const char *target;          /* sink connection the steps run against */
-    const char *const *events;   /* canonical event types this flow handles */
+    unsigned magic;            /* PB_FLOW_MAGIC */
+    const char *name;          /* unique in the set, e.g. "opayo-xero-payments" */
+    const char *description;   /* free text, or NULL */
+    const char *source;        /* connection events come from */
+    const char *target;        /* sink connection the steps run against */
+    const char *const *events; /* canonical event types this flow handles */
     size_t n_events;
     const struct pb_flow_step *steps; /* run in this order */
     size_t n_steps;
-    const char *file;            /* path (or name) the flow was loaded from */
-    const char *text;            /* the exact YAML text */
+    const char *file; /* path (or name) the flow was loaded from */
+    const char *text; /* the exact YAML text */
     size_t text_len;
-    char version[80];            /* "sha256:" + 64 hex digits of text */
-    const struct pb_flowset *set;/* the set that owns it */
+    char version[80];             /* "sha256:" + 64 hex digits of text */
+    const struct pb_flowset *set; /* the set that owns it */
 
     /* internal (engine/mapping.c) */
-    const json_t *vars;          /* the vars block (json null when absent); reaches jq as $vars */
-    const char *defs;            /* jq definitions put before every expression; "" when none */
-    const char *defs_code;       /* defs as compiled ($fx rewritten like pb__leaf.code) */
-    int defs_line;               /* line of defs: in the file */
-    int has_fx;                  /* an fx: block is present */
-    const char *base_currency;   /* fx.base_currency, or NULL */
-    const json_t *rates;         /* fx.rates: object currency -> positive decimal string */
-    int uses_fx;                 /* some expression mentions $fx */
-    size_t n_leaves;             /* expressions over all steps */
-    size_t set_index;            /* position in the set (pb_flowset_flow) */
-    struct pb__arena *arena;     /* owns everything above */
+    const json_t *vars;        /* the vars block (json null when absent); reaches jq as $vars */
+    const char *defs;          /* jq definitions put before every expression; "" when none */
+    const char *defs_code;     /* defs as compiled ($fx rewritten like pb__leaf.code) */
+    int defs_line;             /* line of defs: in the file */
+    int has_fx;                /* an fx: block is present */
+    const char *base_currency; /* fx.base_currency, or NULL */
+    const json_t *rates;       /* fx.rates: object currency -> positive decimal string */
+    int uses_fx;               /* some expression mentions $fx */
+    size_t n_leaves;           /* expressions over all steps */
+    size_t set_index;          /* position in the set (pb_flowset_flow) */
+    struct pb__arena *arena;   /* owns everything above */
 };
 #define PB_FLOW_MAGIC 0x464c4f57u /* "FLOW" */
 

@@ -93,7 +93,7 @@
 struct sbuf {
     char *p;
     size_t len, cap;
-    int failed;                   /* out of memory or over PROGRAM_MAX */
+    int failed; /* out of memory or over PROGRAM_MAX */
 };
 
 static void sb_add(struct sbuf *b, const char *s, size_t n)
@@ -299,7 +299,7 @@ static char *program_build(const struct pb_flow *f)
 /* ---- running jq ---------------------------------------------------------------------------- */
 
 struct jqmsg {
-    char text[1024];              /* messages of the last compile, "; "-separated */
+    char text[1024]; /* messages of the last compile, "; "-separated */
 };
 
 /* Replace the first `from` in buf (NUL-terminated, size len) by `to`. */
@@ -347,8 +347,7 @@ static void on_jq_error(void *data, jv msg)
             clean_jq_message(s, clean, sizeof(clean));
             used = strlen(m->text);
             if (used + 3 < sizeof(m->text))
-                snprintf(m->text + used, sizeof(m->text) - used, "%s%s", used ? "; " : "",
-                         clean);
+                snprintf(m->text + used, sizeof(m->text) - used, "%s%s", used ? "; " : "", clean);
         }
     }
     jv_free(msg);
@@ -410,8 +409,9 @@ static enum run_result run_jq(jq_state *jq, jv input, jv *out, char *msg, size_t
         if (jq_halted(jq)) {
             /* cannot happen (the prologue shadows halt); if it does, the caller
              * must tear the state down before any other jq_start() */
-            snprintf(msg, msglen, "the expression halted jq, which flows may not do; use "
-                                  "error(\"...\") instead");
+            snprintf(msg, msglen,
+                     "the expression halted jq, which flows may not do; use "
+                     "error(\"...\") instead");
             return RUN_HALTED;
         }
         return RUN_NONE;
@@ -451,7 +451,8 @@ static jv to_jv(const json_t *j, int depth)
         jv o = jv_object();
         const char *key;
         json_t *v;
-        json_object_foreach((json_t *)j, key, v) {
+        json_object_foreach((json_t *)j, key, v)
+        {
             jv c = to_jv(v, depth + 1);
             if (!jv_is_valid(c)) {
                 jv_free(o);
@@ -465,7 +466,8 @@ static jv to_jv(const json_t *j, int depth)
         jv a = jv_array();
         size_t i;
         json_t *v;
-        json_array_foreach(j, i, v) {
+        json_array_foreach(j, i, v)
+        {
             jv c = to_jv(v, depth + 1);
             if (!jv_is_valid(c)) {
                 jv_free(a);
@@ -479,16 +481,11 @@ static jv to_jv(const json_t *j, int depth)
         if (json_string_length(j) > INT32_MAX)
             return jv_invalid_with_msg(jv_string("a string in the event is too long"));
         return jv_string_sized(json_string_value(j), (int)json_string_length(j));
-    case JSON_INTEGER:
-        return jv_number((double)json_integer_value(j));
-    case JSON_REAL:
-        return jv_number(json_real_value(j));
-    case JSON_TRUE:
-        return jv_true();
-    case JSON_FALSE:
-        return jv_false();
-    case JSON_NULL:
-        return jv_null();
+    case JSON_INTEGER: return jv_number((double)json_integer_value(j));
+    case JSON_REAL: return jv_number(json_real_value(j));
+    case JSON_TRUE: return jv_true();
+    case JSON_FALSE: return jv_false();
+    case JSON_NULL: return jv_null();
     }
     return jv_null();
 }
@@ -522,8 +519,8 @@ map_error(const struct pb_flow_step *st, size_t leaf, struct pb_err *err, const 
         return pb_err_set(err, PB_ERR_MAPPING, "flow %s step %s: %s", st->flow->name, st->name,
                           msg);
     leaf_label(st, leaf, what, sizeof(what));
-    return pb_err_set(err, PB_ERR_MAPPING, "flow %s step %s %s: %s", st->flow->name, st->name,
-                      what, msg);
+    return pb_err_set(err, PB_ERR_MAPPING, "flow %s step %s %s: %s", st->flow->name, st->name, what,
+                      msg);
 }
 
 /* Convert a jq value produced by leaf `leaf` into jansson (*out new reference). */
@@ -534,15 +531,9 @@ static enum pb_rc to_json(struct eval *ev, size_t leaf, jv v, int depth, json_t 
         return map_error(ev->step, leaf, ev->err, "the value is nested more than %d levels deep",
                          JSON_DEPTH_MAX);
     switch (jv_get_kind(v)) {
-    case JV_KIND_NULL:
-        *out = json_null();
-        return PB_OK;
-    case JV_KIND_TRUE:
-        *out = json_true();
-        return PB_OK;
-    case JV_KIND_FALSE:
-        *out = json_false();
-        return PB_OK;
+    case JV_KIND_NULL: *out = json_null(); return PB_OK;
+    case JV_KIND_TRUE: *out = json_true(); return PB_OK;
+    case JV_KIND_FALSE: *out = json_false(); return PB_OK;
     case JV_KIND_NUMBER: {
         double d = jv_number_value(v);
         if (d != d || d > 9007199254740992.0 || d < -9007199254740992.0 ||
@@ -606,8 +597,7 @@ static enum pb_rc to_json(struct eval *ev, size_t leaf, jv v, int depth, json_t 
         }
         break;
     }
-    default:
-        return map_error(ev->step, leaf, ev->err, "evaluated to an invalid value");
+    default: return map_error(ev->step, leaf, ev->err, "evaluated to an invalid value");
     }
     if (!*out)
         return pb_err_set(ev->err, PB_ERR_NOMEM, "out of memory building a document");
@@ -616,8 +606,7 @@ static enum pb_rc to_json(struct eval *ev, size_t leaf, jv v, int depth, json_t 
 
 /* Rebuild the document from jq's object `v` (borrowed) along template `t`.
  * *out = NULL means "leave it out" (a null leaf, an empty object or array). */
-static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, int top,
-                            json_t **out)
+static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, int top, json_t **out)
 {
     json_t *res;
     *out = NULL;
@@ -627,9 +616,10 @@ static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, in
         return to_json(ev, t->leaf, v, 0, out);
     }
     if (jv_get_kind(v) != JV_KIND_OBJECT)
-        return pb_err_set(ev->err, PB_ERR_INTERNAL, "flow %s step %s: the document program "
-                          "returned a %s", ev->step->flow->name, ev->step->name,
-                          jv_kind_name(jv_get_kind(v)));
+        return pb_err_set(ev->err, PB_ERR_INTERNAL,
+                          "flow %s step %s: the document program "
+                          "returned a %s",
+                          ev->step->flow->name, ev->step->name, jv_kind_name(jv_get_kind(v)));
     res = t->kind == PB__TNODE_OBJECT ? json_object() : json_array();
     if (!res)
         return pb_err_set(ev->err, PB_ERR_NOMEM, "out of memory building a document");
@@ -678,9 +668,9 @@ static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, in
 
 /* What a mapper keeps per flow; filled on the flow's first evaluation. */
 struct mapper_flow {
-    jq_state *jq;                 /* owned: the flow's program; NULL until first use */
-    jv vars;                      /* owned: the flow's vars as jv (this thread's copy) */
-    int ready;                    /* jq and vars are set */
+    jq_state *jq; /* owned: the flow's program; NULL until first use */
+    jv vars;      /* owned: the flow's vars as jv (this thread's copy) */
+    int ready;    /* jq and vars are set */
 };
 
 struct pb_mapper {
@@ -688,7 +678,7 @@ struct pb_mapper {
     const struct pb_flowset *set; /* borrowed; frozen */
     struct mapper_flow *flows;    /* owned: one per flow of the set, by set_index */
     size_t n_flows;
-    struct jqmsg msg;             /* compile messages */
+    struct jqmsg msg; /* compile messages */
 };
 
 struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err)
@@ -797,8 +787,8 @@ static enum pb_rc diagnose(struct mapper_flow *mf, const struct pb_flow_step *st
     char msg[PB_ERR_MSG_MAX];
     for (size_t i = 0; i < st->n_leaves; i++) {
         jv out;
-        enum run_result r = run_jq(mf->jq, envelope(mf, st->index, i, MODE_LEAF, in), &out, msg,
-                                   sizeof(msg));
+        enum run_result r =
+            run_jq(mf->jq, envelope(mf, st->index, i, MODE_LEAF, in), &out, msg, sizeof(msg));
         if (r == RUN_HALTED) {
             mapper_flow_discard(mf);
             return map_error(st, i, err, "%s", msg);
@@ -833,10 +823,9 @@ static const char *fx_why(const struct pb_flow *f, const struct pb_err *fxerr)
     return why;
 }
 
-enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
-                          const json_t *event, const json_t *refs, const char *event_id,
-                          const char *today, int *run, char **reference, json_t **document,
-                          struct pb_err *err)
+enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
+                          const json_t *refs, const char *event_id, const char *today, int *run,
+                          char **reference, json_t **document, struct pb_err *err)
 {
     struct inputs in;
     struct pb_err fxerr = {0};
@@ -986,8 +975,9 @@ static int starts_with_def(const char *s)
         while (*s && *s != '\n')
             s++;
     }
-    return strncmp(s, "def", 3) == 0 && !(s[3] == '_' || (s[3] >= 'a' && s[3] <= 'z') ||
-                                          (s[3] >= 'A' && s[3] <= 'Z') || (s[3] >= '0' && s[3] <= '9'));
+    return strncmp(s, "def", 3) == 0 &&
+           !(s[3] == '_' || (s[3] >= 'a' && s[3] <= 'z') || (s[3] >= 'A' && s[3] <= 'Z') ||
+             (s[3] >= '0' && s[3] <= '9'));
 }
 
 /* Compile `code` on its own, bare (not in parentheses), after the prologue
@@ -1172,8 +1162,7 @@ size_t pb__mapping_check_flow(const struct pb_flow *flow, int one_by_one, struct
     }
     if (!problems && !one_by_one) {
         pb_diags_add(d, flow->file, 0,
-                     "the flow's expressions compile one by one but not together: %s%s",
-                     whole.text,
+                     "the flow's expressions compile one by one but not together: %s%s", whole.text,
                      strstr(whole.text, "too long") ? " (split the largest step or expression)"
                                                     : "");
         problems = 1;
@@ -1194,8 +1183,8 @@ static void print_indented(FILE *out, const char *text, const char *indent)
     }
 }
 
-enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
-                            const char *today, FILE *out, struct pb_err *err)
+enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path, const char *today,
+                            FILE *out, struct pb_err *err)
 {
     struct pb_flowset *set = pb_flowset_new();
     struct pb_diags d = {0};
@@ -1248,8 +1237,9 @@ enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
     fprintf(out, "event %s: %s from %s, $now = %s\n", event_id, type ? type : "(no type)",
             conn ? conn : "(no source.connection)", today);
     if (!type || !pb_flow_handles(f, type))
-        fprintf(out, "note: the flow does not list %s in events:, so the engine would not run it "
-                     "for this event; evaluating anyway\n",
+        fprintf(out,
+                "note: the flow does not list %s in events:, so the engine would not run it "
+                "for this event; evaluating anyway\n",
                 type ? type : "(no type)");
     if (conn && strcmp(conn, f->source) != 0)
         fprintf(out, "note: the event comes from %s but the flow's source is %s\n", conn,

@@ -66,10 +66,9 @@ void pb_mapper_free(struct pb_mapper *m);
  * step of another set; PB_ERR_NOMEM; PB_ERR_INTERNAL if the flow's program,
  * which loading compiled, fails to compile here. Outputs are NULL / 0 on
  * error. The first call for a flow compiles its program. */
-enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
-                          const json_t *event, const json_t *refs, const char *event_id,
-                          const char *today, int *run, char **reference, json_t **document,
-                          struct pb_err *err);
+enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
+                          const json_t *refs, const char *event_id, const char *today, int *run,
+                          char **reference, json_t **document, struct pb_err *err);
 
 /* `paybridge map test FLOW.yaml SAMPLE.json`: load one flow file and one
  * sample canonical event, evaluate every step in order as the engine would
@@ -80,8 +79,8 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step,
  * skipped), PB_ERR_CONFIG when the flow file has problems (all printed),
  * PB_ERR_INVALID / PB_ERR_IO for an unreadable sample, or the first step's
  * error (PB_ERR_MAPPING); err holds the summary. */
-enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path,
-                            const char *today, FILE *out, struct pb_err *err);
+enum pb_rc pb_flow_map_test(const char *flow_path, const char *sample_json_path, const char *today,
+                            FILE *out, struct pb_err *err);
 
 /* ---- internal -------------------------------------------------------------------- */
 

@@ -341,14 +341,13 @@ static void test_rule2_ok_is_paid(void **state)
         assert_int_equal(r[i].run, 1);
     }
     assert_string_equal(r[0].ref, "email:ann@example.com");
-    assert_json(r[1].doc,
-                "{\"Type\": \"ACCREC\", \"Contact\": {\"ContactID\": \"ID-contact\"},"
-                " \"Date\": \"2026-11-21\", \"DueDate\": \"2026-11-21\","
-                " \"LineAmountTypes\": \"NoTax\", \"Status\": \"AUTHORISED\","
-                " \"CurrencyCode\": \"GBP\", \"Reference\": \"ORDER-10023\","
-                " \"LineItems\": [{\"Description\": \"Order 10023 (Opayo txn "
-                "DB79BA2D-05DA-5B85-D188-1293D16BBAC7)\", \"Quantity\": \"1\","
-                " \"UnitAmount\": \"10.99\", \"AccountCode\": \"200\"}]}");
+    assert_json(r[1].doc, "{\"Type\": \"ACCREC\", \"Contact\": {\"ContactID\": \"ID-contact\"},"
+                          " \"Date\": \"2026-11-21\", \"DueDate\": \"2026-11-21\","
+                          " \"LineAmountTypes\": \"NoTax\", \"Status\": \"AUTHORISED\","
+                          " \"CurrencyCode\": \"GBP\", \"Reference\": \"ORDER-10023\","
+                          " \"LineItems\": [{\"Description\": \"Order 10023 (Opayo txn "
+                          "DB79BA2D-05DA-5B85-D188-1293D16BBAC7)\", \"Quantity\": \"1\","
+                          " \"UnitAmount\": \"10.99\", \"AccountCode\": \"200\"}]}");
     assert_json(r[2].doc, "{\"Invoice\": {\"InvoiceID\": \"ID-invoice\"},"
                           " \"Account\": {\"Code\": \"091\"}, \"Date\": \"2026-11-21\","
                           " \"Amount\": \"10.99\", \"Reference\": \"ORDER-10023\"}");
@@ -420,8 +419,9 @@ static void test_rule3_transaction_id_traceable(void **state)
 
     /* without a description the line still names the payment and the txn */
     seed_run("opayo-payment-minimal.json", r);
-    assert_string_equal(str_at(r[1].doc, "LineItems.0.Description"),
-                        "Opayo payment ORDER-10030 (Opayo txn 99990000-AAAA-BBBB-CCCC-DDDDEEEEFFFF)");
+    assert_string_equal(
+        str_at(r[1].doc, "LineItems.0.Description"),
+        "Opayo payment ORDER-10030 (Opayo txn 99990000-AAAA-BBBB-CCCC-DDDDEEEEFFFF)");
     seed_results_free(r);
 }
 
@@ -429,7 +429,9 @@ static void test_rule3_transaction_id_traceable(void **state)
 static void test_rule4_account_code_by_kind(void **state)
 {
     (void)state;
-    struct { const char *sample, *code; } cases[] = {
+    struct {
+        const char *sample, *code;
+    } cases[] = {
         {"opayo-payment-ok-gbp.json", "200"},  /* Payment */
         {"opayo-payment-eur.json", "200"},     /* Repeat */
         {"opayo-payment-jpy.json", "260"},     /* Deferred */
@@ -490,7 +492,8 @@ static void test_rule5_fx_conversion(void **state)
 
     seed_run("opayo-payment-jpy.json", r); /* JPY 1234 * 0.0053 = 6.5402 -> 6.54 */
     assert_string_equal(str_at(r[1].doc, "LineItems.0.UnitAmount"), "6.54");
-    assert_non_null(strstr(str_at(r[1].doc, "LineItems.0.Description"), "(JPY 1234 at 0.0053 GBP/JPY)"));
+    assert_non_null(
+        strstr(str_at(r[1].doc, "LineItems.0.Description"), "(JPY 1234 at 0.0053 GBP/JPY)"));
     assert_string_equal(str_at(r[2].doc, "Amount"), "6.54");
     seed_results_free(r);
 
@@ -504,17 +507,19 @@ static void test_rule5_fx_conversion(void **state)
         json_t *ev = event("opayo-payment-eur.json"), *fx = NULL;
         struct pb_err err = {0};
         assert_int_equal(pb_flow_fx(seed_flow, ev, &fx, &err), PB_OK);
-        assert_json(fx, "{\"base_currency\": \"GBP\", \"currency\": \"EUR\", \"rate\": \"0.8571\","
-                        " \"converted\": true,"
-                        " \"amount\": {\"minor\": 1071, \"currency\": \"GBP\", \"decimal\": \"10.71\"},"
-                        " \"original\": {\"minor\": 1250, \"currency\": \"EUR\", \"decimal\": \"12.50\"}}");
+        assert_json(
+            fx, "{\"base_currency\": \"GBP\", \"currency\": \"EUR\", \"rate\": \"0.8571\","
+                " \"converted\": true,"
+                " \"amount\": {\"minor\": 1071, \"currency\": \"GBP\", \"decimal\": \"10.71\"},"
+                " \"original\": {\"minor\": 1250, \"currency\": \"EUR\", \"decimal\": \"12.50\"}}");
         json_decref(fx);
         json_decref(ev);
         ev = event("opayo-payment-ok-gbp.json");
         assert_int_equal(pb_flow_fx(seed_flow, ev, &fx, &err), PB_OK);
         assert_string_equal(json_string_value(json_object_get(fx, "rate")), "1");
         assert_true(json_is_false(json_object_get(fx, "converted")));
-        assert_int_equal(json_integer_value(json_object_get(json_object_get(fx, "amount"), "minor")), 1099);
+        assert_int_equal(
+            json_integer_value(json_object_get(json_object_get(fx, "amount"), "minor")), 1099);
         json_decref(fx);
         json_decref(ev);
     }
@@ -524,17 +529,17 @@ static void test_rule5_fx_conversion(void **state)
 static void test_fx_jpy_base_and_missing_rate(void **state)
 {
     (void)state;
-    static const char flow[] =
-        "flow: jp-books\n"
-        "source: opayo-jp\n"
-        "events: [payment.succeeded]\n"
-        "target: erp\n"
-        "fx: {base_currency: JPY, rates: {GBP: \"190.5\", USD: \"0.5\"}}\n"
-        "steps:\n"
-        "  - name: sale\n"
-        "    command: invoice.create\n"
-        "    reference: '.payment.reference'\n"
-        "    document: {Amount: '$fx.amount.decimal', Minor: '$fx.amount.minor', Cur: '$fx.amount.currency'}\n";
+    static const char flow[] = "flow: jp-books\n"
+                               "source: opayo-jp\n"
+                               "events: [payment.succeeded]\n"
+                               "target: erp\n"
+                               "fx: {base_currency: JPY, rates: {GBP: \"190.5\", USD: \"0.5\"}}\n"
+                               "steps:\n"
+                               "  - name: sale\n"
+                               "    command: invoice.create\n"
+                               "    reference: '.payment.reference'\n"
+                               "    document: {Amount: '$fx.amount.decimal', Minor: "
+                               "'$fx.amount.minor', Cur: '$fx.amount.currency'}\n";
     struct pb_flowset *set = set_from_text(flow);
     const struct pb_flow *f = pb_flowset_flow(set, 0);
     struct pb_err err = {0};
@@ -545,9 +550,11 @@ static void test_fx_jpy_base_and_missing_rate(void **state)
     } cases[] = {
         {"{\"minor\": 1099, \"currency\": \"GBP\", \"decimal\": \"10.99\"}", "2094"}, /* 2093.595 */
         {"{\"minor\": 300, \"currency\": \"USD\", \"decimal\": \"3.00\"}", "2"},      /* 1.5 -> 2 */
-        {"{\"minor\": 500, \"currency\": \"USD\", \"decimal\": \"5.00\"}", "2"},      /* 2.5 -> 2 (even) */
-        {"{\"minor\": 700, \"currency\": \"USD\", \"decimal\": \"7.00\"}", "4"},      /* 3.5 -> 4 */
-        {"{\"minor\": 5000, \"currency\": \"JPY\", \"decimal\": \"5000\"}", "5000"},  /* base itself */
+        {"{\"minor\": 500, \"currency\": \"USD\", \"decimal\": \"5.00\"}",
+         "2"}, /* 2.5 -> 2 (even) */
+        {"{\"minor\": 700, \"currency\": \"USD\", \"decimal\": \"7.00\"}", "4"}, /* 3.5 -> 4 */
+        {"{\"minor\": 5000, \"currency\": \"JPY\", \"decimal\": \"5000\"}",
+         "5000"}, /* base itself */
     };
     assert_non_null(m);
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
@@ -569,11 +576,13 @@ static void test_fx_jpy_base_and_missing_rate(void **state)
     {
         json_t *ev = json_pack("{s:s, s:{s:s, s:{s:i, s:s, s:s}}}", "type", "payment.succeeded",
                                "payment", "reference", "R-2", "amount", "minor", 1000, "currency",
-                               "EUR", "decimal", "10.00"), *fx = NULL;
+                               "EUR", "decimal", "10.00"),
+               *fx = NULL;
         struct result r;
         map_step(m, f, "sale", ev, NULL, &r);
         assert_int_equal(r.rc, PB_ERR_MAPPING);
-        assert_non_null(strstr(r.err.msg, "flow jp-books step sale field Amount: no FX rate for EUR"));
+        assert_non_null(
+            strstr(r.err.msg, "flow jp-books step sale field Amount: no FX rate for EUR"));
         assert_non_null(strstr(r.err.msg, "fx.rates"));
         assert_int_equal(pb_flow_fx(f, ev, &fx, &err), PB_ERR_MAPPING);
         assert_null(fx);
@@ -597,9 +606,9 @@ static void test_fx_jpy_base_and_missing_rate(void **state)
             "steps:\n"
             "  - {name: a, command: x.y, when: 'big', reference: '\"r\"', document: {}}\n"
             "  - {name: b, command: x.y, when: '.go', reference: '\"r\"', document: {}}\n";
-        json_t *ev = json_pack("{s:s, s:b, s:{s:{s:i, s:s, s:s}}}", "type", "payment.succeeded",
-                               "go", 0, "payment", "amount", "minor", 1000, "currency", "EUR",
-                               "decimal", "10.00");
+        json_t *ev =
+            json_pack("{s:s, s:b, s:{s:{s:i, s:s, s:s}}}", "type", "payment.succeeded", "go", 0,
+                      "payment", "amount", "minor", 1000, "currency", "EUR", "decimal", "10.00");
         struct result r;
         set = set_from_text(lazy);
         f = pb_flowset_flow(set, 0);
@@ -660,11 +669,12 @@ static void test_rule6_address_normalised(void **state)
     struct result r[3];
     seed_run("opayo-payment-eur.json", r);
     assert_string_equal(r[0].ref, "email:claire.dupont@example.fr");
-    assert_json(r[0].doc, "{\"Name\": \"Claire Dupont\", \"FirstName\": \"Claire\","
-                          " \"LastName\": \"Dupont\", \"EmailAddress\": \"Claire.Dupont@Example.FR\","
-                          " \"Addresses\": [{\"AddressType\": \"STREET\","
-                          " \"AddressLine1\": \"12 Rue de Rivoli\", \"City\": \"Paris\","
-                          " \"PostalCode\": \"75001\", \"Country\": \"FR\"}]}");
+    assert_json(r[0].doc,
+                "{\"Name\": \"Claire Dupont\", \"FirstName\": \"Claire\","
+                " \"LastName\": \"Dupont\", \"EmailAddress\": \"Claire.Dupont@Example.FR\","
+                " \"Addresses\": [{\"AddressType\": \"STREET\","
+                " \"AddressLine1\": \"12 Rue de Rivoli\", \"City\": \"Paris\","
+                " \"PostalCode\": \"75001\", \"Country\": \"FR\"}]}");
     seed_results_free(r);
 
     seed_run("opayo-payment-ok-gbp.json", r);
@@ -676,7 +686,8 @@ static void test_rule6_address_normalised(void **state)
 
     /* no address, no name: no Addresses at all, and the Name falls back to the e-mail */
     seed_run("opayo-payment-minimal.json", r);
-    assert_json(r[0].doc, "{\"Name\": \"guest@example.com\", \"EmailAddress\": \"guest@example.com\"}");
+    assert_json(r[0].doc,
+                "{\"Name\": \"guest@example.com\", \"EmailAddress\": \"guest@example.com\"}");
     seed_results_free(r);
 }
 
@@ -731,10 +742,11 @@ static void test_null_omission_and_variables(void **state)
         fail_msg("%s", r.err.msg);
     assert_int_equal(r.run, 1);
     assert_string_equal(r.ref, "r-evt_test");
-    assert_json(r.doc, "{\"Keep\": \"k\", \"Partly\": {\"B\": \"b\"}, \"List\": [\"x\", {\"B\": 1}],"
-                       " \"Own\": {\"a\": null, \"b\": []}, \"Zero\": 0, \"Flag\": false, \"Int\": 42,"
-                       " \"EmptyText\": \"\", \"Now\": \"" TODAY "\", \"Code\": \"A1\","
-                       " \"Literal\": \"$fx, $ENV and $refs.nope are only text here: 2\"}");
+    assert_json(r.doc,
+                "{\"Keep\": \"k\", \"Partly\": {\"B\": \"b\"}, \"List\": [\"x\", {\"B\": 1}],"
+                " \"Own\": {\"a\": null, \"b\": []}, \"Zero\": 0, \"Flag\": false, \"Int\": 42,"
+                " \"EmptyText\": \"\", \"Now\": \"" TODAY "\", \"Code\": \"A1\","
+                " \"Literal\": \"$fx, $ENV and $refs.nope are only text here: 2\"}");
     result_free(&r);
 
     /* the whole document may end up empty: it is then {} */
@@ -794,14 +806,17 @@ static const char error_flow[] =
     "  - name: s\n"
     "    command: thing.create\n"
     "    when: '.when_mode | if . == \"boom\" then error(\"when exploded\") else true end'\n"
-    "    reference: 'if .ref_mode == \"number\" then 42 elif .ref_mode == \"empty\" then \"\" else \"ok\" end'\n"
+    "    reference: 'if .ref_mode == \"number\" then 42 elif .ref_mode == \"empty\" then \"\" else "
+    "\"ok\" end'\n"
     "    document:\n"
     "      Name: '\"n\"'\n"
     "      LineItems:\n"
     "        - Description: '\"d\"'\n"
     "          AccountCode: 'if .mode == \"add\" then .payment.kind + 1 else \"200\" end'\n"
-    "          Count: 'if .mode == \"none\" then empty elif .mode == \"many\" then (1, 2) else 1 end'\n"
-    "          Amount: 'if .mode == \"double\" then .payment.amount.minor / 100 else \"10.99\" end'\n"
+    "          Count: 'if .mode == \"none\" then empty elif .mode == \"many\" then (1, 2) else 1 "
+    "end'\n"
+    "          Amount: 'if .mode == \"double\" then .payment.amount.minor / 100 else \"10.99\" "
+    "end'\n"
     "          Custom: 'if .mode == \"obj\" then error({code: 7}) else null end'\n";
 
 static void expect_error(struct pb_mapper *m, const struct pb_flow *f, const char *mode_key,
@@ -830,19 +845,19 @@ static void test_runtime_errors_name_the_field(void **state)
     struct pb_mapper *m = pb_mapper_new(set, &err);
     assert_non_null(m);
 
-    expect_error(m, f, "mode", "add", "flow t-err step s field LineItems[0].AccountCode: ",
-                 "cannot be added");
-    expect_error(m, f, "mode", "none", "flow t-err step s field LineItems[0].Count: ",
-                 "produced no value");
-    expect_error(m, f, "mode", "many", "flow t-err step s field LineItems[0].Count: ",
-                 "more than one value");
+    expect_error(m, f, "mode", "add",
+                 "flow t-err step s field LineItems[0].AccountCode: ", "cannot be added");
+    expect_error(m, f, "mode", "none",
+                 "flow t-err step s field LineItems[0].Count: ", "produced no value");
+    expect_error(m, f, "mode", "many",
+                 "flow t-err step s field LineItems[0].Count: ", "more than one value");
     expect_error(m, f, "mode", "double", "flow t-err step s field LineItems[0].Amount: ",
                  "10.99, which is not an exact integer");
-    expect_error(m, f, "mode", "obj", "flow t-err step s field LineItems[0].Custom: ",
-                 "{\"code\":7}");
+    expect_error(m, f, "mode", "obj",
+                 "flow t-err step s field LineItems[0].Custom: ", "{\"code\":7}");
     expect_error(m, f, "when_mode", "boom", "flow t-err step s when: ", "when exploded");
-    expect_error(m, f, "ref_mode", "number", "flow t-err step s reference: ",
-                 "must be non-empty text");
+    expect_error(m, f, "ref_mode", "number",
+                 "flow t-err step s reference: ", "must be non-empty text");
     expect_error(m, f, "ref_mode", "empty", "flow t-err step s reference: ", "empty");
 
     /* and the good path of the same flow works */
@@ -972,8 +987,9 @@ static void test_load_problems(void **state)
                                   "    reference: '\"r\"'\n    document: {}\n",
                         5, "defs: jq: syntax error");
     /* fx checks */
-    expect_load_problem(GOOD_HEAD "fx: {base_currency: gbp}\nsteps:\n  - name: a\n    command: x.y\n"
-                                  "    reference: '\"r\"'\n    document: {}\n",
+    expect_load_problem(GOOD_HEAD
+                        "fx: {base_currency: gbp}\nsteps:\n  - name: a\n    command: x.y\n"
+                        "    reference: '\"r\"'\n    document: {}\n",
                         5, "fx base_currency \"gbp\" is not an ISO 4217 currency code");
     expect_load_problem(GOOD_HEAD "fx: {base_currency: GBP, rates: {EUR: \"0\", USD: \"abc\", "
                                   "GBP: \"1\", JPY: 0.5}}\nsteps:\n  - name: a\n    command: x.y\n"
@@ -989,7 +1005,8 @@ static void test_load_problems(void **state)
         pb_diags_free(&d);
     }
     /* YAML problems come through with their lines */
-    expect_load_problem(GOOD_HEAD "steps:\n  - name: a\n    name: b\n", 7, "duplicate key \"name\"");
+    expect_load_problem(GOOD_HEAD "steps:\n  - name: a\n    name: b\n", 7,
+                        "duplicate key \"name\"");
     expect_load_problem(GOOD_HEAD "steps: [\n", 6, "YAML syntax error");
 }
 
@@ -1013,8 +1030,7 @@ static void test_duplicate_flow_names_and_frozen_set(void **state)
 
     m = pb_mapper_new(set, &err);
     assert_non_null(m);
-    assert_int_equal(pb_flowset_add_string(set, "three.yaml", "flow: other\n", &d),
-                     PB_ERR_INVALID);
+    assert_int_equal(pb_flowset_add_string(set, "three.yaml", "flow: other\n", &d), PB_ERR_INVALID);
     pb_diags_free(&d);
     pb_mapper_free(m);
     pb_flowset_free(set);
@@ -1023,7 +1039,7 @@ static void test_duplicate_flow_names_and_frozen_set(void **state)
 /* ---- threads ------------------------------------------------------------------------------- */
 
 static const char *const thread_samples[] = {
-    "opayo-payment-ok-gbp.json", "opayo-payment-eur.json",      "opayo-payment-jpy.json",
+    "opayo-payment-ok-gbp.json",  "opayo-payment-eur.json",      "opayo-payment-jpy.json",
     "opayo-payment-minimal.json", "opayo-payment-declined.json", "opayo-payment-chf.json",
 };
 #define N_SAMPLES (sizeof(thread_samples) / sizeof(*thread_samples))
@@ -1031,7 +1047,7 @@ static const char *const thread_samples[] = {
 
 struct thread_job {
     json_t *events[N_SAMPLES];
-    char *expected[N_SAMPLES][3];  /* "rc|run|ref|doc" per step */
+    char *expected[N_SAMPLES][3]; /* "rc|run|ref|doc" per step */
     int failures;
     char first_failure[512];
 };

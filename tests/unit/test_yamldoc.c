@@ -154,19 +154,19 @@ static void test_empty_document(void **state)
 static void test_lines(void **state)
 {
     (void)state;
-    const char *text = "# comment\n"          /* 1 */
-                       "name: flow-a\n"       /* 2 */
-                       "\n"                   /* 3 */
-                       "steps:\n"             /* 4 */
-                       "  - name: one\n"      /* 5 */
-                       "    count: 3\n"       /* 6 */
-                       "    flag: true\n"     /* 7 */
-                       "  - name: two\n"      /* 8 */
+    const char *text = "# comment\n"                  /* 1 */
+                       "name: flow-a\n"               /* 2 */
+                       "\n"                           /* 3 */
+                       "steps:\n"                     /* 4 */
+                       "  - name: one\n"              /* 5 */
+                       "    count: 3\n"               /* 6 */
+                       "    flag: true\n"             /* 7 */
+                       "  - name: two\n"              /* 8 */
                        "    doc: {a: x, b: [p, q]}\n" /* 9 */
-                       "list:\n"              /* 10 */
-                       "  - 1\n"              /* 11 */
-                       "  -\n"                /* 12 */
-                       "    text\n";          /* 13 */
+                       "list:\n"                      /* 10 */
+                       "  - 1\n"                      /* 11 */
+                       "  -\n"                        /* 12 */
+                       "    text\n";                  /* 13 */
     struct pb_yamldoc *doc = load_ok(text);
     json_t *r = pb_yamldoc_root(doc), *steps = json_object_get(r, "steps");
     json_t *one = json_array_get(steps, 0), *two = json_array_get(steps, 1);
@@ -234,8 +234,10 @@ static void test_lines_many(void **state)
 static void test_duplicate_keys(void **state)
 {
     (void)state;
-    expect_problem("a: 1\nb: 2\na: 3\n", PB_ERR_CONFIG, 3, "duplicate key \"a\" (first defined at line 1)");
-    expect_problem("top:\n  x: 1\n  y:\n    - 1\n  x: {q: 1}\n", PB_ERR_CONFIG, 5, "duplicate key \"x\"");
+    expect_problem("a: 1\nb: 2\na: 3\n", PB_ERR_CONFIG, 3,
+                   "duplicate key \"a\" (first defined at line 1)");
+    expect_problem("top:\n  x: 1\n  y:\n    - 1\n  x: {q: 1}\n", PB_ERR_CONFIG, 5,
+                   "duplicate key \"x\"");
 }
 
 static void test_several_problems_in_one_pass(void **state)
@@ -268,13 +270,15 @@ static void test_anchors_aliases_merge(void **state)
     expect_problem("base: &b {x: 1}\n", PB_ERR_CONFIG, 1, "anchors (&b) are not supported");
     expect_problem("l: &l [1]\n", PB_ERR_CONFIG, 1, "anchors (&l)");
     expect_problem("a: x\nb:\n  - *a\n", PB_ERR_CONFIG, 3, "aliases (*a) are not supported");
-    expect_problem("a:\n  <<: {x: 1}\n  y: 2\n", PB_ERR_CONFIG, 2, "merge keys (<<) are not supported");
+    expect_problem("a:\n  <<: {x: 1}\n  y: 2\n", PB_ERR_CONFIG, 2,
+                   "merge keys (<<) are not supported");
 }
 
 static void test_tags(void **state)
 {
     (void)state;
-    expect_problem("a: !!int 5\n", PB_ERR_CONFIG, 1, "the tag tag:yaml.org,2002:int is not supported");
+    expect_problem("a: !!int 5\n", PB_ERR_CONFIG, 1,
+                   "the tag tag:yaml.org,2002:int is not supported");
     expect_problem("a: !custom x\n", PB_ERR_CONFIG, 1, "is not supported");
     expect_problem("a: !!set {x: 1}\n", PB_ERR_CONFIG, 1, "is not supported");
 }
@@ -351,8 +355,7 @@ static void test_invalid_utf8(void **state)
     (void)state;
     struct pb_yamldoc *doc = NULL;
     struct pb_diags d = {0};
-    assert_int_equal(pb_yamldoc_load_buffer("u.yaml", "a: \xff\xfe\n", 6, &doc, &d),
-                     PB_ERR_CONFIG);
+    assert_int_equal(pb_yamldoc_load_buffer("u.yaml", "a: \xff\xfe\n", 6, &doc, &d), PB_ERR_CONFIG);
     assert_null(doc);
     assert_true(d.n >= 1);
     pb_diags_free(&d);
@@ -374,11 +377,11 @@ static void test_load_file(void **state)
     r = pb_yamldoc_root(doc);
     assert_string_equal(json_string_value(json_object_get(r, "flow")), "opayo-xero-payments");
     /* money-ish values stay text */
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(r, "fx"), "rates"), "EUR")),
+                        "0.8571");
     assert_string_equal(
-        json_string_value(json_object_get(json_object_get(json_object_get(r, "fx"), "rates"), "EUR")),
-        "0.8571");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "vars"), "bank_account")),
-                        "091");
+        json_string_value(json_object_get(json_object_get(r, "vars"), "bank_account")), "091");
     assert_true(pb_yamldoc_key_line(doc, r, "steps") > pb_yamldoc_key_line(doc, r, "flow"));
     assert_string_equal(pb_yamldoc_file(doc), path);
     pb_yamldoc_free(doc);
