@@ -18,10 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "core/diag.h"
+#include "core/yamldoc.h"
 #include "engine/flow.h"
 #include "engine/mapping.h"
 
@@ -691,6 +693,174 @@ static void test_rule6_address_normalised(void **state)
     seed_results_free(r);
 }
 
+/* ---- conformance to Xero's Accounting API spec ------------------------------------------ */
+
+/* Follow "$ref": "#/components/schemas/X" links. */
+static const json_t *resolve(const json_t *schemas, const json_t *schema)
+{
+    for (int i = 0; i < 8 && schema; i++) {
+        const char *ref = json_string_value(json_object_get(schema, "$ref"));
+        if (!ref)
+            return schema;
+        if (strncmp(ref, "#/components/schemas/", 21) != 0)
+            return NULL;
+        schema = json_object_get(schemas, ref + 21);
+    }
+    return NULL;
+}
+
+static int is_decimal_text(const char *s)
+{
+    int digits = 0;
+    if (*s == '-')
+        s++;
+    for (; *s >= '0' && *s <= '9'; s++)
+        digits++;
+    if (*s == '.') {
+        s++;
+        if (!(*s >= '0' && *s <= '9'))
+            return 0;
+        while (*s >= '0' && *s <= '9')
+            s++;
+    }
+    return digits && !*s;
+}
+
+/* 1 when `v` conforms to `schema`: every member is a property of the schema
+ * (and not read-only), enums hold, strings are strings, numbers are decimal
+ * text (the sink writes them as JSON numbers) or integers. */
+static int conform(const json_t *schemas, const json_t *schema, const json_t *v, const char *path,
+                   char *why, size_t len)
+{
+    const json_t *props, *en;
+    const char *type;
+    schema = resolve(schemas, schema);
+    if (!schema) {
+        snprintf(why, len, "%s: schema not found", path);
+        return 0;
+    }
+    props = json_object_get(schema, "properties");
+    type = json_string_value(json_object_get(schema, "type"));
+    en = json_object_get(schema, "enum");
+    if (props) {
+        const char *key;
+        json_t *member;
+        if (!json_is_object(v)) {
+            snprintf(why, len, "%s: must be an object", path);
+            return 0;
+        }
+        json_object_foreach((json_t *)v, key, member) {
+            const json_t *p = resolve(schemas, json_object_get(props, key));
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s.%s", path, key);
+            if (!json_object_get(props, key)) {
+                snprintf(why, len, "%s: no such field in the schema", sub);
+                return 0;
+            }
+            if (json_is_true(json_object_get(json_object_get(props, key), "readOnly"))) {
+                snprintf(why, len, "%s: the field is read-only", sub);
+                return 0;
+            }
+            if (!conform(schemas, p, member, sub, why, len))
+                return 0;
+        }
+        return 1;
+    }
+    if (type && strcmp(type, "array") == 0) {
+        size_t i;
+        json_t *item;
+        if (!json_is_array(v)) {
+            snprintf(why, len, "%s: must be a list", path);
+            return 0;
+        }
+        json_array_foreach(v, i, item) {
+            char sub[256];
+            snprintf(sub, sizeof(sub), "%s[%zu]", path, i);
+            if (!conform(schemas, json_object_get(schema, "items"), item, sub, why, len))
+                return 0;
+        }
+        return 1;
+    }
+    if (json_is_array(en)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(en, i, e) if (json_equal(e, v)) return 1;
+        snprintf(why, len, "%s: \"%s\" is not one of the enum values", path,
+                 json_is_string(v) ? json_string_value(v) : "(not text)");
+        return 0;
+    }
+    if (type && strcmp(type, "string") == 0 && !json_is_string(v)) {
+        snprintf(why, len, "%s: must be text", path);
+        return 0;
+    }
+    if (type && strcmp(type, "number") == 0 &&
+        !(json_is_integer(v) || (json_is_string(v) && is_decimal_text(json_string_value(v))))) {
+        snprintf(why, len, "%s: must be decimal text or an integer", path);
+        return 0;
+    }
+    if (type && strcmp(type, "boolean") == 0 && !json_is_boolean(v)) {
+        snprintf(why, len, "%s: must be a boolean", path);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_documents_conform_to_xero_spec(void **state)
+{
+    (void)state;
+    const char *spec = getenv("PB_XERO_SPEC");
+    struct pb_yamldoc *doc = NULL;
+    struct pb_diags d = {0};
+    const json_t *schemas;
+    const char *samples[] = {"opayo-payment-ok-gbp.json", "opayo-payment-eur.json",
+                             "opayo-payment-jpy.json", "opayo-payment-minimal.json"};
+    const char *schema_of[] = {"Contact", "Invoice", "Payment"};
+
+    if (!spec)
+        spec = "/work/shared/specs/xero/xero_accounting.yaml";
+    if (access(spec, R_OK) != 0) {
+        fprintf(stderr, "skipped: Xero spec not found at %s (set PB_XERO_SPEC)\n", spec);
+        skip();
+    }
+    if (pb_yamldoc_load_file(spec, &doc, &d) != PB_OK) {
+        pb_diags_print(&d, stderr);
+        fail_msg("cannot load %s", spec);
+    }
+    schemas = json_object_get(json_object_get(pb_yamldoc_root(doc), "components"), "schemas");
+    assert_non_null(json_object_get(schemas, "Invoice"));
+    for (size_t s = 0; s < sizeof(samples) / sizeof(*samples); s++) {
+        struct result r[3];
+        seed_run(samples[s], r);
+        for (int i = 0; i < 3; i++) {
+            char why[512];
+            assert_int_equal(r[i].rc, PB_OK);
+            assert_int_equal(r[i].run, 1);
+            if (!conform(schemas, json_object_get(schemas, schema_of[i]), r[i].doc,
+                         schema_of[i], why, sizeof(why)))
+                fail_msg("%s: %s", samples[s], why);
+        }
+        seed_results_free(r);
+    }
+    /* the checker itself catches a wrong field and a wrong enum value */
+    {
+        char why[512];
+        json_t *bad = json_pack("{s:s, s:s}", "Type", "ACCREC", "Refrence", "x");
+        assert_false(conform(schemas, json_object_get(schemas, "Invoice"), bad, "Invoice", why,
+                             sizeof(why)));
+        assert_non_null(strstr(why, "Invoice.Refrence: no such field"));
+        json_decref(bad);
+        bad = json_pack("{s:s}", "Status", "PAID_IN_FULL");
+        assert_false(conform(schemas, json_object_get(schemas, "Invoice"), bad, "Invoice", why,
+                             sizeof(why)));
+        json_decref(bad);
+        bad = json_pack("{s:f}", "Amount", 10.5);
+        assert_false(conform(schemas, json_object_get(schemas, "Payment"), bad, "Payment", why,
+                             sizeof(why)));
+        json_decref(bad);
+    }
+    pb_yamldoc_free(doc);
+}
+
 /* ---- evaluation semantics ----------------------------------------------------------------- */
 
 static const char semantics_flow[] =
@@ -1209,6 +1379,7 @@ int main(void)
         cmocka_unit_test(test_fx_jpy_base_and_missing_rate),
         cmocka_unit_test(test_fx_missing_rate_stops_the_first_step),
         cmocka_unit_test(test_rule6_address_normalised),
+        cmocka_unit_test(test_documents_conform_to_xero_spec),
         cmocka_unit_test(test_null_omission_and_variables),
         cmocka_unit_test(test_runtime_errors_name_the_field),
         cmocka_unit_test(test_broken_fixture_lines),
