@@ -1287,7 +1287,10 @@ class Run:
         self.say("SIGKILL after %.1f s: %d/%d orders played, %d event(s) acknowledged" % (kill_after, done_at_kill[0], n, acked_before))
         time.sleep(down_s)
         self.pb.start()
-        self.say("paybridge back on :%d" % self.pb.port)
+        recovered = [l for l in self.log_lines('"jobs.recovered"', 1) if l]
+        m = re.search(r'"count":"(\d+)"', recovered[-1]) if recovered else None
+        self.say("paybridge back on :%d; it re-queued %s job(s) the killed process had leased"
+                 % (self.pb.port, m.group(1) if m else "no"))
         for t in pool:
             t.join(max(1, self.time_left()))
         for e in errors[:10]:
