@@ -562,6 +562,12 @@ static void *writer_main(void *arg)
                 exec(s->db, "ROLLBACK TO op", NULL);
             exec(s->db, "RELEASE op", NULL);
         }
+        /* A statement left on a row keeps a read snapshot open after COMMIT;
+         * once another process (a CLI `dlq replay`) commits, that stale
+         * snapshot makes every later BEGIN IMMEDIATE fail with SQLITE_BUSY
+         * (BUSY_SNAPSHOT), for good. Reset them all before committing. */
+        for (int i = 0; i < ST_COUNT; i++)
+            sqlite3_reset(s->st[i]);
         if (ok && exec_retry(s->db, "COMMIT", &err) != 0) {
             exec(s->db, "ROLLBACK", NULL);
             ok = 0;

@@ -283,6 +283,29 @@ static void test_reopen_is_durable(void **st)
     close_and_remove(s);
 }
 
+/* Regression (e2e dlq_replay_live): a statement left on a row kept a stale
+ * read snapshot on the writer connection; after another process committed,
+ * every BEGIN IMMEDIATE failed with "database is locked" for good. */
+static void test_second_process_commits(void **st)
+{
+    struct pb_store *a = open_fresh(), *b = NULL;
+    struct pb_store_op op, x;
+    struct pb_job *jobs;
+    struct pb_err err = {0};
+    char path[300];
+    inbox(a, "TX-6", 1, &op);
+    inbox(a, "TX-6", 1, &op);                  /* duplicate path: EVENT_FIND stops on a row */
+    assert_int_equal(claim(a, &jobs, pb_now_ms()), 1); /* JOB_LOAD stops on a row */
+    pb_store_jobs_free(jobs, 1);
+    snprintf(path, sizeof(path), "%s/t.db", dir);
+    assert_int_equal(pb_store_open(path, &b, &err), PB_OK); /* "the CLI" */
+    inbox(b, "TX-7", 1, &x);
+    pb_store_close(b);
+    inbox(a, "TX-8", 1, &op);                  /* asserts PB_OK */
+    assert_false(op.u.inbox.duplicate);
+    close_and_remove(a);
+}
+
 static void test_bad_dsn(void **st)
 {
     struct pb_store *s = NULL;
@@ -302,6 +325,7 @@ int main(void)
         cmocka_unit_test(test_recover_leases),
         cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_reopen_is_durable),
+        cmocka_unit_test(test_second_process_commits),
         cmocka_unit_test(test_bad_dsn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
