@@ -11,7 +11,11 @@
  *                   only fail). The rest go in one PUT
  *                   /Contacts?summarizeErrors=false, in item order; two items
  *                   of one batch with the same key create one contact, and
- *                   the second gets the first's outcome.
+ *                   the second gets the first's outcome. A create refused
+ *                   because the Name is taken (another worker created the
+ *                   same customer between our look-up and our PUT) is
+ *                   settled by a look-up by Name: the same email is ours,
+ *                   another email is a permanent error that says so.
  *   invoice.create  document: a Xero Invoice. Items with attempt > 1 are first
  *   payment.create  looked up by Reference (one GET /Invoices or /Payments
  *                   ?where=Reference=="r" OR ...); a match is done, not created
@@ -270,6 +274,50 @@ enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *
     if (nl > 0)
         write_envelope(&r, "PUT", "/Contacts?summarizeErrors=false", "Contacts", "ContactID",
                        docs, leaders, nl);
+    /* 3. a create refused because the name is taken: another worker created
+     * this customer between our look-up and our PUT (two events of one
+     * customer in two batches), or a different customer has the name. Look
+     * the names up: a contact with the same email is ours; otherwise say so. */
+    {
+        struct pb_sink_item *taken[XERO_BATCH_MAX];
+        const char *names[XERO_BATCH_MAX], *nf[XERO_BATCH_MAX];
+        size_t nt = 0;
+        for (size_t i = 0; i < nl; i++)
+            if (leaders[i]->rc == PB_ERR_PERMANENT &&
+                strstr(leaders[i]->message, "is already assigned to another contact") &&
+                doc_string(leaders[i]->document, "Name")) {
+                taken[nt] = leaders[i];
+                names[nt] = doc_string(leaders[i]->document, "Name");
+                nf[nt++] = "Name";
+            }
+        if (nt > 0) {
+            json_t *root2 = NULL, *byname;
+            int failed_before = r.failed_all;
+            byname = lookup(&r, "Contacts", nf, names, nt, taken, nt, &root2);
+            r.failed_all = failed_before;
+            for (size_t i = 0; byname && i < nt; i++) {
+                const char *want = doc_string(taken[i]->document, "EmailAddress");
+                json_t *contact;
+                size_t j;
+                json_array_foreach(byname, j, contact) {
+                    const char *name = doc_string(contact, "Name");
+                    const char *mail = doc_string(contact, "EmailAddress");
+                    if (!name || strcasecmp(name, names[i]) != 0 || !doc_string(contact, "ContactID"))
+                        continue;
+                    if (!want || (mail && strcasecmp(mail, want) == 0))
+                        pb__xero_item_ok(taken[i], doc_string(contact, "ContactID"), contact);
+                    else
+                        pb__xero_item_fail(taken[i], PB_ERR_PERMANENT, -1,
+                                           "Xero already has a different contact named \"%s\" "
+                                           "(email %s, not %s) and contact names must be unique: "
+                                           "make the flow's contact Name unique, e.g. append the "
+                                           "email", names[i], mail ? mail : "none", want);
+                    break;
+                }
+            }
+            json_decref(root2);
+        }
+    }
     for (size_t i = 0; i < np; i++) {
         struct pb_sink_item *it = pending[i], *lead;
         if (leader_of[i] == SIZE_MAX)
