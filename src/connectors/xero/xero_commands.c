@@ -28,10 +28,11 @@
  *                   attempt > 1, GET /Invoices/{InvoiceID} first, and an
  *                   invoice already VOIDED is done.
  *
- * Every write carries Idempotency-Key "pb-" + SHA-256 over the command and the
- * idempotency keys of exactly the items in that write (xero_http.c), so an
- * identical retried write is answered from Xero's idempotency store, while a
- * batch whose membership changed gets a new key and relies on the look-up.
+ * Every write carries Idempotency-Key "pb-" + SHA-256 over the command, the
+ * idempotency keys of exactly the items in that write and the body
+ * (xero_http.c), so an identical retried write is answered from Xero's
+ * idempotency store, while a batch whose membership or documents changed (a
+ * replay after a flow fix) gets a new key and relies on the look-up.
  * Bodies are serialised by pb_json_dumps_decimal() with pb__xero_decimal_keys,
  * so the exact decimal strings of the mapping ("10.99") go out as JSON numbers
  * and no double ever holds money.
@@ -168,7 +169,7 @@ static void write_envelope(struct run *r, const char *method, const char *path,
         fail_all(r, sent, n_sent);
         return;
     }
-    pb__xero_idempotency_key(r->command, sent, n_sent, key);
+    pb__xero_idempotency_key(r->command, sent, n_sent, body, key);
     rq.body = body;
     rc = pb__xero_call(r->c, r->ctx, &rq, &call, &e);
     if (pb__xero_apply_write_reply(&call, rc, &e, resource, id_key, sent, n_sent, &r->failure))

@@ -144,7 +144,7 @@ static void add_length_prefixed(struct xero_buf *b, const char *s)
 }
 
 void pb__xero_idempotency_key(const char *command, struct pb_sink_item *const *items, size_t n,
-                              char out[XERO_IDEMPOTENCY_KEY_MAX])
+                              const char *body, char out[XERO_IDEMPOTENCY_KEY_MAX])
 {
     unsigned char digest[PB_SHA256_LEN];
     char hex[2 * PB_SHA256_LEN + 1];
@@ -159,6 +159,7 @@ void pb__xero_idempotency_key(const char *command, struct pb_sink_item *const *i
             k = items[i]->reference ? items[i]->reference : "";
         add_length_prefixed(&b, k);
     }
+    add_length_prefixed(&b, body ? body : "");
     if (b.failed || pb_sha256(b.data, b.len, digest) != PB_OK ||
         pb_hex_encode(digest, sizeof digest, hex, sizeof hex) != PB_OK) {
         /* unreachable for n <= XERO_BATCH_MAX sane keys; a random key is still correct */

@@ -107,11 +107,14 @@ void pb__xero_buf_free(struct xero_buf *b);
 char *pb__xero_where_path(const char *resource, const char *const *fields,
                           const char *const *values, size_t n);
 
-/* "pb-" + the first 64 hex digits of SHA-256 over the command and the
- * idempotency keys of `items` in order (length-prefixed, so no two different
- * lists hash the same input). */
+/* "pb-" + the first 64 hex digits of SHA-256 over the command, the
+ * idempotency keys of `items` in order and the request body (length-prefixed,
+ * so no two different inputs hash the same). The body is part of it because a
+ * key promises "the same request": after a flow is fixed, a replayed dead
+ * letter sends a different document and must not get the stored answer to
+ * the refused one (found by e2e replay_same_batch). */
 void pb__xero_idempotency_key(const char *command, struct pb_sink_item *const *items, size_t n,
-                              char out[XERO_IDEMPOTENCY_KEY_MAX]);
+                              const char *body, char out[XERO_IDEMPOTENCY_KEY_MAX]);
 
 /* ---- xero_reply.c ---------------------------------------------------------------- */
 
