@@ -22,6 +22,7 @@
 #include "engine/engine.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,10 +83,10 @@ struct inbound {
     struct pb_engine *e;
     struct pb_http_request *req;
     struct pb_conn_entry *conn;
-    struct pb_event_list events;
-    char *json[PB_INBOUND_MAX_EVENTS];
-    struct pb_store_op op[PB_INBOUND_MAX_EVENTS];
+    char **json;                    /* [events.n] canonical JSON text, owned */
+    struct pb_store_op *op;         /* [events.n], owned */
     _Atomic int pending;
+    struct pb_event_list events;    /* last: not zeroed beyond what is used (13 KB) */
 };
 
 static const char *header_cb(void *ctx, const char *name)
@@ -108,12 +109,34 @@ static int status_for(enum pb_rc rc)
 
 static void inbound_free(struct inbound *in)
 {
-    for (size_t i = 0; i < in->events.n; i++)
+    for (size_t i = 0; in->json && i < in->events.n; i++)
         free(in->json[i]);
+    free(in->json);
+    free(in->op);
     pb_event_list_clear(&in->events);
     free(in);
 }
 
+/* Append `str` JSON-escaped (without quotes) to buf at *len; stops at cap. */
+static void put_escaped(char *buf, size_t cap, size_t *len, const char *str)
+{
+    for (; *str && *len + 7 < cap; str++) {
+        unsigned char c = (unsigned char)*str;
+        if (c == '"' || c == '\\') {
+            buf[(*len)++] = '\\';
+            buf[(*len)++] = (char)c;
+        } else if (c < 0x20) {
+            *len += (size_t)snprintf(buf + *len, cap - *len, "\\u%04x", c);
+        } else {
+            buf[(*len)++] = (char)c;
+        }
+    }
+    buf[*len] = '\0';
+}
+
+/* Runs on the store's writer thread once every op of the request has
+ * committed (or failed): it must stay short, every webhook of the next batch
+ * waits for it. The reply is formatted with snprintf, not built as a tree. */
 static void inbound_done(struct pb_store_op *op)
 {
     struct inbound *in = op->ctx;
@@ -122,46 +145,51 @@ static void inbound_done(struct pb_store_op *op)
         return;
     /* the last op of this request has committed (or failed) */
     struct pb_conn_metrics *m = &e->metrics.conn[conn_index(e, in->conn)];
-    json_t *body = json_object(), *arr = json_array();
     int failed = 0, fresh = 0;
-    for (size_t i = 0; i < in->events.n; i++) {
-        struct pb_store_op *o = &in->op[i];
-        if (o->rc) {
+    size_t cap = 64 + in->events.n * 400, len = 0;
+    char *body = malloc(cap);
+    for (size_t i = 0; i < in->events.n; i++)
+        if (in->op[i].rc)
             failed = 1;
-            pb_log(PB_LOG_ERROR, "event.store_failed", "connection", in->conn->conn.name,
-                   "gateway_event_id", in->events.ev[i].event_id, "error", o->err.msg, (char *)NULL);
-            continue;
-        }
-        char idbuf[32];
-        snprintf(idbuf, sizeof(idbuf), "%lld", (long long)o->u.inbox.event_id);
-        json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:b}", "id", (json_int_t)o->u.inbox.event_id,
-                                             "gateway_event_id", in->events.ev[i].event_id, "type",
-                                             in->events.ev[i].type, "duplicate", o->u.inbox.duplicate));
-        if (o->u.inbox.duplicate) {
-            atomic_fetch_add_explicit(&m->duplicate, 1, memory_order_relaxed);
-            pb_log(PB_LOG_INFO, "event.duplicate", "connection", in->conn->conn.name, "event_id", idbuf,
-                   "gateway_event_id", in->events.ev[i].event_id, (char *)NULL);
-        } else {
-            fresh++;
-            atomic_fetch_add_explicit(&m->accepted, 1, memory_order_relaxed);
-            pb_log(PB_LOG_INFO, "event.accepted", "connection", in->conn->conn.name, "event_id", idbuf,
-                   "gateway_event_id", in->events.ev[i].event_id, "type", in->events.ev[i].type,
-                   (char *)NULL);
-        }
-    }
-    if (failed) {
+    if (failed || !body) {
+        for (size_t i = 0; i < in->events.n; i++)
+            if (in->op[i].rc)
+                pb_log(PB_LOG_ERROR, "event.store_failed", "connection", in->conn->conn.name,
+                       "gateway_event_id", in->events.ev[i].event_id, "error", in->op[i].err.msg,
+                       (char *)NULL);
+        free(body);
         atomic_fetch_add_explicit(&m->unavailable, 1, memory_order_relaxed);
-        json_decref(arr);
-        json_decref(body);
         pb_http_response_error(&in->req->resp, 503, "store_unavailable",
                                "the event could not be stored durably; retry later");
         pb_http_response_header(&in->req->resp, "Retry-After", "5");
     } else {
-        json_object_set_new(body, "accepted", json_true());
-        json_object_set_new(body, "events", arr);
-        char *s = json_dumps(body, JSON_COMPACT);
-        json_decref(body);
-        pb_http_response_body_take(&in->req->resp, 200, s, s ? strlen(s) : 0);
+        len = (size_t)snprintf(body, cap, "{\"accepted\":true,\"events\":[");
+        for (size_t i = 0; i < in->events.n; i++) {
+            struct pb_store_op *o = &in->op[i];
+            char idbuf[32];
+            snprintf(idbuf, sizeof(idbuf), "%lld", (long long)o->u.inbox.event_id);
+            len += (size_t)snprintf(body + len, cap - len, "%s{\"id\":%s,\"gateway_event_id\":\"",
+                                    i ? "," : "", idbuf);
+            put_escaped(body, cap, &len, in->events.ev[i].event_id);
+            len += (size_t)snprintf(body + len, cap - len, "\",\"type\":\"");
+            put_escaped(body, cap, &len, in->events.ev[i].type);
+            len += (size_t)snprintf(body + len, cap - len, "\",\"duplicate\":%s}",
+                                    o->u.inbox.duplicate ? "true" : "false");
+            if (o->u.inbox.duplicate) {
+                atomic_fetch_add_explicit(&m->duplicate, 1, memory_order_relaxed);
+                pb_log(PB_LOG_INFO, "event.duplicate", "connection", in->conn->conn.name,
+                       "event_id", idbuf, "gateway_event_id", in->events.ev[i].event_id,
+                       (char *)NULL);
+            } else {
+                fresh++;
+                atomic_fetch_add_explicit(&m->accepted, 1, memory_order_relaxed);
+                pb_log(PB_LOG_INFO, "event.accepted", "connection", in->conn->conn.name,
+                       "event_id", idbuf, "gateway_event_id", in->events.ev[i].event_id, "type",
+                       in->events.ev[i].type, (char *)NULL);
+            }
+        }
+        len += (size_t)snprintf(body + len, cap - len, "]}");
+        pb_http_response_body_take(&in->req->resp, 200, body, len);
     }
     pb_histogram_observe(&e->metrics.ack_latency, pb_monotonic_ns() - in->req->received_ns);
     struct pb_http_request *req = in->req;
@@ -206,7 +234,11 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
                (char *)NULL);
         return PB_HTTP_DONE;
     }
-    in = calloc(1, sizeof(*in));
+    in = malloc(sizeof(*in)); /* the event array is filled by the connector, not zeroed */
+    if (in) {
+        memset(in, 0, offsetof(struct inbound, events));
+        in->events.n = 0;
+    }
     if (!in) {
         pb_http_response_error(resp, 503, "out_of_memory", "out of memory; retry later");
         return PB_HTTP_DONE;
@@ -239,6 +271,13 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
 
     /* route and build one store op per event */
     int64_t now = pb_now_ms();
+    in->op = calloc(in->events.n, sizeof(*in->op));
+    in->json = calloc(in->events.n, sizeof(*in->json));
+    if (!in->op || !in->json) {
+        inbound_free(in);
+        pb_http_response_error(resp, 503, "out_of_memory", "out of memory; retry later");
+        return PB_HTTP_DONE;
+    }
     in->pending = (int)in->events.n;
     for (size_t i = 0; i < in->events.n; i++) {
         struct pb_event_out *ev = &in->events.ev[i];
@@ -279,8 +318,12 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
             j->run_at_ms = now;
         }
     }
-    for (size_t i = 0; i < in->events.n; i++)
-        pb_store_submit(e->store, &in->op[i]);
+    /* after the last submit the writer may already have committed and freed
+     * `in` (inbound_done): read nothing from it once the first op is out */
+    size_t n_events = in->events.n;
+    struct pb_store_op *ops = in->op;
+    for (size_t i = 0; i < n_events; i++)
+        pb_store_submit(e->store, &ops[i]);
     return PB_HTTP_SUSPEND;
 }
 
@@ -398,18 +441,6 @@ static char *dump_or_null(json_t *j)
     return j ? json_dumps(j, JSON_COMPACT) : NULL;
 }
 
-/* Drop bodies from a trace (successful calls keep timings only). */
-static void trace_strip_bodies(json_t *trace)
-{
-    size_t i;
-    json_t *c;
-    json_array_foreach(trace, i, c)
-    {
-        json_object_del(c, "request");
-        json_object_del(c, "response");
-    }
-}
-
 static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
 {
     struct pb_engine *e = wk->e;
@@ -516,8 +547,9 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
     for (size_t i = 0; i < n; i++)
         if (w[i].outcome == PB_OUTCOME_RETRY || w[i].outcome == PB_OUTCOME_DEAD)
             failed_any = 1;
-    if (!failed_any)
-        trace_strip_bodies(trace);
+    /* bodies are kept (redacted) only when something failed: that is what a
+     * dead letter or a retry needs; a successful batch keeps timings only */
+    pb_trace_finish(trace, failed_any);
     char *trace_s = dump_or_null(trace);
     int64_t now = pb_now_ms();
     int64_t dur = (int64_t)((pb_monotonic_ns() - t0) / 1000000u);
@@ -532,17 +564,24 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         op->u.complete.started_ms = started_ms;
         op->u.complete.duration_ms = dur;
         op->u.complete.trace_json = trace_s;
+        /* The document is built by our mapping from a canonical event, which
+         * never holds a card number or a credential (refused at the inbox),
+         * so a successful job stores it as is; failures are redacted like
+         * traces, since they may echo what the ERP answered. */
+        int failed = x->outcome == PB_OUTCOME_RETRY || x->outcome == PB_OUTCOME_DEAD;
         if (x->document) {
             char *d = dump_or_null(x->document);
-            strs[i * 4] = d ? pb_trace_redact_body(d, strlen(d)) : NULL;
-            free(d);
+            strs[i * 4] = d && failed ? pb_trace_redact_body(d, strlen(d)) : d;
+            if (strs[i * 4] != d)
+                free(d);
             op->u.complete.document_json = strs[i * 4];
         }
         for (size_t j = 0; j < n_items; j++)
             if (item_owner[j] == x && items[j].result) {
                 char *r = dump_or_null(items[j].result);
-                strs[i * 4 + 1] = r ? pb_trace_redact_body(r, strlen(r)) : NULL;
-                free(r);
+                strs[i * 4 + 1] = r && failed ? pb_trace_redact_body(r, strlen(r)) : r;
+                if (strs[i * 4 + 1] != r)
+                    free(r);
                 op->u.complete.result_json = strs[i * 4 + 1];
             }
         op->u.complete.mapping_version = x->flow ? x->flow->version : NULL;
@@ -644,6 +683,7 @@ static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
     struct pb_engine *e = wk->e;
+    pb_trace_defer(1); /* run_batch redacts only what it keeps (pb_trace_finish) */
     for (;;) {
         uint64_t seq;
         pthread_mutex_lock(&e->lock);

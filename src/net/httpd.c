@@ -375,14 +375,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mhd, const ch
 void pb_http_resume(struct pb_http_request *req)
 {
     struct pb_httpd__conn *c = req->conn__;
+    struct MHD_Connection *mhd = NULL;
     pthread_mutex_lock(&c->lock);
     if (c->suspended) {
         c->suspended = 0;
-        MHD_resume_connection(c->mhd);
+        mhd = c->mhd;
     } else {
         c->resume_pending = 1;
     }
     pthread_mutex_unlock(&c->lock);
+    /* outside the lock: once resumed, the server thread may finish the
+     * request and free `c` (and its lock) at any moment */
+    if (mhd)
+        MHD_resume_connection(mhd);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *mhd, void **con_cls,

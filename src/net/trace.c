@@ -508,6 +508,38 @@ static json_t *string_or_null(char *owned)
     return j ? j : json_null();
 }
 
+/* Deferred redaction (see trace.h): per thread, so connectors need not know. */
+static _Thread_local int deferred;
+#define RAW_REQUEST "\x01request"
+#define RAW_RESPONSE "\x01response"
+
+void pb_trace_defer(int on) { deferred = on; }
+
+void pb_trace_finish(json_t *trace, int keep_bodies)
+{
+    size_t i;
+    json_t *rec;
+    json_array_foreach(trace, i, rec)
+    {
+        json_t *rq = json_object_get(rec, RAW_REQUEST), *rs = json_object_get(rec, RAW_RESPONSE);
+        if (keep_bodies) {
+            if (rq)
+                json_object_set_new(rec, "request",
+                                    string_or_null(pb_trace_redact_body(json_string_value(rq),
+                                                                        json_string_length(rq))));
+            if (rs)
+                json_object_set_new(rec, "response",
+                                    string_or_null(pb_trace_redact_body(json_string_value(rs),
+                                                                        json_string_length(rs))));
+        } else {
+            json_object_del(rec, "request");
+            json_object_del(rec, "response");
+        }
+        json_object_del(rec, RAW_REQUEST);
+        json_object_del(rec, RAW_RESPONSE);
+    }
+}
+
 void pb_trace_http(json_t *trace, const struct pb_http_call *call, enum pb_rc rc,
                    const struct pb_err *err)
 {
@@ -539,18 +571,31 @@ void pb_trace_http(json_t *trace, const struct pb_http_call *call, enum pb_rc rc
         json_object_set_new(rec, "error", string_or_null(m));
     }
 
-    if (call->body) {
+    if (deferred) {
+        /* raw bytes, never dumped: pb_trace_finish() redacts or drops them */
+        if (call->body) {
+            size_t blen = call->body_len ? call->body_len : strlen(call->body);
+            json_object_set_new(rec, RAW_REQUEST, json_stringn_nocheck(call->body, blen));
+        }
+        if (call->response)
+            json_object_set_new(rec, RAW_RESPONSE,
+                                json_stringn_nocheck(call->response, call->response_len));
+        json_object_set_new(rec, "request", json_null());
+        json_object_set_new(rec, "response", json_null());
+    } else if (call->body) {
         size_t blen = call->body_len ? call->body_len : strlen(call->body);
         json_object_set_new(rec, "request", string_or_null(pb_trace_redact_body(call->body, blen)));
     } else {
         json_object_set_new(rec, "request", json_null());
     }
-    if (call->response)
-        json_object_set_new(
-            rec, "response",
-            string_or_null(pb_trace_redact_body(call->response, call->response_len)));
-    else
-        json_object_set_new(rec, "response", json_null());
+    if (!deferred) {
+        if (call->response)
+            json_object_set_new(
+                rec, "response",
+                string_or_null(pb_trace_redact_body(call->response, call->response_len)));
+        else
+            json_object_set_new(rec, "response", json_null());
+    }
 
     while (json_array_size(trace) >= TRACE_MAX_CALLS)
         json_array_remove(trace, 0);
