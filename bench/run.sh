@@ -217,7 +217,7 @@ write_config() {    # write_config DIR
 # written by bench/run.sh
 server:
   listen: "127.0.0.1:0"
-  threads: 2
+  threads: ${BENCH_HTTP_THREADS:-2}
 store: "sqlite:$dir/paybridge.db"
 workers: $WORKERS
 log_level: warn

@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,10 +77,45 @@ static void begin(struct line *l, enum pb_log_level level, const char *event)
     put_json_string(l, event);
 }
 
+/* Per-thread batching (pb_log_buffer): whole lines are appended to a
+ * thread-local buffer and written by pb_log_flush() with one write(2). */
+#define BATCH_MAX 65536
+static _Thread_local int batching;
+static _Thread_local char *batch;
+static _Thread_local size_t batch_len;
+
+void pb_log_flush(void)
+{
+    if (batch && batch_len) {
+        ssize_t r = write(log_fd, batch, batch_len);
+        (void)r;
+    }
+    batch_len = 0;
+}
+
+void pb_log_buffer(int on)
+{
+    if (!on) {
+        pb_log_flush();
+        free(batch);
+        batch = NULL;
+    } else if (!batch) {
+        batch = malloc(BATCH_MAX);
+    }
+    batching = on && batch;
+}
+
 static void end(struct line *l)
 {
     l->buf[l->len++] = '}';
     l->buf[l->len++] = '\n';
+    if (batching) {
+        if (batch_len + l->len > BATCH_MAX)
+            pb_log_flush();
+        memcpy(batch + batch_len, l->buf, l->len);
+        batch_len += l->len;
+        return;
+    }
     ssize_t r = write(log_fd, l->buf, l->len);
     (void)r;
 }

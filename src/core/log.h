@@ -23,4 +23,9 @@ void pb_log(enum pb_log_level level, const char *event, ...) __attribute__((sent
 void pb_logf(enum pb_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Batch this thread's lines until pb_log_flush() (one write for many lines;
+ * the store's writer thread uses it per commit). Lines stay whole. */
+void pb_log_buffer(int on);
+void pb_log_flush(void);
+
 #endif

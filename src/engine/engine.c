@@ -117,6 +117,8 @@ static void inbound_free(struct inbound *in)
     free(in);
 }
 
+static void inbound_free_cb(void *in) { inbound_free(in); }
+
 /* Append `str` JSON-escaped (without quotes) to buf at *len; stops at cap. */
 static void put_escaped(char *buf, size_t cap, size_t *len, const char *str)
 {
@@ -193,7 +195,10 @@ static void inbound_done(struct pb_store_op *op)
     }
     pb_histogram_observe(&e->metrics.ack_latency, pb_monotonic_ns() - in->req->received_ns);
     struct pb_http_request *req = in->req;
-    inbound_free(in);
+    /* freeing the events is left to the server thread that finishes the
+     * request: this callback runs on the store's writer, which everyone waits for */
+    req->user = in;
+    req->on_complete = inbound_free_cb;
     if (fresh)
         pb_engine_wake(e);
     pb_http_resume(req);

@@ -396,6 +396,8 @@ static void on_completed(void *cls, struct MHD_Connection *mhd, void **con_cls,
     struct pb_httpd__conn *c = *con_cls;
     if (!c)
         return;
+    if (c->req.on_complete)
+        c->req.on_complete(c->req.user);
     response_clear(&c->req.resp);
     free(c->body);
     pthread_mutex_destroy(&c->lock);

@@ -65,6 +65,8 @@ struct pb_http_request {
     const char *remote_addr;        /* textual peer address */
     uint64_t received_ns;           /* monotonic time the request line arrived */
     void *user;                     /* free for the handler's use across a suspend */
+    void (*on_complete)(void *user);/* optional: called on a server thread once the
+                                       request is finished (sent or aborted) */
     struct pb_http_response resp;   /* the response to be sent */
     struct pb_httpd__conn *conn__;  /* internal */
 };

@@ -546,6 +546,7 @@ static void *writer_main(void *arg)
 {
     struct sqlite_store *s = arg;
     struct pb_store_op *batch[MAX_BATCH];
+    pb_log_buffer(1); /* the callbacks' log lines go out once per commit */
     for (;;) {
         size_t n = 0;
         pthread_mutex_lock(&s->lock);
@@ -607,7 +608,9 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->stats_lock);
         for (size_t i = 0; i < n; i++)
             finish(batch[i]);
+        pb_log_flush();
     }
+    pb_log_buffer(0);
     return NULL;
 }
 
