@@ -155,6 +155,26 @@ struct pb_connector_type {
     /* MAY: the rate limits of the remote system, used when the connection's
      * config sets none (all zero = unlimited). Xero: 60/min, 5000/day, 5 concurrent. */
     struct pb_ratelimit_config default_rate_limit;
+
+    /* MUST with PB_CAP_POLL: fetch the events after `cursor` (NULL or "" =
+     * the connector's own start, e.g. "today") and append them to `out` (at
+     * most PB_INBOUND_MAX_EVENTS; set *more when there are further pages).
+     * Writes the cursor to resume from into next_cursor (NUL-terminated).
+     * Events carry the same event_id as the webhook path would, so the inbox
+     * de-duplicates a transaction seen both ways. */
+    enum pb_rc (*poll)(struct pb_connection *c, struct pb_call_ctx *ctx, const char *cursor,
+                       struct pb_event_list *out, char *next_cursor, size_t next_len, int *more,
+                       struct pb_err *err);
+
+    /* MUST with PB_CAP_REFUND: refund at the gateway. `request` is
+     * {"original_gateway_id", "amount": {"minor", "currency"}, "reason"?,
+     *  "reference"} (reference: paybridge's idempotency reference for this
+     * refund, e.g. a vendorTxCode). On success *result is the canonical refund
+     * event body (as an inbound refund.succeeded would carry, entity "refund")
+     * and *event_id its gateway event id. PB_ERR_PERMANENT when the gateway
+     * refuses (over-refund, unknown transaction), with its words. */
+    enum pb_rc (*refund)(struct pb_connection *c, struct pb_call_ctx *ctx, const json_t *request,
+                         json_t **result, char *event_id, size_t event_id_len, struct pb_err *err);
 };
 
 /* connectors/registry.c */
