@@ -12,6 +12,10 @@
  *   GET  /admin/dlq/{job}               one dead letter with its attempts
  *   POST /admin/dlq/{job}/replay        queue it again (current mapping)
  *   POST /admin/dlq/replay              queue all dead letters again
+ *   POST /admin/refunds                 refund at the gateway (ceiling checked), then the credit memo
+ *   GET  /admin/refunds                 refund requests and their state
+ *   GET  /admin/chargebacks             chargebacks, nearest deadline first
+ *   POST /admin/chargebacks             open one; POST /admin/chargebacks/{id} {state} moves it
  *
  * Admin authentication: `Authorization: Bearer <key>`; the SHA-256 of the
  * key must be one of admin.api_keys ("sha256:<hex>"), compared in constant
@@ -23,6 +27,7 @@
 
 #include "core/crypto.h"
 #include "engine/engine.h"
+#include "engine/refunds.h"
 
 static int authorised(struct pb_engine *e, struct pb_http_request *req)
 {
@@ -177,6 +182,126 @@ static enum pb_http_action h_replay_all(struct pb_http_request *req, struct pb_h
     return replay(e, resp, 0);
 }
 
+/* ---- refunds and chargebacks ---------------------------------------------------------- */
+
+static int status_of(enum pb_rc rc)
+{
+    switch (rc) {
+    case PB_ERR_NOTFOUND: return 404;
+    case PB_ERR_EXISTS: return 409;
+    case PB_ERR_PERMANENT: return 422;
+    case PB_ERR_STORE: return 503;
+    default: return 400;
+    }
+}
+
+static json_t *body_json(struct pb_http_request *req, struct pb_http_response *resp)
+{
+    json_error_t je;
+    json_t *b = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(b)) {
+        pb_http_response_error(resp, 400, "invalid", "the body must be a JSON object (%s at line %d)",
+                               b ? "not an object" : je.text, je.line);
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
+static const char *field(json_t *b, const char *k) { return json_string_value(json_object_get(b, k)); }
+
+static enum pb_http_action h_refund_create(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    json_t *b, *out = NULL;
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(b = body_json(req, resp)))
+        return PB_HTTP_DONE;
+    if (!field(b, "connection") || !field(b, "transaction") || !field(b, "amount")) {
+        json_decref(b);
+        pb_http_response_error(resp, 400, "invalid",
+                               "connection, transaction and amount (a decimal string) are required");
+        return PB_HTTP_DONE;
+    }
+    rc = pb_refund_request(pb_engine_config(e), pb_engine_store(e), field(b, "connection"),
+                           field(b, "transaction"), field(b, "amount"), field(b, "reason"),
+                           field(b, "reference"), &out, &err);
+    json_decref(b);
+    if (rc) {
+        pb_http_response_error(resp, status_of(rc), pb_rc_name(rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    pb_engine_wake(e);
+    return send_json(resp, 201, out);
+}
+
+static enum pb_http_action h_refunds(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    REQUIRE_ADMIN(e, req, resp);
+    return query_route(e, resp, "refunds.list", json_pack("{s:i}", "limit", 1000));
+}
+
+static enum pb_http_action h_chargebacks(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    REQUIRE_ADMIN(e, req, resp);
+    return query_route(e, resp, "chargebacks.list", json_pack("{s:i}", "limit", 1000));
+}
+
+static enum pb_http_action h_chargeback_open(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    json_t *b, *out = NULL;
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(b = body_json(req, resp)))
+        return PB_HTTP_DONE;
+    rc = pb_chargeback_open(pb_engine_config(e), pb_engine_store(e), field(b, "connection") ? field(b, "connection") : "",
+                            field(b, "transaction") ? field(b, "transaction") : "",
+                            field(b, "amount") ? field(b, "amount") : "", field(b, "reason_code"),
+                            field(b, "deadline"), &out, &err);
+    json_decref(b);
+    if (rc) {
+        pb_http_response_error(resp, status_of(rc), pb_rc_name(rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    pb_engine_wake(e);
+    return send_json(resp, 201, out);
+}
+
+static enum pb_http_action h_chargeback_update(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    json_t *b, *out = NULL;
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    long long id = id_param(req->params[0]);
+    REQUIRE_ADMIN(e, req, resp);
+    if (id < 0) {
+        pb_http_response_error(resp, 400, "invalid", "chargeback id must be a positive integer");
+        return PB_HTTP_DONE;
+    }
+    if (!(b = body_json(req, resp)))
+        return PB_HTTP_DONE;
+    if (!field(b, "state")) {
+        json_decref(b);
+        pb_http_response_error(resp, 400, "invalid", "state (evidence_submitted, won or lost) is required");
+        return PB_HTTP_DONE;
+    }
+    rc = pb_chargeback_update(pb_engine_config(e), pb_engine_store(e), id, field(b, "state"), &out, &err);
+    json_decref(b);
+    if (rc) {
+        pb_http_response_error(resp, status_of(rc), pb_rc_name(rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    pb_engine_wake(e);
+    return send_json(resp, 200, out);
+}
+
 /* ---- /metrics -------------------------------------------------------------------------- */
 
 struct buf {
@@ -325,6 +450,11 @@ const struct pb_http_route *pb_admin_routes(struct pb_engine *e)
         {"POST", "/admin/dlq/replay", h_replay_all, e},
         {"GET", "/admin/dlq/{}", h_dlq_show, e},
         {"POST", "/admin/dlq/{}/replay", h_replay_one, e},
+        {"POST", "/admin/refunds", h_refund_create, e},
+        {"GET", "/admin/refunds", h_refunds, e},
+        {"GET", "/admin/chargebacks", h_chargebacks, e},
+        {"POST", "/admin/chargebacks", h_chargeback_open, e},
+        {"POST", "/admin/chargebacks/{}", h_chargeback_update, e},
         {NULL, NULL, NULL, NULL},
     };
     struct pb_http_route *copy = malloc(sizeof(r));

@@ -13,6 +13,8 @@ int pb_cli_dlq(int argc, char **argv);
 int pb_cli_secret(int argc, char **argv);
 int pb_cli_admin(int argc, char **argv);
 int pb_cli_demo(int argc, char **argv);
+int pb_cli_refund(int argc, char **argv);
+int pb_cli_chargebacks(int argc, char **argv);
 
 /* Shared by subcommands: "-c FILE" / "--config FILE" (default ./paybridge.yaml). */
 const char *pb_cli_config_arg(int *argc, char **argv);

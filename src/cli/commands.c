@@ -17,6 +17,8 @@
 #include "core/crypto.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/money.h"
+#include "engine/refunds.h"
 #include "core/yamldoc.h"
 #include "engine/engine.h"
 
@@ -323,4 +325,125 @@ int pb_cli_admin(int argc, char **argv)
         return 1;
     printf("sha256:%s\n", hex);
     return 0;
+}
+
+/* ---- refunds and chargebacks ---------------------------------------------------------- */
+
+static const char *opt(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return argv[i + 1];
+    return NULL;
+}
+
+static int print_result(enum pb_rc rc, json_t *out, const struct pb_err *err, const char *what)
+{
+    if (rc) {
+        fprintf(stderr, "paybridge %s: %s\n", what, err->msg);
+        return 1;
+    }
+    json_dumpf(out, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    json_decref(out);
+    return 0;
+}
+
+int pb_cli_refund(int argc, char **argv)
+{
+    const char *path = pb_cli_config_arg(&argc, argv);
+    const char *conn = opt(argc, argv, "--connection"), *tx = opt(argc, argv, "--transaction"),
+               *amount = opt(argc, argv, "--amount");
+    struct pb_config *cfg = NULL;
+    struct pb_store *s;
+    json_t *out = NULL;
+    struct pb_err err = {0};
+    int rc;
+    if (!conn || !tx || !amount) {
+        fprintf(stderr, "usage: paybridge refund --connection C --transaction T --amount A "
+                        "[--reason R] [--reference REF] -c FILE\n"
+                        "  A is a decimal in the payment's currency; REF (at most 40 characters)\n"
+                        "  makes the request idempotent: the same REF twice is one refund\n");
+        return 2;
+    }
+    if (!(s = open_store(path, &cfg)))
+        return 1;
+    {
+        enum pb_rc r = pb_refund_request(cfg, s, conn, tx, amount, opt(argc, argv, "--reason"),
+                                         opt(argc, argv, "--reference"), &out, &err);
+        rc = print_result(r, out, &err, "refund");
+    }
+    pb_store_close(s);
+    pb_config_free(cfg);
+    return rc;
+}
+
+int pb_cli_chargebacks(int argc, char **argv)
+{
+    const char *path = pb_cli_config_arg(&argc, argv);
+    struct pb_config *cfg = NULL;
+    struct pb_store *s;
+    json_t *out = NULL;
+    struct pb_err err = {0};
+    int rc = 0;
+    if (argc < 2) {
+        fprintf(stderr, "usage: paybridge chargebacks list -c FILE\n"
+                        "       paybridge chargebacks open --connection C --transaction T --amount A"
+                        " --reason CODE --deadline YYYY-MM-DD -c FILE\n"
+                        "       paybridge chargebacks update ID --state evidence_submitted|won|lost -c FILE\n");
+        return 2;
+    }
+    if (!(s = open_store(path, &cfg)))
+        return 1;
+    if (strcmp(argv[1], "list") == 0) {
+        json_t *args = json_pack("{s:i}", "limit", 1000);
+        if (pb_store_query(s, "chargebacks.list", args, &out, &err)) {
+            fprintf(stderr, "paybridge chargebacks: %s\n", err.msg);
+            rc = 1;
+        } else {
+            size_t i;
+            json_t *r;
+            printf("%-6s %-12s %-20s %-40s %-12s %-8s %s\n", "ID", "DEADLINE", "STATE", "PAYMENT",
+                   "AMOUNT", "REASON", "CONNECTION");
+            json_array_foreach(out, i, r)
+            {
+                char dec[64];
+                const char *cur = json_string_value(json_object_get(r, "currency"));
+                pb_money_format_decimal(json_integer_value(json_object_get(r, "amount_minor")), cur, dec,
+                                        sizeof(dec), NULL);
+                printf("%-6lld %-12s %-20s %-40s %-8s %-3s %-8s %s\n",
+                       (long long)json_integer_value(json_object_get(r, "id")),
+                       json_string_value(json_object_get(r, "deadline")),
+                       json_string_value(json_object_get(r, "state")),
+                       json_string_value(json_object_get(r, "original_gateway_id")), dec, cur,
+                       json_string_value(json_object_get(r, "reason_code")),
+                       json_string_value(json_object_get(r, "connection")));
+            }
+            json_decref(out);
+        }
+        json_decref(args);
+    } else if (strcmp(argv[1], "open") == 0) {
+        const char *conn = opt(argc, argv, "--connection"), *tx = opt(argc, argv, "--transaction"),
+                   *amount = opt(argc, argv, "--amount"), *reason = opt(argc, argv, "--reason"),
+                   *deadline = opt(argc, argv, "--deadline");
+        if (!conn || !tx || !amount || !reason || !deadline) {
+            fprintf(stderr, "paybridge chargebacks open: --connection, --transaction, --amount, --reason"
+                            " and --deadline are all required\n");
+            rc = 2;
+        } else {
+            enum pb_rc r = pb_chargeback_open(cfg, s, conn, tx, amount, reason, deadline, &out, &err);
+            rc = print_result(r, out, &err, "chargebacks open");
+        }
+    } else if (strcmp(argv[1], "update") == 0 && argc >= 3 && parse_id(argv[2]) > 0 &&
+               opt(argc, argv, "--state")) {
+        enum pb_rc r = pb_chargeback_update(cfg, s, parse_id(argv[2]), opt(argc, argv, "--state"), &out,
+                                            &err);
+        rc = print_result(r, out, &err, "chargebacks update");
+    } else {
+        fprintf(stderr, "paybridge chargebacks: unknown or incomplete subcommand\n");
+        rc = 2;
+    }
+    pb_store_close(s);
+    pb_config_free(cfg);
+    return rc;
 }

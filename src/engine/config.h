@@ -63,4 +63,15 @@ enum pb_rc pb_config_secret_resolve(const char *value, const unsigned char *key,
 /* Load the secret key: PAYBRIDGE_SECRET_KEY, else key_file (relative to the config). */
 enum pb_rc pb_config_secret_key(const char *key_file, unsigned char key[32], struct pb_err *err);
 
+/* engine/router.c: the jobs an event starts (see the file's essay). */
+struct pb_store_op;
+struct pb_job_new;
+int pb_route_confirms(const struct pb_conn_entry *src);
+void pb_route_jobs(const struct pb_config *cfg, const struct pb_conn_entry *conn, const char *type,
+                   struct pb_job_new *jobs, int *n_jobs, int64_t now);
+/* Stamp ev's envelope, fill `op` (an inbox put with its first jobs); returns
+ * the event's JSON text (malloc'd; op points into it). */
+char *pb_route_event(const struct pb_config *cfg, const struct pb_conn_entry *conn,
+                     struct pb_event_out *ev, struct pb_store_op *op, int64_t now);
+
 #endif

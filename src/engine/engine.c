@@ -45,6 +45,7 @@ struct pb_engine {
     pthread_t *workers;
     unsigned n_workers;
     pthread_t maintainer;
+    pthread_t poller;
     const struct pb_http_route *routes; /* owned: built by pb_admin_routes() */
     int running;
     int accepting;
@@ -66,15 +67,6 @@ void pb_engine_wake(struct pb_engine *e)
     e->work_seq++;
     pthread_cond_broadcast(&e->work);
     pthread_mutex_unlock(&e->lock);
-}
-
-static int source_confirms(const struct pb_conn_entry *src)
-{
-    json_t *v;
-    if (!(src->conn.type->caps & PB_CAP_CONFIRM) || !src->conn.type->confirm)
-        return 0;
-    v = json_object_get(src->conn.settings, "confirm");
-    return !json_is_false(v);
 }
 
 /* ---- inbound ---------------------------------------------------------------------------- */
@@ -285,43 +277,12 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
     }
     in->pending = (int)in->events.n;
     for (size_t i = 0; i < in->events.n; i++) {
-        struct pb_event_out *ev = &in->events.ev[i];
         struct pb_store_op *op = &in->op[i];
-        json_object_set_new(ev->event, "type", json_string(ev->type));
-        json_object_set_new(ev->event, "source",
-                            json_pack("{s:s,s:s,s:s}", "connection", conn->conn.name, "connector",
-                                      conn->conn.type->name, "event_id", ev->event_id));
-        in->json[i] = json_dumps(ev->event, JSON_COMPACT);
-        op->kind = PB_OP_INBOX_PUT;
+        in->json[i] = pb_route_event(e->cfg, conn, &in->events.ev[i], op, now);
         op->done = inbound_done;
         op->ctx = in;
-        op->u.inbox.connection = conn->conn.name;
-        op->u.inbox.gateway_event_id = ev->event_id;
-        op->u.inbox.type = ev->type;
-        op->u.inbox.event_json = in->json[i] ? in->json[i] : "{}";
         op->u.inbox.raw = req->body;
         op->u.inbox.raw_len = req->body_len;
-        op->u.inbox.received_ms = now;
-        for (size_t f = 0; f < pb_flowset_count(e->cfg->flows) && op->u.inbox.n_jobs < PB_STORE_MAX_NEW_JOBS; f++) {
-            const struct pb_flow *fl = pb_flowset_flow(e->cfg->flows, f);
-            if (!(strcmp(fl->source, conn->conn.name) == 0 && pb_flow_handles(fl, ev->type)))
-                continue;
-            struct pb_job_new *j = &op->u.inbox.jobs[op->u.inbox.n_jobs++];
-            j->flow = fl->name;
-            if (source_confirms(conn)) {
-                j->step = 0;
-                j->step_name = "confirm";
-                j->target = conn->conn.name;
-                j->command = "confirm";
-            } else {
-                const struct pb_flow_step *st = (&fl->steps[0]);
-                j->step = 1;
-                j->step_name = st->name;
-                j->target = fl->target;
-                j->command = st->command;
-            }
-            j->run_at_ms = now;
-        }
     }
     /* after the last submit the writer may already have committed and freed
      * `in` (inbound_done): read nothing from it once the first op is out */
@@ -364,6 +325,9 @@ struct work_item {
     char erp_id[128];
     int retry_after_s;
     int decided;            /* outcome known before the call (skip, mapping error, xref hit) */
+    json_t *emit;           /* an event the job produced (a refund.succeeded body), owned */
+    struct pb_event_out emit_ev;
+    char *emit_json;
 };
 
 struct worker {
@@ -403,6 +367,8 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
         return;
     }
     json_object_set_new(w->event, "id", json_integer(w->job->event_id));
+    if (strncmp(w->job->flow, "paybridge.", 10) == 0)
+        return; /* a built-in job (a gateway refund): no flow, no mapping */
     w->flow = pb_flowset_find(e->cfg->flows, w->job->flow);
     if (!w->flow) {
         decide(w, PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the flow of this job is no longer configured");
@@ -454,6 +420,8 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
     struct work_item **item_owner = calloc(n, sizeof(*item_owner));
     struct pb_conn_entry *conn = pb_config_connection(e->cfg, jobs[0].target);
     int is_confirm = strcmp(jobs[0].command, "confirm") == 0;
+    int is_refund = strcmp(jobs[0].command, "refund") == 0 &&
+                    strncmp(jobs[0].flow, "paybridge.", 10) == 0;
     json_t *trace = json_array();
     uint64_t t0 = pb_monotonic_ns();
     int64_t started_ms = pb_now_ms();
@@ -475,7 +443,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             decide(&w[i], PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the target connection is no longer configured");
             continue;
         }
-        prepare(wk, &w[i], is_confirm);
+        prepare(wk, &w[i], is_confirm || is_refund);
     }
 
     if (conn && is_confirm) {
@@ -490,6 +458,51 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             w[i].retry_after_s = ctx.retry_after_s;
             w[i].outcome = rc == PB_OK ? PB_OUTCOME_DONE : pb_rc_is_transient(rc) ? PB_OUTCOME_RETRY : PB_OUTCOME_DEAD;
             snprintf(w[i].message, sizeof(w[i].message), "%s", rc ? err.msg : "confirmed by the gateway");
+        }
+    } else if (conn && is_refund) {
+        for (size_t i = 0; i < n; i++) {
+            struct pb_err err = {0};
+            struct pb_call_ctx ctx = {.http = wk->http, .trace = trace, .now = time(NULL),
+                                      .retry_after_s = -1};
+            json_t *result = NULL;
+            char gw_event[128] = "";
+            enum pb_rc rc;
+            if (w[i].decided)
+                continue;
+            if (!conn->conn.type->refund) {
+                decide(&w[i], PB_OUTCOME_DEAD, PB_ERR_CONFIG, "this connector cannot refund");
+                continue;
+            }
+            rc = conn->conn.type->refund(&conn->conn, &ctx, json_object_get(w[i].event, "refund"),
+                                         &result, gw_event, sizeof(gw_event), &err);
+            w[i].rc = rc;
+            w[i].retry_after_s = ctx.retry_after_s;
+            w[i].outcome = rc == PB_OK ? PB_OUTCOME_DONE
+                           : pb_rc_is_transient(rc) ? PB_OUTCOME_RETRY : PB_OUTCOME_DEAD;
+            if (rc == PB_OK && result && gw_event[0]) {
+                snprintf(w[i].erp_id, sizeof(w[i].erp_id), "%s", gw_event);
+                snprintf(w[i].message, sizeof(w[i].message), "refunded at the gateway");
+                /* the flows of the refund need the payment and the customer */
+                if (!json_object_get(result, "payment") && json_object_get(w[i].event, "payment"))
+                    json_object_set(result, "payment", json_object_get(w[i].event, "payment"));
+                if (!json_object_get(result, "customer") && json_object_get(w[i].event, "customer"))
+                    json_object_set(result, "customer", json_object_get(w[i].event, "customer"));
+                w[i].emit = result;
+            } else if (rc == PB_OK && !result) {
+                /* the gateway already had it (a retry after a lost reply); its
+                 * own notification brings the refund event */
+                snprintf(w[i].erp_id, sizeof(w[i].erp_id), "%s", "already-refunded");
+                snprintf(w[i].message, sizeof(w[i].message),
+                         "the gateway already has this refund; its notification carries the event");
+            } else {
+                json_decref(result);
+                snprintf(w[i].message, sizeof(w[i].message), "%s",
+                         rc ? err.msg : "the connector refunded without a refund event");
+                if (rc == PB_OK) {
+                    w[i].rc = PB_ERR_INTERNAL;
+                    w[i].outcome = PB_OUTCOME_DEAD;
+                }
+            }
         }
     } else if (conn) {
         size_t max = conn->conn.type->max_batch(&conn->conn, jobs[0].command);
@@ -605,6 +618,21 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             }
         }
         op->u.complete.outcome = x->outcome;
+        if (x->outcome == PB_OUTCOME_DONE && x->emit) {
+            struct pb_store_op tmp;
+            snprintf(x->emit_ev.event_id, sizeof(x->emit_ev.event_id), "%s", x->erp_id);
+            snprintf(x->emit_ev.type, sizeof(x->emit_ev.type), "%s",
+                     pb_json_str(x->emit, "type") ? pb_json_str(x->emit, "type") : "refund.succeeded");
+            x->emit_ev.event = x->emit;
+            x->emit_json = pb_route_event(e->cfg, conn, &x->emit_ev, &tmp, now);
+            op->u.complete.emit.connection = conn->conn.name;
+            op->u.complete.emit.gateway_event_id = x->emit_ev.event_id;
+            op->u.complete.emit.type = x->emit_ev.type;
+            op->u.complete.emit.event_json = x->emit_json;
+            op->u.complete.emit.original_gateway_id = tmp.u.inbox.original_gateway_id;
+            memcpy(op->u.complete.emit.jobs, tmp.u.inbox.jobs, sizeof(tmp.u.inbox.jobs));
+            op->u.complete.emit.n_jobs = tmp.u.inbox.n_jobs;
+        }
         if (x->outcome == PB_OUTCOME_RETRY || x->outcome == PB_OUTCOME_DEAD)
             op->u.complete.error_class = pb_rc_name(x->rc);
         if (x->outcome == PB_OUTCOME_DONE) {
@@ -672,6 +700,8 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         json_decref(items[j].result);
     }
     for (size_t i = 0; i < n; i++) {
+        json_decref(w[i].emit);
+        free(w[i].emit_json);
         json_decref(w[i].event);
         json_decref(w[i].refs);
         json_decref(w[i].document);
@@ -760,6 +790,120 @@ static void *maintainer_main(void *arg)
     return NULL;
 }
 
+/* ---- pollers ------------------------------------------------------------------------------ */
+
+/* One thread polls every connection whose connector can poll and whose
+ * settings give poll_interval_s > 0. Each round: read the cursor, ask the
+ * connector for the events after it (page by page), commit them through the
+ * inbox exactly like webhooks (same event ids, so a transaction seen both ways
+ * is stored once), and only then move the cursor. A crash between the two
+ * re-reads a page, which the inbox de-duplicates. */
+static void poll_connection(struct pb_engine *e, struct pb_conn_entry *conn,
+                            struct pb_http_client *http)
+{
+    json_t *cur = NULL, *args = json_pack("{s:s}", "connection", conn->conn.name);
+    struct pb_err err = {0};
+    char cursor[256] = "", next[256] = "";
+    int more = 1, pages = 0;
+    if (pb_store_query(e->store, "cursor.get", args, &cur, &err) == PB_OK &&
+        json_is_string(json_object_get(cur, "cursor")))
+        snprintf(cursor, sizeof(cursor), "%s", json_string_value(json_object_get(cur, "cursor")));
+    json_decref(cur);
+    json_decref(args);
+    while (more && pages++ < 20) {
+        struct pb_event_list *list = calloc(1, sizeof(*list));
+        json_t *trace = json_array();
+        struct pb_call_ctx ctx = {.http = http, .trace = trace, .now = time(NULL), .retry_after_s = -1};
+        enum pb_rc rc;
+        int failed = 0, fresh = 0;
+        more = 0;
+        next[0] = '\0';
+        if (!list) {
+            json_decref(trace);
+            return;
+        }
+        rc = conn->conn.type->poll(&conn->conn, &ctx, cursor[0] ? cursor : NULL, list, next,
+                                   sizeof(next), &more, &err);
+        json_decref(trace);
+        if (rc) {
+            pb_log(PB_LOG_WARN, "poll.failed", "connection", conn->conn.name, "error", err.msg,
+                   (char *)NULL);
+            pb_event_list_clear(list);
+            free(list);
+            return;
+        }
+        int64_t now = pb_now_ms();
+        for (size_t i = 0; i < list->n; i++) {
+            struct pb_store_op op;
+            char *json = pb_route_event(e->cfg, conn, &list->ev[i], &op, now);
+            if (pb_store_run(e->store, &op)) {
+                failed = 1;
+                pb_log(PB_LOG_ERROR, "poll.store_failed", "connection", conn->conn.name, "error",
+                       op.err.msg, (char *)NULL);
+            } else if (!op.u.inbox.duplicate) {
+                char idbuf[32];
+                fresh++;
+                snprintf(idbuf, sizeof(idbuf), "%lld", (long long)op.u.inbox.event_id);
+                atomic_fetch_add_explicit(&e->metrics.conn[conn_index(e, conn)].accepted, 1,
+                                          memory_order_relaxed);
+                pb_log(PB_LOG_INFO, "event.accepted", "connection", conn->conn.name, "event_id",
+                       idbuf, "gateway_event_id", list->ev[i].event_id, "type", list->ev[i].type,
+                       "via", "poll", (char *)NULL);
+            }
+            free(json);
+        }
+        pb_event_list_clear(list);
+        free(list);
+        if (fresh)
+            pb_engine_wake(e);
+        if (failed || !next[0])
+            return;
+        {
+            struct pb_store_op op;
+            memset(&op, 0, sizeof(op));
+            op.kind = PB_OP_CURSOR_SET;
+            op.u.cursor.connection = conn->conn.name;
+            op.u.cursor.cursor = next;
+            if (pb_store_run(e->store, &op))
+                return;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", next);
+    }
+}
+
+static void *poller_main(void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_http_client *http = NULL;
+    struct pb_err err = {0};
+    int64_t *due = calloc(e->cfg->n_conns + 1, sizeof(int64_t));
+    if (pb_http_client_new(&http, &err) || !due) {
+        free(due);
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&e->lock);
+        int running = e->running;
+        pthread_mutex_unlock(&e->lock);
+        if (!running)
+            break;
+        for (size_t i = 0; i < e->cfg->n_conns; i++) {
+            struct pb_conn_entry *c = &e->cfg->conns[i];
+            long long every = pb_connection_setting_int(&c->conn, "poll_interval_s", 0);
+            int64_t now = pb_now_ms();
+            if (!(c->conn.type->caps & PB_CAP_POLL) || !c->conn.type->poll || every <= 0 ||
+                now < due[i])
+                continue;
+            due[i] = now + every * 1000;
+            poll_connection(e, c, http);
+        }
+        usleep(200 * 1000);
+    }
+    pb_http_client_free(http);
+    free(due);
+    return NULL;
+}
+
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
 enum pb_rc pb_engine_start(struct pb_config *cfg, const struct pb_engine_options *opt,
@@ -807,6 +951,7 @@ enum pb_rc pb_engine_start(struct pb_config *cfg, const struct pb_engine_options
             pthread_create(&e->workers[e->n_workers++], NULL, worker_main, wk);
         }
         pthread_create(&e->maintainer, NULL, maintainer_main, e);
+        pthread_create(&e->poller, NULL, poller_main, e);
     }
     memset(&hc, 0, sizeof(hc));
     hc.bind_addr = cfg->listen_addr;
@@ -847,8 +992,10 @@ void pb_engine_stop(struct pb_engine *e)
     pthread_mutex_unlock(&e->lock);
     for (unsigned i = 0; i < e->n_workers; i++)
         pthread_join(e->workers[i], NULL);
-    if (e->workers)
+    if (e->workers) {
         pthread_join(e->maintainer, NULL);
+        pthread_join(e->poller, NULL);
+    }
     free(e->workers);
     free((void *)e->routes);
     pb_store_close(e->store);

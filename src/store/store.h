@@ -73,6 +73,9 @@ enum pb_store_op_kind {
     PB_OP_COMPLETE,         /* record a job's outcome */
     PB_OP_REPLAY,           /* dead letters back to ready */
     PB_OP_RECOVER,          /* expired leases back to ready */
+    PB_OP_CURSOR_SET,       /* a poller's position, after its events committed */
+    PB_OP_REFUND_REQUEST,   /* check the refund ceiling, then queue the gateway refund */
+    PB_OP_CHARGEBACK,       /* open a chargeback or move it to a new state, emitting its event */
 };
 
 enum pb_job_outcome {
@@ -99,6 +102,7 @@ struct pb_store_op {
             const char *gateway_event_id;
             const char *type;
             const char *event_json;     /* canonical event, without id */
+            const char *original_gateway_id; /* refunds/chargebacks: the payment's id, or NULL */
             const char *raw;            /* raw payload, already PAN-checked */
             size_t raw_len;
             int64_t received_ms;
@@ -136,6 +140,17 @@ struct pb_store_op {
             const char *result_json;    /* the ERP's record for this item (redacted), may be NULL */
             const char *mapping_version;
             struct pb_job_new next;     /* next step to queue (flow == NULL: none) */
+            /* an event the job produced (a gateway refund's refund.succeeded),
+             * inserted and routed in the same transaction; connection == NULL: none */
+            struct {
+                const char *connection;
+                const char *gateway_event_id;
+                const char *type;
+                const char *event_json;
+                const char *original_gateway_id;
+                struct pb_job_new jobs[PB_STORE_MAX_NEW_JOBS];
+                int n_jobs;
+            } emit;
         } complete;
         struct {
             int64_t job_id;             /* 0 = all dead letters */
@@ -148,6 +163,46 @@ struct pb_store_op {
             int all;                    /* 1 at start-up: every lease is stale */
             int64_t count;
         } recover;
+        struct {
+            const char *connection;
+            const char *cursor;
+        } cursor;
+        struct {
+            const char *connection;     /* the gateway connection */
+            const char *original_gateway_id;
+            int64_t amount_minor;       /* > 0 */
+            const char *currency;
+            const char *reason;         /* may be NULL */
+            const char *reference;      /* unique: repeating a request is idempotent */
+            int64_t now_ms;
+            const char *event_json;     /* the refund.requested event */
+            struct pb_job_new job;      /* the gateway refund job */
+            /* out */
+            int64_t request_id;
+            int64_t event_id;
+            int64_t refundable_minor;   /* what was left before this request */
+            int duplicate;              /* the reference was seen before */
+        } refund;
+        struct {
+            int64_t id;                 /* 0 = open a new one */
+            const char *connection;
+            const char *original_gateway_id;
+            int64_t amount_minor;
+            const char *currency;
+            const char *reason_code;
+            const char *deadline;       /* YYYY-MM-DD */
+            const char *state;          /* opened | evidence_submitted | won | lost */
+            int64_t now_ms;
+            /* the event this change emits (chargeback.opened, .won, ...), routed by the caller */
+            const char *gateway_event_id;
+            const char *event_type;
+            const char *event_json;
+            struct pb_job_new jobs[PB_STORE_MAX_NEW_JOBS];
+            int n_jobs;
+            /* out */
+            int64_t chargeback_id;
+            int64_t event_id;
+        } chargeback;
     } u;
 };
 
@@ -196,6 +251,10 @@ void pb_store_jobs_free(struct pb_job *jobs, size_t n);
  *   "dlq.show"      args {id}                               -> {job..., event, attempts}
  *   "jobs.states"   args {}                                 -> {"ready":n, "leased":n, ...}
  *   "xref.count"    args {}                                 -> {"count": n}
+ *   "cursor.get"    args {connection}                       -> {"cursor": "..." | null}
+ *   "refunds.list"  args {limit}                            -> [ refund requests ]
+ *   "chargebacks.list" args {limit}                         -> [ chargebacks, deadline first ]
+ *   "payment.find"  args {connection, gateway_id}           -> {event_id, amount_minor, currency, refunded_minor, pending_minor}
  */
 enum pb_rc pb_store_query(struct pb_store *s, const char *what, const json_t *args, json_t **out,
                           struct pb_err *err);

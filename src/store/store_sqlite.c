@@ -75,6 +75,29 @@ static const char *SCHEMA[] = {
     "  target TEXT NOT NULL, kind TEXT NOT NULL, reference TEXT NOT NULL,"
     "  erp_id TEXT NOT NULL, event_id INTEGER, created_at INTEGER NOT NULL,"
     "  PRIMARY KEY(target, kind, reference)) WITHOUT ROWID;",
+    /* version 2: pollers, refunds initiated by paybridge, chargebacks */
+    "ALTER TABLE events ADD COLUMN original_gateway_id TEXT;"
+    "CREATE INDEX IF NOT EXISTS events_original ON events(connection, original_gateway_id)"
+    "  WHERE original_gateway_id IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS cursors("
+    "  connection TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS refund_requests("
+    "  id INTEGER PRIMARY KEY,"
+    "  connection TEXT NOT NULL, original_gateway_id TEXT NOT NULL,"
+    "  amount_minor INTEGER NOT NULL, currency TEXT NOT NULL, reason TEXT,"
+    "  reference TEXT NOT NULL UNIQUE,"
+    "  state TEXT NOT NULL,"          /* requested | succeeded | failed */
+    "  event_id INTEGER, gateway_refund_id TEXT, message TEXT,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS refund_requests_original ON refund_requests(connection, original_gateway_id);"
+    "CREATE TABLE IF NOT EXISTS chargebacks("
+    "  id INTEGER PRIMARY KEY,"
+    "  connection TEXT NOT NULL, original_gateway_id TEXT NOT NULL,"
+    "  amount_minor INTEGER NOT NULL, currency TEXT NOT NULL,"
+    "  reason_code TEXT NOT NULL, deadline TEXT,"
+    "  state TEXT NOT NULL,"          /* opened | evidence_submitted | won | lost */
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  UNIQUE(connection, original_gateway_id, reason_code));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(SCHEMA) / sizeof(SCHEMA[0])))
 
@@ -96,12 +119,14 @@ enum stmt_id {
     ST_SAVEPOINT,
     ST_RELEASE,
     ST_ROLLBACK_TO,
+    ST_REFUND_DONE,
     ST_COUNT
 };
 
 static const char *STMT_SQL[ST_COUNT] = {
-    [ST_EVENT_INSERT] = "INSERT INTO events(connection, gateway_event_id, type, received_at, body, raw)"
-                        " VALUES(?,?,?,?,?,?) ON CONFLICT(connection, gateway_event_id) DO NOTHING",
+    [ST_EVENT_INSERT] = "INSERT INTO events(connection, gateway_event_id, type, received_at, body, raw,"
+                        " original_gateway_id) VALUES(?,?,?,?,?,?,?)"
+                        " ON CONFLICT(connection, gateway_event_id) DO NOTHING",
     [ST_EVENT_FIND] = "SELECT id FROM events WHERE connection=? AND gateway_event_id=?",
     [ST_EVENT_DUP] = "UPDATE events SET duplicates = duplicates + 1 WHERE id=?",
     [ST_JOB_INSERT] = "INSERT INTO jobs(event_id, flow, step, step_name, target, command, state,"
@@ -131,6 +156,9 @@ static const char *STMT_SQL[ST_COUNT] = {
     [ST_SAVEPOINT] = "SAVEPOINT op",
     [ST_RELEASE] = "RELEASE op",
     [ST_ROLLBACK_TO] = "ROLLBACK TO op",
+    [ST_REFUND_DONE] = "UPDATE refund_requests SET state=?, gateway_refund_id=?, message=?,"
+                       " updated_at=? WHERE event_id=(SELECT event_id FROM jobs WHERE id=?"
+                       " AND flow='paybridge.refund')",
 };
 
 struct reader {
@@ -238,6 +266,7 @@ static enum pb_rc op_inbox(struct sqlite_store *s, struct pb_store_op *op)
         sqlite3_bind_blob(st, 6, op->u.inbox.raw, (int)op->u.inbox.raw_len, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 6);
+    bind_text(st, 7, op->u.inbox.original_gateway_id);
     if (sqlite3_step(st) != SQLITE_DONE)
         return db_err(s->db, &op->err, "insert event");
     if (sqlite3_changes(s->db) == 0) {
@@ -452,9 +481,265 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
             }
         }
         sqlite3_reset(q);
-        if (op->u.complete.next.flow && event_id)
-            return insert_job(s, event_id, &op->u.complete.next, now, &op->err);
+        if (op->u.complete.next.flow && event_id) {
+            enum pb_rc rc = insert_job(s, event_id, &op->u.complete.next, now, &op->err);
+            if (rc)
+                return rc;
+        }
     }
+    if (op->u.complete.outcome == PB_OUTCOME_DONE || op->u.complete.outcome == PB_OUTCOME_DEAD) {
+        /* a gateway refund paybridge asked for: the request leaves the ceiling's
+         * "in flight" sum (succeeded: its refund.succeeded event counts now) */
+        sqlite3_stmt *u = s->st[ST_REFUND_DONE];
+        sqlite3_reset(u);
+        bind_text(u, 1, op->u.complete.outcome == PB_OUTCOME_DONE ? "succeeded" : "failed");
+        bind_text(u, 2, op->u.complete.outcome == PB_OUTCOME_DONE ? op->u.complete.erp_id : NULL);
+        bind_text(u, 3, op->u.complete.message);
+        sqlite3_bind_int64(u, 4, now);
+        sqlite3_bind_int64(u, 5, op->u.complete.job_id);
+        int ok = sqlite3_step(u) == SQLITE_DONE;
+        sqlite3_reset(u);
+        if (!ok)
+            return db_err(s->db, &op->err, "refund request");
+    }
+    if (op->u.complete.outcome == PB_OUTCOME_DONE && op->u.complete.emit.connection) {
+        /* the event the job produced, exactly like an inbound one (de-duplicated) */
+        struct pb_store_op in;
+        enum pb_rc rc;
+        memset(&in, 0, sizeof(in));
+        in.kind = PB_OP_INBOX_PUT;
+        in.u.inbox.connection = op->u.complete.emit.connection;
+        in.u.inbox.gateway_event_id = op->u.complete.emit.gateway_event_id;
+        in.u.inbox.type = op->u.complete.emit.type;
+        in.u.inbox.event_json = op->u.complete.emit.event_json;
+        in.u.inbox.original_gateway_id = op->u.complete.emit.original_gateway_id;
+        in.u.inbox.received_ms = now;
+        memcpy(in.u.inbox.jobs, op->u.complete.emit.jobs, sizeof(in.u.inbox.jobs));
+        in.u.inbox.n_jobs = op->u.complete.emit.n_jobs;
+        rc = op_inbox(s, &in);
+        if (rc) {
+            op->err = in.err;
+            return rc;
+        }
+    }
+    return PB_OK;
+}
+
+/* ---- pollers, refunds, chargebacks ------------------------------------------------------ */
+
+static enum pb_rc op_cursor(struct sqlite_store *s, struct pb_store_op *op)
+{
+    sqlite3_stmt *st;
+    enum pb_rc rc = PB_OK;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO cursors(connection, cursor, updated_at) VALUES(?,?,?)"
+                           " ON CONFLICT(connection) DO UPDATE SET cursor=excluded.cursor,"
+                           " updated_at=excluded.updated_at",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s->db, &op->err, "cursor");
+    bind_text(st, 1, op->u.cursor.connection);
+    bind_text(st, 2, op->u.cursor.cursor);
+    sqlite3_bind_int64(st, 3, pb_now_ms());
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_err(s->db, &op->err, "cursor");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Amounts of a payment: its own, what refunds have taken (refund.succeeded
+ * events naming it) and what paybridge has asked for and not yet seen back. */
+static enum pb_rc payment_amounts(sqlite3 *db, const char *connection, const char *gateway_id,
+                                  int64_t *event_id, int64_t *amount, char currency[4],
+                                  int64_t *refunded, int64_t *pending, struct pb_err *err)
+{
+    sqlite3_stmt *st;
+    enum pb_rc rc = PB_OK;
+    *event_id = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id, json_extract(body, '$.payment.amount.minor'),"
+                           " json_extract(body, '$.payment.amount.currency') FROM events"
+                           " WHERE connection=? AND gateway_event_id=? AND type='payment.succeeded'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(db, err, "payment");
+    bind_text(st, 1, connection);
+    bind_text(st, 2, gateway_id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *event_id = sqlite3_column_int64(st, 0);
+        *amount = sqlite3_column_int64(st, 1);
+        snprintf(currency, 4, "%s", sqlite3_column_text(st, 2) ? (const char *)sqlite3_column_text(st, 2) : "");
+    }
+    sqlite3_finalize(st);
+    if (!*event_id)
+        return pb_err_set(err, PB_ERR_NOTFOUND,
+                          "no successful payment %s on connection %s is known to paybridge",
+                          gateway_id, connection);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT COALESCE(SUM(json_extract(body, '$.refund.amount.minor')), 0) FROM events"
+                           " WHERE connection=? AND original_gateway_id=? AND type='refund.succeeded'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(db, err, "refunds");
+    bind_text(st, 1, connection);
+    bind_text(st, 2, gateway_id);
+    *refunded = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT COALESCE(SUM(amount_minor), 0) FROM refund_requests"
+                           " WHERE connection=? AND original_gateway_id=? AND state='requested'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(db, err, "refund requests");
+    bind_text(st, 1, connection);
+    bind_text(st, 2, gateway_id);
+    *pending = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static enum pb_rc op_refund(struct sqlite_store *s, struct pb_store_op *op)
+{
+    int64_t pay_event, amount = 0, refunded = 0, pending = 0, left;
+    char currency[4] = "";
+    sqlite3_stmt *st;
+    enum pb_rc rc;
+    struct pb_store_op in;
+
+    /* the same reference again: idempotent, report the first request */
+    if (sqlite3_prepare_v2(s->db, "SELECT id, event_id FROM refund_requests WHERE reference=?", -1,
+                           &st, NULL) != SQLITE_OK)
+        return db_err(s->db, &op->err, "refund");
+    bind_text(st, 1, op->u.refund.reference);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        op->u.refund.request_id = sqlite3_column_int64(st, 0);
+        op->u.refund.event_id = sqlite3_column_int64(st, 1);
+        op->u.refund.duplicate = 1;
+        sqlite3_finalize(st);
+        return PB_OK;
+    }
+    sqlite3_finalize(st);
+    rc = payment_amounts(s->db, op->u.refund.connection, op->u.refund.original_gateway_id, &pay_event,
+                         &amount, currency, &refunded, &pending, &op->err);
+    if (rc)
+        return rc;
+    if (strcmp(currency, op->u.refund.currency) != 0)
+        return pb_err_set(&op->err, PB_ERR_INVALID,
+                          "the payment is in %s; a refund of it must be in %s too, not %s", currency,
+                          currency, op->u.refund.currency);
+    left = amount - refunded - pending;
+    op->u.refund.refundable_minor = left;
+    if (op->u.refund.amount_minor <= 0)
+        return pb_err_set(&op->err, PB_ERR_INVALID, "a refund amount must be greater than zero");
+    if (op->u.refund.amount_minor > left)
+        return pb_err_set(&op->err, PB_ERR_PERMANENT,
+                          "refund refused: it would take the refunds past the original payment "
+                          "(payment %lld, refunded %lld, in flight %lld, so at most %lld minor units "
+                          "of %s are left; asked %lld)",
+                          (long long)amount, (long long)refunded, (long long)pending,
+                          (long long)(left > 0 ? left : 0), currency,
+                          (long long)op->u.refund.amount_minor);
+    /* the refund.requested event and its gateway job */
+    memset(&in, 0, sizeof(in));
+    in.kind = PB_OP_INBOX_PUT;
+    in.u.inbox.connection = op->u.refund.connection;
+    {
+        char gw[300];
+        snprintf(gw, sizeof(gw), "refund-request:%s", op->u.refund.reference);
+        in.u.inbox.gateway_event_id = gw;
+        in.u.inbox.type = "refund.requested";
+        in.u.inbox.event_json = op->u.refund.event_json;
+        in.u.inbox.received_ms = op->u.refund.now_ms;
+        in.u.inbox.jobs[0] = op->u.refund.job;
+        in.u.inbox.n_jobs = 1;
+        rc = op_inbox(s, &in);
+    }
+    if (rc) {
+        op->err = in.err;
+        return rc;
+    }
+    op->u.refund.event_id = in.u.inbox.event_id;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO refund_requests(connection, original_gateway_id, amount_minor,"
+                           " currency, reason, reference, state, event_id, created_at, updated_at)"
+                           " VALUES(?,?,?,?,?,?,'requested',?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_err(s->db, &op->err, "refund");
+    bind_text(st, 1, op->u.refund.connection);
+    bind_text(st, 2, op->u.refund.original_gateway_id);
+    sqlite3_bind_int64(st, 3, op->u.refund.amount_minor);
+    bind_text(st, 4, op->u.refund.currency);
+    bind_text(st, 5, op->u.refund.reason);
+    bind_text(st, 6, op->u.refund.reference);
+    sqlite3_bind_int64(st, 7, op->u.refund.event_id);
+    sqlite3_bind_int64(st, 8, op->u.refund.now_ms);
+    sqlite3_bind_int64(st, 9, op->u.refund.now_ms);
+    rc = sqlite3_step(st) == SQLITE_DONE ? PB_OK : db_err(s->db, &op->err, "refund");
+    op->u.refund.request_id = sqlite3_last_insert_rowid(s->db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static enum pb_rc op_chargeback(struct sqlite_store *s, struct pb_store_op *op)
+{
+    sqlite3_stmt *st;
+    enum pb_rc rc = PB_OK;
+    struct pb_store_op in;
+    if (op->u.chargeback.id == 0) {
+        if (sqlite3_prepare_v2(s->db,
+                               "INSERT INTO chargebacks(connection, original_gateway_id, amount_minor,"
+                               " currency, reason_code, deadline, state, created_at, updated_at)"
+                               " VALUES(?,?,?,?,?,?,'opened',?,?)",
+                               -1, &st, NULL) != SQLITE_OK)
+            return db_err(s->db, &op->err, "chargeback");
+        bind_text(st, 1, op->u.chargeback.connection);
+        bind_text(st, 2, op->u.chargeback.original_gateway_id);
+        sqlite3_bind_int64(st, 3, op->u.chargeback.amount_minor);
+        bind_text(st, 4, op->u.chargeback.currency);
+        bind_text(st, 5, op->u.chargeback.reason_code);
+        bind_text(st, 6, op->u.chargeback.deadline);
+        sqlite3_bind_int64(st, 7, op->u.chargeback.now_ms);
+        sqlite3_bind_int64(st, 8, op->u.chargeback.now_ms);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE
+                     ? pb_err_set(&op->err, PB_ERR_EXISTS,
+                                  "a chargeback for payment %s with reason %s is already open",
+                                  op->u.chargeback.original_gateway_id, op->u.chargeback.reason_code)
+                     : db_err(s->db, &op->err, "chargeback");
+            sqlite3_finalize(st);
+            return rc;
+        }
+        op->u.chargeback.chargeback_id = sqlite3_last_insert_rowid(s->db);
+        sqlite3_finalize(st);
+    } else {
+        if (sqlite3_prepare_v2(s->db, "UPDATE chargebacks SET state=?, updated_at=? WHERE id=?", -1,
+                               &st, NULL) != SQLITE_OK)
+            return db_err(s->db, &op->err, "chargeback");
+        bind_text(st, 1, op->u.chargeback.state);
+        sqlite3_bind_int64(st, 2, op->u.chargeback.now_ms);
+        sqlite3_bind_int64(st, 3, op->u.chargeback.id);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            sqlite3_finalize(st);
+            return db_err(s->db, &op->err, "chargeback");
+        }
+        sqlite3_finalize(st);
+        if (sqlite3_changes(s->db) == 0)
+            return pb_err_set(&op->err, PB_ERR_NOTFOUND, "no chargeback with id %lld",
+                              (long long)op->u.chargeback.id);
+        op->u.chargeback.chargeback_id = op->u.chargeback.id;
+    }
+    memset(&in, 0, sizeof(in));
+    in.kind = PB_OP_INBOX_PUT;
+    in.u.inbox.connection = op->u.chargeback.connection;
+    in.u.inbox.gateway_event_id = op->u.chargeback.gateway_event_id;
+    in.u.inbox.type = op->u.chargeback.event_type;
+    in.u.inbox.event_json = op->u.chargeback.event_json;
+    in.u.inbox.original_gateway_id = op->u.chargeback.original_gateway_id;
+    in.u.inbox.received_ms = op->u.chargeback.now_ms;
+    memcpy(in.u.inbox.jobs, op->u.chargeback.jobs, sizeof(in.u.inbox.jobs));
+    in.u.inbox.n_jobs = op->u.chargeback.n_jobs;
+    rc = op_inbox(s, &in);
+    if (rc) {
+        op->err = in.err;
+        return rc;
+    }
+    op->u.chargeback.event_id = in.u.inbox.event_id;
     return PB_OK;
 }
 
@@ -504,6 +789,9 @@ static enum pb_rc apply(struct sqlite_store *s, struct pb_store_op *op)
     case PB_OP_COMPLETE: return op_complete(s, op);
     case PB_OP_REPLAY: return op_replay(s, op);
     case PB_OP_RECOVER: return op_recover(s, op);
+    case PB_OP_CURSOR_SET: return op_cursor(s, op);
+    case PB_OP_REFUND_REQUEST: return op_refund(s, op);
+    case PB_OP_CHARGEBACK: return op_chargeback(s, op);
     }
     return pb_err_set(&op->err, PB_ERR_INTERNAL, "unknown store op %d", (int)op->kind);
 }
@@ -1007,6 +1295,50 @@ static enum pb_rc sqlite_query(struct pb_store *base, const char *what, const js
         if (a) {
             res = json_incref(json_array_get(a, 0));
             json_decref(a);
+        }
+    } else if (strcmp(what, "cursor.get") == 0) {
+        const char *c = json_string_value(json_object_get(args, "connection"));
+        json_t *a = rows(r->db, "SELECT cursor FROM cursors WHERE connection=?", NULL, 0, c ? c : "", err);
+        if (a) {
+            res = json_array_size(a) ? json_incref(json_array_get(a, 0)) : json_pack("{s:n}", "cursor");
+            json_decref(a);
+        }
+    } else if (strcmp(what, "refunds.list") == 0) {
+        res = rows(r->db,
+                   "SELECT id, connection, original_gateway_id, amount_minor, currency, reason, reference,"
+                   " state, event_id, gateway_refund_id, message, created_at, updated_at"
+                   " FROM refund_requests ORDER BY id DESC LIMIT ?",
+                   &limit, 1, NULL, err);
+    } else if (strcmp(what, "chargebacks.list") == 0) {
+        res = rows(r->db,
+                   "SELECT id, connection, original_gateway_id, amount_minor, currency, reason_code,"
+                   " deadline, state, created_at, updated_at FROM chargebacks"
+                   " ORDER BY (state IN ('won','lost')), deadline, id LIMIT ?",
+                   &limit, 1, NULL, err);
+    } else if (strcmp(what, "chargeback.get") == 0) {
+        json_t *a = rows(r->db,
+                         "SELECT id, connection, original_gateway_id, amount_minor, currency, reason_code,"
+                         " deadline, state FROM chargebacks WHERE id=?",
+                         &id, 1, NULL, err);
+        if (a && json_array_size(a) == 1)
+            res = json_incref(json_array_get(a, 0));
+        else if (a)
+            pb_err_set(err, PB_ERR_NOTFOUND, "no chargeback with id %lld", (long long)id);
+        json_decref(a);
+    } else if (strcmp(what, "payment.find") == 0) {
+        const char *c = json_string_value(json_object_get(args, "connection"));
+        const char *g = json_string_value(json_object_get(args, "gateway_id"));
+        int64_t ev, amount = 0, refunded = 0, pending = 0;
+        char cur[4];
+        if (c && g && payment_amounts(r->db, c, g, &ev, &amount, cur, &refunded, &pending, err) == PB_OK) {
+            json_t *b = rows(r->db, "SELECT body AS event_json FROM events WHERE id=?", &ev, 1, NULL, err);
+            res = json_pack("{s:I,s:I,s:s,s:I,s:I,s:O}", "event_id", (json_int_t)ev, "amount_minor",
+                            (json_int_t)amount, "currency", cur, "refunded_minor", (json_int_t)refunded,
+                            "pending_minor", (json_int_t)pending, "event",
+                            json_object_get(json_array_get(b, 0), "event"));
+            json_decref(b);
+        } else if (!c || !g) {
+            pb_err_set(err, PB_ERR_INVALID, "payment.find needs connection and gateway_id");
         }
     } else if (strcmp(what, "events.count") == 0) {
         json_t *a = rows(r->db,

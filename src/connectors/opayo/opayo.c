@@ -182,11 +182,12 @@ static void opayo_destroy(struct pb_connection *c)
 const struct pb_connector_type pb_connector_opayo = {
     .abi = PB_CONNECTOR_ABI,
     .name = "opayo",
-    .caps = PB_CAP_INBOUND | PB_CAP_CONFIRM,
+    .caps = PB_CAP_INBOUND | PB_CAP_CONFIRM | PB_CAP_REFUND,
     .init = opayo_init,
     .destroy = opayo_destroy,
     .inbound = pb__opayo_inbound,
     .confirm = pb__opayo_confirm,
+    .refund = pb__opayo_refund,
     .max_batch = NULL,
     .execute = NULL,
     .default_rate_limit = {0, 0, 0, 0},

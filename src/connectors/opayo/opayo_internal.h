@@ -8,6 +8,7 @@
  *                    canonical event. Pure: no network, no store.
  *   opayo_confirm.c  GET {api_base}/transactions/{id} before posting, to make
  *                    sure the gateway agrees with the notification.
+ *   opayo_refund.c   refunds paybridge initiates (POST /transactions, Refund).
  *
  * The state is immutable after init, so every worker thread may read it
  * without a lock. Secrets are not copied into it: they stay in c->secrets,
@@ -48,6 +49,8 @@ enum pb_rc pb__opayo_confirm(struct pb_connection *c, struct pb_call_ctx *ctx, j
 
 /* Parse a strict UTC ISO 8601 instant "YYYY-MM-DDTHH:MM:SS[.fraction]Z" into
  * *out (the fraction is dropped). PB_ERR_INVALID for anything else. */
+enum pb_rc pb__opayo_refund(struct pb_connection *c, struct pb_call_ctx *ctx, const json_t *request,
+                            json_t **result, char *event_id, size_t event_id_len, struct pb_err *err);
 enum pb_rc pb__opayo_parse_instant(const char *text, time_t *out);
 
 #endif
