@@ -8,10 +8,12 @@
 
 extern const struct pb_connector_type pb_connector_opayo;
 extern const struct pb_connector_type pb_connector_xero;
+extern const struct pb_connector_type pb_connector_shopwebhook;
 
 const struct pb_connector_type *const pb_connector_types[] = {
     &pb_connector_opayo,
     &pb_connector_xero,
+    &pb_connector_shopwebhook,
     NULL,
 };
 

@@ -393,34 +393,33 @@ enum pb_rc pb_config_load(const char *path, int init, struct pb_config **out,
     for (size_t i = 0; i < pb_flowset_count(cfg->flows); i++) {
         const struct pb_flow *fl = pb_flowset_flow(cfg->flows, i);
         struct pb_conn_entry *src = pb_config_connection(cfg, fl->source);
-        struct pb_conn_entry *dst = pb_config_connection(cfg, fl->target);
         if (!src) {
             pb_diags_add(diags, fl->file, 1, "flow %s: source connection \"%s\" is not defined in %s",
                          fl->name, fl->source, path);
             c.errors++;
-        } else if (!(src->conn.type->caps & PB_CAP_INBOUND)) {
+        } else if (!(src->conn.type->caps & PB_CAP_INBOUND) && !(src->conn.type->caps & PB_CAP_POLL)) {
             pb_diags_add(diags, fl->file, 1, "flow %s: source connection \"%s\" (%s) cannot receive events",
                          fl->name, fl->source, src->conn.type->name);
             c.errors++;
         }
-        if (!dst) {
-            pb_diags_add(diags, fl->file, 1, "flow %s: target connection \"%s\" is not defined in %s",
-                         fl->name, fl->target, path);
-            c.errors++;
-        } else if (!(dst->conn.type->caps & PB_CAP_SINK)) {
-            pb_diags_add(diags, fl->file, 1, "flow %s: target connection \"%s\" (%s) is not an ERP sink",
-                         fl->name, fl->target, dst->conn.type->name);
-            c.errors++;
-        } else {
-            for (size_t s = 0; s < fl->n_steps; s++) {
-                const struct pb_flow_step *st = (&fl->steps[s]);
-                if (dst->conn.type->max_batch(&dst->conn, st->command) == 0) {
-                    pb_diags_add(diags, fl->file, st->line,
-                                 "flow %s step %s: the %s connector has no command \"%s\"",
-                                 fl->name, st->name, dst->conn.type->name,
-                                 st->command);
-                    c.errors++;
-                }
+        for (size_t s = 0; s < fl->n_steps; s++) {
+            const struct pb_flow_step *st = &fl->steps[s];
+            struct pb_conn_entry *dst = pb_config_connection(cfg, st->target);
+            if (!dst) {
+                pb_diags_add(diags, fl->file, st->line,
+                             "flow %s step %s: target connection \"%s\" is not defined in %s",
+                             fl->name, st->name, st->target, path);
+                c.errors++;
+            } else if (!(dst->conn.type->caps & PB_CAP_SINK)) {
+                pb_diags_add(diags, fl->file, st->line,
+                             "flow %s step %s: target connection \"%s\" (%s) is not an ERP sink",
+                             fl->name, st->name, st->target, dst->conn.type->name);
+                c.errors++;
+            } else if (dst->conn.type->max_batch(&dst->conn, st->command) == 0) {
+                pb_diags_add(diags, fl->file, st->line,
+                             "flow %s step %s: the %s connector has no command \"%s\"",
+                             fl->name, st->name, dst->conn.type->name, st->command);
+                c.errors++;
             }
         }
     }

@@ -644,7 +644,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             op->u.complete.next.flow = x->job->flow;
             op->u.complete.next.step = x->job->step + 1;
             op->u.complete.next.step_name = nx->name;
-            op->u.complete.next.target = x->flow->target;
+            op->u.complete.next.target = nx->target;
             op->u.complete.next.command = nx->command;
             op->u.complete.next.run_at_ms = now;
         }

@@ -547,6 +547,7 @@ static const struct key_spec step_keys[] = {
     {"name", 1,
      "a name for the step, e.g. `name: invoice` (it is how later steps say $refs.invoice)"},
     {"command", 1, "the sink command, e.g. `command: invoice.create`"},
+    {"target", 0, NULL},
     {"description", 0, NULL},
     {"when", 0, NULL},
     {"reference", 1,
@@ -1149,6 +1150,13 @@ static void parse_step(struct loader *ld, const json_t *obj, size_t index, int l
     check_keys(ld, obj, step_keys, what);
     command = get_name(ld, obj, "command", NAME_COMMAND, what);
     st->command = command ? arena_strdup(ld->arena, command) : NULL;
+    {
+        /* a step may run against another sink than the flow's (e.g. the
+         * shop's status webhook after the ERP steps); default: the flow's */
+        const char *t = json_object_get(obj, "target") ? get_name(ld, obj, "target", NAME_CONNECTION, what)
+                                                       : NULL;
+        st->target = t ? arena_strdup(ld->arena, t) : NULL;
+    }
     desc = get_text(ld, obj, "description", what);
     st->description = desc ? arena_strdup(ld->arena, desc) : NULL;
 
@@ -1330,6 +1338,9 @@ static void parse_flow(struct loader *ld)
         }
         parse_step(ld, st, i, node_line(ld, st, key_line(ld, root, "steps")));
     }
+    for (size_t i = 0; i < f->n_steps; i++)
+        if (!f->steps[i].target)
+            ((struct pb_flow_step *)&f->steps[i])->target = f->target;
     for (size_t i = 0; i < f->n_steps; i++) {
         ((struct pb_flow_step *)&f->steps[i])->leaf_base = f->n_leaves;
         f->n_leaves += f->steps[i].n_leaves;

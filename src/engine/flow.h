@@ -92,6 +92,7 @@ struct pb_flow_step {
     unsigned magic;             /* PB_FLOW_STEP_MAGIC */
     const char *name;           /* "contact": unique in the flow, a jq identifier */
     const char *command;        /* sink command, e.g. "contact.upsert" */
+    const char *target;         /* sink connection of this step: its `target:`, else the flow's */
     const char *description;    /* free text, or NULL */
     const struct pb_flow *flow; /* the flow it belongs to */
     size_t index;               /* position in flow->steps */

@@ -46,7 +46,7 @@ void pb_route_jobs(const struct pb_config *cfg, const struct pb_conn_entry *conn
         } else {
             j->step = 1;
             j->step_name = fl->steps[0].name;
-            j->target = fl->target;
+            j->target = fl->steps[0].target;
             j->command = fl->steps[0].command;
         }
         j->run_at_ms = now;
