@@ -1,6 +1,7 @@
 /*
  * sandbox/xero.c: an emulator of the Xero Accounting API (OAuth2 client
- * credentials, Contacts, Invoices, Payments) for paybridge's tests and
+ * credentials, Contacts, Invoices, Payments, CreditNotes and their
+ * Allocations) for paybridge's tests and
  * benchmarks. It speaks the wire format of /work/shared/specs/xero (envelopes,
  * /Date(ms+0000)/ dates, ValidationException bodies, summarizeErrors,
  * Idempotency-Key, where filters, rate-limit headers), keeps everything in
@@ -14,8 +15,12 @@
  *   GET  /api.xro/2.0/Contacts[/{id}]
  *   PUT|POST /api.xro/2.0/Invoices, POST /Invoices/{id} (update)
  *   GET  /api.xro/2.0/Invoices[/{id or number}]
- *   PUT /api.xro/2.0/Payments (batch), POST /Payments (one)
+ *   PUT /api.xro/2.0/Payments (batch), POST /Payments (one); a payment names
+ *        an Invoice, or a CreditNote (a cash refund of the credit)
  *   GET  /api.xro/2.0/Payments[/{id}]
+ *   PUT|POST /api.xro/2.0/CreditNotes, POST /CreditNotes/{id} (update, e.g.
+ *        Status VOIDED), GET /CreditNotes[/{id or number}]
+ *   PUT  /api.xro/2.0/CreditNotes/{id}/Allocations (credit applied to invoices)
  *   GET  /_sandbox/stats, POST /_sandbox/reset
  *
  * Settings (all optional; defaults in brackets): client_id ["sandbox-client"],
@@ -60,6 +65,18 @@
  * Updates of existing records merge the stored document with the element and
  * re-run step 1 under the lock; they are rare next to creates.
  *
+ * Credit notes are invoices of another kind (struct doc_kind): the same
+ * record, checks, lines, totals, numbering (CN-nnnn for ACCRECCREDIT),
+ * update and status rules, kept in their own store and indexes so that
+ * GET /Invoices never lists them. A credit note's RemainingCredit is its
+ * `due`: total minus refunds (payments on it) minus allocations. An
+ * allocation lowers both the note's RemainingCredit and the invoice's
+ * AmountDue (raising its AmountCredited); at zero either becomes PAID. A
+ * PAID invoice takes no allocation ("has already been paid off"): its refund
+ * is a payment on the credit note (PaymentType ARCREDITPAYMENT). A document
+ * with payments or allocations cannot be voided; a PAID one cannot change
+ * status at all.
+ *
  * Money: every amount is an int64 in minor units of the document's currency
  * (pb_currency_exponent). Quantity and UnitAmount are kept at 4 decimal
  * places; LineAmount = Quantity x UnitAmount is computed exactly at 8 places
@@ -81,9 +98,10 @@
  *
  * Indexes: chained hash tables (struct hidx) from a key to records, case-
  * insensitive, several records per key: contacts by ContactID, Name,
- * EmailAddress; invoices by InvoiceID, InvoiceNumber, Reference, ContactID;
- * payments by PaymentID, Reference, InvoiceID. Keys are borrowed from the
- * records, so a key is removed from its index before its record changes it.
+ * EmailAddress; invoices and (apart) credit notes by ID, number, Reference,
+ * ContactID; payments by PaymentID, Reference, InvoiceID, CreditNoteID. Keys
+ * are borrowed from the records, so a key is removed from its index before
+ * its record changes it.
  *
  * Locking: two mutexes, never held together except by reset (data, then
  * gate): `data` guards the records, indexes and their counters; `gate`
@@ -96,7 +114,8 @@
  * rate-limit decision would wait behind a 100k-record listing).
  *
  * Not emulated: tax rates (TotalTax is always 0), discounts, tracking,
- * credit notes, overpayments, deleting payments, If-Modified-Since, `order`.
+ * overpayments, prepayments, deleting payments or allocations,
+ * If-Modified-Since, `order`.
  */
 #include <ctype.h>
 #include <inttypes.h>
@@ -288,7 +307,7 @@ static void hidx_clear(struct hidx *ix)
 
 /* ==== records ============================================================= */
 
-enum entity { E_CONTACT, E_INVOICE, E_PAYMENT };
+enum entity { E_CONTACT, E_INVOICE, E_PAYMENT, E_CREDIT_NOTE };
 
 struct contact {
     uint64_t seq;               /* creation order, for stable listing */
@@ -301,35 +320,99 @@ struct contact {
 };
 
 struct payment;
+struct allocation;
 
+/* What tells an invoice from a credit note: the two are one record type
+ * (struct invoice) with the same life (lines, totals, contact, number,
+ * status, payments), stored apart and named apart on the wire. */
+struct doc_kind {
+    enum entity ent;            /* E_INVOICE | E_CREDIT_NOTE */
+    int store;                  /* index into xero.docs */
+    int credit;                 /* 1 for credit notes */
+    const char *envelope;       /* "Invoices" | "CreditNotes" */
+    const char *id_key;         /* "InvoiceID" | "CreditNoteID" */
+    const char *number_key;     /* "InvoiceNumber" | "CreditNoteNumber" */
+    const char *word;           /* "Invoice" | "Credit Note": starts messages */
+    const char *a_word;         /* "An invoice" | "A credit note" */
+    const char *lword;          /* "invoice" | "credit note" */
+    const char *types[3];       /* the receivable type first: it is auto-numbered */
+    const char *number_prefix;  /* "INV-" | "CN-" */
+};
+
+static const struct doc_kind KIND_INVOICE = {
+    .ent = E_INVOICE,
+    .store = 0,
+    .credit = 0,
+    .envelope = "Invoices",
+    .id_key = "InvoiceID",
+    .number_key = "InvoiceNumber",
+    .word = "Invoice",
+    .a_word = "An invoice",
+    .lword = "invoice",
+    .types = {"ACCREC", "ACCPAY", NULL},
+    .number_prefix = "INV-",
+};
+static const struct doc_kind KIND_CREDIT_NOTE = {
+    .ent = E_CREDIT_NOTE,
+    .store = 1,
+    .credit = 1,
+    .envelope = "CreditNotes",
+    .id_key = "CreditNoteID",
+    .number_key = "CreditNoteNumber",
+    .word = "Credit Note",
+    .a_word = "A credit note",
+    .lword = "credit note",
+    .types = {"ACCRECCREDIT", "ACCPAYCREDIT", NULL},
+    .number_prefix = "CN-",
+};
+
+/* An invoice or a credit note (kind). For a credit note, `due` is its
+ * RemainingCredit, `paid` what was refunded by payments and `credited` what
+ * was allocated to invoices; for an invoice, `credited` is the AmountCredited
+ * by credit notes. Always due = total - paid - credited. */
 struct invoice {
     uint64_t seq;
+    const struct doc_kind *kind;
     char id[37];
     char *number;               /* owned, "" when none (ACCPAY without one) */
     char *reference;            /* owned, "" when none */
-    char type[8];               /* ACCREC | ACCPAY */
+    char type[16];              /* ACCREC | ACCPAY | ACCRECCREDIT | ACCPAYCREDIT */
     char status[12];            /* DRAFT SUBMITTED AUTHORISED PAID VOIDED DELETED */
     char currency[4];
     char contact_id[37];        /* index key, = contact->id */
     struct contact *contact;    /* borrowed: contacts live until reset */
-    int64_t total, paid, due;   /* minor units of currency */
+    int64_t total, paid, credited, due;  /* minor units of currency */
     int64_t updated_ms;
     int64_t fully_paid_days;    /* days since the epoch, -1 until fully paid */
     struct payment **pays;      /* owned array of borrowed payments, oldest first */
     size_t n_pays, cap_pays;
+    struct allocation **allocs; /* owned array of borrowed allocations, oldest first */
+    size_t n_allocs, cap_allocs;
     char *head;                 /* owned: the members only an update changes, as
                                    compact JSON without the closing brace */
     size_t head_len;
+};
+
+/* Credit applied from a credit note to an invoice (both borrowed; they live
+ * until reset, as the allocation does). */
+struct allocation {
+    char id[37];                /* AllocationID */
+    struct invoice *credit_note;
+    struct invoice *invoice;
+    int64_t amount;             /* minor units of both documents' currency */
+    int64_t date;               /* days since the epoch */
 };
 
 struct payment {
     uint64_t seq;
     char id[37];
     char *reference;            /* owned, "" when none */
-    char invoice_id[37];
+    char invoice_id[37];        /* "" for a refund of a credit note */
     char *invoice_number;       /* owned */
+    char credit_note_id[37];    /* "" for a payment of an invoice */
     char status[12];            /* AUTHORISED */
-    char type[16];              /* ACCRECPAYMENT | ACCPAYPAYMENT */
+    char type[16];              /* ACCRECPAYMENT | ACCPAYPAYMENT | ARCREDITPAYMENT |
+                                   APCREDITPAYMENT */
     char currency[4];
     int64_t amount;             /* minor units of currency */
     int64_t date;               /* days since the epoch */
@@ -372,6 +455,8 @@ enum op {
     OP_CONTACTS_GET, OP_CONTACT_GET, OP_CONTACTS_PUT, OP_CONTACTS_POST,
     OP_INVOICES_GET, OP_INVOICE_GET, OP_INVOICES_PUT, OP_INVOICES_POST, OP_INVOICE_POST,
     OP_PAYMENTS_GET, OP_PAYMENT_GET, OP_PAYMENTS_PUT, OP_PAYMENTS_POST,
+    OP_CREDIT_NOTES_GET, OP_CREDIT_NOTE_GET, OP_CREDIT_NOTES_PUT, OP_CREDIT_NOTES_POST,
+    OP_CREDIT_NOTE_POST, OP_ALLOCATIONS_PUT,
     OP_STATS, OP_RESET, OP__COUNT
 };
 
@@ -403,13 +488,17 @@ struct xero {
 
     /* --- guarded by `data` --- */
     pthread_mutex_t data;
-    struct vec contacts, invoices, payments;
+    struct vec contacts, payments, allocations;
     struct hidx c_id, c_name, c_email;
-    struct hidx i_id, i_number, i_ref, i_contact;
-    struct hidx p_id, p_ref, p_invoice;
+    struct docs {               /* [0] invoices, [1] credit notes (doc_kind.store) */
+        struct vec recs;
+        struct hidx id, number, ref, contact;
+        unsigned counter;       /* last auto INV-nnnn / CN-nnnn */
+        uint64_t dup_refs;      /* records created with a Reference already taken */
+    } docs[2];
+    struct hidx p_id, p_ref, p_invoice, p_credit_note;
     uint64_t seq;               /* last record seq */
-    unsigned invoice_counter;   /* last auto INV-nnnn */
-    uint64_t dup_invoice_refs, dup_payment_refs;
+    uint64_t dup_payment_refs;
 
     /* --- guarded by `gate` --- */
     pthread_mutex_t gate;
@@ -1078,14 +1167,27 @@ static void clear_data(struct xero *x)
         free(c->email);
         free(c);
     }
-    for (i = 0; i < x->invoices.n; i++) {
-        struct invoice *inv = x->invoices.v[i];
-        free(inv->head);
-        free(inv->pays);
-        free(inv->number);
-        free(inv->reference);
-        free(inv);
+    for (int k = 0; k < 2; k++) {
+        struct docs *d = &x->docs[k];
+        for (i = 0; i < d->recs.n; i++) {
+            struct invoice *inv = d->recs.v[i];
+            free(inv->head);
+            free(inv->pays);
+            free(inv->allocs);
+            free(inv->number);
+            free(inv->reference);
+            free(inv);
+        }
+        d->recs.n = 0;
+        hidx_clear(&d->id);
+        hidx_clear(&d->number);
+        hidx_clear(&d->ref);
+        hidx_clear(&d->contact);
+        d->counter = 0;
+        d->dup_refs = 0;
     }
+    for (i = 0; i < x->allocations.n; i++)
+        free(x->allocations.v[i]);
     for (i = 0; i < x->payments.n; i++) {
         struct payment *p = x->payments.v[i];
         free(p->text);
@@ -1093,19 +1195,15 @@ static void clear_data(struct xero *x)
         free(p->invoice_number);
         free(p);
     }
-    x->contacts.n = x->invoices.n = x->payments.n = 0;
+    x->contacts.n = x->payments.n = x->allocations.n = 0;
     hidx_clear(&x->c_id);
     hidx_clear(&x->c_name);
     hidx_clear(&x->c_email);
-    hidx_clear(&x->i_id);
-    hidx_clear(&x->i_number);
-    hidx_clear(&x->i_ref);
-    hidx_clear(&x->i_contact);
     hidx_clear(&x->p_id);
     hidx_clear(&x->p_ref);
     hidx_clear(&x->p_invoice);
-    x->invoice_counter = 0;
-    x->dup_invoice_refs = x->dup_payment_refs = 0;
+    hidx_clear(&x->p_credit_note);
+    x->dup_payment_refs = 0;
 }
 
 /* Forget every stored reply. With `all` 0, entries of requests still running
@@ -1143,8 +1241,10 @@ static void xero_destroy(void *state)
     x->magic = 0;
     clear_data(x);
     free(x->contacts.v);
-    free(x->invoices.v);
+    free(x->docs[0].recs.v);
+    free(x->docs[1].recs.v);
     free(x->payments.v);
+    free(x->allocations.v);
     clear_idempotency(x, 1);
     hidx_clear(&x->idem_ix);
     for (size_t i = 0; i < x->token_n; i++)
@@ -1722,21 +1822,69 @@ static void render_contact_ref(struct outbuf *b, const struct contact *ct)
     out_str(b, "}");
 }
 
-/* An invoice: its head, then the members that payments and numbering change. */
+/* {"AllocationID":..,"Amount":..,"Date":..,<the other document>} */
+static void render_allocation_ref(struct outbuf *b, const struct allocation *a, int from_invoice)
+{
+    const struct invoice *other = from_invoice ? a->credit_note : a->invoice;
+    out_str(b, "{\"AllocationID\":\"");
+    out_str(b, a->id);
+    out_str(b, from_invoice ? "\",\"AppliedAmount\":" : "\",\"Amount\":");
+    out_money(b, a->amount, other->currency);
+    out_str(b, ",\"Date\":");
+    out_msdate(b, a->date * 86400000);
+    if (from_invoice) {
+        /* an invoice lists the credit notes applied to it */
+        out_str(b, ",\"CreditNoteID\":\"");
+        out_str(b, other->id);
+        out_str(b, "\",\"ID\":\"");
+        out_str(b, other->id);
+        out_str(b, "\",\"CreditNoteNumber\":");
+        out_jstr(b, other->number);
+        out_str(b, ",\"Reference\":");
+        out_jstr(b, other->reference);
+        out_str(b, ",\"Total\":");
+        out_money(b, other->total, other->currency);
+        out_str(b, "}");
+        return;
+    }
+    out_str(b, ",\"Invoice\":{\"InvoiceID\":\"");
+    out_str(b, other->id);
+    out_str(b, "\",\"InvoiceNumber\":");
+    out_jstr(b, other->number);
+    out_str(b, "}}");
+}
+
+/* An invoice or a credit note: its head, then the members that payments,
+ * allocations and numbering change. */
 static void render_invoice(struct outbuf *b, const struct invoice *inv, int ok)
 {
+    int credit = inv->kind->credit;
     out_add(b, inv->head, inv->head_len);
-    out_str(b, ",\"InvoiceNumber\":");
+    out_str(b, credit ? ",\"CreditNoteNumber\":" : ",\"InvoiceNumber\":");
     out_jstr(b, inv->number);
     out_str(b, ",\"Contact\":");
     render_contact_ref(b, inv->contact);
     out_str(b, ",\"Status\":\"");
     out_str(b, inv->status);
-    out_str(b, "\",\"AmountDue\":");
-    out_money(b, inv->due, inv->currency);
-    out_str(b, ",\"AmountPaid\":");
-    out_money(b, inv->paid, inv->currency);
-    out_str(b, ",\"Payments\":[");
+    if (credit) {
+        out_str(b, "\",\"RemainingCredit\":");
+        out_money(b, inv->due, inv->currency);
+        out_str(b, ",\"Allocations\":[");
+    } else {
+        out_str(b, "\",\"AmountDue\":");
+        out_money(b, inv->due, inv->currency);
+        out_str(b, ",\"AmountPaid\":");
+        out_money(b, inv->paid, inv->currency);
+        out_str(b, ",\"AmountCredited\":");
+        out_money(b, inv->credited, inv->currency);
+        out_str(b, ",\"CreditNotes\":[");
+    }
+    for (size_t i = 0; i < inv->n_allocs; i++) {
+        if (i)
+            out_str(b, ",");
+        render_allocation_ref(b, inv->allocs[i], !credit);
+    }
+    out_str(b, "],\"Payments\":[");
     for (size_t i = 0; i < inv->n_pays; i++) {
         const struct payment *p = inv->pays[i];
         out_str(b, i ? ",{\"PaymentID\":\"" : "{\"PaymentID\":\"");
@@ -2210,11 +2358,12 @@ struct line_in {
 };
 
 struct invoice_in {
+    const struct doc_kind *kind;
     json_t *src;                /* borrowed element as sent */
     json_t *merged;             /* owned: stored doc + element, for updates */
     json_t *errs;               /* owned ValidationErrors */
     char id[64];                /* InvoiceID as sent */
-    char type[8], status[12], currency[4], lat[12];
+    char type[16], status[12], currency[4], lat[12];
     int64_t date, due;          /* days since the epoch */
     const char *reference;      /* borrowed, NULL when absent */
     const char *number;         /* borrowed, NULL when absent */
@@ -2258,12 +2407,13 @@ static int one_of(const char *s, const char *const *set)
     return 0;
 }
 
-/* Step 1 for one invoice (create) or a merged update: all checks that need
- * no state. `e` is the element (or the merge); a create may only ask for
- * DRAFT, SUBMITTED or AUTHORISED. */
+/* Step 1 for one invoice or credit note (create) or a merged update: all
+ * checks that need no state. `e` is the element (or the merge); a create may
+ * only ask for DRAFT, SUBMITTED or AUTHORISED. ii->kind is set. */
 static void invoice_check(const struct call *c, struct invoice_in *ii, json_t *e, int is_update)
 {
-    static const char *const types[] = {"ACCREC", "ACCPAY", NULL};
+    const struct doc_kind *k = ii->kind;
+    const char *const *types = k->types;
     static const char *const lats[] = {"Exclusive", "Inclusive", "NoTax", NULL};
     static const char *const statuses[] = {"DRAFT", "SUBMITTED", "AUTHORISED", "PAID",
                                            "VOIDED", "DELETED", NULL};
@@ -2274,28 +2424,30 @@ static void invoice_check(const struct call *c, struct invoice_in *ii, json_t *e
     size_t i;
 
     if (!json_is_object(e)) {
-        add_error(&ii->errs, "An invoice must be a JSON object");
+        add_error(&ii->errs, "%s must be a JSON object", k->a_word);
         return;
     }
-    s = opt_str(e, "InvoiceID", &bad);
+    s = opt_str(e, k->id_key, &bad);
     if (bad || (s && !is_uuid_like(s))) {
-        add_error(&ii->errs, "InvoiceID must be a GUID");
+        add_error(&ii->errs, "%s must be a GUID", k->id_key);
         bad = 0;
     } else if (s) {
         copy_str(ii->id, sizeof(ii->id), s);
     }
     s = opt_str(e, "Type", &bad);
     if (bad || !s)
-        add_error(&ii->errs, "Invoice Type must be specified (ACCREC or ACCPAY)");
+        add_error(&ii->errs, "%s Type must be specified (%s or %s)", k->word, types[0],
+                  types[1]);
     else if (!one_of(s, types))
-        add_error(&ii->errs, "Invoice Type '%s' is not supported; use ACCREC or ACCPAY", s);
+        add_error(&ii->errs, "%s Type '%s' is not supported; use %s or %s", k->word, s,
+                  types[0], types[1]);
     else
         copy_str(ii->type, sizeof(ii->type), s);
     bad = 0;
     s = opt_str(e, "Status", &bad);
     if (bad || (s && !one_of(s, statuses)) ||
         (s && !is_update && one_of(s, statuses + 3)))
-        add_error(&ii->errs, "Invoice Status must be DRAFT, SUBMITTED or AUTHORISED");
+        add_error(&ii->errs, "%s Status must be DRAFT, SUBMITTED or AUTHORISED", k->word);
     else
         copy_str(ii->status, sizeof(ii->status), s ? s : "DRAFT");
     bad = 0;
@@ -2332,11 +2484,11 @@ static void invoice_check(const struct call *c, struct invoice_in *ii, json_t *e
     else if (ii->reference && strlen(ii->reference) > NAME_MAX_LEN)
         add_error(&ii->errs, "Reference must be at most 255 characters");
     bad = 0;
-    ii->number = opt_str(e, "InvoiceNumber", &bad);
+    ii->number = opt_str(e, k->number_key, &bad);
     if (bad)
-        add_error(&ii->errs, "InvoiceNumber must be a string");
+        add_error(&ii->errs, "%s must be a string", k->number_key);
     else if (ii->number && strlen(ii->number) > NAME_MAX_LEN)
-        add_error(&ii->errs, "InvoiceNumber must be at most 255 characters");
+        add_error(&ii->errs, "%s must be at most 255 characters", k->number_key);
     else if (ii->number && !*ii->number)
         ii->number = NULL;
     bad = 0;
@@ -2482,38 +2634,48 @@ static void invoice_finalize(struct invoice_in *ii)
             }
         }
         if (__builtin_add_overflow(sum, amount, &sum)) {
-            add_error(&ii->errs, "The invoice total is too large");
+            add_error(&ii->errs, "The %s total is too large", ii->kind->lword);
             return;
         }
         json_object_set_new(li->doc, "TaxAmount", money_json(0, ii->currency));
         json_object_set_new(li->doc, "LineAmount", money_json(amount, ii->currency));
     }
     if (!ii->errs && sum < 0)
-        add_error(&ii->errs, "The invoice total cannot be negative");
+        add_error(&ii->errs, "The %s total cannot be negative", ii->kind->lword);
     ii->total = sum;
     ii->finalized = 1;
 }
 
-/* The head of an invoice: every member except those render_invoice() adds
- * from the record (number, contact, status, amounts due and paid, payments,
- * dates of change). Returns compact text without the closing brace. */
+/* The head of an invoice or credit note: every member except those
+ * render_invoice() adds from the record (number, contact, status, amounts
+ * due, paid and credited, allocations, payments, dates of change). Returns
+ * compact text without the closing brace. */
 static char *invoice_head(const struct invoice_in *ii, const char *id, size_t *len)
 {
     json_t *lines = json_array(), *doc;
     char *text;
     for (size_t i = 0; i < ii->n_lines; i++)
         json_array_append(lines, ii->lines[i].doc);
-    doc = json_pack("{s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:o,s:s,s:s,"
-                    "s:[],s:[],s:[],s:b,s:b,s:b,s:b}",
+    if (ii->kind->credit)
+        doc = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:s,s:s,s:b,s:b}", "Type",
+                        ii->type, "CreditNoteID", id, "ID", id, "Reference",
+                        ii->reference ? ii->reference : "", "Date", msdate(ii->date * 86400000),
+                        "DateString", date_string(ii->date), "LineAmountTypes", ii->lat,
+                        "LineItems", lines, "SubTotal", money_json(ii->total, ii->currency),
+                        "TotalTax", money_json(0, ii->currency), "Total",
+                        money_json(ii->total, ii->currency), "CurrencyCode", ii->currency,
+                        "CurrencyRate", "1.000000", "HasErrors", 0, "HasAttachments", 0);
+    else
+        doc = json_pack("{s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:o,s:o,s:o,s:o,s:s,s:s,"
+                    "s:[],s:[],s:b,s:b,s:b,s:b}",
                     "Type", ii->type, "InvoiceID", id, "Reference",
                     ii->reference ? ii->reference : "", "Date", msdate(ii->date * 86400000),
                     "DateString", date_string(ii->date), "DueDate", msdate(ii->due * 86400000),
                     "DueDateString", date_string(ii->due), "LineAmountTypes", ii->lat,
                     "LineItems", lines, "SubTotal", money_json(ii->total, ii->currency),
                     "TotalTax", money_json(0, ii->currency), "Total",
-                    money_json(ii->total, ii->currency), "AmountCredited",
-                    money_json(0, ii->currency), "CurrencyCode", ii->currency, "CurrencyRate",
-                    "1.000000", "CreditNotes", "Prepayments", "Overpayments", "HasErrors", 0,
+                    money_json(ii->total, ii->currency), "CurrencyCode", ii->currency,
+                    "CurrencyRate", "1.000000", "Prepayments", "Overpayments", "HasErrors", 0,
                     "IsDiscounted", 0, "HasAttachments", 0, "SentToContact",
                     json_is_true(json_object_get(ii->merged ? ii->merged : ii->src,
                                                  "SentToContact")));
@@ -2522,11 +2684,16 @@ static char *invoice_head(const struct invoice_in *ii, const char *id, size_t *l
     return text;
 }
 
+static struct docs *docs_of(struct xero *x, const struct doc_kind *k)
+{
+    return &x->docs[k->store];
+}
+
 static int invoice_index(struct xero *x, struct invoice *inv)
 {
-    return hidx_add(&x->i_id, inv->id, inv) | hidx_add(&x->i_number, inv->number, inv) |
-           hidx_add(&x->i_ref, inv->reference, inv) |
-           hidx_add(&x->i_contact, inv->contact_id, inv);
+    struct docs *d = docs_of(x, inv->kind);
+    return hidx_add(&d->id, inv->id, inv) | hidx_add(&d->number, inv->number, inv) |
+           hidx_add(&d->ref, inv->reference, inv) | hidx_add(&d->contact, inv->contact_id, inv);
 }
 
 /* 1 when an earlier record in `ix` has exactly `ref` (data held). */
@@ -2541,12 +2708,15 @@ static int ref_taken(const struct hidx *ix, const char *ref, const void *self)
     return 0;
 }
 
-static int number_taken(struct xero *x, const char *number, const struct invoice *self)
+/* Numbers of the receivable type (ACCREC, ACCRECCREDIT) are unique within
+ * their kind; payables carry the supplier's number, which may repeat. */
+static int number_taken(struct xero *x, const struct doc_kind *k, const char *number,
+                        const struct invoice *self)
 {
     struct hent *h;
-    for (h = hidx_find(&x->i_number, number); h; h = hidx_next(h, number)) {
+    for (h = hidx_find(&docs_of(x, k)->number, number); h; h = hidx_next(h, number)) {
         struct invoice *inv = h->rec;
-        if (inv != self && !strcmp(inv->type, "ACCREC"))
+        if (inv != self && !strcmp(inv->type, k->types[0]))
             return 1;
     }
     return 0;
@@ -2563,28 +2733,36 @@ static const char *transition_error(const struct invoice *old, const char *to)
             !strcmp(to, "DELETED"))
             return NULL;
     } else if (!strcmp(from, "AUTHORISED")) {
-        if (!strcmp(to, "VOIDED"))
-            return old->paid ? "This document cannot be voided as it has payments applied." : NULL;
+        if (!strcmp(to, "VOIDED")) {
+            if (old->paid)
+                return "This document cannot be voided as it has payments applied.";
+            if (old->credited)
+                return old->kind->credit ? "This document cannot be voided as it has been "
+                                           "allocated to an invoice."
+                                         : "This document cannot be voided as it has a credit "
+                                           "note allocated to it.";
+            return NULL;
+        }
     }
     return "invalid";
 }
 
-/* Keys an update may carry once money has moved or the invoice is closed. */
-static int only_light_keys(json_t *e)
+/* Keys an update may carry once money has moved or the document is closed. */
+static int only_light_keys(const struct doc_kind *k, json_t *e)
 {
-    static const char *const light[] = {"InvoiceID", "InvoiceNumber", "Reference", "Status",
-                                        "DueDate", "SentToContact", "ExpectedPaymentDate", NULL};
+    static const char *const light[] = {"Reference", "Status", "DueDate", "SentToContact",
+                                        "ExpectedPaymentDate", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(e, key, v)
     {
-        if (!one_of(key, light))
+        if (!one_of(key, light) && strcmp(key, k->id_key) && strcmp(key, k->number_key))
             return 0;
     }
     return 1;
 }
 
-/* Step 2 for one invoice (data held): resolve contact, number, update rules. */
+/* Step 2 for one document (data held): resolve contact, number, update rules. */
 static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *batch_numbers,
                             struct hidx *batch_contacts,
                             struct contact_in *pending_contacts, size_t *n_pending)
@@ -2613,27 +2791,31 @@ static void invoice_resolve(struct call *c, struct invoice_in *ii, struct hidx *
         }
     }
     if (ii->number) {
-        if (!strcmp(ii->type, "ACCREC") &&
-            (number_taken(x, ii->number, ii->target) || hidx_find(batch_numbers, ii->number))) {
-            add_error(&ii->errs, "Invoice # must be unique.");
+        if (!strcmp(ii->type, ii->kind->types[0]) &&
+            (number_taken(x, ii->kind, ii->number, ii->target) ||
+             hidx_find(batch_numbers, ii->number))) {
+            add_error(&ii->errs, "%s # must be unique.", ii->kind->word);
             return;
         }
         hidx_add(batch_numbers, ii->number, ii);
     }
 }
 
-/* The next free INV-nnnn (data held). */
-static void next_number(struct xero *x, const struct hidx *batch, char *buf, size_t len)
+/* The next free INV-nnnn / CN-nnnn (data held). */
+static void next_number(struct xero *x, const struct doc_kind *k, const struct hidx *batch,
+                        char *buf, size_t len)
 {
+    struct docs *d = docs_of(x, k);
     do
-        snprintf(buf, len, "INV-%04u", ++x->invoice_counter);
-    while (hidx_find(&x->i_number, buf) || hidx_find(batch, buf));
+        snprintf(buf, len, "%s%04u", k->number_prefix, ++d->counter);
+    while (hidx_find(&d->number, buf) || hidx_find(batch, buf));
 }
 
-/* Step 2 commit of a new invoice (data held); takes ii->head. */
+/* Step 2 commit of a new document (data held); takes ii->head. */
 static void invoice_commit_new(struct call *c, struct invoice_in *ii, const struct hidx *batch)
 {
     struct xero *x = c->x;
+    struct docs *d = docs_of(x, ii->kind);
     struct invoice *inv = calloc(1, sizeof(*inv));
     struct contact *ct = ii->contact;
     char number[256] = "";
@@ -2641,7 +2823,7 @@ static void invoice_commit_new(struct call *c, struct invoice_in *ii, const stru
         goto oom;
     if (!ct && ii->new_contact) {
         struct contact_in *pc = ii->new_contact;
-        if (!pc->target)    /* the first invoice to use it creates it */
+        if (!pc->target)    /* the first document to use it creates it */
             pc->target = contact_insert_named(x, pc->name, c->now_ms);
         ct = pc->target;
     }
@@ -2649,12 +2831,13 @@ static void invoice_commit_new(struct call *c, struct invoice_in *ii, const stru
         goto oom;
     if (ii->number)
         copy_str(number, sizeof(number), ii->number);
-    else if (!strcmp(ii->type, "ACCREC"))
-        next_number(x, batch, number, sizeof(number));
+    else if (!strcmp(ii->type, ii->kind->types[0]))
+        next_number(x, ii->kind, batch, number, sizeof(number));
     copy_str(inv->id, sizeof(inv->id), ii->new_id);
+    inv->kind = ii->kind;
     inv->number = xstrdup(number);
     inv->reference = xstrdup(ii->reference);
-    if (!inv->number || !inv->reference || vec_push(&x->invoices, inv))
+    if (!inv->number || !inv->reference || vec_push(&d->recs, inv))
         goto oom;
     copy_str(inv->type, sizeof(inv->type), ii->type);
     copy_str(inv->status, sizeof(inv->status), ii->status);
@@ -2668,8 +2851,8 @@ static void invoice_commit_new(struct call *c, struct invoice_in *ii, const stru
     inv->head_len = ii->head_len;
     ii->head = NULL;
     inv->seq = ++x->seq;
-    if (ref_taken(&x->i_ref, inv->reference, inv))
-        x->dup_invoice_refs++;
+    if (ref_taken(&d->ref, inv->reference, inv))
+        d->dup_refs++;
     invoice_index(x, inv);
     ii->saved = inv;
     return;
@@ -2679,10 +2862,10 @@ oom:
         free(inv->reference);
     }
     free(inv);
-    add_error(&ii->errs, "The sandbox ran out of memory saving this invoice");
+    add_error(&ii->errs, "The sandbox ran out of memory saving this %s", ii->kind->lword);
 }
 
-/* The stored invoice as a JSON tree (data held). */
+/* The stored document as a JSON tree (data held). */
 static json_t *invoice_tree(const struct invoice *inv)
 {
     struct outbuf b = {0};
@@ -2693,7 +2876,7 @@ static json_t *invoice_tree(const struct invoice *inv)
     return j;
 }
 
-/* Check an update of an existing invoice (data held): merge the stored doc
+/* Check an update of an existing document (data held): merge the stored doc
  * with the element and run the create checks on the merge, plus the rules
  * for closed and paid documents. Nothing changes until invoice_apply_update. */
 static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
@@ -2701,18 +2884,20 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
 {
     struct xero *x = c->x;
     struct invoice *old = ii->target;
+    const struct doc_kind *k = ii->kind;
+    int64_t settled = old->paid + old->credited;
     struct invoice_in *m;
     struct call cc = *c;
     const char *terr;
-    if ((!strcmp(old->status, "PAID") || (!strcmp(old->status, "AUTHORISED") && old->paid)) &&
-        !only_light_keys(ii->src)) {
+    if ((!strcmp(old->status, "PAID") || (!strcmp(old->status, "AUTHORISED") && settled)) &&
+        !only_light_keys(k, ii->src)) {
         add_error(&ii->errs, "This document cannot be edited as it has a payment or credit note "
                   "allocated to it.");
         return;
     }
     if ((!strcmp(old->status, "VOIDED") || !strcmp(old->status, "DELETED")) &&
-        !only_light_keys(ii->src)) {
-        add_error(&ii->errs, "Invoice not of valid status for modification");
+        !only_light_keys(k, ii->src)) {
+        add_error(&ii->errs, "%s not of valid status for modification", k->word);
         return;
     }
     m = calloc(1, sizeof(*m));
@@ -2721,6 +2906,7 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
         add_error(&ii->errs, "out of memory");
         return;
     }
+    m->kind = k;
     m->src = ii->src;
     json_object_update(m->merged, ii->src);
     /* Stored lines have at most 4 places: re-read them exactly, whatever the
@@ -2731,17 +2917,18 @@ static void invoice_prepare_update(const struct call *c, struct invoice_in *ii,
     invoice_finalize(m);
     if (!m->errs && (terr = transition_error(old, m->status)) != NULL) {
         if (!strcmp(terr, "invalid"))
-            add_error(&m->errs, "Invoice status cannot be changed from %s to %s", old->status,
-                      m->status);
+            add_error(&m->errs, "%s status cannot be changed from %s to %s", k->word,
+                      old->status, m->status);
         else
             add_error(&m->errs, "%s", terr);
     }
-    if (!m->errs && m->total < old->paid)
-        add_error(&m->errs, "The invoice total cannot be less than the amount already paid");
+    if (!m->errs && m->total < settled)
+        add_error(&m->errs, "The %s total cannot be less than the amount already %s", k->lword,
+                  k->credit ? "allocated or refunded" : "paid");
     if (!m->errs && m->number && strcmp(m->number, old->number)) {
-        if (!strcmp(m->type, "ACCREC") &&
-            (number_taken(x, m->number, old) || hidx_find(batch_numbers, m->number)))
-            add_error(&m->errs, "Invoice # must be unique.");
+        if (!strcmp(m->type, k->types[0]) &&
+            (number_taken(x, k, m->number, old) || hidx_find(batch_numbers, m->number)))
+            add_error(&m->errs, "%s # must be unique.", k->word);
         else
             hidx_add(batch_numbers, m->number, ii);
     }
@@ -2769,21 +2956,22 @@ static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
 {
     struct xero *x = c->x;
     struct invoice *old = ii->target;
+    struct docs *d = docs_of(x, old->kind);
     struct invoice_in *m = ii->upd;
     struct contact *ct = ii->upd_ct;
-    int64_t due = m->total - old->paid;
+    int64_t due = m->total - old->paid - old->credited;
     const char *status = m->status;
-    if (!strcmp(status, "AUTHORISED") && due == 0 && old->paid > 0)
+    if (!strcmp(status, "AUTHORISED") && due == 0 && old->paid + old->credited > 0)
         status = "PAID";
     /* Keys leave their index before their record changes them. */
-    hidx_del(&x->i_number, old->number, old);
-    hidx_del(&x->i_ref, old->reference, old);
-    hidx_del(&x->i_contact, old->contact_id, old);
+    hidx_del(&d->number, old->number, old);
+    hidx_del(&d->ref, old->reference, old);
+    hidx_del(&d->contact, old->contact_id, old);
     if (m->number)
         set_str(&old->number, m->number);
     if (strcmp(old->reference, m->reference ? m->reference : "") &&
-        ref_taken(&x->i_ref, m->reference, old))
-        x->dup_invoice_refs++;
+        ref_taken(&d->ref, m->reference, old))
+        d->dup_refs++;
     set_str(&old->reference, m->reference);
     copy_str(old->contact_id, sizeof(old->contact_id), ct->id);
     old->contact = ct;
@@ -2793,9 +2981,9 @@ static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
     old->total = m->total;
     old->due = due;
     old->updated_ms = c->now_ms;
-    hidx_add(&x->i_number, old->number, old);
-    hidx_add(&x->i_ref, old->reference, old);
-    hidx_add(&x->i_contact, old->contact_id, old);
+    hidx_add(&d->number, old->number, old);
+    hidx_add(&d->ref, old->reference, old);
+    hidx_add(&d->contact, old->contact_id, old);
     free(old->head);
     old->head = m->head;
     old->head_len = m->head_len;
@@ -2803,10 +2991,14 @@ static void invoice_apply_update(const struct call *c, struct invoice_in *ii)
     ii->saved = old;
 }
 
-static void invoices_write(struct call *c, int is_put, const char *path_id)
+/* PUT (create) or POST (create or update) of invoices or credit notes;
+ * `path_id`: POST /Invoices/{id} or /CreditNotes/{id}. */
+static void invoices_write(struct call *c, const struct doc_kind *k, int is_put,
+                           const char *path_id)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "Invoices", &root);
+    struct docs *d = docs_of(x, k);
+    json_t *root, *arr = body_elements(c, k->envelope, &root);
     struct invoice_in *in;
     struct contact_in *pending;
     struct out_el *els;
@@ -2819,7 +3011,7 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
     if (path_id && n != 1) {
         json_decref(root);
         reply_exception(c->resp, 400, 14, "PostDataInvalidException",
-                        "POST /Invoices/{InvoiceID} takes exactly one invoice");
+                        "POST /%s/{%s} takes exactly one %s", k->envelope, k->id_key, k->lword);
         return;
     }
     in = calloc(n ? n : 1, sizeof(*in));
@@ -2834,15 +3026,16 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
         return;
     }
     /* Step 1: check creates and build their heads; elements that name an
-     * existing invoice are checked in step 2, merged with it. */
+     * existing document are checked in step 2, merged with it. */
     for (i = 0; i < n; i++) {
         struct invoice_in *ii = &in[i];
         json_t *e = json_array_get(arr, i);
+        ii->kind = k;
         ii->src = e;
         if (path_id && json_is_object(e))
-            json_object_set_new(e, "InvoiceID", json_string(path_id));
-        if (json_is_object(e) && (json_object_get(e, "InvoiceID") ||
-                                  (!is_put && json_is_string(json_object_get(e, "InvoiceNumber")))))
+            json_object_set_new(e, k->id_key, json_string(path_id));
+        if (json_is_object(e) && (json_object_get(e, k->id_key) ||
+                                  (!is_put && json_is_string(json_object_get(e, k->number_key)))))
             continue;   /* maybe an update: decided under the lock */
         invoice_check(c, ii, e, 0);
         invoice_finalize(ii);
@@ -2861,19 +3054,20 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
         json_t *e = ii->src;
         const char *id, *num;
         if (!ii->errs && !ii->finalized) {
-            id = json_string_value(json_object_get(e, "InvoiceID"));
-            num = json_string_value(json_object_get(e, "InvoiceNumber"));
-            if (json_object_get(e, "InvoiceID")) {
+            id = json_string_value(json_object_get(e, k->id_key));
+            num = json_string_value(json_object_get(e, k->number_key));
+            if (json_object_get(e, k->id_key)) {
                 if (!id || !is_uuid_like(id))
-                    add_error(&ii->errs, "InvoiceID must be a GUID");
-                else if (!(ii->target = hidx_get(&x->i_id, id)))
-                    add_error(&ii->errs, "Invoice with InvoiceID %s could not be found.", id);
+                    add_error(&ii->errs, "%s must be a GUID", k->id_key);
+                else if (!(ii->target = hidx_get(&d->id, id)))
+                    add_error(&ii->errs, "%s with %s %s could not be found.", k->word,
+                              k->id_key, id);
                 else
                     invoice_prepare_update(c, ii, &batch_numbers);
                 continue;
             }
-            if (num && (ii->target = hidx_get(&x->i_number, num)) != NULL) {
-                /* POST by InvoiceNumber: an update */
+            if (num && (ii->target = hidx_get(&d->number, num)) != NULL) {
+                /* POST by number: an update */
                 invoice_prepare_update(c, ii, &batch_numbers);
                 continue;
             }
@@ -2900,7 +3094,7 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
             else
                 invoice_commit_new(c, ii, &batch_numbers);
             if (ii->saved)
-                out_el_render(&els[i], E_INVOICE, ii->saved, !c->summarize);
+                out_el_render(&els[i], k->ent, ii->saved, !c->summarize);
             if (!els[i].text) {
                 if (!ii->errs)
                     add_error(&ii->errs, "The sandbox ran out of memory");
@@ -2921,18 +3115,23 @@ static void invoices_write(struct call *c, int is_put, const char *path_id)
         invoice_in_free(ii);
     }
     free(in);
-    reply_write(c, "Invoices", els, n, n_failed);
+    reply_write(c, k->envelope, els, n, n_failed);
     free(els);
     json_decref(root);
 }
 
 /* ==== Payments ============================================================ */
 
+/* A payment is made on an invoice, or, as a refund ("cash refund" in Xero's
+ * words), on a credit note: {"CreditNote":{"CreditNoteID"}} instead of
+ * {"Invoice":{"InvoiceID"}}. Either way it reduces what the document has
+ * left (AmountDue, RemainingCredit) and the document becomes PAID at zero. */
 struct payment_in {
     json_t *src;                /* borrowed element */
     json_t *errs;               /* owned */
-    char invoice_id[64];
-    const char *invoice_number; /* borrowed */
+    const struct doc_kind *kind;/* what it is made on: KIND_INVOICE | KIND_CREDIT_NOTE */
+    char doc_id[64];            /* InvoiceID / CreditNoteID, "" when given by number */
+    const char *doc_number;     /* borrowed InvoiceNumber / CreditNoteNumber */
     const struct account *account;
     json_t *amount;             /* borrowed Amount as sent */
     int64_t date;
@@ -2941,34 +3140,55 @@ struct payment_in {
     char *head;                 /* owned: the members known before the lock, open text */
     size_t head_len;
     /* resolution */
-    struct invoice *invoice;
+    struct invoice *invoice;    /* the invoice or credit note */
     int64_t minor;
     struct payment *saved;
 };
 
+/* Read {"<Word>":{"<id_key>"|"<number_key>"}} or a top-level number of kind `k`
+ * into pi; 1 when the element names a document of that kind. */
+static int payment_target(struct payment_in *pi, json_t *e, const struct doc_kind *k,
+                          const char *member)
+{
+    json_t *doc = json_object_get(e, member);
+    const char *s;
+    int bad = 0;
+    if (json_is_object(doc)) {
+        s = opt_str(doc, k->id_key, &bad);
+        if (s && is_uuid_like(s))
+            copy_str(pi->doc_id, sizeof(pi->doc_id), s);
+        else if (s || bad)
+            add_error(&pi->errs, "%s.%s must be a GUID", member, k->id_key);
+        bad = 0;
+        pi->doc_number = opt_str(doc, k->number_key, &bad);
+    }
+    if (!pi->doc_id[0] && !pi->doc_number)
+        pi->doc_number = opt_str(e, k->number_key, &bad);
+    if (pi->doc_id[0] || pi->doc_number || json_is_object(doc)) {
+        pi->kind = k;
+        return 1;
+    }
+    return 0;
+}
+
 static void payment_check(struct call *c, struct payment_in *pi)
 {
-    json_t *e = pi->src, *inv, *acc;
+    json_t *e = pi->src, *acc;
     const char *s;
     int bad = 0;
     if (!json_is_object(e)) {
         add_error(&pi->errs, "A payment must be a JSON object");
         return;
     }
-    inv = json_object_get(e, "Invoice");
-    if (json_is_object(inv)) {
-        s = opt_str(inv, "InvoiceID", &bad);
-        if (s && is_uuid_like(s))
-            copy_str(pi->invoice_id, sizeof(pi->invoice_id), s);
-        else if (s || bad)
-            add_error(&pi->errs, "Invoice.InvoiceID must be a GUID");
-        pi->invoice_number = opt_str(inv, "InvoiceNumber", &bad);
+    if (json_object_get(e, "Invoice") && json_object_get(e, "CreditNote")) {
+        add_error(&pi->errs, "A payment is made on an Invoice or on a CreditNote, not both");
+    } else if (!payment_target(pi, e, &KIND_INVOICE, "Invoice") &&
+               !payment_target(pi, e, &KIND_CREDIT_NOTE, "CreditNote")) {
+        pi->kind = &KIND_INVOICE;
     }
-    if (!pi->invoice_id[0] && !pi->invoice_number)
-        pi->invoice_number = opt_str(e, "InvoiceNumber", &bad);
-    if (!pi->invoice_id[0] && !pi->invoice_number && !pi->errs)
-        add_error(&pi->errs, "Invoice must be specified by InvoiceID or InvoiceNumber");
-    bad = 0;
+    if (!pi->doc_id[0] && !pi->doc_number && !pi->errs)
+        add_error(&pi->errs, "Invoice must be specified by InvoiceID or InvoiceNumber (or, "
+                  "for a refund, CreditNote by CreditNoteID or CreditNoteNumber)");
     acc = json_object_get(e, "Account");
     if (!json_is_object(acc)) {
         add_error(&pi->errs, "Account must be specified by Code or AccountID");
@@ -3012,31 +3232,64 @@ static void payment_check(struct call *c, struct payment_in *pi)
     }
 }
 
-/* Apply a payment to its invoice and create the record (data held). The
- * document is the head from step 1 plus what only the state knows, written
- * as text: no JSON library work here. */
+/* The payment's type from the document's: Xero's PaymentType enum. */
+static const char *payment_type(const struct invoice *inv)
+{
+    if (!strcmp(inv->type, "ACCPAY"))
+        return "ACCPAYPAYMENT";
+    if (!strcmp(inv->type, "ACCRECCREDIT"))
+        return "ARCREDITPAYMENT";
+    if (!strcmp(inv->type, "ACCPAYCREDIT"))
+        return "APCREDITPAYMENT";
+    return "ACCRECPAYMENT";
+}
+
+/* Grow a document's array of borrowed pointers by one slot; -1 when out of
+ * memory. */
+static int grow_ptrs(void ***arr, size_t n, size_t *cap)
+{
+    if (n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 2;
+        void **np = realloc(*arr, nc * sizeof(*np));
+        if (!np)
+            return -1;
+        *arr = np;
+        *cap = nc;
+    }
+    return 0;
+}
+
+/* Take `minor` off what a document has left (data held): PAID at zero. */
+static void settle(struct invoice *inv, int64_t minor, int64_t date, int64_t now_ms)
+{
+    inv->due -= minor;
+    inv->updated_ms = now_ms;
+    if (inv->due == 0) {
+        copy_str(inv->status, sizeof(inv->status), "PAID");
+        inv->fully_paid_days = date;
+    }
+}
+
+/* Apply a payment to its invoice or credit note and create the record (data
+ * held). The document is the head from step 1 plus what only the state
+ * knows, written as text: no JSON library work here. */
 static void payment_commit(struct call *c, struct payment_in *pi)
 {
     struct xero *x = c->x;
     struct invoice *inv = pi->invoice;
+    int credit = inv->kind->credit;
     struct payment *p = calloc(1, sizeof(*p));
-    const char *type = !strcmp(inv->type, "ACCPAY") ? "ACCPAYPAYMENT" : "ACCRECPAYMENT";
+    const char *type = payment_type(inv);
     int64_t paid = inv->paid + pi->minor, due = inv->due - pi->minor;
     struct outbuf b = {0};
 
     if (!p || !(p->reference = xstrdup(pi->reference)) ||
-        !(p->invoice_number = xstrdup(inv->number)))
+        !(p->invoice_number = xstrdup(credit ? "" : inv->number)))
         goto oom;
-    if (inv->n_pays == inv->cap_pays) {
-        size_t cap = inv->cap_pays ? inv->cap_pays * 2 : 2;
-        struct payment **np = realloc(inv->pays, cap * sizeof(*np));
-        if (!np)
-            goto oom;
-        inv->pays = np;
-        inv->cap_pays = cap;
-    }
+    if (grow_ptrs((void ***)&inv->pays, inv->n_pays, &inv->cap_pays))
+        goto oom;
     copy_str(p->id, sizeof(p->id), pi->new_id);
-    copy_str(p->invoice_id, sizeof(p->invoice_id), inv->id);
+    copy_str(credit ? p->credit_note_id : p->invoice_id, 37, inv->id);
     copy_str(p->status, sizeof(p->status), "AUTHORISED");
     copy_str(p->type, sizeof(p->type), type);
     copy_str(p->currency, sizeof(p->currency), inv->currency);
@@ -3054,11 +3307,11 @@ static void payment_commit(struct call *c, struct payment_in *pi)
     out_str(&b, type);
     out_str(&b, "\",\"UpdatedDateUTC\":");
     out_msdate(&b, c->now_ms);
-    out_str(&b, ",\"Invoice\":{\"Type\":\"");
+    out_str(&b, credit ? ",\"CreditNote\":{\"Type\":\"" : ",\"Invoice\":{\"Type\":\"");
     out_str(&b, inv->type);
-    out_str(&b, "\",\"InvoiceID\":\"");
+    out_str(&b, credit ? "\",\"CreditNoteID\":\"" : "\",\"InvoiceID\":\"");
     out_str(&b, inv->id);
-    out_str(&b, "\",\"InvoiceNumber\":");
+    out_str(&b, credit ? "\",\"CreditNoteNumber\":" : "\",\"InvoiceNumber\":");
     out_jstr(&b, inv->number);
     out_str(&b, ",\"Reference\":");
     out_jstr(&b, inv->reference);
@@ -3068,10 +3321,15 @@ static void payment_commit(struct call *c, struct payment_in *pi)
     render_contact_ref(&b, inv->contact);
     out_str(&b, ",\"Total\":");
     out_money(&b, inv->total, inv->currency);
-    out_str(&b, ",\"AmountDue\":");
-    out_money(&b, due, inv->currency);
-    out_str(&b, ",\"AmountPaid\":");
-    out_money(&b, paid, inv->currency);
+    if (credit) {
+        out_str(&b, ",\"RemainingCredit\":");
+        out_money(&b, due, inv->currency);
+    } else {
+        out_str(&b, ",\"AmountDue\":");
+        out_money(&b, due, inv->currency);
+        out_str(&b, ",\"AmountPaid\":");
+        out_money(&b, paid, inv->currency);
+    }
     out_str(&b, ",\"CurrencyCode\":\"");
     out_str(&b, inv->currency);
     out_str(&b, "\"}}");
@@ -3085,14 +3343,10 @@ static void payment_commit(struct call *c, struct payment_in *pi)
     hidx_add(&x->p_id, p->id, p);
     hidx_add(&x->p_ref, p->reference, p);
     hidx_add(&x->p_invoice, p->invoice_id, p);
+    hidx_add(&x->p_credit_note, p->credit_note_id, p);
     inv->pays[inv->n_pays++] = p;
     inv->paid = paid;
-    inv->due = due;
-    inv->updated_ms = c->now_ms;
-    if (due == 0) {
-        copy_str(inv->status, sizeof(inv->status), "PAID");
-        inv->fully_paid_days = pi->date;
-    }
+    settle(inv, pi->minor, pi->date, c->now_ms);
     pi->saved = p;
     return;
 oom:
@@ -3105,11 +3359,25 @@ oom:
     add_error(&pi->errs, "The sandbox ran out of memory saving this payment");
 }
 
-/* Amounts already claimed on an invoice by earlier elements of the batch. */
+/* Amounts already claimed on a document by earlier elements of the batch. */
 struct claim {
-    const char *key;            /* the invoice's id, borrowed */
+    const char *key;            /* the document's id, borrowed */
     int64_t minor;
 };
+
+/* The claim on `inv` in `batch`, added from `claims` when new (data held). */
+static struct claim *claim_of(struct hidx *batch, struct claim *claims, size_t *n_claims,
+                              struct invoice *inv)
+{
+    struct claim *cl = hidx_get(batch, inv->id);
+    if (!cl) {
+        cl = &claims[(*n_claims)++];
+        cl->key = inv->id;
+        cl->minor = 0;
+        hidx_add(batch, cl->key, cl);
+    }
+    return cl;
+}
 
 static void payments_write(struct call *c, int single)
 {
@@ -3149,19 +3417,21 @@ static void payments_write(struct call *c, int single)
     pthread_mutex_lock(&x->data);
     for (i = 0; i < n; i++) {
         struct payment_in *pi = &in[i];
+        struct docs *d;
         struct pb_err err = {0};
         struct claim *cl;
-        int64_t left;
         if (pi->errs)
             continue;
-        pi->invoice = pi->invoice_id[0] ? hidx_get(&x->i_id, pi->invoice_id)
-                                        : hidx_get(&x->i_number, pi->invoice_number);
+        d = docs_of(x, pi->kind);
+        pi->invoice = pi->doc_id[0] ? hidx_get(&d->id, pi->doc_id)
+                                    : hidx_get(&d->number, pi->doc_number);
         if (!pi->invoice) {
-            add_error(&pi->errs, "Invoice could not be found");
+            add_error(&pi->errs, "%s could not be found", pi->kind->word);
             continue;
         }
         if (strcmp(pi->invoice->status, "AUTHORISED") != 0) {
-            add_error(&pi->errs, "Invoice not of valid status for creation of a payment.");
+            add_error(&pi->errs, "%s not of valid status for creation of a payment.",
+                      pi->kind->word);
             continue;
         }
         if (pb_json_to_minor(pi->amount, pi->invoice->currency, &pi->minor, &err) != PB_OK) {
@@ -3172,16 +3442,10 @@ static void payments_write(struct call *c, int single)
             add_error(&pi->errs, "Payment amount must be greater than zero.");
             continue;
         }
-        cl = hidx_get(&batch, pi->invoice->id);
-        left = pi->invoice->due - (cl ? cl->minor : 0);
-        if (pi->minor > left) {
+        cl = claim_of(&batch, claims, &n_claims, pi->invoice);
+        if (pi->minor > pi->invoice->due - cl->minor) {
             add_error(&pi->errs, "Payment amount exceeds the amount outstanding on this document.");
             continue;
-        }
-        if (!cl) {
-            cl = &claims[n_claims++];
-            cl->key = pi->invoice->id;
-            hidx_add(&batch, cl->key, cl);
         }
         cl->minor += pi->minor;
     }
@@ -3218,12 +3482,282 @@ static void payments_write(struct call *c, int single)
     json_decref(root);
 }
 
+/* ==== Allocations ========================================================= */
+
+/* PUT /CreditNotes/{CreditNoteID}/Allocations {"Allocations":[{"Invoice":
+ * {"InvoiceID"},"Amount","Date"}]}: apply credit to invoices of the same
+ * contact, type (ACCRECCREDIT to ACCREC) and currency. An allocation may take
+ * at most what the credit note has left and what the invoice still owes;
+ * both drop by it, and either becomes PAID at zero. A fully paid invoice
+ * takes none ("has already been paid off"): the refund of a paid invoice is
+ * a payment on the credit note instead (payments_write).
+ *
+ * Xero's words where known: "The invoice you are trying to allocate to has
+ * already been paid off" and "Credit Note cannot be allocated as amount is
+ * greater than amount outstanding" (Xero gives the latter for the invoice's
+ * amount due and for the credit note's remaining credit alike); the others
+ * are the sandbox's. */
+struct allocation_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned */
+    char invoice_id[64];
+    const char *invoice_number; /* borrowed */
+    json_t *amount;             /* borrowed */
+    int64_t date;
+    /* resolution */
+    struct invoice *invoice;
+    int64_t minor;
+    struct allocation *saved;
+};
+
+static void allocation_check(struct call *c, struct allocation_in *ai)
+{
+    json_t *e = ai->src, *inv;
+    const char *s;
+    int bad = 0;
+    if (!json_is_object(e)) {
+        add_error(&ai->errs, "An allocation must be a JSON object");
+        return;
+    }
+    inv = json_object_get(e, "Invoice");
+    if (json_is_object(inv)) {
+        s = opt_str(inv, "InvoiceID", &bad);
+        if (s && is_uuid_like(s))
+            copy_str(ai->invoice_id, sizeof(ai->invoice_id), s);
+        else if (s || bad)
+            add_error(&ai->errs, "Invoice.InvoiceID must be a GUID");
+        bad = 0;
+        ai->invoice_number = opt_str(inv, "InvoiceNumber", &bad);
+    }
+    if (!ai->invoice_id[0] && !ai->invoice_number && !ai->errs)
+        add_error(&ai->errs, "Invoice must be specified by InvoiceID or InvoiceNumber");
+    ai->amount = json_object_get(e, "Amount");
+    if (!ai->amount || json_is_null(ai->amount))
+        add_error(&ai->errs, "Allocation Amount must be specified");
+    bad = 0;
+    s = opt_str(e, "Date", &bad);
+    ai->date = c->now_ms / 86400000;
+    if (bad || !s)
+        add_error(&ai->errs, "Allocation Date must be specified (YYYY-MM-DD)");
+    else if (parse_date(s, &ai->date))
+        add_error(&ai->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)", s);
+}
+
+/* Step 2 for one allocation (data held). */
+static void allocation_resolve(struct xero *x, struct invoice *cn, struct allocation_in *ai,
+                               struct hidx *batch, struct claim *claims, size_t *n_claims)
+{
+    struct docs *d = docs_of(x, &KIND_INVOICE);
+    struct pb_err err = {0};
+    struct claim *on_cn, *on_inv;
+    struct invoice *inv;
+    if (ai->errs)
+        return;
+    inv = ai->invoice = ai->invoice_id[0] ? hidx_get(&d->id, ai->invoice_id)
+                                          : hidx_get(&d->number, ai->invoice_number);
+    if (!inv) {
+        add_error(&ai->errs, "Invoice could not be found");
+        return;
+    }
+    if (strcmp(cn->status, "AUTHORISED") && strcmp(cn->status, "PAID")) {
+        add_error(&ai->errs, "Only an AUTHORISED credit note can be allocated (this one is %s)",
+                  cn->status);
+        return;
+    }
+    if (strcmp(inv->type, !strcmp(cn->type, "ACCRECCREDIT") ? "ACCREC" : "ACCPAY")) {
+        add_error(&ai->errs, "Credit Note cannot be allocated to an incorrect invoice type");
+        return;
+    }
+    if (strcmp(inv->contact_id, cn->contact_id)) {
+        add_error(&ai->errs, "The credit note and the invoice must be for the same contact");
+        return;
+    }
+    if (strcmp(inv->currency, cn->currency)) {
+        add_error(&ai->errs, "The credit note (%s) and the invoice (%s) must be in the same "
+                  "currency", cn->currency, inv->currency);
+        return;
+    }
+    if (pb_json_to_minor(ai->amount, cn->currency, &ai->minor, &err) != PB_OK) {
+        add_error(&ai->errs, "Allocation Amount: %s", err.msg);
+        return;
+    }
+    if (ai->minor <= 0) {
+        add_error(&ai->errs, "Allocation amount must be greater than zero.");
+        return;
+    }
+    on_inv = claim_of(batch, claims, n_claims, inv);
+    on_cn = claim_of(batch, claims, n_claims, cn);
+    if (!strcmp(inv->status, "PAID")) {
+        add_error(&ai->errs, "The invoice you are trying to allocate to has already been paid "
+                  "off");
+        add_error(&ai->errs, "Credit Note cannot be allocated as amount is greater than amount "
+                  "outstanding");
+        return;
+    }
+    if (strcmp(inv->status, "AUTHORISED")) {
+        add_error(&ai->errs, "Invoice not of valid status for allocation (it is %s)",
+                  inv->status);
+        return;
+    }
+    if (ai->minor > inv->due - on_inv->minor || ai->minor > cn->due - on_cn->minor) {
+        add_error(&ai->errs, "Credit Note cannot be allocated as amount is greater than amount "
+                  "outstanding");
+        return;
+    }
+    on_inv->minor += ai->minor;
+    on_cn->minor += ai->minor;
+}
+
+/* Create the allocation and apply it to both documents (data held). */
+static void allocation_commit(struct call *c, struct invoice *cn, struct allocation_in *ai)
+{
+    struct xero *x = c->x;
+    struct invoice *inv = ai->invoice;
+    struct allocation *a = calloc(1, sizeof(*a));
+    if (!a || grow_ptrs((void ***)&cn->allocs, cn->n_allocs, &cn->cap_allocs) ||
+        grow_ptrs((void ***)&inv->allocs, inv->n_allocs, &inv->cap_allocs) ||
+        vec_push(&x->allocations, a)) {
+        free(a);
+        add_error(&ai->errs, "The sandbox ran out of memory saving this allocation");
+        return;
+    }
+    new_uuid(a->id);
+    a->credit_note = cn;
+    a->invoice = inv;
+    a->amount = ai->minor;
+    a->date = ai->date;
+    cn->allocs[cn->n_allocs++] = a;
+    inv->allocs[inv->n_allocs++] = a;
+    cn->credited += ai->minor;
+    inv->credited += ai->minor;
+    settle(cn, ai->minor, ai->date, c->now_ms);
+    settle(inv, ai->minor, ai->date, c->now_ms);
+    ai->saved = a;
+}
+
+/* An allocation as its own reply element (data held). */
+static void allocation_render(struct out_el *o, const struct allocation *a, int ok)
+{
+    struct outbuf b = {0};
+    const struct invoice *cn = a->credit_note, *inv = a->invoice;
+    out_str(&b, "{\"AllocationID\":\"");
+    out_str(&b, a->id);
+    out_str(&b, "\",\"Amount\":");
+    out_money(&b, a->amount, cn->currency);
+    out_str(&b, ",\"Date\":");
+    out_msdate(&b, a->date * 86400000);
+    out_str(&b, ",\"Invoice\":{\"InvoiceID\":\"");
+    out_str(&b, inv->id);
+    out_str(&b, "\",\"InvoiceNumber\":");
+    out_jstr(&b, inv->number);
+    out_str(&b, ",\"Status\":\"");
+    out_str(&b, inv->status);
+    out_str(&b, "\",\"AmountDue\":");
+    out_money(&b, inv->due, inv->currency);
+    out_str(&b, ",\"AmountCredited\":");
+    out_money(&b, inv->credited, inv->currency);
+    out_str(&b, "},\"CreditNote\":{\"CreditNoteID\":\"");
+    out_str(&b, cn->id);
+    out_str(&b, "\",\"ID\":\"");
+    out_str(&b, cn->id);
+    out_str(&b, "\",\"CreditNoteNumber\":");
+    out_jstr(&b, cn->number);
+    out_str(&b, ",\"Status\":\"");
+    out_str(&b, cn->status);
+    out_str(&b, "\",\"RemainingCredit\":");
+    out_money(&b, cn->due, cn->currency);
+    out_str(&b, "}");
+    if (ok)
+        out_str(&b, ",\"StatusAttributeString\":\"OK\"");
+    out_str(&b, "}");
+    if (b.failed) {
+        free(b.p);
+        return;
+    }
+    o->text = b.p;
+    o->len = b.len;
+}
+
+static void allocations_write(struct call *c, const char *cn_id)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "Allocations", &root);
+    struct allocation_in *in;
+    struct out_el *els;
+    struct claim *claims;
+    struct hidx batch = {0};
+    struct invoice *cn;
+    size_t n, i, n_claims = 0;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, sizeof(*in));
+    claims = calloc(2 * n + 1, sizeof(*claims));
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !claims || !els) {
+        free(in);
+        free(claims);
+        free(els);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        allocation_check(c, &in[i]);
+    }
+
+    pthread_mutex_lock(&x->data);
+    cn = is_uuid_like(cn_id) ? hidx_get(&docs_of(x, &KIND_CREDIT_NOTE)->id, cn_id) : NULL;
+    for (i = 0; cn && i < n; i++)
+        allocation_resolve(x, cn, &in[i], &batch, claims, &n_claims);
+    for (i = 0; i < n; i++)
+        n_failed += in[i].errs != NULL;
+    if (cn && !(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            if (in[i].errs)
+                continue;
+            allocation_commit(c, cn, &in[i]);
+            if (in[i].saved)
+                allocation_render(&els[i], in[i].saved, !c->summarize);
+            if (!els[i].text) {
+                if (!in[i].errs)
+                    add_error(&in[i].errs, "The sandbox ran out of memory");
+                n_failed++;
+            }
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    hidx_clear(&batch);
+    free(claims);
+
+    for (i = 0; i < n; i++) {
+        struct allocation_in *ai = &in[i];
+        if (ai->errs)
+            els[i].err = error_element(ai->src, ai->errs, "HasValidationErrors");
+        json_decref(ai->errs);
+    }
+    free(in);
+    if (!cn) {
+        for (i = 0; i < n; i++) {
+            free(els[i].text);
+            json_decref(els[i].err);
+        }
+        reply_not_found(c->resp);
+    } else {
+        reply_write(c, "Allocations", els, n, n_failed);
+    }
+    free(els);
+    json_decref(root);
+}
+
 /* ==== GET: where filters and listing ====================================== */
 
 enum field_id {
     F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
     F_INVOICE_ID, F_INVOICE_NUMBER, F_REFERENCE, F_STATUS, F_TYPE, F_CURRENCY, F_INV_CONTACT_ID,
-    F_PAYMENT_ID, F_PAY_INVOICE_ID, F_PAY_INVOICE_NUMBER, F_PAYMENT_TYPE,
+    F_PAYMENT_ID, F_PAY_INVOICE_ID, F_PAY_INVOICE_NUMBER, F_PAYMENT_TYPE, F_PAY_CREDIT_NOTE_ID,
 };
 
 struct field {
@@ -3254,10 +3788,21 @@ static const struct field FIELDS[] = {
     {"InvoiceID", E_PAYMENT, F_PAY_INVOICE_ID},
     {"Invoice.InvoiceNumber", E_PAYMENT, F_PAY_INVOICE_NUMBER},
     {"InvoiceNumber", E_PAYMENT, F_PAY_INVOICE_NUMBER},
+    {"CreditNote.CreditNoteID", E_PAYMENT, F_PAY_CREDIT_NOTE_ID},
+    {"CreditNoteID", E_PAYMENT, F_PAY_CREDIT_NOTE_ID},
+    {"CreditNoteID", E_CREDIT_NOTE, F_INVOICE_ID},
+    {"CreditNoteNumber", E_CREDIT_NOTE, F_INVOICE_NUMBER},
+    {"Reference", E_CREDIT_NOTE, F_REFERENCE},
+    {"Status", E_CREDIT_NOTE, F_STATUS},
+    {"Type", E_CREDIT_NOTE, F_TYPE},
+    {"CurrencyCode", E_CREDIT_NOTE, F_CURRENCY},
+    {"Contact.ContactID", E_CREDIT_NOTE, F_INV_CONTACT_ID},
+    {"ContactID", E_CREDIT_NOTE, F_INV_CONTACT_ID},
     {NULL, E_CONTACT, F_CONTACT_ID},
 };
 
-static const char *const ENTITY_NAME[] = {"Contact", "Invoice", "Payment"};
+static const char *const ENTITY_NAME[] = {"Contact", "Invoice", "Payment", "CreditNote"};
+static const char *const ENTITY_ENVELOPE[] = {"Contacts", "Invoices", "Payments", "CreditNotes"};
 
 static const char *field_value(enum entity ent, const void *rec, enum field_id f)
 {
@@ -3271,8 +3816,8 @@ static const char *field_value(enum entity ent, const void *rec, enum field_id f
     case F_CONTACT_STATUS: return ct->archived ? "ARCHIVED" : "ACTIVE";
     case F_INVOICE_ID: return inv->id;
     case F_INVOICE_NUMBER: return inv->number;
-    case F_REFERENCE: return ent == E_INVOICE ? inv->reference : p->reference;
-    case F_STATUS: return ent == E_INVOICE ? inv->status : p->status;
+    case F_REFERENCE: return ent != E_PAYMENT ? inv->reference : p->reference;
+    case F_STATUS: return ent != E_PAYMENT ? inv->status : p->status;
     case F_TYPE: return inv->type;
     case F_CURRENCY: return inv->currency;
     case F_INV_CONTACT_ID: return inv->contact_id;
@@ -3280,6 +3825,7 @@ static const char *field_value(enum entity ent, const void *rec, enum field_id f
     case F_PAY_INVOICE_ID: return p->invoice_id;
     case F_PAY_INVOICE_NUMBER: return p->invoice_number;
     case F_PAYMENT_TYPE: return p->type;
+    case F_PAY_CREDIT_NOTE_ID: return p->credit_note_id;
     }
     return "";
 }
@@ -3287,16 +3833,19 @@ static const char *field_value(enum entity ent, const void *rec, enum field_id f
 /* The index answering `field == value`, or NULL (data held by the caller). */
 static const struct hidx *field_index(const struct xero *x, enum field_id f, enum entity ent)
 {
+    const struct docs *d = &x->docs[ent == E_CREDIT_NOTE ? KIND_CREDIT_NOTE.store
+                                                         : KIND_INVOICE.store];
     switch (f) {
     case F_CONTACT_ID: return &x->c_id;
     case F_NAME: return &x->c_name;
     case F_EMAIL: return &x->c_email;
-    case F_INVOICE_ID: return &x->i_id;
-    case F_INVOICE_NUMBER: return &x->i_number;
-    case F_REFERENCE: return ent == E_INVOICE ? &x->i_ref : &x->p_ref;
-    case F_INV_CONTACT_ID: return &x->i_contact;
+    case F_INVOICE_ID: return &d->id;
+    case F_INVOICE_NUMBER: return &d->number;
+    case F_REFERENCE: return ent != E_PAYMENT ? &d->ref : &x->p_ref;
+    case F_INV_CONTACT_ID: return &d->contact;
     case F_PAYMENT_ID: return &x->p_id;
     case F_PAY_INVOICE_ID: return &x->p_invoice;
+    case F_PAY_CREDIT_NOTE_ID: return &x->p_credit_note;
     default: return NULL;
     }
 }
@@ -3613,10 +4162,11 @@ static int in_list(const char *list, const char *value)
 }
 
 /* Fields of the list filters IDs, InvoiceNumbers, ContactIDs, Statuses. */
-static const enum field_id LIST_FIELD[3][4] = {
+static const enum field_id LIST_FIELD[4][4] = {
     [E_CONTACT] = {F_CONTACT_ID, F_NAME, F_CONTACT_ID, F_CONTACT_STATUS},
     [E_INVOICE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
     [E_PAYMENT] = {F_PAYMENT_ID, F_PAY_INVOICE_NUMBER, F_PAY_INVOICE_ID, F_STATUS},
+    [E_CREDIT_NOTE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
 };
 
 static int matches(const struct query *q, const void *rec)
@@ -3688,8 +4238,8 @@ static int list_candidates(const struct xero *x, const struct query *q, struct v
 static uint64_t rec_seq(enum entity ent, const void *rec)
 {
     return ent == E_CONTACT ? ((const struct contact *)rec)->seq
-         : ent == E_INVOICE ? ((const struct invoice *)rec)->seq
-                            : ((const struct payment *)rec)->seq;
+         : ent == E_PAYMENT ? ((const struct payment *)rec)->seq
+                            : ((const struct invoice *)rec)->seq;
 }
 
 static int cmp_seq(const void *a, const void *b, void *ent)
@@ -3701,7 +4251,6 @@ static int cmp_seq(const void *a, const void *b, void *ent)
 
 static void list_get(struct call *c, enum entity ent)
 {
-    static const char *const env_key[] = {"Contacts", "Invoices", "Payments"};
     static const char *const list_param[] = {"IDs", "InvoiceNumbers", "ContactIDs", "Statuses"};
     struct xero *x = c->x;
     struct query *q = calloc(1, sizeof(*q));
@@ -3752,9 +4301,12 @@ static void list_get(struct call *c, enum entity ent)
     }
 
     /* The envelope before the lock, the records under it, the end after. */
-    envelope_open(&b, env_key[ent]);
+    envelope_open(&b, ENTITY_ENVELOPE[ent]);
     pthread_mutex_lock(&x->data);
-    all = ent == E_CONTACT ? &x->contacts : ent == E_INVOICE ? &x->invoices : &x->payments;
+    all = ent == E_CONTACT        ? &x->contacts
+        : ent == E_PAYMENT        ? &x->payments
+        : ent == E_CREDIT_NOTE    ? &x->docs[KIND_CREDIT_NOTE.store].recs
+                                  : &x->docs[KIND_INVOICE.store].recs;
     if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
         indexed = 1;
         if (cand.n > 1)
@@ -3801,19 +4353,21 @@ out:
 
 static void one_get(struct call *c, enum entity ent)
 {
-    static const char *const env_key[] = {"Contacts", "Invoices", "Payments"};
     struct xero *x = c->x;
     const char *id = c->req->params[0];
     const void *rec;
     struct outbuf b = {0};
-    envelope_open(&b, env_key[ent]);
+    envelope_open(&b, ENTITY_ENVELOPE[ent]);
     pthread_mutex_lock(&x->data);
-    if (ent == E_CONTACT)
+    if (ent == E_CONTACT) {
         rec = hidx_get(&x->c_id, id);
-    else if (ent == E_INVOICE)
-        rec = is_uuid_like(id) ? hidx_get(&x->i_id, id) : hidx_get(&x->i_number, id);
-    else
+    } else if (ent == E_INVOICE || ent == E_CREDIT_NOTE) {
+        const struct docs *d = &x->docs[ent == E_CREDIT_NOTE ? KIND_CREDIT_NOTE.store
+                                                             : KIND_INVOICE.store];
+        rec = is_uuid_like(id) ? hidx_get(&d->id, id) : hidx_get(&d->number, id);
+    } else {
         rec = hidx_get(&x->p_id, id);
+    }
     if (rec)
         render(&b, ent, rec, 0);
     pthread_mutex_unlock(&x->data);
@@ -3859,13 +4413,16 @@ static void op_stats(struct call *c)
 {
     struct xero *x = c->x;
     json_t *st, *resp = json_object(), *limited;
-    size_t nc, ni, np;
-    uint64_t dinv, dpay;
+    size_t nc, ni, np, ncn, na;
+    uint64_t dinv, dpay, dcn;
     pthread_mutex_lock(&x->data);
     nc = x->contacts.n;
-    ni = x->invoices.n;
+    ni = x->docs[KIND_INVOICE.store].recs.n;
+    ncn = x->docs[KIND_CREDIT_NOTE.store].recs.n;
     np = x->payments.n;
-    dinv = x->dup_invoice_refs;
+    na = x->allocations.n;
+    dinv = x->docs[KIND_INVOICE.store].dup_refs;
+    dcn = x->docs[KIND_CREDIT_NOTE.store].dup_refs;
     dpay = x->dup_payment_refs;
     pthread_mutex_unlock(&x->data);
     pthread_mutex_lock(&x->gate);
@@ -3890,6 +4447,11 @@ static void op_stats(struct call *c)
                    (json_int_t)x->tokens_issued, "rate_limited", limited, "faults_injected",
                    (json_int_t)0);
     pthread_mutex_unlock(&x->gate);
+    if (st) {
+        json_object_set_new(st, "credit_notes", json_integer((json_int_t)ncn));
+        json_object_set_new(st, "allocations", json_integer((json_int_t)na));
+        json_object_set_new(st, "duplicate_credit_note_references", json_integer((json_int_t)dcn));
+    }
     reply_json(c->resp, 200, st);
 }
 
@@ -3937,9 +4499,15 @@ static void run_op(struct call *c, enum op op)
     case OP_CONTACTS_POST: contacts_write(c, 0); break;
     case OP_INVOICES_GET: list_get(c, E_INVOICE); break;
     case OP_INVOICE_GET: one_get(c, E_INVOICE); break;
-    case OP_INVOICES_PUT: invoices_write(c, 1, NULL); break;
-    case OP_INVOICES_POST: invoices_write(c, 0, NULL); break;
-    case OP_INVOICE_POST: invoices_write(c, 0, c->req->params[0]); break;
+    case OP_INVOICES_PUT: invoices_write(c, &KIND_INVOICE, 1, NULL); break;
+    case OP_INVOICES_POST: invoices_write(c, &KIND_INVOICE, 0, NULL); break;
+    case OP_INVOICE_POST: invoices_write(c, &KIND_INVOICE, 0, c->req->params[0]); break;
+    case OP_CREDIT_NOTES_GET: list_get(c, E_CREDIT_NOTE); break;
+    case OP_CREDIT_NOTE_GET: one_get(c, E_CREDIT_NOTE); break;
+    case OP_CREDIT_NOTES_PUT: invoices_write(c, &KIND_CREDIT_NOTE, 1, NULL); break;
+    case OP_CREDIT_NOTES_POST: invoices_write(c, &KIND_CREDIT_NOTE, 0, NULL); break;
+    case OP_CREDIT_NOTE_POST: invoices_write(c, &KIND_CREDIT_NOTE, 0, c->req->params[0]); break;
+    case OP_ALLOCATIONS_PUT: allocations_write(c, c->req->params[0]); break;
     case OP_PAYMENTS_GET: list_get(c, E_PAYMENT); break;
     case OP_PAYMENT_GET: one_get(c, E_PAYMENT); break;
     case OP_PAYMENTS_PUT: payments_write(c, 0); break;
@@ -4080,10 +4648,18 @@ static void build_routes(struct xero *x)
         {"PUT", API "/Payments", OP_PAYMENTS_PUT, 1},
         {"POST", API "/Payments", OP_PAYMENTS_POST, 1},
         {"GET", API "/Payments/{}", OP_PAYMENT_GET, 1},
+        {"GET", API "/CreditNotes", OP_CREDIT_NOTES_GET, 1},
+        {"PUT", API "/CreditNotes", OP_CREDIT_NOTES_PUT, 1},
+        {"POST", API "/CreditNotes", OP_CREDIT_NOTES_POST, 1},
+        {"GET", API "/CreditNotes/{}", OP_CREDIT_NOTE_GET, 1},
+        {"POST", API "/CreditNotes/{}", OP_CREDIT_NOTE_POST, 1},
+        {"PUT", API "/CreditNotes/{}/Allocations", OP_ALLOCATIONS_PUT, 1},
         {"GET", "/_sandbox/stats", OP_STATS, 0},
         {"POST", "/_sandbox/reset", OP_RESET, 0},
     };
     size_t n = sizeof(table) / sizeof(table[0]);
+    _Static_assert(sizeof(table) / sizeof(table[0]) < sizeof(x->routes) / sizeof(x->routes[0]),
+                   "xero.routes must hold every route and the sentinel");
     for (size_t i = 0; i < n; i++) {
         x->args[table[i].op] = (struct route_arg){x, table[i].op};
         x->routes[i] = (struct pb_http_route){table[i].method, table[i].pattern,

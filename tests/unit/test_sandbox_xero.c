@@ -742,6 +742,402 @@ static void test_batch_claims_and_escaping(void **state)
     reply_free(&r);
 }
 
+/* ---- credit notes ---------------------------------------------------------- */
+
+/* GET `path` and copy member `key` of the first element of `env` into out. */
+static void get_member(const char *path, const char *env, const char *key, char *out, size_t len)
+{
+    struct reply r;
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    snprintf(out, len, "%s", json_string_value(json_object_get(first(&r, env), key)));
+    reply_free(&r);
+}
+
+/* An AUTHORISED ACCRECCREDIT of one line for the invoice's contact; its id into id. */
+static void make_credit_note(const char *contact_id, const char *reference, const char *amount,
+                             const char *status, char *id, size_t len)
+{
+    struct reply r;
+    char body[1024];
+    snprintf(body, sizeof(body),
+             "{\"CreditNotes\":[{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"ContactID\":\"%s\"},"
+             "\"Date\":\"2024-05-03\",%s%s%s\"LineAmountTypes\":\"NoTax\",\"Reference\":\"%s\","
+             "\"LineItems\":[{\"Description\":\"Refund %s\",\"Quantity\":1,\"UnitAmount\":%s,"
+             "\"AccountCode\":\"200\"}]}]}",
+             contact_id, status ? "\"Status\":\"" : "", status ? status : "",
+             status ? "\"," : "", reference, reference, amount);
+    if (api("PUT", "/api.xro/2.0/CreditNotes", body, &r) != 200)
+        fail_msg("%s", r.body);
+    snprintf(id, len, "%s",
+             json_string_value(json_object_get(first(&r, "CreditNotes"), "CreditNoteID")));
+    reply_free(&r);
+}
+
+/* PUT /CreditNotes/{id}/Allocations of one allocation; returns the status. */
+static long allocate(const char *cn_id, const char *invoice_id, const char *amount,
+                     struct reply *r)
+{
+    char path[128], body[512];
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations", cn_id);
+    snprintf(body, sizeof(body),
+             "{\"Allocations\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Amount\":%s,"
+             "\"Date\":\"2024-05-04\"}]}",
+             invoice_id, amount);
+    return api("PUT", path, body, r);
+}
+
+/* A credit note applied to an unpaid invoice: both balances move, exactly;
+ * over-allocation refused with Xero's words; batch claims; no void once
+ * allocated. */
+static void test_credit_note_allocation(void **state)
+{
+    struct reply r;
+    char number[32], path[256], inv_id[64], contact_id[64], cn[64], cn2[64], body[1024];
+    json_t *el, *list;
+    (void)state;
+    make_invoice("ORDER-CN", "1", "30.00", number, sizeof(number));
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+    get_member(path, "Invoices", "InvoiceID", inv_id, sizeof(inv_id));
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    snprintf(contact_id, sizeof(contact_id), "%s",
+             json_string_value(json_object_get(json_object_get(first(&r, "Invoices"), "Contact"),
+                                               "ContactID")));
+    assert_int_equal(minor_of(first(&r, "Invoices"), "AmountCredited"), 0);
+    assert_int_equal(json_array_size(json_object_get(first(&r, "Invoices"), "CreditNotes")), 0);
+    reply_free(&r);
+
+    /* created AUTHORISED, numbered CN-0001, exact totals, RemainingCredit = Total */
+    snprintf(body, sizeof(body),
+             "{\"CreditNotes\":[{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"ContactID\":\"%s\"},"
+             "\"Date\":\"2024-05-03\",\"Status\":\"AUTHORISED\",\"LineAmountTypes\":\"NoTax\","
+             "\"CurrencyCode\":\"GBP\",\"Reference\":\"REFUND-1\",\"LineItems\":["
+             "{\"Description\":\"Part refund\",\"Quantity\":3,\"UnitAmount\":3.335,"
+             "\"AccountCode\":\"200\"}]}]}",
+             contact_id);
+    assert_int_equal(api("PUT", "/api.xro/2.0/CreditNotes?unitdp=4", body, &r), 200);
+    el = first(&r, "CreditNotes");
+    assert_string_equal(json_string_value(json_object_get(el, "CreditNoteNumber")), "CN-0001");
+    assert_string_equal(json_string_value(json_object_get(el, "Type")), "ACCRECCREDIT");
+    assert_string_equal(json_string_value(json_object_get(el, "Status")), "AUTHORISED");
+    assert_int_equal(minor_of(el, "Total"), 1000);  /* 3 x 3.335 = 10.005 -> 10.00 */
+    assert_int_equal(minor_of(el, "RemainingCredit"), 1000);
+    assert_non_null(strstr(r.body, "\"RemainingCredit\":10.00"));
+    snprintf(cn, sizeof(cn), "%s", json_string_value(json_object_get(el, "CreditNoteID")));
+    assert_string_equal(json_string_value(json_object_get(el, "ID")), cn);
+    reply_free(&r);
+
+    /* more than the remaining credit: refused by Xero's message, nothing moves */
+    assert_int_equal(allocate(cn, inv_id, "10.01", &r), 400);
+    assert_int_equal(json_integer_value(json_object_get(r.json, "ErrorNumber")), 10);
+    if (!strstr(r.body, "Credit Note cannot be allocated as amount is greater than amount "
+                        "outstanding"))
+        fail_msg("%s", r.body);
+    reply_free(&r);
+
+    /* 4.00 applied: the invoice owes 26.00, the note has 6.00 left */
+    assert_int_equal(allocate(cn, inv_id, "\"4.00\"", &r), 200);
+    el = first(&r, "Allocations");
+    assert_int_equal(minor_of(el, "Amount"), 400);
+    assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv_id);
+    assert_string_equal(pb_json_str(el, "CreditNote.CreditNoteID"), cn);
+    assert_int_equal(strlen(pb_json_str(el, "AllocationID")), 36);
+    reply_free(&r);
+
+    /* two in one batch share the remaining credit: 4 + 4 > 6 */
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations?summarizeErrors=false",
+             cn);
+    snprintf(body, sizeof(body),
+             "{\"Allocations\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Amount\":4,\"Date\":"
+             "\"2024-05-04\"},{\"Invoice\":{\"InvoiceNumber\":\"%s\"},\"Amount\":4,\"Date\":"
+             "\"2024-05-04\"}]}",
+             inv_id, number);
+    assert_int_equal(api("PUT", path, body, &r), 200);
+    list = json_object_get(r.json, "Allocations");
+    assert_string_equal(pb_json_str(json_array_get(list, 0), "StatusAttributeString"), "OK");
+    assert_string_equal(pb_json_str(json_array_get(list, 1), "StatusAttributeString"), "ERROR");
+    reply_free(&r);
+
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    el = first(&r, "CreditNotes");
+    assert_int_equal(minor_of(el, "RemainingCredit"), 200);
+    assert_int_equal(json_array_size(json_object_get(el, "Allocations")), 2);
+    assert_string_equal(json_string_value(json_object_get(el, "Status")), "AUTHORISED");
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    el = first(&r, "Invoices");
+    assert_int_equal(minor_of(el, "AmountDue"), 2200);
+    assert_int_equal(minor_of(el, "AmountCredited"), 800);
+    assert_int_equal(minor_of(el, "AmountPaid"), 0);
+    assert_int_equal(json_array_size(json_object_get(el, "CreditNotes")), 2);
+    assert_string_equal(pb_json_str(el, "CreditNotes.0.CreditNoteID"), cn);
+    assert_int_equal(minor_of(json_array_get(json_object_get(el, "CreditNotes"), 0),
+                              "AppliedAmount"), 400);
+    reply_free(&r);
+
+    /* an invoice with credit applied, and the note itself, cannot be voided */
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
+    assert_int_equal(api("POST", path, "{\"Invoices\":[{\"Status\":\"VOIDED\"}]}", &r), 400);
+    assert_non_null(strstr(r.body, "cannot be voided as it has a credit note allocated"));
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
+    assert_int_equal(api("POST", path, "{\"CreditNotes\":[{\"Status\":\"VOIDED\"}]}", &r), 400);
+    assert_non_null(strstr(r.body, "cannot be voided as it has been allocated"));
+    reply_free(&r);
+
+    /* by Reference, Status and Contact.ContactID */
+    snprintf(path, sizeof(path),
+             "/api.xro/2.0/CreditNotes?where=Reference%%3D%%3D%%22REFUND-1%%22%%20AND%%20"
+             "Status%%3D%%3D%%22AUTHORISED%%22%%20AND%%20Contact.ContactID%%3D%%3Dguid(%%22%s"
+             "%%22)",
+             contact_id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "CreditNotes")), 1);
+    reply_free(&r);
+    assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes?where=Reference%3D%3D%22nope%22", NULL,
+                         &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "CreditNotes")), 0);
+    reply_free(&r);
+
+    /* refusals: unknown note (404), no Date, another contact, the wrong type */
+    assert_int_equal(allocate("00000000-0000-4000-8000-000000000000", inv_id, "1", &r), 404);
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations", cn);
+    snprintf(body, sizeof(body), "{\"Allocations\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},"
+             "\"Amount\":1}]}", inv_id);
+    assert_int_equal(api("PUT", path, body, &r), 400);
+    assert_non_null(strstr(r.body, "Allocation Date must be specified"));
+    reply_free(&r);
+    make_invoice("ORDER-OTHER", "1", "5.00", number, sizeof(number));
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+    get_member(path, "Invoices", "InvoiceID", body, sizeof(body));
+    assert_int_equal(allocate(cn, body, "1", &r), 400);
+    assert_non_null(strstr(r.body, "same contact"));
+    reply_free(&r);
+    snprintf(body, sizeof(body),
+             "{\"CreditNotes\":[{\"Type\":\"ACCPAYCREDIT\",\"Contact\":{\"ContactID\":\"%s\"},"
+             "\"Status\":\"AUTHORISED\",\"LineItems\":[{\"Description\":\"x\",\"Quantity\":1,"
+             "\"UnitAmount\":1,\"AccountCode\":\"404\"}]}]}",
+             contact_id);
+    assert_int_equal(api("PUT", "/api.xro/2.0/CreditNotes", body, &r), 200);
+    el = first(&r, "CreditNotes");
+    assert_string_equal(json_string_value(json_object_get(el, "CreditNoteNumber")), "");
+    snprintf(cn2, sizeof(cn2), "%s", json_string_value(json_object_get(el, "CreditNoteID")));
+    reply_free(&r);
+    assert_int_equal(allocate(cn2, inv_id, "1", &r), 400);
+    assert_non_null(strstr(r.body, "Credit Note cannot be allocated to an incorrect invoice type"));
+    reply_free(&r);
+
+    assert_int_equal(stat_of(open_port, "credit_notes"), 2);
+    assert_int_equal(stat_of(open_port, "allocations"), 2);
+    assert_int_equal(stat_of(open_port, "invoices"), 2);
+}
+
+/* A PAID invoice takes no allocation; its partial refund is a credit note
+ * plus a cash refund: a payment on the credit note. */
+static void test_credit_note_refund_of_paid_invoice(void **state)
+{
+    struct reply r;
+    char number[32], path[256], inv_id[64], contact_id[64], cn[64], body[1024];
+    json_t *el;
+    (void)state;
+    make_invoice("ORDER-PAID", "2", "10.00", number, sizeof(number));
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    snprintf(inv_id, sizeof(inv_id), "%s", pb_json_str(first(&r, "Invoices"), "InvoiceID"));
+    snprintf(contact_id, sizeof(contact_id), "%s",
+             pb_json_str(first(&r, "Invoices"), "Contact.ContactID"));
+    reply_free(&r);
+    snprintf(body, sizeof(body),
+             "{\"Payments\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
+             "\"Amount\":20.00,\"Date\":\"2024-05-02\",\"Reference\":\"PAY-P\"}]}",
+             inv_id);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 200);
+    reply_free(&r);
+
+    make_credit_note(contact_id, "REFUND-P", "7.50", "AUTHORISED", cn, sizeof(cn));
+    assert_int_equal(allocate(cn, inv_id, "7.50", &r), 400);
+    if (!strstr(r.body, "The invoice you are trying to allocate to has already been paid off"))
+        fail_msg("%s", r.body);
+    reply_free(&r);
+
+    /* a refund larger than the credit: Xero's payment message */
+    snprintf(body, sizeof(body),
+             "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":"
+             "\"091\"},\"Amount\":7.51,\"Date\":\"2024-05-05\",\"Reference\":\"RF-1\"}]}",
+             cn);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 400);
+    assert_non_null(strstr(r.body, "Payment amount exceeds the amount outstanding"));
+    reply_free(&r);
+    /* not both an invoice and a credit note */
+    snprintf(body, sizeof(body),
+             "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Invoice\":{\"InvoiceID\""
+             ":\"%s\"},\"Account\":{\"Code\":\"091\"},\"Amount\":1}]}",
+             cn, inv_id);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 400);
+    assert_non_null(strstr(r.body, "not both"));
+    reply_free(&r);
+
+    snprintf(body, sizeof(body),
+             "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":"
+             "\"091\"},\"Amount\":\"7.50\",\"Date\":\"2024-05-05\",\"Reference\":\"RF-1\"}]}",
+             cn);
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 200);
+    el = first(&r, "Payments");
+    assert_string_equal(pb_json_str(el, "PaymentType"), "ARCREDITPAYMENT");
+    assert_string_equal(pb_json_str(el, "CreditNote.CreditNoteID"), cn);
+    assert_null(json_object_get(el, "Invoice"));
+    assert_int_equal(minor_of(el, "Amount"), 750);
+    assert_int_equal(minor_of(json_object_get(el, "CreditNote"), "RemainingCredit"), 0);
+    reply_free(&r);
+
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    el = first(&r, "CreditNotes");
+    assert_string_equal(pb_json_str(el, "Status"), "PAID");
+    assert_int_equal(minor_of(el, "RemainingCredit"), 0);
+    assert_int_equal(json_array_size(json_object_get(el, "Payments")), 1);
+    assert_non_null(json_object_get(el, "FullyPaidOnDate"));
+    reply_free(&r);
+    /* the invoice stays PAID and untouched */
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_string_equal(pb_json_str(first(&r, "Invoices"), "Status"), "PAID");
+    assert_int_equal(minor_of(first(&r, "Invoices"), "AmountPaid"), 2000);
+    reply_free(&r);
+
+    /* found by Reference and by credit note; the invoice's payment is not */
+    assert_int_equal(api("GET", "/api.xro/2.0/Payments?where=Reference%3D%3D%22RF-1%22", NULL,
+                         &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 1);
+    reply_free(&r);
+    snprintf(path, sizeof(path),
+             "/api.xro/2.0/Payments?where=CreditNote.CreditNoteID%%3D%%3Dguid(%%22%s%%22)", cn);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 1);
+    reply_free(&r);
+
+    /* a paid-off credit note takes no more refunds and cannot be voided */
+    snprintf(body, sizeof(body),
+             "{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
+             "\"Amount\":1}",
+             cn);
+    assert_int_equal(api("POST", "/api.xro/2.0/Payments", body, &r), 400);
+    assert_non_null(strstr(r.body, "Credit Note not of valid status for creation of a payment"));
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
+    assert_int_equal(api("POST", path,
+                         "{\"CreditNotes\":[{\"CreditNoteID\":\"ignored-by-path\",\"Status\":"
+                         "\"VOIDED\"}]}",
+                         &r),
+                     400);
+    assert_non_null(strstr(r.body, "Credit Note status cannot be changed from PAID to VOIDED"));
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "payments"), 2);
+    assert_int_equal(stat_of(open_port, "allocations"), 0);
+}
+
+/* DRAFT to AUTHORISED to VOIDED; Idempotency-Key; duplicate references;
+ * type and account checks; paging. */
+static void test_credit_note_lifecycle(void **state)
+{
+    struct reply a, b;
+    char path[256], cn[64], contact_id[64], number[32], inv_id[64];
+    const char *body = "{\"CreditNotes\":[{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"Name\":"
+                       "\"Refunded Ltd\"},\"Reference\":\"CB-1\",\"LineItems\":[{\"Description\""
+                       ":\"Chargeback\",\"Quantity\":1,\"UnitAmount\":12.34,\"AccountCode\":"
+                       "\"200\"}]}]}";
+    (void)state;
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/CreditNotes", token,
+                          "Idempotency-Key: cn-1", body, &a),
+                     200);
+    assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/CreditNotes", token,
+                          "Idempotency-Key: cn-1", body, &b),
+                     200);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.body, b.body, a.len);
+    assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Status"), "DRAFT");
+    snprintf(cn, sizeof(cn), "%s", pb_json_str(first(&a, "CreditNotes"), "CreditNoteID"));
+    snprintf(contact_id, sizeof(contact_id), "%s",
+             pb_json_str(first(&a, "CreditNotes"), "Contact.ContactID"));
+    reply_free(&a);
+    reply_free(&b);
+    assert_int_equal(stat_of(open_port, "credit_notes"), 1);
+    assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
+    assert_int_equal(stat_of(open_port, "duplicate_credit_note_references"), 0);
+
+    /* a DRAFT note is not allocated */
+    make_invoice("ORDER-LC", "1", "20", number, sizeof(number));
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+    get_member(path, "Invoices", "InvoiceID", inv_id, sizeof(inv_id));
+    assert_int_equal(allocate(cn, inv_id, "1", &a), 400);
+    assert_non_null(strstr(a.body, "AUTHORISED"));
+    reply_free(&a);
+
+    snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
+    assert_int_equal(api("POST", path, "{\"CreditNotes\":[{\"Status\":\"AUTHORISED\"}]}", &a),
+                     200);
+    assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Status"), "AUTHORISED");
+    assert_int_equal(minor_of(first(&a, "CreditNotes"), "RemainingCredit"), 1234);
+    reply_free(&a);
+    /* VOIDED, as when a chargeback is won; found by status; takes no refund */
+    assert_int_equal(api("POST", path,
+                         "{\"CreditNotes\":[{\"CreditNoteID\":\"x\",\"Status\":\"VOIDED\"}]}", &a),
+                     200);
+    assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Status"), "VOIDED");
+    assert_int_equal(minor_of(first(&a, "CreditNotes"), "Total"), 1234);
+    reply_free(&a);
+    assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes?where=Status%3D%3D%22VOIDED%22&page=1",
+                         NULL, &a),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(a.json, "CreditNotes")), 1);
+    assert_int_equal(json_integer_value(pb_json_path(a.json, "pagination.itemCount")), 1);
+    reply_free(&a);
+    snprintf(path, sizeof(path),
+             "{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":\"090\"},"
+             "\"Amount\":1}",
+             cn);
+    assert_int_equal(api("POST", "/api.xro/2.0/Payments", path, &a), 400);
+    assert_non_null(strstr(a.body, "not of valid status"));
+    reply_free(&a);
+
+    /* without the key the same body is a second note, and the stats say so */
+    assert_int_equal(api("PUT", "/api.xro/2.0/CreditNotes", body, &a), 200);
+    reply_free(&a);
+    assert_int_equal(stat_of(open_port, "duplicate_credit_note_references"), 1);
+
+    /* an invoice type, a bad account, an unknown id: refused */
+    assert_int_equal(api("PUT", "/api.xro/2.0/CreditNotes?summarizeErrors=false",
+                         "{\"CreditNotes\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"X\"}},"
+                         "{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"Name\":\"X\"},\"LineItems\":"
+                         "[{\"Description\":\"a\",\"Quantity\":1,\"UnitAmount\":1,"
+                         "\"AccountCode\":\"999\"}]},"
+                         "{\"CreditNoteID\":\"11111111-1111-4111-8111-111111111111\","
+                         "\"Status\":\"VOIDED\"}]}",
+                         &a),
+                     200);
+    assert_non_null(strstr(a.body, "Credit Note Type 'ACCREC' is not supported"));
+    assert_non_null(strstr(a.body, "Account code '999' is not a valid code for this document."));
+    assert_non_null(strstr(a.body, "Credit Note with CreditNoteID 11111111-1111-4111-8111-"
+                                   "111111111111 could not be found."));
+    reply_free(&a);
+    assert_int_equal(stat_of(open_port, "credit_notes"), 2);
+    /* credit notes are not invoices */
+    assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &a), 200);
+    assert_int_equal(json_array_size(json_object_get(a.json, "Invoices")), 1);
+    reply_free(&a);
+    snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", cn);
+    assert_int_equal(api("GET", path, NULL, &a), 404);
+    reply_free(&a);
+    assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes/CN-0002", NULL, &a), 200);
+    assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Reference"), "CB-1");
+    reply_free(&a);
+    (void)contact_id;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -755,6 +1151,9 @@ int main(void)
         cmocka_unit_test_setup(test_paging, reset),
         cmocka_unit_test_setup(test_void_invoice, reset),
         cmocka_unit_test_setup(test_batch_claims_and_escaping, reset),
+        cmocka_unit_test_setup(test_credit_note_allocation, reset),
+        cmocka_unit_test_setup(test_credit_note_refund_of_paid_invoice, reset),
+        cmocka_unit_test_setup(test_credit_note_lifecycle, reset),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
