@@ -1,0 +1,580 @@
+/*
+ * tests/unit/test_sandbox_syspro.c: the SYSPRO e.net REST emulator
+ * (sandbox/syspro.c) over real HTTP on loopback, with plain libcurl, so that
+ * what is checked is the wire and not the connector's reading of it.
+ *
+ * The emulator is started on its own (sbx_syspro_type.create, pb_httpd on
+ * port 0, a thread per connection), not through pb_sandbox_start(), so the
+ * test does not depend on the framework's table. Every test starts with
+ * POST /_sandbox/reset. Covered: the logon reply (GUID + two spaces,
+ * octet-stream), a refused logon, a UserId without its two spaces refused and
+ * counted, SORTOI create / unknown stock code / duplicate CustomerPoNumber,
+ * ARSTPY with an invalid customer (lower-case reply) and applied to an order
+ * (over-applying refused), ARSSCS + ARSQRY with a hostile name, ARSTIN
+ * credit notes (over-crediting refused), SORQRY by CustomerPoNumber, the
+ * Windows-1252 bytes of "£", the undeclared and UTF-8 encodings, expired
+ * sessions, logoff, unknown business objects, settings validation and reset.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "net/httpd.h"
+#include "syspro.h"
+
+static struct {
+    void *emu;
+    struct pb_httpd *httpd;
+    int port;
+} sx;
+
+struct reply {
+    long status;
+    char *body;
+    size_t len;
+    char content_type[128];
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct reply *r = arg;
+    char *nb = realloc(r->body, r->len + size * n + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + r->len, p, size * n);
+    r->body = nb;
+    r->len += size * n;
+    r->body[r->len] = '\0';
+    return size * n;
+}
+
+static void reply_free(struct reply *r)
+{
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* method + raw path (already escaped) */
+static void http(const char *method, const char *path, const char *body, struct reply *r)
+{
+    CURL *c = curl_easy_init();
+    char url[65536];
+    char *ct = NULL;
+    memset(r, 0, sizeof *r);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
+    snprintf(r->content_type, sizeof r->content_type, "%s", ct ? ct : "");
+    if (!r->body)
+        r->body = calloc(1, 1);
+    curl_easy_cleanup(c);
+}
+
+static char *esc(const char *s)
+{
+    char *e = curl_easy_escape(NULL, s, 0);
+    char *copy = strdup(e);
+    curl_free(e);
+    return copy;
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
+}
+
+static void assert_lacks(const char *hay, const char *needle)
+{
+    if (hay && strstr(hay, needle))
+        fail_msg("did not expect \"%s\" in: %s", needle, hay);
+}
+
+static long long stat_of(const char *key)
+{
+    struct reply r;
+    json_t *j;
+    long long v;
+    http("GET", "/_sandbox/stats", NULL, &r);
+    assert_int_equal(r.status, 200);
+    j = json_loads(r.body, 0, NULL);
+    if (!json_is_integer(json_object_get(j, key)))
+        fail_msg("stats has no integer %s: %s", key, r.body);
+    v = json_integer_value(json_object_get(j, key));
+    json_decref(j);
+    reply_free(&r);
+    return v;
+}
+
+/* Log on; the session id (with its two spaces) into out. */
+static void logon(char *out, size_t len)
+{
+    struct reply r;
+    http("GET",
+         "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=EDU1"
+         "&CompanyPassword=",
+         NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.len, 38);
+    assert_true(r.len < len);
+    memcpy(out, r.body, r.len + 1);
+    reply_free(&r);
+}
+
+/* One business call; raw XML in, reply out. */
+static void bo(const char *op, const char *session, const char *object, const char *params,
+               const char *xml_in, struct reply *r)
+{
+    char *u = esc(session), *p = esc(params ? params : ""), *x = esc(xml_in);
+    char *path = malloc(strlen(u) + strlen(p) + strlen(x) + 256);
+    snprintf(path, strlen(u) + strlen(p) + strlen(x) + 256,
+             "/SYSPROWCFService/Rest/%s?UserId=%s&BusinessObject=%s&XmlParameters=%s&XmlIn=%s",
+             op, u, object, p, x);
+    http("GET", path, NULL, r);
+    free(path);
+    free(u);
+    free(p);
+    free(x);
+}
+
+#define ORDER(customer, po, stock, qty, price)                                                    \
+    "<SalesOrders><Orders><OrderHeader><OrderActionType>A</OrderActionType><Customer>" customer     \
+    "</Customer><CustomerPoNumber>" po "</CustomerPoNumber><OrderDate>2026-11-21</OrderDate>"      \
+    "</OrderHeader><OrderDetails><StockLine><CustomerPoLine>1</CustomerPoLine><LineActionType>A"   \
+    "</LineActionType><StockCode>" stock "</StockCode><OrderQty>" qty "</OrderQty><Price>" price   \
+    "</Price></StockLine></OrderDetails></Orders></SalesOrders>"
+
+/* ---- fixture ------------------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    struct pb_err err = {0};
+    json_t *settings = json_loads(
+        "{\"company_id\":\"EDU1\",\"company_password\":\"\",\"operator\":\"ADMIN\","
+        "\"operator_password\":\"sandbox-op\",\"session_ttl_s\":3600,"
+        "\"stock_codes\":[\"A100\",{\"StockCode\":\"B100\",\"Description\":\"Widget\","
+        "\"Price\":\"4.50\"},\"C100\",\"SHIP\"],"
+        "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 \\u00a3 Ltd\"},\"0000002\"],"
+        "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"],"
+        "\"invoices\":[{\"Invoice\":\"INV900\",\"Customer\":\"0000002\",\"Balance\":\"20.00\"}]}",
+        0, NULL);
+    struct pb_httpd_config cfg = {0};
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    sx.emu = sbx_syspro_type.create(settings, &err);
+    json_decref(settings);
+    if (!sx.emu) {
+        fprintf(stderr, "create: %s\n", err.msg);
+        return -1;
+    }
+    cfg.port = 0;
+    cfg.threads = 0;
+    cfg.max_body = 1u << 20;
+    cfg.routes = sbx_syspro_type.routes(sx.emu);
+    if (pb_httpd_start(&cfg, &sx.httpd, &err)) {
+        fprintf(stderr, "httpd: %s\n", err.msg);
+        return -1;
+    }
+    sx.port = pb_httpd_port(sx.httpd);
+    if (sbx_syspro_type.started)
+        sbx_syspro_type.started(sx.emu, sx.port);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    pb_httpd_stop(sx.httpd);
+    sbx_syspro_type.destroy(sx.emu);
+    curl_global_cleanup();
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    struct reply r;
+    http("POST", "/_sandbox/reset", "{}", &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    return 0;
+}
+
+/* ---- tests --------------------------------------------------------------------------------- */
+
+static void test_settings_are_checked(void **state)
+{
+    struct pb_err err = {0};
+    json_t *bad = json_pack("{s:s}", "encodng", "utf-8");
+    struct reply r;
+    assert_null(sbx_syspro_type.create(bad, &err));
+    assert_contains(err.msg, "encodng");
+    json_decref(bad);
+    bad = json_pack("{s:s}", "duplicate_po", "sometimes");
+    assert_null(sbx_syspro_type.create(bad, &err));
+    assert_contains(err.msg, "duplicate_po");
+    json_decref(bad);
+    http("POST", "/_sandbox/settings", "{\"currency\":\"XXQ\"}", &r);
+    assert_int_equal(r.status, 400);
+    reply_free(&r);
+}
+
+static void test_logon_reply_has_two_trailing_spaces(void **state)
+{
+    struct reply r;
+    http("GET",
+         "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=EDU1"
+         "&CompanyPassword=",
+         NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.len, 38);
+    assert_string_equal(r.body + 36, "  ");
+    assert_int_equal(r.body[8], '-');
+    assert_contains(r.content_type, "application/octet-stream");
+    reply_free(&r);
+    assert_int_equal(stat_of("sessions"), 1);
+    assert_int_equal(stat_of("logons"), 1);
+}
+
+static void test_bad_password_is_error_in_200(void **state)
+{
+    struct reply r;
+    http("GET",
+         "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=wrong&CompanyId=EDU1"
+         "&CompanyPassword=",
+         NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(strncmp(r.body, "ERROR:", 6) == 0);
+    reply_free(&r);
+    http("GET",
+         "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=NOPE"
+         "&CompanyPassword=",
+         NULL, &r);
+    assert_true(strncmp(r.body, "ERROR:", 6) == 0);
+    reply_free(&r);
+    assert_int_equal(stat_of("failed_logons"), 2);
+    assert_int_equal(stat_of("sessions"), 0);
+}
+
+static void test_trimmed_userid_is_refused(void **state)
+{
+    char session[64], trimmed[64];
+    struct reply r;
+    logon(session, sizeof session);
+    memcpy(trimmed, session, 36);
+    trimmed[36] = '\0';
+    bo("Transaction/Post", trimmed, "SORTOI", NULL, ORDER("0000001", "PO-1", "A100", "1", "1.00"),
+       &r);
+    assert_int_equal(r.status, 200);
+    assert_contains(r.body, "ERROR: Invalid UserId");
+    reply_free(&r);
+    assert_int_equal(stat_of("userid_missing_spaces"), 1);
+    assert_int_equal(stat_of("sales_orders"), 0);
+    /* with the spaces, as %20%20 */
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-1", "A100", "1", "1.00"),
+       &r);
+    assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
+    reply_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+}
+
+static void test_sortoi_creates_and_reports_in_1252(void **state)
+{
+    char session[64];
+    struct reply r;
+    json_t *orders, *o;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "SORTOI", "<SalesOrders><Parameters><Process>IMPORT</Process>"
+                                              "</Parameters></SalesOrders>",
+       ORDER("0000001", "ORDER-10023", "A100", "2", "10.99"), &r);
+    assert_contains(r.body, "encoding=\"windows-1252\"");
+    assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
+    assert_contains(r.body, "<CustomerPoNumber>ORDER-10023</CustomerPoNumber>");
+    assert_contains(r.body, "<OrderValue>21.98</OrderValue>");
+    assert_contains(r.body, "<RecordsInvalid>0</RecordsInvalid>");
+    /* "Café £ Ltd": é is 0xE9 and £ is 0xA3 in Windows-1252, and never UTF-8's C2 A3 */
+    assert_contains(r.body, "Caf\xe9 \xa3 Ltd");
+    assert_lacks(r.body, "\xc2\xa3");
+    reply_free(&r);
+    http("GET", "/_sandbox/orders", NULL, &r);
+    orders = json_loads(r.body, 0, NULL);
+    o = json_array_get(orders, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "CustomerPoNumber")), "ORDER-10023");
+    assert_string_equal(json_string_value(json_object_get(o, "OrderValue")), "21.98");
+    assert_string_equal(json_string_value(json_object_get(o, "CustomerName")), "Caf\xc3\xa9 \xc2\xa3 Ltd");
+    json_decref(orders);
+    reply_free(&r);
+}
+
+static void test_sortoi_business_errors(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "XYZ", "1", "1.00"),
+       &r);
+    assert_int_equal(r.status, 200);
+    assert_contains(r.body, "<ErrorDescription>Stock code 'XYZ' not found</ErrorDescription>");
+    assert_contains(r.body, "<ErrorNumber>");
+    assert_contains(r.body, "<RecordsInvalid>1</RecordsInvalid>");
+    reply_free(&r);
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("ZZZ", "PO-X", "A100", "1", "1.00"), &r);
+    assert_contains(r.body, "Customer 'ZZZ' not found");
+    reply_free(&r);
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "A100", "1.5", "2.00"),
+       &r);
+    assert_contains(r.body, "<OrderValue>3.00</OrderValue>");
+    reply_free(&r);
+    /* the same CustomerPoNumber again is refused and counted */
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "A100", "1", "2.00"),
+       &r);
+    assert_contains(r.body, "Customer purchase order number 'PO-X' already exists");
+    assert_contains(r.body, "sales order '000001'");
+    reply_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    assert_int_equal(stat_of("duplicate_customer_po_numbers"), 1);
+    assert_int_equal(stat_of("business_errors"), 3);
+    /* SORQRY finds it by CustomerPoNumber */
+    bo("Query/Query", session, "SORQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer><CustomerPoNumber>PO-X</CustomerPoNumber></Key>"
+       "</Query>",
+       &r);
+    assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
+    reply_free(&r);
+    bo("Query/Query", session, "SORQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer><CustomerPoNumber>PO-NONE</CustomerPoNumber>"
+       "</Key></Query>",
+       &r);
+    assert_contains(r.body, "not found");
+    reply_free(&r);
+}
+
+static void test_arstpy_lower_case_and_applied(void **state)
+{
+    char session[64];
+    struct reply r;
+    const char *params = "<PostArPayment><Parameters><PostingPeriod>C</PostingPeriod>"
+                         "<IgnoreWarnings>N</IgnoreWarnings><ApplyIfEntireDocumentValid>Y"
+                         "</ApplyIfEntireDocumentValid><ValidateOnly>N</ValidateOnly></Parameters>"
+                         "</PostArPayment>";
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "ARSTPY", params,
+       "<PostArPayment><Item><Payment><Customer>ZZZ</Customer><PaymentValue>10.00</PaymentValue>"
+       "<Bank>BANK1</Bank><Reference>R1</Reference></Payment></Item></PostArPayment>",
+       &r);
+    assert_contains(r.body, "<errordescription>Customer 'ZZZ' is invalid</errordescription>");
+    assert_contains(r.body, "<recordsinvalid>1</recordsinvalid>");
+    reply_free(&r);
+    assert_int_equal(stat_of("ar_payments"), 0);
+
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-P", "A100", "1", "10.99"),
+       &r);
+    reply_free(&r);
+    /* over-applying the order's 10.99 is refused */
+    bo("Transaction/Post", session, "ARSTPY", params,
+       "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>11.00"
+       "</PaymentValue><Bank>BANK1</Bank><Reference>R2</Reference><InvoiceToPay><Invoice>000001"
+       "</Invoice><PaymentValue>11.00</PaymentValue></InvoiceToPay></Payment></Item>"
+       "</PostArPayment>",
+       &r);
+    assert_contains(r.body, "exceeds the balance 10.99 of invoice '000001'");
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTPY", params,
+       "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>10.99"
+       "</PaymentValue><Bank>BANK1</Bank><Reference>R2</Reference><InvoiceToPay><Invoice>000001"
+       "</Invoice><PaymentValue>10.99</PaymentValue></InvoiceToPay></Payment></Item>"
+       "</PostArPayment>",
+       &r);
+    assert_contains(r.body, "<journal>1</journal>");
+    assert_contains(r.body, "<entry>1</entry>");
+    reply_free(&r);
+    /* a bad bank */
+    bo("Transaction/Post", session, "ARSTPY", params,
+       "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>1.00"
+       "</PaymentValue><Bank>NOPE</Bank><Reference>R3</Reference></Payment></Item>"
+       "</PostArPayment>",
+       &r);
+    assert_contains(r.body, "Bank 'NOPE' is invalid");
+    reply_free(&r);
+    assert_int_equal(stat_of("ar_payments"), 1);
+    /* the payment is listed with the customer's transactions */
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer></Key><Option><IncludeTransactions>Y"
+       "</IncludeTransactions></Option></Query>",
+       &r);
+    assert_contains(r.body, "<Reference>R2</Reference>");
+    assert_contains(r.body, "<Balance>0.00</Balance>");
+    reply_free(&r);
+}
+
+static void test_customer_setup_escapes_and_queries(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Setup/Add", session, "ARSSCS", NULL,
+       "<SetupArCustomer><Item><Key><Customer>WEB0001</Customer></Key><Name>Ann &lt;&amp;&gt; "
+       "\xc3\xa9\xc2\xa3</Name><Email>ann@example.com</Email></Item></SetupArCustomer>",
+       &r);
+    assert_contains(r.body, "<RecordsInvalid>0</RecordsInvalid>");
+    reply_free(&r);
+    assert_int_equal(stat_of("customers_added"), 1);
+    bo("Setup/Add", session, "ARSSCS", NULL,
+       "<SetupArCustomer><Item><Key><Customer>WEB0001</Customer></Key><Name>Again</Name></Item>"
+       "</SetupArCustomer>",
+       &r);
+    assert_contains(r.body, "Customer 'WEB0001' already exists");
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>WEB0001</Customer></Key></Query>", &r);
+    assert_contains(r.body, "<Name>Ann &lt;&amp;&gt; \xe9\xa3</Name>");
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>NOBODY</Customer></Key></Query>", &r);
+    assert_contains(r.body, "Customer 'NOBODY' not found");
+    reply_free(&r);
+    bo("Query/Query", session, "INVQRY", NULL,
+       "<Query><Key><StockCode>B100</StockCode></Key></Query>", &r);
+    assert_contains(r.body, "<Price>4.50</Price>");
+    reply_free(&r);
+}
+
+static void test_credit_notes(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-C", "A100", "1", "10.00"),
+       &r);
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTIN", NULL,
+       "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
+       "<InvoiceValue>12.00</InvoiceValue><Reference>RF-1</Reference><OriginalDocument>000001"
+       "</OriginalDocument></Invoice></Item></PostArInvoice>",
+       &r);
+    assert_contains(r.body, "exceeds the uncredited value 10.00 of document '000001'");
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTIN", NULL,
+       "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
+       "<InvoiceValue>4.00</InvoiceValue><Reference>RF-1</Reference><OriginalDocument>000001"
+       "</OriginalDocument></Invoice></Item></PostArInvoice>",
+       &r);
+    assert_contains(r.body, "<Invoice>CN000001</Invoice>");
+    reply_free(&r);
+    assert_int_equal(stat_of("credit_notes"), 1);
+}
+
+static void test_encodings(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    http("POST", "/_sandbox/settings", "{\"encoding\":\"windows-1252-undeclared\"}", &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer></Key></Query>", &r);
+    assert_lacks(r.body, "<?xml");
+    assert_contains(r.body, "Caf\xe9 \xa3 Ltd");
+    reply_free(&r);
+    http("POST", "/_sandbox/settings", "{\"encoding\":\"utf-8\",\"lowercase_replies\":true}", &r);
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer></Key></Query>", &r);
+    assert_contains(r.body, "encoding=\"UTF-8\"");
+    assert_contains(r.body, "<name>Caf\xc3\xa9 \xc2\xa3 Ltd</name>");
+    reply_free(&r);
+}
+
+static void test_sessions_expire_and_log_off(void **state)
+{
+    char session[64], path[256];
+    struct reply r;
+    char *u;
+    logon(session, sizeof session);
+    http("POST", "/_sandbox/expire_sessions", "{}", &r);
+    reply_free(&r);
+    bo("Query/Query", session, "INVQRY", NULL,
+       "<Query><Key><StockCode>A100</StockCode></Key></Query>", &r);
+    assert_contains(r.body, "ERROR: Invalid UserId");
+    reply_free(&r);
+    assert_int_equal(stat_of("invalid_session_calls"), 1);
+    logon(session, sizeof session);
+    u = esc(session);
+    snprintf(path, sizeof path, "/SYSPROWCFService/Rest/Logoff?UserId=%s", u);
+    free(u);
+    http("GET", path, NULL, &r);
+    assert_string_equal(r.body, "0");
+    reply_free(&r);
+    assert_int_equal(stat_of("logoffs"), 1);
+    assert_int_equal(stat_of("sessions"), 0);
+}
+
+static void test_malformed_requests_get_error_text(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "SORTOX", NULL, "<x/>", &r);
+    assert_true(strncmp(r.body, "ERROR:", 6) == 0);
+    assert_contains(r.body, "SORTOX");
+    reply_free(&r);
+    bo("Transaction/Post", session, "SORTOI", NULL, "<SalesOrders><unclosed>", &r);
+    assert_contains(r.body, "ERROR: XmlIn");
+    reply_free(&r);
+}
+
+static void test_reset_forgets(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-R", "A100", "1", "1.00"),
+       &r);
+    reply_free(&r);
+    http("POST", "/_sandbox/settings", "{\"customers\":[\"0000009\"]}", &r);
+    reply_free(&r);
+    assert_int_equal(stat_of("customers"), 1);
+    http("POST", "/_sandbox/reset", "{}", &r);
+    reply_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 0);
+    assert_int_equal(stat_of("sessions"), 0);
+    assert_int_equal(stat_of("customers"), 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_settings_are_checked, test_setup),
+        cmocka_unit_test_setup(test_logon_reply_has_two_trailing_spaces, test_setup),
+        cmocka_unit_test_setup(test_bad_password_is_error_in_200, test_setup),
+        cmocka_unit_test_setup(test_trimmed_userid_is_refused, test_setup),
+        cmocka_unit_test_setup(test_sortoi_creates_and_reports_in_1252, test_setup),
+        cmocka_unit_test_setup(test_sortoi_business_errors, test_setup),
+        cmocka_unit_test_setup(test_arstpy_lower_case_and_applied, test_setup),
+        cmocka_unit_test_setup(test_customer_setup_escapes_and_queries, test_setup),
+        cmocka_unit_test_setup(test_credit_notes, test_setup),
+        cmocka_unit_test_setup(test_encodings, test_setup),
+        cmocka_unit_test_setup(test_sessions_expire_and_log_off, test_setup),
+        cmocka_unit_test_setup(test_malformed_requests_get_error_text, test_setup),
+        cmocka_unit_test_setup(test_reset_forgets, test_setup),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
