@@ -1,0 +1,1055 @@
+/*
+ * tests/unit/test_connector_syspro.c: the SYSPRO sink connector
+ * (src/connectors/syspro/) against the sandbox's SYSPRO emulator, plus a raw
+ * socket server for what the emulator cannot show or be made to do.
+ *
+ * Emulator (sbx_syspro_type started on its own pb_httpd, port 0, a thread per
+ * connection; the connector called through pb_connector_syspro directly):
+ * settings validation; one logon reused and ended by Logoff on destroy; a
+ * refused logon (transient, with what to check, and no second logon inside
+ * logon_retry_s); an expired session answered by one new logon; SORTOI with
+ * CustomerPoNumber and a held order; a StockCode not found and an invalid
+ * customer on ARSTPY as PB_ERR_PERMANENT with SYSPRO's words; attempt 2 of an
+ * order, a payment and a credit note finding the record and posting nothing
+ * (emulator stats); an order already in SYSPRO recognised through the
+ * duplicate refusal; Windows-1252 replies (declared and undeclared) arriving
+ * as UTF-8; a hostile name round-tripping through Setup/Add and Query; lower-
+ * case replies; mapping errors; the session id kept out of traces.
+ *
+ * Raw server (a thread on a loopback socket that records each request line
+ * as it came off the wire and answers from a script): the session id goes
+ * back as "%20%20", 500 and 503 + Retry-After are transient, a URL longer
+ * than max_url_bytes is refused before anything is sent.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <arpa/inet.h>
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "connectors/connector.h"
+#include "connectors/syspro/syspro_internal.h"
+#include "net/http_client.h"
+#include "net/httpd.h"
+#include "syspro.h"
+
+extern const struct pb_connector_type pb_connector_syspro;
+
+static struct {
+    void *emu;
+    struct pb_httpd *httpd;
+    int port;
+    struct pb_http_client *http;
+} sx;
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
+}
+
+static void assert_lacks(const char *hay, const char *needle)
+{
+    if (hay && strstr(hay, needle))
+        fail_msg("did not expect \"%s\" in: %s", needle, hay);
+}
+
+/* ---- the emulator's admin routes ------------------------------------------------------------ */
+
+struct buf {
+    char *data;
+    size_t len;
+};
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    char *grown = realloc(b->data, b->len + size * n + 1);
+    if (!grown)
+        return 0;
+    b->data = grown;
+    memcpy(b->data + b->len, p, size * n);
+    b->len += size * n;
+    b->data[b->len] = '\0';
+    return size * n;
+}
+
+static long admin(const char *method, const char *path, const char *body, json_t **out)
+{
+    CURL *c = curl_easy_init();
+    struct buf b = {0};
+    char url[256];
+    long status = 0;
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (out)
+        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    free(b.data);
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static long long stat_of(const char *key)
+{
+    json_t *s;
+    long long v;
+    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
+    if (!json_is_integer(json_object_get(s, key)))
+        fail_msg("stats has no integer \"%s\"", key);
+    v = json_integer_value(json_object_get(s, key));
+    json_decref(s);
+    return v;
+}
+
+static void emu_settings(const char *json)
+{
+    assert_int_equal(admin("POST", "/_sandbox/settings", json, NULL), 200);
+}
+
+/* ---- connections ------------------------------------------------------------------------------ */
+
+static struct pb_connection *connection_at(int port, const char *op_password, json_t *extra,
+                                           struct pb_err *err, enum pb_rc *rc)
+{
+    struct pb_connection *c = calloc(1, sizeof *c);
+    char base[128];
+    snprintf(base, sizeof base, "http://127.0.0.1:%d/SYSPROWCFService/Rest", port);
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_syspro;
+    snprintf(c->name, sizeof c->name, "syspro-test");
+    c->settings = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url", base, "company_id", "EDU1",
+                            "operator", "ADMIN", "bank", "BANK1", "payment_type", "CC",
+                            "timeout_ms", 5000);
+    if (extra) {
+        json_object_update(c->settings, extra);
+        json_decref(extra);
+    }
+    c->secrets = json_pack("{s:s,s:s}", "operator_password", op_password, "company_password", "");
+    *rc = c->type->init(c, err);
+    return c;
+}
+
+static struct pb_connection *connection_with(json_t *extra)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(sx.port, "sandbox-op", extra, &err, &rc);
+    if (rc)
+        fail_msg("init: %s", err.msg);
+    return c;
+}
+
+static struct pb_connection *connection(void) { return connection_with(NULL); }
+
+static void connection_free(struct pb_connection *c)
+{
+    if (c->state)
+        c->type->destroy(c);
+    json_decref(c->settings);
+    json_decref(c->secrets);
+    free(c);
+}
+
+/* ---- running one item -------------------------------------------------------------------------- */
+
+struct run {
+    struct pb_sink_item it;
+    json_t *trace;
+    enum pb_rc rc;                /* execute's return */
+    struct pb_err err;
+};
+
+static void run_item(struct pb_connection *c, const char *command, const char *doc_json,
+                     const char *reference, uint32_t attempt, struct run *r)
+{
+    struct pb_call_ctx ctx = {0};
+    json_error_t jerr;
+    memset(r, 0, sizeof *r);
+    r->it.command = command;
+    r->it.document = json_loads(doc_json, 0, &jerr);
+    if (!r->it.document)
+        fail_msg("test document: %s: %s", jerr.text, doc_json);
+    r->it.reference = reference;
+    r->it.idempotency_key = reference;
+    r->it.attempt = attempt;
+    r->trace = json_array();
+    ctx.http = sx.http;
+    ctx.trace = r->trace;
+    ctx.now = time(NULL);
+    ctx.retry_after_s = -1;
+    r->rc = c->type->execute(c, &ctx, &r->it, 1, &r->err);
+}
+
+static void run_free(struct run *r)
+{
+    json_decref(r->it.document);
+    json_decref(r->it.result);
+    json_decref(r->trace);
+}
+
+static char *trace_text(struct run *r) { return json_dumps(r->trace, JSON_COMPACT); }
+
+#define ORDER_DOC(customer, po, stock, price)                                                      \
+    "{\"Customer\":\"" customer "\",\"CustomerPoNumber\":\"" po "\",\"OrderDate\":\"2026-11-21\","  \
+    "\"Email\":\"ann@example.com\",\"Lines\":[{\"StockCode\":\"" stock "\",\"OrderQty\":\"1\","     \
+    "\"Price\":\"" price "\"},{\"LineType\":\"FreightLine\",\"FreightValue\":\"4.95\"}]}"
+
+/* ---- fixture ---------------------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    struct pb_err err = {0};
+    json_t *settings = json_loads(
+        "{\"stock_codes\":[\"A100\",\"B100\",\"C100\",\"SHIP\"],"
+        "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 \\u00a3 Ltd\"},\"0000002\"],"
+        "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"]}",
+        0, NULL);
+    struct pb_httpd_config cfg = {0};
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    sx.emu = sbx_syspro_type.create(settings, &err);
+    json_decref(settings);
+    if (!sx.emu) {
+        fprintf(stderr, "emulator: %s\n", err.msg);
+        return -1;
+    }
+    cfg.port = 0;
+    cfg.threads = 0;
+    cfg.max_body = 1u << 20;
+    cfg.routes = sbx_syspro_type.routes(sx.emu);
+    if (pb_httpd_start(&cfg, &sx.httpd, &err)) {
+        fprintf(stderr, "httpd: %s\n", err.msg);
+        return -1;
+    }
+    sx.port = pb_httpd_port(sx.httpd);
+    if (sbx_syspro_type.started)
+        sbx_syspro_type.started(sx.emu, sx.port);
+    if (pb_http_client_new(&sx.http, &err)) {
+        fprintf(stderr, "client: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    pb_http_client_free(sx.http);
+    pb_httpd_stop(sx.httpd);
+    sbx_syspro_type.destroy(sx.emu);
+    curl_global_cleanup();
+    return 0;
+}
+
+static int test_setup(void **state)
+{
+    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    return 0;
+}
+
+/* ---- a raw server that records request lines --------------------------------------------------- */
+
+#define RAW_MAX_LINES 32
+
+struct raw_rule {
+    const char *path_part;        /* substring of the request line */
+    int status;
+    const char *extra_headers;    /* "Retry-After: 7\r\n" or NULL */
+    const char *body;
+};
+
+static struct {
+    int fd, port;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    char lines[RAW_MAX_LINES][8192];
+    int n_lines;
+    const struct raw_rule *rules;  /* NULL-path terminated */
+    int stop;
+} raw;
+
+static void *raw_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        char req[65536], head[512];
+        size_t got = 0;
+        int fd = accept(raw.fd, NULL, NULL);
+        const struct raw_rule *rule = NULL;
+        char *eol;
+        if (fd < 0)
+            return NULL;
+        if (raw.stop) {
+            close(fd);
+            return NULL;
+        }
+        while (got + 1 < sizeof req) {
+            ssize_t k = recv(fd, req + got, sizeof req - 1 - got, 0);
+            if (k <= 0)
+                break;
+            got += (size_t)k;
+            req[got] = '\0';
+            if (strstr(req, "\r\n\r\n"))
+                break;
+        }
+        req[got] = '\0';
+        eol = strstr(req, "\r\n");
+        if (eol)
+            *eol = '\0';
+        pthread_mutex_lock(&raw.lock);
+        if (raw.n_lines < RAW_MAX_LINES)
+            snprintf(raw.lines[raw.n_lines++], sizeof raw.lines[0], "%s", req);
+        for (const struct raw_rule *r = raw.rules; r && r->path_part; r++)
+            if (strstr(req, r->path_part)) {
+                rule = r;
+                break;
+            }
+        pthread_mutex_unlock(&raw.lock);
+        {
+            int status = rule ? rule->status : 404;
+            const char *body = rule ? rule->body : "not scripted";
+            int n = snprintf(head, sizeof head,
+                             "HTTP/1.1 %d X\r\nContent-Type: application/octet-stream\r\n%s"
+                             "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                             status, rule && rule->extra_headers ? rule->extra_headers : "",
+                             strlen(body));
+            if (send(fd, head, (size_t)n, MSG_NOSIGNAL) < 0 ||
+                send(fd, body, strlen(body), MSG_NOSIGNAL) < 0) {
+                /* the client went away: nothing to do */
+            }
+        }
+        close(fd);
+    }
+}
+
+static void raw_start(const struct raw_rule *rules)
+{
+    struct sockaddr_in sa = {0};
+    socklen_t len = sizeof sa;
+    int one = 1;
+    memset(raw.lines, 0, sizeof raw.lines);
+    raw.n_lines = 0;
+    raw.rules = rules;
+    raw.stop = 0;
+    pthread_mutex_init(&raw.lock, NULL);
+    raw.fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(raw.fd >= 0);
+    setsockopt(raw.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(raw.fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(raw.fd, 16), 0);
+    assert_int_equal(getsockname(raw.fd, (struct sockaddr *)&sa, &len), 0);
+    raw.port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&raw.thread, NULL, raw_main, NULL), 0);
+}
+
+static void raw_stop(void)
+{
+    int fd;
+    struct sockaddr_in sa = {0};
+    raw.stop = 1;
+    /* wake accept() */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)raw.port);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        /* accept() will fail once the socket closes */
+    }
+    close(fd);
+    pthread_join(raw.thread, NULL);
+    close(raw.fd);
+    pthread_mutex_destroy(&raw.lock);
+}
+
+static struct pb_connection *raw_connection(json_t *extra)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(raw.port, "sandbox-op", extra, &err, &rc);
+    if (rc)
+        fail_msg("init: %s", err.msg);
+    return c;
+}
+
+#define RAW_GUID "0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9"
+
+/* ---- init ------------------------------------------------------------------------------------- */
+
+static void test_init_validates_settings(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c;
+
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "busines_objects", "x"), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.busines_objects");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "sales_order",
+                                              "SOR TOI"),
+                      &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.business_objects.sales_order");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "journal", "X"),
+                      &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "business_objects.journal");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "base_url", "ftp://host"), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.base_url");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "posting_period", "X"), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.posting_period");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x",
+                      json_pack("{s:{s:{s:s}}}", "parameters", "sales_order", "Bad Name", "Y"),
+                      &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.parameters.sales_order");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "lookup_before_create", "never"), &err,
+                      &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "lookup_before_create");
+    connection_free(c);
+
+    /* a missing secret key is named (an empty one is allowed) */
+    c = calloc(1, sizeof *c);
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_syspro;
+    c->settings = json_pack("{s:s,s:s,s:s}", "base_url", "http://h/SYSPROWCFService/Rest",
+                            "company_id", "EDU1", "operator", "ADMIN");
+    c->secrets = json_pack("{s:s}", "company_password", "");
+    assert_int_equal(c->type->init(c, &err), PB_ERR_CONFIG);
+    assert_contains(err.msg, "secrets.operator_password");
+    connection_free(c);
+}
+
+static void test_max_batch(void **state)
+{
+    struct pb_connection *c = connection();
+    assert_int_equal(c->type->max_batch(c, "salesorder.create"), 1);
+    assert_int_equal(c->type->max_batch(c, "arpayment.post"), 1);
+    assert_int_equal(c->type->max_batch(c, "creditnote.create"), 1);
+    assert_int_equal(c->type->max_batch(c, "customer.ensure"), 1);
+    assert_int_equal(c->type->max_batch(c, "stock.check"), 1);
+    assert_int_equal(c->type->max_batch(c, "invoice.create"), 0);
+    connection_free(c);
+}
+
+/* ---- sessions --------------------------------------------------------------------------------- */
+
+static void test_session_reused_and_logged_off(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "stock.check", "{\"StockCode\":\"A100\"}", "A100", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "A100");
+    run_free(&r);
+    run_item(c, "customer.ensure", "{\"Customer\":\"0000001\"}", "0000001", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    run_free(&r);
+    /* one logon for both calls; every UserId was accepted, so it kept its spaces */
+    assert_int_equal(stat_of("logons"), 1);
+    assert_int_equal(stat_of("invalid_session_calls"), 0);
+    assert_int_equal(stat_of("userid_missing_spaces"), 0);
+    assert_int_equal(stat_of("sessions"), 1);
+    connection_free(c);
+    assert_int_equal(stat_of("logoffs"), 1);
+    assert_int_equal(stat_of("sessions"), 0);
+}
+
+static void test_userid_goes_back_with_percent20_percent20(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"/Query/Query?", 200, NULL,
+         "<InvQuery><StockItem><StockCode>A100</StockCode></StockItem></InvQuery>"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    struct run r;
+    char *trace;
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    run_item(c, "stock.check", "{\"StockCode\":\"A100\"}", "A100", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    connection_free(c); /* logs off */
+    assert_int_equal(raw.n_lines, 3);
+    assert_contains(raw.lines[0], "GET /SYSPROWCFService/Rest/logon?Operator=ADMIN&");
+    assert_contains(raw.lines[1], "GET /SYSPROWCFService/Rest/Query/Query?UserId=" RAW_GUID
+                                  "%20%20&BusinessObject=INVQRY&XmlIn=");
+    assert_contains(raw.lines[2], "/Logoff?UserId=" RAW_GUID "%20%20 HTTP/1.1");
+    /* the session id is a credential: never in the trace; the passwords neither */
+    trace = trace_text(&r);
+    assert_lacks(trace, RAW_GUID);
+    assert_lacks(trace, "sandbox-op");
+    assert_contains(trace, "UserId=***");
+    assert_contains(trace, "<StockCode>A100</StockCode>");
+    free(trace);
+    run_free(&r);
+    raw_stop();
+}
+
+static void test_refused_logon_is_transient_and_not_repeated(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(sx.port, "wrong", NULL, &err, &rc);
+    struct run r;
+    assert_int_equal(rc, PB_OK);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "PO-L", "A100", "1.00"), "PO-L", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_int_equal(r.rc, PB_ERR_TRANSIENT);
+    assert_contains(r.it.message, "SYSPRO refused the logon of operator \"ADMIN\"");
+    assert_contains(r.it.message, "Invalid operator code or password");
+    assert_contains(r.it.message, "secrets.operator_password");
+    assert_lacks(r.it.message, "wrong");
+    run_free(&r);
+    /* inside logon_retry_s no second logon is tried (operator lock-out) */
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "PO-L", "A100", "1.00"), "PO-L", 2, &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_true(r.it.retry_after_s > 0);
+    assert_contains(r.it.message, "no new logon");
+    run_free(&r);
+    assert_int_equal(stat_of("failed_logons"), 1);
+    assert_int_equal(stat_of("sales_orders"), 0);
+    connection_free(c);
+}
+
+static void test_expired_session_logs_on_again_once(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "stock.check", "{\"StockCode\":\"B100\"}", "B100", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    run_free(&r);
+    assert_int_equal(admin("POST", "/_sandbox/expire_sessions", "{}", NULL), 200);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "PO-E", "A100", "2.00"), "PO-E", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    run_free(&r);
+    assert_int_equal(stat_of("logons"), 2);
+    assert_int_equal(stat_of("invalid_session_calls"), 1);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    connection_free(c);
+}
+
+/* ---- sales orders --------------------------------------------------------------------------------- */
+
+static void test_salesorder_create(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    json_t *orders, *o, *lines;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-10023", "A100", "10.99"),
+             "ORDER-10023", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_int_equal(r.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    assert_false(json_is_true(json_object_get(r.it.result, "existing")));
+    run_free(&r);
+    assert_int_equal(admin("GET", "/_sandbox/orders", NULL, &orders), 200);
+    o = json_array_get(orders, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "CustomerPoNumber")), "ORDER-10023");
+    assert_string_equal(json_string_value(json_object_get(o, "OrderValue")), "15.94");
+    assert_string_equal(json_string_value(json_object_get(o, "OrderDate")), "2026-11-21");
+    assert_false(json_is_true(json_object_get(o, "OnHold")));
+    lines = json_object_get(o, "Lines");
+    assert_int_equal(json_array_size(lines), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 0), "StockCode")),
+                        "A100");
+    json_decref(orders);
+    connection_free(c);
+}
+
+static void test_salesorder_po_defaults_to_reference_and_hold(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    json_t *orders, *o, *lines;
+    run_item(c, "salesorder.create",
+             "{\"Customer\":\"0000001\",\"Hold\":true,\"HoldReason\":\"Opayo fraud score 85\","
+             "\"Lines\":[{\"StockCode\":\"B100\",\"OrderQty\":2,\"Price\":\"5.00\"}]}",
+             "VTX-77", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_true(json_is_true(json_object_get(r.it.result, "held")));
+    run_free(&r);
+    assert_int_equal(admin("GET", "/_sandbox/orders", NULL, &orders), 200);
+    o = json_array_get(orders, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "CustomerPoNumber")), "VTX-77");
+    assert_string_equal(json_string_value(json_object_get(o, "OrderStatus")), "S");
+    assert_true(json_is_true(json_object_get(o, "OnHold")));
+    lines = json_object_get(o, "Lines");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 1), "Comment")),
+                        "On hold: Opayo fraud score 85");
+    json_decref(orders);
+    connection_free(c);
+}
+
+static void test_stock_code_not_found_is_permanent(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "PO-XYZ", "XYZ", "1.00"), "PO-XYZ", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "Stock code 'XYZ' not found");
+    assert_contains(r.it.message, "SORTOI");
+    assert_string_equal(r.it.erp_id, "");
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 0);
+    /* stock.check says the same */
+    run_item(c, "stock.check", "{\"StockCode\":\"XYZ\"}", "XYZ", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "Stock code 'XYZ' not found");
+    run_free(&r);
+    connection_free(c);
+}
+
+static void test_retry_finds_the_order_and_posts_nothing(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-1", "A100", "3.00"), "ORDER-1", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    run_free(&r);
+    /* the reply was "lost": the engine tries again */
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-1", "A100", "3.00"), "ORDER-1", 2,
+             &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    assert_null(json_object_get(r.it.result, "refusal"));
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    assert_int_equal(stat_of("duplicate_customer_po_numbers"), 0); /* looked up, not posted */
+    connection_free(c);
+}
+
+static void test_order_already_in_syspro_is_not_posted_twice(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "DUP-1", "A100", "3.00"), "DUP-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    run_free(&r);
+    /* a first attempt (no look-up) of a transaction SYSPRO already has */
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "DUP-1", "A100", "3.00"), "DUP-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    assert_contains(json_string_value(json_object_get(r.it.result, "refusal")), "already exists");
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    assert_int_equal(stat_of("duplicate_customer_po_numbers"), 1);
+    connection_free(c);
+}
+
+static void test_lookup_always_when_syspro_allows_duplicates(void **state)
+{
+    struct pb_connection *c = connection_with(json_pack("{s:s}", "lookup_before_create", "always"));
+    struct run r;
+    emu_settings("{\"duplicate_po\":\"allow\"}");
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "AL-1", "A100", "3.00"), "AL-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    run_free(&r);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "AL-1", "A100", "3.00"), "AL-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    connection_free(c);
+}
+
+/* ---- AR payments and credit notes ------------------------------------------------------------ */
+
+static void test_payment_invalid_customer_is_permanent(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "arpayment.post", "{\"Customer\":\"ZZZ\",\"PaymentValue\":\"10.99\"}", "ORDER-9", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "Customer 'ZZZ' is invalid");
+    assert_contains(r.it.message, "ARSTPY");
+    run_free(&r);
+    assert_int_equal(stat_of("ar_payments"), 0);
+    connection_free(c);
+}
+
+static void test_payment_applied_and_retry_finds_it(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    json_t *ledger, *p;
+    char erp[128];
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-2", "A100", "10.00"), "ORDER-2",
+             1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    run_free(&r);
+    run_item(c, "arpayment.post",
+             "{\"Customer\":\"0000001\",\"PaymentValue\":\"14.95\",\"PaymentDate\":\"2026-11-21\","
+             "\"InvoiceToPay\":[{\"Invoice\":\"000001\",\"PaymentValue\":\"14.95\"}]}",
+             "ORDER-2", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_contains(r.it.erp_id, "/1/1"); /* TrnYear/TrnMonth/Journal/Entry */
+    snprintf(erp, sizeof erp, "%s", r.it.erp_id);
+    run_free(&r);
+    assert_int_equal(admin("GET", "/_sandbox/ledger", NULL, &ledger), 200);
+    p = json_array_get(json_object_get(ledger, "ar_payments"), 0);
+    assert_string_equal(json_string_value(json_object_get(p, "Reference")), "ORDER-2");
+    assert_string_equal(json_string_value(json_object_get(p, "Bank")), "BANK1");
+    assert_string_equal(json_string_value(json_object_get(p, "PaymentType")), "CC");
+    json_decref(ledger);
+    run_item(c, "arpayment.post",
+             "{\"Customer\":\"0000001\",\"PaymentValue\":\"14.95\","
+             "\"InvoiceToPay\":[{\"Invoice\":\"000001\",\"PaymentValue\":\"14.95\"}]}",
+             "ORDER-2", 2, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, erp);
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    run_free(&r);
+    assert_int_equal(stat_of("ar_payments"), 1);
+    connection_free(c);
+}
+
+static void test_credit_note_and_retry(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-3", "A100", "10.00"), "ORDER-3",
+             1, &r);
+    run_free(&r);
+    run_item(c, "creditnote.create",
+             "{\"Customer\":\"0000001\",\"InvoiceValue\":\"30.00\",\"OriginalDocument\":\"000001\"}",
+             "RF-3", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "exceeds the uncredited value 14.95");
+    run_free(&r);
+    run_item(c, "creditnote.create",
+             "{\"Customer\":\"0000001\",\"InvoiceValue\":\"4.95\",\"OriginalDocument\":\"000001\","
+             "\"Comment\":\"Refund of ORDER-3\"}",
+             "RF-3", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "CN000001");
+    run_free(&r);
+    run_item(c, "creditnote.create",
+             "{\"Customer\":\"0000001\",\"InvoiceValue\":\"4.95\",\"OriginalDocument\":\"000001\"}",
+             "RF-3", 3, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "CN000001");
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    run_free(&r);
+    assert_int_equal(stat_of("credit_notes"), 1);
+    connection_free(c);
+}
+
+/* ---- text: encodings and escaping ----------------------------------------------------------- */
+
+static void test_windows_1252_reply_arrives_as_utf8(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    json_t *name;
+    /* declared windows-1252 */
+    run_item(c, "customer.ensure", "{\"Customer\":\"0000001\",\"Name\":\"ignored\"}", "0000001", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_false(json_is_true(json_object_get(r.it.result, "created")));
+    name = json_object_get(json_object_get(json_object_get(r.it.result, "record"),
+                                           "CustomerDetails"),
+                           "Name");
+    assert_string_equal(json_string_value(name), "Caf\xc3\xa9 \xc2\xa3 Ltd");
+    run_free(&r);
+    /* no declaration at all: not valid UTF-8, so read as Windows-1252 */
+    emu_settings("{\"encoding\":\"windows-1252-undeclared\"}");
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ENC-1", "A100", "1.00"), "ENC-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    name = json_object_get(json_object_get(json_object_get(r.it.result, "reply"), "Order"),
+                           "CustomerName");
+    assert_string_equal(json_string_value(name), "Caf\xc3\xa9 \xc2\xa3 Ltd");
+    run_free(&r);
+    connection_free(c);
+}
+
+static void test_hostile_name_round_trips(void **state)
+{
+    static const char hostile[] = "Ann <&> \"O'Brien\" ]]> \xc3\xa9\xc2\xa3";
+    struct pb_connection *c = connection();
+    struct run r;
+    json_t *ledger, *cust;
+    char doc[512];
+    char *trace;
+    snprintf(doc, sizeof doc,
+             "{\"Customer\":\"WEB0042\",\"Name\":\"Ann <&> \\\"O'Brien\\\" ]]> \\u00e9\\u00a3\","
+             "\"Email\":\"a&b@example.com\",\"ShortName\":\"</Name><Customer>0000001\"}");
+    run_item(c, "customer.ensure", doc, "WEB0042", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "WEB0042");
+    assert_true(json_is_true(json_object_get(r.it.result, "created")));
+    trace = trace_text(&r);
+    assert_contains(trace, "Ann &lt;&amp;&gt;");
+    free(trace);
+    run_free(&r);
+    assert_int_equal(admin("GET", "/_sandbox/ledger", NULL, &ledger), 200);
+    cust = json_object_get(json_object_get(ledger, "customers"), "WEB0042");
+    assert_string_equal(json_string_value(json_object_get(cust, "Name")), hostile);
+    assert_string_equal(json_string_value(json_object_get(cust, "ShortName")),
+                        "</Name><Customer>0000001");
+    json_decref(ledger);
+    /* and back through a Windows-1252 query reply */
+    run_item(c, "customer.ensure", doc, "WEB0042", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_false(json_is_true(json_object_get(r.it.result, "created")));
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(r.it.result, "record"),
+                                            "CustomerDetails"),
+                            "Name")),
+                        hostile);
+    run_free(&r);
+    assert_int_equal(stat_of("customers_added"), 1);
+    connection_free(c);
+}
+
+static void test_lower_case_replies(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    emu_settings("{\"lowercase_replies\":true,\"encoding\":\"utf-8\"}");
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "LC-1", "A100", "1.00"), "LC-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_string_equal(r.it.erp_id, "000001");
+    run_free(&r);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "LC-2", "NOPE", "1.00"), "LC-2", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "Stock code 'NOPE' not found");
+    run_free(&r);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "LC-1", "A100", "1.00"), "LC-1", 2, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 1);
+    connection_free(c);
+}
+
+/* ---- mapping and configuration errors --------------------------------------------------------- */
+
+static void test_mapping_errors(void **state)
+{
+    struct pb_connection *c = connection();
+    struct run r;
+    run_item(c, "salesorder.create",
+             "{\"Customer\":\"0000001\",\"Lines\":[{\"StockCode\":\"A100\",\"OrderQty\":1,"
+             "\"Price\":10.99}]}",
+             "M-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "Lines[0].Price");
+    assert_contains(r.it.message, "decimals as text");
+    run_free(&r);
+    run_item(c, "salesorder.create", "{\"Customer\":\"0000001\"}", "M-2", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "Lines");
+    run_free(&r);
+    run_item(c, "salesorder.create",
+             "{\"Customer\":\"0000001\",\"Lines\":[{\"LineType\":\"Bogus\"}]}", "M-3", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "LineType");
+    run_free(&r);
+    run_item(c, "salesorder.create",
+             "{\"Customer\":\"0000001\",\"Bad Name\":\"x\",\"Lines\":[{\"StockCode\":\"A100\"}]}",
+             "M-4", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "XML element name");
+    run_free(&r);
+    run_item(c, "arpayment.post", "{\"Customer\":\"0000001\",\"PaymentValue\":\"1e3\"}", "M-5", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "PaymentValue");
+    run_free(&r);
+    run_item(c, "customer.ensure", "[1]", "M-6", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    run_free(&r);
+    run_item(c, "invoice.create", "{}", "M-7", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "no command");
+    run_free(&r);
+    assert_int_equal(stat_of("sales_orders"), 0);
+    assert_int_equal(stat_of("ar_payments"), 0);
+    connection_free(c);
+
+    /* a payment without a bank anywhere */
+    c = connection_with(json_pack("{s:s}", "bank", ""));
+    run_item(c, "arpayment.post", "{\"Customer\":\"0000001\",\"PaymentValue\":\"1.00\"}", "M-8", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_ERR_MAPPING);
+    assert_contains(r.it.message, "settings.bank");
+    run_free(&r);
+    connection_free(c);
+}
+
+static void test_unlicensed_object_is_permanent(void **state)
+{
+    struct pb_connection *c =
+        connection_with(json_pack("{s:{s:s}}", "business_objects", "sales_order", "SORTOX"));
+    struct run r;
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "U-1", "A100", "1.00"), "U-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "SORTOX");
+    assert_contains(r.it.message, "not licensed");
+    run_free(&r);
+    connection_free(c);
+}
+
+/* ---- transport ---------------------------------------------------------------------------------- */
+
+static void test_5xx_is_transient(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=SORTOI", 500, NULL, "Internal Server Error"},
+        {"BusinessObject=ARSTPY", 503, "Retry-After: 7\r\n", "busy"},
+        {"BusinessObject=ARSTIN", 200, NULL, "this is not XML"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    struct run r;
+    char *trace;
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "T-1", "A100", "1.00"), "T-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_contains(r.it.message, "HTTP 500");
+    /* the URL (with the session id and the XML) is not in the message or the trace */
+    assert_lacks(r.it.message, RAW_GUID);
+    trace = trace_text(&r);
+    assert_lacks(trace, RAW_GUID);
+    assert_contains(trace, "HTTP 500");
+    free(trace);
+    run_free(&r);
+    run_item(c, "arpayment.post", "{\"Customer\":\"0000001\",\"PaymentValue\":\"1.00\"}", "T-2", 1,
+             &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_int_equal(r.it.retry_after_s, 7);
+    run_free(&r);
+    run_item(c, "creditnote.create", "{\"Customer\":\"0000001\",\"InvoiceValue\":\"1.00\"}", "T-3",
+             1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_contains(r.it.message, "not XML");
+    run_free(&r);
+    connection_free(c);
+    raw_stop();
+}
+
+static void test_url_too_long_is_refused_before_sending(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    struct run r;
+    char doc[4096], comment[2100];
+
+    memset(comment, 'x', 2000);
+    comment[2000] = '\0';
+    snprintf(doc, sizeof doc,
+             "{\"Customer\":\"0000001\",\"Lines\":[{\"LineType\":\"CommentLine\",\"Comment\":"
+             "\"%s\"}]}",
+             comment);
+    raw_start(rules);
+    c = raw_connection(json_pack("{s:i}", "max_url_bytes", 1024));
+    run_item(c, "salesorder.create", doc, "LONG-1", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
+    assert_contains(r.it.message, "max_url_bytes");
+    run_free(&r);
+    connection_free(c);
+    assert_int_equal(raw.n_lines, 2); /* logon and logoff: the order never went out */
+    raw_stop();
+}
+
+static void test_unreachable_is_transient(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c = connection_at(1, "sandbox-op", NULL, &err, &rc);
+    struct run r;
+    assert_int_equal(rc, PB_OK);
+    run_item(c, "stock.check", "{\"StockCode\":\"A100\"}", "A100", 1, &r);
+    assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
+    assert_contains(r.it.message, "logon");
+    run_free(&r);
+    connection_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_init_validates_settings),
+        cmocka_unit_test_setup(test_max_batch, test_setup),
+        cmocka_unit_test_setup(test_session_reused_and_logged_off, test_setup),
+        cmocka_unit_test_setup(test_userid_goes_back_with_percent20_percent20, test_setup),
+        cmocka_unit_test_setup(test_refused_logon_is_transient_and_not_repeated, test_setup),
+        cmocka_unit_test_setup(test_expired_session_logs_on_again_once, test_setup),
+        cmocka_unit_test_setup(test_salesorder_create, test_setup),
+        cmocka_unit_test_setup(test_salesorder_po_defaults_to_reference_and_hold, test_setup),
+        cmocka_unit_test_setup(test_stock_code_not_found_is_permanent, test_setup),
+        cmocka_unit_test_setup(test_retry_finds_the_order_and_posts_nothing, test_setup),
+        cmocka_unit_test_setup(test_order_already_in_syspro_is_not_posted_twice, test_setup),
+        cmocka_unit_test_setup(test_lookup_always_when_syspro_allows_duplicates, test_setup),
+        cmocka_unit_test_setup(test_payment_invalid_customer_is_permanent, test_setup),
+        cmocka_unit_test_setup(test_payment_applied_and_retry_finds_it, test_setup),
+        cmocka_unit_test_setup(test_credit_note_and_retry, test_setup),
+        cmocka_unit_test_setup(test_windows_1252_reply_arrives_as_utf8, test_setup),
+        cmocka_unit_test_setup(test_hostile_name_round_trips, test_setup),
+        cmocka_unit_test_setup(test_lower_case_replies, test_setup),
+        cmocka_unit_test_setup(test_mapping_errors, test_setup),
+        cmocka_unit_test_setup(test_unlicensed_object_is_permanent, test_setup),
+        cmocka_unit_test(test_5xx_is_transient),
+        cmocka_unit_test(test_url_too_long_is_refused_before_sending),
+        cmocka_unit_test(test_unreachable_is_transient),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
