@@ -835,6 +835,22 @@ static void test_hostile_values_are_escaped(void **state)
     expect_ok(&x);
     assert_string_equal(x.it.erp_id, "C&<2>");
     item_free(&x);
+
+    /* a hostile reference in a look-up's objectKeys: found again, not injected */
+    {
+        static const char ref[] = "R</value></item><item><key>SOHNUM</key><value>X";
+        struct item a, b;
+        run(c, &a, "salesorder.create", order_doc("C001", "ITM-200"), ref, 2);
+        expect_ok(&a);
+        run(c, &b, "salesorder.create", order_doc("C001", "ITM-200"), ref, 2);
+        expect_ok(&b);
+        assert_string_equal(a.it.erp_id, b.it.erp_id);
+        assert_contains(json_string_value(json_object_get(json_array_get(b.trace, 0), "request")),
+                        "<value>R&lt;/value&gt;&lt;/item&gt;&lt;item&gt;");
+        item_free(&a);
+        item_free(&b);
+        assert_int_equal(stat_of("sales_orders"), 1);
+    }
     connection_free(c);
 }
 
