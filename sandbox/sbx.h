@@ -37,5 +37,6 @@ struct sbx_emulator_type {
 extern const struct sbx_emulator_type sbx_xero_type;
 extern const struct sbx_emulator_type sbx_opayo_type;
 extern const struct sbx_emulator_type sbx_shop_type;
+extern const struct sbx_emulator_type sbx_sagex3_type;
 
 #endif
