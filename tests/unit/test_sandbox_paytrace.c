@@ -1,0 +1,905 @@
+/*
+ * tests/unit/test_sandbox_paytrace.c: the PayTrace API v1 emulator
+ * (sandbox/paytrace.c) and its signed webhooks, over real HTTP.
+ *
+ * The fixture starts the emulator directly (create, pb_httpd_start with its
+ * routes on port 0, started), not through pb_sandbox_start, so these tests
+ * see it without fault injection and without the framework knowing about it.
+ * A second pb_httpd is the webhook receiver: it records every body with its
+ * X-PayTrace-Signature and can answer 500 to the next N deliveries. Each test
+ * starts from POST /_sandbox/reset and an empty receiver; waiting for
+ * webhooks polls GET /_sandbox/stats until webhooks_pending is 0.
+ *
+ * Signatures are recomputed with OpenSSL directly, not core/crypto.h, so the
+ * emulator is not checked with its own code. Amounts are checked as the
+ * exact text on the wire ("amount":10.99), not through a double.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "net/httpd.h"
+#include "paytrace.h"
+#include "sbx.h"
+
+#define SECRET "sandbox-paytrace-secret"
+#define MAX_RECORDED 64
+#define GOOD_CARD "4111111111111111"
+#define DECLINE_CARD "4012888888881881"
+
+/* ---- the webhook receiver ------------------------------------------------------ */
+
+struct receiver {
+    pthread_mutex_t mu;
+    int fail_next;
+    int n;
+    char *body[MAX_RECORDED];
+    size_t len[MAX_RECORDED];
+    char signature[MAX_RECORDED][80];
+    int answered[MAX_RECORDED];
+};
+
+static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static enum pb_http_action on_hook(struct pb_http_request *req, struct pb_http_response *resp,
+                                   void *arg)
+{
+    const char *sig = pb_http_header(req, "X-PayTrace-Signature");
+    int status = 200;
+    pthread_mutex_lock(&rx.mu);
+    if (rx.fail_next > 0) {
+        rx.fail_next--;
+        status = 500;
+    }
+    if (rx.n < MAX_RECORDED) {
+        rx.body[rx.n] = malloc(req->body_len + 1);
+        memcpy(rx.body[rx.n], req->body, req->body_len);
+        rx.body[rx.n][req->body_len] = '\0';
+        rx.len[rx.n] = req->body_len;
+        snprintf(rx.signature[rx.n], sizeof rx.signature[0], "%s", sig ? sig : "");
+        rx.answered[rx.n] = status;
+        rx.n++;
+    }
+    pthread_mutex_unlock(&rx.mu);
+    pb_http_response_set(resp, status, "text/plain", "ok", 2);
+    return PB_HTTP_DONE;
+}
+
+static void receiver_clear(void)
+{
+    pthread_mutex_lock(&rx.mu);
+    for (int i = 0; i < rx.n; i++)
+        free(rx.body[i]);
+    rx.n = 0;
+    rx.fail_next = 0;
+    pthread_mutex_unlock(&rx.mu);
+}
+
+static int received(void)
+{
+    int n;
+    pthread_mutex_lock(&rx.mu);
+    n = rx.n;
+    pthread_mutex_unlock(&rx.mu);
+    return n;
+}
+
+static const struct pb_http_route hook_routes[] = {
+    {"POST", "/hook", on_hook, NULL},
+    {NULL, NULL, NULL, NULL},
+};
+
+/* ---- fixture --------------------------------------------------------------------- */
+
+struct fixture {
+    void *state;
+    struct pb_httpd *emulator, *receiver;
+    char base[64], hook_url[64];
+    char token[128];
+};
+
+static struct fixture fx;
+
+static int group_setup(void **unused)
+{
+    struct pb_err err = {0};
+    struct pb_httpd_config rcfg = {.routes = hook_routes}, ecfg = {0};
+    json_t *settings;
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (pb_httpd_start(&rcfg, &fx.receiver, &err)) {
+        fprintf(stderr, "receiver: %s\n", err.msg);
+        return -1;
+    }
+    snprintf(fx.hook_url, sizeof fx.hook_url, "http://127.0.0.1:%d/hook",
+             pb_httpd_port(fx.receiver));
+    settings = json_pack("{s:s}", "webhook_url", fx.hook_url);
+    fx.state = sbx_paytrace_type.create(settings, &err);
+    json_decref(settings);
+    if (!fx.state) {
+        fprintf(stderr, "create: %s\n", err.msg);
+        return -1;
+    }
+    ecfg.routes = sbx_paytrace_type.routes(fx.state);
+    if (pb_httpd_start(&ecfg, &fx.emulator, &err)) {
+        fprintf(stderr, "emulator: %s\n", err.msg);
+        return -1;
+    }
+    if (sbx_paytrace_type.started)
+        sbx_paytrace_type.started(fx.state, pb_httpd_port(fx.emulator));
+    snprintf(fx.base, sizeof fx.base, "http://127.0.0.1:%d", pb_httpd_port(fx.emulator));
+    return 0;
+}
+
+static int group_teardown(void **unused)
+{
+    pb_httpd_stop(fx.emulator);
+    sbx_paytrace_type.destroy(fx.state);
+    pb_httpd_stop(fx.receiver);
+    receiver_clear();
+    curl_global_cleanup();
+    return 0;
+}
+
+/* ---- HTTP client --------------------------------------------------------------------- */
+
+struct buf {
+    char *data;
+    size_t len;
+};
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    char *grown = realloc(b->data, b->len + size * n + 1);
+    if (!grown)
+        return 0;
+    b->data = grown;
+    memcpy(b->data + b->len, p, size * n);
+    b->len += size * n;
+    b->data[b->len] = '\0';
+    return size * n;
+}
+
+/* One request; the status, the parsed reply in *out and the raw text in *raw
+ * (either may be NULL). content_type NULL = JSON; auth = 1 sends fx.token. */
+static long request(const char *method, const char *path, int auth, const char *content_type,
+                    const char *body, json_t **out, char **raw)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    struct buf b = {0};
+    char url[512], line[256];
+    long status = 0;
+
+    snprintf(url, sizeof url, "%s%s", fx.base, path);
+    snprintf(line, sizeof line, "Content-Type: %s",
+             content_type ? content_type : "application/json");
+    h = curl_slist_append(h, line);
+    if (auth) {
+        snprintf(line, sizeof line, "Authorization: Bearer %s", fx.token);
+        h = curl_slist_append(h, line);
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (out)
+        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    if (raw)
+        *raw = b.data;
+    else
+        free(b.data);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static long api(const char *path, const char *body, json_t **out)
+{
+    return request("POST", path, 1, NULL, body, out, NULL);
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
+}
+
+static long long ival(json_t *o, const char *key) { return json_integer_value(json_object_get(o, key)); }
+static const char *sval(json_t *o, const char *key) { return json_string_value(json_object_get(o, key)); }
+
+/* The first message of errors[code], or NULL. */
+static const char *error_of(json_t *reply, const char *code)
+{
+    return json_string_value(json_array_get(json_object_get(json_object_get(reply, "errors"), code), 0));
+}
+
+static json_t *stats(void)
+{
+    json_t *s;
+    assert_int_equal(request("GET", "/_sandbox/stats", 0, NULL, NULL, &s, NULL), 200);
+    return s;
+}
+
+static long long stat_of(const char *key)
+{
+    json_t *s = stats();
+    long long v = ival(s, key);
+    json_decref(s);
+    return v;
+}
+
+static void wait_webhooks(void)
+{
+    for (int i = 0; i < 1500; i++) {
+        if (stat_of("webhooks_pending") == 0)
+            return;
+        usleep(10000);
+    }
+    fail_msg("webhooks still pending after 15 s");
+}
+
+static void get_token(void)
+{
+    json_t *r;
+    assert_int_equal(request("POST", "/oauth/token", 0, "application/x-www-form-urlencoded",
+                             "grant_type=password&username=sandbox-user&password=sandbox-pass", &r,
+                             NULL),
+                     200);
+    snprintf(fx.token, sizeof fx.token, "%s", sval(r, "access_token"));
+    json_decref(r);
+}
+
+static int test_setup(void **unused)
+{
+    json_t *r;
+    char settings[256];
+    assert_int_equal(request("POST", "/_sandbox/reset", 0, NULL, "{}", &r, NULL), 200);
+    json_decref(r);
+    snprintf(settings, sizeof settings,
+             "{\"webhook_url\":\"%s\",\"webhook_secret\":\"" SECRET "\",\"webhook_drop_rate\":0,"
+             "\"token_ttl_s\":7200}",
+             fx.hook_url);
+    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL, settings, &r, NULL), 200);
+    json_decref(r);
+    receiver_clear();
+    get_token();
+    return 0;
+}
+
+/* A keyed sale; the reply in *out. */
+static long sale(const char *card, const char *amount, const char *invoice, json_t **out)
+{
+    char body[1024];
+    snprintf(body, sizeof body,
+             "{\"amount\":\"%s\",\"credit_card\":{\"number\":\"%s\",\"expiration_month\":\"12\","
+             "\"expiration_year\":\"2039\"},\"csc\":\"999\",\"invoice_id\":\"%s\","
+             "\"email\":\"ann@example.com\",\"billing_address\":{\"name\":\"Ann Smith\","
+             "\"street_address\":\"8320 E. West St.\",\"city\":\"Spokane\",\"state\":\"WA\","
+             "\"zip\":\"85284\"}}",
+             amount, card, invoice);
+    return api("/v1/transactions/sale/keyed", body, out);
+}
+
+static void hmac_hex(const char *secret, const char *body, size_t len, char out[65])
+{
+    unsigned char mac[32];
+    unsigned int mac_len = 0;
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac,
+         &mac_len);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+/* Webhook i: signed with `secret`, parsed (caller frees). */
+static json_t *webhook(int i, const char *secret)
+{
+    char want[65];
+    json_t *o;
+    pthread_mutex_lock(&rx.mu);
+    assert_true(i < rx.n);
+    hmac_hex(secret, rx.body[i], rx.len[i], want);
+    assert_string_equal(rx.signature[i], want);
+    o = json_loadb(rx.body[i], rx.len[i], 0, NULL);
+    pthread_mutex_unlock(&rx.mu);
+    assert_non_null(o);
+    return o;
+}
+
+static const char *webhook_text(int i)
+{
+    const char *t;
+    pthread_mutex_lock(&rx.mu);
+    t = i < rx.n ? rx.body[i] : NULL;
+    pthread_mutex_unlock(&rx.mu);
+    return t;
+}
+
+static void us_today(char out[16], long offset_days)
+{
+    time_t t = time(NULL) + offset_days * 86400;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 16, "%m/%d/%Y", &tm);
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+static void test_token(void **unused)
+{
+    json_t *r;
+    char saved[128];
+
+    assert_int_equal(request("POST", "/oauth/token", 0, "application/x-www-form-urlencoded",
+                             "grant_type=password&username=sandbox-user&password=wrong", &r, NULL),
+                     400);
+    assert_string_equal(sval(r, "error"), "invalid_grant");
+    json_decref(r);
+    assert_int_equal(request("POST", "/oauth/token", 0, "application/x-www-form-urlencoded",
+                             "grant_type=client_credentials", &r, NULL),
+                     400);
+    assert_string_equal(sval(r, "error"), "unsupported_grant_type");
+    json_decref(r);
+    /* percent-encoded form values are decoded */
+    assert_int_equal(request("POST", "/oauth/token", 0, "application/x-www-form-urlencoded",
+                             "grant_type=password&username=sandbox%2Duser&password=sandbox-pass",
+                             &r, NULL),
+                     200);
+    assert_string_equal(sval(r, "token_type"), "bearer");
+    assert_int_equal(ival(r, "expires_in"), 7200);
+    assert_int_equal(strlen(sval(r, "access_token")), 32);
+    json_decref(r);
+
+    /* no or a wrong token: 401 invalid_token */
+    assert_int_equal(request("POST", "/v1/transactions/void", 0, NULL, "{}", &r, NULL), 401);
+    assert_string_equal(sval(r, "error"), "invalid_token");
+    json_decref(r);
+    snprintf(saved, sizeof saved, "%s", fx.token);
+    snprintf(fx.token, sizeof fx.token, "00000000000000000000000000000000");
+    assert_int_equal(api("/v1/transactions/void", "{}", &r), 401);
+    json_decref(r);
+    snprintf(fx.token, sizeof fx.token, "%s", saved);
+
+    /* revoked: the old token stops working */
+    assert_int_equal(request("POST", "/_sandbox/tokens/revoke", 0, NULL, "{}", &r, NULL), 200);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/void", "{\"transaction_id\":1}", &r), 401);
+    json_decref(r);
+    assert_int_equal(stat_of("token_requests"), 4);
+    assert_int_equal(stat_of("tokens_issued"), 2);
+}
+
+static void test_sale_approved_and_webhook(void **unused)
+{
+    json_t *r, *w, *tx;
+    long long id;
+    char want[64];
+
+    assert_int_equal(sale(GOOD_CARD, "10.99", "ORDER-1", &r), 200);
+    assert_true(json_is_true(json_object_get(r, "success")));
+    assert_int_equal(ival(r, "response_code"), 101);
+    assert_string_equal(sval(r, "status_message"), "Your transaction was successfully approved.");
+    assert_string_equal(sval(r, "masked_card_number"), "xxxxxxxxxxxx1111");
+    assert_int_equal(strlen(sval(r, "approval_code")), 6);
+    assert_string_equal(sval(r, "csc_response"), "Match");
+    assert_string_equal(sval(r, "avs_response"), "Full Exact Match");
+    id = ival(r, "transaction_id");
+    assert_true(id >= 100000000 && id < 1000000000);
+    json_decref(r);
+
+    wait_webhooks();
+    assert_int_equal(received(), 1);
+    w = webhook(0, SECRET);
+    assert_string_equal(sval(w, "event_type"), "transaction.sale");
+    assert_int_equal(strlen(sval(w, "event_id")), 36);
+    assert_non_null(sval(w, "created_at"));
+    tx = json_object_get(w, "transaction");
+    assert_int_equal(ival(tx, "transaction_id"), id);
+    assert_string_equal(sval(tx, "transaction_type"), "SALE");
+    assert_string_equal(sval(tx, "invoice_id"), "ORDER-1");
+    assert_string_equal(sval(tx, "payment_method"), "CC");
+    assert_string_equal(sval(tx, "currency"), "USD");
+    assert_string_equal(sval(json_object_get(tx, "billing_address"), "name"), "Ann Smith");
+    assert_true(json_is_false(json_object_get(tx, "voided")));
+    /* the amount is a JSON number written from exact text */
+    assert_contains(webhook_text(0), "\"amount\":10.99");
+    /* no card number or CSC anywhere */
+    assert_null(strstr(webhook_text(0), GOOD_CARD));
+    assert_null(strstr(webhook_text(0), "\"csc\":"));
+    snprintf(want, sizeof want, "\"transaction_id\":%lld", id);
+    assert_contains(webhook_text(0), want);
+    json_decref(w);
+    assert_int_equal(stat_of("webhooks_acknowledged"), 1);
+}
+
+static void test_declines(void **unused)
+{
+    json_t *r, *w;
+
+    assert_int_equal(sale(DECLINE_CARD, "25.00", "ORDER-2", &r), 200);
+    assert_true(json_is_false(json_object_get(r, "success")));
+    assert_int_equal(ival(r, "response_code"), 102);
+    assert_contains(sval(r, "status_message"), "insufficient funds");
+    assert_true(ival(r, "transaction_id") > 0);
+    assert_string_equal(sval(r, "approval_code"), "");
+    json_decref(r);
+
+    /* over the limit declines; the limit itself approves */
+    assert_int_equal(sale(GOOD_CARD, "10000.01", "ORDER-3", &r), 200);
+    assert_int_equal(ival(r, "response_code"), 102);
+    assert_contains(sval(r, "status_message"), "10000.00");
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "10000.00", "ORDER-4", &r), 200);
+    assert_int_equal(ival(r, "response_code"), 101);
+    json_decref(r);
+
+    wait_webhooks();
+    assert_int_equal(received(), 3);
+    w = webhook(0, SECRET);
+    assert_string_equal(sval(w, "event_type"), "transaction.declined");
+    assert_true(json_is_false(json_object_get(json_object_get(w, "transaction"), "success")));
+    assert_contains(sval(json_object_get(w, "transaction"), "status_message"),
+                    "insufficient funds");
+    json_decref(w);
+}
+
+static void test_validation(void **unused)
+{
+    json_t *r;
+
+    /* Luhn failure: PayTrace's error 35 */
+    assert_int_equal(sale("4111111111111112", "1.00", "V1", &r), 400);
+    assert_true(json_is_false(json_object_get(r, "success")));
+    assert_int_equal(ival(r, "response_code"), 1);
+    assert_string_equal(sval(r, "status_message"), "One or more errors has occurred.");
+    assert_string_equal(error_of(r, "35"), "Please provide a valid Credit Card Number.");
+    json_decref(r);
+    /* amounts that are not exact money */
+    assert_int_equal(sale(GOOD_CARD, "abc", "V2", &r), 400);
+    assert_non_null(error_of(r, "30"));
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "1.999", "V3", &r), 400);
+    assert_non_null(error_of(r, "30"));
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "0.00", "V4", &r), 400);
+    assert_non_null(error_of(r, "30"));
+    json_decref(r);
+    /* expired card, bad month */
+    assert_int_equal(api("/v1/transactions/sale/keyed",
+                         "{\"amount\":\"1.00\",\"credit_card\":{\"number\":\"" GOOD_CARD
+                         "\",\"expiration_month\":\"13\",\"expiration_year\":\"2010\"}}",
+                         &r),
+                     400);
+    assert_non_null(error_of(r, "43"));
+    assert_non_null(error_of(r, "44"));
+    json_decref(r);
+    /* not a JSON object */
+    assert_int_equal(api("/v1/transactions/sale/keyed", "[1]", &r), 400);
+    json_decref(r);
+    /* bad line items (sandbox extension) */
+    assert_int_equal(api("/v1/transactions/sale/keyed",
+                         "{\"amount\":\"1.00\",\"credit_card\":{\"number\":\"" GOOD_CARD
+                         "\",\"expiration_month\":\"12\",\"expiration_year\":\"2039\"},"
+                         "\"line_items\":[{\"sku\":\"A\",\"quantity\":0,\"unit_price\":\"1.00\"}]}",
+                         &r),
+                     400);
+    assert_contains(error_of(r, "900"), "line_items.0.quantity");
+    json_decref(r);
+    assert_int_equal(stat_of("transactions"), 0);
+    assert_int_equal(received(), 0);
+}
+
+static void test_refunds(void **unused)
+{
+    json_t *r, *w;
+    long long sale_id, refund_id;
+    char body[256];
+
+    assert_int_equal(sale(GOOD_CARD, "10.99", "ORDER-R", &r), 200);
+    sale_id = ival(r, "transaction_id");
+    json_decref(r);
+
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"4.00\"}", sale_id);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 200);
+    assert_int_equal(ival(r, "response_code"), 106);
+    assert_string_equal(sval(r, "status_message"), "Your transaction was successfully refunded.");
+    refund_id = ival(r, "transaction_id");
+    assert_true(refund_id > sale_id);
+    json_decref(r);
+
+    /* more than the remainder (6.99): refused, naming both */
+    snprintf(body, sizeof body, "{\"transaction_id\":\"%lld\",\"amount\":\"7.00\"}", sale_id);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 400);
+    assert_true(json_is_false(json_object_get(r, "success")));
+    assert_contains(error_of(r, "817"), "7.00 exceeds the unrefunded remainder of 6.99");
+    json_decref(r);
+
+    /* no amount: the whole remainder */
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld}", sale_id);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 200);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 400);
+    assert_contains(error_of(r, "817"), "remainder of 0.00");
+    json_decref(r);
+
+    /* a refund cannot be refunded; an unknown id is 58 */
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"1.00\"}", refund_id);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 400);
+    assert_non_null(error_of(r, "818"));
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction",
+                         "{\"transaction_id\":1,\"amount\":\"1.00\"}", &r),
+                     400);
+    assert_non_null(error_of(r, "58"));
+    json_decref(r);
+
+    wait_webhooks();
+    assert_int_equal(received(), 3);
+    w = webhook(1, SECRET);
+    assert_string_equal(sval(w, "event_type"), "transaction.refund");
+    assert_string_equal(sval(json_object_get(w, "transaction"), "transaction_type"), "REFUND");
+    assert_int_equal(ival(json_object_get(w, "transaction"), "original_transaction_id"), sale_id);
+    /* a refund without invoice_id inherits the sale's */
+    assert_string_equal(sval(json_object_get(w, "transaction"), "invoice_id"), "ORDER-R");
+    assert_contains(webhook_text(1), "\"amount\":4.00");
+    json_decref(w);
+}
+
+static void test_void(void **unused)
+{
+    json_t *r, *w, *all;
+    long long a, b, refund_id;
+    char body[128];
+
+    assert_int_equal(sale(GOOD_CARD, "5.00", "ORDER-V1", &r), 200);
+    a = ival(r, "transaction_id");
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "6.00", "ORDER-V2", &r), 200);
+    b = ival(r, "transaction_id");
+    json_decref(r);
+
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld}", a);
+    assert_int_equal(api("/v1/transactions/void", body, &r), 200);
+    assert_int_equal(ival(r, "response_code"), 109);
+    assert_int_equal(ival(r, "transaction_id"), a);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/void", body, &r), 400);
+    assert_contains(error_of(r, "815"), "already voided");
+    json_decref(r);
+    /* a voided sale cannot be refunded */
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"1.00\"}", a);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 400);
+    assert_non_null(error_of(r, "818"));
+    json_decref(r);
+
+    /* a sale with a refund cannot be voided; voiding the refund gives the money back */
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"6.00\"}", b);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 200);
+    refund_id = ival(r, "transaction_id");
+    json_decref(r);
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld}", b);
+    assert_int_equal(api("/v1/transactions/void", body, &r), 400);
+    assert_contains(error_of(r, "815"), "has refunds");
+    json_decref(r);
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld}", refund_id);
+    assert_int_equal(api("/v1/transactions/void", body, &r), 200);
+    json_decref(r);
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"6.00\"}", b);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 200);
+    json_decref(r);
+
+    wait_webhooks();
+    assert_int_equal(received(), 6);
+    w = webhook(2, SECRET);
+    assert_string_equal(sval(w, "event_type"), "transaction.void");
+    assert_int_equal(ival(json_object_get(w, "transaction"), "transaction_id"), a);
+    assert_true(json_is_true(json_object_get(json_object_get(w, "transaction"), "voided")));
+    assert_non_null(sval(json_object_get(w, "transaction"), "voided_at"));
+    json_decref(w);
+
+    assert_int_equal(request("GET", "/_sandbox/transactions", 0, NULL, NULL, &all, NULL), 200);
+    assert_int_equal(json_array_size(all), 4);
+    assert_string_equal(sval(json_array_get(all, 1), "refunded_amount"), "6.00");
+    json_decref(all);
+}
+
+static void test_customers_and_ach(void **unused)
+{
+    json_t *r, *all, *rec;
+
+    assert_int_equal(api("/v1/customer/create",
+                         "{\"customer_id\":\"CUST-1\",\"credit_card\":{\"number\":\"" GOOD_CARD
+                         "\",\"expiration_month\":12,\"expiration_year\":2039},"
+                         "\"billing_address\":{\"name\":\"Bo Lee\",\"zip\":\"99201\"},"
+                         "\"email\":\"bo@example.com\"}",
+                         &r),
+                     200);
+    assert_int_equal(ival(r, "response_code"), 160);
+    assert_contains(sval(r, "status_message"), "CUST-1/Bo Lee");
+    json_decref(r);
+    assert_int_equal(api("/v1/customer/create",
+                         "{\"customer_id\":\"CUST-1\",\"credit_card\":{\"number\":\"" GOOD_CARD
+                         "\",\"expiration_month\":12,\"expiration_year\":2039}}",
+                         &r),
+                     400);
+    assert_contains(error_of(r, "171"), "CUST-1 already exists");
+    json_decref(r);
+    assert_int_equal(api("/v1/customer/create",
+                         "{\"customer_id\":\"CUST-NSF\",\"credit_card\":{\"number\":\"" DECLINE_CARD
+                         "\",\"expiration_month\":12,\"expiration_year\":2039}}",
+                         &r),
+                     200);
+    json_decref(r);
+
+    assert_int_equal(api("/v1/transactions/sale/by_customer",
+                         "{\"amount\":\"3.50\",\"customer_id\":\"CUST-1\",\"invoice_id\":\"C1\"}",
+                         &r),
+                     200);
+    assert_int_equal(ival(r, "response_code"), 101);
+    assert_string_equal(sval(r, "masked_card_number"), "xxxxxxxxxxxx1111");
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/sale/by_customer",
+                         "{\"amount\":\"3.50\",\"customer_id\":\"CUST-NSF\"}", &r),
+                     200);
+    assert_int_equal(ival(r, "response_code"), 102);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/sale/by_customer",
+                         "{\"amount\":\"3.50\",\"customer_id\":\"NOPE\"}", &r),
+                     400);
+    assert_contains(error_of(r, "59"), "NOPE does not exist");
+    json_decref(r);
+
+    /* ACH: ABA checksum on the routing number */
+    assert_int_equal(api("/v1/checks/sale/by_account",
+                         "{\"amount\":\"20.00\",\"check\":{\"account_number\":\"123456789\","
+                         "\"routing_number\":\"021000021\"},\"invoice_id\":\"ACH-1\"}",
+                         &r),
+                     200);
+    assert_int_equal(ival(r, "response_code"), 120);
+    json_decref(r);
+    assert_int_equal(api("/v1/checks/sale/by_account",
+                         "{\"amount\":\"20.00\",\"check\":{\"account_number\":\"123456789\","
+                         "\"routing_number\":\"021000022\"}}",
+                         &r),
+                     400);
+    assert_non_null(error_of(r, "111"));
+    json_decref(r);
+
+    assert_int_equal(request("GET", "/_sandbox/transactions", 0, NULL, NULL, &all, NULL), 200);
+    assert_int_equal(json_array_size(all), 3);
+    rec = json_array_get(all, 0);
+    assert_string_equal(sval(rec, "customer_id"), "CUST-1");
+    assert_string_equal(sval(rec, "email"), "bo@example.com");
+    rec = json_array_get(all, 2);
+    assert_string_equal(sval(rec, "payment_method"), "ACH");
+    assert_string_equal(sval(rec, "masked_card_number"), "xxxxx6789");
+    json_decref(all);
+    assert_int_equal(stat_of("customers"), 2);
+}
+
+static void test_export(void **unused)
+{
+    json_t *r, *list;
+    char body[256], today[16], tomorrow[16], long_ago[16];
+    char *raw = NULL;
+
+    assert_int_equal(sale(GOOD_CARD, "10.99", "E1", &r), 200);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/sale/keyed",
+                         "{\"amount\":\"2.00\",\"credit_card\":{\"number\":\"" GOOD_CARD
+                         "\",\"expiration_month\":\"12\",\"expiration_year\":\"2039\"},"
+                         "\"invoice_id\":\"E2\",\"line_items\":[{\"sku\":\"WID-1\",\"description\":"
+                         "\"Widget\",\"quantity\":\"2\",\"unit_price\":\"0.29\"},{\"sku\":\"GAD-9\","
+                         "\"quantity\":1.5,\"unit_price\":0.71}]}",
+                         &r),
+                     200);
+    json_decref(r);
+
+    us_today(today, 0);
+    us_today(tomorrow, 1);
+    us_today(long_ago, -400);
+    snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", today, tomorrow);
+    assert_int_equal(request("POST", "/v1/transactions/export/by_date_range", 1, NULL, body, &r,
+                             &raw),
+                     200);
+    assert_true(json_is_true(json_object_get(r, "success")));
+    list = json_object_get(r, "transactions");
+    assert_int_equal(json_array_size(list), 2);
+    /* numbers on the wire, written from exact decimal text */
+    assert_contains(raw, "\"amount\":10.99");
+    assert_contains(raw, "\"quantity\":2,\"unit_price\":0.29");
+    assert_contains(raw, "\"quantity\":1.5,\"unit_price\":0.71");
+    assert_string_equal(sval(json_array_get(json_object_get(json_array_get(list, 1), "line_items"), 0),
+                             "description"),
+                        "Widget");
+    free(raw);
+    json_decref(r);
+
+    snprintf(body, sizeof body,
+             "{\"start_date\":\"%s\",\"end_date\":\"%s\",\"transaction_type\":\"REFUND\"}", today,
+             tomorrow);
+    assert_int_equal(api("/v1/transactions/export/by_date_range", body, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "transactions")), 0);
+    json_decref(r);
+    snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", long_ago,
+             long_ago);
+    assert_int_equal(api("/v1/transactions/export/by_date_range", body, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "transactions")), 0);
+    json_decref(r);
+    assert_int_equal(api("/v1/transactions/export/by_date_range",
+                         "{\"start_date\":\"2026-01-01\",\"end_date\":\"13/01/2026\"}", &r),
+                     400);
+    assert_non_null(error_of(r, "180"));
+    assert_non_null(error_of(r, "181"));
+    json_decref(r);
+}
+
+static void test_drop_and_resend(void **unused)
+{
+    json_t *r, *w;
+    long long id;
+    char path[64];
+
+    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":1}",
+                             &r, NULL),
+                     200);
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "1.00", "D1", &r), 200);
+    id = ival(r, "transaction_id");
+    json_decref(r);
+    wait_webhooks();
+    assert_int_equal(received(), 0);
+    assert_int_equal(stat_of("webhooks_dropped"), 1);
+
+    /* a resend is never dropped, and carries a fresh event_id */
+    snprintf(path, sizeof path, "/_sandbox/webhook/%lld", id);
+    assert_int_equal(request("POST", path, 0, NULL, "{}", &r, NULL), 202);
+    json_decref(r);
+    wait_webhooks();
+    assert_int_equal(received(), 1);
+    w = webhook(0, SECRET);
+    assert_int_equal(ival(json_object_get(w, "transaction"), "transaction_id"), id);
+    json_decref(w);
+    assert_int_equal(request("POST", "/_sandbox/webhook/12", 0, NULL, "{}", &r, NULL), 404);
+    json_decref(r);
+
+    /* bad settings change nothing */
+    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":2}",
+                             &r, NULL),
+                     400);
+    json_decref(r);
+    assert_int_equal(request("GET", "/_sandbox/settings", 0, NULL, NULL, &r, NULL), 200);
+    assert_true(json_real_value(json_object_get(r, "webhook_drop_rate")) == 1.0);
+    assert_null(json_object_get(r, "webhook_secret"));
+    assert_null(json_object_get(r, "password"));
+    json_decref(r);
+}
+
+static void test_webhook_retry_and_secret(void **unused)
+{
+    json_t *r, *w;
+
+    pthread_mutex_lock(&rx.mu);
+    rx.fail_next = 2;
+    pthread_mutex_unlock(&rx.mu);
+    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL,
+                             "{\"webhook_secret\":\"rotated\"}", &r, NULL),
+                     200);
+    json_decref(r);
+    assert_int_equal(sale(GOOD_CARD, "1.00", "RT", &r), 200);
+    json_decref(r);
+    wait_webhooks();
+    assert_int_equal(received(), 3);
+    assert_int_equal(stat_of("webhooks_sent"), 3);
+    assert_int_equal(stat_of("webhooks_acknowledged"), 1);
+    assert_int_equal(stat_of("webhooks_failed"), 0);
+    w = webhook(2, "rotated");
+    json_decref(w);
+    /* the three attempts carry the same bytes */
+    assert_string_equal(webhook_text(0), webhook_text(2));
+}
+
+static void test_settlement(void **unused)
+{
+    json_t *r, *batch;
+    char *raw = NULL;
+
+    assert_int_equal(sale(GOOD_CARD, "10.99", "S1", &r), 200);
+    json_decref(r);
+    assert_int_equal(sale(DECLINE_CARD, "5.00", "S2", &r), 200);
+    json_decref(r);
+    assert_int_equal(request("POST", "/_sandbox/settle", 0, NULL, "{}", &r, NULL), 200);
+    assert_int_equal(ival(r, "settled"), 1);
+    json_decref(r);
+    assert_int_equal(request("POST", "/v1/batches/export_settled", 1, NULL, "{}", &r, &raw), 200);
+    batch = json_array_get(json_object_get(r, "batches"), 0);
+    assert_int_equal(ival(batch, "transaction_count"), 1);
+    /* 2.9% of 10.99 = 0.3187 -> 0.32, + 0.30 */
+    assert_contains(raw, "\"fee\":0.62");
+    assert_contains(raw, "\"fees\":0.62");
+    assert_contains(raw, "\"net_amount\":10.37");
+    free(raw);
+    json_decref(r);
+    /* a settled sale cannot be voided */
+    {
+        json_t *all;
+        char body[64];
+        assert_int_equal(request("GET", "/_sandbox/transactions", 0, NULL, NULL, &all, NULL), 200);
+        snprintf(body, sizeof body, "{\"transaction_id\":%lld}",
+                 ival(json_array_get(all, 0), "transaction_id"));
+        json_decref(all);
+        assert_int_equal(api("/v1/transactions/void", body, &r), 400);
+        assert_contains(error_of(r, "815"), "settled");
+        json_decref(r);
+    }
+}
+
+static void test_reset(void **unused)
+{
+    json_t *r;
+    assert_int_equal(sale(GOOD_CARD, "1.00", "X", &r), 200);
+    json_decref(r);
+    wait_webhooks();
+    assert_int_equal(request("POST", "/_sandbox/reset", 0, NULL, "{}", &r, NULL), 200);
+    json_decref(r);
+    assert_int_equal(stat_of("transactions"), 0);
+    assert_int_equal(stat_of("webhooks_sent"), 0);
+    /* tokens are forgotten too */
+    assert_int_equal(sale(GOOD_CARD, "1.00", "X", &r), 401);
+    json_decref(r);
+}
+
+static void test_bad_settings(void **unused)
+{
+    struct pb_err err = {0};
+    json_t *s = json_pack("{s:f}", "webhook_drop_rate", 1.5);
+    assert_null(sbx_paytrace_type.create(s, &err));
+    assert_contains(err.msg, "webhook_drop_rate");
+    json_decref(s);
+    s = json_pack("{s:s}", "currency", "usd");
+    assert_null(sbx_paytrace_type.create(s, &err));
+    assert_contains(err.msg, "currency");
+    json_decref(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_token, test_setup),
+        cmocka_unit_test_setup(test_sale_approved_and_webhook, test_setup),
+        cmocka_unit_test_setup(test_declines, test_setup),
+        cmocka_unit_test_setup(test_validation, test_setup),
+        cmocka_unit_test_setup(test_refunds, test_setup),
+        cmocka_unit_test_setup(test_void, test_setup),
+        cmocka_unit_test_setup(test_customers_and_ach, test_setup),
+        cmocka_unit_test_setup(test_export, test_setup),
+        cmocka_unit_test_setup(test_drop_and_resend, test_setup),
+        cmocka_unit_test_setup(test_webhook_retry_and_secret, test_setup),
+        cmocka_unit_test_setup(test_settlement, test_setup),
+        cmocka_unit_test_setup(test_reset, test_setup),
+        cmocka_unit_test(test_bad_settings),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
