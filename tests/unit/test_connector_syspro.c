@@ -528,6 +528,51 @@ static void test_userid_goes_back_with_percent20_percent20(void **state)
     raw_stop();
 }
 
+struct worker {
+    struct pb_connection *c;
+    int ok;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct pb_http_client *http = NULL;
+    struct pb_err err = {0};
+    if (pb_http_client_new(&http, &err))
+        return NULL;
+    for (int i = 0; i < 5; i++) {
+        struct pb_sink_item it = {0};
+        struct pb_call_ctx ctx = {http, NULL, time(NULL), -1};
+        it.command = "stock.check";
+        it.document = json_pack("{s:s}", "StockCode", "C100");
+        it.reference = "C100";
+        it.attempt = 1;
+        if (pb_connector_syspro.execute(w->c, &ctx, &it, 1, &err) == PB_OK && it.rc == PB_OK)
+            w->ok++;
+        json_decref(it.document);
+        json_decref(it.result);
+    }
+    pb_http_client_free(http);
+    return NULL;
+}
+
+static void test_threads_share_one_session(void **state)
+{
+    struct pb_connection *c = connection();
+    struct worker w[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct worker){c, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].ok, 5);
+    }
+    assert_int_equal(stat_of("logons"), 1);
+    connection_free(c);
+}
+
 static void test_refused_logon_is_transient_and_not_repeated(void **state)
 {
     struct pb_err err = {0};
@@ -748,7 +793,9 @@ static void test_payment_applied_and_retry_finds_it(void **state)
     assert_int_equal(r.it.rc, PB_OK);
     assert_string_equal(r.it.erp_id, erp);
     assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    assert_null(json_object_get(r.it.result, "refusal")); /* looked up, not posted */
     run_free(&r);
+    assert_int_equal(stat_of("business_errors"), 0);
     assert_int_equal(stat_of("ar_payments"), 1);
     connection_free(c);
 }
@@ -779,6 +826,7 @@ static void test_credit_note_and_retry(void **state)
     assert_int_equal(r.it.rc, PB_OK);
     assert_string_equal(r.it.erp_id, "CN000001");
     assert_true(json_is_true(json_object_get(r.it.result, "existing")));
+    assert_null(json_object_get(r.it.result, "refusal")); /* looked up, not posted */
     run_free(&r);
     assert_int_equal(stat_of("credit_notes"), 1);
     connection_free(c);
@@ -982,6 +1030,35 @@ static void test_5xx_is_transient(void **state)
     raw_stop();
 }
 
+static void test_query_reply_without_the_customer_means_not_found(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=ARSQRY", 200, NULL,
+         "<ArCustomerQuery><CustomerDetails><Customer>OTHER</Customer></CustomerDetails>"
+         "</ArCustomerQuery>"},
+        {"BusinessObject=ARSSCS", 200, NULL,
+         "<SetupArCustomer><Item><Key><Customer>NEW1</Customer></Key></Item><StatusOfItems>"
+         "<RecordsRead>1</RecordsRead><RecordsInvalid>0</RecordsInvalid></StatusOfItems>"
+         "</SetupArCustomer>"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    struct run r;
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    run_item(c, "customer.ensure", "{\"Customer\":\"NEW1\",\"Name\":\"New\"}", "NEW1", 1, &r);
+    assert_int_equal(r.it.rc, PB_OK);
+    assert_true(json_is_true(json_object_get(r.it.result, "created")));
+    run_free(&r);
+    connection_free(c);
+    assert_int_equal(raw.n_lines, 4);
+    assert_contains(raw.lines[2], "/Setup/Add?");
+    raw_stop();
+}
+
 static void test_url_too_long_is_refused_before_sending(void **state)
 {
     static const struct raw_rule rules[] = {
@@ -1031,6 +1108,7 @@ int main(void)
         cmocka_unit_test_setup(test_max_batch, test_setup),
         cmocka_unit_test_setup(test_session_reused_and_logged_off, test_setup),
         cmocka_unit_test_setup(test_userid_goes_back_with_percent20_percent20, test_setup),
+        cmocka_unit_test_setup(test_threads_share_one_session, test_setup),
         cmocka_unit_test_setup(test_refused_logon_is_transient_and_not_repeated, test_setup),
         cmocka_unit_test_setup(test_expired_session_logs_on_again_once, test_setup),
         cmocka_unit_test_setup(test_salesorder_create, test_setup),
@@ -1048,6 +1126,7 @@ int main(void)
         cmocka_unit_test_setup(test_mapping_errors, test_setup),
         cmocka_unit_test_setup(test_unlicensed_object_is_permanent, test_setup),
         cmocka_unit_test(test_5xx_is_transient),
+        cmocka_unit_test(test_query_reply_without_the_customer_means_not_found),
         cmocka_unit_test(test_url_too_long_is_refused_before_sending),
         cmocka_unit_test(test_unreachable_is_transient),
     };
