@@ -105,20 +105,20 @@
 #include "sbx.h"
 #include "syspro.h"
 
-#define EMU_MAGIC 0x53595345u                /* "SYSE" */
+#define EMU_MAGIC 0x53595345u /* "SYSE" */
 #define REST "/SYSPROWCFService/Rest"
-#define SESSIONS_MAX 1024                    /* hard cap of max_sessions */
-#define SESSION_ID_LEN 38                    /* GUID (36) + two spaces */
-#define CUSTOMER_MAX 15                      /* SYSPRO's customer code length */
-#define PO_MAX 30                            /* CustomerPoNumber */
-#define NAME_MAX_CHARS 50                    /* customer Name */
+#define SESSIONS_MAX 1024 /* hard cap of max_sessions */
+#define SESSION_ID_LEN 38 /* GUID (36) + two spaces */
+#define CUSTOMER_MAX 15   /* SYSPRO's customer code length */
+#define PO_MAX 30         /* CustomerPoNumber */
+#define NAME_MAX_CHARS 50 /* customer Name */
 #define REFERENCE_MAX 30
 #define TEXT_MAX 512
-#define QTY_SCALE 1000000                    /* quantities to 6 decimals */
+#define QTY_SCALE 1000000 /* quantities to 6 decimals */
 
 /* This emulator's ErrorNumbers. */
 enum {
-    ERR_FIELD = 20001,                       /* a required element is missing or malformed */
+    ERR_FIELD = 20001, /* a required element is missing or malformed */
     ERR_CUSTOMER_NOT_FOUND = 20010,
     ERR_CUSTOMER_INVALID = 20011,
     ERR_CUSTOMER_EXISTS = 20012,
@@ -134,7 +134,7 @@ enum {
     ERR_OVER_CREDITED = 20062,
     ERR_NOT_EMULATED = 20090,
     ERR_ORDER_NOT_FOUND = 20100,
-    ERR_NOT_POSTED = 20110,                  /* ApplyIfEntireDocumentValid: another item failed */
+    ERR_NOT_POSTED = 20110, /* ApplyIfEntireDocumentValid: another item failed */
 };
 
 enum reply_encoding { ENC_1252, ENC_1252_UNDECLARED, ENC_UTF8 };
@@ -144,10 +144,10 @@ struct emu_settings {
     char company_id[64], company_password[128], operator_code[64], operator_password[128];
     long session_ttl_s;
     long max_sessions;
-    json_t *stock;                           /* owned: code -> {"StockCode","Description","Price"} */
-    json_t *customers;                       /* owned: code -> record (strings) */
-    json_t *banks;                           /* owned: code -> true */
-    json_t *invoices;                        /* owned: invoice -> {"Customer","balance_minor"} */
+    json_t *stock;     /* owned: code -> {"StockCode","Description","Price"} */
+    json_t *customers; /* owned: code -> record (strings) */
+    json_t *banks;     /* owned: code -> true */
+    json_t *invoices;  /* owned: invoice -> {"Customer","balance_minor"} */
     char currency[4];
     enum reply_encoding encoding;
     int lowercase;
@@ -155,7 +155,7 @@ struct emu_settings {
 };
 
 struct session {
-    char id[SESSION_ID_LEN + 1];             /* GUID + "  " */
+    char id[SESSION_ID_LEN + 1]; /* GUID + "  " */
     time_t last_used;
 };
 
@@ -166,16 +166,16 @@ struct counters {
 };
 
 struct emu {
-    unsigned magic;                          /* EMU_MAGIC */
-    pthread_mutex_t lock;                    /* guards everything below */
-    json_t *start_settings;                  /* owned: the settings given at create (for reset) */
+    unsigned magic;         /* EMU_MAGIC */
+    pthread_mutex_t lock;   /* guards everything below */
+    json_t *start_settings; /* owned: the settings given at create (for reset) */
     struct emu_settings set;
-    struct session *sessions;                /* owned, SESSIONS_MAX */
+    struct session *sessions; /* owned, SESSIONS_MAX */
     size_t n_sessions;
-    json_t *orders;                          /* owned: array of sales orders */
-    json_t *po_index;                        /* owned: "CUSTOMER\x1fPO" -> index in orders */
-    json_t *payments;                        /* owned: array */
-    json_t *credit_notes;                    /* owned: array */
+    json_t *orders;       /* owned: array of sales orders */
+    json_t *po_index;     /* owned: "CUSTOMER\x1fPO" -> index in orders */
+    json_t *payments;     /* owned: array */
+    json_t *credit_notes; /* owned: array */
     long next_order, next_journal, next_credit;
     struct counters n;
     struct pb_http_route routes[24];
@@ -465,13 +465,18 @@ static void trnperiod(int previous, int *year, int *month)
 /* ==== settings ================================================================ */
 
 static const char *const SETTINGS_KEYS[] = {
-    "company_id", "company_password", "operator", "operator_password", "session_ttl_s",
-    "stock_codes", "customers", "banks", "invoices", "currency", "encoding",
-    "lowercase_replies", "duplicate_po", "max_sessions", "port", "enabled", "faults", NULL,
+    "company_id",    "company_password",
+    "operator",      "operator_password",
+    "session_ttl_s", "stock_codes",
+    "customers",     "banks",
+    "invoices",      "currency",
+    "encoding",      "lowercase_replies",
+    "duplicate_po",  "max_sessions",
+    "port",          "enabled",
+    "faults",        NULL,
 };
 
-static enum pb_rc set_string(json_t *v, const char *key, char *out, size_t len,
-                             struct pb_err *err)
+static enum pb_rc set_string(json_t *v, const char *key, char *out, size_t len, struct pb_err *err)
 {
     if (!json_is_string(v) || strlen(json_string_value(v)) >= len)
         return pb_err_set(err, PB_ERR_CONFIG, "syspro.%s: must be a string of at most %zu bytes",
@@ -488,7 +493,8 @@ static enum pb_rc parse_stock(json_t *v, json_t **out, const char *currency, str
         json_decref(stock);
         return pb_err_set(err, PB_ERR_CONFIG, "syspro.stock_codes: must be an array");
     }
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         const char *code = json_is_string(e) ? json_string_value(e) : jstr(e, "StockCode");
         const char *price = json_is_object(e) ? jstr(e, "Price") : "";
         int64_t minor = 0;
@@ -519,7 +525,8 @@ static enum pb_rc parse_customers(json_t *v, json_t **out, struct pb_err *err)
         json_decref(customers);
         return pb_err_set(err, PB_ERR_CONFIG, "syspro.customers: must be an array");
     }
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         const char *code = json_is_string(e) ? json_string_value(e) : jstr(e, "Customer");
         json_t *rec;
         char name[64];
@@ -534,7 +541,8 @@ static enum pb_rc parse_customers(json_t *v, json_t **out, struct pb_err *err)
             const char *k;
             json_t *m;
             rec = json_object();
-            json_object_foreach(e, k, m) {
+            json_object_foreach(e, k, m)
+            {
                 if (!json_is_string(m)) {
                     json_decref(rec);
                     json_decref(customers);
@@ -565,7 +573,8 @@ static enum pb_rc parse_banks(json_t *v, json_t **out, struct pb_err *err)
         json_decref(banks);
         return pb_err_set(err, PB_ERR_CONFIG, "syspro.banks: must be an array of codes");
     }
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         if (!json_is_string(e) || !json_string_value(e)[0]) {
             json_decref(banks);
             return pb_err_set(err, PB_ERR_CONFIG, "syspro.banks[%zu]: must be a code", i);
@@ -576,8 +585,7 @@ static enum pb_rc parse_banks(json_t *v, json_t **out, struct pb_err *err)
     return PB_OK;
 }
 
-static enum pb_rc parse_invoices(json_t *v, json_t **out, const char *currency,
-                                 struct pb_err *err)
+static enum pb_rc parse_invoices(json_t *v, json_t **out, const char *currency, struct pb_err *err)
 {
     json_t *invoices = json_object(), *e;
     size_t i;
@@ -585,7 +593,8 @@ static enum pb_rc parse_invoices(json_t *v, json_t **out, const char *currency,
         json_decref(invoices);
         return pb_err_set(err, PB_ERR_CONFIG, "syspro.invoices: must be an array");
     }
-    json_array_foreach(v, i, e) {
+    json_array_foreach(v, i, e)
+    {
         int64_t minor;
         if (!jstr(e, "Invoice")[0] || !jstr(e, "Customer")[0] ||
             !parse_amount(jstr(e, "Balance"), currency, 0, &minor)) {
@@ -596,8 +605,8 @@ static enum pb_rc parse_invoices(json_t *v, json_t **out, const char *currency,
                               i);
         }
         json_object_set_new(invoices, jstr(e, "Invoice"),
-                            json_pack("{s:s,s:I}", "Customer", jstr(e, "Customer"),
-                                      "balance_minor", (json_int_t)minor));
+                            json_pack("{s:s,s:I}", "Customer", jstr(e, "Customer"), "balance_minor",
+                                      (json_int_t)minor));
     }
     *out = invoices;
     return PB_OK;
@@ -647,7 +656,8 @@ static enum pb_rc settings_merge(const struct emu_settings *base, json_t *patch,
         settings_free(out);
         return pb_err_set(err, PB_ERR_CONFIG, "syspro settings must be an object");
     }
-    json_object_foreach(patch, key, v) {
+    json_object_foreach(patch, key, v)
+    {
         int known = 0;
         for (size_t i = 0; SETTINGS_KEYS[i]; i++)
             known |= strcmp(SETTINGS_KEYS[i], key) == 0;
@@ -670,8 +680,8 @@ static enum pb_rc settings_merge(const struct emu_settings *base, json_t *patch,
     if (!rc && (v = json_object_get(patch, "company_id")))
         rc = set_string(v, "company_id", out->company_id, sizeof out->company_id, err);
     if (!rc && (v = json_object_get(patch, "company_password")))
-        rc = set_string(v, "company_password", out->company_password,
-                        sizeof out->company_password, err);
+        rc = set_string(v, "company_password", out->company_password, sizeof out->company_password,
+                        err);
     if (!rc && (v = json_object_get(patch, "operator")))
         rc = set_string(v, "operator", out->operator_code, sizeof out->operator_code, err);
     if (!rc && (v = json_object_get(patch, "operator_password")))
@@ -794,7 +804,8 @@ static json_t *order_by_number(struct emu *x, const char *number)
 {
     size_t i;
     json_t *o;
-    json_array_foreach(x->orders, i, o) {
+    json_array_foreach(x->orders, i, o)
+    {
         if (strcmp(jstr(o, "SalesOrder"), number) == 0)
             return o;
     }
@@ -811,10 +822,10 @@ static int64_t order_open(json_t *o)
 
 struct call {
     const char *business_object;
-    xmlDocPtr params;                        /* owned, may be NULL */
-    xmlDocPtr in;                            /* owned */
-    xmlNodePtr p;                            /* <Parameters> of params, may be NULL */
-    xmlNodePtr root;                         /* root of in */
+    xmlDocPtr params; /* owned, may be NULL */
+    xmlDocPtr in;     /* owned */
+    xmlNodePtr p;     /* <Parameters> of params, may be NULL */
+    xmlNodePtr root;  /* root of in */
 };
 
 static void call_free(struct call *c)
@@ -844,8 +855,7 @@ static int parse_call(struct pb_http_request *req, struct pb_http_response *resp
         return 0;
     }
     if (!xi || !xi[0]) {
-        reply_text(resp, "ERROR: XmlIn is required for business object %.32s",
-                   c->business_object);
+        reply_text(resp, "ERROR: XmlIn is required for business object %.32s", c->business_object);
         return 0;
     }
     if (!(c->in = parse_xml(xi))) {
@@ -857,8 +867,9 @@ static int parse_call(struct pb_http_request *req, struct pb_http_response *resp
     if (with_params && xp && xp[0]) {
         if (!(c->params = parse_xml(xp))) {
             call_free(c);
-            reply_text(resp, "ERROR: XmlParameters for business object %.32s is not well-formed "
-                             "XML",
+            reply_text(resp,
+                       "ERROR: XmlParameters for business object %.32s is not well-formed "
+                       "XML",
                        c->business_object);
             return 0;
         }
@@ -876,7 +887,8 @@ static int sortoi_order(struct emu *x, struct call *c, xmlNodePtr orders, xmlNod
     char customer_code[64], po[128], text[TEXT_MAX], key[256], number[16], type[32];
     xmlNodePtr header = kid(orders, "OrderHeader"), details = kid(orders, "OrderDetails");
     xmlNodePtr order = xmlNewChild(out, NULL, BAD_CAST "Order", NULL);
-    int allow_zero = yn(c->p, "AllowZeroPrice", 1), use_entered = yn(c->p, "AlwaysUsePriceEntered", 1);
+    int allow_zero = yn(c->p, "AllowZeroPrice", 1),
+        use_entered = yn(c->p, "AlwaysUsePriceEntered", 1);
     int allow_non_stock = yn(c->p, "AllowNonStockItems", 1);
     const char *status = ktext(c->p, "OrderStatus", text, sizeof text) ? text : "1";
     char status_copy[8];
@@ -905,8 +917,10 @@ static int sortoi_order(struct emu *x, struct call *c, xmlNodePtr orders, xmlNod
         return 0;
     }
     if (strlen(po) > PO_MAX) {
-        add_error(order, ERR_FIELD, "Customer purchase order number '%s' is longer than %d "
-                                    "characters", po, PO_MAX);
+        add_error(order, ERR_FIELD,
+                  "Customer purchase order number '%s' is longer than %d "
+                  "characters",
+                  po, PO_MAX);
         return 0;
     }
     if (po[0]) {
@@ -942,9 +956,8 @@ static int sortoi_order(struct emu *x, struct call *c, xmlNodePtr orders, xmlNod
                 add_error(order, ERR_STOCK_NOT_FOUND, "Stock code '%s' not found", code);
                 goto fail;
             }
-            if (!(qty = parse_qty(ktext(l, "OrderQty", qty_text, sizeof qty_text)
-                                      ? qty_text
-                                      : ""))) {
+            if (!(qty =
+                      parse_qty(ktext(l, "OrderQty", qty_text, sizeof qty_text) ? qty_text : ""))) {
                 add_error(order, ERR_FIELD, "Order quantity '%s' for stock code '%s' is invalid",
                           qty_text, code);
                 goto fail;
@@ -976,14 +989,15 @@ static int sortoi_order(struct emu *x, struct call *c, xmlNodePtr orders, xmlNod
                 add_error(order, ERR_FIELD, "NonStockCode is required on a non-stocked line");
                 goto fail;
             }
-            if (!(qty = parse_qty(ktext(l, "NonStockedQty", qty_text, sizeof qty_text)
-                                      ? qty_text
-                                      : "1")))
+            if (!(qty = parse_qty(ktext(l, "NonStockedQty", qty_text, sizeof qty_text) ? qty_text
+                                                                                       : "1")))
                 qty = QTY_SCALE;
-            if (!parse_amount(ktext(l, "NonStockedPrice", price_text, sizeof price_text),
-                              currency, 1, &price)) {
-                add_error(order, ERR_VALUE_INVALID, "Price '%s' for non-stocked code '%s' is "
-                                                    "invalid", price_text, code);
+            if (!parse_amount(ktext(l, "NonStockedPrice", price_text, sizeof price_text), currency,
+                              1, &price)) {
+                add_error(order, ERR_VALUE_INVALID,
+                          "Price '%s' for non-stocked code '%s' is "
+                          "invalid",
+                          price_text, code);
                 goto fail;
             }
             value = line_value(price, qty);
@@ -1030,14 +1044,13 @@ static int sortoi_order(struct emu *x, struct call *c, xmlNodePtr orders, xmlNod
     {
         char value_text[PB_MONEY_DECIMAL_MAX];
         pb_money_format_decimal(total, currency, value_text, sizeof value_text, NULL);
-        rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:I,s:I,s:o,s:o}",
-                        "SalesOrder", number, "Customer", customer_code, "CustomerName",
-                        jstr(cust, "Name"), "CustomerPoNumber", po, "OrderDate",
-                        jstr(header_json, "OrderDate"), "OrderStatus", status_copy, "OnHold",
-                        strcasecmp(status_copy, "S") == 0, "Currency", currency, "OrderValue",
-                        value_text, "value_minor", (json_int_t)total, "paid_minor",
-                        (json_int_t)0, "credited_minor", (json_int_t)0, "Header", header_json,
-                        "Lines", lines);
+        rec = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:s,s:I,s:I,s:I,s:o,s:o}", "SalesOrder",
+                        number, "Customer", customer_code, "CustomerName", jstr(cust, "Name"),
+                        "CustomerPoNumber", po, "OrderDate", jstr(header_json, "OrderDate"),
+                        "OrderStatus", status_copy, "OnHold", strcasecmp(status_copy, "S") == 0,
+                        "Currency", currency, "OrderValue", value_text, "value_minor",
+                        (json_int_t)total, "paid_minor", (json_int_t)0, "credited_minor",
+                        (json_int_t)0, "Header", header_json, "Lines", lines);
     }
     if (po[0])
         json_object_set_new(x->po_index, key, json_integer((json_int_t)json_array_size(x->orders)));
@@ -1078,8 +1091,8 @@ static void sortoi(struct emu *x, struct call *c, xmlNodePtr out_root)
 
 /* A payable document of the customer: an open invoice from the settings, or
  * a sales order (treated as invoiced). *open_out = what is still open. */
-static json_t *payable(struct emu *x, const char *customer_code, const char *doc,
-                       int64_t *open_out, int *is_order)
+static json_t *payable(struct emu *x, const char *customer_code, const char *doc, int64_t *open_out,
+                       int *is_order)
 {
     json_t *inv = json_object_get(x->set.invoices, doc), *o;
     if (inv && strcmp(jstr(inv, "Customer"), customer_code) == 0) {
@@ -1166,10 +1179,9 @@ static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t *
         json_array_append_new(applied, json_pack("{s:s,s:I,s:b}", "Invoice", inv, "value_minor",
                                                  (json_int_t)part, "order", is_order));
     }
-    *staged = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:o}", "DocumentType", "P", "Customer",
-                        code, "Reference", ref, "Bank", bank, "PaymentType", ptype,
-                        "PaymentValue", value_text, "value_minor", (json_int_t)value, "Applied",
-                        applied);
+    *staged = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:o}", "DocumentType", "P", "Customer", code,
+                        "Reference", ref, "Bank", bank, "PaymentType", ptype, "PaymentValue",
+                        value_text, "value_minor", (json_int_t)value, "Applied", applied);
     return *staged != NULL;
 fail:
     json_decref(applied);
@@ -1182,7 +1194,8 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
     xmlNodePtr items[256];
     size_t n = 0;
     long invalid = 0;
-    int whole = yn(c->p, "ApplyIfEntireDocumentValid", 1), validate_only = yn(c->p, "ValidateOnly", 0);
+    int whole = yn(c->p, "ApplyIfEntireDocumentValid", 1),
+        validate_only = yn(c->p, "ValidateOnly", 0);
     char period[8] = "C";
     int year, month;
 
@@ -1214,18 +1227,20 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
             if (!staged[i])
                 continue;
             entry++;
-            json_array_foreach(json_object_get(staged[i], "Applied"), j, a) {
+            json_array_foreach(json_object_get(staged[i], "Applied"), j, a)
+            {
                 int64_t open;
                 int is_order;
-                json_t *doc = payable(x, jstr(staged[i], "Customer"), jstr(a, "Invoice"), &open,
-                                      &is_order);
+                json_t *doc =
+                    payable(x, jstr(staged[i], "Customer"), jstr(a, "Invoice"), &open, &is_order);
                 if (doc && is_order)
-                    json_object_set_new(doc, "paid_minor",
-                                        json_integer(jint(doc, "paid_minor") + jint(a, "value_minor")));
+                    json_object_set_new(
+                        doc, "paid_minor",
+                        json_integer(jint(doc, "paid_minor") + jint(a, "value_minor")));
                 else if (doc)
-                    json_object_set_new(doc, "balance_minor",
-                                        json_integer(jint(doc, "balance_minor") -
-                                                     jint(a, "value_minor")));
+                    json_object_set_new(
+                        doc, "balance_minor",
+                        json_integer(jint(doc, "balance_minor") - jint(a, "value_minor")));
             }
             json_object_set_new(staged[i], "TrnYear", json_integer(year));
             json_object_set_new(staged[i], "TrnMonth", json_integer(month));
@@ -1284,8 +1299,10 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
         }
         currency = customer_currency(x, cust);
         if (!ktext(inv, "DocumentType", type, sizeof type) || strcasecmp(type, "C") != 0) {
-            add_error(item, ERR_NOT_EMULATED, "Document type '%s' is not emulated (only C, credit "
-                                              "note)", type);
+            add_error(item, ERR_NOT_EMULATED,
+                      "Document type '%s' is not emulated (only C, credit "
+                      "note)",
+                      type);
             goto bad;
         }
         if (!parse_amount(ktext(inv, "InvoiceValue", value_text, sizeof value_text), currency, 0,
@@ -1326,8 +1343,7 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
             json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i,s:i,s:I}", "DocumentType", "C", "Invoice",
                       number, "Customer", code, "Reference", ref, "InvoiceValue", value_text,
                       "OriginalDocument", odoc ? orig : "", "value_minor", (json_int_t)value,
-                      "TrnYear", year, "TrnMonth", month, "Journal",
-                      (json_int_t)x->next_journal));
+                      "TrnYear", year, "TrnMonth", month, "Journal", (json_int_t)x->next_journal));
         add(item, "Invoice", number);
         add(item, "DocumentType", "C");
         add_int(item, "TrnYear", year);
@@ -1432,13 +1448,15 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
     }
     det = xmlNewChild(root, NULL, BAD_CAST "CustomerDetails", NULL);
     add(det, "Customer", code);
-    json_object_foreach(cust, k, v) {
+    json_object_foreach(cust, k, v)
+    {
         if (strcmp(k, "Customer") != 0 && json_is_string(v))
             add(det, k, json_string_value(v));
     }
     if (!jstr(cust, "Currency")[0])
         add(det, "Currency", customer_currency(x, cust));
-    json_array_foreach(x->orders, i, p) {
+    json_array_foreach(x->orders, i, p)
+    {
         if (strcmp(jstr(p, "Customer"), code) == 0)
             balance += order_open(p);
     }
@@ -1446,7 +1464,8 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
     if (!yn(kid(c->root, "Option"), "IncludeTransactions", 0))
         return;
     txns = xmlNewChild(root, NULL, BAD_CAST "Transactions", NULL);
-    json_array_foreach(x->payments, i, p) {
+    json_array_foreach(x->payments, i, p)
+    {
         xmlNodePtr t;
         if (strcmp(jstr(p, "Customer"), code) != 0)
             continue;
@@ -1459,7 +1478,8 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
         add_int(t, "Entry", jint(p, "Entry"));
         add(t, "Value", jstr(p, "PaymentValue"));
     }
-    json_array_foreach(x->credit_notes, i, p) {
+    json_array_foreach(x->credit_notes, i, p)
+    {
         xmlNodePtr t;
         if (strcmp(jstr(p, "Customer"), code) != 0)
             continue;
@@ -1496,7 +1516,8 @@ static void sorqry(struct emu *x, struct call *c, xmlNodePtr root)
         po_key(code, po, k, sizeof k);
         idx = json_object_get(x->po_index, k);
         /* with duplicate_po "allow" there may be more than the indexed one */
-        json_array_foreach(x->orders, i, o) {
+        json_array_foreach(x->orders, i, o)
+        {
             if (strcmp(jstr(o, "Customer"), code) == 0 &&
                 strcmp(jstr(o, "CustomerPoNumber"), po) == 0) {
                 add_order_header(root, o);
@@ -1505,7 +1526,8 @@ static void sorqry(struct emu *x, struct call *c, xmlNodePtr root)
         }
         (void)idx;
     } else {
-        json_array_foreach(x->orders, i, o) {
+        json_array_foreach(x->orders, i, o)
+        {
             if (strcmp(jstr(o, "CustomerPoNumber"), po) == 0) {
                 add_order_header(root, o);
                 found++;
@@ -1545,8 +1567,10 @@ static enum pb_http_action h_logon(struct pb_http_request *req, struct pb_http_r
                                    void *arg)
 {
     struct emu *x = emu_of(arg);
-    const char *op = pb_http_query(req, "Operator"), *op_pw = pb_http_query(req, "OperatorPassword");
-    const char *co = pb_http_query(req, "CompanyId"), *co_pw = pb_http_query(req, "CompanyPassword");
+    const char *op = pb_http_query(req, "Operator"),
+               *op_pw = pb_http_query(req, "OperatorPassword");
+    const char *co = pb_http_query(req, "CompanyId"),
+               *co_pw = pb_http_query(req, "CompanyPassword");
     unsigned char r[16];
     char id[SESSION_ID_LEN + 1];
 
@@ -1674,11 +1698,13 @@ static enum pb_http_action business(struct pb_http_request *req, struct pb_http_
     }
     pthread_mutex_unlock(&x->lock);
     if (!out) {
-        reply_text(resp, "ERROR: Business object '%.32s' is not licensed for %s, or does not "
-                         "exist",
-                   bo, kind == ROUTE_POST ? "Transaction/Post"
-                       : kind == ROUTE_SETUP ? "Setup/Add"
-                                             : "Query/Query");
+        reply_text(resp,
+                   "ERROR: Business object '%.32s' is not licensed for %s, or does not "
+                   "exist",
+                   bo,
+                   kind == ROUTE_POST    ? "Transaction/Post"
+                   : kind == ROUTE_SETUP ? "Setup/Add"
+                                         : "Query/Query");
         call_free(&c);
         return PB_HTTP_DONE;
     }
@@ -1714,19 +1740,18 @@ static enum pb_http_action h_stats(struct pb_http_request *req, struct pb_http_r
     json_t *j;
     pthread_mutex_lock(&x->lock);
     expire_sessions(x, time(NULL));
-    j = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I}}", "sessions",
-                  (json_int_t)x->n_sessions, "logons", (json_int_t)x->n.logons, "failed_logons",
-                  (json_int_t)x->n.failed_logons, "logoffs", (json_int_t)x->n.logoffs,
-                  "invalid_session_calls", (json_int_t)x->n.invalid_session,
-                  "userid_missing_spaces", (json_int_t)x->n.missing_spaces, "sales_orders",
-                  (json_int_t)json_array_size(x->orders), "ar_payments",
-                  (json_int_t)json_array_size(x->payments), "credit_notes",
-                  (json_int_t)json_array_size(x->credit_notes), "customers",
-                  (json_int_t)json_object_size(x->set.customers), "customers_added",
-                  (json_int_t)x->n.customers_added, "duplicate_customer_po_numbers",
-                  (json_int_t)x->n.duplicate_po, "business_errors",
-                  (json_int_t)x->n.business_errors, "requests", (json_int_t)x->n.requests,
-                  "responses", "200", (json_int_t)x->n.status_200);
+    j = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I}}", "sessions",
+        (json_int_t)x->n_sessions, "logons", (json_int_t)x->n.logons, "failed_logons",
+        (json_int_t)x->n.failed_logons, "logoffs", (json_int_t)x->n.logoffs,
+        "invalid_session_calls", (json_int_t)x->n.invalid_session, "userid_missing_spaces",
+        (json_int_t)x->n.missing_spaces, "sales_orders", (json_int_t)json_array_size(x->orders),
+        "ar_payments", (json_int_t)json_array_size(x->payments), "credit_notes",
+        (json_int_t)json_array_size(x->credit_notes), "customers",
+        (json_int_t)json_object_size(x->set.customers), "customers_added",
+        (json_int_t)x->n.customers_added, "duplicate_customer_po_numbers",
+        (json_int_t)x->n.duplicate_po, "business_errors", (json_int_t)x->n.business_errors,
+        "requests", (json_int_t)x->n.requests, "responses", "200", (json_int_t)x->n.status_200);
     pthread_mutex_unlock(&x->lock);
     reply_json(resp, 200, j);
     return PB_HTTP_DONE;
@@ -1916,7 +1941,8 @@ static void *emu_create(json_t *settings, struct pb_err *err)
     }
     clear_records(x);
     for (i = 0; i < sizeof table / sizeof table[0]; i++)
-        x->routes[i] = (struct pb_http_route){table[i].method, table[i].pattern, table[i].handler, x};
+        x->routes[i] =
+            (struct pb_http_route){table[i].method, table[i].pattern, table[i].handler, x};
     x->routes[i] = (struct pb_http_route){NULL, NULL, NULL, NULL};
     x->magic = EMU_MAGIC;
     return x;

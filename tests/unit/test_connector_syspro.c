@@ -130,7 +130,8 @@ static void emu_settings(const char *json)
     assert_int_equal(admin("POST", "/_sandbox/settings", json, NULL), 200);
 }
 
-/* ---- connections ------------------------------------------------------------------------------ */
+/* ---- connections ------------------------------------------------------------------------------
+ */
 
 static struct pb_connection *connection_at(int port, const char *op_password, json_t *extra,
                                            struct pb_err *err, enum pb_rc *rc)
@@ -141,9 +142,9 @@ static struct pb_connection *connection_at(int port, const char *op_password, js
     c->magic = PB_CONNECTION_MAGIC;
     c->type = &pb_connector_syspro;
     snprintf(c->name, sizeof c->name, "syspro-test");
-    c->settings = json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url", base, "company_id", "EDU1",
-                            "operator", "ADMIN", "bank", "BANK1", "payment_type", "CC",
-                            "timeout_ms", 5000);
+    c->settings =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url", base, "company_id", "EDU1", "operator",
+                  "ADMIN", "bank", "BANK1", "payment_type", "CC", "timeout_ms", 5000);
     if (extra) {
         json_object_update(c->settings, extra);
         json_decref(extra);
@@ -163,7 +164,10 @@ static struct pb_connection *connection_with(json_t *extra)
     return c;
 }
 
-static struct pb_connection *connection(void) { return connection_with(NULL); }
+static struct pb_connection *connection(void)
+{
+    return connection_with(NULL);
+}
 
 static void connection_free(struct pb_connection *c)
 {
@@ -174,12 +178,13 @@ static void connection_free(struct pb_connection *c)
     free(c);
 }
 
-/* ---- running one item -------------------------------------------------------------------------- */
+/* ---- running one item --------------------------------------------------------------------------
+ */
 
 struct run {
     struct pb_sink_item it;
     json_t *trace;
-    enum pb_rc rc;                /* execute's return */
+    enum pb_rc rc; /* execute's return */
     struct pb_err err;
 };
 
@@ -211,23 +216,27 @@ static void run_free(struct run *r)
     json_decref(r->trace);
 }
 
-static char *trace_text(struct run *r) { return json_dumps(r->trace, JSON_COMPACT); }
+static char *trace_text(struct run *r)
+{
+    return json_dumps(r->trace, JSON_COMPACT);
+}
 
 #define ORDER_DOC(customer, po, stock, price)                                                      \
-    "{\"Customer\":\"" customer "\",\"CustomerPoNumber\":\"" po "\",\"OrderDate\":\"2026-11-21\","  \
-    "\"Email\":\"ann@example.com\",\"Lines\":[{\"StockCode\":\"" stock "\",\"OrderQty\":\"1\","     \
+    "{\"Customer\":\"" customer "\",\"CustomerPoNumber\":\"" po "\",\"OrderDate\":\"2026-11-21\"," \
+    "\"Email\":\"ann@example.com\",\"Lines\":[{\"StockCode\":\"" stock "\",\"OrderQty\":\"1\","    \
     "\"Price\":\"" price "\"},{\"LineType\":\"FreightLine\",\"FreightValue\":\"4.95\"}]}"
 
-/* ---- fixture ---------------------------------------------------------------------------------- */
+/* ---- fixture ----------------------------------------------------------------------------------
+ */
 
 static int group_setup(void **state)
 {
     struct pb_err err = {0};
-    json_t *settings = json_loads(
-        "{\"stock_codes\":[\"A100\",\"B100\",\"C100\",\"SHIP\"],"
-        "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 \\u00a3 Ltd\"},\"0000002\"],"
-        "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"]}",
-        0, NULL);
+    json_t *settings = json_loads("{\"stock_codes\":[\"A100\",\"B100\",\"C100\",\"SHIP\"],"
+                                  "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 "
+                                  "\\u00a3 Ltd\"},\"0000002\"],"
+                                  "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"]}",
+                                  0, NULL);
     struct pb_httpd_config cfg = {0};
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -270,14 +279,15 @@ static int test_setup(void **state)
     return 0;
 }
 
-/* ---- a raw server that records request lines --------------------------------------------------- */
+/* ---- a raw server that records request lines ---------------------------------------------------
+ */
 
 #define RAW_MAX_LINES 32
 
 struct raw_rule {
-    const char *path_part;        /* substring of the request line */
+    const char *path_part; /* substring of the request line */
     int status;
-    const char *extra_headers;    /* "Retry-After: 7\r\n" or NULL */
+    const char *extra_headers; /* "Retry-After: 7\r\n" or NULL */
     const char *body;
 };
 
@@ -287,7 +297,7 @@ static struct {
     pthread_mutex_t lock;
     char lines[RAW_MAX_LINES][8192];
     int n_lines;
-    const struct raw_rule *rules;  /* NULL-path terminated */
+    const struct raw_rule *rules; /* NULL-path terminated */
     int stop;
 } raw;
 
@@ -398,7 +408,8 @@ static struct pb_connection *raw_connection(json_t *extra)
 
 #define RAW_GUID "0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9"
 
-/* ---- init ------------------------------------------------------------------------------------- */
+/* ---- init -------------------------------------------------------------------------------------
+ */
 
 static void test_init_validates_settings(void **state)
 {
@@ -411,9 +422,9 @@ static void test_init_validates_settings(void **state)
     assert_contains(err.msg, "settings.busines_objects");
     connection_free(c);
 
-    c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "sales_order",
-                                              "SOR TOI"),
-                      &err, &rc);
+    c = connection_at(sx.port, "x",
+                      json_pack("{s:{s:s}}", "business_objects", "sales_order", "SOR TOI"), &err,
+                      &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.business_objects.sales_order");
     connection_free(c);
@@ -441,8 +452,7 @@ static void test_init_validates_settings(void **state)
     assert_contains(err.msg, "settings.parameters.sales_order");
     connection_free(c);
 
-    c = connection_at(sx.port, "x", json_pack("{s:s}", "lookup_before_create", "never"), &err,
-                      &rc);
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "lookup_before_create", "never"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "lookup_before_create");
     connection_free(c);
@@ -471,7 +481,8 @@ static void test_max_batch(void **state)
     connection_free(c);
 }
 
-/* ---- sessions --------------------------------------------------------------------------------- */
+/* ---- sessions ---------------------------------------------------------------------------------
+ */
 
 static void test_session_reused_and_logged_off(void **state)
 {
@@ -617,7 +628,8 @@ static void test_expired_session_logs_on_again_once(void **state)
     connection_free(c);
 }
 
-/* ---- sales orders --------------------------------------------------------------------------------- */
+/* ---- sales orders
+ * --------------------------------------------------------------------------------- */
 
 static void test_salesorder_create(void **state)
 {
@@ -768,8 +780,8 @@ static void test_payment_applied_and_retry_finds_it(void **state)
     struct run r;
     json_t *ledger, *p;
     char erp[128];
-    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-2", "A100", "10.00"), "ORDER-2",
-             1, &r);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-2", "A100", "10.00"), "ORDER-2", 1,
+             &r);
     assert_int_equal(r.it.rc, PB_OK);
     run_free(&r);
     run_item(c, "arpayment.post",
@@ -804,12 +816,13 @@ static void test_credit_note_and_retry(void **state)
 {
     struct pb_connection *c = connection();
     struct run r;
-    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-3", "A100", "10.00"), "ORDER-3",
-             1, &r);
+    run_item(c, "salesorder.create", ORDER_DOC("0000001", "ORDER-3", "A100", "10.00"), "ORDER-3", 1,
+             &r);
     run_free(&r);
-    run_item(c, "creditnote.create",
-             "{\"Customer\":\"0000001\",\"InvoiceValue\":\"30.00\",\"OriginalDocument\":\"000001\"}",
-             "RF-3", 1, &r);
+    run_item(
+        c, "creditnote.create",
+        "{\"Customer\":\"0000001\",\"InvoiceValue\":\"30.00\",\"OriginalDocument\":\"000001\"}",
+        "RF-3", 1, &r);
     assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
     assert_contains(r.it.message, "exceeds the uncredited value 14.95");
     run_free(&r);
@@ -844,9 +857,8 @@ static void test_windows_1252_reply_arrives_as_utf8(void **state)
              &r);
     assert_int_equal(r.it.rc, PB_OK);
     assert_false(json_is_true(json_object_get(r.it.result, "created")));
-    name = json_object_get(json_object_get(json_object_get(r.it.result, "record"),
-                                           "CustomerDetails"),
-                           "Name");
+    name = json_object_get(
+        json_object_get(json_object_get(r.it.result, "record"), "CustomerDetails"), "Name");
     assert_string_equal(json_string_value(name), "Caf\xc3\xa9 \xc2\xa3 Ltd");
     run_free(&r);
     /* no declaration at all: not valid UTF-8, so read as Windows-1252 */
@@ -889,11 +901,10 @@ static void test_hostile_name_round_trips(void **state)
     run_item(c, "customer.ensure", doc, "WEB0042", 1, &r);
     assert_int_equal(r.it.rc, PB_OK);
     assert_false(json_is_true(json_object_get(r.it.result, "created")));
-    assert_string_equal(json_string_value(json_object_get(
-                            json_object_get(json_object_get(r.it.result, "record"),
-                                            "CustomerDetails"),
-                            "Name")),
-                        hostile);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(json_object_get(r.it.result, "record"), "CustomerDetails"), "Name")),
+        hostile);
     run_free(&r);
     assert_int_equal(stat_of("customers_added"), 1);
     connection_free(c);
@@ -920,7 +931,8 @@ static void test_lower_case_replies(void **state)
     connection_free(c);
 }
 
-/* ---- mapping and configuration errors --------------------------------------------------------- */
+/* ---- mapping and configuration errors ---------------------------------------------------------
+ */
 
 static void test_mapping_errors(void **state)
 {
@@ -988,7 +1000,8 @@ static void test_unlicensed_object_is_permanent(void **state)
     connection_free(c);
 }
 
-/* ---- transport ---------------------------------------------------------------------------------- */
+/* ---- transport ----------------------------------------------------------------------------------
+ */
 
 static void test_5xx_is_transient(void **state)
 {

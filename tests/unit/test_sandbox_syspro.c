@@ -147,8 +147,8 @@ static void bo(const char *op, const char *session, const char *object, const ch
     char *u = esc(session), *p = esc(params ? params : ""), *x = esc(xml_in);
     char *path = malloc(strlen(u) + strlen(p) + strlen(x) + 256);
     snprintf(path, strlen(u) + strlen(p) + strlen(x) + 256,
-             "/SYSPROWCFService/Rest/%s?UserId=%s&BusinessObject=%s&XmlParameters=%s&XmlIn=%s",
-             op, u, object, p, x);
+             "/SYSPROWCFService/Rest/%s?UserId=%s&BusinessObject=%s&XmlParameters=%s&XmlIn=%s", op,
+             u, object, p, x);
     http("GET", path, NULL, r);
     free(path);
     free(u);
@@ -156,8 +156,8 @@ static void bo(const char *op, const char *session, const char *object, const ch
     free(x);
 }
 
-#define ORDER(customer, po, stock, qty, price)                                                    \
-    "<SalesOrders><Orders><OrderHeader><OrderActionType>A</OrderActionType><Customer>" customer     \
+#define ORDER(customer, po, stock, qty, price)                                                     \
+    "<SalesOrders><Orders><OrderHeader><OrderActionType>A</OrderActionType><Customer>" customer    \
     "</Customer><CustomerPoNumber>" po "</CustomerPoNumber><OrderDate>2026-11-21</OrderDate>"      \
     "</OrderHeader><OrderDetails><StockLine><CustomerPoLine>1</CustomerPoLine><LineActionType>A"   \
     "</LineActionType><StockCode>" stock "</StockCode><OrderQty>" qty "</OrderQty><Price>" price   \
@@ -173,7 +173,8 @@ static int group_setup(void **state)
         "\"operator_password\":\"sandbox-op\",\"session_ttl_s\":3600,"
         "\"stock_codes\":[\"A100\",{\"StockCode\":\"B100\",\"Description\":\"Widget\","
         "\"Price\":\"4.50\"},\"C100\",\"SHIP\"],"
-        "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 \\u00a3 Ltd\"},\"0000002\"],"
+        "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 \\u00a3 "
+        "Ltd\"},\"0000002\"],"
         "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"],"
         "\"invoices\":[{\"Invoice\":\"INV900\",\"Customer\":\"0000002\",\"Balance\":\"20.00\"}]}",
         0, NULL);
@@ -301,8 +302,9 @@ static void test_sortoi_creates_and_reports_in_1252(void **state)
     struct reply r;
     json_t *orders, *o;
     logon(session, sizeof session);
-    bo("Transaction/Post", session, "SORTOI", "<SalesOrders><Parameters><Process>IMPORT</Process>"
-                                              "</Parameters></SalesOrders>",
+    bo("Transaction/Post", session, "SORTOI",
+       "<SalesOrders><Parameters><Process>IMPORT</Process>"
+       "</Parameters></SalesOrders>",
        ORDER("0000001", "ORDER-10023", "A100", "2", "10.99"), &r);
     assert_contains(r.body, "encoding=\"windows-1252\"");
     assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
@@ -318,7 +320,8 @@ static void test_sortoi_creates_and_reports_in_1252(void **state)
     o = json_array_get(orders, 0);
     assert_string_equal(json_string_value(json_object_get(o, "CustomerPoNumber")), "ORDER-10023");
     assert_string_equal(json_string_value(json_object_get(o, "OrderValue")), "21.98");
-    assert_string_equal(json_string_value(json_object_get(o, "CustomerName")), "Caf\xc3\xa9 \xc2\xa3 Ltd");
+    assert_string_equal(json_string_value(json_object_get(o, "CustomerName")),
+                        "Caf\xc3\xa9 \xc2\xa3 Ltd");
     json_decref(orders);
     reply_free(&r);
 }

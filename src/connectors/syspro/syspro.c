@@ -51,11 +51,21 @@
 #include "syspro_internal.h"
 
 static const char *const known_settings[] = {
-    "base_url",     "company_id",        "operator",
-    "business_objects", "parameters",    "bank",
-    "payment_type", "posting_period",    "hold_order_status",
-    "credit_note_document_type", "lookup_before_create", "timeout_ms",
-    "max_url_bytes", "logon_retry_s",    NULL,
+    "base_url",
+    "company_id",
+    "operator",
+    "business_objects",
+    "parameters",
+    "bank",
+    "payment_type",
+    "posting_period",
+    "hold_order_status",
+    "credit_note_document_type",
+    "lookup_before_create",
+    "timeout_ms",
+    "max_url_bytes",
+    "logon_retry_s",
+    NULL,
 };
 
 static const char *const known_parameter_sets[] = {
@@ -140,8 +150,9 @@ static enum pb_rc read_objects(const struct pb_connection *c, struct syspro_stat
                                struct pb_err *err)
 {
     static const char *const known[] = {
-        "sales_order", "sales_order_query", "ar_payment", "customer_setup", "customer_query",
-        "stock_query", "credit_note",       "gl_journal", NULL,
+        "sales_order",    "sales_order_query", "ar_payment",
+        "customer_setup", "customer_query",    "stock_query",
+        "credit_note",    "gl_journal",        NULL,
     };
     json_t *objs = json_object_get(c->settings, "business_objects"), *v;
     const char *key;
@@ -151,7 +162,8 @@ static enum pb_rc read_objects(const struct pb_connection *c, struct syspro_stat
         return pb_err_set(err, PB_ERR_CONFIG,
                           "settings.business_objects: must be an object (e.g. {\"sales_order\": "
                           "\"SORTOI\"})");
-    json_object_foreach(objs, key, v) {
+    json_object_foreach(objs, key, v)
+    {
         if (!in_list(known, key))
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.business_objects.%s: unknown (known: sales_order, "
@@ -186,7 +198,8 @@ static enum pb_rc read_parameters(const struct pb_connection *c, struct syspro_s
         return pb_err_set(err, PB_ERR_CONFIG,
                           "settings.parameters: must be an object (e.g. {\"sales_order\": "
                           "{\"AllowZeroPrice\": \"N\"}})");
-    json_object_foreach(sets, key, v) {
+    json_object_foreach(sets, key, v)
+    {
         char path[96];
         const char *name;
         json_t *value, **slot;
@@ -202,7 +215,8 @@ static enum pb_rc read_parameters(const struct pb_connection *c, struct syspro_s
         if (!json_is_object(v))
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.parameters.%s: must be an object of element: value", key);
-        json_object_foreach(v, name, value) {
+        json_object_foreach(v, name, value)
+        {
             if (!json_is_string(value) && !json_is_integer(value) && !json_is_boolean(value))
                 return pb_err_set(err, PB_ERR_CONFIG,
                                   "settings.parameters.%s.%s: must be a string, an integer or "
@@ -220,8 +234,8 @@ static enum pb_rc read_parameters(const struct pb_connection *c, struct syspro_s
             if (rc)
                 return pb_err_set(err, PB_ERR_CONFIG, "%s", e.msg);
         }
-        slot = strcmp(key, "sales_order") == 0  ? &st->params_sales_order
-               : strcmp(key, "ar_payment") == 0 ? &st->params_ar_payment
+        slot = strcmp(key, "sales_order") == 0   ? &st->params_sales_order
+               : strcmp(key, "ar_payment") == 0  ? &st->params_ar_payment
                : strcmp(key, "credit_note") == 0 ? &st->params_credit_note
                                                  : &st->params_customer_setup;
         *slot = json_deep_copy(v);
@@ -243,7 +257,8 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct syspro_sta
 
     if (!json_is_object(set))
         return pb_err_set(err, PB_ERR_CONFIG, "settings.base_url: required (settings missing)");
-    json_object_foreach(set, key, v) {
+    json_object_foreach(set, key, v)
+    {
         if (!in_list(known_settings, key))
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.%s: unknown setting of a syspro connection (known: "
@@ -284,8 +299,8 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct syspro_sta
                         sizeof st->posting_period, err)) ||
         (rc = read_text(set, "hold_order_status", "settings.", "S", 1, st->hold_order_status,
                         sizeof st->hold_order_status, err)) ||
-        (rc = read_text(set, "credit_note_document_type", "settings.", "C", 1,
-                        st->credit_note_type, sizeof st->credit_note_type, err)) ||
+        (rc = read_text(set, "credit_note_document_type", "settings.", "C", 1, st->credit_note_type,
+                        sizeof st->credit_note_type, err)) ||
         (rc = read_text(set, "lookup_before_create", "settings.", "retry", 1, mode, sizeof mode,
                         err)))
         return rc;
@@ -369,8 +384,8 @@ static void syspro_destroy(struct pb_connection *c)
 }
 
 static const char *const commands[] = {
-    "customer.ensure", "stock.check", "salesorder.create", "arpayment.post", "creditnote.create",
-    NULL,
+    "customer.ensure", "stock.check",       "salesorder.create",
+    "arpayment.post",  "creditnote.create", NULL,
 };
 
 static size_t syspro_max_batch(const struct pb_connection *c, const char *command)
@@ -410,8 +425,7 @@ static enum pb_rc syspro_execute(struct pb_connection *c, struct pb_call_ctx *ct
         return pb_err_set(err, PB_ERR_PERMANENT, "%s", items[0].message);
     }
     if (n > 1)
-        return pb_err_set(err, PB_ERR_INTERNAL, "%zu items exceed max_batch 1 for %s", n,
-                          command);
+        return pb_err_set(err, PB_ERR_INTERNAL, "%zu items exceed max_batch 1 for %s", n, command);
     if (strcmp(command, "customer.ensure") == 0)
         rc = pb__syspro_customer_ensure(c, ctx, &items[0], err);
     else if (strcmp(command, "stock.check") == 0)

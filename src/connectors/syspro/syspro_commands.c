@@ -91,7 +91,7 @@ struct run {
     struct pb_call_ctx *ctx;
     struct pb_sink_item *it;
     struct pb_err *err;
-    enum pb_rc whole;             /* a failure of a call itself (logon, network), or PB_OK */
+    enum pb_rc whole; /* a failure of a call itself (logon, network), or PB_OK */
 };
 
 /* ---- item outcomes ------------------------------------------------------------------- */
@@ -129,7 +129,8 @@ static json_t *member(json_t *doc, const char *key)
     json_t *exact = json_object_get(doc, key);
     if (exact)
         return exact;
-    json_object_foreach(doc, k, v) {
+    json_object_foreach(doc, k, v)
+    {
         if (strcasecmp(k, key) == 0)
             return v;
     }
@@ -172,8 +173,8 @@ static int check_document(struct pb_sink_item *it, const char *what)
 {
     if (json_is_object(it->document))
         return 1;
-    pb__syspro_item_fail(it, PB_ERR_MAPPING, -1,
-                         "the mapped document must be a JSON object (%s)", what);
+    pb__syspro_item_fail(it, PB_ERR_MAPPING, -1, "the mapped document must be a JSON object (%s)",
+                         what);
     return 0;
 }
 
@@ -203,7 +204,8 @@ static xmlDocPtr parameters_doc(const char *root_name, const char *const *defaul
     params = xmlNewChild(root, NULL, BAD_CAST "Parameters", NULL);
     for (size_t i = 0; params && defaults && defaults[i]; i += 2)
         pb__syspro_xml_set(params, defaults[i], defaults[i + 1]);
-    json_object_foreach(overrides, key, v) {
+    json_object_foreach(overrides, key, v)
+    {
         char text[64];
         if (json_is_string(v))
             pb__syspro_xml_set(params, key, json_string_value(v));
@@ -254,7 +256,10 @@ static int call(struct run *r, enum syspro_op op, const char *business_object,
     return 0;
 }
 
-static enum pb_rc finish(struct run *r) { return r->whole; }
+static enum pb_rc finish(struct run *r)
+{
+    return r->whole;
+}
 
 /* Does SYSPRO's refusal of a query mean "there is no such record"? */
 static int says_not_found(const char *message)
@@ -323,8 +328,8 @@ static const char *find_leaf_text(xmlNodePtr from, const char *name, char *buf, 
 }
 
 /* Query and decide found / not found / failed (the item failed). */
-static enum lookup query(struct run *r, const char *business_object, xmlDocPtr q,
-                         const char *what, struct syspro_reply *reply)
+static enum lookup query(struct run *r, const char *business_object, xmlDocPtr q, const char *what,
+                         struct syspro_reply *reply)
 {
     char *xml_in = dump_or_fail(r, q, "query");
     int answered;
@@ -454,10 +459,9 @@ enum pb_rc pb__syspro_customer_ensure(struct pb_connection *c, struct pb_call_ct
         /* two workers creating one customer: the other one won */
         found = query_customer(&r, code, 0, &reply);
         if (found == FOUND) {
-            json_t *res = json_pack("{s:s,s:b,s:s,s:o}", "Customer", code, "created", 0,
-                                    "refusal", refusal,
-                                    "record",
-                                    pb__syspro_element_json(xmlDocGetRootElement(reply.doc)));
+            json_t *res =
+                json_pack("{s:s,s:b,s:s,s:o}", "Customer", code, "created", 0, "refusal", refusal,
+                          "record", pb__syspro_element_json(xmlDocGetRootElement(reply.doc)));
             pb__syspro_item_ok(it, code, res);
         } else if (found == NOT_FOUND) {
             pb__syspro_item_fail(it, PB_ERR_PERMANENT, -1,
@@ -508,18 +512,17 @@ enum pb_rc pb__syspro_stock_check(struct pb_connection *c, struct pb_call_ctx *c
     if (q)
         xmlFreeDoc(q);
     if (found == FOUND && find_element(xmlDocGetRootElement(reply.doc), has_key, &k))
-        pb__syspro_item_ok(it, code,
-                           pb__syspro_element_json(xmlDocGetRootElement(reply.doc)));
+        pb__syspro_item_ok(it, code, pb__syspro_element_json(xmlDocGetRootElement(reply.doc)));
     else if (found != FAILED)
         pb__syspro_item_fail(it, PB_ERR_PERMANENT, -1, "%s",
-                             reply.refused && reply.message[0]
-                                 ? reply.message
-                                 : "SYSPRO has no such stock code");
+                             reply.refused && reply.message[0] ? reply.message
+                                                               : "SYSPRO has no such stock code");
     pb__syspro_reply_free(&reply);
     return finish(&r);
 }
 
-/* ---- sales orders ----------------------------------------------------------------------------- */
+/* ---- sales orders -----------------------------------------------------------------------------
+ */
 
 struct order_match {
     const char *customer;
@@ -564,8 +567,8 @@ static enum lookup find_order(struct run *r, const char *customer, const char *p
         for (size_t i = 0; opt && options[i]; i++)
             xmlNewTextChild(opt, NULL, BAD_CAST options[i], BAD_CAST "N");
     }
-    snprintf(what, sizeof what, "sales orders of customer '%s' by CustomerPoNumber '%s'",
-             customer, po);
+    snprintf(what, sizeof what, "sales orders of customer '%s' by CustomerPoNumber '%s'", customer,
+             po);
     found = query(r, r->st->bo.sales_order_query, q, what, &reply);
     if (q)
         xmlFreeDoc(q);
@@ -575,11 +578,11 @@ static enum lookup find_order(struct run *r, const char *customer, const char *p
         if (!order) {
             found = NOT_FOUND;
         } else {
-            json_t *res = json_pack("{s:s,s:s,s:s,s:b,s:o}", "SalesOrder",
-                                    pb__syspro_text(pb__syspro_child(order, "SalesOrder"), so,
-                                                    sizeof so),
-                                    "Customer", customer, "CustomerPoNumber", po, "existing", 1,
-                                    "record", pb__syspro_element_json(order));
+            json_t *res =
+                json_pack("{s:s,s:s,s:s,s:b,s:o}", "SalesOrder",
+                          pb__syspro_text(pb__syspro_child(order, "SalesOrder"), so, sizeof so),
+                          "Customer", customer, "CustomerPoNumber", po, "existing", 1, "record",
+                          pb__syspro_element_json(order));
             if (res && refusal)
                 json_object_set_new(res, "refusal", json_string(refusal));
             pb__syspro_item_ok(r->it, so, res);
@@ -601,7 +604,8 @@ static int add_lines(struct run *r, xmlNodePtr details, json_t *lines, const cha
     size_t i, n = json_array_size(lines);
     json_t *line;
 
-    json_array_foreach(lines, i, line) {
+    json_array_foreach(lines, i, line)
+    {
         char type[32], path[64], po_line[32];
         const char *t;
         int known = 0;
@@ -662,10 +666,27 @@ enum pb_rc pb__syspro_salesorder_create(struct pb_connection *c, struct pb_call_
         "Customer", "CustomerPoNumber", "OrderActionType", "Lines", "Hold", "HoldReason", NULL,
     };
     static const char *const defaults[] = {
-        "Process", "IMPORT", "InBoxMsgReqd", "N", "AllowNonStockItems", "Y",
-        "AcceptEarlierShipDate", "N", "IgnoreWarnings", "N", "AllowZeroPrice", "Y",
-        "AlwaysUsePriceEntered", "Y", "ShipFromDefaultBin", "Y", "AllowDuplicateOrderNumbers", "N",
-        "ValidateOnly", "N", NULL,
+        "Process",
+        "IMPORT",
+        "InBoxMsgReqd",
+        "N",
+        "AllowNonStockItems",
+        "Y",
+        "AcceptEarlierShipDate",
+        "N",
+        "IgnoreWarnings",
+        "N",
+        "AllowZeroPrice",
+        "Y",
+        "AlwaysUsePriceEntered",
+        "Y",
+        "ShipFromDefaultBin",
+        "Y",
+        "AllowDuplicateOrderNumbers",
+        "N",
+        "ValidateOnly",
+        "N",
+        NULL,
     };
     struct run r = {c, pb__syspro_state(c), ctx, it, err, PB_OK};
     struct syspro_reply reply = {0};
@@ -703,7 +724,8 @@ enum pb_rc pb__syspro_salesorder_create(struct pb_connection *c, struct pb_call_
     }
     hold = member(it->document, "Hold");
     if (hold && !json_is_boolean(hold) && !json_is_null(hold)) {
-        pb__syspro_item_fail(it, PB_ERR_MAPPING, -1, "salesorder.create.Hold must be true or false");
+        pb__syspro_item_fail(it, PB_ERR_MAPPING, -1,
+                             "salesorder.create.Hold must be true or false");
         return PB_OK;
     }
     held = json_is_true(hold);
@@ -785,15 +807,14 @@ out:
 /* ---- AR transactions: payments and credit notes ------------------------------------------ */
 
 struct txn_match {
-    const char *type;             /* DocumentType: "P" or the credit note type */
+    const char *type; /* DocumentType: "P" or the credit note type */
     const char *reference;
 };
 
 static int is_txn(xmlNodePtr n, const void *arg)
 {
     const struct txn_match *m = arg;
-    return child_equals(n, "Reference", m->reference) &&
-           child_equals(n, "DocumentType", m->type);
+    return child_equals(n, "Reference", m->reference) && child_equals(n, "DocumentType", m->type);
 }
 
 /* "TrnYear/TrnMonth/Journal/Entry" of a posted payment, from the element. */
@@ -825,14 +846,13 @@ static enum lookup find_txn(struct run *r, const char *customer, const char *typ
 
     if (found == FOUND) {
         txn = find_element(xmlDocGetRootElement(reply.doc), is_txn, &m);
-        if (!txn ||
-            !(credit_note ? find_leaf_text(txn, "Invoice", id, sizeof id)
-                          : journal_id(txn, id, sizeof id))) {
+        if (!txn || !(credit_note ? find_leaf_text(txn, "Invoice", id, sizeof id)
+                                  : journal_id(txn, id, sizeof id))) {
             found = NOT_FOUND;
         } else {
             json_t *res = json_pack("{s:s,s:s,s:s,s:b,s:o}", credit_note ? "CreditNote" : "Journal",
-                                    id, "Customer", customer, "Reference", reference, "existing",
-                                    1, "record", pb__syspro_element_json(txn));
+                                    id, "Customer", customer, "Reference", reference, "existing", 1,
+                                    "record", pb__syspro_element_json(txn));
             if (res && refusal)
                 json_object_set_new(res, "refusal", json_string(refusal));
             pb__syspro_item_ok(r->it, id, res);
@@ -844,29 +864,36 @@ static enum lookup find_txn(struct run *r, const char *customer, const char *typ
 
 /* What differs between arpayment.post and creditnote.create. */
 struct ar_post {
-    const char *command;          /* "arpayment.post" */
-    const char *root;             /* "PostArPayment" */
-    const char *element;          /* "Payment" */
-    const char *value_key;        /* "PaymentValue" */
+    const char *command;   /* "arpayment.post" */
+    const char *root;      /* "PostArPayment" */
+    const char *element;   /* "Payment" */
+    const char *value_key; /* "PaymentValue" */
     const char *business_object;
-    const char *type;             /* DocumentType looked up: "P" or the credit note type */
+    const char *type; /* DocumentType looked up: "P" or the credit note type */
     int credit_note;
-    json_t *overrides;            /* settings.parameters.* */
+    json_t *overrides; /* settings.parameters.* */
 };
 
 static enum pb_rc ar_post(struct run *r, const struct ar_post *p)
 {
     static const char *const skip[] = {
-        "Customer", "Reference", "PaymentType", "Bank", "DocumentType", "PaymentValue",
-        "InvoiceValue", NULL,
+        "Customer",     "Reference",    "PaymentType",  "Bank",
+        "DocumentType", "PaymentValue", "InvoiceValue", NULL,
     };
     struct pb_sink_item *it = r->it;
     struct syspro_reply reply = {0};
     char customer[CODE_MAX], reference[CODE_MAX], value[64], bank[SYSPRO_NAME_MAX],
         ptype[SYSPRO_NAME_MAX], id[CODE_MAX], path[64];
     const char *defaults[] = {
-        "PostingPeriod", r->st->posting_period, "IgnoreWarnings", "N",
-        "ApplyIfEntireDocumentValid", "Y", "ValidateOnly", "N", NULL,
+        "PostingPeriod",
+        r->st->posting_period,
+        "IgnoreWarnings",
+        "N",
+        "ApplyIfEntireDocumentValid",
+        "Y",
+        "ValidateOnly",
+        "N",
+        NULL,
     };
     xmlNodePtr root, item, el, params;
     xmlDocPtr in = NULL, pdoc = NULL;
@@ -952,18 +979,16 @@ static enum pb_rc ar_post(struct run *r, const struct ar_post *p)
         if (found == NOT_FOUND)
             pb__syspro_item_fail(it, PB_ERR_PERMANENT, -1,
                                  "SYSPRO refused the %s '%s' of customer '%s' (%s): %s",
-                                 p->credit_note ? "credit note" : "AR payment", reference,
-                                 customer, p->business_object, refusal);
+                                 p->credit_note ? "credit note" : "AR payment", reference, customer,
+                                 p->business_object, refusal);
         goto out;
     }
-    if (!(p->credit_note
-              ? find_leaf_text(xmlDocGetRootElement(reply.doc), "Invoice", id, sizeof id)
-              : journal_id(xmlDocGetRootElement(reply.doc), id, sizeof id))) {
+    if (!(p->credit_note ? find_leaf_text(xmlDocGetRootElement(reply.doc), "Invoice", id, sizeof id)
+                         : journal_id(xmlDocGetRootElement(reply.doc), id, sizeof id))) {
         pb__syspro_item_fail(it, PB_ERR_TRANSIENT, -1,
                              "SYSPRO's %s reply names no %s; will retry (the retry looks the "
                              "posting up by Reference '%s' first)",
-                             p->business_object, p->credit_note ? "Invoice" : "Journal",
-                             reference);
+                             p->business_object, p->credit_note ? "Invoice" : "Journal", reference);
         goto out;
     }
     pb__syspro_item_ok(it, id,
@@ -986,8 +1011,14 @@ enum pb_rc pb__syspro_arpayment_post(struct pb_connection *c, struct pb_call_ctx
                                      struct pb_sink_item *it, struct pb_err *err)
 {
     struct run r = {c, pb__syspro_state(c), ctx, it, err, PB_OK};
-    struct ar_post p = {"arpayment.post", "PostArPayment", "Payment", "PaymentValue",
-                        r.st->bo.ar_payment, "P", 0, r.st->params_ar_payment};
+    struct ar_post p = {"arpayment.post",
+                        "PostArPayment",
+                        "Payment",
+                        "PaymentValue",
+                        r.st->bo.ar_payment,
+                        "P",
+                        0,
+                        r.st->params_ar_payment};
     return ar_post(&r, &p);
 }
 
@@ -996,9 +1027,16 @@ enum pb_rc pb__syspro_creditnote_create(struct pb_connection *c, struct pb_call_
 {
     struct run r = {c, pb__syspro_state(c), ctx, it, err, PB_OK};
     char type[8];
-    struct ar_post p = {"creditnote.create", "PostArInvoice", "Invoice", "InvoiceValue",
-                        r.st->bo.credit_note, NULL, 1, r.st->params_credit_note};
-    if (json_is_object(it->document) && member_text(it->document, "DocumentType", type, sizeof type))
+    struct ar_post p = {"creditnote.create",
+                        "PostArInvoice",
+                        "Invoice",
+                        "InvoiceValue",
+                        r.st->bo.credit_note,
+                        NULL,
+                        1,
+                        r.st->params_credit_note};
+    if (json_is_object(it->document) &&
+        member_text(it->document, "DocumentType", type, sizeof type))
         p.type = type;
     else
         p.type = r.st->credit_note_type;

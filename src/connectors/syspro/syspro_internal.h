@@ -32,56 +32,56 @@
 
 #include "connectors/connector.h"
 
-#define SYSPRO_STATE_MAGIC 0x53595350u       /* "SYSP" */
-#define SYSPRO_URL_MAX 512                   /* longest base_url */
-#define SYSPRO_NAME_MAX 64                   /* company id, operator, bank, payment type */
-#define SYSPRO_BO_MAX 33                     /* business object name + NUL */
-#define SYSPRO_SESSION_MAX 128               /* longest session id accepted from logon */
+#define SYSPRO_STATE_MAGIC 0x53595350u /* "SYSP" */
+#define SYSPRO_URL_MAX 512             /* longest base_url */
+#define SYSPRO_NAME_MAX 64             /* company id, operator, bank, payment type */
+#define SYSPRO_BO_MAX 33               /* business object name + NUL */
+#define SYSPRO_SESSION_MAX 128         /* longest session id accepted from logon */
 #define SYSPRO_TIMEOUT_DEFAULT_MS 30000L
-#define SYSPRO_MAX_URL_DEFAULT 16000L        /* http.sys' default request-line budget is 16 KiB */
+#define SYSPRO_MAX_URL_DEFAULT 16000L /* http.sys' default request-line budget is 16 KiB */
 #define SYSPRO_LOGON_RETRY_DEFAULT_S 30L
-#define SYSPRO_REPLY_MAX (4u << 20)          /* largest reply read */
-#define SYSPRO_MESSAGE_MAX 400               /* SYSPRO's words kept for an item */
-#define SYSPRO_XML_MAX (1u << 20)            /* largest XmlIn / XmlParameters built */
+#define SYSPRO_REPLY_MAX (4u << 20) /* largest reply read */
+#define SYSPRO_MESSAGE_MAX 400      /* SYSPRO's words kept for an item */
+#define SYSPRO_XML_MAX (1u << 20)   /* largest XmlIn / XmlParameters built */
 
 /* The business objects of one connection (settings.business_objects). */
 struct syspro_objects {
-    char sales_order[SYSPRO_BO_MAX];         /* SORTOI */
-    char sales_order_query[SYSPRO_BO_MAX];   /* SORQRY */
-    char ar_payment[SYSPRO_BO_MAX];          /* ARSTPY */
-    char customer_setup[SYSPRO_BO_MAX];      /* ARSSCS (unverified name) */
-    char customer_query[SYSPRO_BO_MAX];      /* ARSQRY */
-    char stock_query[SYSPRO_BO_MAX];         /* INVQRY */
-    char credit_note[SYSPRO_BO_MAX];         /* ARSTIN */
-    char gl_journal[SYSPRO_BO_MAX];          /* "" until a command uses it */
+    char sales_order[SYSPRO_BO_MAX];       /* SORTOI */
+    char sales_order_query[SYSPRO_BO_MAX]; /* SORQRY */
+    char ar_payment[SYSPRO_BO_MAX];        /* ARSTPY */
+    char customer_setup[SYSPRO_BO_MAX];    /* ARSSCS (unverified name) */
+    char customer_query[SYSPRO_BO_MAX];    /* ARSQRY */
+    char stock_query[SYSPRO_BO_MAX];       /* INVQRY */
+    char credit_note[SYSPRO_BO_MAX];       /* ARSTIN */
+    char gl_journal[SYSPRO_BO_MAX];        /* "" until a command uses it */
 };
 
 struct syspro_state {
-    unsigned magic;                          /* SYSPRO_STATE_MAGIC */
-    char base_url[SYSPRO_URL_MAX];           /* ".../SYSPROWCFService/Rest", no trailing '/' */
+    unsigned magic;                /* SYSPRO_STATE_MAGIC */
+    char base_url[SYSPRO_URL_MAX]; /* ".../SYSPROWCFService/Rest", no trailing '/' */
     char company_id[SYSPRO_NAME_MAX];
     char operator_code[SYSPRO_NAME_MAX];
     struct syspro_objects bo;
-    char bank[SYSPRO_NAME_MAX];              /* default Bank of arpayment.post, "" = none */
-    char payment_type[SYSPRO_NAME_MAX];      /* default PaymentType, "" = none */
-    char posting_period[2];                  /* "C" current or "P" previous */
-    char hold_order_status[8];               /* SORTOI OrderStatus parameter of a held order */
-    char credit_note_type[8];                /* DocumentType of a credit note ("C") */
-    int lookup_always;                       /* lookup_before_create: "always" (1) or "retry" (0) */
-    long timeout_ms;                         /* every call */
-    size_t max_url_bytes;                    /* longest request URL sent */
-    long logon_retry_s;                      /* no new logon this long after a refused one */
-    json_t *params_sales_order;              /* owned: settings.parameters.* overrides, or NULL */
+    char bank[SYSPRO_NAME_MAX];         /* default Bank of arpayment.post, "" = none */
+    char payment_type[SYSPRO_NAME_MAX]; /* default PaymentType, "" = none */
+    char posting_period[2];             /* "C" current or "P" previous */
+    char hold_order_status[8];          /* SORTOI OrderStatus parameter of a held order */
+    char credit_note_type[8];           /* DocumentType of a credit note ("C") */
+    int lookup_always;                  /* lookup_before_create: "always" (1) or "retry" (0) */
+    long timeout_ms;                    /* every call */
+    size_t max_url_bytes;               /* longest request URL sent */
+    long logon_retry_s;                 /* no new logon this long after a refused one */
+    json_t *params_sales_order;         /* owned: settings.parameters.* overrides, or NULL */
     json_t *params_ar_payment;
     json_t *params_credit_note;
     json_t *params_customer_setup;
 
-    pthread_mutex_t session_lock;            /* guards the fields below */
-    char session[SYSPRO_SESSION_MAX];        /* the UserId exactly as logon returned it; "" = none */
-    uint64_t session_generation;             /* bumped by every logon; 0 = never */
-    time_t logon_refused_at;                 /* ctx->now of the last refused logon, 0 = none */
-    char logon_refusal[SYSPRO_MESSAGE_MAX];  /* what it said */
-    uint64_t logons;                         /* successful logons (tests, metrics) */
+    pthread_mutex_t session_lock;           /* guards the fields below */
+    char session[SYSPRO_SESSION_MAX];       /* the UserId exactly as logon returned it; "" = none */
+    uint64_t session_generation;            /* bumped by every logon; 0 = never */
+    time_t logon_refused_at;                /* ctx->now of the last refused logon, 0 = none */
+    char logon_refusal[SYSPRO_MESSAGE_MAX]; /* what it said */
+    uint64_t logons;                        /* successful logons (tests, metrics) */
 };
 
 struct syspro_state *pb__syspro_state(const struct pb_connection *c);
@@ -90,24 +90,24 @@ struct syspro_state *pb__syspro_state(const struct pb_connection *c);
 
 /* The e.net REST operation of a call. */
 enum syspro_op {
-    SYSPRO_TRANSACTION_POST,                 /* .../Transaction/Post */
-    SYSPRO_SETUP_ADD,                        /* .../Setup/Add */
-    SYSPRO_QUERY,                            /* .../Query/Query (no XmlParameters) */
+    SYSPRO_TRANSACTION_POST, /* .../Transaction/Post */
+    SYSPRO_SETUP_ADD,        /* .../Setup/Add */
+    SYSPRO_QUERY,            /* .../Query/Query (no XmlParameters) */
 };
 
 struct syspro_request {
     enum syspro_op op;
-    const char *business_object;             /* "SORTOI" */
-    const char *xml_parameters;              /* UTF-8 XML or NULL */
-    const char *xml_in;                      /* UTF-8 XML */
+    const char *business_object; /* "SORTOI" */
+    const char *xml_parameters;  /* UTF-8 XML or NULL */
+    const char *xml_in;          /* UTF-8 XML */
 };
 
 /* What SYSPRO answered to a business-object call that reached it. */
 struct syspro_reply {
-    xmlDocPtr doc;                           /* owned: the parsed reply; NULL when refused as text */
-    int refused;                             /* a business error: "ERROR: ..." text, ErrorNumber,
-                                                ErrorDescription or RecordsInvalid/ItemsInvalid > 0 */
-    char message[SYSPRO_MESSAGE_MAX];        /* SYSPRO's words when refused (PANs masked) */
+    xmlDocPtr doc;                    /* owned: the parsed reply; NULL when refused as text */
+    int refused;                      /* a business error: "ERROR: ..." text, ErrorNumber,
+                                         ErrorDescription or RecordsInvalid/ItemsInvalid > 0 */
+    char message[SYSPRO_MESSAGE_MAX]; /* SYSPRO's words when refused (PANs masked) */
 };
 
 /* One business-object call on the shared session, with one logon again when
@@ -133,10 +133,10 @@ int pb__syspro_is_session_error(const char *text, size_t len);
 
 /* A bounded growing string. */
 struct syspro_buf {
-    char *data;                              /* malloc'd, NUL-terminated */
+    char *data; /* malloc'd, NUL-terminated */
     size_t len, cap;
-    size_t max;                              /* refuse to grow beyond this */
-    int failed;                              /* an append failed: data is incomplete */
+    size_t max; /* refuse to grow beyond this */
+    int failed; /* an append failed: data is incomplete */
 };
 void pb__syspro_buf_init(struct syspro_buf *b, size_t max);
 void pb__syspro_buf_add(struct syspro_buf *b, const char *s, size_t n);

@@ -105,7 +105,10 @@ void pb__syspro_buf_add(struct syspro_buf *b, const char *s, size_t n)
     b->data[b->len] = '\0';
 }
 
-void pb__syspro_buf_adds(struct syspro_buf *b, const char *s) { pb__syspro_buf_add(b, s, strlen(s)); }
+void pb__syspro_buf_adds(struct syspro_buf *b, const char *s)
+{
+    pb__syspro_buf_add(b, s, strlen(s));
+}
 
 void pb__syspro_buf_add_escaped(struct syspro_buf *b, const char *s)
 {
@@ -568,9 +571,9 @@ enum pb_rc pb__syspro_call(struct pb_connection *c, struct pb_call_ctx *ctx,
             pb_http_call_reset(&call);
             return PB_OK;
         }
-        out->doc = pb__syspro_xml_parse_reply(call.response, call.response_len,
-                                              pb_http_call_header(&call, "Content-Type"), why,
-                                              sizeof why);
+        out->doc =
+            pb__syspro_xml_parse_reply(call.response, call.response_len,
+                                       pb_http_call_header(&call, "Content-Type"), why, sizeof why);
         if (!out->doc) {
             rc = pb_err_set(err, PB_ERR_TRANSIENT,
                             "SYSPRO %s %s answered HTTP %ld with a body that is not XML (%s); "

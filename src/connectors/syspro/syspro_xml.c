@@ -53,11 +53,14 @@
 #include "core/pan.h"
 #include "syspro_internal.h"
 
-#define XML_DEPTH_MAX 8                      /* nesting of a mapped document */
-#define JSON_DEPTH_MAX 16                    /* nesting of a reply turned into JSON */
+#define XML_DEPTH_MAX 8   /* nesting of a mapped document */
+#define JSON_DEPTH_MAX 16 /* nesting of a reply turned into JSON */
 #define NAME_MAX_LEN 64
 
-void pb__syspro_xml_init(void) { xmlInitParser(); }
+void pb__syspro_xml_init(void)
+{
+    xmlInitParser();
+}
 
 xmlDocPtr pb__syspro_xml_new(const char *root_name, xmlNodePtr *root_out)
 {
@@ -137,7 +140,8 @@ static enum pb_rc add_value(xmlNodePtr parent, const char *name, json_t *v, cons
         {
             const char *key;
             json_t *m;
-            json_object_foreach(v, key, m) {
+            json_object_foreach(v, key, m)
+            {
                 char sub[256];
                 enum pb_rc rc;
                 snprintf(sub, sizeof sub, "%s.%s", path, key);
@@ -149,12 +153,13 @@ static enum pb_rc add_value(xmlNodePtr parent, const char *name, json_t *v, cons
         return PB_OK;
     case JSON_ARRAY:
         if (in_array)
-            return pb_err_set(err, PB_ERR_MAPPING,
-                              "%s: an array inside an array has no XML form", path);
+            return pb_err_set(err, PB_ERR_MAPPING, "%s: an array inside an array has no XML form",
+                              path);
         {
             size_t i;
             json_t *m;
-            json_array_foreach(v, i, m) {
+            json_array_foreach(v, i, m)
+            {
                 char sub[256];
                 enum pb_rc rc;
                 snprintf(sub, sizeof sub, "%s[%zu]", path, i);
@@ -183,7 +188,8 @@ enum pb_rc pb__syspro_xml_add_members(xmlNodePtr parent, json_t *obj, const char
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         char sub[256];
         int skipped = 0;
         enum pb_rc rc;
