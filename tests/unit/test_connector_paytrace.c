@@ -1455,6 +1455,21 @@ static void test_inbound_decline_refund_void_shapes(void **unused)
     free(body);
     json_decref(n);
 
+    /* an ACH sale: 120 is PayTrace's approval code for a check */
+    n = fixture();
+    tx = json_object_get(n, "transaction");
+    json_object_set_new(tx, "response_code", json_integer(120));
+    json_object_set_new(tx, "payment_method", json_string("ACH"));
+    json_object_set_new(tx, "masked_card_number", json_string("xxxxx6789"));
+    body = json_dumps(n, JSON_COMPACT);
+    assert_int_equal(inbound_signed(c, body, t_created(), &out, &err), PB_OK);
+    assert_string_equal(out.ev[0].type, "payment.succeeded");
+    assert_string_equal(str_at(out.ev[0].event, "payment.method"), "ACH");
+    assert_true(json_is_null(at(out.ev[0].event, "payment.card")));
+    pb_event_list_clear(&out);
+    free(body);
+    json_decref(n);
+
     /* a refund; an ACH one without a card */
     n = fixture();
     tx = json_object_get(n, "transaction");

@@ -167,7 +167,7 @@ static enum pb_rc check_agreement(const char *event_type, const struct paytrace_
         want = "an approved REFUND";
     else if (strcmp(event_type, "transaction.declined") == 0 && r->approved)
         want = "a transaction that was not approved (success false or a response_code other "
-               "than 101/106)";
+               "than 101/106/120)";
     else if (strcmp(event_type, "transaction.void") == 0 && (!r->voided || !r->approved))
         want = "an approved transaction with \"voided\": true";
     if (want)

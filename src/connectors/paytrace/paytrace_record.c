@@ -14,7 +14,8 @@
  *   amount                   JSON number (major units, "10.99" is 10.99), required, >= 0
  *   currency                 ISO 4217, optional, default settings.currency ("USD")
  *   success                  boolean, required
- *   response_code            integer, optional (101 sale approved, 106 refund approved)
+ *   response_code            integer, optional (101 sale approved, 106 refund approved,
+ *                            120 check (ACH) processed)
  *   status_message           string, optional
  *   approval_code, approval_message, avs_response, csc_response,
  *   external_transaction_id, customer_id, invoice_id, description, email,
@@ -30,7 +31,8 @@
  *                            quantity (decimal string or number > 0, required),
  *                            unit_price (number or decimal string >= 0, required)}
  *
- * APPROVED = success is true and response_code, when present, is 101 or 106.
+ * APPROVED = success is true and response_code, when present, is 101, 106 or
+ * 120 (PayTrace's approval codes for a sale, a refund and a check).
  * Anything else is a decline: payment.declined / refund.declined, never a
  * payment. (103, "approved but voided for AVS/CSC", is a decline too.)
  *
@@ -428,7 +430,8 @@ enum pb_rc pb__paytrace_record_read(json_t *rec, const char *prefix,
         r->response_code = (long long)json_integer_value(v);
     }
     r->approved = json_is_true(json_object_get(rec, "success")) &&
-                  (r->response_code < 0 || r->response_code == 101 || r->response_code == 106);
+                  (r->response_code < 0 || r->response_code == 101 || r->response_code == 106 ||
+                   r->response_code == 120);
 
     if ((rc = get_string(rec, "status_message", prefix, 0, TEXT_MAX, &r->status_message, err)) ||
         (rc = get_string(rec, "approval_code", prefix, 0, 64, &r->approval_code, err)) ||
