@@ -19,7 +19,8 @@
  *          ARSSCS (customers)
  *   GET  .../Rest/Query/Query ?UserId=&BusinessObject=&XmlIn=
  *          ARSQRY (a customer; with <Option><IncludeTransactions>Y its
- *          payments and credit notes), SORQRY (sales orders by SalesOrder,
+ *          payments and credit notes, only those of <TransactionReference>
+ *          when given), SORQRY (sales orders by SalesOrder,
  *          or by CustomerPoNumber [+ Customer]), INVQRY (a stock code)
  *   GET  /_sandbox/stats    {"sessions","logons","failed_logons","logoffs",
  *                            "invalid_session_calls","userid_missing_spaces",
@@ -1433,7 +1434,7 @@ static void add_order_header(xmlNodePtr parent, json_t *o)
 
 static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
 {
-    char code[64];
+    char code[64], ref[128] = "";
     xmlNodePtr key = kid(c->root, "Key"), det, txns;
     json_t *cust, *p;
     const char *k;
@@ -1463,11 +1464,13 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
     add_money(det, "Balance", balance, customer_currency(x, cust));
     if (!yn(kid(c->root, "Option"), "IncludeTransactions", 0))
         return;
+    ktext(kid(c->root, "Option"), "TransactionReference", ref, sizeof ref);
     txns = xmlNewChild(root, NULL, BAD_CAST "Transactions", NULL);
     json_array_foreach(x->payments, i, p)
     {
         xmlNodePtr t;
-        if (strcmp(jstr(p, "Customer"), code) != 0)
+        if (strcmp(jstr(p, "Customer"), code) != 0 ||
+            (ref[0] && strcmp(jstr(p, "Reference"), ref) != 0))
             continue;
         t = xmlNewChild(txns, NULL, BAD_CAST "Transaction", NULL);
         add(t, "DocumentType", "P");
@@ -1481,7 +1484,8 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
     json_array_foreach(x->credit_notes, i, p)
     {
         xmlNodePtr t;
-        if (strcmp(jstr(p, "Customer"), code) != 0)
+        if (strcmp(jstr(p, "Customer"), code) != 0 ||
+            (ref[0] && strcmp(jstr(p, "Reference"), ref) != 0))
             continue;
         t = xmlNewChild(txns, NULL, BAD_CAST "Transaction", NULL);
         add(t, "DocumentType", "C");
@@ -1496,9 +1500,9 @@ static void arsqry(struct emu *x, struct call *c, xmlNodePtr root)
 
 static void sorqry(struct emu *x, struct call *c, xmlNodePtr root)
 {
-    char number[64], po[128], code[64], k[256];
+    char number[64], po[128], code[64];
     xmlNodePtr key = kid(c->root, "Key");
-    json_t *o, *idx;
+    json_t *o;
     size_t i, found = 0;
 
     if (ktext(key, "SalesOrder", number, sizeof number)) {
@@ -1512,26 +1516,14 @@ static void sorqry(struct emu *x, struct call *c, xmlNodePtr root)
         add_error(root, ERR_FIELD, "Key needs SalesOrder or CustomerPoNumber");
         return;
     }
-    if (ktext(key, "Customer", code, sizeof code)) {
-        po_key(code, po, k, sizeof k);
-        idx = json_object_get(x->po_index, k);
-        /* with duplicate_po "allow" there may be more than the indexed one */
-        json_array_foreach(x->orders, i, o)
-        {
-            if (strcmp(jstr(o, "Customer"), code) == 0 &&
-                strcmp(jstr(o, "CustomerPoNumber"), po) == 0) {
-                add_order_header(root, o);
-                found++;
-            }
-        }
-        (void)idx;
-    } else {
-        json_array_foreach(x->orders, i, o)
-        {
-            if (strcmp(jstr(o, "CustomerPoNumber"), po) == 0) {
-                add_order_header(root, o);
-                found++;
-            }
+    /* every match: with duplicate_po "allow" there may be several */
+    ktext(key, "Customer", code, sizeof code);
+    json_array_foreach(x->orders, i, o)
+    {
+        if ((!code[0] || strcmp(jstr(o, "Customer"), code) == 0) &&
+            strcmp(jstr(o, "CustomerPoNumber"), po) == 0) {
+            add_order_header(root, o);
+            found++;
         }
     }
     if (!found)

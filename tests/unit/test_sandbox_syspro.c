@@ -425,6 +425,14 @@ static void test_arstpy_lower_case_and_applied(void **state)
     assert_contains(r.body, "<Reference>R2</Reference>");
     assert_contains(r.body, "<Balance>0.00</Balance>");
     reply_free(&r);
+    /* only the transactions of one reference */
+    bo("Query/Query", session, "ARSQRY", NULL,
+       "<Query><Key><Customer>0000001</Customer></Key><Option><IncludeTransactions>Y"
+       "</IncludeTransactions><TransactionReference>OTHER</TransactionReference></Option></Query>",
+       &r);
+    assert_contains(r.body, "<Transactions/>");
+    assert_lacks(r.body, "<Reference>R2</Reference>");
+    reply_free(&r);
 }
 
 static void test_customer_setup_escapes_and_queries(void **state)

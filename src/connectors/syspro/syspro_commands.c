@@ -39,9 +39,10 @@
  * anything is posted, since an earlier try may have posted with its reply
  * lost:
  *   sales orders   Query sales_order_query by Customer + CustomerPoNumber
- *   payments       Query customer_query with IncludeTransactions: a
- *   credit notes   transaction of the customer whose DocumentType (P, or the
- *                  credit note type) and Reference match
+ *   payments       Query customer_query with IncludeTransactions and
+ *   credit notes   TransactionReference: a transaction of the customer whose
+ *                  DocumentType (P, or the credit note type) and Reference
+ *                  match
  * A record found is the item's result, with "existing": true.
  * And a refusal is settled by the same look-up: when SYSPRO refuses a post
  * (a business error), the connector looks the record up before reporting
@@ -372,8 +373,12 @@ static int has_key(xmlNodePtr n, const void *arg)
     return 0;
 }
 
-/* Query a customer: FOUND with *record set (new reference), NOT_FOUND, FAILED. */
-static enum lookup query_customer(struct run *r, const char *code, int transactions,
+/* Query a customer: FOUND (the reply names it), NOT_FOUND, FAILED. With
+ * `reference`, its transactions of that Reference are asked for too
+ * (IncludeTransactions + TransactionReference, so that a customer with years
+ * of history, such as one cash-sale customer for every web order, does not
+ * answer with all of it). */
+static enum lookup query_customer(struct run *r, const char *code, const char *reference,
                                   struct syspro_reply *reply)
 {
     xmlNodePtr root, key, opt;
@@ -389,7 +394,9 @@ static enum lookup query_customer(struct run *r, const char *code, int transacti
             xmlNewTextChild(key, NULL, BAD_CAST "Customer", BAD_CAST code);
         if (opt)
             xmlNewTextChild(opt, NULL, BAD_CAST "IncludeTransactions",
-                            BAD_CAST(transactions ? "Y" : "N"));
+                            BAD_CAST(reference ? "Y" : "N"));
+        if (opt && reference)
+            xmlNewTextChild(opt, NULL, BAD_CAST "TransactionReference", BAD_CAST reference);
     }
     snprintf(what, sizeof what, "customer '%s'", code);
     found = query(r, r->st->bo.customer_query, q, what, reply);
@@ -424,7 +431,7 @@ enum pb_rc pb__syspro_customer_ensure(struct pb_connection *c, struct pb_call_ct
                              CODE_MAX - 1);
         return PB_OK;
     }
-    found = query_customer(&r, code, 0, &reply);
+    found = query_customer(&r, code, NULL, &reply);
     if (found == FAILED)
         goto out;
     if (found == FOUND) {
@@ -457,7 +464,7 @@ enum pb_rc pb__syspro_customer_ensure(struct pb_connection *c, struct pb_call_ct
         snprintf(refusal, sizeof refusal, "%s", reply.message);
         pb__syspro_reply_free(&reply);
         /* two workers creating one customer: the other one won */
-        found = query_customer(&r, code, 0, &reply);
+        found = query_customer(&r, code, NULL, &reply);
         if (found == FOUND) {
             json_t *res =
                 json_pack("{s:s,s:b,s:s,s:o}", "Customer", code, "created", 0, "refusal", refusal,
@@ -840,7 +847,7 @@ static enum lookup find_txn(struct run *r, const char *customer, const char *typ
 {
     struct syspro_reply reply = {0};
     struct txn_match m = {type, reference};
-    enum lookup found = query_customer(r, customer, 1, &reply);
+    enum lookup found = query_customer(r, customer, reference, &reply);
     xmlNodePtr txn;
     char id[CODE_MAX];
 
