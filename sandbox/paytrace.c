@@ -159,17 +159,17 @@
 #include "paytrace.h"
 #include "sbx.h"
 
-#define PT_STATE_MAGIC 0x50545342u          /* "PTSB" */
+#define PT_STATE_MAGIC 0x50545342u /* "PTSB" */
 #define PT_MAX_TRANSACTIONS 100000
 #define PT_MAX_CUSTOMERS 10000
 #define PT_MAX_TOKENS 4096
 #define PT_MAX_LINES 100
 #define PT_TEXT_MAX 255
-#define PT_TOKEN_HEX 32                     /* 16 random bytes */
-#define PT_LIMIT_MAJOR 10000                /* amounts above this many major units decline */
+#define PT_TOKEN_HEX 32      /* 16 random bytes */
+#define PT_LIMIT_MAJOR 10000 /* amounts above this many major units decline */
 #define PT_ROUTES_MAX 20
 #define PT_STATUS_SLOTS 32
-#define PT_QUEUE_MAX 4096                   /* webhook deliveries queued at most */
+#define PT_QUEUE_MAX 4096 /* webhook deliveries queued at most */
 #define PT_POST_TIMEOUT_MS 5000L
 #define PT_BACKOFF_FIRST_MS 200u
 #define PT_BACKOFF_CAP_MS 5000u
@@ -179,9 +179,9 @@
 #define PT_DECLINE_CARD "4012888888881881"
 
 /* Members written as JSON numbers from decimal text. */
-static const char *const decimal_keys[] = {"amount", "unit_price", "quantity", "fee",
-                                           "fees", "sales_amount", "refunds_amount",
-                                           "net_amount", NULL};
+static const char *const decimal_keys[] = {"amount", "unit_price",   "quantity",       "fee",
+                                           "fees",   "sales_amount", "refunds_amount", "net_amount",
+                                           NULL};
 
 /* ---- types ----------------------------------------------------------------- */
 
@@ -191,42 +191,42 @@ struct token {
 };
 
 struct customer {
-    char *id;                       /* owned */
-    char masked[24];                /* "xxxxxxxxxxxx1111" */
-    int declines;                   /* the stored card is the decline card */
-    json_t *billing_address;        /* owned or NULL, redacted */
-    char *email;                    /* owned or NULL, redacted */
+    char *id;                /* owned */
+    char masked[24];         /* "xxxxxxxxxxxx1111" */
+    int declines;            /* the stored card is the decline card */
+    json_t *billing_address; /* owned or NULL, redacted */
+    char *email;             /* owned or NULL, redacted */
 };
 
 struct txn {
     int64_t id;
-    int refund;                     /* REFUND, else SALE */
+    int refund; /* REFUND, else SALE */
     int success;
     int response_code;
-    char *status_message;           /* owned */
-    char approval_code[8];          /* "" unless approved */
-    const char *approval_message;   /* static */
-    const char *avs;                /* static */
-    const char *csc;                /* static */
-    int64_t amount;                 /* minor units, > 0 */
-    int64_t refunded;               /* approved, unvoided refunds against this sale */
+    char *status_message;         /* owned */
+    char approval_code[8];        /* "" unless approved */
+    const char *approval_message; /* static */
+    const char *avs;              /* static */
+    const char *csc;              /* static */
+    int64_t amount;               /* minor units, > 0 */
+    int64_t refunded;             /* approved, unvoided refunds against this sale */
     char *invoice_id, *description, *email, *customer_id; /* owned or NULL, redacted */
-    json_t *billing_address;        /* owned or NULL */
-    json_t *line_items;             /* owned or NULL: normalised, decimal text */
+    json_t *billing_address;                              /* owned or NULL */
+    json_t *line_items; /* owned or NULL: normalised, decimal text */
     char masked[24];
-    const char *method;             /* "CC" | "ACH" */
-    int64_t original_id;            /* refunds */
+    const char *method;  /* "CC" | "ACH" */
+    int64_t original_id; /* refunds */
     int64_t created_ms;
     int voided;
     int64_t voided_ms;
-    int64_t batch;                  /* settlement batch number, 0 = unsettled */
-    int64_t fee;                    /* minor units, set at settlement */
+    int64_t batch; /* settlement batch number, 0 = unsettled */
+    int64_t fee;   /* minor units, set at settlement */
 };
 
 struct delivery {
     struct delivery *next;
-    int64_t txn_id;                 /* for logs */
-    char *body;                     /* owned, the exact bytes */
+    int64_t txn_id; /* for logs */
+    char *body;     /* owned, the exact bytes */
     size_t len;
     unsigned attempts;
     uint64_t due_ns;
@@ -240,34 +240,34 @@ struct route_slot {
 };
 
 struct pt_state {
-    unsigned magic;                 /* PT_STATE_MAGIC while alive */
-    pthread_mutex_t mu;             /* guards the store, see LOCKING */
-    char *username;                 /* owned */
-    char *password;                 /* owned, never logged */
+    unsigned magic;     /* PT_STATE_MAGIC while alive */
+    pthread_mutex_t mu; /* guards the store, see LOCKING */
+    char *username;     /* owned */
+    char *password;     /* owned, never logged */
     char currency[4];
     long token_ttl_s;
     int port;
-    struct token *tokens;           /* owned array */
+    struct token *tokens; /* owned array */
     size_t n_tokens;
-    struct customer *customers;     /* owned array */
+    struct customer *customers; /* owned array */
     size_t n_customers;
-    struct txn **txns;              /* owned array of owned pointers, creation order */
+    struct txn **txns; /* owned array of owned pointers, creation order */
     size_t n_txns, cap_txns;
-    int64_t next_id;                /* next transaction_id */
+    int64_t next_id; /* next transaction_id */
     int64_t next_batch;
     uint64_t token_requests, tokens_issued, requests;
     int status_code[PT_STATUS_SLOTS];
     uint64_t status_count[PT_STATUS_SLOTS];
 
     /* the webhook sender */
-    pthread_mutex_t wmu;            /* guards everything down to the counters */
-    pthread_cond_t wcv;             /* CLOCK_MONOTONIC */
+    pthread_mutex_t wmu; /* guards everything down to the counters */
+    pthread_cond_t wcv;  /* CLOCK_MONOTONIC */
     pthread_t thread;
     int thread_started;
     atomic_int stop;
-    char *webhook_url;              /* owned or NULL */
-    char *webhook_secret;           /* owned, never NULL or empty */
-    double drop_rate;               /* probability, not money */
+    char *webhook_url;    /* owned or NULL */
+    char *webhook_secret; /* owned, never NULL or empty */
+    double drop_rate;     /* probability, not money */
     unsigned max_attempts;
     struct delivery *head;
     size_t n_queued;
@@ -472,9 +472,8 @@ static void reply_one_error(struct pb_http_response *resp, int code, const char 
 
 static json_t *parse_body(struct pb_http_request *req, struct pb_http_response *resp)
 {
-    json_t *o = req->body_len
-                    ? json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, NULL)
-                    : NULL;
+    json_t *o =
+        req->body_len ? json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, NULL) : NULL;
     if (!json_is_object(o)) {
         json_decref(o);
         reply_one_error(resp, 1, "The request body must be a JSON object.");
@@ -515,8 +514,7 @@ static int check_bearer(struct pt_state *st, struct pb_http_request *req,
             h++;
         pthread_mutex_lock(&st->mu);
         for (size_t i = 0; i < st->n_tokens; i++) {
-            if (strlen(h) == PT_TOKEN_HEX &&
-                pb_ct_equal(st->tokens[i].value, h, PT_TOKEN_HEX) &&
+            if (strlen(h) == PT_TOKEN_HEX && pb_ct_equal(st->tokens[i].value, h, PT_TOKEN_HEX) &&
                 st->tokens[i].expires_ms > now) {
                 ok = 1;
                 break;
@@ -736,8 +734,8 @@ static int read_card(json_t *body, json_t *errs, char masked[24], int *declines)
 /* A PAN-redacted copy of billing_address's known string fields, or NULL. */
 static json_t *read_address(json_t *body, json_t *errs)
 {
-    static const char *const keys[] = {"name", "street_address", "street_address2", "city",
-                                       "state", "zip", "country", NULL};
+    static const char *const keys[] = {
+        "name", "street_address", "street_address2", "city", "state", "zip", "country", NULL};
     json_t *a = json_object_get(body, "billing_address"), *copy;
     if (!a || json_is_null(a))
         return NULL;
@@ -804,7 +802,8 @@ static json_t *read_lines(json_t *body, const char *currency, json_t *errs)
         return NULL;
     }
     out = json_array();
-    json_array_foreach(lines, i, line) {
+    json_array_foreach(lines, i, line)
+    {
         const char *sku = json_string_value(json_object_get(line, "sku"));
         json_t *desc = json_object_get(line, "description");
         char qty[32], price[PB_MONEY_DECIMAL_MAX], *d = NULL;
@@ -962,8 +961,8 @@ static json_t *txn_reply(const struct txn *t)
 
 static const char *event_type_of(const struct txn *t)
 {
-    int approved = t->success && (t->response_code == 101 || t->response_code == 106 ||
-                                  t->response_code == 120);
+    int approved = t->success &&
+                   (t->response_code == 101 || t->response_code == 106 || t->response_code == 120);
     if (!approved)
         return "transaction.declined";
     if (t->voided)
@@ -1247,7 +1246,8 @@ static enum pb_rc configure(struct pt_state *st, json_t *patch, struct pb_err *e
     }
     if ((v = json_object_get(patch, "webhook_drop_rate"))) {
         if (!json_is_number(v) || json_number_value(v) < 0.0 || json_number_value(v) > 1.0)
-            return pb_err_set(err, PB_ERR_INVALID, "webhook_drop_rate must be a number from 0 to 1");
+            return pb_err_set(err, PB_ERR_INVALID,
+                              "webhook_drop_rate must be a number from 0 to 1");
         rate = json_number_value(v);
         set_rate = 1;
     }
@@ -1260,7 +1260,8 @@ static enum pb_rc configure(struct pt_state *st, json_t *patch, struct pb_err *e
     }
     if ((v = json_object_get(patch, "token_ttl_s"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 86400)
-            return pb_err_set(err, PB_ERR_INVALID, "token_ttl_s must be an integer from 1 to 86400");
+            return pb_err_set(err, PB_ERR_INVALID,
+                              "token_ttl_s must be an integer from 1 to 86400");
         ttl = json_integer_value(v);
         set_ttl = 1;
     }
@@ -1401,8 +1402,7 @@ static enum pb_http_action sale(struct pb_http_request *req, struct pb_http_resp
     snprintf(t->masked, sizeof t->masked, "%s", masked);
     if (declines || amount > limit_minor(st->currency)) {
         char limit[PB_MONEY_DECIMAL_MAX], msg[160];
-        pb_money_format_decimal(limit_minor(st->currency), st->currency, limit, sizeof limit,
-                                NULL);
+        pb_money_format_decimal(limit_minor(st->currency), st->currency, limit, sizeof limit, NULL);
         if (declines)
             snprintf(msg, sizeof msg, "Your transaction was not approved: insufficient funds.");
         else
@@ -1417,9 +1417,9 @@ static enum pb_http_action sale(struct pb_http_request *req, struct pb_http_resp
     } else {
         t->success = 1;
         t->response_code = kind == SALE_CHECK ? 120 : 101;
-        t->status_message = strdup(kind == SALE_CHECK
-                                       ? "Your check was successfully processed."
-                                       : "Your transaction was successfully approved.");
+        t->status_message =
+            strdup(kind == SALE_CHECK ? "Your check was successfully processed."
+                                      : "Your transaction was successfully approved.");
         memcpy(t->approval_code, "TAS", 3);
         random_digits(t->approval_code + 3, 3);
         t->approval_message = "  EXACT MATCH";
@@ -1447,8 +1447,8 @@ static enum pb_http_action sale(struct pb_http_request *req, struct pb_http_resp
     return PB_HTTP_DONE;
 }
 
-static enum pb_http_action h_sale_keyed(struct pb_http_request *req,
-                                        struct pb_http_response *resp, void *arg)
+static enum pb_http_action h_sale_keyed(struct pb_http_request *req, struct pb_http_response *resp,
+                                        void *arg)
 {
     return sale(req, resp, state_of(arg), SALE_KEYED);
 }
@@ -1459,8 +1459,8 @@ static enum pb_http_action h_sale_customer(struct pb_http_request *req,
     return sale(req, resp, state_of(arg), SALE_CUSTOMER);
 }
 
-static enum pb_http_action h_sale_check(struct pb_http_request *req,
-                                        struct pb_http_response *resp, void *arg)
+static enum pb_http_action h_sale_check(struct pb_http_request *req, struct pb_http_response *resp,
+                                        void *arg)
 {
     return sale(req, resp, state_of(arg), SALE_CHECK);
 }
@@ -1528,7 +1528,7 @@ static enum pb_http_action h_refund(struct pb_http_request *req, struct pb_http_
                         "The Transaction ID that you provided could not be refunded: transaction "
                         "%lld is %s.",
                         (long long)id,
-                        orig->refund    ? "a refund"
+                        orig->refund   ? "a refund"
                         : orig->voided ? "voided"
                                        : "not an approved sale");
         return PB_HTTP_DONE;
@@ -1627,8 +1627,8 @@ static enum pb_http_action h_void(struct pb_http_request *req, struct pb_http_re
         why = "it has refunds (void them first)";
     if (why) {
         pthread_mutex_unlock(&st->mu);
-        reply_one_error(resp, 815,
-                        "The Transaction ID that you provided could not be voided: %s.", why);
+        reply_one_error(resp, 815, "The Transaction ID that you provided could not be voided: %s.",
+                        why);
         return PB_HTTP_DONE;
     }
     t->voided = 1;
@@ -1638,9 +1638,9 @@ static enum pb_http_action h_void(struct pb_http_request *req, struct pb_http_re
         if (orig)
             orig->refunded -= t->amount;
     }
-    reply = json_pack("{s:b,s:i,s:s,s:I}", "success", 1, "response_code", 109, "status_message",
-                      "Your transaction was successfully voided.", "transaction_id",
-                      (json_int_t)t->id);
+    reply =
+        json_pack("{s:b,s:i,s:s,s:I}", "success", 1, "response_code", 109, "status_message",
+                  "Your transaction was successfully voided.", "transaction_id", (json_int_t)t->id);
     webhook_enqueue(st, t, 1);
     pthread_mutex_unlock(&st->mu);
     reply_json(resp, 200, reply);
@@ -1702,9 +1702,8 @@ static enum pb_http_action h_customer_create(struct pb_http_request *req,
         snprintf(msg, sizeof msg, "The customer profile for %.64s/%.64s was successfully created.",
                  cu->id, name ? name : "");
     }
-    reply = json_pack("{s:b,s:i,s:s,s:s,s:s}", "success", 1, "response_code", 160,
-                      "status_message", msg, "customer_id", cu->id, "masked_card_number",
-                      cu->masked);
+    reply = json_pack("{s:b,s:i,s:s,s:s,s:s}", "success", 1, "response_code", 160, "status_message",
+                      msg, "customer_id", cu->id, "masked_card_number", cu->masked);
     pthread_mutex_unlock(&st->mu);
     json_decref(body);
     reply_json(resp, 200, reply);
@@ -1730,7 +1729,10 @@ static long parse_us_date(const char *s)
     return (long)(timegm(&tm) / 86400);
 }
 
-static long day_of(int64_t ms) { return (long)(ms / 86400000); }
+static long day_of(int64_t ms)
+{
+    return (long)(ms / 86400000);
+}
 
 static enum pb_http_action h_export(struct pb_http_request *req, struct pb_http_response *resp,
                                     void *arg)
@@ -1901,8 +1903,8 @@ static enum pb_http_action h_admin_settings_set(struct pb_http_request *req,
     return PB_HTTP_DONE;
 }
 
-static enum pb_http_action h_admin_stats(struct pb_http_request *req,
-                                         struct pb_http_response *resp, void *arg)
+static enum pb_http_action h_admin_stats(struct pb_http_request *req, struct pb_http_response *resp,
+                                         void *arg)
 {
     struct pt_state *st = state_of(arg);
     json_t *o, *by_status;
@@ -1928,10 +1930,9 @@ static enum pb_http_action h_admin_stats(struct pb_http_request *req,
                   (json_int_t)st->n_txns, "customers", (json_int_t)st->n_customers,
                   "token_requests", (json_int_t)st->token_requests, "tokens_issued",
                   (json_int_t)st->tokens_issued, "webhooks_sent", (json_int_t)sent,
-                  "webhooks_acknowledged", (json_int_t)ack, "webhooks_failed",
-                  (json_int_t)failed, "webhooks_pending", (json_int_t)pending,
-                  "webhooks_dropped", (json_int_t)dropped, "requests",
-                  (json_int_t)st->requests, "responses", by_status);
+                  "webhooks_acknowledged", (json_int_t)ack, "webhooks_failed", (json_int_t)failed,
+                  "webhooks_pending", (json_int_t)pending, "webhooks_dropped", (json_int_t)dropped,
+                  "requests", (json_int_t)st->requests, "responses", by_status);
     pthread_mutex_unlock(&st->mu);
     reply_json(resp, 200, o);
     return PB_HTTP_DONE;
@@ -1979,8 +1980,8 @@ static void clear_store(struct pt_state *st)
     memset(st->status_count, 0, sizeof st->status_count);
 }
 
-static enum pb_http_action h_admin_reset(struct pb_http_request *req,
-                                         struct pb_http_response *resp, void *arg)
+static enum pb_http_action h_admin_reset(struct pb_http_request *req, struct pb_http_response *resp,
+                                         void *arg)
 {
     struct pt_state *st = state_of(arg);
     if (check_admin(req, resp))
@@ -2147,8 +2148,8 @@ static void *pt_create(json_t *settings, struct pb_err *err)
     memcpy(st->currency, "USD", 4);
     if (setting_string(settings, "username", "sandbox-user", &st->username, err) ||
         setting_string(settings, "password", "sandbox-pass", &st->password, err) ||
-        setting_string(settings, "webhook_secret", "sandbox-paytrace-secret",
-                       &st->webhook_secret, err))
+        setting_string(settings, "webhook_secret", "sandbox-paytrace-secret", &st->webhook_secret,
+                       err))
         goto fail;
     v = settings ? json_object_get(settings, "currency") : NULL;
     if (v && !json_is_null(v)) {
@@ -2189,11 +2190,11 @@ static void *pt_create(json_t *settings, struct pb_err *err)
     }
     st->thread_started = 1;
 
-#define ROUTE(m, p, h)                                                                     \
-    do {                                                                                   \
-        st->slots[r] = (struct route_slot){st, (h)};                                       \
-        st->routes[r] = (struct pb_http_route){(m), (p), counted, &st->slots[r]};          \
-        r++;                                                                               \
+#define ROUTE(m, p, h)                                                                             \
+    do {                                                                                           \
+        st->slots[r] = (struct route_slot){st, (h)};                                               \
+        st->routes[r] = (struct pb_http_route){(m), (p), counted, &st->slots[r]};                  \
+        r++;                                                                                       \
     } while (0)
     ROUTE("POST", "/oauth/token", h_token);
     ROUTE("POST", "/v1/transactions/sale/keyed", h_sale_keyed);
@@ -2221,7 +2222,10 @@ fail:
     return NULL;
 }
 
-static const struct pb_http_route *pt_routes(void *arg) { return state_of(arg)->routes; }
+static const struct pb_http_route *pt_routes(void *arg)
+{
+    return state_of(arg)->routes;
+}
 
 static void pt_started(void *arg, int port)
 {

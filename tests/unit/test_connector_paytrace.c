@@ -94,12 +94,12 @@ static const struct pb_http_route hook_routes[] = {
 
 struct fake {
     pthread_mutex_t mu;
-    int tokens;                     /* token requests answered */
-    int api_status;                 /* status of non-export calls */
+    int tokens;     /* token requests answered */
+    int api_status; /* status of non-export calls */
     char api_body[2048];
     int export_status;
     char export_body[8192];
-    int n;                          /* calls recorded */
+    int n; /* calls recorded */
     char path[32][128];
     char *body[32];
 };
@@ -254,8 +254,7 @@ static json_t *at(const json_t *root, const char *path)
         o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
         path = dot + 1;
     }
-    return json_is_array(o) ? json_array_get(o, (size_t)atoi(path))
-                            : json_object_get(o, path);
+    return json_is_array(o) ? json_array_get(o, (size_t)atoi(path)) : json_object_get(o, path);
 }
 
 static long long int_at(const json_t *root, const char *path)
@@ -293,11 +292,11 @@ static struct pb_connection *connect_to(const char *base, const char *password)
 {
     struct pb_err err = {0};
     enum pb_rc rc;
-    struct pb_connection *c = connection_new(
-        json_pack("{s:s,s:i}", "api_base", base, "poll_overlap_s", 300),
-        json_pack("{s:s,s:s,s:s}", "username", "sandbox-user", "password", password,
-                  "webhook_secret", SECRET),
-        &err, &rc);
+    struct pb_connection *c =
+        connection_new(json_pack("{s:s,s:i}", "api_base", base, "poll_overlap_s", 300),
+                       json_pack("{s:s,s:s,s:s}", "username", "sandbox-user", "password", password,
+                                 "webhook_secret", SECRET),
+                       &err, &rc);
     if (rc)
         fail_msg("init: %s", err.msg);
     return c;
@@ -305,8 +304,8 @@ static struct pb_connection *connect_to(const char *base, const char *password)
 
 static struct pb_call_ctx ctx_new(time_t now)
 {
-    struct pb_call_ctx ctx = {.http = fx.http, .trace = json_array(), .now = now,
-                              .retry_after_s = -1};
+    struct pb_call_ctx ctx = {
+        .http = fx.http, .trace = json_array(), .now = now, .retry_after_s = -1};
     return ctx;
 }
 
@@ -470,8 +469,12 @@ static enum pb_rc inbound_signed(struct pb_connection *c, const char *body, time
 #define CREATED "2026-11-21T19:14:10Z"
 static time_t t_created(void)
 {
-    struct tm tm = {.tm_year = 2026 - 1900, .tm_mon = 10, .tm_mday = 21, .tm_hour = 19,
-                    .tm_min = 14, .tm_sec = 10};
+    struct tm tm = {.tm_year = 2026 - 1900,
+                    .tm_mon = 10,
+                    .tm_mday = 21,
+                    .tm_hour = 19,
+                    .tm_min = 14,
+                    .tm_sec = 10};
     return timegm(&tm);
 }
 
@@ -489,7 +492,10 @@ static const char *const fixture_text =
     "\"line_items\":[{\"sku\":\"WID-1\",\"description\":\"Widget\",\"quantity\":2,"
     "\"unit_price\":0.29}],\"voided\":false}}";
 
-static json_t *fixture(void) { return json_loads(fixture_text, 0, NULL); }
+static json_t *fixture(void)
+{
+    return json_loads(fixture_text, 0, NULL);
+}
 
 /* Serialise n (taken), sign, inbound at created + 10 s. */
 static enum pb_rc inbound_json(struct pb_connection *c, json_t *n, struct pb_event_list *out,
@@ -524,15 +530,16 @@ static void expect_reject_text(const char *body, enum pb_rc rc, const char *need
     connection_free(c);
 }
 
-/* ---- settings ------------------------------------------------------------------------------------ */
+/* ---- settings
+ * ------------------------------------------------------------------------------------ */
 
 static void test_init_settings(void **unused)
 {
     struct pb_err err = {0};
     enum pb_rc rc;
     struct pb_connection *c;
-    json_t *secrets = json_pack("{s:s,s:s,s:s}", "username", "u", "password", "p",
-                                "webhook_secret", "w");
+    json_t *secrets =
+        json_pack("{s:s,s:s,s:s}", "username", "u", "password", "p", "webhook_secret", "w");
 
     c = connection_new(json_object(), json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
@@ -545,16 +552,16 @@ static void test_init_settings(void **unused)
     assert_contains(err.msg, "settings.poll_overlap: unknown setting");
     connection_free(c);
 
-    c = connection_new(json_pack("{s:s,s:i}", "api_base", "http://127.0.0.1:1", "poll_overlap_s",
-                                 -1),
-                       json_deep_copy(secrets), &err, &rc);
+    c = connection_new(
+        json_pack("{s:s,s:i}", "api_base", "http://127.0.0.1:1", "poll_overlap_s", -1),
+        json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.poll_overlap_s");
     connection_free(c);
 
-    c = connection_new(json_pack("{s:s,s:s}", "api_base", "http://127.0.0.1:1", "token_path",
-                                 "oauth/token"),
-                       json_deep_copy(secrets), &err, &rc);
+    c = connection_new(
+        json_pack("{s:s,s:s}", "api_base", "http://127.0.0.1:1", "token_path", "oauth/token"),
+        json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.token_path");
     connection_free(c);
@@ -590,7 +597,8 @@ static void test_init_settings(void **unused)
     json_decref(secrets);
 }
 
-/* ---- the token ------------------------------------------------------------------------------------- */
+/* ---- the token
+ * ------------------------------------------------------------------------------------- */
 
 static enum pb_rc export_today(struct pb_connection *c, struct pb_call_ctx *ctx, struct pb_err *err)
 {
@@ -659,7 +667,8 @@ static void test_token_fetch_reuse_refresh(void **unused)
     connection_free(c);
 }
 
-/* ---- the webhook, from the emulator ----------------------------------------------------------------- */
+/* ---- the webhook, from the emulator
+ * ----------------------------------------------------------------- */
 
 static void test_webhook_sale_exact_money(void **unused)
 {
@@ -672,19 +681,18 @@ static void test_webhook_sale_exact_money(void **unused)
 
     req = json_pack("{s:{s:I,s:s},s:{s:s,s:s,s:s},s:s,s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s},s:[{s:s,"
                     "s:s,s:s,s:s},{s:s,s:i,s:{s:I,s:s}}]}",
-                    "amount", "minor", (json_int_t)1099, "currency", "USD", "credit_card",
-                    "number", GOOD_CARD, "expiration_month", "12", "expiration_year", "2039",
-                    "csc", "999", "invoice_id", "ORDER-1001", "email", "ann@example.com",
-                    "billing_address", "name", "Ann Marie Smith", "street_address",
-                    "8320 E. West St.", "city", "Spokane", "state", "WA", "zip", "85284",
-                    "line_items", "sku", "WID-1", "description", "Widget", "quantity", "2",
-                    "unit_price", "0.29", "sku", "GAD-9", "quantity", 1, "unit_price", "minor",
-                    (json_int_t)1041, "currency", "USD");
+                    "amount", "minor", (json_int_t)1099, "currency", "USD", "credit_card", "number",
+                    GOOD_CARD, "expiration_month", "12", "expiration_year", "2039", "csc", "999",
+                    "invoice_id", "ORDER-1001", "email", "ann@example.com", "billing_address",
+                    "name", "Ann Marie Smith", "street_address", "8320 E. West St.", "city",
+                    "Spokane", "state", "WA", "zip", "85284", "line_items", "sku", "WID-1",
+                    "description", "Widget", "quantity", "2", "unit_price", "0.29", "sku", "GAD-9",
+                    "quantity", 1, "unit_price", "minor", (json_int_t)1041, "currency", "USD");
     assert_int_equal(pb_paytrace_sale_keyed(c, &ctx, req, &reply, &err), PB_OK);
     json_decref(req);
     assert_int_equal(json_integer_value(json_object_get(reply, "response_code")), 101);
-    snprintf(id, sizeof id, "%lld", (long long)json_integer_value(json_object_get(reply,
-                                                                                  "transaction_id")));
+    snprintf(id, sizeof id, "%lld",
+             (long long)json_integer_value(json_object_get(reply, "transaction_id")));
 
     /* the wire: exact decimal strings, no card data in the trace */
     trace = json_dumps(ctx.trace, 0);
@@ -745,8 +753,8 @@ static void test_webhook_declined_with_reason(void **unused)
     char id[32], sig[80], *body = NULL;
 
     req = json_pack("{s:s,s:{s:s,s:s,s:s},s:s}", "amount", "25.00", "credit_card", "number",
-                    DECLINE_CARD, "expiration_month", "12", "expiration_year", "2039",
-                    "invoice_id", "ORDER-NSF");
+                    DECLINE_CARD, "expiration_month", "12", "expiration_year", "2039", "invoice_id",
+                    "ORDER-NSF");
     /* a decline is a refusal with a reply: the transaction exists */
     assert_int_equal(pb_paytrace_sale_keyed(c, &ctx, req, &reply, &err), PB_ERR_PERMANENT);
     json_decref(req);
@@ -773,8 +781,7 @@ static void test_webhook_declined_with_reason(void **unused)
 }
 
 /* A sale through the connector; its id into id. */
-static void make_sale(struct pb_connection *c, const char *amount, const char *invoice,
-                      char id[32])
+static void make_sale(struct pb_connection *c, const char *amount, const char *invoice, char id[32])
 {
     struct pb_call_ctx ctx = ctx_new(0);
     struct pb_err err = {0};
@@ -784,8 +791,8 @@ static void make_sale(struct pb_connection *c, const char *amount, const char *i
                             "2039", "invoice_id", invoice, "billing_address", "name", "Cy Doe");
     if (pb_paytrace_sale_keyed(c, &ctx, req, &reply, &err))
         fail_msg("sale: %s", err.msg);
-    snprintf(id, 32, "%lld", (long long)json_integer_value(json_object_get(reply,
-                                                                           "transaction_id")));
+    snprintf(id, 32, "%lld",
+             (long long)json_integer_value(json_object_get(reply, "transaction_id")));
     json_decref(req);
     json_decref(reply);
     json_decref(ctx.trace);
@@ -802,12 +809,11 @@ static void test_refund_slot(void **unused)
     long long before;
 
     make_sale(c, "10.99", "ORDER-RF", sale_id);
-    req = json_pack("{s:s,s:{s:I,s:s},s:s,s:s}", "original_gateway_id", sale_id, "amount",
-                    "minor", (json_int_t)500, "currency", "USD", "reason", "damaged",
-                    "reference", "RF-1");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_OK);
+    req = json_pack("{s:s,s:{s:I,s:s},s:s,s:s}", "original_gateway_id", sale_id, "amount", "minor",
+                    (json_int_t)500, "currency", "USD", "reason", "damaged", "reference", "RF-1");
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_OK);
     assert_string_equal(str_at(result, "type"), "refund.succeeded");
     assert_int_equal(int_at(result, "refund.amount.minor"), 500);
     assert_string_equal(str_at(result, "refund.amount.decimal"), "5.00");
@@ -828,9 +834,9 @@ static void test_refund_slot(void **unused)
 
     /* a retry of the same refund (reply lost) finds it instead of refunding twice */
     before = stat_of("transactions");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &again, event_id2,
-                                                  sizeof event_id2, &err),
-                     PB_OK);
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &again, event_id2, sizeof event_id2, &err),
+        PB_OK);
     assert_string_equal(event_id2, event_id);
     assert_int_equal(int_at(again, "refund.amount.minor"), 500);
     assert_int_equal(stat_of("transactions"), before);
@@ -842,9 +848,9 @@ static void test_refund_slot(void **unused)
     /* over the unrefunded remainder (5.99): permanent, in PayTrace's words */
     req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", sale_id, "amount", "minor",
                     (json_int_t)700, "currency", "USD", "reference", "RF-2");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_ERR_PERMANENT);
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_ERR_PERMANENT);
     assert_contains(err.msg, "7.00 exceeds the unrefunded remainder of 5.99");
     assert_null(result);
     json_decref(req);
@@ -852,24 +858,24 @@ static void test_refund_slot(void **unused)
     /* an unknown transaction: permanent */
     req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", "1", "amount", "minor",
                     (json_int_t)100, "currency", "USD", "reference", "RF-3");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_ERR_PERMANENT);
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_ERR_PERMANENT);
     assert_contains(err.msg, "does not exist");
     json_decref(req);
 
     /* another currency, a zero amount: refused before any call */
     req = json_pack("{s:s,s:{s:I,s:s}}", "original_gateway_id", sale_id, "amount", "minor",
                     (json_int_t)100, "currency", "EUR");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_ERR_CURRENCY);
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_ERR_CURRENCY);
     json_decref(req);
     req = json_pack("{s:s,s:{s:I,s:s}}", "original_gateway_id", sale_id, "amount", "minor",
                     (json_int_t)0, "currency", "USD");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_ERR_RANGE);
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_ERR_RANGE);
     json_decref(req);
 
     json_decref(ctx.trace);
@@ -941,7 +947,8 @@ static void test_customer_and_sale_by_customer(void **unused)
     connection_free(c);
 }
 
-/* ---- the poller ------------------------------------------------------------------------------------ */
+/* ---- the poller
+ * ------------------------------------------------------------------------------------ */
 
 static const struct pb_event_out *find_event(const struct pb_event_list *l, const char *id)
 {
@@ -973,9 +980,9 @@ static void test_poll_finds_dropped_webhook(void **unused)
 
     gmtime_r(&since, &tm);
     strftime(cursor, sizeof cursor, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, cursor, &polled, next, sizeof next,
-                                                &more, &err),
-                     PB_OK);
+    assert_int_equal(
+        pb_connector_paytrace.poll(c, &ctx, cursor, &polled, next, sizeof next, &more, &err),
+        PB_OK);
     assert_int_equal(more, 0);
     e = find_event(&polled, id);
     assert_non_null(e);
@@ -1001,9 +1008,9 @@ static void test_poll_finds_dropped_webhook(void **unused)
 
     /* polling again re-reads inside the overlap (the inbox de-duplicates) */
     pb_event_list_clear(&polled);
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, next, &polled, next2, sizeof next2,
-                                                &more, &err),
-                     PB_OK);
+    assert_int_equal(
+        pb_connector_paytrace.poll(c, &ctx, next, &polled, next2, sizeof next2, &more, &err),
+        PB_OK);
     assert_non_null(find_event(&polled, id));
 
     /* a void seen only by the poller: "<id>:void" */
@@ -1012,9 +1019,9 @@ static void test_poll_finds_dropped_webhook(void **unused)
     json_decref(req);
     json_decref(reply);
     pb_event_list_clear(&polled);
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, next, &polled, next2, sizeof next2,
-                                                &more, &err),
-                     PB_OK);
+    assert_int_equal(
+        pb_connector_paytrace.poll(c, &ctx, next, &polled, next2, sizeof next2, &more, &err),
+        PB_OK);
     snprintf(void_id, sizeof void_id, "%s:void", id);
     e = find_event(&polled, void_id);
     assert_non_null(e);
@@ -1043,8 +1050,7 @@ static void test_poll_pages(void **unused)
         snprintf(inv, sizeof inv, "P-%d", i);
         make_sale(c, "1.00", inv, ids[i]);
     }
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "", &page, next, sizeof next, &more,
-                                                &err),
+    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "", &page, next, sizeof next, &more, &err),
                      PB_OK);
     assert_int_equal(page.n, PB_INBOUND_MAX_EVENTS);
     assert_int_equal(more, 1);
@@ -1057,9 +1063,8 @@ static void test_poll_pages(void **unused)
     assert_string_equal(page.ev[0].event_id, ids[0]);
     pb_event_list_clear(&page);
 
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, next, &page, next2, sizeof next2,
-                                                &more, &err),
-                     PB_OK);
+    assert_int_equal(
+        pb_connector_paytrace.poll(c, &ctx, next, &page, next2, sizeof next2, &more, &err), PB_OK);
     assert_int_equal(more, 0);
     assert_null(strchr(next2, '/'));
     /* the six new ones come first, then re-reads fill the page */
@@ -1076,17 +1081,18 @@ static void test_poll_pages(void **unused)
     connection_free(c);
 }
 
-/* ---- the fake server: exact wire bytes and failure classes -------------------------------------------- */
+/* ---- the fake server: exact wire bytes and failure classes
+ * -------------------------------------------- */
 
 static void test_wire_and_failures(void **unused)
 {
     struct pb_err err = {0};
     enum pb_rc rc;
-    struct pb_connection *c = connection_new(
-        json_pack("{s:s}", "api_base", fx.fake_base),
-        json_pack("{s:s,s:s,s:s,s:s}", "username", "u", "password", "p w&=", "webhook_secret",
-                  "w", "integrator_id", "INT-42"),
-        &err, &rc);
+    struct pb_connection *c =
+        connection_new(json_pack("{s:s}", "api_base", fx.fake_base),
+                       json_pack("{s:s,s:s,s:s,s:s}", "username", "u", "password",
+                                 "p w&=", "webhook_secret", "w", "integrator_id", "INT-42"),
+                       &err, &rc);
     struct pb_call_ctx ctx = ctx_new(t_created());
     json_t *req, *reply = NULL, *result = NULL;
     char event_id[128];
@@ -1099,11 +1105,11 @@ static void test_wire_and_failures(void **unused)
                 "was successfully refunded.\",\"transaction_id\":987654321,"
                 "\"masked_card_number\":\"xxxxxxxxxxxx1111\"}",
                 200, "{\"success\":true,\"transactions\":[]}");
-    req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", "123456789", "amount",
-                    "minor", (json_int_t)100, "currency", "USD", "reference", "RF-9");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_OK);
+    req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", "123456789", "amount", "minor",
+                    (json_int_t)100, "currency", "USD", "reference", "RF-9");
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_OK);
     assert_string_equal(event_id, "987654321");
     assert_int_equal(int_at(result, "refund.amount.minor"), 100);
     assert_int_equal(fk.n, 2);
@@ -1174,11 +1180,11 @@ static void test_wire_and_failures(void **unused)
 
     /* a refund whose look-up fails is not sent */
     fake_script(200, "{\"success\":true,\"transaction_id\":1}", 503, "{}");
-    req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", "123456789", "amount",
-                    "minor", (json_int_t)100, "currency", "USD", "reference", "RF-10");
-    assert_int_equal(pb_connector_paytrace.refund(c, &ctx, req, &result, event_id,
-                                                  sizeof event_id, &err),
-                     PB_ERR_TRANSIENT);
+    req = json_pack("{s:s,s:{s:I,s:s},s:s}", "original_gateway_id", "123456789", "amount", "minor",
+                    (json_int_t)100, "currency", "USD", "reference", "RF-10");
+    assert_int_equal(
+        pb_connector_paytrace.refund(c, &ctx, req, &result, event_id, sizeof event_id, &err),
+        PB_ERR_TRANSIENT);
     assert_contains(err.msg, "looking for an earlier try");
     assert_int_equal(fk.n, 1);
     json_decref(req);
@@ -1194,8 +1200,8 @@ static void test_poll_records_from_fake(void **unused)
     enum pb_rc rc;
     struct pb_connection *c = connection_new(
         json_pack("{s:s,s:i}", "api_base", fx.fake_base, "poll_overlap_s", 300),
-        json_pack("{s:s,s:s,s:s}", "username", "u", "password", "p", "webhook_secret", "w"),
-        &err, &rc);
+        json_pack("{s:s,s:s,s:s}", "username", "u", "password", "p", "webhook_secret", "w"), &err,
+        &rc);
     struct pb_call_ctx ctx = ctx_new(t_created());
     struct pb_event_list out = {0};
     char next[128];
@@ -1227,9 +1233,10 @@ static void test_poll_records_from_fake(void **unused)
     pb_event_list_clear(&out);
 
     /* a bad money record stops the poll loudly, naming it */
-    fake_script(200, "{}", 200,
-                "{\"success\":true,\"transactions\":[{\"transaction_id\":21,\"transaction_type\":"
-                "\"SALE\",\"amount\":-5.00,\"success\":true,\"created\":\"2026-11-21T19:10:00Z\"}]}");
+    fake_script(
+        200, "{}", 200,
+        "{\"success\":true,\"transactions\":[{\"transaction_id\":21,\"transaction_type\":"
+        "\"SALE\",\"amount\":-5.00,\"success\":true,\"created\":\"2026-11-21T19:10:00Z\"}]}");
     assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "2026-11-21T19:00:00Z", &out, next,
                                                 sizeof next, &more, &err),
                      PB_ERR_RANGE);
@@ -1252,13 +1259,12 @@ static void test_poll_records_from_fake(void **unused)
     fake_script(200, "{}", 400,
                 "{\"success\":false,\"status_message\":\"One or more errors has occurred.\","
                 "\"errors\":{\"180\":[\"Please provide a valid Start Date.\"]}}");
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "", &out, next, sizeof next, &more,
-                                                &err),
+    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "", &out, next, sizeof next, &more, &err),
                      PB_ERR_PERMANENT);
     assert_contains(err.msg, "Start Date");
-    assert_int_equal(pb_connector_paytrace.poll(c, &ctx, "yesterday", &out, next, sizeof next,
-                                                &more, &err),
-                     PB_ERR_INVALID);
+    assert_int_equal(
+        pb_connector_paytrace.poll(c, &ctx, "yesterday", &out, next, sizeof next, &more, &err),
+        PB_ERR_INVALID);
     assert_contains(err.msg, "not a PayTrace cursor");
 
     json_decref(ctx.trace);
@@ -1266,7 +1272,8 @@ static void test_poll_records_from_fake(void **unused)
     fake_script(200, "", 200, "");
 }
 
-/* ---- offline webhook checks ------------------------------------------------------------------------- */
+/* ---- offline webhook checks
+ * ------------------------------------------------------------------------- */
 
 static void test_inbound_fixture(void **unused)
 {
@@ -1307,10 +1314,15 @@ static void test_inbound_amounts(void **unused)
     struct pb_err err = {0};
     json_t *n;
     static const struct {
-        const char *amount;         /* JSON text */
+        const char *amount; /* JSON text */
         long long minor;
-    } cases[] = {{"0.29", 29}, {"10.99", 1099}, {"1.1", 110}, {"12", 1200}, {"0", 0},
-                 {"\"7.05\"", 705}, {"99999999.99", 9999999999LL}};
+    } cases[] = {{"0.29", 29},
+                 {"10.99", 1099},
+                 {"1.1", 110},
+                 {"12", 1200},
+                 {"0", 0},
+                 {"\"7.05\"", 705},
+                 {"99999999.99", 9999999999LL}};
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[4096];
@@ -1349,8 +1361,9 @@ static void test_inbound_rejections(void **unused)
     assert_contains(err.msg, "outside the replay window of +/-300 s");
     assert_int_equal(inbound_signed(c, fixture_text, t_created() - 301, &out, &err), PB_ERR_AUTH);
     assert_int_equal(out.n, 0);
-    snprintf(stale, sizeof stale, "{\"event_id\":\"e\",\"event_type\":\"transaction.sale\","
-                                  "\"created_at\":\"yesterday\",\"transaction\":{}}");
+    snprintf(stale, sizeof stale,
+             "{\"event_id\":\"e\",\"event_type\":\"transaction.sale\","
+             "\"created_at\":\"yesterday\",\"transaction\":{}}");
     assert_int_equal(inbound_signed(c, stale, t_created(), &out, &err), PB_ERR_INVALID);
     assert_contains(err.msg, "created_at must be a UTC ISO 8601 time");
     connection_free(c);
@@ -1360,10 +1373,11 @@ static void test_inbound_rejections(void **unused)
     expect_reject_text("[]", PB_ERR_INVALID, "body must be a JSON object");
     expect_reject_text("{\"created_at\":\"" CREATED "\",\"created_at\":\"" CREATED "\"}",
                        PB_ERR_INVALID, "not valid JSON");
-    expect_reject_text("{\"event_id\":\"e\",\"event_type\":\"transaction.sale\",\"created_at\":\"" CREATED
-                       "\",\"transaction\":{\"transaction_id\":1,\"transaction_type\":\"SALE\","
-                       "\"amount\":1e400,\"success\":true,\"created\":\"" CREATED "\"}}",
-                       PB_ERR_RANGE, "out of range");
+    expect_reject_text(
+        "{\"event_id\":\"e\",\"event_type\":\"transaction.sale\",\"created_at\":\"" CREATED
+        "\",\"transaction\":{\"transaction_id\":1,\"transaction_type\":\"SALE\","
+        "\"amount\":1e400,\"success\":true,\"created\":\"" CREATED "\"}}",
+        PB_ERR_RANGE, "out of range");
 
     /* a card number anywhere in the body, before anything else */
     n = fixture();

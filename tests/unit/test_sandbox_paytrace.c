@@ -227,13 +227,20 @@ static void assert_contains(const char *hay, const char *needle)
         fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
 }
 
-static long long ival(json_t *o, const char *key) { return json_integer_value(json_object_get(o, key)); }
-static const char *sval(json_t *o, const char *key) { return json_string_value(json_object_get(o, key)); }
+static long long ival(json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+static const char *sval(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
 
 /* The first message of errors[code], or NULL. */
 static const char *error_of(json_t *reply, const char *code)
 {
-    return json_string_value(json_array_get(json_object_get(json_object_get(reply, "errors"), code), 0));
+    return json_string_value(
+        json_array_get(json_object_get(json_object_get(reply, "errors"), code), 0));
 }
 
 static json_t *stats(void)
@@ -707,23 +714,23 @@ static void test_export(void **unused)
 
     assert_int_equal(sale(GOOD_CARD, "10.99", "E1", &r), 200);
     json_decref(r);
-    assert_int_equal(api("/v1/transactions/sale/keyed",
-                         "{\"amount\":\"2.00\",\"credit_card\":{\"number\":\"" GOOD_CARD
-                         "\",\"expiration_month\":\"12\",\"expiration_year\":\"2039\"},"
-                         "\"invoice_id\":\"E2\",\"line_items\":[{\"sku\":\"WID-1\",\"description\":"
-                         "\"Widget\",\"quantity\":\"2\",\"unit_price\":\"0.29\"},{\"sku\":\"GAD-9\","
-                         "\"quantity\":1.5,\"unit_price\":0.71}]}",
-                         &r),
-                     200);
+    assert_int_equal(
+        api("/v1/transactions/sale/keyed",
+            "{\"amount\":\"2.00\",\"credit_card\":{\"number\":\"" GOOD_CARD
+            "\",\"expiration_month\":\"12\",\"expiration_year\":\"2039\"},"
+            "\"invoice_id\":\"E2\",\"line_items\":[{\"sku\":\"WID-1\",\"description\":"
+            "\"Widget\",\"quantity\":\"2\",\"unit_price\":\"0.29\"},{\"sku\":\"GAD-9\","
+            "\"quantity\":1.5,\"unit_price\":0.71}]}",
+            &r),
+        200);
     json_decref(r);
 
     us_today(today, 0);
     us_today(tomorrow, 1);
     us_today(long_ago, -400);
     snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", today, tomorrow);
-    assert_int_equal(request("POST", "/v1/transactions/export/by_date_range", 1, NULL, body, &r,
-                             &raw),
-                     200);
+    assert_int_equal(
+        request("POST", "/v1/transactions/export/by_date_range", 1, NULL, body, &r, &raw), 200);
     assert_true(json_is_true(json_object_get(r, "success")));
     list = json_object_get(r, "transactions");
     assert_int_equal(json_array_size(list), 2);
@@ -731,9 +738,10 @@ static void test_export(void **unused)
     assert_contains(raw, "\"amount\":10.99");
     assert_contains(raw, "\"quantity\":2,\"unit_price\":0.29");
     assert_contains(raw, "\"quantity\":1.5,\"unit_price\":0.71");
-    assert_string_equal(sval(json_array_get(json_object_get(json_array_get(list, 1), "line_items"), 0),
-                             "description"),
-                        "Widget");
+    assert_string_equal(
+        sval(json_array_get(json_object_get(json_array_get(list, 1), "line_items"), 0),
+             "description"),
+        "Widget");
     free(raw);
     json_decref(r);
 
@@ -743,8 +751,7 @@ static void test_export(void **unused)
     assert_int_equal(api("/v1/transactions/export/by_date_range", body, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r, "transactions")), 0);
     json_decref(r);
-    snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", long_ago,
-             long_ago);
+    snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", long_ago, long_ago);
     assert_int_equal(api("/v1/transactions/export/by_date_range", body, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r, "transactions")), 0);
     json_decref(r);
@@ -762,9 +769,8 @@ static void test_drop_and_resend(void **unused)
     long long id;
     char path[64];
 
-    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":1}",
-                             &r, NULL),
-                     200);
+    assert_int_equal(
+        request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":1}", &r, NULL), 200);
     json_decref(r);
     assert_int_equal(sale(GOOD_CARD, "1.00", "D1", &r), 200);
     id = ival(r, "transaction_id");
@@ -786,9 +792,8 @@ static void test_drop_and_resend(void **unused)
     json_decref(r);
 
     /* bad settings change nothing */
-    assert_int_equal(request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":2}",
-                             &r, NULL),
-                     400);
+    assert_int_equal(
+        request("POST", "/_sandbox/settings", 0, NULL, "{\"webhook_drop_rate\":2}", &r, NULL), 400);
     json_decref(r);
     assert_int_equal(request("GET", "/_sandbox/settings", 0, NULL, NULL, &r, NULL), 200);
     assert_true(json_real_value(json_object_get(r, "webhook_drop_rate")) == 1.0);

@@ -49,9 +49,9 @@
 #include "paytrace_internal.h"
 
 static const char *const known_settings[] = {
-    "api_base",         "token_path",     "export_path",           "settled_export_path",
-    "signature_window_s", "timeout_ms",   "poll_overlap_s",        "token_refresh_margin_s",
-    "currency",         NULL,
+    "api_base",           "token_path", "export_path",    "settled_export_path",
+    "signature_window_s", "timeout_ms", "poll_overlap_s", "token_refresh_margin_s",
+    "currency",           NULL,
 };
 
 struct paytrace_state *pb__paytrace_state(const struct pb_connection *c)
@@ -120,7 +120,8 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct paytrace_s
     if (s && !json_is_object(s))
         return pb_err_set(err, PB_ERR_CONFIG, "settings: must be an object");
     if (s) {
-        json_object_foreach(s, key, v) {
+        json_object_foreach(s, key, v)
+        {
             if (!known_setting(key))
                 return pb_err_set(err, PB_ERR_CONFIG,
                                   "settings.%s: unknown setting of a paytrace connection (known: "
@@ -149,16 +150,16 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct paytrace_s
 
     if ((rc = read_path(s, "token_path", "/oauth/token", st->token_path, sizeof st->token_path,
                         err)) ||
-        (rc = read_path(s, "export_path", "/v1/transactions/export/by_date_range",
-                        st->export_path, sizeof st->export_path, err)) ||
+        (rc = read_path(s, "export_path", "/v1/transactions/export/by_date_range", st->export_path,
+                        sizeof st->export_path, err)) ||
         (rc = read_path(s, "settled_export_path", "/v1/batches/export_settled",
                         st->settled_export_path, sizeof st->settled_export_path, err)) ||
-        (rc = read_int(s, "signature_window_s", 1, PAYTRACE_WINDOW_MAX_S,
-                       PAYTRACE_WINDOW_DEFAULT_S, &st->window_s, err)) ||
-        (rc = read_int(s, "timeout_ms", 100, 600000, PAYTRACE_TIMEOUT_DEFAULT_MS,
-                       &st->timeout_ms, err)) ||
-        (rc = read_int(s, "poll_overlap_s", 0, PAYTRACE_OVERLAP_MAX_S,
-                       PAYTRACE_OVERLAP_DEFAULT_S, &st->overlap_s, err)) ||
+        (rc = read_int(s, "signature_window_s", 1, PAYTRACE_WINDOW_MAX_S, PAYTRACE_WINDOW_DEFAULT_S,
+                       &st->window_s, err)) ||
+        (rc = read_int(s, "timeout_ms", 100, 600000, PAYTRACE_TIMEOUT_DEFAULT_MS, &st->timeout_ms,
+                       err)) ||
+        (rc = read_int(s, "poll_overlap_s", 0, PAYTRACE_OVERLAP_MAX_S, PAYTRACE_OVERLAP_DEFAULT_S,
+                       &st->overlap_s, err)) ||
         (rc = read_int(s, "token_refresh_margin_s", 0, PAYTRACE_REFRESH_MARGIN_MAX_S,
                        PAYTRACE_REFRESH_MARGIN_DEFAULT_S, &st->refresh_margin_s, err)))
         return rc;

@@ -51,20 +51,17 @@ extern const struct pb_connector_type pb_connector_paytrace;
 enum pb_rc pb_paytrace_sale_keyed(struct pb_connection *c, struct pb_call_ctx *ctx,
                                   const json_t *request, json_t **reply, struct pb_err *err);
 enum pb_rc pb_paytrace_sale_by_customer(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                        const json_t *request, json_t **reply,
-                                        struct pb_err *err);
+                                        const json_t *request, json_t **reply, struct pb_err *err);
 enum pb_rc pb_paytrace_refund(struct pb_connection *c, struct pb_call_ctx *ctx,
                               const json_t *request, json_t **reply, struct pb_err *err);
-enum pb_rc pb_paytrace_void(struct pb_connection *c, struct pb_call_ctx *ctx,
-                            const json_t *request, json_t **reply, struct pb_err *err);
+enum pb_rc pb_paytrace_void(struct pb_connection *c, struct pb_call_ctx *ctx, const json_t *request,
+                            json_t **reply, struct pb_err *err);
 enum pb_rc pb_paytrace_customer_create(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                       const json_t *request, json_t **reply,
-                                       struct pb_err *err);
+                                       const json_t *request, json_t **reply, struct pb_err *err);
 enum pb_rc pb_paytrace_export_by_date_range(struct pb_connection *c, struct pb_call_ctx *ctx,
                                             const json_t *request, json_t **reply,
                                             struct pb_err *err);
 enum pb_rc pb_paytrace_export_settled(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                      const json_t *request, json_t **reply,
-                                      struct pb_err *err);
+                                      const json_t *request, json_t **reply, struct pb_err *err);
 
 #endif

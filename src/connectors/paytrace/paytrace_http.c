@@ -55,7 +55,7 @@
 #include "paytrace.h"
 #include "paytrace_internal.h"
 
-#define REPLY_MAX (16u * 1024u * 1024u)    /* an export of a busy month fits */
+#define REPLY_MAX (16u * 1024u * 1024u) /* an export of a busy month fits */
 
 /* ---- reply words -------------------------------------------------------------------- */
 
@@ -85,7 +85,8 @@ void pb__paytrace_reply_words(const json_t *reply, char *out, size_t len)
     if (status && status[0])
         append(out, len, &o, status);
     if (json_is_object(errors)) {
-        json_object_foreach(errors, code, list) {
+        json_object_foreach(errors, code, list)
+        {
             size_t i;
             json_t *m;
             if (json_is_string(list)) {
@@ -95,7 +96,8 @@ void pb__paytrace_reply_words(const json_t *reply, char *out, size_t len)
                 append(out, len, &o, json_string_value(list));
                 continue;
             }
-            json_array_foreach(list, i, m) {
+            json_array_foreach(list, i, m)
+            {
                 if (!json_is_string(m))
                     continue;
                 append(out, len, &o, o ? "; " : "");
@@ -182,7 +184,8 @@ static json_t *prepare(const struct pb_connection *c, const struct paytrace_stat
     if (normalise_money(copy, "amount", "amount", st->currency, err))
         goto fail;
     lines = json_object_get(copy, "line_items");
-    json_array_foreach(lines, i, line) {
+    json_array_foreach(lines, i, line)
+    {
         if (!json_is_object(line))
             continue;
         snprintf(path, sizeof path, "line_items.%zu.unit_price", i);
@@ -387,8 +390,7 @@ enum pb_rc pb_paytrace_sale_keyed(struct pb_connection *c, struct pb_call_ctx *c
 }
 
 enum pb_rc pb_paytrace_sale_by_customer(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                        const json_t *request, json_t **reply,
-                                        struct pb_err *err)
+                                        const json_t *request, json_t **reply, struct pb_err *err)
 {
     return public_call(c, ctx, "/v1/transactions/sale/by_customer", "sale/by_customer", request,
                        reply, err);
@@ -397,19 +399,18 @@ enum pb_rc pb_paytrace_sale_by_customer(struct pb_connection *c, struct pb_call_
 enum pb_rc pb_paytrace_refund(struct pb_connection *c, struct pb_call_ctx *ctx,
                               const json_t *request, json_t **reply, struct pb_err *err)
 {
-    return public_call(c, ctx, "/v1/transactions/refund/for_transaction",
-                       "refund/for_transaction", request, reply, err);
+    return public_call(c, ctx, "/v1/transactions/refund/for_transaction", "refund/for_transaction",
+                       request, reply, err);
 }
 
-enum pb_rc pb_paytrace_void(struct pb_connection *c, struct pb_call_ctx *ctx,
-                            const json_t *request, json_t **reply, struct pb_err *err)
+enum pb_rc pb_paytrace_void(struct pb_connection *c, struct pb_call_ctx *ctx, const json_t *request,
+                            json_t **reply, struct pb_err *err)
 {
     return public_call(c, ctx, "/v1/transactions/void", "void", request, reply, err);
 }
 
 enum pb_rc pb_paytrace_customer_create(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                       const json_t *request, json_t **reply,
-                                       struct pb_err *err)
+                                       const json_t *request, json_t **reply, struct pb_err *err)
 {
     return public_call(c, ctx, "/v1/customer/create", "customer/create", request, reply, err);
 }

@@ -60,8 +60,7 @@ static enum pb_rc check_signature(const struct pb_connection *c,
                                   const struct pb_inbound_request *req, struct pb_err *err)
 {
     const char *secret = pb_connection_secret(c, "webhook_secret");
-    const char *hdr =
-        req->header ? req->header(req->header_ctx, PAYTRACE_SIGNATURE_HEADER) : NULL;
+    const char *hdr = req->header ? req->header(req->header_ctx, PAYTRACE_SIGNATURE_HEADER) : NULL;
     unsigned char want[PB_SHA256_LEN], got[PB_SHA256_LEN];
     size_t hdr_len, got_len = 0;
     enum pb_rc rc;
@@ -93,8 +92,7 @@ static enum pb_rc check_signature(const struct pb_connection *c,
     return PB_OK;
 }
 
-static enum pb_rc parse_body(const struct pb_inbound_request *req, json_t **out,
-                             struct pb_err *err)
+static enum pb_rc parse_body(const struct pb_inbound_request *req, json_t **out, struct pb_err *err)
 {
     json_error_t jerr;
     json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);

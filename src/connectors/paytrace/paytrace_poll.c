@@ -64,21 +64,21 @@
 #include "core/pan.h"
 #include "paytrace_internal.h"
 
-#define DATE_SLACK_S (14L * 3600L)      /* any time zone's calendar date */
-#define FIRST_POLL_BACK_S 86400L        /* an empty cursor starts this far back */
+#define DATE_SLACK_S (14L * 3600L) /* any time zone's calendar date */
+#define FIRST_POLL_BACK_S 86400L   /* an empty cursor starts this far back */
 #define CURSOR_MAX (32 + PAYTRACE_ID_MAX + sizeof PAYTRACE_VOID_SUFFIX)
 
 struct item {
-    time_t t;                           /* when the event happened */
-    const char *id;                     /* transaction id (borrowed from the record) */
-    int is_void;                        /* 0: the record's own event; 1: its void */
-    size_t rec;                         /* index into the records */
-    int fresh;                          /* after the cursor */
+    time_t t;       /* when the event happened */
+    const char *id; /* transaction id (borrowed from the record) */
+    int is_void;    /* 0: the record's own event; 1: its void */
+    size_t rec;     /* index into the records */
+    int fresh;      /* after the cursor */
 };
 
 struct position {
     time_t t;
-    char id[PAYTRACE_ID_MAX + 1];       /* "" = the whole second */
+    char id[PAYTRACE_ID_MAX + 1]; /* "" = the whole second */
     int is_void;
 };
 
@@ -195,8 +195,7 @@ static enum pb_rc write_cursor(char *buf, size_t len, time_t t, const char *id, 
     else
         n = snprintf(buf, len, "%s", when);
     if (n < 0 || (size_t)n >= len)
-        return pb_err_set(err, PB_ERR_TOOBIG, "next_cursor needs %d bytes, %zu given", n + 1,
-                          len);
+        return pb_err_set(err, PB_ERR_TOOBIG, "next_cursor needs %d bytes, %zu given", n + 1, len);
     return PB_OK;
 }
 
@@ -231,9 +230,9 @@ static enum pb_rc pan_check(json_t *rec, size_t index, struct pb_err *err)
                       index, idtext);
 }
 
-enum pb_rc pb__paytrace_poll(struct pb_connection *c, struct pb_call_ctx *ctx,
-                             const char *cursor, struct pb_event_list *out, char *next_cursor,
-                             size_t next_len, int *more, struct pb_err *err)
+enum pb_rc pb__paytrace_poll(struct pb_connection *c, struct pb_call_ctx *ctx, const char *cursor,
+                             struct pb_event_list *out, char *next_cursor, size_t next_len,
+                             int *more, struct pb_err *err)
 {
     struct paytrace_state *st = pb__paytrace_state(c);
     time_t now, from, newest;
@@ -319,10 +318,9 @@ enum pb_rc pb__paytrace_poll(struct pb_connection *c, struct pb_call_ctx *ctx,
             truncated = it->fresh; /* only new events call for another page */
             break;
         }
-        rc = it->is_void ? pb__paytrace_record_void_event(&recs[it->rec], &event, type,
-                                                          sizeof type, err)
-                         : pb__paytrace_record_main_event(&recs[it->rec], &event, type,
-                                                          sizeof type, err);
+        rc = it->is_void
+                 ? pb__paytrace_record_void_event(&recs[it->rec], &event, type, sizeof type, err)
+                 : pb__paytrace_record_main_event(&recs[it->rec], &event, type, sizeof type, err);
         if (rc)
             goto out;
         snprintf(event_id, sizeof event_id, "%s%s", it->id,
@@ -340,11 +338,11 @@ enum pb_rc pb__paytrace_poll(struct pb_connection *c, struct pb_call_ctx *ctx,
         if (more)
             *more = 1;
         if (last_new)
-            rc = write_cursor(next_cursor, next_len, last_new->t, last_new->id,
-                              last_new->is_void, err);
+            rc = write_cursor(next_cursor, next_len, last_new->t, last_new->id, last_new->is_void,
+                              err);
         else /* no room at all: the same place again */
-            rc = write_cursor(next_cursor, next_len, pos.t, pos.id[0] ? pos.id : NULL,
-                              pos.is_void, err);
+            rc = write_cursor(next_cursor, next_len, pos.t, pos.id[0] ? pos.id : NULL, pos.is_void,
+                              err);
     } else {
         if (newest < now - st->overlap_s)
             newest = now - st->overlap_s;

@@ -64,9 +64,9 @@
 #include "core/money.h"
 #include "paytrace_internal.h"
 
-#define TEXT_MAX 1024           /* longest free-text member accepted */
-#define QUANTITY_MAX 32         /* longest quantity text */
-#define LINES_MAX 500           /* most line_items accepted */
+#define TEXT_MAX 1024   /* longest free-text member accepted */
+#define QUANTITY_MAX 32 /* longest quantity text */
+#define LINES_MAX 500   /* most line_items accepted */
 
 /* ---- time ----------------------------------------------------------------------- */
 
@@ -242,8 +242,8 @@ static enum pb_rc get_money(json_t *obj, const char *key, const char *path, cons
         return rc;
     }
     if (*out < 0)
-        return pb_err_set(err, PB_ERR_RANGE, "%s must not be negative, got %lld minor units",
-                          path, (long long)*out);
+        return pb_err_set(err, PB_ERR_RANGE, "%s must not be negative, got %lld minor units", path,
+                          (long long)*out);
     return PB_OK;
 }
 
@@ -269,8 +269,7 @@ static enum pb_rc get_quantity(json_t *v, const char *path, char out[QUANTITY_MA
         back = strtod(out, NULL);
         if (strpbrk(out, "eEnNiI") || memcmp(&back, &d, sizeof d) != 0)
             return pb_err_set(err, PB_ERR_INVALID,
-                              "%s must be a plain decimal of at most 15 significant digits",
-                              path);
+                              "%s must be a plain decimal of at most 15 significant digits", path);
     } else if (json_is_string(v)) {
         if (json_string_length(v) == 0 || json_string_length(v) > QUANTITY_MAX)
             return pb_err_set(err, PB_ERR_INVALID, "%s must be 1 to %d characters", path,
@@ -328,8 +327,8 @@ static enum pb_rc read_created(json_t *rec, const char *prefix, time_t *out, str
 static enum pb_rc read_address(json_t *rec, const char *prefix, struct paytrace_record *r,
                                struct pb_err *err)
 {
-    static const char *const keys[] = {"name", "street_address", "street_address2", "city",
-                                       "state", "zip", "country", NULL};
+    static const char *const keys[] = {
+        "name", "street_address", "street_address2", "city", "state", "zip", "country", NULL};
     json_t *a = json_object_get(rec, "billing_address");
     char path[96];
     const char *s;
@@ -368,7 +367,8 @@ static enum pb_rc read_lines(json_t *rec, const char *prefix, const char *curren
     if (json_array_size(lines) > LINES_MAX)
         return pb_err_set(err, PB_ERR_TOOBIG, "%s.line_items has more than %d lines", prefix,
                           LINES_MAX);
-    json_array_foreach(lines, i, line) {
+    json_array_foreach(lines, i, line)
+    {
         snprintf(path, sizeof path, "%s.line_items.%zu", prefix, i);
         if (!json_is_object(line))
             return pb_err_set(err, PB_ERR_INVALID, "%s must be an object", path);
@@ -386,9 +386,8 @@ static enum pb_rc read_lines(json_t *rec, const char *prefix, const char *curren
     return PB_OK;
 }
 
-enum pb_rc pb__paytrace_record_read(json_t *rec, const char *prefix,
-                                    const char *default_currency, struct paytrace_record *r,
-                                    struct pb_err *err)
+enum pb_rc pb__paytrace_record_read(json_t *rec, const char *prefix, const char *default_currency,
+                                    struct paytrace_record *r, struct pb_err *err)
 {
     const char *currency, *voided_at;
     json_t *v;
@@ -435,8 +434,8 @@ enum pb_rc pb__paytrace_record_read(json_t *rec, const char *prefix,
 
     if ((rc = get_string(rec, "status_message", prefix, 0, TEXT_MAX, &r->status_message, err)) ||
         (rc = get_string(rec, "approval_code", prefix, 0, 64, &r->approval_code, err)) ||
-        (rc = get_string(rec, "approval_message", prefix, 0, TEXT_MAX, &r->approval_message,
-                         err)) ||
+        (rc =
+             get_string(rec, "approval_message", prefix, 0, TEXT_MAX, &r->approval_message, err)) ||
         (rc = get_string(rec, "avs_response", prefix, 0, 256, &r->avs_response, err)) ||
         (rc = get_string(rec, "csc_response", prefix, 0, 256, &r->csc_response, err)) ||
         (rc = get_string(rec, "external_transaction_id", prefix, 0, 128,
@@ -445,8 +444,7 @@ enum pb_rc pb__paytrace_record_read(json_t *rec, const char *prefix,
         (rc = get_string(rec, "invoice_id", prefix, 0, 128, &r->invoice_id, err)) ||
         (rc = get_string(rec, "description", prefix, 0, TEXT_MAX, &r->description, err)) ||
         (rc = get_string(rec, "email", prefix, 0, 320, &r->email, err)) ||
-        (rc = get_string(rec, "masked_card_number", prefix, 0, 32, &r->masked_card_number,
-                         err)) ||
+        (rc = get_string(rec, "masked_card_number", prefix, 0, 32, &r->masked_card_number, err)) ||
         (rc = get_string(rec, "payment_method", prefix, 0, 8, &r->payment_method, err)))
         return rc;
     if (!r->payment_method)
@@ -515,8 +513,8 @@ static json_t *build_customer(const struct paytrace_record *r)
     }
     if (r->billing_address)
         address = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?,s:s?}", "line1", addr(r, "street_address"),
-                            "line2", addr(r, "street_address2"), "city", addr(r, "city"),
-                            "region", addr(r, "state"), "postal_code", addr(r, "zip"), "country",
+                            "line2", addr(r, "street_address2"), "city", addr(r, "city"), "region",
+                            addr(r, "state"), "postal_code", addr(r, "zip"), "country",
                             addr(r, "country"));
     if (!address)
         return NULL;
@@ -531,7 +529,8 @@ static json_t *build_lines(const struct paytrace_record *r)
     size_t i;
     if (!lines)
         return NULL;
-    json_array_foreach(r->line_items, i, line) {
+    json_array_foreach(r->line_items, i, line)
+    {
         char qty[QUANTITY_MAX + 1];
         int64_t minor = 0;
         json_t *price, *out;
@@ -542,10 +541,10 @@ static json_t *build_lines(const struct paytrace_record *r)
             json_decref(lines);
             return NULL;
         }
-        out = json_pack("{s:s,s:s?,s:s,s:o}", "sku",
-                        json_string_value(json_object_get(line, "sku")), "description",
-                        json_string_value(json_object_get(line, "description")), "quantity", qty,
-                        "unit_price", price);
+        out =
+            json_pack("{s:s,s:s?,s:s,s:o}", "sku", json_string_value(json_object_get(line, "sku")),
+                      "description", json_string_value(json_object_get(line, "description")),
+                      "quantity", qty, "unit_price", price);
         if (!out || json_array_append_new(lines, out)) {
             json_decref(lines);
             return NULL;
@@ -588,13 +587,13 @@ static json_t *build_entity(const struct paytrace_record *r, const char *kind, c
     }
     entity = json_pack("{s:s,s:s?,s:s,s:s,s:s?,s:s?,s:o,s:s?,s:s,s:o,s:s?,s:s?,s:s?,s:s?,s:s?,"
                        "s:s?}",
-                       "gateway_id", gateway_id, "reference", r->invoice_id, "kind", kind,
-                       "status", status, "status_code", r->response_code >= 0 ? code : NULL,
-                       "status_detail", r->status_message, "amount", amount, "description",
-                       r->description, "method", r->payment_method, "card", card, "auth_code",
-                       r->approval_code, "approval_message", r->approval_message, "avs_response",
-                       r->avs_response, "csc_response", r->csc_response, "customer_id",
-                       r->customer_id, "external_transaction_id", r->external_transaction_id);
+                       "gateway_id", gateway_id, "reference", r->invoice_id, "kind", kind, "status",
+                       status, "status_code", r->response_code >= 0 ? code : NULL, "status_detail",
+                       r->status_message, "amount", amount, "description", r->description, "method",
+                       r->payment_method, "card", card, "auth_code", r->approval_code,
+                       "approval_message", r->approval_message, "avs_response", r->avs_response,
+                       "csc_response", r->csc_response, "customer_id", r->customer_id,
+                       "external_transaction_id", r->external_transaction_id);
     if (!entity)
         return NULL;
     if (strcmp(status, "VOIDED") == 0 &&
@@ -612,8 +611,7 @@ static json_t *build_entity(const struct paytrace_record *r, const char *kind, c
     }
     if (strcmp(kind, "SALE") != 0 &&
         json_object_set_new(entity, "original_gateway_id",
-                            original_id && original_id[0] ? json_string(original_id)
-                                                           : json_null()))
+                            original_id && original_id[0] ? json_string(original_id) : json_null()))
         goto nomem;
     return entity;
 nomem:
@@ -631,8 +629,7 @@ static json_t *build_order(const struct paytrace_record *r)
 
 static enum pb_rc assemble(const struct paytrace_record *r, const char *type, time_t when,
                            const char *entity_key, json_t *entity, int with_customer,
-                           json_t **event_out, char *type_out, size_t type_len,
-                           struct pb_err *err)
+                           json_t **event_out, char *type_out, size_t type_len, struct pb_err *err)
 {
     char occurred[32];
     json_t *ev, *customer = NULL, *order = NULL;

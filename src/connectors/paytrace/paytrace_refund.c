@@ -56,7 +56,7 @@
 
 #define REFUND_LOOKBACK_S (3L * 86400L)
 #define DATE_SLACK_S (14L * 3600L)
-#define REFERENCE_MAX 50                /* PayTrace's invoice_id is short */
+#define REFERENCE_MAX 50 /* PayTrace's invoice_id is short */
 
 static void us_date(time_t t, char out[16])
 {
@@ -85,8 +85,7 @@ static json_t *id_json(const char *id)
 
 /* Build the event of `rec` (taken) into result/event_id. */
 static enum pb_rc event_of(const struct paytrace_state *st, json_t *rec, const char *what,
-                           json_t **result, char *event_id, size_t event_id_len,
-                           struct pb_err *err)
+                           json_t **result, char *event_id, size_t event_id_len, struct pb_err *err)
 {
     struct paytrace_record r;
     char type[64];
@@ -133,7 +132,8 @@ static enum pb_rc look_up(struct pb_connection *c, struct paytrace_state *st,
         json_decref(reply);
         return rc;
     }
-    json_array_foreach(json_object_get(reply, "transactions"), i, rec) {
+    json_array_foreach(json_object_get(reply, "transactions"), i, rec)
+    {
         json_t *orig = json_object_get(rec, "original_transaction_id");
         const char *type = json_string_value(json_object_get(rec, "transaction_type"));
         const char *invoice = json_string_value(json_object_get(rec, "invoice_id"));
@@ -216,8 +216,9 @@ enum pb_rc pb__paytrace_refund(struct pb_connection *c, struct pb_call_ctx *ctx,
 
     /* 2. refund */
     body = json_pack("{s:o,s:s}", "transaction_id", id_json(original), "amount", decimal);
-    if (!body || (reference && reference[0] &&
-                  json_object_set_new(body, "invoice_id", json_string(reference))) ||
+    if (!body ||
+        (reference && reference[0] &&
+         json_object_set_new(body, "invoice_id", json_string(reference))) ||
         (reason && reason[0] && json_object_set_new(body, "description", json_string(reason)))) {
         json_decref(body);
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory");

@@ -45,7 +45,7 @@
 #include "net/trace.h"
 #include "paytrace_internal.h"
 
-#define TOKEN_FORM_MAX 4096     /* grant_type + escaped username and password */
+#define TOKEN_FORM_MAX 4096 /* grant_type + escaped username and password */
 
 static char *dup_secret(const char *s)
 {
@@ -108,8 +108,8 @@ static void oauth_error(const struct pb_http_call *call, char *out, size_t len)
 }
 
 /* Fetch a token; called with token_lock held. */
-static enum pb_rc fetch(struct pb_connection *c, struct paytrace_state *st,
-                        struct pb_call_ctx *ctx, time_t now, struct pb_err *err)
+static enum pb_rc fetch(struct pb_connection *c, struct paytrace_state *st, struct pb_call_ctx *ctx,
+                        time_t now, struct pb_err *err)
 {
     const char *user = pb_connection_secret(c, "username");
     const char *password = pb_connection_secret(c, "password");
@@ -193,8 +193,7 @@ out:
 }
 
 enum pb_rc pb__paytrace_token_get(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                  char **token_out, uint64_t *generation_out,
-                                  struct pb_err *err)
+                                  char **token_out, uint64_t *generation_out, struct pb_err *err)
 {
     struct paytrace_state *st = pb__paytrace_state(c);
     time_t now = ctx->now ? ctx->now : time(NULL);
