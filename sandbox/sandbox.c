@@ -82,7 +82,8 @@ struct pb_sandbox {
 /* ---- the emulator table ------------------------------------------------------ */
 
 static const struct sbx_emulator_type *const EMULATORS[] = {&sbx_xero_type, &sbx_opayo_type,
-                                                             &sbx_shop_type, &sbx_sagex3_type};
+                                                             &sbx_shop_type, &sbx_sagex3_type,
+                                                             &sbx_syspro_type};
 
 static const struct sbx_emulator_type *type_at(size_t i)
 {

@@ -38,5 +38,6 @@ extern const struct sbx_emulator_type sbx_xero_type;
 extern const struct sbx_emulator_type sbx_opayo_type;
 extern const struct sbx_emulator_type sbx_shop_type;
 extern const struct sbx_emulator_type sbx_sagex3_type;
+extern const struct sbx_emulator_type sbx_syspro_type;
 
 #endif

@@ -10,12 +10,14 @@ extern const struct pb_connector_type pb_connector_opayo;
 extern const struct pb_connector_type pb_connector_xero;
 extern const struct pb_connector_type pb_connector_shopwebhook;
 extern const struct pb_connector_type pb_connector_sagex3;
+extern const struct pb_connector_type pb_connector_syspro;
 
 const struct pb_connector_type *const pb_connector_types[] = {
     &pb_connector_opayo,
     &pb_connector_xero,
     &pb_connector_shopwebhook,
     &pb_connector_sagex3,
+    &pb_connector_syspro,
     NULL,
 };
 
