@@ -39,6 +39,7 @@
 
 #include "connectors/connector.h"
 #include "connectors/paytrace/paytrace.h"
+#include "core/json.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
 #include "paytrace.h" /* sandbox/paytrace.h: sbx_paytrace_type */
@@ -230,31 +231,15 @@ static void assert_contains(const char *hay, const char *needle)
         fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
 }
 
-static const char *str_at(const json_t *root, const char *path)
-{
-    char key[64];
-    const char *dot;
-    const json_t *o = root;
-    while ((dot = strchr(path, '.'))) {
-        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
-        o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
-        path = dot + 1;
-    }
-    o = json_is_array(o) ? json_array_get(o, (size_t)atoi(path)) : json_object_get(o, path);
-    return json_string_value(o);
-}
-
+/* Dotted paths through objects and arrays ("order.lines.0.sku"): core/json.h. */
 static json_t *at(const json_t *root, const char *path)
 {
-    char key[64];
-    const char *dot;
-    const json_t *o = root;
-    while ((dot = strchr(path, '.'))) {
-        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
-        o = json_is_array(o) ? json_array_get(o, (size_t)atoi(key)) : json_object_get(o, key);
-        path = dot + 1;
-    }
-    return json_is_array(o) ? json_array_get(o, (size_t)atoi(path)) : json_object_get(o, path);
+    return pb_json_path(root, path);
+}
+
+static const char *str_at(const json_t *root, const char *path)
+{
+    return json_string_value(pb_json_path(root, path));
 }
 
 static long long int_at(const json_t *root, const char *path)
