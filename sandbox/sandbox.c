@@ -83,7 +83,7 @@ struct pb_sandbox {
 
 static const struct sbx_emulator_type *const EMULATORS[] = {&sbx_xero_type, &sbx_opayo_type,
                                                              &sbx_shop_type, &sbx_sagex3_type,
-                                                             &sbx_syspro_type};
+                                                             &sbx_syspro_type, &sbx_paytrace_type};
 
 static const struct sbx_emulator_type *type_at(size_t i)
 {

@@ -39,5 +39,6 @@ extern const struct sbx_emulator_type sbx_opayo_type;
 extern const struct sbx_emulator_type sbx_shop_type;
 extern const struct sbx_emulator_type sbx_sagex3_type;
 extern const struct sbx_emulator_type sbx_syspro_type;
+extern const struct sbx_emulator_type sbx_paytrace_type;
 
 #endif

@@ -11,6 +11,7 @@ extern const struct pb_connector_type pb_connector_xero;
 extern const struct pb_connector_type pb_connector_shopwebhook;
 extern const struct pb_connector_type pb_connector_sagex3;
 extern const struct pb_connector_type pb_connector_syspro;
+extern const struct pb_connector_type pb_connector_paytrace;
 
 const struct pb_connector_type *const pb_connector_types[] = {
     &pb_connector_opayo,
@@ -18,6 +19,7 @@ const struct pb_connector_type *const pb_connector_types[] = {
     &pb_connector_shopwebhook,
     &pb_connector_sagex3,
     &pb_connector_syspro,
+    &pb_connector_paytrace,
     NULL,
 };
 
