@@ -31,6 +31,7 @@
 #include "cli/cli.h"
 #include "core/crypto.h"
 #include "core/log.h"
+#include "core/money.h"
 #include "engine/engine.h"
 #include "net/http_client.h"
 #include "sandbox.h"
@@ -49,6 +50,9 @@ static void on_sig(int s) { demo_stop = s; }
 
 struct traffic {
     int opayo_port;
+    int paytrace_port;
+    char paytrace_token[256];   /* OAuth2 password-grant token of the shop */
+    int paytrace_sales;
     double rate;                /* orders per second (not money) */
     int orders;                 /* sent */
     int declined_sent;
@@ -168,6 +172,69 @@ out:
     json_decref(r);
 }
 
+/* A PayTrace checkout of the X3 shop: sale/keyed with line items; the
+ * emulator then sends the signed webhook to paybridge (and the poller would
+ * catch it if it did not). */
+static void one_paytrace_sale(struct pb_http_client *http, struct traffic *t, int n)
+{
+    static const struct {
+        const char *sku;
+        long long price; /* minor units (USD) */
+    } items[] = {{"ITM-100", 5000}, {"ITM-200", 2500}, {"ITM-300", 1299}};
+    char url[256], body[4096], lines[1024], amount[32];
+    size_t ci = (size_t)rand_r(&t->seed) % N_CUSTOMERS, off = 0;
+    int n_lines = 1 + rand_r(&t->seed) % 3;
+    long long total = 0;
+    int declined = rand_r(&t->seed) % 100 < 5;
+    struct pb_http_call call;
+    struct pb_err err = {0};
+
+    if (!t->paytrace_token[0]) {
+        json_t *r = NULL;
+        memset(&call, 0, sizeof(call));
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/oauth/token", t->paytrace_port);
+        call.method = "POST";
+        call.url = url;
+        call.headers[0] = "Content-Type: application/x-www-form-urlencoded";
+        call.body = "grant_type=password&username=sandbox-user&password=sandbox-pass";
+        call.body_len = strlen(call.body);
+        call.timeout_ms = 10000;
+        pb_http_perform(http, &call, &err);
+        if (call.response)
+            r = json_loads(call.response, 0, NULL);
+        const char *tok = json_string_value(json_object_get(r, "access_token"));
+        if (tok)
+            snprintf(t->paytrace_token, sizeof(t->paytrace_token), "%s", tok);
+        json_decref(r);
+        pb_http_call_reset(&call);
+        if (!t->paytrace_token[0])
+            return;
+    }
+    for (int i = 0; i < n_lines; i++) {
+        int k = (i + n) % 3, qty = 1 + rand_r(&t->seed) % 3;
+        char price[32];
+        total += items[k].price * qty;
+        pb_money_format_decimal(items[k].price, "USD", price, sizeof(price), NULL);
+        off += (size_t)snprintf(lines + off, sizeof(lines) - off,
+                                "%s{\"sku\":\"%s\",\"description\":\"%s\",\"quantity\":%d,"
+                                "\"unit_price\":%s}",
+                                i ? "," : "", items[k].sku, items[k].sku, qty, price);
+    }
+    pb_money_format_decimal(total, "USD", amount, sizeof(amount), NULL);
+    snprintf(body, sizeof(body),
+             "{\"amount\":\"%s\",\"credit_card\":{\"number\":\"%s\",\"expiration_month\":\"12\","
+             "\"expiration_year\":\"2030\"},\"csc\":\"999\",\"invoice_id\":\"X3-%ld-%05d\","
+             "\"customer_id\":\"C%zu\",\"email\":\"%s.%s@example.com\",\"billing_address\":{"
+             "\"name\":\"%s %s\",\"street_address\":\"1 Main St\",\"city\":\"%s\",\"zip\":\"%s\","
+             "\"country\":\"US\"},\"line_items\":[%s]}",
+             amount, declined ? "4012888888881881" : "4111111111111111", (long)time(NULL) % 100000, n,
+             ci, customers[ci].first, customers[ci].last, customers[ci].first, customers[ci].last,
+             customers[ci].city, customers[ci].postcode, lines);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/transactions/sale/keyed", t->paytrace_port);
+    if (post_json(http, url, NULL, NULL, t->paytrace_token, body, NULL) / 100 == 2 || declined)
+        t->paytrace_sales++;
+}
+
 static void *traffic_main(void *arg)
 {
     struct traffic *t = arg;
@@ -178,7 +245,10 @@ static void *traffic_main(void *arg)
         return NULL;
     while (!t->stop) {
         uint64_t t0 = pb_monotonic_ns();
-        one_order(http, t, ++n);
+        if (t->paytrace_port && rand_r(&t->seed) % 100 < 30)
+            one_paytrace_sale(http, t, ++n);
+        else
+            one_order(http, t, ++n);
         uint64_t spent_us = (pb_monotonic_ns() - t0) / 1000;
         uint64_t period_us = (uint64_t)(1000000.0 / t->rate);
         if (spent_us < period_us)
@@ -253,6 +323,10 @@ int pb_cli_demo(int argc, char **argv)
     struct traffic t;
     pthread_t tt;
     int rc = 1;
+    /* sealed secrets of the demo's config (freed at `out`) */
+    char *s_notify = NULL, *s_ik = NULL, *s_ip = NULL, *s_cid = NULL, *s_cs = NULL, *s_sop = NULL,
+         *s_scp = NULL, *s_x3u = NULL, *s_x3p = NULL, *s_ptu = NULL, *s_ptp = NULL, *s_ptw = NULL;
+    char *yaml = NULL;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--duration") == 0 && i + 1 < argc)
@@ -321,12 +395,13 @@ int pb_cli_demo(int argc, char **argv)
     pb_hex_encode(dg, 32, admin_hash, sizeof(admin_hash));
 
     /* 2. the sandbox */
-    json_t *sbs = json_pack("{s:s,s:{s:i,s:s,s:o},s:{s:i}}", "bind", "127.0.0.1", "xero", "port", 0,
-                            "tenant_id", DEMO_TENANT, "limits",
+    json_t *sbs = json_pack("{s:s,s:{s:i,s:s,s:o},s:{s:i},s:{s:i},s:{s:i},s:{s:i}}", "bind",
+                            "127.0.0.1", "xero", "port", 0, "tenant_id", DEMO_TENANT, "limits",
                             xero_limits ? json_pack("{s:i,s:i,s:i}", "per_minute", 60, "per_day", 5000,
                                                     "concurrent", 5)
                                         : json_false(),
-                            "opayo", "port", 0);
+                            "opayo", "port", 0, "syspro", "port", 0, "sagex3", "port", 0, "paytrace",
+                            "port", 0);
     if (pb_sandbox_start(sbs, &sb, &err)) {
         fprintf(stderr, "paybridge demo: sandbox: %s\n", err.msg);
         json_decref(sbs);
@@ -334,13 +409,24 @@ int pb_cli_demo(int argc, char **argv)
     }
     json_decref(sbs);
     int xport = pb_sandbox_port(sb, "xero"), oport = pb_sandbox_port(sb, "opayo");
+    int sport = pb_sandbox_port(sb, "syspro"), x3port = pb_sandbox_port(sb, "sagex3"),
+        pport = pb_sandbox_port(sb, "paytrace");
 
     /* 3. the config */
-    char *s_notify = seal(key, "sandbox-notify-secret"), *s_ik = seal(key, "sandbox-key"),
-         *s_ip = seal(key, "sandbox-password"), *s_cid = seal(key, "sandbox-client"),
-         *s_cs = seal(key, "sandbox-secret");
-    char *yaml = NULL;
-    if (!s_notify || !s_ik || !s_ip || !s_cid || !s_cs ||
+    s_notify = seal(key, "sandbox-notify-secret");
+    s_ik = seal(key, "sandbox-key");
+    s_ip = seal(key, "sandbox-password");
+    s_cid = seal(key, "sandbox-client");
+    s_cs = seal(key, "sandbox-secret");
+    s_sop = seal(key, "sandbox-op");
+    s_scp = seal(key, "");
+    s_x3u = seal(key, "admin");
+    s_x3p = seal(key, "sandbox-x3");
+    s_ptu = seal(key, "sandbox-user");
+    s_ptp = seal(key, "sandbox-pass");
+    s_ptw = seal(key, "sandbox-paytrace-secret");
+    if (!s_notify || !s_ik || !s_ip || !s_cid || !s_cs || !s_sop || !s_scp || !s_x3u || !s_x3p ||
+        !s_ptu || !s_ptp || !s_ptw ||
         asprintf(&yaml,
                  "# Written by `paybridge demo`. Every secret is sealed with AES-256-GCM under secret.key.\n"
                  "server:\n  listen: \"127.0.0.1:%d\"\n  threads: 2\n"
@@ -360,9 +446,26 @@ int pb_cli_demo(int argc, char **argv)
                  "      tenant_id: \"%s\"\n"
                  "    secrets:\n      client_id: \"%s\"\n      client_secret: \"%s\"\n"
                  "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
-                 "flows:\n  - flows/opayo-xero.yaml\n",
+                 "  syspro-erp:\n    connector: syspro\n    settings:\n"
+                 "      base_url: \"http://127.0.0.1:%d/SYSPROWCFService/Rest\"\n"
+                 "      company_id: EDU1\n      operator: ADMIN\n      bank: BANK1\n"
+                 "    secrets:\n      operator_password: \"%s\"\n      company_password: \"%s\"\n"
+                 "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
+                 "  paytrace-shop:\n    connector: paytrace\n    settings:\n"
+                 "      api_base: \"http://127.0.0.1:%d\"\n"
+                 "    poll_interval_s: 20\n"
+                 "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
+                 "      webhook_secret: \"%s\"\n"
+                 "  sagex3-erp:\n    connector: sagex3\n    settings:\n"
+                 "      base_url: \"http://127.0.0.1:%d\"\n      pool_alias: SEED\n"
+                 "      default_site: US011\n"
+                 "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
+                 "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
+                 "flows:\n  - flows/opayo-xero.yaml\n  - flows/opayo-syspro.yaml\n"
+                 "  - flows/paytrace-sagex3.yaml\n",
                  port, admin_hash, oport, s_notify, s_ik, s_ip, xport, xport,
-                 DEMO_TENANT, s_cid, s_cs) < 0) {
+                 DEMO_TENANT, s_cid, s_cs, sport, s_sop, s_scp, pport, s_ptu, s_ptp, s_ptw, x3port,
+                 s_x3u, s_x3p) < 0) {
         fprintf(stderr, "paybridge demo: out of memory\n");
         goto out;
     }
@@ -400,9 +503,15 @@ int pb_cli_demo(int argc, char **argv)
                  "{\"notify_url\":\"http://127.0.0.1:%d/hooks/opayo-shop\",\"notify_secret\":\"sandbox-notify-secret\"}",
                  pb_engine_port(e));
         int st = post_json(http, url, NULL, NULL, NULL, body, NULL);
+        int st2;
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/_sandbox/settings", pport);
+        snprintf(body, sizeof(body), "{\"webhook_url\":\"http://127.0.0.1:%d/hooks/paytrace-shop\"}",
+                 pb_engine_port(e));
+        st2 = post_json(http, url, NULL, NULL, NULL, body, NULL);
         pb_http_client_free(http);
-        if (st / 100 != 2) {
-            fprintf(stderr, "paybridge demo: could not configure the Opayo sandbox (HTTP %d)\n", st);
+        if (st / 100 != 2 || st2 / 100 != 2) {
+            fprintf(stderr, "paybridge demo: could not configure the sandbox (Opayo HTTP %d, PayTrace HTTP %d)\n",
+                    st, st2);
             goto out;
         }
     }
@@ -414,7 +523,9 @@ int pb_cli_demo(int argc, char **argv)
     printf("  metrics       http://127.0.0.1:%d/metrics\n", ep);
     printf("  admin API     http://127.0.0.1:%d/admin/events   (Authorization: Bearer %s)\n", ep, admin_key);
     printf("  dead letters  http://127.0.0.1:%d/admin/dlq       or: build/paybridge dlq list -c %s\n", ep, cfgpath);
-    printf("  sandbox       Opayo Pi http://127.0.0.1:%d/api/v1   Xero http://127.0.0.1:%d/api.xro/2.0\n", oport, xport);
+    printf("  pairs         Opayo -> Xero, Opayo -> SYSPRO, PayTrace -> Sage X3\n");
+    printf("  sandbox       Opayo Pi :%d  Xero :%d  SYSPRO :%d  PayTrace :%d  Sage X3 :%d (127.0.0.1)\n",
+           oport, xport, sport, pport, x3port);
     printf("  traffic       %.1f orders/s%s%s\n", rate, duration ? ", stopping after " : " until Ctrl-C",
            duration ? "" : "");
     if (duration)
@@ -427,6 +538,7 @@ int pb_cli_demo(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     memset(&t, 0, sizeof(t));
     t.opayo_port = oport;
+    t.paytrace_port = pport;
     t.rate = rate;
     t.seed = (unsigned)time(NULL);
     pthread_create(&tt, NULL, traffic_main, &t);
@@ -462,6 +574,41 @@ int pb_cli_demo(int argc, char **argv)
         sleep(1);
     }
     summarise(e, &s);
+    {
+        /* what each ERP emulator holds now, read from its own stats */
+        struct pb_http_client *http = NULL;
+        static const struct {
+            const char *system, *label, *keys[4];
+        } erps[] = {
+            {"xero", "Xero", {"contacts", "invoices", "payments", NULL}},
+            {"syspro", "SYSPRO", {"customers", "sales_orders", "ar_payments", NULL}},
+            {"sagex3", "Sage X3", {"customers", "sales_orders", "allocations", "payments"}},
+        };
+        if (pb_http_client_new(&http, &err) == PB_OK) {
+            for (size_t i = 0; i < sizeof(erps) / sizeof(erps[0]); i++) {
+                struct pb_http_call call;
+                char url[128];
+                json_t *st = NULL;
+                memset(&call, 0, sizeof(call));
+                snprintf(url, sizeof(url), "http://127.0.0.1:%d/_sandbox/stats",
+                         pb_sandbox_port(sb, erps[i].system));
+                call.method = "GET";
+                call.url = url;
+                call.timeout_ms = 5000;
+                if (pb_http_perform(http, &call, &err) == PB_OK && call.response)
+                    st = json_loads(call.response, 0, NULL);
+                printf("demo: %-8s", erps[i].label);
+                for (int k = 0; k < 4 && erps[i].keys[k]; k++)
+                    printf(" %s=%lld", erps[i].keys[k],
+                           (long long)json_integer_value(json_object_get(st, erps[i].keys[k])));
+                printf("\n");
+                json_decref(st);
+                pb_http_call_reset(&call);
+            }
+            pb_http_client_free(http);
+        }
+    }
+    printf("demo: %d Opayo orders and %d PayTrace sales played\n", t.orders, t.paytrace_sales);
     printf("demo: declined=%lld (never posted, by design)\n", s.declined);
     printf("demo: accepted=%lld posted=%lld dead=%lld duplicates=%lld\n", s.accepted, s.posted, s.dead,
            s.duplicates);
@@ -480,6 +627,13 @@ out:
     free(s_ip);
     free(s_cid);
     free(s_cs);
+    free(s_sop);
+    free(s_scp);
+    free(s_x3u);
+    free(s_x3p);
+    free(s_ptu);
+    free(s_ptp);
+    free(s_ptw);
     memset(key, 0, sizeof(key));
     return rc;
 }

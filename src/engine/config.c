@@ -148,7 +148,8 @@ static char *resolve_path(const char *config_path, const char *rel)
 static void load_connection(struct ctx *c, struct pb_config *cfg, const char *name, json_t *obj,
                             const unsigned char *key, int have_key, int init)
 {
-    static const char *const keys[] = {"connector", "settings", "secrets", "retry", "rate_limit", NULL};
+    static const char *const keys[] = {"connector", "settings", "secrets", "retry", "rate_limit",
+                                       "poll_interval_s", NULL};
     static const char *const retry_keys[] = {"base_ms", "cap_ms", "max_attempts", NULL};
     static const char *const rl_keys[] = {"per_minute", "per_day", "concurrent", "max_wait_ms", NULL};
     struct pb_conn_entry *e = &cfg->conns[cfg->n_conns];
@@ -242,6 +243,10 @@ static void load_connection(struct ctx *c, struct pb_config *cfg, const char *na
                 ERR(c, obj, "%s.rate_limit: %s", section, err.msg);
         }
     }
+    e->poll_interval_s = (long)get_int(c, obj, "poll_interval_s", section, 0, 0, 86400);
+    if (e->poll_interval_s > 0 && !(type->caps & PB_CAP_POLL))
+        ERR(c, json_object_get(obj, "poll_interval_s"),
+            "%s.poll_interval_s: the %s connector cannot poll", section, cname);
     cfg->n_conns++;
     if (init) {
         pb_err_clear(&err);

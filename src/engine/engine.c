@@ -889,7 +889,7 @@ static void *poller_main(void *arg)
             break;
         for (size_t i = 0; i < e->cfg->n_conns; i++) {
             struct pb_conn_entry *c = &e->cfg->conns[i];
-            long long every = pb_connection_setting_int(&c->conn, "poll_interval_s", 0);
+            long long every = c->poll_interval_s;
             int64_t now = pb_now_ms();
             if (!(c->conn.type->caps & PB_CAP_POLL) || !c->conn.type->poll || every <= 0 ||
                 now < due[i])
