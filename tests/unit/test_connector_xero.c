@@ -11,7 +11,16 @@
  * invoice; attempt = 2 finding the existing record and creating nothing; an
  * identical retried write answered from Xero's idempotency store; invoice.void
  * and its retry; 429 (fault burst_429) and 500 (error_rate) as transient with
- * retry_after_s; bad client credentials.
+ * retry_after_s; bad client credentials. Credit notes: creditnote.create and
+ * its retry by Reference; creditnote.allocate (an over-allocation refused in
+ * Xero's words, a retry that finds the allocation on the credit note and
+ * sends nothing, or only the missing one); a partial refund of a PAID
+ * invoice (the allocation refused, the refund paid out of the credit note by
+ * creditnote.refund, a retry finding it, payments and refunds that share a
+ * Reference kept apart); creditnote.void and its retry. Every request those
+ * tests made is then checked against xero_accounting.yaml: the operation
+ * exists, its query parameters are declared, its body conforms to the
+ * schema (skipped when the spec is absent; PB_XERO_SPEC names it).
  *
  * Fake server (pb_httpd on an ephemeral port): records the last API request's
  * headers and body, and answers with a scripted status/body, to check the
@@ -34,10 +43,13 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "connectors/connector.h"
 #include "connectors/xero/xero_internal.h"
+#include "core/diag.h"
 #include "core/json.h"
+#include "core/yamldoc.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
 #include "net/ratelimit.h"
@@ -325,7 +337,13 @@ static void test_init_settings(void **state)
     assert_int_equal(c->type->max_batch(c, "invoice.create"), 20);
     assert_int_equal(c->type->max_batch(c, "payment.create"), 20);
     assert_int_equal(c->type->max_batch(c, "invoice.void"), 1);
+    assert_int_equal(c->type->max_batch(c, "creditnote.create"), 20);
+    assert_int_equal(c->type->max_batch(c, "creditnote.refund"), 20);
+    assert_int_equal(c->type->max_batch(c, "creditnote.allocate"), 1);
+    assert_int_equal(c->type->max_batch(c, "creditnote.void"), 1);
     assert_int_equal(c->type->max_batch(c, "journal.post"), 0);
+    assert_int_equal(c->type->max_batch(c, "creditnote.delete"), 0);
+    assert_int_equal(c->type->max_batch(c, NULL), 0);
     assert_int_equal(pb_connector_xero.caps, PB_CAP_SINK);
     assert_int_equal(pb_connector_xero.default_rate_limit.per_minute, 60);
     assert_int_equal(pb_connector_xero.default_rate_limit.per_day, 5000);
@@ -783,6 +801,654 @@ static void test_unknown_command(void **state)
     connection_free(c);
 }
 
+/* ---- credit notes ---------------------------------------------------------------------------- */
+
+/* Every write and look-up of the credit-note tests, for test_requests_conform_to_spec. */
+static json_t *credit_trace;
+
+static enum pb_rc execute_traced(struct pb_connection *c, struct batch *b, struct pb_err *err)
+{
+    if (!credit_trace)
+        credit_trace = json_array();
+    return execute_at(c, b, time(NULL), credit_trace, err);
+}
+
+static json_t *credit_note(const char *contact_id, const char *reference, const char *amount)
+{
+    return json_pack("{s:s,s:{s:s},s:s,s:s,s:s,s:s,s:s,s:[{s:s,s:s,s:s,s:s}]}", "Type",
+                     "ACCRECCREDIT", "Contact", "ContactID", contact_id, "Date", "2026-11-22",
+                     "Status", "AUTHORISED", "LineAmountTypes", "NoTax", "CurrencyCode", "GBP",
+                     "Reference", reference, "LineItems", "Description", "Refund", "Quantity",
+                     "1", "UnitAmount", amount, "AccountCode", "200");
+}
+
+static json_t *allocation(const char *credit_note_id, const char *invoice_id, const char *amount)
+{
+    return json_pack("{s:s,s:[{s:{s:s},s:s,s:s}]}", "CreditNoteID", credit_note_id,
+                     "Allocations", "Invoice", "InvoiceID", invoice_id, "Amount", amount, "Date",
+                     "2026-11-22");
+}
+
+static json_t *refund(const char *credit_note_id, const char *reference, const char *amount)
+{
+    return json_pack("{s:{s:s},s:{s:s},s:s,s:s,s:s}", "CreditNote", "CreditNoteID",
+                     credit_note_id, "Account", "Code", "091", "Date", "2026-11-22", "Amount",
+                     amount, "Reference", reference);
+}
+
+/* Run one item of `command`; returns its rc, erp_id into id (may be NULL). */
+static enum pb_rc run_one(struct pb_connection *c, const char *command, json_t *doc,
+                          const char *reference, const char *key, uint32_t attempt, char id[64],
+                          char *message, size_t message_len)
+{
+    struct batch b = {0};
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    add(&b, command, doc, reference, key, attempt);
+    execute_traced(c, &b, &err);
+    rc = b.it[0].rc;
+    if (id)
+        snprintf(id, 64, "%s", b.it[0].erp_id);
+    if (message)
+        snprintf(message, message_len, "%s", b.it[0].message);
+    batch_clear(&b);
+    return rc;
+}
+
+/* An AUTHORISED invoice of `amount`; its id into inv. */
+static void make_invoice(struct pb_connection *c, const char *cid, const char *reference,
+                         const char *amount, char inv[64])
+{
+    char msg[512];
+    if (run_one(c, "invoice.create", invoice(cid, reference, "200", amount), reference,
+                reference, 1, inv, msg, sizeof msg) != PB_OK)
+        fail_msg("invoice: %s", msg);
+}
+
+static void test_creditnote_create_and_retry(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], cn[64];
+    long long requests;
+
+    make_contact(c, "ann@example.com", cid);
+    add(&b, "creditnote.create", credit_note(cid, "RF-1", "10.50"), "REFUND-1", "kc1", 1);
+    add(&b, "creditnote.create", credit_note(cid, "RF-2", "1.00"), "REFUND-2", "kc2", 1);
+    json_object_set_new(json_array_get(json_object_get(b.docs[1], "LineItems"), 0), "AccountCode",
+                        json_string("999"));
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "RF-1");
+    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "AUTHORISED");
+    assert_true(json_is_number(pb_json_path(b.it[0].result, "RemainingCredit")));
+    assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
+    assert_contains(b.it[1].message, "Xero refused the CreditNote: Account code '999' is not a "
+                                     "valid code for this document.");
+    snprintf(cn, sizeof cn, "%s", b.it[0].erp_id);
+    batch_clear(&b);
+    assert_int_equal(stat_of("credit_notes"), 1);
+
+    /* attempt 2 with another key: found by Reference, nothing sent but the GET */
+    requests = stat_of("requests");
+    add(&b, "creditnote.create", credit_note(cid, "RF-1", "10.50"), "REFUND-1", "kc1-b", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, cn);
+    batch_clear(&b);
+    assert_int_equal(stat_of("requests"), requests + 1);
+    assert_int_equal(stat_of("credit_notes"), 1);
+
+    /* the identical write again (a batch whose reply was lost): Xero's
+     * idempotency store answers it, nothing is created */
+    add(&b, "creditnote.create", credit_note(cid, "RF-1", "10.50"), "REFUND-1", "kc1", 1);
+    add(&b, "creditnote.create", credit_note(cid, "RF-2", "1.00"), "REFUND-2", "kc2", 1);
+    json_object_set_new(json_array_get(json_object_get(b.docs[1], "LineItems"), 0), "AccountCode",
+                        json_string("999"));
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, cn);
+    assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
+    batch_clear(&b);
+    assert_int_equal(stat_of("idempotent_replays"), 1);
+    assert_int_equal(stat_of("credit_notes"), 1);
+
+    /* a supplier credit that shares the Reference is not ours: created */
+    add(&b, "creditnote.create", credit_note(cid, "RF-1", "2.00"), "REFUND-1", "kc3", 2);
+    json_object_set_new(b.docs[0], "Type", json_string("ACCPAYCREDIT"));
+    json_object_set_new(json_array_get(json_object_get(b.docs[0], "LineItems"), 0), "AccountCode",
+                        json_string("404"));
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_not_equal(b.it[0].erp_id, cn);
+    batch_clear(&b);
+    assert_int_equal(stat_of("credit_notes"), 2);
+    assert_int_equal(stat_of("duplicate_credit_note_references"), 1);
+    connection_free(c);
+}
+
+/* Credit applied to an unpaid invoice; an over-allocation refused in Xero's
+ * words; retries that find the allocation send nothing, or only what is
+ * missing. */
+static void test_creditnote_allocate(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64], cn[64], msg[512];
+    long long requests;
+    json_t *doc, *el;
+
+    make_contact(c, "ann@example.com", cid);
+    make_invoice(c, cid, "ORDER-60", "30.00", inv);
+    assert_int_equal(run_one(c, "creditnote.create", credit_note(cid, "RF-60", "10.00"), "RF-60",
+                             "kc60", 1, cn, msg, sizeof msg),
+                     PB_OK);
+
+    /* more than the credit note holds */
+    assert_int_equal(run_one(c, "creditnote.allocate", allocation(cn, inv, "12.00"), "AL-60",
+                             "ka60", 1, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "Xero refused the Allocation: Credit Note cannot be allocated as amount "
+                         "is greater than amount outstanding");
+    assert_int_equal(stat_of("allocations"), 0);
+
+    add(&b, "creditnote.allocate", allocation(cn, inv, "4.00"), "AL-61", "ka61", 1);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, cn);
+    assert_string_equal(pb_json_str(b.it[0].result, "CreditNoteID"), cn);
+    el = pb_json_path(b.it[0].result, "Allocations.0");
+    assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv);
+    assert_true(json_is_number(json_object_get(el, "Amount")));
+    batch_clear(&b);
+    assert_int_equal(stat_of("allocations"), 1);
+
+    /* attempt 2 (its reply was lost): the credit note has it, nothing is sent */
+    requests = stat_of("requests");
+    add(&b, "creditnote.allocate", allocation(cn, inv, "4.00"), "AL-61", "ka61-b", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, cn);
+    assert_int_equal(json_array_size(pb_json_path(b.it[0].result, "Allocations")), 1);
+    batch_clear(&b);
+    assert_int_equal(stat_of("requests"), requests + 1);
+    assert_int_equal(stat_of("allocations"), 1);
+
+    /* attempt 2 of a document of two, one of them saved: only the other goes */
+    doc = allocation(cn, inv, "4");
+    json_array_append_new(json_object_get(doc, "Allocations"),
+                          json_pack("{s:{s:s},s:s,s:s}", "Invoice", "InvoiceID", inv, "Amount",
+                                    "3.50", "Date", "2026-11-22"));
+    add(&b, "creditnote.allocate", doc, "AL-62", "ka62", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_int_equal(json_array_size(pb_json_path(b.it[0].result, "Allocations")), 2);
+    el = pb_json_path(b.it[0].result, "Allocations.1");
+    /* the invoice owes 30.00 - 4.00 - 3.50 */
+    assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv);
+    {
+        int64_t due = 0;
+        assert_int_equal(pb_json_to_minor(pb_json_path(el, "Invoice.AmountDue"), "GBP", &due,
+                                          &err),
+                         PB_OK);
+        assert_int_equal(due, 2250);
+        assert_int_equal(pb_json_to_minor(pb_json_path(el, "CreditNote.RemainingCredit"), "GBP",
+                                          &due, &err),
+                         PB_OK);
+        assert_int_equal(due, 250);
+    }
+    batch_clear(&b);
+    assert_int_equal(stat_of("allocations"), 2);
+    /* the last request carried the missing allocation only */
+    assert_contains(pb_json_str(json_array_get(credit_trace, json_array_size(credit_trace) - 1),
+                                "request"),
+                    "{\"Allocations\":[{\"Invoice\":{\"InvoiceID\":");
+    assert_null(strstr(pb_json_str(json_array_get(credit_trace, json_array_size(credit_trace) - 1),
+                                   "request"),
+                       "\"Amount\":4"));
+
+    /* documents that are not the shape, an unknown credit note */
+    assert_int_equal(run_one(c, "creditnote.allocate", json_pack("{s:[]}", "Allocations"),
+                             "AL-63", "ka63", 1, NULL, msg, sizeof msg),
+                     PB_ERR_MAPPING);
+    assert_contains(msg, "CreditNoteID");
+    assert_int_equal(run_one(c, "creditnote.allocate", json_pack("{s:s,s:[]}", "CreditNoteID", cn,
+                                                                 "Allocations"),
+                             "AL-64", "ka64", 1, NULL, msg, sizeof msg),
+                     PB_ERR_MAPPING);
+    assert_contains(msg, "Allocations");
+    doc = allocation(cn, inv, "1.00");
+    json_object_del(json_array_get(json_object_get(doc, "Allocations"), 0), "Date");
+    assert_int_equal(run_one(c, "creditnote.allocate", doc, "AL-65", "ka65", 1, NULL, msg,
+                             sizeof msg),
+                     PB_ERR_MAPPING);
+    assert_contains(msg, "Allocations[0]");
+    assert_int_equal(run_one(c, "creditnote.allocate",
+                             allocation("00000000-0000-4000-8000-000000000000", inv, "1.00"),
+                             "AL-66", "ka66", 1, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "Xero has no credit note 00000000-0000-4000-8000-000000000000");
+    assert_int_equal(run_one(c, "creditnote.allocate",
+                             allocation("00000000-0000-4000-8000-000000000000", inv, "1.00"),
+                             "AL-66", "ka66", 2, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "Xero has no credit note");
+
+    /* a 429: transient for the call, with Retry-After */
+    assert_int_equal(admin("POST", "/_sandbox/faults", "{\"burst_429\":1,\"retry_after_s\":3}",
+                           NULL),
+                     200);
+    add(&b, "creditnote.allocate", allocation(cn, inv, "1.00"), "AL-67", "ka67", 1);
+    assert_int_equal(execute_traced(c, &b, &err), PB_ERR_TRANSIENT);
+    assert_int_equal(b.it[0].rc, PB_ERR_TRANSIENT);
+    assert_int_equal(b.it[0].retry_after_s, 3);
+    batch_clear(&b);
+    assert_int_equal(stat_of("allocations"), 2);
+    connection_free(c);
+}
+
+/* A partial refund of a PAID invoice: a credit note for part of it, which
+ * cannot be allocated to the paid invoice, and a refund payment out of it. */
+static void test_creditnote_partial_refund_of_paid_invoice(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64], inv2[64], cn[64], pay[64], refund_id[64], msg[512];
+    int64_t left = -1;
+
+    make_contact(c, "ann@example.com", cid);
+    make_invoice(c, cid, "ORDER-70", "25.00", inv);
+    assert_int_equal(run_one(c, "payment.create", payment(inv, "ORDER-70", "25.00"), "PAY-70",
+                             "kp70", 1, pay, msg, sizeof msg),
+                     PB_OK);
+    assert_int_equal(run_one(c, "creditnote.create", credit_note(cid, "RF-70", "10.00"), "RF-70",
+                             "kc70", 1, cn, msg, sizeof msg),
+                     PB_OK);
+    /* Xero takes no allocation on a paid invoice */
+    assert_int_equal(run_one(c, "creditnote.allocate", allocation(cn, inv, "10.00"), "AL-70",
+                             "ka70", 1, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "The invoice you are trying to allocate to has already been paid off");
+
+    /* so the money goes back as a refund out of the credit note */
+    add(&b, "creditnote.refund", refund(cn, "RF-70", "10.00"), "REFUND-70", "kr70", 1);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(pb_json_str(b.it[0].result, "PaymentType"), "ARCREDITPAYMENT");
+    assert_string_equal(pb_json_str(b.it[0].result, "CreditNote.CreditNoteID"), cn);
+    assert_int_equal(pb_json_to_minor(pb_json_path(b.it[0].result, "CreditNote.RemainingCredit"),
+                                      "GBP", &left, &err),
+                     PB_OK);
+    assert_int_equal(left, 0);
+    snprintf(refund_id, sizeof refund_id, "%s", b.it[0].erp_id);
+    assert_string_not_equal(refund_id, pay);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 2);
+
+    /* a retry finds it by Reference: no second refund */
+    add(&b, "creditnote.refund", refund(cn, "RF-70", "10.00"), "REFUND-70", "kr70-b", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, refund_id);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 2);
+
+    /* and the invoice's payment, which shares the Reference ORDER-70 with no
+     * refund, is never taken for a refund, nor a refund for a payment */
+    add(&b, "creditnote.refund", refund(cn, "ORDER-70", "10.00"), "REFUND-71", "kr71", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    assert_int_equal(b.it[0].rc, PB_ERR_PERMANENT); /* looked up, not found, sent: note is PAID */
+    assert_contains(b.it[0].message, "Credit Note not of valid status for creation of a payment");
+    batch_clear(&b);
+    make_invoice(c, cid, "ORDER-71", "5.00", inv2);
+    add(&b, "payment.create", payment(inv2, "RF-70", "5.00"), "PAY-71", "kp71", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_not_equal(b.it[0].erp_id, refund_id);
+    assert_string_equal(pb_json_str(b.it[0].result, "Invoice.InvoiceID"), inv2);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 3);
+
+    /* a refund out of another credit note that shares the Reference is another refund */
+    assert_int_equal(run_one(c, "creditnote.create", credit_note(cid, "RF-73", "2.00"), "RF-73",
+                             "kc73", 1, cn, msg, sizeof msg),
+                     PB_OK);
+    add(&b, "creditnote.refund", refund(cn, "RF-70", "2.00"), "REFUND-73", "kr73", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_not_equal(b.it[0].erp_id, refund_id);
+    assert_string_equal(pb_json_str(b.it[0].result, "CreditNote.CreditNoteID"), cn);
+    batch_clear(&b);
+    assert_int_equal(stat_of("payments"), 4);
+
+    /* a refund document must name the credit note, and no invoice */
+    assert_int_equal(run_one(c, "creditnote.refund", payment(inv, "RF-72", "1.00"), "REFUND-72",
+                             "kr72", 1, NULL, msg, sizeof msg),
+                     PB_ERR_MAPPING);
+    assert_contains(msg, "CreditNote.CreditNoteID");
+    connection_free(c);
+}
+
+static void test_creditnote_void(void **state)
+{
+    struct pb_connection *c = connection();
+    struct batch b = {0};
+    struct pb_err err = {0};
+    char cid[64], inv[64], cn[64], cn2[64], msg[512];
+    long long requests;
+
+    make_contact(c, "ann@example.com", cid);
+    /* a chargeback opened: a credit note; won: the credit note voided */
+    assert_int_equal(run_one(c, "creditnote.create", credit_note(cid, "CB-80", "19.99"), "CB-80",
+                             "kc80", 1, cn, msg, sizeof msg),
+                     PB_OK);
+    add(&b, "creditnote.void", json_pack("{s:s}", "CreditNoteID", cn), "CB-80-WON", "kv80", 1);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(b.it[0].erp_id, cn);
+    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    batch_clear(&b);
+
+    /* a retry finds it VOIDED and sends no second void */
+    requests = stat_of("requests");
+    add(&b, "creditnote.void", json_pack("{s:s}", "CreditNoteID", cn), "CB-80-WON", "kv80-b", 2);
+    assert_int_equal(execute_traced(c, &b, &err), PB_OK);
+    expect_ok(&b, 0);
+    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    batch_clear(&b);
+    assert_int_equal(stat_of("requests"), requests + 1);
+
+    /* an allocated credit note cannot be voided: Xero's refusal, permanent */
+    make_invoice(c, cid, "ORDER-81", "30.00", inv);
+    assert_int_equal(run_one(c, "creditnote.create", credit_note(cid, "CB-81", "5.00"), "CB-81",
+                             "kc81", 1, cn2, msg, sizeof msg),
+                     PB_OK);
+    assert_int_equal(run_one(c, "creditnote.allocate", allocation(cn2, inv, "5.00"), "AL-81",
+                             "ka81", 1, NULL, msg, sizeof msg),
+                     PB_OK);
+    assert_int_equal(run_one(c, "creditnote.void", json_pack("{s:s}", "CreditNoteID", cn2),
+                             "CB-81-WON", "kv81", 2, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "Xero refused the CreditNote: Credit Note status cannot be changed from "
+                         "PAID to VOIDED");
+    assert_int_equal(run_one(c, "creditnote.void", json_pack("{s:s}", "InvoiceID", inv),
+                             "CB-82-WON", "kv82", 1, NULL, msg, sizeof msg),
+                     PB_ERR_MAPPING);
+    assert_contains(msg, "creditnote.void needs the document's CreditNoteID");
+    assert_int_equal(run_one(c, "creditnote.void",
+                             json_pack("{s:s}", "CreditNoteID",
+                                       "00000000-0000-4000-8000-000000000000"),
+                             "CB-83-WON", "kv83", 2, NULL, msg, sizeof msg),
+                     PB_ERR_PERMANENT);
+    assert_contains(msg, "Xero has no credit note");
+    connection_free(c);
+}
+
+/* ---- the requests against Xero's Accounting API spec ----------------------------------------- */
+
+static const json_t *spec_resolve(const json_t *root, const json_t *node)
+{
+    for (int i = 0; i < 8 && node; i++) {
+        const char *ref = json_string_value(json_object_get(node, "$ref"));
+        const char *p;
+        if (!ref)
+            return node;
+        if (strncmp(ref, "#/", 2) != 0)
+            return NULL;
+        /* "#/components/schemas/CreditNote" */
+        node = root;
+        for (p = ref + 2; node && *p;) {
+            const char *end = strchr(p, '/');
+            char seg[128];
+            size_t n = end ? (size_t)(end - p) : strlen(p);
+            snprintf(seg, sizeof seg, "%.*s", (int)n, p);
+            node = json_object_get(node, seg);
+            p += n + (end ? 1 : 0);
+        }
+    }
+    return NULL;
+}
+
+/* 1 when `v` conforms to `schema`: every member a non-read-only property,
+ * enums hold, strings are strings, numbers numbers (or decimal text). */
+static int spec_conform(const json_t *root, const json_t *schema, const json_t *v,
+                        const char *path, char *why, size_t len)
+{
+    const json_t *props, *en;
+    const char *type;
+    schema = spec_resolve(root, schema);
+    if (!schema) {
+        snprintf(why, len, "%s: schema not found", path);
+        return 0;
+    }
+    props = json_object_get(schema, "properties");
+    type = json_string_value(json_object_get(schema, "type"));
+    en = json_object_get(schema, "enum");
+    if (props) {
+        const char *key;
+        json_t *member;
+        if (!json_is_object(v)) {
+            snprintf(why, len, "%s: must be an object", path);
+            return 0;
+        }
+        json_object_foreach((json_t *)v, key, member) {
+            const json_t *p = json_object_get(props, key);
+            char sub[256];
+            snprintf(sub, sizeof sub, "%s.%s", path, key);
+            if (!p) {
+                snprintf(why, len, "%s: no such field in the schema", sub);
+                return 0;
+            }
+            if (json_is_true(json_object_get(p, "readOnly"))) {
+                snprintf(why, len, "%s: the field is read-only", sub);
+                return 0;
+            }
+            if (!spec_conform(root, p, member, sub, why, len))
+                return 0;
+        }
+        return 1;
+    }
+    if (type && strcmp(type, "array") == 0) {
+        size_t i;
+        json_t *item;
+        if (!json_is_array(v)) {
+            snprintf(why, len, "%s: must be a list", path);
+            return 0;
+        }
+        json_array_foreach(v, i, item) {
+            char sub[256];
+            snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+            if (!spec_conform(root, json_object_get(schema, "items"), item, sub, why, len))
+                return 0;
+        }
+        return 1;
+    }
+    if (json_is_array(en)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(en, i, e) if (json_equal(e, v)) return 1;
+        snprintf(why, len, "%s: %s is not one of the enum values", path,
+                 json_is_string(v) ? json_string_value(v) : "(not text)");
+        return 0;
+    }
+    if (type && strcmp(type, "string") == 0 && !json_is_string(v)) {
+        snprintf(why, len, "%s: must be text", path);
+        return 0;
+    }
+    if (type && strcmp(type, "number") == 0 && !json_is_number(v)) {
+        snprintf(why, len, "%s: must be a number", path);
+        return 0;
+    }
+    if (type && strcmp(type, "boolean") == 0 && !json_is_boolean(v)) {
+        snprintf(why, len, "%s: must be a boolean", path);
+        return 0;
+    }
+    return 1;
+}
+
+/* The spec's path template for a request path ("/CreditNotes/{CreditNoteID}"). */
+static const char *spec_template(const json_t *paths, const char *path)
+{
+    const char *tpl;
+    json_t *op;
+    json_object_foreach((json_t *)paths, tpl, op) {
+        const char *a = tpl, *b = path;
+        while (*a && *b) {
+            if (*a == '{') {
+                a = strchr(a, '}');
+                if (!a)
+                    break;
+                a++;
+                while (*b && *b != '/')
+                    b++;
+                continue;
+            }
+            if (*a != *b)
+                break;
+            a++;
+            b++;
+        }
+        if (a && !*a && !*b)
+            return tpl;
+    }
+    return NULL;
+}
+
+/* 1 when the operation (or its path) declares query parameter `name`. */
+static int spec_has_query(const json_t *root, const json_t *item, const json_t *op,
+                          const char *name)
+{
+    const json_t *lists[2] = {json_object_get(item, "parameters"),
+                              json_object_get(op, "parameters")};
+    for (int l = 0; l < 2; l++) {
+        size_t i;
+        json_t *p;
+        json_array_foreach((json_t *)lists[l], i, p) {
+            const json_t *r = spec_resolve(root, p);
+            if (r && !strcmp(pb_json_str(r, "in") ? pb_json_str(r, "in") : "", "query") &&
+                !strcmp(pb_json_str(r, "name") ? pb_json_str(r, "name") : "", name))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* Every call the credit-note tests made: the method and path are operations
+ * of xero_accounting.yaml, the query parameters are the operation's, and
+ * each request body conforms to the operation's requestBody schema. */
+static void test_requests_conform_to_spec(void **state)
+{
+    const char *spec = getenv("PB_XERO_SPEC");
+    struct pb_yamldoc *doc = NULL;
+    struct pb_diags d = {0};
+    const json_t *root, *paths;
+    json_t *call;
+    size_t i, writes = 0, seen_alloc = 0, seen_refund = 0;
+
+    if (!spec)
+        spec = "/work/shared/specs/xero/xero_accounting.yaml";
+    if (access(spec, R_OK) != 0) {
+        fprintf(stderr, "skipped: Xero spec not found at %s (set PB_XERO_SPEC)\n", spec);
+        skip();
+    }
+    assert_non_null(credit_trace); /* the credit-note tests ran first */
+    if (pb_yamldoc_load_file(spec, &doc, &d) != PB_OK) {
+        pb_diags_print(&d, stderr);
+        fail_msg("cannot load %s", spec);
+    }
+    root = pb_yamldoc_root(doc);
+    paths = json_object_get(root, "paths");
+    json_array_foreach(credit_trace, i, call) {
+        const char *url = pb_json_str(call, "url"), *method = pb_json_str(call, "method");
+        const char *api = url ? strstr(url, "/api.xro/2.0") : NULL, *q;
+        const char *body = pb_json_str(call, "request");
+        const char *tpl;
+        const json_t *item, *op, *schema;
+        char path[512], lower[8], why[512];
+        size_t k;
+
+        if (!api)
+            continue; /* the token endpoint: xero-identity.yaml */
+        api += strlen("/api.xro/2.0");
+        q = strchr(api, '?');
+        snprintf(path, sizeof path, "%.*s", (int)(q ? q - api : (long)strlen(api)), api);
+        tpl = spec_template(paths, path);
+        if (!tpl)
+            fail_msg("%s %s: no such path in the spec", method, path);
+        for (k = 0; method[k] && k < sizeof lower - 1; k++)
+            lower[k] = (char)(method[k] | 0x20);
+        lower[k] = '\0';
+        item = json_object_get(paths, tpl);
+        op = json_object_get(item, lower);
+        if (!op)
+            fail_msg("%s %s: the spec has no %s on %s", method, path, method, tpl);
+        for (const char *p = q ? q + 1 : NULL; p && *p;) {
+            char name[64];
+            size_t n = strcspn(p, "=&");
+            snprintf(name, sizeof name, "%.*s", (int)n, p);
+            if (!spec_has_query(root, item, op, name))
+                fail_msg("%s %s: query parameter %s is not the operation's", method, tpl, name);
+            p += strcspn(p, "&");
+            if (*p)
+                p++;
+        }
+        if (!body)
+            continue;
+        schema = pb_json_path(op, "requestBody.content.application/json.schema");
+        if (!schema) /* the path has a '/' in a key: walk it by hand */
+            schema = json_object_get(json_object_get(json_object_get(json_object_get(
+                                                         op, "requestBody"),
+                                                     "content"),
+                                     "application/json"),
+                                     "schema");
+        if (!schema)
+            fail_msg("%s %s: the spec takes no body", method, tpl);
+        {
+            json_t *sent = json_loads(body, 0, NULL);
+            if (!sent)
+                fail_msg("%s %s: the body is not JSON: %s", method, tpl, body);
+            if (!spec_conform(root, schema, sent, tpl, why, sizeof why))
+                fail_msg("%s %s: %s", method, tpl, why);
+            seen_alloc += strstr(tpl, "/Allocations") != NULL;
+            seen_refund += strcmp(tpl, "/Payments") == 0 && json_object_get(json_array_get(
+                                                                json_object_get(sent, "Payments"),
+                                                                0),
+                                                            "CreditNote") != NULL;
+            json_decref(sent);
+        }
+        writes++;
+    }
+    assert_true(writes >= 10);
+    assert_true(seen_alloc >= 3);
+    assert_true(seen_refund >= 1);
+    /* the checker itself catches a wrong field and a read-only one */
+    {
+        char why[256];
+        json_t *bad = json_pack("{s:[{s:s}]}", "CreditNotes", "Refrence", "x");
+        assert_false(spec_conform(root, json_object_get(json_object_get(json_object_get(
+                                                                           root, "components"),
+                                                                       "schemas"),
+                                                       "CreditNotes"),
+                                  bad, "CreditNotes", why, sizeof why));
+        assert_contains(why, "Refrence: no such field");
+        json_decref(bad);
+        bad = json_pack("{s:[{s:b}]}", "CreditNotes", "SentToContact", 1);
+        assert_false(spec_conform(root, json_object_get(json_object_get(json_object_get(
+                                                                           root, "components"),
+                                                                       "schemas"),
+                                                       "CreditNotes"),
+                                  bad, "CreditNotes", why, sizeof why));
+        assert_contains(why, "read-only");
+        json_decref(bad);
+    }
+    pb_yamldoc_free(doc);
+    json_decref(credit_trace);
+    credit_trace = NULL;
+}
+
 /* ---- the scripted fake ----------------------------------------------------------------------- */
 
 static struct {
@@ -1015,6 +1681,11 @@ int main(void)
         cmocka_unit_test_setup(test_rate_limited, test_setup),
         cmocka_unit_test_setup(test_server_error, test_setup),
         cmocka_unit_test_setup(test_unknown_command, test_setup),
+        cmocka_unit_test_setup(test_creditnote_create_and_retry, test_setup),
+        cmocka_unit_test_setup(test_creditnote_allocate, test_setup),
+        cmocka_unit_test_setup(test_creditnote_partial_refund_of_paid_invoice, test_setup),
+        cmocka_unit_test_setup(test_creditnote_void, test_setup),
+        cmocka_unit_test(test_requests_conform_to_spec),
         cmocka_unit_test(test_request_shape),
         cmocka_unit_test(test_fake_error_replies),
     };

@@ -14,9 +14,13 @@
  *   settings.token_refresh_margin_s 0..1500, default 120
  *   secrets.client_id, secrets.client_secret: the custom connection's credentials
  *
- * Commands and their batch sizes:
- *   contact.upsert, invoice.create, payment.create -> settings.batch_size
- *   invoice.void -> 1 (Xero voids one invoice per POST /Invoices/{id})
+ * Commands are a table (COMMANDS): the name, whether it is batched, and the
+ * function that runs it (xero_commands.c, xero_credit.c). Batch sizes:
+ *   contact.upsert, invoice.create, payment.create, creditnote.create,
+ *   creditnote.refund -> settings.batch_size (one PUT for the batch)
+ *   invoice.void, creditnote.void, creditnote.allocate -> 1 (Xero takes one
+ *   document per POST /Invoices/{id}, /CreditNotes/{id}, PUT
+ *   /CreditNotes/{id}/Allocations)
  *   anything else -> 0 (unknown: `paybridge check` reports the flow)
  *
  * execute() initialises every item's outputs, hands the batch to the command
@@ -187,18 +191,40 @@ static void xero_destroy(struct pb_connection *c)
     c->state = NULL;
 }
 
+typedef enum pb_rc (*xero_command_fn)(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                       struct pb_sink_item *items, size_t n, struct pb_err *err);
+
+static const struct xero_command {
+    const char *name;
+    int batched;                  /* 1: up to settings.batch_size items per call; 0: one */
+    xero_command_fn run;
+} COMMANDS[] = {
+    {"contact.upsert", 1, pb__xero_contact_upsert},
+    {"invoice.create", 1, pb__xero_create},
+    {"payment.create", 1, pb__xero_create},
+    {"invoice.void", 0, pb__xero_void},
+    {"creditnote.create", 1, pb__xero_create},
+    {"creditnote.allocate", 0, pb__xero_creditnote_allocate},
+    {"creditnote.refund", 1, pb__xero_create},
+    {"creditnote.void", 0, pb__xero_void},
+    {NULL, 0, NULL},
+};
+
+static const struct xero_command *find_command(const char *name)
+{
+    for (const struct xero_command *cmd = COMMANDS; name && cmd->name; cmd++)
+        if (strcmp(cmd->name, name) == 0)
+            return cmd;
+    return NULL;
+}
+
 static size_t xero_max_batch(const struct pb_connection *c, const char *command)
 {
     const struct xero_state *st = pb__xero_state(c);
-    size_t batch = st ? st->batch_size : XERO_BATCH_DEFAULT;
-    if (!command)
+    const struct xero_command *cmd = find_command(command);
+    if (!cmd)
         return 0;
-    if (strcmp(command, "contact.upsert") == 0 || strcmp(command, "invoice.create") == 0 ||
-        strcmp(command, "payment.create") == 0)
-        return batch;
-    if (strcmp(command, "invoice.void") == 0)
-        return 1;
-    return 0;
+    return cmd->batched ? (st ? st->batch_size : XERO_BATCH_DEFAULT) : 1;
 }
 
 static enum pb_rc xero_execute(struct pb_connection *c, struct pb_call_ctx *ctx,
@@ -225,17 +251,19 @@ static enum pb_rc xero_execute(struct pb_connection *c, struct pb_call_ctx *ctx,
     if (n > xero_max_batch(c, command) && xero_max_batch(c, command) > 0)
         return pb_err_set(err, PB_ERR_INTERNAL, "%zu items exceed max_batch %zu for %s", n,
                           xero_max_batch(c, command), command);
-    if (strcmp(command, "contact.upsert") == 0)
-        return pb__xero_contact_upsert(c, ctx, items, n, err);
-    if (strcmp(command, "invoice.create") == 0 || strcmp(command, "payment.create") == 0)
-        return pb__xero_create(c, ctx, items, n, err);
-    if (strcmp(command, "invoice.void") == 0)
-        return pb__xero_invoice_void(c, ctx, items, n, err);
-    for (size_t i = 0; i < n; i++)
+    if (find_command(command))
+        return find_command(command)->run(c, ctx, items, n, err);
+    for (size_t i = 0; i < n; i++) {
+        char known[256];
+        size_t used = 0;
+        known[0] = '\0';
+        for (const struct xero_command *cmd = COMMANDS; cmd->name && used < sizeof known; cmd++)
+            used += (size_t)snprintf(known + used, sizeof known - used, "%s%s",
+                                     used ? ", " : "", cmd->name);
         pb__xero_item_fail(&items[i], PB_ERR_PERMANENT, -1,
-                           "the xero connector has no command \"%.64s\" (it knows contact.upsert, "
-                           "invoice.create, payment.create, invoice.void)",
-                           command);
+                           "the xero connector has no command \"%.64s\" (it knows %s)", command,
+                           known);
+    }
     return pb_err_set(err, PB_ERR_PERMANENT, "%s", items[0].message);
 }
 

@@ -16,17 +16,23 @@
  *                   same customer between our look-up and our PUT) is
  *                   settled by a look-up by Name: the same email is ours,
  *                   another email is a permanent error that says so.
- *   invoice.create  document: a Xero Invoice. Items with attempt > 1 are first
- *   payment.create  looked up by Reference (one GET /Invoices or /Payments
- *                   ?where=Reference=="r" OR ...); a match is done, not created
- *                   again. The rest: one PUT /Invoices (/Payments)
- *                   ?summarizeErrors=false. A document with no Reference is
- *                   sent with Reference = the item's source reference, so that
- *                   the look-up of a later attempt can find it.
- *   invoice.void    document: {"InvoiceID": ...}. POST /Invoices/{InvoiceID}
- *                   {"Invoices":[{"InvoiceID","Status":"VOIDED"}]}; with
- *                   attempt > 1, GET /Invoices/{InvoiceID} first, and an
- *                   invoice already VOIDED is done.
+ *   invoice.create     document: a Xero Invoice, CreditNote, or Payment (on
+ *   creditnote.create  an Invoice; for creditnote.refund on a CreditNote: a
+ *   payment.create     cash refund of the credit). Items with attempt > 1 are
+ *   creditnote.refund  first looked up by Reference (one GET /Invoices,
+ *                      /CreditNotes or /Payments ?where=Reference=="r" OR
+ *                      ...); a match is done, not created again. A payment
+ *                      matches only when made on the same kind of document
+ *                      (and the same one, when both name its id). The rest:
+ *                      one PUT /Invoices (/CreditNotes, /Payments)
+ *                      ?summarizeErrors=false. A document with no Reference
+ *                      is sent with Reference = the item's source reference,
+ *                      so that the look-up of a later attempt can find it.
+ *   invoice.void       document: {"InvoiceID"} / {"CreditNoteID"}. POST
+ *   creditnote.void    /Invoices/{id} {"Invoices":[{"InvoiceID","Status":
+ *                      "VOIDED"}]} (/CreditNotes likewise); with attempt > 1,
+ *                      GET the document first, and one already VOIDED is done.
+ *   creditnote.allocate is in xero_credit.c.
  *
  * Every write carries Idempotency-Key "pb-" + SHA-256 over the command, the
  * idempotency keys of exactly the items in that write and the body
@@ -337,7 +343,32 @@ out:
     return finish(&r, items, n, err);
 }
 
-/* ---- invoice.create / payment.create ---------------------------------------------------- */
+/* ---- invoice.create / payment.create / creditnote.create / creditnote.refund ---------------- */
+
+/* A command that creates records in one PUT and finds them by Reference on a
+ * retry. For payments, `on` names the document paid (Invoice, or CreditNote
+ * for a refund): a payment found by Reference is ours only when it is made
+ * on the same kind of document (Xero's record has that member), and on the
+ * same one when both name its id, so that an invoice's payment and a refund
+ * that share a Reference never stand for each other. */
+struct create_kind {
+    const char *command;
+    const char *resource;         /* envelope and path: "Invoices", "Payments", "CreditNotes" */
+    const char *id_key;           /* "InvoiceID", "PaymentID", "CreditNoteID" */
+    const char *what;             /* the document, for mapping errors */
+    int match_type;               /* a found record must have the document's Type */
+    const char *on;               /* payments: "Invoice" or "CreditNote"; else NULL */
+    const char *on_id;            /* its id key */
+};
+
+static const struct create_kind CREATE_KINDS[] = {
+    {"invoice.create", "Invoices", "InvoiceID", "Xero Invoice", 1, NULL, NULL},
+    {"payment.create", "Payments", "PaymentID", "Xero Payment", 0, "Invoice", "InvoiceID"},
+    {"creditnote.create", "CreditNotes", "CreditNoteID", "Xero CreditNote", 1, NULL, NULL},
+    {"creditnote.refund", "Payments", "PaymentID", "Xero Payment with a CreditNote", 0,
+     "CreditNote", "CreditNoteID"},
+    {NULL, NULL, NULL, NULL, 0, NULL, NULL},
+};
 
 /* The Reference an item is known by in Xero: the document's, else the item's. */
 static const char *item_reference(const struct pb_sink_item *it)
@@ -346,18 +377,32 @@ static const char *item_reference(const struct pb_sink_item *it)
     return ref ? ref : (it->reference && it->reference[0] ? it->reference : NULL);
 }
 
-/* Does a found invoice/payment stand for this item? */
-static int same_record(json_t *found, const struct pb_sink_item *it, const char *id_key,
-                       int invoice)
+/* The id of the document a payment is made on ("Invoice.InvoiceID"), or NULL. */
+static const char *paid_document_id(json_t *payment, const struct create_kind *k)
+{
+    return doc_string(json_object_get(payment, k->on), k->on_id);
+}
+
+/* Does a found record stand for this item? */
+static int same_record(json_t *found, const struct pb_sink_item *it, const struct create_kind *k)
 {
     const char *ref = json_string_value(json_object_get(found, "Reference"));
     const char *want = item_reference(it);
     const char *type = doc_string(it->document, "Type");
-    if (!ref || !want || strcmp(ref, want) != 0 || !doc_string(found, id_key))
+    if (!ref || !want || strcmp(ref, want) != 0 || !doc_string(found, k->id_key))
         return 0;
     /* an ACCPAY bill that happens to share the reference is not our ACCREC invoice */
-    if (invoice && type && doc_string(found, "Type") && strcmp(doc_string(found, "Type"), type))
+    if (k->match_type && type && doc_string(found, "Type") &&
+        strcmp(doc_string(found, "Type"), type))
         return 0;
+    if (k->on) {
+        const char *have = paid_document_id(found, k);
+        const char *mine = paid_document_id(it->document, k);
+        if (!json_is_object(json_object_get(found, k->on)))
+            return 0; /* a payment on the other kind of document */
+        if (have && mine && strcasecmp(have, mine) != 0)
+            return 0; /* on another invoice or credit note */
+    }
     return 1;
 }
 
@@ -375,20 +420,45 @@ static json_t *outgoing(struct pb_sink_item *it)
     return copy;
 }
 
+/* The mapped document is what the command needs (else PB_ERR_MAPPING). */
+static int check_create_document(struct pb_sink_item *it, const struct create_kind *k)
+{
+    json_t *on;
+    if (!json_is_object(it->document)) {
+        pb__xero_item_fail(it, PB_ERR_MAPPING, -1,
+                           "the mapped document must be a JSON object (a %s)", k->what);
+        return 0;
+    }
+    if (strcmp(k->command, "creditnote.refund") != 0)
+        return 1;
+    on = json_object_get(it->document, "CreditNote");
+    if (json_object_get(it->document, "Invoice") ||
+        !(doc_string(on, "CreditNoteID") || doc_string(on, "CreditNoteNumber"))) {
+        pb__xero_item_fail(it, PB_ERR_MAPPING, -1,
+                           "creditnote.refund needs a Payment with CreditNote.CreditNoteID (or "
+                           "CreditNote.CreditNoteNumber) and no Invoice: a refund is paid out of "
+                           "a credit note; use payment.create to pay an invoice");
+        return 0;
+    }
+    return 1;
+}
+
 enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
                            struct pb_sink_item *items, size_t n, struct pb_err *err)
 {
-    int invoice = strcmp(items[0].command, "invoice.create") == 0;
-    const char *resource = invoice ? "Invoices" : "Payments";
-    const char *id_key = invoice ? "InvoiceID" : "PaymentID";
+    const struct create_kind *k = CREATE_KINDS;
     struct run r = {c, ctx, items[0].command, {0, -1, ""}, 0};
     struct pb_sink_item *pending[XERO_BATCH_MAX], *sent[XERO_BATCH_MAX];
     const char *refs[XERO_BATCH_MAX], *ref_fields[XERO_BATCH_MAX];
     size_t np = 0, nr = 0, ns = 0;
     json_t *root = NULL, *found, *docs = NULL;
 
+    while (k->command && strcmp(k->command, items[0].command) != 0)
+        k++;
+    if (!k->command)
+        return pb_err_set(err, PB_ERR_INTERNAL, "no create command \"%s\"", items[0].command);
     for (size_t i = 0; i < n && i < XERO_BATCH_MAX; i++)
-        if (check_document(&items[i], invoice ? "Invoice" : "Payment"))
+        if (check_create_document(&items[i], k))
             pending[np++] = &items[i];
 
     /* 1. a retried item may already exist: look it up by reference */
@@ -406,22 +476,22 @@ enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
     }
     if (nr > 0) {
         size_t kept = 0;
-        found = lookup(&r, resource, ref_fields, refs, nr, pending, np, &root);
+        found = lookup(&r, k->resource, ref_fields, refs, nr, pending, np, &root);
         if (!found)
             goto out;
         for (size_t i = 0; i < np; i++) {
             json_t *rec, *match = NULL;
-            size_t k;
+            size_t j;
             if (pending[i]->attempt > 1) {
-                json_array_foreach(found, k, rec) {
-                    if (same_record(rec, pending[i], id_key, invoice)) {
+                json_array_foreach(found, j, rec) {
+                    if (same_record(rec, pending[i], k)) {
                         match = rec;
                         break;
                     }
                 }
             }
             if (match)
-                pb__xero_item_ok(pending[i], doc_string(match, id_key), match);
+                pb__xero_item_ok(pending[i], doc_string(match, k->id_key), match);
             else
                 pending[kept++] = pending[i];
         }
@@ -445,8 +515,8 @@ enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
     }
     if (ns > 0) {
         char path[64];
-        snprintf(path, sizeof path, "/%s?summarizeErrors=false", resource);
-        write_envelope(&r, "PUT", path, resource, id_key, docs, sent, ns);
+        snprintf(path, sizeof path, "/%s?summarizeErrors=false", k->resource);
+        write_envelope(&r, "PUT", path, k->resource, k->id_key, docs, sent, ns);
     }
 out:
     json_decref(docs);
@@ -454,37 +524,53 @@ out:
     return finish(&r, items, n, err);
 }
 
-/* ---- invoice.void -------------------------------------------------------------------- */
+/* ---- invoice.void / creditnote.void ------------------------------------------------------ */
 
-/* attempt > 1: 1 when the invoice is already VOIDED (item done), 0 to go on,
- * -1 when the item failed. */
-static int already_voided(struct run *r, struct pb_sink_item *it, const char *path,
-                          const char *invoice_id)
+struct void_kind {
+    const char *command;
+    const char *resource;         /* "Invoices" | "CreditNotes" */
+    const char *id_key;           /* "InvoiceID" | "CreditNoteID" */
+    const char *what;             /* "invoice" | "credit note" */
+    const char *document;         /* what the mapped document is, for mapping errors */
+};
+
+static const struct void_kind VOID_KINDS[] = {
+    {"invoice.void", "Invoices", "InvoiceID", "invoice", "Invoice with an InvoiceID"},
+    {"creditnote.void", "CreditNotes", "CreditNoteID", "credit note",
+     "CreditNote with a CreditNoteID"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* attempt > 1: 1 when the document is already VOIDED (item done), 0 to go
+ * on, -1 when the item failed. */
+static int already_voided(struct run *r, const struct void_kind *k, struct pb_sink_item *it,
+                          const char *path, const char *id)
 {
     struct xero_request rq = {"GET", path, NULL, NULL};
     struct pb_http_call call;
     struct pb_err e = {0};
-    json_t *root = NULL, *arr, *inv;
+    json_t *root = NULL, *arr, *doc;
     const char *status;
+    char what[64];
     int result = 0;
     enum pb_rc rc = pb__xero_call(r->c, r->ctx, &rq, &call, &e);
 
+    snprintf(what, sizeof what, "looking up the %s to void", k->what);
     if (call.status == 404) {
-        pb__xero_item_fail(it, PB_ERR_PERMANENT, -1, "Xero has no invoice %s to void",
-                           invoice_id);
+        pb__xero_item_fail(it, PB_ERR_PERMANENT, -1, "Xero has no %s %s to void", k->what, id);
         result = -1;
     } else if (rc) {
-        pb__xero_describe_failure(&call, rc, &e, "looking up the invoice to void", &r->failure);
+        pb__xero_describe_failure(&call, rc, &e, what, &r->failure);
         fail_all(r, &it, 1);
         result = -1;
-    } else if ((arr = pb__xero_parse_envelope(&call, "Invoices", &root, &r->failure)) == NULL) {
+    } else if ((arr = pb__xero_parse_envelope(&call, k->resource, &root, &r->failure)) == NULL) {
         fail_all(r, &it, 1);
         result = -1;
     } else {
-        inv = json_array_get(arr, 0);
-        status = json_string_value(json_object_get(inv, "Status"));
+        doc = json_array_get(arr, 0);
+        status = json_string_value(json_object_get(doc, "Status"));
         if (status && strcmp(status, "VOIDED") == 0) {
-            pb__xero_item_ok(it, invoice_id, inv);
+            pb__xero_item_ok(it, id, doc);
             result = 1;
         }
     }
@@ -493,43 +579,51 @@ static int already_voided(struct run *r, struct pb_sink_item *it, const char *pa
     return result;
 }
 
-enum pb_rc pb__xero_invoice_void(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                 struct pb_sink_item *items, size_t n, struct pb_err *err)
+enum pb_rc pb__xero_void(struct pb_connection *c, struct pb_call_ctx *ctx,
+                         struct pb_sink_item *items, size_t n, struct pb_err *err)
 {
-    struct run r = {c, ctx, "invoice.void", {0, -1, ""}, 0};
+    const struct void_kind *k = VOID_KINDS;
+    struct run r = {c, ctx, items[0].command, {0, -1, ""}, 0};
 
+    while (k->command && strcmp(k->command, items[0].command) != 0)
+        k++;
+    if (!k->command)
+        return pb_err_set(err, PB_ERR_INTERNAL, "no void command \"%s\"", items[0].command);
     for (size_t i = 0; i < n; i++) {
         struct pb_sink_item *it = &items[i];
         const char *id;
         struct xero_buf path;
         json_t *docs;
 
-        if (!check_document(it, "Invoice with an InvoiceID"))
+        if (!check_document(it, k->document))
             continue;
-        id = doc_string(it->document, "InvoiceID");
+        id = doc_string(it->document, k->id_key);
         if (!id || strlen(id) > 64) {
             pb__xero_item_fail(it, PB_ERR_MAPPING, -1,
-                               "invoice.void needs the document's InvoiceID (a Xero invoice id "
-                               "of at most 64 characters)");
+                               "%s needs the document's %s (a Xero %s id of at most 64 "
+                               "characters)",
+                               k->command, k->id_key, k->what);
             continue;
         }
         pb__xero_buf_init(&path, 512);
-        pb__xero_buf_adds(&path, "/Invoices/");
+        pb__xero_buf_adds(&path, "/");
+        pb__xero_buf_adds(&path, k->resource);
+        pb__xero_buf_adds(&path, "/");
         pb__xero_buf_add_escaped(&path, id);
         if (path.failed) {
             pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1, "out of memory");
             pb__xero_buf_free(&path);
             continue;
         }
-        if (it->attempt > 1 && already_voided(&r, it, path.data, id) != 0) {
+        if (it->attempt > 1 && already_voided(&r, k, it, path.data, id) != 0) {
             pb__xero_buf_free(&path);
             continue;
         }
-        docs = json_pack("[{s:s,s:s}]", "InvoiceID", id, "Status", "VOIDED");
+        docs = json_pack("[{s:s,s:s}]", k->id_key, id, "Status", "VOIDED");
         if (!docs) {
             pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1, "out of memory");
         } else {
-            write_envelope(&r, "POST", path.data, "Invoices", "InvoiceID", docs, &it, 1);
+            write_envelope(&r, "POST", path.data, k->resource, k->id_key, docs, &it, 1);
             json_decref(docs);
         }
         pb__xero_buf_free(&path);

@@ -9,8 +9,10 @@
  *                    headers, limiter, trace, one retry after a 401; plus
  *                    URL escaping, where-clauses and idempotency keys.
  *   xero_reply.c     turning Xero's replies into per-item outcomes.
- *   xero_commands.c  contact.upsert, invoice.create, payment.create,
- *                    invoice.void.
+ *   xero_commands.c  contact.upsert; the creates (invoice.create,
+ *                    payment.create, creditnote.create, creditnote.refund);
+ *                    the voids (invoice.void, creditnote.void).
+ *   xero_credit.c    creditnote.allocate.
  *
  * Threading. Many worker threads call execute() on one connection at once,
  * each with its own HTTP client. Everything in `struct xero_state` is
@@ -138,13 +140,18 @@ void pb__xero_describe_failure(const struct pb_http_call *call, enum pb_rc rc,
 
 /* Apply the reply of a write (PUT/POST with an envelope) to the items sent,
  * in order: element i belongs to sent[i]. `envelope` is "Contacts",
- * "Invoices" or "Payments"; `id_key` is "ContactID", "InvoiceID" or
- * "PaymentID". Returns 1 when the failure was one for the whole request
- * (*batch_failure filled; every sent item got it), else 0. */
+ * "Invoices", "Payments" or "CreditNotes"; `id_key` is "ContactID",
+ * "InvoiceID", "PaymentID" or "CreditNoteID". Returns 1 when the failure
+ * was one for the whole request (*batch_failure filled; every sent item got
+ * it), else 0. */
 int pb__xero_apply_write_reply(const struct pb_http_call *call, enum pb_rc rc,
                                const struct pb_err *err, const char *envelope,
                                const char *id_key, struct pb_sink_item *const *sent,
                                size_t n_sent, struct xero_failure *batch_failure);
+
+/* "; "-joined ValidationErrors[].Message of a reply element into out (""
+ * when it has none); cut at len. */
+void pb__xero_join_validation_errors(json_t *element, char *out, size_t len);
 
 /* Parse a 2xx reply body and return its `envelope` array (borrowed from
  * *root_out, which the caller json_decref()s). NULL with *root_out = NULL and
@@ -155,13 +162,23 @@ json_t *pb__xero_parse_envelope(const struct pb_http_call *call, const char *env
 /* ---- xero_commands.c ------------------------------------------------------------- */
 
 /* Each returns PB_OK when every item got its own outcome, or the rc of a
- * failure that hit every item alike (copied into err). */
+ * failure that hit every item alike (copied into err). All items of a call
+ * have the same command. */
 enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *ctx,
                                    struct pb_sink_item *items, size_t n, struct pb_err *err);
+/* invoice.create, payment.create, creditnote.create, creditnote.refund */
 enum pb_rc pb__xero_create(struct pb_connection *c, struct pb_call_ctx *ctx,
                            struct pb_sink_item *items, size_t n, struct pb_err *err);
-enum pb_rc pb__xero_invoice_void(struct pb_connection *c, struct pb_call_ctx *ctx,
-                                 struct pb_sink_item *items, size_t n, struct pb_err *err);
+/* invoice.void, creditnote.void */
+enum pb_rc pb__xero_void(struct pb_connection *c, struct pb_call_ctx *ctx,
+                         struct pb_sink_item *items, size_t n, struct pb_err *err);
+
+/* ---- xero_credit.c --------------------------------------------------------------- */
+
+/* creditnote.allocate (one item per call is the design; more are run in turn). */
+enum pb_rc pb__xero_creditnote_allocate(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                        struct pb_sink_item *items, size_t n,
+                                        struct pb_err *err);
 
 /* The members that go out as JSON numbers (pb_json_dumps_decimal). */
 extern const char *const pb__xero_decimal_keys[];

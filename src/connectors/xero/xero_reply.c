@@ -73,8 +73,7 @@ void pb__xero_item_fail_with(struct pb_sink_item *it, const struct xero_failure 
     pb__xero_item_fail(it, f->rc, f->retry_after_s, "%s", f->message);
 }
 
-/* "; "-joined ValidationErrors[].Message of an element; "" when none. */
-static void join_validation_errors(json_t *element, char *out, size_t len)
+void pb__xero_join_validation_errors(json_t *element, char *out, size_t len)
 {
     json_t *errors = json_object_get(element, "ValidationErrors");
     size_t i, used = 0;
@@ -114,7 +113,7 @@ static void xero_words(const struct pb_http_call *call, char *out, size_t len)
             msg = json_string_value(json_object_get(root, "Title"));
         elements = json_object_get(root, "Elements");
         json_array_foreach(elements, i, el) {
-            join_validation_errors(el, verrs, sizeof verrs);
+            pb__xero_join_validation_errors(el, verrs, sizeof verrs);
             if (verrs[0])
                 break;
         }
@@ -207,7 +206,7 @@ static void apply_element(struct pb_sink_item *it, json_t *el, const char *id_ke
     const char *id = json_string_value(json_object_get(el, id_key));
     char errors[400];
 
-    join_validation_errors(el, errors, sizeof errors);
+    pb__xero_join_validation_errors(el, errors, sizeof errors);
     if ((status && strcmp(status, "ERROR") == 0) || errors[0]) {
         /* name what it refused: "ContactID" -> "Contact" */
         size_t n = strlen(id_key) > 2 ? strlen(id_key) - 2 : strlen(id_key);
