@@ -376,6 +376,22 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     }
     if (is_confirm)
         return;
+    /* enrichment: a refund or a chargeback sees the payment it belongs to and
+     * the ERP ids this flow made for it, as .original {event, refs, related_refs} */
+    {
+        const char *orig = pb_json_str(w->event, "refund.original_gateway_id");
+        if (!orig)
+            orig = pb_json_str(w->event, "chargeback.original_gateway_id");
+        const char *src = pb_json_str(w->event, "source.connection");
+        if (orig && src) {
+            json_t *args = json_pack("{s:s,s:s,s:s,s:I}", "connection", src, "gateway_id", orig, "flow",
+                                     w->job->flow, "event_id", (json_int_t)w->job->event_id);
+            json_t *found = NULL;
+            if (pb_store_query(e->store, "original.find", args, &found, &err) == PB_OK)
+                json_object_set_new(w->event, "original", found);
+            json_decref(args);
+        }
+    }
     if (w->job->step < 1 || (size_t)w->job->step > w->flow->n_steps) {
         decide(w, PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the flow no longer has this step");
         return;

@@ -1325,6 +1325,60 @@ static enum pb_rc sqlite_query(struct pb_store *base, const char *what, const js
         else if (a)
             pb_err_set(err, PB_ERR_NOTFOUND, "no chargeback with id %lld", (long long)id);
         json_decref(a);
+    } else if (strcmp(what, "original.find") == 0) {
+        /* for a refund or chargeback event: the payment it belongs to, the ERP
+         * ids the flow's steps made for that payment, and those made for other
+         * events naming the same payment (e.g. a chargeback's reversal) */
+        const char *c = json_string_value(json_object_get(args, "connection"));
+        const char *g = json_string_value(json_object_get(args, "gateway_id"));
+        const char *fl = json_string_value(json_object_get(args, "flow"));
+        int64_t self = json_integer_value(json_object_get(args, "event_id"));
+        sqlite3_stmt *st;
+        if (!c || !g || !fl) {
+            pb_err_set(err, PB_ERR_INVALID, "original.find needs connection, gateway_id and flow");
+        } else if (sqlite3_prepare_v2(r->db,
+                                      "SELECT id, body FROM events WHERE connection=? AND"
+                                      " gateway_event_id=? AND type='payment.succeeded'",
+                                      -1, &st, NULL) == SQLITE_OK) {
+            int64_t pid = 0;
+            json_t *ev = NULL, *refs = json_object(), *related = json_object();
+            bind_text(st, 1, c);
+            bind_text(st, 2, g);
+            if (sqlite3_step(st) == SQLITE_ROW) {
+                pid = sqlite3_column_int64(st, 0);
+                ev = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+            }
+            sqlite3_finalize(st);
+            if (pid && sqlite3_prepare_v2(r->db,
+                                          "SELECT step_name, erp_id FROM jobs WHERE event_id=? AND flow=?"
+                                          " AND state=2 AND erp_id IS NOT NULL",
+                                          -1, &st, NULL) == SQLITE_OK) {
+                sqlite3_bind_int64(st, 1, pid);
+                bind_text(st, 2, fl);
+                while (sqlite3_step(st) == SQLITE_ROW)
+                    json_object_set_new(refs, (const char *)sqlite3_column_text(st, 0),
+                                        json_string((const char *)sqlite3_column_text(st, 1)));
+                sqlite3_finalize(st);
+            }
+            if (sqlite3_prepare_v2(r->db,
+                                   "SELECT j.step_name, j.erp_id FROM jobs j JOIN events e ON e.id=j.event_id"
+                                   " WHERE e.connection=? AND e.original_gateway_id=? AND j.flow=?"
+                                   " AND j.state=2 AND j.erp_id IS NOT NULL AND e.id<>? ORDER BY e.id",
+                                   -1, &st, NULL) == SQLITE_OK) {
+                bind_text(st, 1, c);
+                bind_text(st, 2, g);
+                bind_text(st, 3, fl);
+                sqlite3_bind_int64(st, 4, self);
+                while (sqlite3_step(st) == SQLITE_ROW)
+                    json_object_set_new(related, (const char *)sqlite3_column_text(st, 0),
+                                        json_string((const char *)sqlite3_column_text(st, 1)));
+                sqlite3_finalize(st);
+            }
+            res = json_pack("{s:o,s:o,s:o}", "event", ev ? ev : json_null(), "refs", refs,
+                            "related_refs", related);
+        } else {
+            db_err(r->db, err, "original");
+        }
     } else if (strcmp(what, "payment.find") == 0) {
         const char *c = json_string_value(json_object_get(args, "connection"));
         const char *g = json_string_value(json_object_get(args, "gateway_id"));

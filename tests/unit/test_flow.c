@@ -243,22 +243,79 @@ static int teardown_seed(void **state)
     return 0;
 }
 
-/* Run the seed flow on a sample; all three results. */
-static void seed_run(const char *sample, struct result r[3])
+/* The seed template: contact, invoice, payment; credit, cash_refund;
+ * chargeback_reversal, chargeback_won. */
+#define SEED_STEPS 7
+
+/* Run the seed flow on a sample; every step's result. */
+static void seed_run(const char *sample, struct result r[SEED_STEPS])
 {
     json_t *ev = event(sample);
-    assert_int_equal(seed_flow->n_steps, 3);
+    assert_int_equal(seed_flow->n_steps, SEED_STEPS);
     run_flow(seed_mapper, seed_flow, ev, r);
     json_decref(ev);
 }
 
-static void seed_results_free(struct result r[3])
+static void seed_results_free(struct result r[SEED_STEPS])
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < SEED_STEPS; i++)
         result_free(&r[i]);
 }
 
 /* ---- the template ----------------------------------------------------------------------- */
+
+/* Refunds: a credit note on the original invoice's contact, then a cash
+ * refund of it; the ids of the original come from the engine's enrichment. */
+static void test_refund_credit_note_and_cash_refund(void **state)
+{
+    struct result r[SEED_STEPS];
+    (void)state;
+    seed_run("opayo-refund-enriched.json", r);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(r[i].run, 0);
+    assert_int_equal(r[3].rc, PB_OK);
+    assert_int_equal(r[3].run, 1);
+    assert_string_equal(r[3].ref, "RF-ORDER-10023-1");
+    assert_string_equal(str_at(r[3].doc, "Type"), "ACCRECCREDIT");
+    assert_string_equal(str_at(r[3].doc, "Contact.ContactID"), "C-1");
+    assert_string_equal(str_at(r[3].doc, "LineItems.0.UnitAmount"), "2.50");
+    assert_string_equal(str_at(r[3].doc, "Reference"), "RF-ORDER-10023-1");
+    assert_int_equal(r[4].run, 1);
+    assert_string_equal(str_at(r[4].doc, "CreditNote.CreditNoteID"), "ID-credit");
+    assert_string_equal(str_at(r[4].doc, "Amount"), "2.50");
+    assert_string_equal(str_at(r[4].doc, "Account.Code"), "091");
+    assert_int_equal(r[5].run, 0);
+    assert_int_equal(r[6].run, 0);
+    seed_results_free(r);
+}
+
+/* A refund of a payment this flow never posted is an error that says so. */
+static void test_refund_without_original_is_an_error(void **state)
+{
+    json_t *ev = event("opayo-refund-enriched.json");
+    struct result res;
+    (void)state;
+    json_object_del(json_object_get(ev, "original"), "refs");
+    map_step(seed_mapper, seed_flow, "credit", ev, NULL, &res);
+    assert_int_equal(res.rc, PB_ERR_MAPPING);
+    assert_non_null(strstr(res.err.msg, "never posted to Xero"));
+    result_free(&res);
+    json_decref(ev);
+}
+
+/* Chargebacks: won voids the reversal posted when it opened. */
+static void test_chargeback_won_voids_the_reversal(void **state)
+{
+    struct result r[SEED_STEPS];
+    (void)state;
+    seed_run("opayo-chargeback-won.json", r);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(r[i].run, 0);
+    assert_int_equal(r[6].rc, PB_OK);
+    assert_int_equal(r[6].run, 1);
+    assert_string_equal(str_at(r[6].doc, "CreditNoteID"), "CN-9");
+    seed_results_free(r);
+}
 
 static void test_seed_template_loads(void **state)
 {
@@ -270,10 +327,17 @@ static void test_seed_template_loads(void **state)
     assert_ptr_equal(pb_flowset_flow(seed, 0), f);
     assert_string_equal(f->source, "opayo-shop");
     assert_string_equal(f->target, "xero-demo");
-    assert_int_equal(f->n_events, 2);
+    assert_int_equal(f->n_events, 5);
     assert_true(pb_flow_handles(f, "payment.succeeded"));
     assert_true(pb_flow_handles(f, "payment.declined"));
-    assert_false(pb_flow_handles(f, "refund.succeeded"));
+    assert_true(pb_flow_handles(f, "refund.succeeded"));
+    assert_true(pb_flow_handles(f, "chargeback.opened"));
+    assert_true(pb_flow_handles(f, "chargeback.won"));
+    assert_false(pb_flow_handles(f, "chargeback.lost"));
+    assert_string_equal(f->steps[3].command, "creditnote.create");
+    assert_string_equal(f->steps[4].command, "creditnote.refund");
+    assert_string_equal(f->steps[5].command, "creditnote.create");
+    assert_string_equal(f->steps[6].command, "creditnote.void");
     assert_string_equal(f->steps[0].name, "contact");
     assert_string_equal(f->steps[0].command, "contact.upsert");
     assert_string_equal(f->steps[1].command, "invoice.create");
@@ -289,7 +353,8 @@ static void test_seed_template_loads(void **state)
     /* iteration by (source, type) */
     assert_ptr_equal(pb_flowset_next_match(seed, NULL, "opayo-shop", "payment.succeeded"), f);
     assert_null(pb_flowset_next_match(seed, f, "opayo-shop", "payment.succeeded"));
-    assert_null(pb_flowset_next_match(seed, NULL, "opayo-shop", "refund.succeeded"));
+    assert_ptr_equal(pb_flowset_next_match(seed, NULL, "opayo-shop", "refund.succeeded"), f);
+    assert_null(pb_flowset_next_match(seed, NULL, "opayo-shop", "chargeback.lost"));
     assert_null(pb_flowset_next_match(seed, NULL, "other-shop", "payment.succeeded"));
     assert_ptr_equal(pb_flowset_next_match(seed, NULL, NULL, NULL), f);
     assert_null(pb_flow_step_find(f, "nope"));
@@ -321,7 +386,7 @@ static void test_version_follows_text(void **state)
 static void test_rule1_vendortxcode_is_reference(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     seed_run("opayo-payment-ok-gbp.json", r);
     for (int i = 0; i < 3; i++)
         assert_int_equal(r[i].rc, PB_OK);
@@ -336,7 +401,7 @@ static void test_rule1_vendortxcode_is_reference(void **state)
 static void test_rule2_ok_is_paid(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     seed_run("opayo-payment-ok-gbp.json", r);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(r[i].rc, PB_OK);
@@ -364,7 +429,7 @@ static void test_rule2_declined_creates_nothing(void **state)
     for (size_t s = 0; s < 2; s++) {
         json_t *ev = event(samples[s]);
         json_t *refs = json_pack("{s:s, s:s}", "contact", "C1", "invoice", "I1");
-        struct result r[3];
+        struct result r[SEED_STEPS];
         run_flow(seed_mapper, seed_flow, ev, r);
         for (int i = 0; i < 3; i++) {
             assert_int_equal(r[i].rc, PB_OK);
@@ -390,7 +455,7 @@ static void test_rule2_declined_creates_nothing(void **state)
 static void test_rule2_succeeded_without_ok_is_an_error(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     seed_run("opayo-payment-odd-status.json", r);
     assert_int_equal(r[0].rc, PB_ERR_MAPPING);
     assert_non_null(strstr(r[0].err.msg, "flow opayo-xero-payments step contact when: "));
@@ -404,7 +469,7 @@ static void test_rule2_succeeded_without_ok_is_an_error(void **state)
 static void test_rule3_transaction_id_traceable(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     char *pay;
     seed_run("opayo-payment-ok-gbp.json", r);
     assert_string_equal(str_at(r[1].doc, "LineItems.0.Description"),
@@ -440,7 +505,7 @@ static void test_rule4_account_code_by_kind(void **state)
         {"opayo-payment-minimal.json", "200"}, /* Authenticate: not in the table -> default */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
-        struct result r[3];
+        struct result r[SEED_STEPS];
         seed_run(cases[i].sample, r);
         assert_int_equal(r[1].rc, PB_OK);
         assert_string_equal(str_at(r[1].doc, "LineItems.0.AccountCode"), cases[i].code);
@@ -453,7 +518,7 @@ static void test_rule4_account_code_by_kind(void **state)
         struct pb_flowset *set;
         struct pb_mapper *m;
         struct pb_err err = {0};
-        struct result r[3];
+        struct result r[SEED_STEPS];
         json_t *ev;
         p = strstr(text, "default_sales_account: \"200\"");
         assert_non_null(p);
@@ -481,7 +546,7 @@ static void test_rule4_account_code_by_kind(void **state)
 static void test_rule5_fx_conversion(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
 
     seed_run("opayo-payment-eur.json", r); /* EUR 12.50 * 0.8571 = 10.71375 -> 10.71 */
     assert_string_equal(str_at(r[1].doc, "CurrencyCode"), "GBP");
@@ -640,7 +705,7 @@ static void test_fx_jpy_base_and_missing_rate(void **state)
 static void test_fx_missing_rate_stops_the_first_step(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     seed_run("opayo-payment-chf.json", r);
     assert_int_equal(r[0].rc, PB_ERR_MAPPING);
     assert_non_null(strstr(r[0].err.msg, "step contact"));
@@ -668,7 +733,7 @@ static void test_fx_missing_rate_stops_the_first_step(void **state)
 static void test_rule6_address_normalised(void **state)
 {
     (void)state;
-    struct result r[3];
+    struct result r[SEED_STEPS];
     seed_run("opayo-payment-eur.json", r);
     assert_string_equal(r[0].ref, "email:claire.dupont@example.fr");
     assert_json(r[0].doc,
@@ -829,7 +894,7 @@ static void test_documents_conform_to_xero_spec(void **state)
     schemas = json_object_get(json_object_get(pb_yamldoc_root(doc), "components"), "schemas");
     assert_non_null(json_object_get(schemas, "Invoice"));
     for (size_t s = 0; s < sizeof(samples) / sizeof(*samples); s++) {
-        struct result r[3];
+        struct result r[SEED_STEPS];
         seed_run(samples[s], r);
         for (int i = 0; i < 3; i++) {
             char why[512];
@@ -1282,7 +1347,7 @@ static void test_two_threads_each_with_a_mapper(void **state)
     /* expected results, computed on this thread with the group's mapper */
     for (size_t s = 0; s < N_SAMPLES; s++) {
         json_t *ev = event(thread_samples[s]);
-        struct result r[3];
+        struct result r[SEED_STEPS];
         run_flow(seed_mapper, seed_flow, ev, r);
         for (int j = 0; j < 2; j++) {
             jobs[j].events[s] = json_deep_copy(ev); /* each thread reads its own events */
@@ -1331,20 +1396,20 @@ static void test_map_test_command(void **state)
     char *out = map_test("flows/opayo-xero.yaml", "opayo-payment-eur.json", &rc, &err);
     assert_int_equal(rc, PB_OK);
     assert_non_null(strstr(out, "flow opayo-xero-payments ("));
-    assert_non_null(strstr(out, "step 1/3 contact: contact.upsert -> xero-demo\n"
+    assert_non_null(strstr(out, "step 1/7 contact: contact.upsert -> xero-demo\n"
                                 "  reference: email:claire.dupont@example.fr\n"));
     assert_non_null(strstr(out, "\"ContactID\": \"<contact.id>\""));
     assert_non_null(strstr(out, "\"InvoiceID\": \"<invoice.id>\""));
     assert_non_null(strstr(out, "\"UnitAmount\": \"10.71\""));
-    assert_non_null(strstr(out, "3 steps would run, 0 skipped, 0 failed"));
+    assert_non_null(strstr(out, "3 steps would run, 4 skipped, 0 failed"));
     free(out);
 
     out = map_test("flows/opayo-xero.yaml", "opayo-payment-declined.json", &rc, &err);
     assert_int_equal(rc, PB_OK);
-    assert_non_null(strstr(out, "step 1/3 contact: contact.upsert -> xero-demo\n"
+    assert_non_null(strstr(out, "step 1/7 contact: contact.upsert -> xero-demo\n"
                                 "  skipped: `when` is false or null"));
     assert_non_null(strstr(out, "skipped: it uses $refs.contact and step contact did not run"));
-    assert_non_null(strstr(out, "0 steps would run, 3 skipped, 0 failed"));
+    assert_non_null(strstr(out, "0 steps would run, 7 skipped, 0 failed"));
     free(out);
 
     out = map_test("flows/opayo-xero.yaml", "opayo-payment-chf.json", &rc, &err);
@@ -1367,6 +1432,9 @@ static void test_map_test_command(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refund_credit_note_and_cash_refund),
+        cmocka_unit_test(test_refund_without_original_is_an_error),
+        cmocka_unit_test(test_chargeback_won_voids_the_reversal),
         cmocka_unit_test(test_seed_template_loads),
         cmocka_unit_test(test_version_follows_text),
         cmocka_unit_test(test_rule1_vendortxcode_is_reference),
