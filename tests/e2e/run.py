@@ -68,6 +68,21 @@ from decimal import Decimal
 CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3, "CLF": 4}
 CARDS = {"ok": "4929000000006", "declined": "4929602110085639"}
 CARD_OUTCOME = {"ok": "Ok", "declined": "NotAuthed"}
+PAYTRACE_CARDS = {"ok": "4111111111111111", "declined": "4012888888881881"}
+
+# What each pair of a case starts and writes: the emulators, the flow template
+# copied into the case's directory, the gateway connection (source) and the
+# ERP connection (target).
+PAIRS = {
+    "opayo-xero": {"systems": ["opayo", "xero"], "flow": "opayo-xero.yaml", "source": "opayo-shop",
+                   "target": "xero-demo"},
+    "opayo-syspro": {"systems": ["opayo", "syspro"], "flow": "opayo-syspro.yaml", "source": "opayo-shop",
+                     "target": "syspro-erp"},
+    "paytrace-sagex3": {"systems": ["paytrace", "sagex3"], "flow": "paytrace-sagex3.yaml",
+                        "source": "paytrace-shop", "target": "sagex3-erp"},
+}
+SYSPRO_OPERATOR, SYSPRO_COMPANY, SYSPRO_BANK = "ADMIN", "EDU1", "BANK1"
+X3_USER, X3_POOL, X3_SITE = "admin", "SEED", "US011"
 LOG_TAIL_LINES = 60
 
 
@@ -245,23 +260,27 @@ def set_parent_death_signal():
 # ---- processes --------------------------------------------------------------------------------------
 
 class Sandbox:
-    """paybridge-sandbox with Opayo and Xero on ephemeral ports."""
+    """paybridge-sandbox with the case's emulators (opayo, xero, syspro, sagex3,
+    paytrace, shop: those of its pairs) on ephemeral ports."""
 
     def __init__(self, run):
         self.run = run
         self.proc = None
         self.ports = {}
 
-    def start(self, settings):
+    def start(self, settings, systems):
         d = self.run.dir
         conf = os.path.join(d, "sandbox.json")
         with open(conf, "w") as f:
             json.dump(settings, f, indent=2)
         ports_file = os.path.join(d, "ports.json")
         self.log = open(os.path.join(d, "sandbox.log"), "wb")
+        port_flags = []
+        for system in systems:
+            port_flags += ["--%s-port" % system, "0"]
         self.proc = subprocess.Popen(
-            [os.path.join(self.run.bin_dir, "paybridge-sandbox"), "--xero-port", "0", "--opayo-port", "0",
-             "--ports-file", ports_file, "--config", conf],
+            [os.path.join(self.run.bin_dir, "paybridge-sandbox")] + port_flags +
+            ["--only", ",".join(systems), "--ports-file", ports_file, "--config", conf],
             stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=set_parent_death_signal)
         deadline = time.time() + 15
         while time.time() < deadline:
@@ -395,16 +414,37 @@ class Run:
                 self.case = json.load(f)
             except ValueError as e:
                 raise CaseError("%s is not JSON: %s" % (case_path, e))
-        known = {"description", "sandbox", "paybridge", "steps", "timeout_s", "comment", "allow_log_errors"}
+        known = {"description", "sandbox", "paybridge", "steps", "timeout_s", "comment", "allow_log_errors",
+                 "pairs", "shop_status"}
         for k in self.case:
             if k not in known:
                 raise CaseError("%s: unknown top-level key %r (known: %s)" % (case_path, k, ", ".join(sorted(known))))
+        self.pairs = self.case.get("pairs", ["opayo-xero"])
+        if not isinstance(self.pairs, list) or not self.pairs:
+            raise CaseError("pairs: a non-empty list, e.g. [\"opayo-syspro\"] (known: %s)" % ", ".join(sorted(PAIRS)))
+        for p in self.pairs:
+            if p not in PAIRS:
+                raise CaseError("pairs: unknown pair %r (known: %s)" % (p, ", ".join(sorted(PAIRS))))
+        self.shop_status = self.case.get("shop_status", False)
+        if not isinstance(self.shop_status, bool):
+            raise CaseError("shop_status: true or false")
+        self.systems = []
+        for p in self.pairs:
+            for system in PAIRS[p]["systems"]:
+                if system not in self.systems:
+                    self.systems.append(system)
+        if self.shop_status:
+            self.systems.append("shop")
         self.pb_conf = self.case.get("paybridge", {})
         known_pb = {"max_attempts", "xero_rate_limit", "max_body", "workers", "flow_edits", "opayo_settings",
-                    "xero_settings", "log_level", "comment"}
+                    "xero_settings", "syspro_settings", "sagex3_settings", "paytrace_settings", "shop_settings",
+                    "log_level", "comment"}
         for k in self.pb_conf:
             if k not in known_pb:
                 raise CaseError("paybridge.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known_pb))))
+        for k in ("xero", "opayo", "syspro", "sagex3", "paytrace", "shop"):
+            if k + "_settings" in self.pb_conf and k not in self.systems:
+                raise CaseError("paybridge.%s_settings: the case's pairs do not use %s" % (k, k))
         self.failures = []
         self.t0 = time.time()
         self.deadline = self.t0 + float(self.case.get("timeout_s", 150))
@@ -417,6 +457,12 @@ class Run:
         self.xero_client_id = "e2e-client-" + secrets.token_hex(6)
         self.xero_client_secret = "e2e-secret-" + secrets.token_hex(12)
         self.xero_tenant = str(uuid.uuid4())
+        self.syspro_password = "e2e-op-" + secrets.token_hex(6)
+        self.x3_password = "e2e-x3-" + secrets.token_hex(6)
+        self.paytrace_user = "e2e-pt-" + secrets.token_hex(4)
+        self.paytrace_password = "e2e-ptpw-" + secrets.token_hex(6)
+        self.paytrace_webhook_secret = "e2e-ptwh-" + secrets.token_hex(12)
+        self.shop_secret = "e2e-shop-" + secrets.token_hex(12)
         self.admin_key = "e2e-admin-" + secrets.token_hex(16)
         self.vendor_name = "sandbox"
         self.env = dict(os.environ)
@@ -426,11 +472,25 @@ class Run:
             "PB_E2E_OPAYO_PASSWORD": self.opayo_password,
             "PB_E2E_XERO_CLIENT_ID": self.xero_client_id,
             "PB_E2E_XERO_CLIENT_SECRET": self.xero_client_secret,
+            "PB_E2E_SYSPRO_PASSWORD": self.syspro_password,
+            "PB_E2E_SYSPRO_COMPANY_PASSWORD": "",
+            "PB_E2E_X3_USER": X3_USER,
+            "PB_E2E_X3_PASSWORD": self.x3_password,
+            "PB_E2E_PAYTRACE_USER": self.paytrace_user,
+            "PB_E2E_PAYTRACE_PASSWORD": self.paytrace_password,
+            "PB_E2E_PAYTRACE_WEBHOOK_SECRET": self.paytrace_webhook_secret,
+            "PB_E2E_SHOP_SECRET": self.shop_secret,
         })
         self.env.pop("PAYBRIDGE_SECRET_KEY", None)
+        self.paytrace_token = None
+        self.store_generation = 0  # restarts with a wiped store
+        self.non_webhook_events = False  # refunds/chargebacks: events the /metrics counters do not count
+        self.chargebacks = []     # ids opened by this case, in order
         self.dir = tempfile.mkdtemp(prefix="pb-e2e-%s-" % self.name)
         self.config_path = os.path.join(self.dir, "paybridge.yaml")
-        self.flow_path = os.path.join(self.dir, "flows", "opayo-xero.yaml")
+        # one copy of each pair's template, which the case may edit
+        self.flow_paths = {p: os.path.join(self.dir, "flows", PAIRS[p]["flow"]) for p in self.pairs}
+        self.flow_path = self.flow_paths.get("opayo-xero")
         self.sandbox = Sandbox(self)
         self.pb = Paybridge(self)
 
@@ -475,51 +535,111 @@ class Run:
     def sandbox_settings(self):
         sb = self.case.get("sandbox", {})
         for k in sb:
-            if k not in ("xero", "opayo"):
-                raise CaseError("sandbox.%s: unknown system (xero, opayo)" % k)
-        xero = {"port": 0, "client_id": self.xero_client_id, "client_secret": self.xero_client_secret,
-                "tenant_id": self.xero_tenant, "limits": False}
-        xero.update(sb.get("xero", {}))
-        opayo = {"port": 0, "integration_key": self.opayo_key, "integration_password": self.opayo_password,
-                 "vendor_name": self.vendor_name, "notify_secret": self.notify_secret}
-        opayo.update(sb.get("opayo", {}))
-        return {"bind": "127.0.0.1", "xero": xero, "opayo": opayo}
+            if k not in self.systems:
+                raise CaseError("sandbox.%s: not a system this case starts (%s)" % (k, ", ".join(self.systems)))
+        defaults = {
+            "xero": {"client_id": self.xero_client_id, "client_secret": self.xero_client_secret,
+                     "tenant_id": self.xero_tenant, "limits": False},
+            "opayo": {"integration_key": self.opayo_key, "integration_password": self.opayo_password,
+                      "vendor_name": self.vendor_name, "notify_secret": self.notify_secret},
+            "syspro": {"operator": SYSPRO_OPERATOR, "operator_password": self.syspro_password,
+                       "company_id": SYSPRO_COMPANY},
+            "sagex3": {"username": X3_USER, "password": self.x3_password, "pool_alias": X3_POOL},
+            "paytrace": {"username": self.paytrace_user, "password": self.paytrace_password,
+                         "webhook_secret": self.paytrace_webhook_secret},
+            "shop": {"secret": self.shop_secret},
+        }
+        out = {"bind": "127.0.0.1"}
+        for system in self.systems:
+            conf = {"port": 0}
+            conf.update(defaults[system])
+            conf.update(sb.get(system, {}))
+            out[system] = conf
+        return out
+
+    def retry(self):
+        return {"base_ms": 50, "cap_ms": 500, "max_attempts": int(self.pb_conf.get("max_attempts", 8))}
+
+    def connections(self):
+        """The connections of the case's pairs (and shop-status), secrets as env:NAME."""
+        conns = {}
+        if "opayo" in self.systems:
+            opayo_settings = {"api_base": self.sandbox.url("opayo", "/api/v1"), "vendor_name": self.vendor_name}
+            opayo_settings.update(self.pb_conf.get("opayo_settings", {}))
+            conns["opayo-shop"] = {
+                "connector": "opayo",
+                "settings": opayo_settings,
+                "secrets": {"notify_secret": "env:PB_E2E_NOTIFY_SECRET",
+                            "integration_key": "env:PB_E2E_OPAYO_KEY",
+                            "integration_password": "env:PB_E2E_OPAYO_PASSWORD"},
+                "retry": self.retry(),
+            }
+        if "xero" in self.systems:
+            xero_conn = {
+                "connector": "xero",
+                "settings": {
+                    "api_base": self.sandbox.url("xero", "/api.xro/2.0"),
+                    "token_url": self.sandbox.url("xero", "/connect/token"),
+                    "tenant_id": self.xero_tenant,
+                },
+                "secrets": {"client_id": "env:PB_E2E_XERO_CLIENT_ID", "client_secret": "env:PB_E2E_XERO_CLIENT_SECRET"},
+                "retry": self.retry(),
+            }
+            xero_conn["settings"].update(self.pb_conf.get("xero_settings", {}))
+            rl = self.pb_conf.get("xero_rate_limit", False)
+            if rl != "default":
+                xero_conn["rate_limit"] = rl
+            conns["xero-demo"] = xero_conn
+        if "syspro" in self.systems:
+            settings = {"base_url": self.sandbox.url("syspro", "/SYSPROWCFService/Rest"),
+                        "company_id": SYSPRO_COMPANY, "operator": SYSPRO_OPERATOR, "bank": SYSPRO_BANK}
+            settings.update(self.pb_conf.get("syspro_settings", {}))
+            conns["syspro-erp"] = {
+                "connector": "syspro",
+                "settings": settings,
+                "secrets": {"operator_password": "env:PB_E2E_SYSPRO_PASSWORD",
+                            "company_password": "env:PB_E2E_SYSPRO_COMPANY_PASSWORD"},
+                "retry": self.retry(),
+            }
+        if "paytrace" in self.systems:
+            settings = {"api_base": self.sandbox.url("paytrace", "")}
+            settings.update(self.pb_conf.get("paytrace_settings", {}))
+            conns["paytrace-shop"] = {
+                "connector": "paytrace",
+                "settings": settings,
+                "secrets": {"username": "env:PB_E2E_PAYTRACE_USER", "password": "env:PB_E2E_PAYTRACE_PASSWORD",
+                            "webhook_secret": "env:PB_E2E_PAYTRACE_WEBHOOK_SECRET"},
+                "retry": self.retry(),
+            }
+        if "sagex3" in self.systems:
+            settings = {"base_url": self.sandbox.url("sagex3", ""), "pool_alias": X3_POOL, "default_site": X3_SITE}
+            settings.update(self.pb_conf.get("sagex3_settings", {}))
+            conns["sagex3-erp"] = {
+                "connector": "sagex3",
+                "settings": settings,
+                "secrets": {"username": "env:PB_E2E_X3_USER", "password": "env:PB_E2E_X3_PASSWORD"},
+                "retry": self.retry(),
+            }
+        if "shop" in self.systems:
+            settings = {"url": self.sandbox.url("shop", "/status")}
+            settings.update(self.pb_conf.get("shop_settings", {}))
+            conns["shop-status"] = {
+                "connector": "shopwebhook",
+                "settings": settings,
+                "secrets": {"signing_secret": "env:PB_E2E_SHOP_SECRET"},
+                "retry": self.retry(),
+            }
+        return conns
 
     def write_config(self, port):
-        admin_hash = self.admin_hash
-        xero_conn = {
-            "connector": "xero",
-            "settings": {
-                "api_base": self.sandbox.url("xero", "/api.xro/2.0"),
-                "token_url": self.sandbox.url("xero", "/connect/token"),
-                "tenant_id": self.xero_tenant,
-            },
-            "secrets": {"client_id": "env:PB_E2E_XERO_CLIENT_ID", "client_secret": "env:PB_E2E_XERO_CLIENT_SECRET"},
-            "retry": {"base_ms": 50, "cap_ms": 500, "max_attempts": int(self.pb_conf.get("max_attempts", 8))},
-        }
-        xero_conn["settings"].update(self.pb_conf.get("xero_settings", {}))
-        rl = self.pb_conf.get("xero_rate_limit", False)
-        if rl != "default":
-            xero_conn["rate_limit"] = rl
-        opayo_settings = {"api_base": self.sandbox.url("opayo", "/api/v1"), "vendor_name": self.vendor_name}
-        opayo_settings.update(self.pb_conf.get("opayo_settings", {}))
         conf = {
             "server": {"listen": "127.0.0.1:%d" % port, "threads": 4},
             "store": "sqlite:" + os.path.join(self.dir, "pb.db"),
             "workers": int(self.pb_conf.get("workers", 2)),
             "log_level": self.pb_conf.get("log_level", "info"),
-            "admin": {"api_keys": [admin_hash], "metrics_public": True},
-            "connections": {
-                "opayo-shop": {
-                    "connector": "opayo",
-                    "settings": opayo_settings,
-                    "secrets": {"notify_secret": "env:PB_E2E_NOTIFY_SECRET",
-                                "integration_key": "env:PB_E2E_OPAYO_KEY",
-                                "integration_password": "env:PB_E2E_OPAYO_PASSWORD"},
-                },
-                "xero-demo": xero_conn,
-            },
-            "flows": [self.flow_path],
+            "admin": {"api_keys": [self.admin_hash], "metrics_public": True},
+            "connections": self.connections(),
+            "flows": [self.flow_paths[p] for p in self.pairs],
         }
         if "max_body" in self.pb_conf:
             conf["server"]["max_body"] = int(self.pb_conf["max_body"])
@@ -538,11 +658,12 @@ class Run:
         for exe in ("paybridge", "paybridge-sandbox"):
             if not os.access(os.path.join(self.bin_dir, exe), os.X_OK):
                 raise Abort("%s/%s is missing: build first (cmake --build %s)" % (self.bin_dir, exe, self.bin_dir))
-        src_flow = os.path.join(self.source_dir, "flows", "opayo-xero.yaml")
-        if not os.path.exists(src_flow):
-            raise Abort("%s is missing" % src_flow)
-        os.makedirs(os.path.dirname(self.flow_path))
-        shutil.copyfile(src_flow, self.flow_path)
+        os.makedirs(os.path.join(self.dir, "flows"))
+        for p in self.pairs:
+            src_flow = os.path.join(self.source_dir, "flows", PAIRS[p]["flow"])
+            if not os.path.exists(src_flow):
+                raise Abort("%s is missing" % src_flow)
+            shutil.copyfile(src_flow, self.flow_paths[p])
         for edit in self.pb_conf.get("flow_edits", []):
             self.apply_flow_edit(edit)
         rc, out, err = self.cli("admin", "hash-key", self.admin_key)
@@ -550,8 +671,8 @@ class Run:
         if rc != 0 or out.strip() != want:
             raise Abort("`paybridge admin hash-key` printed %r (rc %d), expected %r" % (out.strip(), rc, want))
         self.admin_hash = out.strip()
-        self.sandbox.start(self.sandbox_settings())
-        self.say("sandbox: opayo :%d, xero :%d; dir %s" % (self.sandbox.ports["opayo"], self.sandbox.ports["xero"], self.dir))
+        self.sandbox.start(self.sandbox_settings(), self.systems)
+        self.say("sandbox: %s; dir %s" % (", ".join("%s :%d" % (k, self.sandbox.ports[k]) for k in self.systems), self.dir))
         self.write_config(0)
         rc, out, err = self.cli("check", "-c", self.config_path)
         if rc != 0:
@@ -560,25 +681,55 @@ class Run:
             self.fail("`paybridge check` printed diagnostics (a clean config must have none):\n" + err)
         self.pb.start()
         self.say("paybridge: :%d" % self.pb.port)
-        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/settings"),
-                               {"notify_url": self.pb.url("/hooks/opayo-shop"), "notify_secret": self.notify_secret})
-        if status != 200:
-            raise Abort("POST /_sandbox/settings on the Opayo sandbox: HTTP %d %s" % (status, short(body)))
+        if "opayo" in self.systems:
+            status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/settings"),
+                                   {"notify_url": self.pb.url("/hooks/opayo-shop"), "notify_secret": self.notify_secret})
+            if status != 200:
+                raise Abort("POST /_sandbox/settings on the Opayo sandbox: HTTP %d %s" % (status, short(body)))
+        if "paytrace" in self.systems:
+            status, _, body = http("POST", self.sandbox.url("paytrace", "/_sandbox/settings"),
+                                   {"webhook_url": self.pb.url("/hooks/paytrace-shop"),
+                                    "webhook_secret": self.paytrace_webhook_secret})
+            if status != 200:
+                raise Abort("POST /_sandbox/settings on the PayTrace sandbox: HTTP %d %s" % (status, short(body)))
+
+    def flow_of(self, edit):
+        """The flow copy an edit names ("flow": pair), or the case's only one."""
+        pair = edit.get("flow")
+        if pair is None:
+            if len(self.pairs) != 1:
+                raise CaseError("a flow edit must say which flow (\"flow\": one of %s)" % ", ".join(self.pairs))
+            pair = self.pairs[0]
+        if pair not in self.flow_paths:
+            raise CaseError("flow edit: %r is not a pair of this case (%s)" % (pair, ", ".join(self.pairs)))
+        return pair, self.flow_paths[pair]
 
     def apply_flow_edit(self, edit):
-        old, new = edit.get("replace"), edit.get("with")
-        if not isinstance(old, str) or not isinstance(new, str):
-            raise CaseError("a flow edit needs \"replace\" and \"with\" strings: %r" % edit)
-        with open(self.flow_path) as f:
+        known = {"replace", "with", "count", "append", "flow", "restart", "comment"}
+        for k in edit:
+            if k not in known:
+                raise CaseError("flow edit: unknown key %r (known: %s)" % (k, ", ".join(sorted(known))))
+        pair, path = self.flow_of(edit)
+        name = "flows/" + PAIRS[pair]["flow"]
+        with open(path) as f:
             text = f.read()
-        n = text.count(old)
-        if n == 0:
-            raise Abort("flow edit: %r does not occur in flows/opayo-xero.yaml (did the template change?)" % old)
-        count = int(edit.get("count", 1))
-        if n != count:
-            raise Abort("flow edit: %r occurs %d times in flows/opayo-xero.yaml, the case expects %d" % (old, n, count))
-        with open(self.flow_path, "w") as f:
-            f.write(text.replace(old, new))
+        if "append" in edit:
+            if not isinstance(edit["append"], str) or "replace" in edit:
+                raise CaseError("a flow edit has either \"append\" (text) or \"replace\" + \"with\": %r" % edit)
+            text = text.rstrip("\n") + "\n" + edit["append"].rstrip("\n") + "\n"
+        else:
+            old, new = edit.get("replace"), edit.get("with")
+            if not isinstance(old, str) or not isinstance(new, str):
+                raise CaseError("a flow edit needs \"replace\" and \"with\" strings: %r" % edit)
+            n = text.count(old)
+            if n == 0:
+                raise Abort("flow edit: %r does not occur in %s (did the template change?)" % (old, name))
+            count = int(edit.get("count", 1))
+            if n != count:
+                raise Abort("flow edit: %r occurs %d times in %s, the case expects %d" % (old, n, name, count))
+            text = text.replace(old, new)
+        with open(path, "w") as f:
+            f.write(text)
 
     # -- systems --
 
@@ -703,14 +854,17 @@ class Run:
         r = as_json(body) or {}
         if status != 201:
             return None, "transactions: HTTP %d %s" % (status, short(body))
-        rec = {"vendor_tx_code": vtc, "amount": tx["amount"], "currency": tx["currency"], "status": r.get("status"),
+        rec = {"gateway": "opayo", "vendor_tx_code": vtc, "amount": tx["amount"], "currency": tx["currency"], "status": r.get("status"),
                "transaction_id": r.get("transactionId"), "email": email, "name": "%s %s" % (first, last)}
         if r.get("status") != expect:
             return rec, "transaction %s: status %r (%s), expected %r" % (vtc, r.get("status"), r.get("statusDetail"), expect)
         return rec, None
 
-    def ok_orders(self):
-        return [o for o in self.orders.values() if o["status"] == "Ok"]
+    def ok_orders(self, gateway="opayo"):
+        return [o for o in self.orders.values() if o["status"] == "Ok" and o["gateway"] == gateway]
+
+    def gateway_orders(self, gateway):
+        return {k: o for k, o in self.orders.items() if o["gateway"] == gateway}
 
     # ---- steps ----------------------------------------------------------------------------------------------
 
@@ -752,10 +906,103 @@ class Run:
     def step_resend(self, vtc, step):
         rec = self.orders.get(vtc)
         if not rec:
-            raise CaseError("resend %r: no order with that vendorTxCode was played" % vtc)
-        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/notify/" + rec["transaction_id"]), {})
-        self.expect(status == 202, "resend %s: POST /_sandbox/notify: HTTP %d %s" % (vtc, status, short(body)))
-        return "notification of %s queued again" % vtc
+            raise CaseError("resend %r: no order with that vendorTxCode / invoice_id was played" % vtc)
+        if rec["gateway"] == "paytrace":
+            path = "/_sandbox/webhook/" + rec["transaction_id"]
+        else:
+            path = "/_sandbox/notify/" + rec["transaction_id"]
+        status, _, body = http("POST", self.sandbox.url(rec["gateway"], path), {})
+        self.expect(status == 202, "resend %s: POST %s: HTTP %d %s" % (vtc, path, status, short(body)))
+        return "%s notification of %s queued again" % (rec["gateway"], vtc)
+
+    # -- PayTrace sales --
+
+    def paytrace_post(self, path, body):
+        """A PayTrace API call with a bearer token (fetched, and fetched again after a 401)."""
+        for _ in range(2):
+            if not self.paytrace_token:
+                form = urllib.parse.urlencode({"grant_type": "password", "username": self.paytrace_user,
+                                               "password": self.paytrace_password})
+                status, _, resp = http("POST", self.sandbox.url("paytrace", "/oauth/token"), form,
+                                       {"Content-Type": "application/x-www-form-urlencoded"})
+                tok = as_json(resp)
+                if status != 200 or not tok or not tok.get("access_token"):
+                    raise Abort("PayTrace sandbox /oauth/token: HTTP %d %s" % (status, short(resp)))
+                self.paytrace_token = tok["access_token"]
+            status, _, resp = http("POST", self.sandbox.url("paytrace", path), body,
+                                   {"Authorization": "Bearer " + self.paytrace_token})
+            if status != 401:
+                return status, resp
+            self.paytrace_token = None
+        return status, resp
+
+    def play_paytrace_sale(self, o, invoice_id):
+        """One keyed sale on the PayTrace sandbox. Returns (record, error text)."""
+        card = o.get("card", "ok")
+        number = PAYTRACE_CARDS.get(card, card)
+        expect = o.get("expect", "declined" if card == "declined" else "approved")
+        cust = o.get("customer", {})
+        name = cust.get("name", "Ann Smith")
+        email = cust.get("email", "ann.smith@example.com")
+        if o.get("unique_customer"):
+            email = email.replace("@", "+%s@" % invoice_id.lower())
+        lines = o.get("line_items")
+        if "amount" in o:
+            amount = Decimal(str(o["amount"]))
+        elif lines:
+            amount = sum((Decimal(str(li["quantity"])) * Decimal(str(li["unit_price"])) for li in lines), Decimal(0))
+        else:
+            amount = Decimal("10.99")
+        if amount != amount.quantize(Decimal("0.01")):
+            raise CaseError("paytrace_sale %s: amount %s is not exact in cents" % (invoice_id, amount))
+        addr = {"name": name, "street_address": "8320 E. West St.", "city": "Spokane", "state": "WA",
+                "zip": "85284", "country": "US"}
+        addr.update(o.get("address", {}))
+        req = {"amount": "%.2f" % amount,
+               "credit_card": {"number": number, "expiration_month": "12", "expiration_year": "2039"},
+               "csc": "999", "invoice_id": invoice_id, "email": email, "billing_address": addr,
+               "description": o.get("description", "Order " + invoice_id)}
+        if "customer_id" in o:
+            req["customer_id"] = o["customer_id"]
+        if lines:
+            req["line_items"] = [{"sku": li["sku"], "description": li.get("description", li["sku"]),
+                                  "quantity": li["quantity"], "unit_price": str(li["unit_price"])} for li in lines]
+        status, resp = self.paytrace_post("/v1/transactions/sale/keyed", req)
+        r = as_json(resp) or {}
+        if status not in (200, 400) or "transaction_id" not in r:
+            return None, "sale/keyed: HTTP %d %s" % (status, short(resp))
+        rec = {"gateway": "paytrace", "vendor_tx_code": invoice_id, "amount": int(amount * 100), "currency": "USD",
+               "status": "Ok" if r.get("success") else "Declined", "transaction_id": str(r["transaction_id"]),
+               "email": email, "name": name, "lines": lines or [], "customer_id": o.get("customer_id"),
+               "response_code": r.get("response_code"), "status_message": r.get("status_message")}
+        got = "approved" if r.get("success") else "declined"
+        if got != expect:
+            return rec, "sale %s: %s (%s %s), expected %s" % (invoice_id, got, r.get("response_code"),
+                                                              r.get("status_message"), expect)
+        return rec, None
+
+    def step_paytrace_sale(self, spec, step):
+        known = {"invoice_id", "amount", "card", "customer", "customer_id", "line_items", "description", "address",
+                 "count", "unique_customer", "expect"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("paytrace_sale.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        if "paytrace" not in self.systems:
+            raise CaseError("paytrace_sale needs the pair paytrace-sagex3")
+        base = spec.get("invoice_id") or "PT-%s" % secrets.token_hex(3).upper()
+        count = int(spec.get("count", 1))
+        codes = [base] if count == 1 else ["%s-%03d" % (base, i + 1) for i in range(count)]
+        notes = []
+        for code in codes:
+            if code in self.orders:
+                raise CaseError("paytrace_sale: invoice_id %s was used before in this case" % code)
+            rec, err = self.play_paytrace_sale(spec, code)
+            if rec:
+                self.orders[code] = rec
+                notes.append("%s -> %s %s (%s)" % (code, rec["transaction_id"], rec["status"], rec["response_code"]))
+            if err:
+                self.fail("paytrace sale %s: %s" % (code, err))
+        return "; ".join(notes)
 
     def notification_body(self, spec):
         """The webhook body of a `webhook` step, as bytes."""
@@ -878,8 +1125,8 @@ class Run:
     def step_faults(self, spec, step):
         spec = dict(spec)
         system = spec.pop("system", None)
-        if system not in ("xero", "opayo"):
-            raise CaseError("faults.system: \"xero\" or \"opayo\"")
+        if system not in self.systems:
+            raise CaseError("faults.system: one of the case's systems (%s)" % ", ".join(self.systems))
         status, _, body = http("POST", self.sandbox.url(system, "/_sandbox/faults"), spec)
         if status != 200:
             raise Abort("POST /_sandbox/faults on %s: HTTP %d %s" % (system, status, short(body)))
@@ -887,67 +1134,118 @@ class Run:
 
     def step_sandbox_settings(self, spec, step):
         spec = dict(spec)
-        if spec.pop("system", "opayo") != "opayo":
-            raise CaseError("sandbox_settings: only the opayo sandbox has run-time settings")
-        status, _, body = http("POST", self.sandbox.url("opayo", "/_sandbox/settings"), spec)
+        system = spec.pop("system", "opayo")
+        if system not in self.systems or system in ("xero", "sagex3"):
+            raise CaseError("sandbox_settings.system: one of %s (the case's systems with run-time settings)"
+                            % ", ".join(s for s in self.systems if s not in ("xero", "sagex3")))
+        status, _, body = http("POST", self.sandbox.url(system, "/_sandbox/settings"), spec)
         if status != 200:
-            raise Abort("POST /_sandbox/settings: HTTP %d %s" % (status, short(body)))
-        return "opayo settings %s" % json.dumps(spec)
+            raise Abort("POST /_sandbox/settings on %s: HTTP %d %s" % (system, status, short(body)))
+        return "%s settings %s" % (system, json.dumps(spec))
 
-    def settle(self, timeout_s, allow_notify_failures=False):
-        """Wait until the gateway has nothing left to deliver and no event is pending."""
+    def step_sandbox_post(self, spec, step):
+        """A POST to an emulator's admin route, e.g. the X3 emulator's /_sandbox/inject."""
+        known = {"system", "path", "body", "expect_status"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("sandbox_post.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        system, path = spec.get("system"), spec.get("path", "")
+        if system not in self.systems:
+            raise CaseError("sandbox_post.system: one of the case's systems (%s)" % ", ".join(self.systems))
+        if not path.startswith("/_sandbox/"):
+            raise CaseError("sandbox_post.path: an admin route, /_sandbox/...")
+        status, _, body = http("POST", self.sandbox.url(system, path), spec.get("body", {}))
+        want = spec.get("expect_status", 200)
+        if status != want:
+            raise Abort("POST %s on %s: HTTP %d (expected %d) %s" % (path, system, status, want, short(body)))
+        return "%s %s -> %d %s" % (system, path, status, short(body, 120))
+
+    def settle(self, timeout_s, allow_notify_failures=False, min_events=0):
+        """Wait until the gateways have nothing left to deliver, paybridge has
+        stored at least min_events events and none of them is pending."""
         deadline = min(time.time() + timeout_s, self.deadline)
-        last = None
+        gateways = [g for g in ("opayo", "paytrace") if g in self.systems]
         while True:
             self.pb.check_alive()
-            st = self.sandbox_get("opayo", "/_sandbox/stats")
+            stats = {}
+            for g in gateways:
+                st = self.sandbox_get(g, "/_sandbox/stats")
+                stats[g] = (st, st["notifications_pending"] if g == "opayo" else st["webhooks_pending"])
             pending_events = None
-            if st["notifications_pending"] == 0:
+            n_events = None
+            if all(p == 0 for _, p in stats.values()):
                 evs = self.events()
+                n_events = len(evs)
                 pending_events = [e for e in evs if e.get("state") == "pending"]
-                if not pending_events:
+                if not pending_events and n_events >= min_events:
                     break
-            last = (st, pending_events)
             if time.time() > deadline:
-                st, pe = last
-                msg = ("not settled after %.0f s: %d notification(s) still pending at the gateway (sent %d, "
-                       "acknowledged %d)" % (timeout_s, st["notifications_pending"], st["notifications_sent"],
-                                             st["notifications_acknowledged"]))
-                if pe:
-                    msg += "; %d event(s) pending in paybridge: %s" % (len(pe), ", ".join(
-                        "%s(%s)" % (e.get("id"), e.get("gateway_event_id")) for e in pe[:5]))
+                msg = "not settled after %.0f s:" % timeout_s
+                for g, (st, p) in stats.items():
+                    if g == "opayo":
+                        msg += (" %d notification(s) still pending at the Opayo gateway (sent %d, acknowledged %d);"
+                                % (p, st["notifications_sent"], st["notifications_acknowledged"]))
+                    else:
+                        msg += (" %d webhook(s) still pending at PayTrace (sent %d, acknowledged %d, dropped %d);"
+                                % (p, st["webhooks_sent"], st["webhooks_acknowledged"], st["webhooks_dropped"]))
+                if pending_events:
+                    msg += " %d event(s) pending in paybridge: %s" % (len(pending_events), ", ".join(
+                        "%s(%s)" % (e.get("id"), e.get("gateway_event_id")) for e in pending_events[:5]))
+                if n_events is not None and n_events < min_events:
+                    msg += " paybridge stored %d event(s), the step waits for %d" % (n_events, min_events)
                 msg += self.missing_events_note()
                 rej = self.log_lines("event.rejected", 5)
                 if rej:
                     msg += "\n  paybridge rejected notifications:\n    " + "\n    ".join(rej)
                 raise Abort(msg)
             time.sleep(0.2)
-        if st["notifications_failed"] and not allow_notify_failures:
-            rej = self.log_lines("event.rejected", 5)
-            self.fail("the Opayo sandbox gave up on %d notification(s): paybridge never acknowledged them%s%s"
-                      % (st["notifications_failed"], self.missing_events_note(),
-                         ("\n  paybridge log:\n    " + "\n    ".join(rej)) if rej else ""))
-        return st
+        for g, (st, _) in stats.items():
+            failed = st["notifications_failed"] if g == "opayo" else st["webhooks_failed"]
+            if failed and not allow_notify_failures:
+                rej = self.log_lines("event.rejected", 5)
+                self.fail("the %s sandbox gave up on %d notification(s): paybridge never acknowledged them%s%s"
+                          % ("Opayo" if g == "opayo" else "PayTrace", failed, self.missing_events_note(),
+                             ("\n  paybridge log:\n    " + "\n    ".join(rej)) if rej else ""))
+        return stats
 
     def missing_events_note(self):
         """Which gateway transactions paybridge has no event for, with their ids."""
         try:
             stored = {e.get("gateway_event_id") for e in self.events()}
-            txs = self.sandbox_get("opayo", "/_sandbox/transactions")
+            missing = []
+            if "opayo" in self.systems:
+                missing += ["%s (Opayo transactionId %s, cardIdentifier %s)"
+                            % (t.get("vendorTxCode"), t.get("transactionId"),
+                               ((t.get("paymentMethod") or {}).get("card") or {}).get("cardIdentifier"))
+                            for t in self.sandbox_get("opayo", "/_sandbox/transactions")
+                            if t.get("transactionId") not in stored]
+            if "paytrace" in self.systems:
+                missing += ["%s (PayTrace transaction_id %s, %s)" % (t.get("invoice_id"), t.get("transaction_id"),
+                                                                     t.get("transaction_type"))
+                            for t in self.sandbox_get("paytrace", "/_sandbox/transactions")
+                            if str(t.get("transaction_id")) not in stored]
         except Abort:
             return ""
-        missing = [t for t in txs if t.get("transactionId") not in stored]
         if not missing:
             return ""
-        return "\n  transactions with no stored event: " + "; ".join(
-            "%s (transactionId %s, cardIdentifier %s)" % (t.get("vendorTxCode"), t.get("transactionId"),
-                                                          ((t.get("paymentMethod") or {}).get("card") or {}).get("cardIdentifier"))
-            for t in missing[:5])
+        return "\n  transactions with no stored event: " + "; ".join(missing[:5])
 
     def step_wait_settled(self, spec, step):
         spec = spec if isinstance(spec, dict) else {}
-        st = self.settle(float(spec.get("timeout_s", 60)), spec.get("allow_notify_failures", False))
-        return "settled: gateway sent %d, acknowledged %d" % (st["notifications_sent"], st["notifications_acknowledged"])
+        known = {"timeout_s", "allow_notify_failures", "min_events"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("wait_settled.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        stats = self.settle(float(spec.get("timeout_s", 60)), spec.get("allow_notify_failures", False),
+                            int(spec.get("min_events", 0)))
+        notes = []
+        for g, (st, _) in stats.items():
+            if g == "opayo":
+                notes.append("opayo sent %d, acknowledged %d" % (st["notifications_sent"], st["notifications_acknowledged"]))
+            else:
+                notes.append("paytrace sent %d, acknowledged %d, dropped %d"
+                             % (st["webhooks_sent"], st["webhooks_acknowledged"], st["webhooks_dropped"]))
+        return "settled: " + "; ".join(notes)
 
     def step_sleep(self, seconds, step):
         time.sleep(float(seconds))
@@ -1030,7 +1328,8 @@ class Run:
         for p in payments:
             pays_by_inv.setdefault((p.get("Invoice") or {}).get("InvoiceID"), []).append(p)
         bad = []
-        for vtc, o in sorted(self.orders.items()):
+        orders = self.gateway_orders("opayo")
+        for vtc, o in sorted(orders.items()):
             invs = by_ref.get(vtc, [])
             if o["status"] != "Ok":
                 if invs:
@@ -1048,7 +1347,7 @@ class Run:
             if inv.get("CurrencyCode") == o["currency"] and to_minor(inv.get("Total"), o["currency"]) != o["amount"]:
                 bad.append("%s: invoice total %s %s, expected %d minor units" % (vtc, inv.get("Total"), o["currency"], o["amount"]))
         n_ok = len(self.ok_orders())
-        strays = [r for r in by_ref if r not in self.orders]
+        strays = [r for r in by_ref if r not in orders]
         if strays:
             bad.append("%d invoice(s) with references no order had: %s" % (len(strays), ", ".join(map(str, strays[:5]))))
         if len(payments) != n_ok:
@@ -1103,8 +1402,9 @@ class Run:
         for typ, n in spec.get("types", {}).items():
             got = sum(1 for e in evs if e.get("type") == typ)
             self.expect(got == n, "%d event(s) of type %r, expected %d" % (got, typ, n))
-        if self.pb.starts == 1:
-            # counters are per process: compare them only when paybridge never restarted
+        if self.pb.starts == 1 and not self.non_webhook_events:
+            # counters are per process: compare them only when paybridge never restarted,
+            # and they count webhooks, not events written by the CLI or emitted by jobs
             m = self.metrics()
             acc = metric_sum(m, "paybridge_events_accepted_total")
             dup = metric_sum(m, "paybridge_events_duplicate_total")
@@ -1180,6 +1480,25 @@ class Run:
         self.pb.start()
 
     def step_restart(self, spec, step):
+        spec = spec if isinstance(spec, dict) else {}
+        for k in spec:
+            if k != "wipe_store":
+                raise CaseError("restart.%s: unknown key (known: wipe_store)" % k)
+        if spec.get("wipe_store"):
+            # a new paybridge installation in front of the same ERP: its store
+            # (events, jobs, xref) is gone, the ERP keeps everything
+            problem = self.pb.stop()
+            if problem:
+                self.fail(problem + "\n" + self.tail(self.pb.logs[-1], 20))
+            removed = []
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                path = os.path.join(self.dir, "pb.db" + suffix)
+                if os.path.exists(path):
+                    os.unlink(path)
+                    removed.append(os.path.basename(path))
+            self.store_generation += 1
+            self.pb.start()
+            return "paybridge restarted on :%d with an empty store (removed %s)" % (self.pb.port, ", ".join(removed))
         self.restart()
         return "paybridge restarted on :%d" % self.pb.port
 
@@ -1194,15 +1513,26 @@ class Run:
                         % (n, step["expect_replayed"], out.strip()))
         return out.strip()
 
+    def check_cli_output(self, what, rc, out, err, step, default_rc=0):
+        """The expect_* modifiers of a CLI step: expect_rc, expect_stdout_contains,
+        expect_stderr_contains (each a string or a list; stderr case-insensitive),
+        expect_stdout_not_contains."""
+        want = step.get("expect_rc", default_rc)
+        self.expect(rc == want, "`paybridge %s`: rc %d, expected %d: %s%s" % (what, rc, want, err.strip()[:400],
+                                                                        (" / stdout: " + out.strip()[:300]) if rc != want else ""))
+        for needle in as_list(step.get("expect_stdout_contains", [])):
+            self.expect(needle in out, "`paybridge %s` output does not contain %r:\n%s" % (what, needle, out[:1000]))
+        for needle in as_list(step.get("expect_stdout_not_contains", [])):
+            self.expect(needle not in out, "`paybridge %s` output contains %r:\n%s" % (what, needle, out[:1000]))
+        for needle in as_list(step.get("expect_stderr_contains", [])):
+            self.expect(needle.lower() in err.lower(), "`paybridge %s` stderr does not mention %r: %s" % (what, needle, err.strip()[:600]))
+
     def step_cli(self, args, step):
         """One CLI command against the case's config, e.g. ["events", "list"]."""
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise CaseError("cli: a list of argument strings, e.g. [\"events\", \"list\"]")
         rc, out, err = self.cli(*(args + ["-c", self.config_path]))
-        want = step.get("expect_rc", 0)
-        self.expect(rc == want, "`paybridge %s`: rc %d, expected %d: %s" % (" ".join(args), rc, want, err.strip()[:300]))
-        for needle in as_list(step.get("expect_stdout_contains", [])):
-            self.expect(needle in out, "`paybridge %s` output does not contain %r:\n%s" % (" ".join(args), needle, out[:1000]))
+        self.check_cli_output(" ".join(args), rc, out, err, step)
         return "`paybridge %s` rc %d, %d line(s)" % (" ".join(args), rc, len(out.splitlines()))
 
     def step_cli_during(self, spec, step):
@@ -1314,6 +1644,567 @@ class Run:
         self.expect(not dead, "%d event(s) dead-lettered after the kill: %s" % (len(dead), json.dumps(self.dlq()[:3])))
         return "%d orders, killed mid-load, all posted exactly once" % n
 
+    # -- refunds and chargebacks --
+
+    def payment_transaction(self, code, what):
+        """(connection, transaction id) of an order's payment, as paybridge stored it: the
+        payment.succeeded event (GET /admin/events/{id}) whose payment.reference is the order
+        code, cross-checked against the gateway's own id for that order."""
+        rec = self.orders.get(code)
+        if not rec:
+            raise CaseError("%s: no order %r was played in this case" % (what, code))
+        conn = "opayo-shop" if rec["gateway"] == "opayo" else "paytrace-shop"
+        found = []
+        for ev in self.events():
+            if ev.get("connection") != conn or ev.get("type") != "payment.succeeded":
+                continue
+            detail = self.admin_get("/admin/events/%d" % ev["id"])
+            body = detail.get("event") or detail.get("event_json") or {}
+            if isinstance(body, str):
+                body = as_json(body) or {}
+            if (body.get("payment") or {}).get("reference") == code:
+                found.append(ev.get("gateway_event_id"))
+        if len(found) != 1:
+            raise Abort("%s: paybridge holds %d payment.succeeded event(s) for order %s on %s, expected 1"
+                        % (what, len(found), code, conn))
+        if found[0] != rec["transaction_id"]:
+            self.fail("%s: paybridge's payment of %s is transaction %s, the gateway said %s"
+                      % (what, code, found[0], rec["transaction_id"]))
+        return conn, found[0]
+
+    def step_refund(self, spec, step):
+        """`paybridge refund --connection C --transaction T --amount A [--reason R] [--reference REF]`
+        for the payment of an order played in this case."""
+        known = {"order", "amount", "reason", "reference", "connection", "transaction"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("refund.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        if "order" in spec:
+            conn, tx = self.payment_transaction(spec["order"], "refund")
+        elif "transaction" in spec and "connection" in spec:
+            conn, tx = spec["connection"], spec["transaction"]
+        else:
+            raise CaseError("refund: needs \"order\" (or \"connection\" and \"transaction\")")
+        conn = spec.get("connection", conn)
+        args = ["refund", "--connection", conn, "--transaction", tx, "--amount", str(spec["amount"])]
+        if "reason" in spec:
+            args += ["--reason", spec["reason"]]
+        if "reference" in spec:
+            args += ["--reference", spec["reference"]]
+        rc, out, err = self.cli(*(args + ["-c", self.config_path]))
+        self.check_cli_output(" ".join(args), rc, out, err, step)
+        if rc == 0:
+            self.non_webhook_events = True
+            res = as_json(out)
+            if not self.expect(isinstance(res, dict) and "request_id" in res,
+                               "`paybridge refund` printed no request JSON: %s" % short(out)):
+                return "refund: rc 0, %s" % short(out)
+            if "expect_refundable_minor" in step:
+                self.expect(res.get("refundable_minor") == step["expect_refundable_minor"],
+                            "`paybridge refund`: refundable_minor %s, expected %s (%s)"
+                            % (res.get("refundable_minor"), step["expect_refundable_minor"], short(out)))
+            if "expect_duplicate" in step:
+                self.expect(res.get("duplicate") is step["expect_duplicate"],
+                            "`paybridge refund`: duplicate %s, expected %s" % (res.get("duplicate"), step["expect_duplicate"]))
+            return "refund %s of %s (%s): request %s, reference %s, %s minor units were refundable" % (
+                spec["amount"], tx, conn, res.get("request_id"), res.get("reference"), res.get("refundable_minor"))
+        return "refund %s of %s refused (rc %d): %s" % (spec["amount"], tx, rc, err.strip()[:300])
+
+    def step_chargeback(self, spec, step):
+        """`paybridge chargebacks open|update` for an order of this case."""
+        if "open" in spec:
+            o = spec["open"]
+            known = {"order", "amount", "reason", "deadline"}
+            for k in o:
+                if k not in known:
+                    raise CaseError("chargeback.open.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+            conn, tx = self.payment_transaction(o["order"], "chargeback")
+            args = ["chargebacks", "open", "--connection", conn, "--transaction", tx, "--amount", str(o["amount"]),
+                    "--reason", str(o.get("reason", "4837")), "--deadline", o.get("deadline", "2030-01-31")]
+        elif "update" in spec:
+            ref = spec["update"]
+            if ref == "last":
+                if not self.chargebacks:
+                    raise Abort("chargeback update: no chargeback was opened in this case")
+                ref = self.chargebacks[-1]
+            if "state" not in spec:
+                raise CaseError("chargeback.update needs \"state\"")
+            args = ["chargebacks", "update", str(ref), "--state", spec["state"]]
+        else:
+            raise CaseError("chargeback: {\"open\": {...}} or {\"update\": ID|\"last\", \"state\": S}")
+        rc, out, err = self.cli(*(args + ["-c", self.config_path]))
+        self.check_cli_output(" ".join(args), rc, out, err, step)
+        if rc == 0:
+            self.non_webhook_events = True
+            res = as_json(out) or {}
+            if "open" in spec and res.get("chargeback_id"):
+                self.chargebacks.append(res["chargeback_id"])
+            return "`paybridge %s`: %s" % (" ".join(args[:2]), short(out.strip(), 200))
+        return "`paybridge %s` refused (rc %d): %s" % (" ".join(args[:2]), rc, err.strip()[:300])
+
+    def step_expect_refunds(self, spec, step):
+        """The gateway's refund transactions of an order, and paybridge's refund requests
+        (GET /admin/refunds) of its payment."""
+        known = {"order", "gateway_count", "gateway_total_minor", "requests", "request_states"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_refunds.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        rec = self.orders.get(spec["order"])
+        if not rec:
+            raise CaseError("expect_refunds: no order %r was played" % spec["order"])
+        tx = rec["transaction_id"]
+        if rec["gateway"] == "opayo":
+            refunds = [t for t in self.sandbox_get("opayo", "/_sandbox/transactions")
+                       if t.get("transactionType") == "Refund" and t.get("referenceTransactionId") == tx
+                       and t.get("status") == "Ok"]
+            total = sum(int((t.get("amount") or {}).get("totalAmount", 0)) for t in refunds)
+        else:
+            refunds = [t for t in self.sandbox_get("paytrace", "/_sandbox/transactions")
+                       if t.get("transaction_type") == "REFUND" and str(t.get("original_transaction_id")) == tx
+                       and t.get("success") and not t.get("voided")]
+            total = sum(to_minor(Decimal(str(t.get("amount"))), "USD") or 0 for t in refunds)
+        if "gateway_count" in spec:
+            self.expect(len(refunds) == spec["gateway_count"], "the %s gateway holds %d approved refund(s) of %s (%s), expected %d"
+                        % (rec["gateway"], len(refunds), spec["order"], tx, spec["gateway_count"]))
+        if "gateway_total_minor" in spec:
+            self.expect(total == spec["gateway_total_minor"], "the %s gateway refunded %d minor units of %s, expected %d"
+                        % (rec["gateway"], total, spec["order"], spec["gateway_total_minor"]))
+        reqs = [r for r in self.admin_get("/admin/refunds") if r.get("original_gateway_id") == tx]
+        if "requests" in spec:
+            self.expect(len(reqs) == spec["requests"], "paybridge holds %d refund request(s) for %s, expected %d: %s"
+                        % (len(reqs), tx, spec["requests"], json.dumps(reqs)[:600]))
+        for state, n in spec.get("request_states", {}).items():
+            got = sum(1 for r in reqs if r.get("state") == state)
+            self.expect(got == n, "%d refund request(s) of %s in state %r, expected %d (%s)"
+                        % (got, tx, state, n, json.dumps(count_by(reqs, "state"))))
+        return "%s: %d gateway refund(s), %d minor units; %d request(s) %s" % (
+            spec["order"], len(refunds), total, len(reqs), json.dumps(count_by(reqs, "state")))
+
+    # -- SYSPRO --
+
+    def step_expect_syspro(self, spec, step):
+        known = {"sales_orders", "ar_payments", "credit_notes", "customers", "customers_added", "business_errors",
+                 "duplicate_customer_po_numbers", "order", "no_order", "payment", "credit_note",
+                 "every_order_posted_once", "userid_missing_spaces"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_syspro.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        st = self.sandbox_get("syspro", "/_sandbox/stats")
+        for key in ("sales_orders", "ar_payments", "credit_notes", "customers", "customers_added", "business_errors"):
+            if key in spec:
+                self.expect(st[key] == spec[key], "SYSPRO stats: %s = %d, expected %d" % (key, st[key], spec[key]))
+        for key in ("duplicate_customer_po_numbers", "userid_missing_spaces"):
+            want = spec.get(key, 0)
+            self.expect(st[key] == want, "SYSPRO stats: %s = %d, expected %d" % (key, st[key], want))
+        orders = self.sandbox_get("syspro", "/_sandbox/orders")
+        ledger = self.sandbox_get("syspro", "/_sandbox/ledger")
+        for want in as_list(spec.get("order", [])):
+            self.check_syspro_order(want, orders, ledger)
+        for po in as_list(spec.get("no_order", [])):
+            n = sum(1 for o in orders if o.get("CustomerPoNumber") == po)
+            self.expect(n == 0, "SYSPRO holds %d sales order(s) with CustomerPoNumber %r, expected none" % (n, po))
+        for want in as_list(spec.get("payment", [])):
+            self.check_syspro_ledger("ar_payments", "AR payment", "PaymentValue", want, orders, ledger)
+        for want in as_list(spec.get("credit_note", [])):
+            self.check_syspro_ledger("credit_notes", "credit note", "InvoiceValue", want, orders, ledger)
+        if spec.get("every_order_posted_once"):
+            self.check_syspro_every_order(orders, ledger)
+        return "SYSPRO: %d customer(s) added, %d sales order(s), %d AR payment(s), %d credit note(s), %d business error(s)" % (
+            st["customers_added"], st["sales_orders"], st["ar_payments"], st["credit_notes"], st["business_errors"])
+
+    def check_syspro_order(self, want, orders, ledger):
+        known = {"customer_po_number", "count", "payment_status", "on_hold", "order_status", "value_minor", "customer",
+                 "same_customer_as", "email", "customer_name", "stock_codes", "line_types", "comment_contains"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_syspro.order.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        po = want["customer_po_number"]
+        found = [o for o in orders if o.get("CustomerPoNumber") == po]
+        if not self.expect(len(found) == want.get("count", 1), "SYSPRO holds %d sales order(s) with CustomerPoNumber %r, expected %d"
+                           % (len(found), po, want.get("count", 1))) or not found:
+            return
+        o = found[0]
+        hdr = o.get("Header") or {}
+        what = "SYSPRO sales order %s (%s)" % (o.get("SalesOrder"), po)
+        if "payment_status" in want:
+            self.expect(hdr.get("PaymentStatus") == want["payment_status"], "%s: PaymentStatus %r, expected %r"
+                        % (what, hdr.get("PaymentStatus"), want["payment_status"]))
+        if "on_hold" in want:
+            self.expect(o.get("OnHold") is want["on_hold"], "%s: on hold %r (OrderStatus %r), expected %r"
+                        % (what, o.get("OnHold"), o.get("OrderStatus"), want["on_hold"]))
+        if "order_status" in want:
+            self.expect(o.get("OrderStatus") == want["order_status"], "%s: OrderStatus %r, expected %r"
+                        % (what, o.get("OrderStatus"), want["order_status"]))
+        if "value_minor" in want:
+            self.expect(o.get("value_minor") == want["value_minor"], "%s: value %s (%s minor units), expected %d"
+                        % (what, o.get("OrderValue"), o.get("value_minor"), want["value_minor"]))
+        if "customer" in want:
+            self.expect(o.get("Customer") == want["customer"], "%s: customer %r, expected %r" % (what, o.get("Customer"), want["customer"]))
+        if "same_customer_as" in want:
+            other = [x for x in orders if x.get("CustomerPoNumber") == want["same_customer_as"]]
+            self.expect(other and other[0].get("Customer") == o.get("Customer"), "%s: customer %r, not the customer of %s (%r)"
+                        % (what, o.get("Customer"), want["same_customer_as"], other[0].get("Customer") if other else None))
+        if "email" in want:
+            self.expect(hdr.get("Email") == want["email"], "%s: Email %r, expected %r" % (what, hdr.get("Email"), want["email"]))
+            cust = (ledger.get("customers") or {}).get(o.get("Customer")) or {}
+            self.expect(cust.get("Email") == want["email"], "%s: the customer %s has Email %r, expected %r"
+                        % (what, o.get("Customer"), cust.get("Email"), want["email"]))
+        if "customer_name" in want:
+            cust = (ledger.get("customers") or {}).get(o.get("Customer")) or {}
+            self.expect(cust.get("Name") == want["customer_name"], "%s: the customer %s is named %r, expected %r"
+                        % (what, o.get("Customer"), cust.get("Name"), want["customer_name"]))
+        lines = o.get("Lines") or []
+        if "stock_codes" in want:
+            codes = [l.get("StockCode") for l in lines if l.get("StockCode")]
+            self.expect(codes == want["stock_codes"], "%s: stock lines %s, expected %s" % (what, codes, want["stock_codes"]))
+        if "line_types" in want:
+            types = [l.get("LineType", "StockLine") for l in lines]
+            self.expect(types == want["line_types"], "%s: line types %s, expected %s" % (what, types, want["line_types"]))
+        for needle in as_list(want.get("comment_contains", [])):
+            comments = [l.get("Comment", "") for l in lines if l.get("LineType") == "CommentLine"]
+            self.expect(any(needle in c for c in comments), "%s: no comment line mentions %r (comments: %s)" % (what, needle, comments))
+
+    def check_syspro_ledger(self, kind, label, value_field, want, orders, ledger):
+        known = {"reference", "count", "value_minor", "customer", "same_customer_as", "bank"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_syspro.%s.%s: unknown key (known: %s)" % (label, k, ", ".join(sorted(known))))
+        ref = want["reference"]
+        found = [r for r in ledger.get(kind, []) if r.get("Reference") == ref]
+        if not self.expect(len(found) == want.get("count", 1), "SYSPRO holds %d %s(s) with Reference %r, expected %d: %s"
+                           % (len(found), label, ref, want.get("count", 1), json.dumps(found)[:400])) or not found:
+            return
+        r = found[0]
+        what = "SYSPRO %s %s" % (label, ref)
+        if "value_minor" in want:
+            self.expect(r.get("value_minor") == want["value_minor"], "%s: %s %s (%s minor units), expected %d"
+                        % (what, value_field, r.get(value_field), r.get("value_minor"), want["value_minor"]))
+        if "customer" in want:
+            self.expect(r.get("Customer") == want["customer"], "%s: customer %r, expected %r" % (what, r.get("Customer"), want["customer"]))
+        if "same_customer_as" in want:
+            other = [o for o in orders if o.get("CustomerPoNumber") == want["same_customer_as"]]
+            self.expect(other and other[0].get("Customer") == r.get("Customer"), "%s: customer %r, not the customer of order %s (%r)"
+                        % (what, r.get("Customer"), want["same_customer_as"], other[0].get("Customer") if other else None))
+        if "bank" in want:
+            self.expect(r.get("Bank") == want["bank"], "%s: Bank %r, expected %r" % (what, r.get("Bank"), want["bank"]))
+
+    def check_syspro_every_order(self, orders, ledger):
+        """Each authorised Opayo order: exactly one sales order (CustomerPoNumber = vendorTxCode,
+        PaymentStatus Paid, value = amount) and one AR payment (Reference = vendorTxCode, value =
+        amount, the order's customer); each other order: nothing; nothing else."""
+        by_po, pays = {}, {}
+        for o in orders:
+            by_po.setdefault(o.get("CustomerPoNumber"), []).append(o)
+        for p in ledger.get("ar_payments", []):
+            pays.setdefault(p.get("Reference"), []).append(p)
+        mine = self.gateway_orders("opayo")
+        bad = []
+        for vtc, o in sorted(mine.items()):
+            sos, ps = by_po.get(vtc, []), pays.get(vtc, [])
+            if o["status"] != "Ok":
+                if sos or ps:
+                    bad.append("%s (%s): %d order(s), %d payment(s), expected none" % (vtc, o["status"], len(sos), len(ps)))
+                continue
+            if len(sos) != 1:
+                bad.append("%s: %d sales order(s), expected exactly 1" % (vtc, len(sos)))
+            if len(ps) != 1:
+                bad.append("%s: %d AR payment(s), expected exactly 1" % (vtc, len(ps)))
+            if len(sos) == 1:
+                so = sos[0]
+                if so.get("value_minor") != o["amount"]:
+                    bad.append("%s: order value %s, expected %d minor units" % (vtc, so.get("OrderValue"), o["amount"]))
+                if (so.get("Header") or {}).get("PaymentStatus") != "Paid":
+                    bad.append("%s: PaymentStatus %r, expected Paid" % (vtc, (so.get("Header") or {}).get("PaymentStatus")))
+                if len(ps) == 1 and ps[0].get("Customer") != so.get("Customer"):
+                    bad.append("%s: payment on customer %s, order on %s" % (vtc, ps[0].get("Customer"), so.get("Customer")))
+            if len(ps) == 1 and ps[0].get("value_minor") != o["amount"]:
+                bad.append("%s: payment %s, expected %d minor units" % (vtc, ps[0].get("PaymentValue"), o["amount"]))
+        strays = [po for po in by_po if po not in mine] + [r for r in pays if r not in mine]
+        if strays:
+            bad.append("records with references no order had: %s" % ", ".join(map(str, strays[:5])))
+        for b in bad[:20]:
+            self.fail("SYSPRO exactly once: " + b)
+        n_ok = len(self.ok_orders("opayo"))
+        self.say("SYSPRO exactly once: %d authorised order(s), %d sales order(s), %d AR payment(s)"
+                 % (n_ok, len(orders), len(ledger.get("ar_payments", []))))
+
+    # -- Sage X3 --
+
+    def step_expect_sagex3(self, spec, step):
+        known = {"customers", "sales_orders", "allocations", "payments", "journals", "duplicate_references",
+                 "duplicate_keys_refused", "modifications", "order", "no_order", "payment", "journal", "customer",
+                 "every_order_posted_once", "stock"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_sagex3.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        st = self.sandbox_get("sagex3", "/_sandbox/stats")
+        for key in ("customers", "sales_orders", "allocations", "payments", "journals", "duplicate_keys_refused",
+                    "modifications"):
+            if key in spec:
+                self.expect(st[key] == spec[key], "Sage X3 stats: %s = %d, expected %d" % (key, st[key], spec[key]))
+        want = spec.get("duplicate_references", 0)
+        self.expect(st["duplicate_references"] == want, "Sage X3 stats: duplicate_references = %d, expected %d"
+                    % (st["duplicate_references"], want))
+        recs = self.sandbox_get("sagex3", "/_sandbox/records")
+        for w in as_list(spec.get("customer", [])):
+            self.check_x3_customer(w, recs)
+        for w in as_list(spec.get("order", [])):
+            self.check_x3_order(w, recs)
+        for ref in as_list(spec.get("no_order", [])):
+            n = sum(1 for o in recs.get("sales_orders", []) if o.get("reference") == ref)
+            self.expect(n == 0, "Sage X3 holds %d SOH with reference %r, expected none" % (n, ref))
+        for w in as_list(spec.get("payment", [])):
+            self.check_x3_payment(w, recs)
+        for w in as_list(spec.get("journal", [])):
+            self.check_x3_journal(w, recs)
+        for item, qty in spec.get("stock", {}).items():
+            got = (recs.get("stock") or {}).get(item)
+            self.expect(got is not None and Decimal(got) == Decimal(str(qty)), "Sage X3 stock of %s: %s, expected %s" % (item, got, qty))
+        if spec.get("every_order_posted_once"):
+            self.check_x3_every_order(recs)
+        return "Sage X3: %d BPC, %d SOH, %d allocation(s), %d PAY, %d GACC, %d duplicate reference(s)" % (
+            st["customers"], st["sales_orders"], st["allocations"], st["payments"], st["journals"], st["duplicate_references"])
+
+    @staticmethod
+    def x3_field(record, name):
+        """A field by NAME in any group of an X3 record (the emulator's JSON form)."""
+        for grp in (record or {}).values():
+            if isinstance(grp, dict) and name in grp:
+                return grp[name]
+        return None
+
+    @staticmethod
+    def x3_table(record):
+        for grp in (record or {}).values():
+            if isinstance(grp, list):
+                return grp
+        return []
+
+    def x3_order_of(self, code, recs):
+        return [o for o in recs.get("sales_orders", []) if o.get("reference") == code]
+
+    def check_x3_customer(self, want, recs):
+        known = {"of_order", "name", "email", "count"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_sagex3.customer.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        custs = recs.get("customers", [])
+        if "of_order" in want:
+            sohs = self.x3_order_of(want["of_order"], recs)
+            if not self.expect(len(sohs) == 1, "Sage X3: no single SOH for %s to find its customer" % want["of_order"]):
+                return
+            num = self.x3_field(sohs[0]["record"], "BPCORD")
+            found = [c for c in custs if c.get("number") == num]
+        else:
+            found = [c for c in custs if self.x3_field(c["record"], "WEB") == want.get("email")]
+        if not self.expect(len(found) == want.get("count", 1), "Sage X3 holds %d matching BPC(s) for %s, expected %d"
+                           % (len(found), json.dumps(want), want.get("count", 1))) or not found:
+            return
+        c = found[0]["record"]
+        if "name" in want:
+            self.expect(self.x3_field(c, "BPCNAM") == want["name"], "Sage X3 BPC %s: BPCNAM %r, expected %r"
+                        % (found[0].get("number"), self.x3_field(c, "BPCNAM"), want["name"]))
+        if "email" in want:
+            self.expect(self.x3_field(c, "WEB") == want["email"], "Sage X3 BPC %s: WEB %r, expected %r"
+                        % (found[0].get("number"), self.x3_field(c, "WEB"), want["email"]))
+
+    def check_x3_order(self, want, recs):
+        known = {"reference", "count", "lines", "site", "allocated", "same_customer_as", "currency", "payments"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_sagex3.order.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        ref = want["reference"]
+        found = self.x3_order_of(ref, recs)
+        if not self.expect(len(found) == want.get("count", 1), "Sage X3 holds %d SOH with reference %r, expected %d"
+                           % (len(found), ref, want.get("count", 1))) or not found:
+            return
+        o = found[0]
+        rec = o["record"]
+        what = "Sage X3 SOH %s (%s)" % (o.get("number"), ref)
+        if "lines" in want:
+            got = [{k: l.get(k) for k in ("ITMREF", "QTY", "GROPRI")} for l in self.x3_table(rec)]
+            self.expect(got == want["lines"], "%s: lines %s, expected %s" % (what, json.dumps(got), json.dumps(want["lines"])))
+        if "site" in want:
+            self.expect(self.x3_field(rec, "SALFCY") == want["site"], "%s: SALFCY %r, expected %r"
+                        % (what, self.x3_field(rec, "SALFCY"), want["site"]))
+        if "currency" in want:
+            self.expect(self.x3_field(rec, "CUR") == want["currency"], "%s: CUR %r, expected %r"
+                        % (what, self.x3_field(rec, "CUR"), want["currency"]))
+        if "allocated" in want:
+            self.expect(bool(o.get("allocation")) is want["allocated"], "%s: allocation %r, expected allocated=%r"
+                        % (what, o.get("allocation"), want["allocated"]))
+        if "payments" in want:
+            self.expect(len(o.get("payments") or []) == want["payments"], "%s: %d PAY linked, expected %d"
+                        % (what, len(o.get("payments") or []), want["payments"]))
+        if "same_customer_as" in want:
+            other = self.x3_order_of(want["same_customer_as"], recs)
+            a = self.x3_field(rec, "BPCORD")
+            b = self.x3_field(other[0]["record"], "BPCORD") if other else None
+            self.expect(a == b, "%s: customer %r, not the customer of %s (%r)" % (what, a, want["same_customer_as"], b))
+
+    def check_x3_payment(self, want, recs):
+        known = {"order", "reference", "count", "paytyp", "amount", "currency", "account"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_sagex3.payment.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        if "order" in want:
+            rec = self.orders.get(want["order"])
+            if not rec:
+                raise CaseError("expect_sagex3.payment.order: no order %r was played" % want["order"])
+            ref = rec["transaction_id"]
+        else:
+            ref = want["reference"]
+        found = [p for p in recs.get("payments", []) if p.get("reference") == ref]
+        if not self.expect(len(found) == want.get("count", 1), "Sage X3 holds %d PAY with REF %r, expected %d"
+                           % (len(found), ref, want.get("count", 1))) or not found:
+            return
+        p = found[0]
+        r = p["record"]
+        what = "Sage X3 PAY %s (REF %s)" % (p.get("number"), ref)
+        self.expect(self.x3_field(r, "REF") == ref, "%s: REF field %r" % (what, self.x3_field(r, "REF")))
+        for key, field in (("paytyp", "PAYTYP"), ("currency", "CUR"), ("account", "ACC")):
+            if key in want:
+                self.expect(self.x3_field(r, field) == want[key], "%s: %s %r, expected %r" % (what, field, self.x3_field(r, field), want[key]))
+        if "amount" in want:
+            got = self.x3_field(r, "AMTCUR")
+            self.expect(got is not None and Decimal(got) == Decimal(want["amount"]) and got == want["amount"],
+                        "%s: AMTCUR %r, expected %r" % (what, got, want["amount"]))
+        if "order" in want:
+            sohs = self.x3_order_of(want["order"], recs)
+            self.expect(sohs and p.get("order") == sohs[0].get("number") and self.x3_field(r, "SOHNUM") == sohs[0].get("number"),
+                        "%s: linked to order %r (SOHNUM %r), expected the SOH of %s (%s)"
+                        % (what, p.get("order"), self.x3_field(r, "SOHNUM"), want["order"], sohs[0].get("number") if sohs else None))
+            bpr = self.x3_field(r, "BPR")
+            if sohs:
+                self.expect(bpr == self.x3_field(sohs[0]["record"], "BPCORD"), "%s: BPR %r, the order's customer is %r"
+                            % (what, bpr, self.x3_field(sohs[0]["record"], "BPCORD")))
+
+    def check_x3_journal(self, want, recs):
+        known = {"reference", "count", "amount", "debit_account", "credit_account", "currency"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_sagex3.journal.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        ref = want["reference"]
+        found = [j for j in recs.get("journals", []) if j.get("reference") == ref]
+        if not self.expect(len(found) == want.get("count", 1), "Sage X3 holds %d GACC with REF %r, expected %d (journals: %s)"
+                           % (len(found), ref, want.get("count", 1), [j.get("reference") for j in recs.get("journals", [])])) or not found:
+            return
+        j = found[0]["record"]
+        what = "Sage X3 GACC %s (REF %s)" % (found[0].get("number"), ref)
+        lines = self.x3_table(j)
+        debits = [l for l in lines if l.get("DEB")]
+        credits = [l for l in lines if l.get("CDT")]
+        if "amount" in want:
+            self.expect(sum(Decimal(l["DEB"]) for l in debits) == Decimal(want["amount"]) ==
+                        sum(Decimal(l["CDT"]) for l in credits),
+                        "%s: debits %s / credits %s, expected %s each" % (what, [l.get("DEB") for l in debits],
+                                                                          [l.get("CDT") for l in credits], want["amount"]))
+        if "debit_account" in want:
+            self.expect([l.get("ACC") for l in debits] == [want["debit_account"]], "%s: debit accounts %s, expected [%r]"
+                        % (what, [l.get("ACC") for l in debits], want["debit_account"]))
+        if "credit_account" in want:
+            self.expect([l.get("ACC") for l in credits] == [want["credit_account"]], "%s: credit accounts %s, expected [%r]"
+                        % (what, [l.get("ACC") for l in credits], want["credit_account"]))
+        if "currency" in want:
+            self.expect(self.x3_field(j, "CUR") == want["currency"], "%s: CUR %r, expected %r" % (what, self.x3_field(j, "CUR"), want["currency"]))
+
+    def check_x3_every_order(self, recs):
+        """Each approved PayTrace sale: one SOH (reference = invoice_id) with its lines,
+        allocated, and one PAY (REF = transaction_id, AMTCUR = amount) linked to it; each
+        declined sale: nothing; no record another sale did not ask for."""
+        mine = self.gateway_orders("paytrace")
+        sohs, pays = {}, {}
+        for o in recs.get("sales_orders", []):
+            sohs.setdefault(o.get("reference"), []).append(o)
+        for p in recs.get("payments", []):
+            pays.setdefault(p.get("reference"), []).append(p)
+        bad = []
+        for code, o in sorted(mine.items()):
+            so, ps = sohs.get(code, []), pays.get(o["transaction_id"], [])
+            if o["status"] != "Ok":
+                if so or ps:
+                    bad.append("%s (declined): %d SOH, %d PAY, expected none" % (code, len(so), len(ps)))
+                continue
+            if len(so) != 1 or len(ps) != 1:
+                bad.append("%s: %d SOH and %d PAY, expected exactly 1 each" % (code, len(so), len(ps)))
+                continue
+            if not so[0].get("allocation"):
+                bad.append("%s: SOH %s not allocated" % (code, so[0].get("number")))
+            if ps[0].get("order") != so[0].get("number"):
+                bad.append("%s: PAY %s linked to %r, not %s" % (code, ps[0].get("number"), ps[0].get("order"), so[0].get("number")))
+            amt = self.x3_field(ps[0]["record"], "AMTCUR")
+            if amt is None or to_minor(Decimal(amt), "USD") != o["amount"]:
+                bad.append("%s: PAY AMTCUR %r, expected %d minor units" % (code, amt, o["amount"]))
+            want_lines = [(l["sku"], Decimal(str(l["quantity"])), Decimal(str(l["unit_price"]))) for l in o["lines"]]
+            got_lines = [(l.get("ITMREF"), Decimal(l.get("QTY", "0")), Decimal(l.get("GROPRI", "0"))) for l in self.x3_table(so[0]["record"])]
+            if want_lines != got_lines:
+                bad.append("%s: SOH lines %s, expected %s" % (code, got_lines, want_lines))
+        refs = {o["transaction_id"] for o in mine.values()}
+        strays = [r for r in sohs if r not in mine] + [r for r in pays if r not in refs]
+        if strays:
+            bad.append("records with references no sale had: %s" % ", ".join(map(str, strays[:5])))
+        for b in bad[:20]:
+            self.fail("Sage X3 exactly once: " + b)
+        self.say("Sage X3 exactly once: %d approved sale(s), %d SOH, %d PAY"
+                 % (len(self.ok_orders("paytrace")), len(recs.get("sales_orders", [])), len(recs.get("payments", []))))
+
+    # -- the shop --
+
+    def step_expect_shop(self, spec, step):
+        known = {"received", "duplicates", "rejected", "failed_injected", "statuses"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_shop.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        st = self.sandbox_get("shop", "/_sandbox/stats")
+        for key in ("received", "duplicates", "rejected", "failed_injected"):
+            if key in spec:
+                want = spec[key]
+                if isinstance(want, dict):
+                    if "min" in want:
+                        self.expect(st[key] >= want["min"], "shop stats: %s = %d, expected at least %d" % (key, st[key], want["min"]))
+                    if "max" in want:
+                        self.expect(st[key] <= want["max"], "shop stats: %s = %d, expected at most %d" % (key, st[key], want["max"]))
+                else:
+                    self.expect(st[key] == want, "shop stats: %s = %d, expected %d" % (key, st[key], want))
+        for w in as_list(spec.get("statuses", [])):
+            self.check_shop_statuses(w)
+        return "shop: received %d, duplicates %d, rejected %d, failed (injected) %d" % (
+            st["received"], st["duplicates"], st["rejected"], st["failed_injected"])
+
+    def check_shop_statuses(self, want):
+        known = {"order_reference", "count", "states", "amount_minor", "gateway_transaction_id_of"}
+        for k in want:
+            if k not in known:
+                raise CaseError("expect_shop.statuses.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        ref = want["order_reference"]
+        data = self.sandbox_get("shop", "/_sandbox/statuses?order_reference=" + urllib.parse.quote(ref))
+        sts = data.get("statuses", [])
+        what = "shop statuses of %s" % ref
+        if "count" in want:
+            self.expect(len(sts) == want["count"], "%s: %d, expected %d" % (what, len(sts), want["count"]))
+        if "states" in want:
+            got = [s.get("state") for s in sts]
+            self.expect(got == want["states"], "%s: states %s, expected %s" % (what, got, want["states"]))
+        keys = [s.get("idempotency_key") for s in sts]
+        self.expect(len(set(keys)) == len(keys), "%s: an Idempotency-Key recorded twice: %s" % (what, keys))
+        for s in sts:
+            # the signature, recomputed here from the protocol's text: t=<unix>,v1=HMAC(secret, "<t>." + body)
+            parts = dict(p.split("=", 1) for p in (s.get("signature") or "").split(",") if "=" in p)
+            mac = hmac.new(self.shop_secret.encode(), ("%s.%s" % (parts.get("t"), s.get("raw_body") or "")).encode(),
+                           hashlib.sha256).hexdigest()
+            self.expect(parts.get("v1") == mac, "%s: signature %r does not verify over the raw body" % (what, s.get("signature")))
+            doc = as_json(s.get("raw_body") or "") or {}
+            self.expect(doc.get("order_reference") == ref, "%s: body order_reference %r" % (what, doc.get("order_reference")))
+            if "amount_minor" in want:
+                self.expect((doc.get("amount") or {}).get("minor") == want["amount_minor"],
+                            "%s: amount %s, expected %d minor units" % (what, doc.get("amount"), want["amount_minor"]))
+            if "gateway_transaction_id_of" in want:
+                rec = self.orders.get(want["gateway_transaction_id_of"]) or {}
+                self.expect(str(doc.get("gateway_transaction_id")) == rec.get("transaction_id"),
+                            "%s: gateway_transaction_id %r, expected %r" % (what, doc.get("gateway_transaction_id"), rec.get("transaction_id")))
+
+    CLI_EXPECT = {"expect_rc", "expect_stdout_contains", "expect_stdout_not_contains", "expect_stderr_contains"}
+
     STEP_TABLE = {
         # type key: (method, keys allowed beside it)
         "order": (step_order, set()),
@@ -1334,7 +2225,15 @@ class Run:
         "dlq_replay": (step_dlq_replay, {"expect_replayed"}),
         "kill9_under_load": (step_kill9_under_load, set()),
         "cli_during": (step_cli_during, set()),
-        "cli": (step_cli, {"expect_rc", "expect_stdout_contains"}),
+        "cli": (step_cli, CLI_EXPECT),
+        "paytrace_sale": (step_paytrace_sale, set()),
+        "sandbox_post": (step_sandbox_post, set()),
+        "refund": (step_refund, CLI_EXPECT | {"expect_refundable_minor", "expect_duplicate"}),
+        "chargeback": (step_chargeback, CLI_EXPECT),
+        "expect_refunds": (step_expect_refunds, set()),
+        "expect_syspro": (step_expect_syspro, set()),
+        "expect_sagex3": (step_expect_sagex3, set()),
+        "expect_shop": (step_expect_shop, set()),
     }
 
     def check_case(self):
