@@ -403,6 +403,13 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     today(day);
     enum pb_rc rc = pb_mapper_step(wk->mapper, st, w->event, w->refs, idbuf, day, &run,
                                    &w->reference, &w->document, &err);
+    if (rc == PB_ERR_MAPPING && strstr(err.msg, "retry later:")) {
+        /* the flow says the data it needs is not there yet (e.g. a refund
+         * whose payment is still being posted): a transient wait, retried
+         * with the connection's backoff, dead-lettered when it never comes */
+        decide(w, PB_OUTCOME_RETRY, PB_ERR_TRANSIENT, err.msg);
+        return;
+    }
     if (rc) {
         decide(w, PB_OUTCOME_DEAD, rc, err.msg);
         return;

@@ -298,7 +298,7 @@ static void test_refund_without_original_is_an_error(void **state)
     json_object_del(json_object_get(ev, "original"), "refs");
     map_step(seed_mapper, seed_flow, "credit", ev, NULL, &res);
     assert_int_equal(res.rc, PB_ERR_MAPPING);
-    assert_non_null(strstr(res.err.msg, "never posted to Xero"));
+    assert_non_null(strstr(res.err.msg, "retry later: the original payment"));
     result_free(&res);
     json_decref(ev);
 }
