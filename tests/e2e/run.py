@@ -983,7 +983,7 @@ class Run:
 
     def step_paytrace_sale(self, spec, step):
         known = {"invoice_id", "amount", "card", "customer", "customer_id", "line_items", "description", "address",
-                 "count", "unique_customer", "expect"}
+                 "count", "unique_customer", "expect", "parallel"}
         for k in spec:
             if k not in known:
                 raise CaseError("paytrace_sale.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
@@ -992,11 +992,26 @@ class Run:
         base = spec.get("invoice_id") or "PT-%s" % secrets.token_hex(3).upper()
         count = int(spec.get("count", 1))
         codes = [base] if count == 1 else ["%s-%03d" % (base, i + 1) for i in range(count)]
-        notes = []
+        notes, results = [], {}
         for code in codes:
             if code in self.orders:
                 raise CaseError("paytrace_sale: invoice_id %s was used before in this case" % code)
-            rec, err = self.play_paytrace_sale(spec, code)
+
+        def play(code):
+            results[code] = self.play_paytrace_sale(spec, code)
+
+        if spec.get("parallel"):
+            # every sale at once: their webhooks reach paybridge within milliseconds
+            threads = [threading.Thread(target=play, args=(code,)) for code in codes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for code in codes:
+                play(code)
+        for code in codes:
+            rec, err = results[code]
             if rec:
                 self.orders[code] = rec
                 notes.append("%s -> %s %s (%s)" % (code, rec["transaction_id"], rec["status"], rec["response_code"]))
@@ -1672,6 +1687,46 @@ class Run:
                       % (what, code, found[0], rec["transaction_id"]))
         return conn, found[0]
 
+    def stored_events_of(self, code):
+        """paybridge's stored events (GET /admin/events/{id}) whose payment or order reference
+        is the order code, as (summary, canonical event body, detail)."""
+        out = []
+        for ev in self.events():
+            detail = self.admin_get("/admin/events/%d" % ev["id"])
+            body = detail.get("event") or detail.get("event_json") or {}
+            if isinstance(body, str):
+                body = as_json(body) or {}
+            if code in ((body.get("payment") or {}).get("reference"), (body.get("order") or {}).get("reference")):
+                out.append((ev, body, detail))
+        return out
+
+    def step_expect_event(self, spec, step):
+        """The canonical event paybridge stored for an order: its type, and fields by dotted path."""
+        known = {"order", "type", "count", "fields", "fields_contain"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_event.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        found = [(e, b, d) for e, b, d in self.stored_events_of(spec["order"])
+                 if "type" not in spec or e.get("type") == spec["type"]]
+        want_n = spec.get("count", 1)
+        if not self.expect(len(found) == want_n, "paybridge stored %d %s event(s) of %s, expected %d"
+                           % (len(found), spec.get("type", "any"), spec["order"], want_n)) or not found:
+            return "no event"
+        ev, body, _ = found[0]
+
+        def get(path):
+            v = body
+            for k in path.split("."):
+                v = v.get(k) if isinstance(v, dict) else None
+            return v
+        for path, want in spec.get("fields", {}).items():
+            self.expect(get(path) == want, "event %s (%s): %s is %r, expected %r" % (ev["id"], ev.get("type"), path, get(path), want))
+        for path, needle in spec.get("fields_contain", {}).items():
+            got = get(path)
+            self.expect(isinstance(got, str) and needle.lower() in got.lower(),
+                        "event %s (%s): %s is %r, expected it to mention %r" % (ev["id"], ev.get("type"), path, got, needle))
+        return "event %s %s of %s" % (ev["id"], ev.get("type"), spec["order"])
+
     def step_refund(self, spec, step):
         """`paybridge refund --connection C --transaction T --amount A [--reason R] [--reference REF]`
         for the payment of an order played in this case."""
@@ -1962,8 +2017,10 @@ class Run:
             self.expect(got is not None and Decimal(got) == Decimal(str(qty)), "Sage X3 stock of %s: %s, expected %s" % (item, got, qty))
         if spec.get("every_order_posted_once"):
             self.check_x3_every_order(recs)
-        return "Sage X3: %d BPC, %d SOH, %d allocation(s), %d PAY, %d GACC, %d duplicate reference(s)" % (
-            st["customers"], st["sales_orders"], st["allocations"], st["payments"], st["journals"], st["duplicate_references"])
+        return ("Sage X3: %d BPC, %d SOH, %d allocation(s), %d PAY, %d GACC, %d duplicate reference(s), "
+                "%d save(s) refused as an existing key, %d refusal(s)") % (
+            st["customers"], st["sales_orders"], st["allocations"], st["payments"], st["journals"],
+            st["duplicate_references"], st["duplicate_keys_refused"], st["refusals"])
 
     @staticmethod
     def x3_field(record, name):
@@ -2231,6 +2288,7 @@ class Run:
         "refund": (step_refund, CLI_EXPECT | {"expect_refundable_minor", "expect_duplicate"}),
         "chargeback": (step_chargeback, CLI_EXPECT),
         "expect_refunds": (step_expect_refunds, set()),
+        "expect_event": (step_expect_event, set()),
         "expect_syspro": (step_expect_syspro, set()),
         "expect_sagex3": (step_expect_sagex3, set()),
         "expect_shop": (step_expect_shop, set()),
