@@ -325,7 +325,8 @@ int pb_cli_demo(int argc, char **argv)
     int rc = 1;
     /* sealed secrets of the demo's config (freed at `out`) */
     char *s_notify = NULL, *s_ik = NULL, *s_ip = NULL, *s_cid = NULL, *s_cs = NULL, *s_sop = NULL,
-         *s_scp = NULL, *s_x3u = NULL, *s_x3p = NULL, *s_ptu = NULL, *s_ptp = NULL, *s_ptw = NULL;
+         *s_scp = NULL, *s_x3u = NULL, *s_x3p = NULL, *s_ptu = NULL, *s_ptp = NULL, *s_ptw = NULL,
+         *s_shop = NULL;
     char *yaml = NULL;
 
     for (int i = 1; i < argc; i++) {
@@ -395,13 +396,13 @@ int pb_cli_demo(int argc, char **argv)
     pb_hex_encode(dg, 32, admin_hash, sizeof(admin_hash));
 
     /* 2. the sandbox */
-    json_t *sbs = json_pack("{s:s,s:{s:i,s:s,s:o},s:{s:i},s:{s:i},s:{s:i},s:{s:i}}", "bind",
+    json_t *sbs = json_pack("{s:s,s:{s:i,s:s,s:o},s:{s:i},s:{s:i},s:{s:i},s:{s:i},s:{s:i}}", "bind",
                             "127.0.0.1", "xero", "port", 0, "tenant_id", DEMO_TENANT, "limits",
                             xero_limits ? json_pack("{s:i,s:i,s:i}", "per_minute", 60, "per_day", 5000,
                                                     "concurrent", 5)
                                         : json_false(),
                             "opayo", "port", 0, "syspro", "port", 0, "sagex3", "port", 0, "paytrace",
-                            "port", 0);
+                            "port", 0, "shop", "port", 0);
     if (pb_sandbox_start(sbs, &sb, &err)) {
         fprintf(stderr, "paybridge demo: sandbox: %s\n", err.msg);
         json_decref(sbs);
@@ -410,7 +411,7 @@ int pb_cli_demo(int argc, char **argv)
     json_decref(sbs);
     int xport = pb_sandbox_port(sb, "xero"), oport = pb_sandbox_port(sb, "opayo");
     int sport = pb_sandbox_port(sb, "syspro"), x3port = pb_sandbox_port(sb, "sagex3"),
-        pport = pb_sandbox_port(sb, "paytrace");
+        pport = pb_sandbox_port(sb, "paytrace"), shport = pb_sandbox_port(sb, "shop");
 
     /* 3. the config */
     s_notify = seal(key, "sandbox-notify-secret");
@@ -425,8 +426,9 @@ int pb_cli_demo(int argc, char **argv)
     s_ptu = seal(key, "sandbox-user");
     s_ptp = seal(key, "sandbox-pass");
     s_ptw = seal(key, "sandbox-paytrace-secret");
+    s_shop = seal(key, "sandbox-shop-secret");
     if (!s_notify || !s_ik || !s_ip || !s_cid || !s_cs || !s_sop || !s_scp || !s_x3u || !s_x3p ||
-        !s_ptu || !s_ptp || !s_ptw ||
+        !s_ptu || !s_ptp || !s_ptw || !s_shop ||
         asprintf(&yaml,
                  "# Written by `paybridge demo`. Every secret is sealed with AES-256-GCM under secret.key.\n"
                  "server:\n  listen: \"127.0.0.1:%d\"\n  threads: 2\n"
@@ -436,7 +438,7 @@ int pb_cli_demo(int argc, char **argv)
                  "secrets:\n  key_file: secret.key\n"
                  "admin:\n  api_keys: [\"sha256:%s\"]\n  metrics_public: true\n"
                  "connections:\n"
-                 "  opayo-shop:\n    connector: opayo\n    settings:\n"
+                 "  opayo-shop:\n    connector: opayo\n    status_webhook: shop-status\n    settings:\n"
                  "      api_base: \"http://127.0.0.1:%d/api/v1\"\n      vendor_name: sandbox\n"
                  "    secrets:\n      notify_secret: \"%s\"\n      integration_key: \"%s\"\n"
                  "      integration_password: \"%s\"\n"
@@ -451,7 +453,7 @@ int pb_cli_demo(int argc, char **argv)
                  "      company_id: EDU1\n      operator: ADMIN\n      bank: BANK1\n"
                  "    secrets:\n      operator_password: \"%s\"\n      company_password: \"%s\"\n"
                  "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
-                 "  paytrace-shop:\n    connector: paytrace\n    settings:\n"
+                 "  paytrace-shop:\n    connector: paytrace\n    status_webhook: shop-status\n    settings:\n"
                  "      api_base: \"http://127.0.0.1:%d\"\n"
                  "    poll_interval_s: 20\n"
                  "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
@@ -461,11 +463,14 @@ int pb_cli_demo(int argc, char **argv)
                  "      default_site: US011\n"
                  "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
                  "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
+                 "  shop-status:\n    connector: shopwebhook\n    settings:\n"
+                 "      url: \"http://127.0.0.1:%d/status\"\n"
+                 "    secrets:\n      signing_secret: \"%s\"\n"
                  "flows:\n  - flows/opayo-xero.yaml\n  - flows/opayo-syspro.yaml\n"
                  "  - flows/paytrace-sagex3.yaml\n",
                  port, admin_hash, oport, s_notify, s_ik, s_ip, xport, xport,
                  DEMO_TENANT, s_cid, s_cs, sport, s_sop, s_scp, pport, s_ptu, s_ptp, s_ptw, x3port,
-                 s_x3u, s_x3p) < 0) {
+                 s_x3u, s_x3p, shport, s_shop) < 0) {
         fprintf(stderr, "paybridge demo: out of memory\n");
         goto out;
     }
@@ -523,7 +528,7 @@ int pb_cli_demo(int argc, char **argv)
     printf("  metrics       http://127.0.0.1:%d/metrics\n", ep);
     printf("  admin API     http://127.0.0.1:%d/admin/events   (Authorization: Bearer %s)\n", ep, admin_key);
     printf("  dead letters  http://127.0.0.1:%d/admin/dlq       or: build/paybridge dlq list -c %s\n", ep, cfgpath);
-    printf("  pairs         Opayo -> Xero, Opayo -> SYSPRO, PayTrace -> Sage X3\n");
+    printf("  pairs         Opayo -> Xero, Opayo -> SYSPRO, PayTrace -> Sage X3; order states -> the shop\n");
     printf("  sandbox       Opayo Pi :%d  Xero :%d  SYSPRO :%d  PayTrace :%d  Sage X3 :%d (127.0.0.1)\n",
            oport, xport, sport, pport, x3port);
     printf("  traffic       %.1f orders/s%s%s\n", rate, duration ? ", stopping after " : " until Ctrl-C",
@@ -583,6 +588,7 @@ int pb_cli_demo(int argc, char **argv)
             {"xero", "Xero", {"contacts", "invoices", "payments", NULL}},
             {"syspro", "SYSPRO", {"customers", "sales_orders", "ar_payments", NULL}},
             {"sagex3", "Sage X3", {"customers", "sales_orders", "allocations", "payments"}},
+            {"shop", "shop", {"received", "duplicates", "rejected", NULL}},
         };
         if (pb_http_client_new(&http, &err) == PB_OK) {
             for (size_t i = 0; i < sizeof(erps) / sizeof(erps[0]); i++) {
@@ -634,6 +640,7 @@ out:
     free(s_ptu);
     free(s_ptp);
     free(s_ptw);
+    free(s_shop);
     memset(key, 0, sizeof(key));
     return rc;
 }

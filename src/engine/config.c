@@ -149,7 +149,7 @@ static void load_connection(struct ctx *c, struct pb_config *cfg, const char *na
                             const unsigned char *key, int have_key, int init)
 {
     static const char *const keys[] = {"connector", "settings", "secrets", "retry", "rate_limit",
-                                       "poll_interval_s", NULL};
+                                       "poll_interval_s", "status_webhook", NULL};
     static const char *const retry_keys[] = {"base_ms", "cap_ms", "max_attempts", NULL};
     static const char *const rl_keys[] = {"per_minute", "per_day", "concurrent", "max_wait_ms", NULL};
     struct pb_conn_entry *e = &cfg->conns[cfg->n_conns];
@@ -244,6 +244,13 @@ static void load_connection(struct ctx *c, struct pb_config *cfg, const char *na
         }
     }
     e->poll_interval_s = (long)get_int(c, obj, "poll_interval_s", section, 0, 0, 86400);
+    {
+        const char *sw = get_str(c, obj, "status_webhook", section, NULL);
+        if (sw && strlen(sw) >= sizeof(e->status_webhook))
+            ERR(c, json_object_get(obj, "status_webhook"), "%s.status_webhook: name too long", section);
+        else if (sw)
+            snprintf(e->status_webhook, sizeof(e->status_webhook), "%s", sw);
+    }
     if (e->poll_interval_s > 0 && !(type->caps & PB_CAP_POLL))
         ERR(c, json_object_get(obj, "poll_interval_s"),
             "%s.poll_interval_s: the %s connector cannot poll", section, cname);
@@ -392,6 +399,21 @@ enum pb_rc pb_config_load(const char *path, int init, struct pb_config **out,
             if (pb_flowset_add_file(cfg->flows, fp, diags))
                 c.errors += (int)(diags->n - before) ? (int)(diags->n - before) : 1;
             free(fp);
+        }
+    }
+    /* status webhooks name a sink that takes order.status */
+    for (size_t i = 0; i < cfg->n_conns; i++) {
+        struct pb_conn_entry *src = &cfg->conns[i], *dst;
+        if (!src->status_webhook[0])
+            continue;
+        dst = pb_config_connection(cfg, src->status_webhook);
+        if (!dst || !(dst->conn.type->caps & PB_CAP_SINK) ||
+            dst->conn.type->max_batch(&dst->conn, "order.status") == 0) {
+            pb_diags_add(diags, path, 0,
+                         "connections.%s.status_webhook: \"%s\" must be a connection whose connector "
+                         "takes order.status (e.g. connector: shopwebhook)",
+                         src->conn.name, src->status_webhook);
+            c.errors++;
         }
     }
     /* cross-check flows against connections */

@@ -29,6 +29,7 @@ struct pb_conn_entry {
     struct pb_connection conn;          /* the instance (settings, secrets, limiter, state) */
     struct pb_retry_policy retry;
     long poll_interval_s;               /* > 0: poll this source that often (PB_CAP_POLL) */
+    char status_webhook[64];            /* "" or the sink connection that receives order states */
     int initialised;
 };
 

@@ -345,6 +345,67 @@ static void decide(struct work_item *w, enum pb_job_outcome o, enum pb_rc rc, co
     snprintf(w->message, sizeof(w->message), "%s", msg ? msg : "");
 }
 
+/* Enrichment: a refund or a chargeback sees the payment it belongs to and the
+ * ERP ids this job's flow made for it, as .original {event, refs, related_refs}. */
+static void enrich_original(struct pb_engine *e, struct work_item *w)
+{
+    struct pb_err err = {0};
+    const char *orig = pb_json_str(w->event, "refund.original_gateway_id");
+    if (!orig)
+        orig = pb_json_str(w->event, "chargeback.original_gateway_id");
+    const char *src = pb_json_str(w->event, "source.connection");
+    if (orig && src) {
+        json_t *args = json_pack("{s:s,s:s,s:s,s:I}", "connection", src, "gateway_id", orig, "flow",
+                                 w->job->flow, "event_id", (json_int_t)w->job->event_id);
+        json_t *found = NULL;
+        if (pb_store_query(e->store, "original.find", args, &found, &err) == PB_OK)
+            json_object_set_new(w->event, "original", found);
+        json_decref(args);
+    }
+}
+
+/* The document of a status webhook (built-in job "paybridge.status"): the
+ * order's state as the shop understands it, from the canonical event. The
+ * reference "<order>:<state>[:<refund>]" keeps each state change its own job,
+ * so the xref never swallows a later state of the same order. */
+static void status_document(struct work_item *w)
+{
+    const char *type = pb_json_str(w->event, "type");
+    json_t *entity = json_object_get(w->event, "payment");
+    const char *state = "failed";
+    char ref[300];
+    if (type && strcmp(type, "payment.succeeded") == 0)
+        state = "paid";
+    else if (type && strcmp(type, "refund.succeeded") == 0) {
+        entity = json_object_get(w->event, "refund");
+        state = "refunded";
+        json_t *orig = json_object_get(json_object_get(w->event, "original"), "event");
+        json_int_t paid = json_integer_value(pb_json_path(orig, "payment.amount.minor"));
+        json_int_t back = json_integer_value(pb_json_path(entity, "amount.minor"));
+        if (paid > 0 && back > 0 && back < paid)
+            state = "partially_refunded";
+    }
+    const char *order = pb_json_str(w->event, "payment.reference");
+    if (!order)
+        order = pb_json_str(w->event, "original.event.payment.reference");
+    if (!order)
+        order = pb_json_str(w->event, "order.reference");
+    if (!order || !entity) {
+        decide(w, PB_OUTCOME_DEAD, PB_ERR_MAPPING, "the event names no order reference for the shop");
+        return;
+    }
+    snprintf(ref, sizeof(ref), "%s:%s%s%s", order, state, strcmp(state, "paid") && strcmp(state, "failed") ? ":" : "",
+             strcmp(state, "paid") && strcmp(state, "failed") ? (pb_json_str(entity, "gateway_id") ? pb_json_str(entity, "gateway_id") : "") : "");
+    w->reference = strdup(ref);
+    w->document = json_pack("{s:s,s:s,s:O?,s:s?,s:s?,s:s?}", "order_reference", order, "state", state,
+                            "amount", json_object_get(entity, "amount"), "gateway",
+                            pb_json_str(w->event, "source.connector"), "gateway_transaction_id",
+                            pb_json_str(entity, "gateway_id"), "occurred_at",
+                            pb_json_str(w->event, "occurred_at"));
+    if (!w->reference || !w->document)
+        decide(w, PB_OUTCOME_DEAD, PB_ERR_NOMEM, "out of memory");
+}
+
 static void today(char out[11])
 {
     time_t t = time(NULL);
@@ -367,6 +428,11 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
         return;
     }
     json_object_set_new(w->event, "id", json_integer(w->job->event_id));
+    if (strcmp(w->job->flow, "paybridge.status") == 0) {
+        enrich_original(e, w);
+        status_document(w);
+        return;
+    }
     if (strncmp(w->job->flow, "paybridge.", 10) == 0)
         return; /* a built-in job (a gateway refund): no flow, no mapping */
     w->flow = pb_flowset_find(e->cfg->flows, w->job->flow);
@@ -376,22 +442,7 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     }
     if (is_confirm)
         return;
-    /* enrichment: a refund or a chargeback sees the payment it belongs to and
-     * the ERP ids this flow made for it, as .original {event, refs, related_refs} */
-    {
-        const char *orig = pb_json_str(w->event, "refund.original_gateway_id");
-        if (!orig)
-            orig = pb_json_str(w->event, "chargeback.original_gateway_id");
-        const char *src = pb_json_str(w->event, "source.connection");
-        if (orig && src) {
-            json_t *args = json_pack("{s:s,s:s,s:s,s:I}", "connection", src, "gateway_id", orig, "flow",
-                                     w->job->flow, "event_id", (json_int_t)w->job->event_id);
-            json_t *found = NULL;
-            if (pb_store_query(e->store, "original.find", args, &found, &err) == PB_OK)
-                json_object_set_new(w->event, "original", found);
-            json_decref(args);
-        }
-    }
+    enrich_original(e, w);
     if (w->job->step < 1 || (size_t)w->job->step > w->flow->n_steps) {
         decide(w, PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the flow no longer has this step");
         return;

@@ -51,6 +51,20 @@ void pb_route_jobs(const struct pb_config *cfg, const struct pb_conn_entry *conn
         }
         j->run_at_ms = now;
     }
+    /* the shop hears of the order's state: a built-in job on the connection's
+     * status webhook (see engine.c, status_document) */
+    if (conn->status_webhook[0] && *n_jobs < PB_STORE_MAX_NEW_JOBS &&
+        (strcmp(type, "payment.succeeded") == 0 || strcmp(type, "payment.declined") == 0 ||
+         strcmp(type, "payment.failed") == 0 || strcmp(type, "refund.succeeded") == 0)) {
+        struct pb_job_new *j = &jobs[(*n_jobs)++];
+        memset(j, 0, sizeof(*j));
+        j->flow = "paybridge.status";
+        j->step = 1;
+        j->step_name = "status";
+        j->target = conn->status_webhook;
+        j->command = "order.status";
+        j->run_at_ms = now;
+    }
 }
 
 char *pb_route_event(const struct pb_config *cfg, const struct pb_conn_entry *conn,
