@@ -1291,7 +1291,7 @@ static enum pb_rc sqlite_query(struct pb_store *base, const char *what, const js
                          "   WHERE j.event_id=e.id AND j.state=2 AND j.step>0 AND j.flow NOT LIKE 'paybridge.%')) AS posted,"
                          " (SELECT COUNT(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM jobs j"
                          "   WHERE j.event_id=e.id AND (j.state IN (0,1,4) OR (j.state=2 AND j.step>0"
-                         "   AND j.flow NOT LIKE 'paybridge.%'))))) AS declined",
+                         "   AND j.flow NOT LIKE 'paybridge.%')))) AS declined",
                          NULL, 0, NULL, err);
         if (a) {
             res = json_incref(json_array_get(a, 0));
