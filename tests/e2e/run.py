@@ -438,13 +438,17 @@ class Run:
         self.pb_conf = self.case.get("paybridge", {})
         known_pb = {"max_attempts", "xero_rate_limit", "max_body", "workers", "flow_edits", "opayo_settings",
                     "xero_settings", "syspro_settings", "sagex3_settings", "paytrace_settings", "shop_settings",
-                    "log_level", "comment"}
+                    "paytrace_poll_interval_s", "status_webhook", "log_level", "comment"}
         for k in self.pb_conf:
             if k not in known_pb:
                 raise CaseError("paybridge.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known_pb))))
         for k in ("xero", "opayo", "syspro", "sagex3", "paytrace", "shop"):
             if k + "_settings" in self.pb_conf and k not in self.systems:
                 raise CaseError("paybridge.%s_settings: the case's pairs do not use %s" % (k, k))
+        if "paytrace_poll_interval_s" in self.pb_conf and "paytrace" not in self.systems:
+            raise CaseError("paybridge.paytrace_poll_interval_s: the case's pairs do not use paytrace")
+        if self.pb_conf.get("status_webhook") and not self.shop_status:
+            raise CaseError("paybridge.status_webhook needs \"shop_status\": true (the shop-status connection)")
         self.failures = []
         self.t0 = time.time()
         self.deadline = self.t0 + float(self.case.get("timeout_s", 150))
@@ -611,6 +615,8 @@ class Run:
                             "webhook_secret": "env:PB_E2E_PAYTRACE_WEBHOOK_SECRET"},
                 "retry": self.retry(),
             }
+            if "paytrace_poll_interval_s" in self.pb_conf:
+                conns["paytrace-shop"]["poll_interval_s"] = int(self.pb_conf["paytrace_poll_interval_s"])
         if "sagex3" in self.systems:
             settings = {"base_url": self.sandbox.url("sagex3", ""), "pool_alias": X3_POOL, "default_site": X3_SITE}
             settings.update(self.pb_conf.get("sagex3_settings", {}))
@@ -620,6 +626,11 @@ class Run:
                 "secrets": {"username": "env:PB_E2E_X3_USER", "password": "env:PB_E2E_X3_PASSWORD"},
                 "retry": self.retry(),
             }
+        if self.pb_conf.get("status_webhook"):
+            # every gateway connection tells the shop of its orders' states (built-in status jobs)
+            for name in ("opayo-shop", "paytrace-shop"):
+                if name in conns:
+                    conns[name]["status_webhook"] = "shop-status"
         if "shop" in self.systems:
             settings = {"url": self.sandbox.url("shop", "/status")}
             settings.update(self.pb_conf.get("shop_settings", {}))
@@ -1835,6 +1846,28 @@ class Run:
         return "%s: %d gateway refund(s), %d minor units; %d request(s) %s" % (
             spec["order"], len(refunds), total, len(reqs), json.dumps(count_by(reqs, "state")))
 
+    def step_expect_stats(self, spec, step):
+        """An emulator's /_sandbox/stats counters: {"system": S, "counter": N or {"min","max"}}."""
+        spec = dict(spec)
+        system = spec.pop("system", None)
+        if system not in self.systems:
+            raise CaseError("expect_stats.system: one of the case's systems (%s)" % ", ".join(self.systems))
+        st = self.sandbox_get(system, "/_sandbox/stats")
+        out = []
+        for key, want in spec.items():
+            if key not in st:
+                raise CaseError("expect_stats: the %s sandbox has no counter %r (it has %s)" % (system, key, ", ".join(sorted(st))))
+            got = st[key]
+            if isinstance(want, dict):
+                if "min" in want:
+                    self.expect(got >= want["min"], "%s stats: %s = %s, expected at least %s" % (system, key, got, want["min"]))
+                if "max" in want:
+                    self.expect(got <= want["max"], "%s stats: %s = %s, expected at most %s" % (system, key, got, want["max"]))
+            else:
+                self.expect(got == want, "%s stats: %s = %s, expected %s" % (system, key, got, want))
+            out.append("%s=%s" % (key, json.dumps(got)))
+        return "%s: %s" % (system, ", ".join(out))
+
     # -- SYSPRO --
 
     def step_expect_syspro(self, spec, step):
@@ -2289,6 +2322,7 @@ class Run:
         "chargeback": (step_chargeback, CLI_EXPECT),
         "expect_refunds": (step_expect_refunds, set()),
         "expect_event": (step_expect_event, set()),
+        "expect_stats": (step_expect_stats, set()),
         "expect_syspro": (step_expect_syspro, set()),
         "expect_sagex3": (step_expect_sagex3, set()),
         "expect_shop": (step_expect_shop, set()),
