@@ -1505,6 +1505,19 @@ class Run:
             raise Abort("`paybridge check` failed after the edit (rc %d):\n%s%s" % (rc, out, err))
         self.pb.start()
 
+    def step_stop_paybridge(self, spec, step):
+        """SIGTERM to paybridge (it must exit 0); CLI steps then work on the store alone."""
+        problem = self.pb.stop()
+        if problem:
+            self.fail(problem + "\n" + self.tail(self.pb.logs[-1], 20))
+        return "paybridge stopped"
+
+    def step_start_paybridge(self, spec, step):
+        if self.pb.proc is not None:
+            raise Abort("start_paybridge: paybridge is already running")
+        self.pb.start()
+        return "paybridge started on :%d" % self.pb.port
+
     def step_restart(self, spec, step):
         spec = spec if isinstance(spec, dict) else {}
         for k in spec:
@@ -1741,12 +1754,19 @@ class Run:
     def step_refund(self, spec, step):
         """`paybridge refund --connection C --transaction T --amount A [--reason R] [--reference REF]`
         for the payment of an order played in this case."""
-        known = {"order", "amount", "reason", "reference", "connection", "transaction"}
+        known = {"order", "order_transaction_of", "amount", "reason", "reference", "connection", "transaction"}
         for k in spec:
             if k not in known:
                 raise CaseError("refund.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
         if "order" in spec:
             conn, tx = self.payment_transaction(spec["order"], "refund")
+        elif "order_transaction_of" in spec:
+            # paybridge may be stopped: the gateway's id of the order, as the sandbox reported it
+            rec = self.orders.get(spec["order_transaction_of"])
+            if not rec:
+                raise CaseError("refund: no order %r was played" % spec["order_transaction_of"])
+            conn = "opayo-shop" if rec["gateway"] == "opayo" else "paytrace-shop"
+            tx = rec["transaction_id"]
         elif "transaction" in spec and "connection" in spec:
             conn, tx = spec["connection"], spec["transaction"]
         else:
@@ -2170,11 +2190,25 @@ class Run:
                             % (what, bpr, self.x3_field(sohs[0]["record"], "BPCORD")))
 
     def check_x3_journal(self, want, recs):
-        known = {"reference", "count", "amount", "debit_account", "credit_account", "currency"}
+        known = {"reference", "refund_of", "count", "amount", "debit_account", "credit_account", "currency",
+                 "same_customer_as"}
         for k in want:
             if k not in known:
                 raise CaseError("expect_sagex3.journal.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
-        ref = want["reference"]
+        if "refund_of" in want:
+            # one GACC per approved PayTrace refund of that sale, REF = the refund's transaction_id
+            rec = self.orders.get(want["refund_of"])
+            if not rec:
+                raise CaseError("expect_sagex3.journal.refund_of: no order %r was played" % want["refund_of"])
+            refunds = [str(t["transaction_id"]) for t in self.sandbox_get("paytrace", "/_sandbox/transactions")
+                       if t.get("transaction_type") == "REFUND" and str(t.get("original_transaction_id")) == rec["transaction_id"]
+                       and t.get("success")]
+            if not self.expect(len(refunds) == 1, "PayTrace holds %d approved refund(s) of %s, the journal check needs exactly 1"
+                               % (len(refunds), want["refund_of"])):
+                return
+            ref = refunds[0]
+        else:
+            ref = want["reference"]
         found = [j for j in recs.get("journals", []) if j.get("reference") == ref]
         if not self.expect(len(found) == want.get("count", 1), "Sage X3 holds %d GACC with REF %r, expected %d (journals: %s)"
                            % (len(found), ref, want.get("count", 1), [j.get("reference") for j in recs.get("journals", [])])) or not found:
@@ -2197,6 +2231,12 @@ class Run:
                         % (what, [l.get("ACC") for l in credits], want["credit_account"]))
         if "currency" in want:
             self.expect(self.x3_field(j, "CUR") == want["currency"], "%s: CUR %r, expected %r" % (what, self.x3_field(j, "CUR"), want["currency"]))
+        if "same_customer_as" in want:
+            sohs = self.x3_order_of(want["same_customer_as"], recs)
+            cust = self.x3_field(sohs[0]["record"], "BPCORD") if sohs else None
+            bprs = sorted({l.get("BPR") for l in lines if l.get("BPR")})
+            self.expect(bprs == [cust], "%s: lines name customer(s) %s, expected the customer of %s (%r)"
+                        % (what, bprs, want["same_customer_as"], cust))
 
     def check_x3_every_order(self, recs):
         """Each approved PayTrace sale: one SOH (reference = invoice_id) with its lines,
@@ -2323,6 +2363,8 @@ class Run:
         "expect_refunds": (step_expect_refunds, set()),
         "expect_event": (step_expect_event, set()),
         "expect_stats": (step_expect_stats, set()),
+        "stop_paybridge": (step_stop_paybridge, set()),
+        "start_paybridge": (step_start_paybridge, set()),
         "expect_syspro": (step_expect_syspro, set()),
         "expect_sagex3": (step_expect_sagex3, set()),
         "expect_shop": (step_expect_shop, set()),
