@@ -1809,15 +1809,15 @@ class Run:
                     "--reason", str(o.get("reason", "4837")), "--deadline", o.get("deadline", "2030-01-31")]
         elif "update" in spec:
             ref = spec["update"]
-            if ref == "last":
+            if ref in ("first", "last"):
                 if not self.chargebacks:
                     raise Abort("chargeback update: no chargeback was opened in this case")
-                ref = self.chargebacks[-1]
+                ref = self.chargebacks[0 if ref == "first" else -1]
             if "state" not in spec:
                 raise CaseError("chargeback.update needs \"state\"")
             args = ["chargebacks", "update", str(ref), "--state", spec["state"]]
         else:
-            raise CaseError("chargeback: {\"open\": {...}} or {\"update\": ID|\"last\", \"state\": S}")
+            raise CaseError("chargeback: {\"open\": {...}} or {\"update\": ID|\"first\"|\"last\", \"state\": S}")
         rc, out, err = self.cli(*(args + ["-c", self.config_path]))
         self.check_cli_output(" ".join(args), rc, out, err, step)
         if rc == 0:
@@ -1827,6 +1827,40 @@ class Run:
                 self.chargebacks.append(res["chargeback_id"])
             return "`paybridge %s`: %s" % (" ".join(args[:2]), short(out.strip(), 200))
         return "`paybridge %s` refused (rc %d): %s" % (" ".join(args[:2]), rc, err.strip()[:300])
+
+    def step_expect_chargebacks(self, spec, step):
+        """GET /admin/chargebacks and `paybridge chargebacks list`: count, states, and the list
+        ordered by dispute deadline (nearest first) in both."""
+        known = {"count", "states", "deadlines"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_chargebacks.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        cbs = self.admin_get("/admin/chargebacks")
+        if "count" in spec:
+            self.expect(len(cbs) == spec["count"], "paybridge holds %d chargeback(s), expected %d: %s"
+                        % (len(cbs), spec["count"], json.dumps(cbs)[:500]))
+        for state, n in spec.get("states", {}).items():
+            got = sum(1 for c in cbs if c.get("state") == state)
+            self.expect(got == n, "%d chargeback(s) in state %r, expected %d (%s)" % (got, state, n, json.dumps(count_by(cbs, "state"))))
+        api_deadlines = [c.get("deadline") for c in cbs]
+        # open disputes first, nearest deadline first; closed ones (won, lost) after them
+        order = [(c.get("state") in ("won", "lost"), c.get("deadline")) for c in cbs]
+        self.expect(order == sorted(order), "GET /admin/chargebacks is not open disputes first, nearest deadline first: %s"
+                    % [(c.get("state"), c.get("deadline")) for c in cbs])
+        if "deadlines" in spec:
+            self.expect(api_deadlines == spec["deadlines"], "GET /admin/chargebacks deadlines %s, expected %s" % (api_deadlines, spec["deadlines"]))
+        rc, out, err = self.cli("chargebacks", "list", "-c", self.config_path)
+        if self.expect(rc == 0, "`paybridge chargebacks list` failed (rc %d): %s" % (rc, err.strip())):
+            rows = [l for l in out.splitlines()[1:] if l.strip()]
+            cli_deadlines = [l.split()[1] if len(l.split()) > 1 else None for l in rows]
+            self.expect(cli_deadlines == api_deadlines, "`paybridge chargebacks list` shows deadlines %s, the admin API %s:\n%s"
+                        % (cli_deadlines, api_deadlines, out))
+            for c in cbs:
+                row = next((l for l in rows if l.split()[0] == str(c.get("id"))), "")
+                self.expect(c.get("state", "?") in row.split() and c.get("original_gateway_id", "?") in row,
+                            "`paybridge chargebacks list`: the row of chargeback %s does not show its state %s and payment %s: %r"
+                            % (c.get("id"), c.get("state"), c.get("original_gateway_id"), row))
+        return "chargebacks: %d %s, deadlines %s" % (len(cbs), json.dumps(count_by(cbs, "state")), api_deadlines)
 
     def step_expect_refunds(self, spec, step):
         """The gateway's refund transactions of an order, and paybridge's refund requests
@@ -1893,7 +1927,8 @@ class Run:
     def step_expect_syspro(self, spec, step):
         known = {"sales_orders", "ar_payments", "credit_notes", "customers", "customers_added", "business_errors",
                  "duplicate_customer_po_numbers", "order", "no_order", "payment", "credit_note",
-                 "every_order_posted_once", "userid_missing_spaces"}
+                 "credit_note_values_minor", "credit_notes_customer_of", "every_order_posted_once",
+                 "userid_missing_spaces"}
         for k in spec:
             if k not in known:
                 raise CaseError("expect_syspro.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
@@ -1915,6 +1950,17 @@ class Run:
             self.check_syspro_ledger("ar_payments", "AR payment", "PaymentValue", want, orders, ledger)
         for want in as_list(spec.get("credit_note", [])):
             self.check_syspro_ledger("credit_notes", "credit note", "InvoiceValue", want, orders, ledger)
+        cns = ledger.get("credit_notes", [])
+        if "credit_note_values_minor" in spec:
+            got = [c.get("value_minor") for c in cns]
+            self.expect(got == spec["credit_note_values_minor"], "SYSPRO credit note values %s minor units, expected %s: %s"
+                        % (got, spec["credit_note_values_minor"], json.dumps(cns)[:400]))
+        if "credit_notes_customer_of" in spec:
+            so = [o for o in orders if o.get("CustomerPoNumber") == spec["credit_notes_customer_of"]]
+            cust = so[0].get("Customer") if so else None
+            got = sorted({c.get("Customer") for c in cns})
+            self.expect(got == [cust], "SYSPRO credit notes are on customer(s) %s, expected the customer of %s (%r)"
+                        % (got, spec["credit_notes_customer_of"], cust))
         if spec.get("every_order_posted_once"):
             self.check_syspro_every_order(orders, ledger)
         return "SYSPRO: %d customer(s) added, %d sales order(s), %d AR payment(s), %d credit note(s), %d business error(s)" % (
@@ -2041,7 +2087,7 @@ class Run:
     def step_expect_sagex3(self, spec, step):
         known = {"customers", "sales_orders", "allocations", "payments", "journals", "duplicate_references",
                  "duplicate_keys_refused", "modifications", "order", "no_order", "payment", "journal", "customer",
-                 "every_order_posted_once", "stock"}
+                 "journal_amounts", "every_order_posted_once", "stock"}
         for k in spec:
             if k not in known:
                 raise CaseError("expect_sagex3.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
@@ -2065,6 +2111,15 @@ class Run:
             self.check_x3_payment(w, recs)
         for w in as_list(spec.get("journal", [])):
             self.check_x3_journal(w, recs)
+        if "journal_amounts" in spec:
+            # each journal's total, in the order saved, and balanced
+            got = []
+            for j in recs.get("journals", []):
+                lines = self.x3_table(j["record"])
+                deb = sum((Decimal(l["DEB"]) for l in lines if l.get("DEB")), Decimal(0))
+                cdt = sum((Decimal(l["CDT"]) for l in lines if l.get("CDT")), Decimal(0))
+                got.append(str(deb) if deb == cdt else "%s/%s unbalanced" % (deb, cdt))
+            self.expect(got == spec["journal_amounts"], "Sage X3 journal amounts %s, expected %s" % (got, spec["journal_amounts"]))
         for item, qty in spec.get("stock", {}).items():
             got = (recs.get("stock") or {}).get(item)
             self.expect(got is not None and Decimal(got) == Decimal(str(qty)), "Sage X3 stock of %s: %s, expected %s" % (item, got, qty))
@@ -2361,6 +2416,7 @@ class Run:
         "refund": (step_refund, CLI_EXPECT | {"expect_refundable_minor", "expect_duplicate"}),
         "chargeback": (step_chargeback, CLI_EXPECT),
         "expect_refunds": (step_expect_refunds, set()),
+        "expect_chargebacks": (step_expect_chargebacks, set()),
         "expect_event": (step_expect_event, set()),
         "expect_stats": (step_expect_stats, set()),
         "stop_paybridge": (step_stop_paybridge, set()),
