@@ -4,18 +4,20 @@
     run.py --bin-dir BUILD --source-dir SRC CASE.json [--keep]
 
 A case is a data file (tests/e2e/cases/*.json, format in README.md): the
-sandbox settings, the paybridge settings, and a list of steps, each one
-action (play an order, send a raw webhook, inject a fault, kill paybridge) or
-one expectation (what Xero holds, what the dead-letter queue holds). This
-program owns nothing but the case's temporary directory and the processes it
-starts there:
+pairs it runs (opayo-xero by default, opayo-syspro, paytrace-sagex3, and the
+shop's status receiver), the sandbox settings, the paybridge settings, and a
+list of steps, each one action (play an Opayo order or a PayTrace sale, send a
+raw webhook, inject a fault, refund, open a chargeback, kill paybridge) or one
+expectation (what Xero, SYSPRO, Sage X3 or the shop holds, what the
+dead-letter queue holds). This program owns nothing but the case's temporary
+directory and the processes it starts there:
 
-  1. paybridge-sandbox on ephemeral ports (Opayo Pi + Xero emulators);
+  1. paybridge-sandbox on ephemeral ports, with the emulators of the pairs;
   2. DIR/paybridge.yaml (secrets as env:NAME, a random admin key) and a copy
-     of SRC/flows/opayo-xero.yaml in DIR/flows, so a case may edit it;
+     of each pair's SRC/flows/*.yaml in DIR/flows, so a case may edit it;
      `paybridge check -c` must pass with no diagnostics at all;
   3. `paybridge serve` on port 0, then always on that same port after a
-     restart, because the Opayo sandbox's notify_url points at it;
+     restart, because the gateways' notification URLs point at it;
   4. the steps, in order. A failed expectation is reported and the case goes
      on (later steps often explain the first failure); a broken precondition
      (a process died, a port never opened) stops the case at once;
@@ -39,7 +41,8 @@ Rejected designs:
     every case in one readable shape (curl's tests/data, HOUSE-STYLE.md).
   - Verifying Xero through paybridge's own xref: a bug that writes the xref
     but not the document would pass. Everything about Xero is read back from
-    the Xero sandbox's real API and its /_sandbox/stats counters.
+    the Xero sandbox's real API and its /_sandbox/stats counters; SYSPRO, Sage
+    X3 and the shop from their emulators' records and counters.
 """
 
 import argparse
@@ -2504,7 +2507,7 @@ def count_by(items, key):
 def main():
     ap = argparse.ArgumentParser(description="Replay one paybridge end-to-end case against the sandbox.")
     ap.add_argument("--bin-dir", required=True, help="the build directory holding paybridge and paybridge-sandbox")
-    ap.add_argument("--source-dir", required=True, help="the source tree (for flows/opayo-xero.yaml)")
+    ap.add_argument("--source-dir", required=True, help="the source tree (for the templates in flows/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory even when the case passes")
     ap.add_argument("case", help="a case file, tests/e2e/cases/NAME.json")
     args = ap.parse_args()
