@@ -1816,7 +1816,7 @@ class Run:
     def step_refund(self, spec, step):
         """`paybridge refund --connection C --transaction T --amount A [--reason R] [--reference REF]`
         for the payment of an order played in this case."""
-        known = {"order", "order_transaction_of", "amount", "reason", "reference", "connection", "transaction"}
+        known = {"order", "order_transaction_of", "amount", "reason", "reference", "connection", "transaction", "via"}
         for k in spec:
             if k not in known:
                 raise CaseError("refund.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
@@ -1834,6 +1834,13 @@ class Run:
         else:
             raise CaseError("refund: needs \"order\" (or \"connection\" and \"transaction\")")
         conn = spec.get("connection", conn)
+        if spec.get("via", "cli") == "admin":
+            return self.refund_via_admin(conn, tx, spec, step)
+        if spec.get("via", "cli") != "cli":
+            raise CaseError("refund.via: \"cli\" (default) or \"admin\"")
+        for k in ("expect_status", "expect_message_contains"):
+            if k in step:
+                raise CaseError("refund: %s is for \"via\": \"admin\"" % k)
         args = ["refund", "--connection", conn, "--transaction", tx, "--amount", str(spec["amount"])]
         if "reason" in spec:
             args += ["--reason", spec["reason"]]
@@ -1857,6 +1864,35 @@ class Run:
             return "refund %s of %s (%s): request %s, reference %s, %s minor units were refundable" % (
                 spec["amount"], tx, conn, res.get("request_id"), res.get("reference"), res.get("refundable_minor"))
         return "refund %s of %s refused (rc %d): %s" % (spec["amount"], tx, rc, err.strip()[:300])
+
+    def refund_via_admin(self, conn, tx, spec, step):
+        """POST /admin/refunds {connection, transaction, amount, reason?, reference?}."""
+        body = {"connection": conn, "transaction": tx, "amount": str(spec["amount"])}
+        for k in ("reason", "reference"):
+            if k in spec:
+                body[k] = spec[k]
+        status, _, resp = http("POST", self.pb.url("/admin/refunds"), body,
+                               {"Authorization": "Bearer " + self.admin_key})
+        data = as_json(resp)
+        want = step.get("expect_status", 201)
+        self.expect(status == want, "POST /admin/refunds: HTTP %d, expected %d: %s" % (status, want, short(resp)))
+        if status >= 400:
+            err = data.get("error") if isinstance(data, dict) else None
+            if self.expect(isinstance(err, dict) and isinstance(err.get("message"), str),
+                           "POST /admin/refunds: the reply is not {\"error\":{\"code\",\"message\"}}: %s" % short(resp)):
+                for needle in as_list(step.get("expect_message_contains", [])):
+                    self.expect(needle.lower() in err["message"].lower(),
+                                "POST /admin/refunds: error message %r does not mention %r" % (err["message"], needle))
+            return "POST /admin/refunds %s of %s -> %d %s" % (spec["amount"], tx, status, short(resp, 300))
+        self.non_webhook_events = True
+        if "expect_refundable_minor" in step:
+            self.expect(isinstance(data, dict) and data.get("refundable_minor") == step["expect_refundable_minor"],
+                        "POST /admin/refunds: refundable_minor %s, expected %s" % ((data or {}).get("refundable_minor"),
+                                                                                  step["expect_refundable_minor"]))
+        if "expect_duplicate" in step:
+            self.expect(isinstance(data, dict) and data.get("duplicate") is step["expect_duplicate"],
+                        "POST /admin/refunds: duplicate %s, expected %s" % ((data or {}).get("duplicate"), step["expect_duplicate"]))
+        return "POST /admin/refunds %s of %s -> %d %s" % (spec["amount"], tx, status, short(resp, 200))
 
     def step_chargeback(self, spec, step):
         """`paybridge chargebacks open|update` for an order of this case."""
@@ -2475,7 +2511,8 @@ class Run:
         "cli": (step_cli, CLI_EXPECT),
         "paytrace_sale": (step_paytrace_sale, set()),
         "sandbox_post": (step_sandbox_post, set()),
-        "refund": (step_refund, CLI_EXPECT | {"expect_refundable_minor", "expect_duplicate"}),
+        "refund": (step_refund, CLI_EXPECT | {"expect_refundable_minor", "expect_duplicate", "expect_status",
+                                              "expect_message_contains"}),
         "chargeback": (step_chargeback, CLI_EXPECT),
         "expect_refunds": (step_expect_refunds, set()),
         "expect_chargebacks": (step_expect_chargebacks, set()),
