@@ -2486,6 +2486,13 @@ class Run:
                 self.expect(str(doc.get("gateway_transaction_id")) == rec.get("transaction_id"),
                             "%s: gateway_transaction_id %r, expected %r" % (what, doc.get("gateway_transaction_id"), rec.get("transaction_id")))
 
+    # the emulators a step needs
+    STEP_SYSTEMS = {
+        "order": ("opayo",), "cli_during": ("opayo",), "kill9_under_load": ("opayo", "xero"),
+        "expect_xero": ("xero",), "paytrace_sale": ("paytrace",), "expect_syspro": ("syspro",),
+        "expect_sagex3": ("sagex3",), "expect_shop": ("shop",),
+    }
+
     CLI_EXPECT = {"expect_rc", "expect_stdout_contains", "expect_stdout_not_contains", "expect_stderr_contains"}
 
     STEP_TABLE = {
@@ -2539,6 +2546,10 @@ class Run:
             for k in step:
                 if k not in allowed:
                     raise CaseError("step %d (%s): unknown key %r" % (i, types[0], k))
+            for system in self.STEP_SYSTEMS.get(types[0], ()):
+                if system not in self.systems:
+                    raise CaseError("step %d (%s) needs the %s emulator, which the case's pairs (%s) do not start"
+                                    % (i, types[0], system, ", ".join(self.pairs)))
 
     def execute(self):
         self.check_case()
@@ -2607,6 +2618,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory even when the case passes")
     ap.add_argument("case", help="a case file, tests/e2e/cases/NAME.json")
     args = ap.parse_args()
+    run = None
     try:
         run = Run(args.bin_dir, args.source_dir, args.case, args.keep or os.environ.get("PB_E2E_KEEP") == "1")
         # a ctest timeout sends SIGTERM first: stop our children instead of orphaning them
@@ -2614,6 +2626,8 @@ def main():
         return run.execute()
     except CaseError as e:
         print("case error: %s" % e, file=sys.stderr)
+        if run is not None and not run.pb.starts:
+            shutil.rmtree(run.dir, ignore_errors=True)  # nothing ran: nothing to keep
         return 2
 
 
