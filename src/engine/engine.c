@@ -368,7 +368,7 @@ static void enrich_original(struct pb_engine *e, struct work_item *w)
  * order's state as the shop understands it, from the canonical event. The
  * reference "<order>:<state>[:<refund>]" keeps each state change its own job,
  * so the xref never swallows a later state of the same order. */
-static void status_document(struct work_item *w)
+static void status_document(struct pb_engine *e, struct work_item *w)
 {
     const char *type = pb_json_str(w->event, "type");
     json_t *entity = json_object_get(w->event, "payment");
@@ -379,11 +379,20 @@ static void status_document(struct work_item *w)
     else if (type && strcmp(type, "refund.succeeded") == 0) {
         entity = json_object_get(w->event, "refund");
         state = "refunded";
-        json_t *orig = json_object_get(json_object_get(w->event, "original"), "event");
-        json_int_t paid = json_integer_value(pb_json_path(orig, "payment.amount.minor"));
-        json_int_t back = json_integer_value(pb_json_path(entity, "amount.minor"));
-        if (paid > 0 && back > 0 && back < paid)
-            state = "partially_refunded";
+        /* all refunds of the payment so far (this one is committed) against it */
+        const char *orig_id = pb_json_str(entity, "original_gateway_id");
+        const char *src = pb_json_str(w->event, "source.connection");
+        json_t *args = orig_id && src ? json_pack("{s:s,s:s}", "connection", src, "gateway_id", orig_id)
+                                      : NULL, *pay = NULL;
+        struct pb_err err = {0};
+        if (args && pb_store_query(e->store, "payment.find", args, &pay, &err) == PB_OK) {
+            json_int_t paid = json_integer_value(json_object_get(pay, "amount_minor"));
+            json_int_t back = json_integer_value(json_object_get(pay, "refunded_minor"));
+            if (paid > 0 && back < paid)
+                state = "partially_refunded";
+        }
+        json_decref(pay);
+        json_decref(args);
     }
     const char *order = pb_json_str(w->event, "payment.reference");
     if (!order)
@@ -430,7 +439,7 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     json_object_set_new(w->event, "id", json_integer(w->job->event_id));
     if (strcmp(w->job->flow, "paybridge.status") == 0) {
         enrich_original(e, w);
-        status_document(w);
+        status_document(e, w);
         return;
     }
     if (strncmp(w->job->flow, "paybridge.", 10) == 0)
@@ -559,8 +568,24 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
                 /* the flows of the refund need the payment and the customer */
                 if (!json_object_get(result, "payment") && json_object_get(w[i].event, "payment"))
                     json_object_set(result, "payment", json_object_get(w[i].event, "payment"));
-                if (!json_object_get(result, "customer") && json_object_get(w[i].event, "customer"))
-                    json_object_set(result, "customer", json_object_get(w[i].event, "customer"));
+                {
+                    /* fill what the gateway's answer left empty from the request
+                     * (PayTrace answers a refund with an empty customer) */
+                    json_t *want = json_object_get(w[i].event, "customer");
+                    json_t *have = json_object_get(result, "customer");
+                    if (json_is_object(want) && !json_is_object(have))
+                        json_object_set(result, "customer", want);
+                    else if (json_is_object(want)) {
+                        const char *k;
+                        json_t *v;
+                        json_object_foreach(want, k, v)
+                        {
+                            json_t *h = json_object_get(have, k);
+                            if (!h || json_is_null(h))
+                                json_object_set(have, k, v);
+                        }
+                    }
+                }
                 w[i].emit = result;
             } else if (rc == PB_OK && !result) {
                 /* the gateway already had it (a retry after a lost reply); its
@@ -910,6 +935,7 @@ static void poll_connection(struct pb_engine *e, struct pb_conn_entry *conn,
         for (size_t i = 0; i < list->n; i++) {
             struct pb_store_op op;
             char *json = pb_route_event(e->cfg, conn, &list->ev[i], &op, now);
+            op.u.inbox.polled = 1;
             if (pb_store_run(e->store, &op)) {
                 failed = 1;
                 pb_log(PB_LOG_ERROR, "poll.store_failed", "connection", conn->conn.name, "error",

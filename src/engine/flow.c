@@ -1604,7 +1604,19 @@ enum pb_rc pb_flow_fx(const struct pb_flow *flow, const json_t *event, json_t **
         *out = json_null();
         return PB_OK;
     }
-    amount = json_object_get(json_object_get(event, "payment"), "amount");
+    /* the money of the event itself: a refund's or a chargeback's event also
+     * carries the payment it belongs to, whose amount is not the one to post */
+    {
+        const char *type = json_string_value(json_object_get(event, "type"));
+        const char *entity = "payment";
+        if (type && strncmp(type, "refund.", 7) == 0)
+            entity = "refund";
+        else if (type && strncmp(type, "chargeback.", 11) == 0)
+            entity = "chargeback";
+        amount = json_object_get(json_object_get(event, entity), "amount");
+    }
+    if (!amount || json_is_null(amount))
+        amount = json_object_get(json_object_get(event, "payment"), "amount");
     if (!amount || json_is_null(amount))
         amount = json_object_get(json_object_get(event, "refund"), "amount");
     if (!amount || json_is_null(amount)) {

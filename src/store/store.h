@@ -103,6 +103,7 @@ struct pb_store_op {
             const char *type;
             const char *event_json;     /* canonical event, without id */
             const char *original_gateway_id; /* refunds/chargebacks: the payment's id, or NULL */
+            int polled;                 /* from a poller's overlapping re-read: a duplicate is not a redelivery */
             const char *raw;            /* raw payload, already PAN-checked */
             size_t raw_len;
             int64_t received_ms;

@@ -278,9 +278,11 @@ static enum pb_rc op_inbox(struct sqlite_store *s, struct pb_store_op *op)
             return db_err(s->db, &op->err, "find duplicate event");
         op->u.inbox.event_id = sqlite3_column_int64(f, 0);
         op->u.inbox.duplicate = 1;
-        sqlite3_reset(s->st[ST_EVENT_DUP]);
-        sqlite3_bind_int64(s->st[ST_EVENT_DUP], 1, op->u.inbox.event_id);
-        sqlite3_step(s->st[ST_EVENT_DUP]);
+        if (!op->u.inbox.polled) {
+            sqlite3_reset(s->st[ST_EVENT_DUP]);
+            sqlite3_bind_int64(s->st[ST_EVENT_DUP], 1, op->u.inbox.event_id);
+            sqlite3_step(s->st[ST_EVENT_DUP]);
+        }
         return PB_OK;
     }
     op->u.inbox.event_id = sqlite3_last_insert_rowid(s->db);

@@ -1008,6 +1008,10 @@ static void test_5xx_is_transient(void **state)
     static const struct raw_rule rules[] = {
         {"/logon?", 200, NULL, RAW_GUID "  "},
         {"BusinessObject=SORTOI", 500, NULL, "Internal Server Error"},
+        /* AR transactions are always looked up first: nothing there yet */
+        {"BusinessObject=ARSQRY", 200, NULL,
+         "<ArCustomerQuery><CustomerDetails><Customer>0000001</Customer></CustomerDetails>"
+         "</ArCustomerQuery>"},
         {"BusinessObject=ARSTPY", 503, "Retry-After: 7\r\n", "busy"},
         {"BusinessObject=ARSTIN", 200, NULL, "this is not XML"},
         {"/Logoff?", 200, NULL, "0"},

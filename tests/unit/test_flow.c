@@ -327,13 +327,14 @@ static void test_seed_template_loads(void **state)
     assert_ptr_equal(pb_flowset_flow(seed, 0), f);
     assert_string_equal(f->source, "opayo-shop");
     assert_string_equal(f->target, "xero-demo");
-    assert_int_equal(f->n_events, 5);
+    assert_int_equal(f->n_events, 7);
     assert_true(pb_flow_handles(f, "payment.succeeded"));
     assert_true(pb_flow_handles(f, "payment.declined"));
     assert_true(pb_flow_handles(f, "refund.succeeded"));
     assert_true(pb_flow_handles(f, "chargeback.opened"));
     assert_true(pb_flow_handles(f, "chargeback.won"));
-    assert_false(pb_flow_handles(f, "chargeback.lost"));
+    assert_true(pb_flow_handles(f, "chargeback.lost")); /* listed, so it is recorded as handled */
+    assert_false(pb_flow_handles(f, "settlement.batch"));
     assert_string_equal(f->steps[3].command, "creditnote.create");
     assert_string_equal(f->steps[4].command, "creditnote.refund");
     assert_string_equal(f->steps[5].command, "creditnote.create");
@@ -354,7 +355,7 @@ static void test_seed_template_loads(void **state)
     assert_ptr_equal(pb_flowset_next_match(seed, NULL, "opayo-shop", "payment.succeeded"), f);
     assert_null(pb_flowset_next_match(seed, f, "opayo-shop", "payment.succeeded"));
     assert_ptr_equal(pb_flowset_next_match(seed, NULL, "opayo-shop", "refund.succeeded"), f);
-    assert_null(pb_flowset_next_match(seed, NULL, "opayo-shop", "chargeback.lost"));
+    assert_null(pb_flowset_next_match(seed, NULL, "opayo-shop", "settlement.batch"));
     assert_null(pb_flowset_next_match(seed, NULL, "other-shop", "payment.succeeded"));
     assert_ptr_equal(pb_flowset_next_match(seed, NULL, NULL, NULL), f);
     assert_null(pb_flow_step_find(f, "nope"));

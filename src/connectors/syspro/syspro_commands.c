@@ -941,8 +941,12 @@ static enum pb_rc ar_post(struct run *r, const struct ar_post *p)
             snprintf(ptype, sizeof ptype, "%s", r->st->payment_type);
     }
 
-    /* 1. an earlier try may have posted it */
-    if (it->attempt > 1 || r->st->lookup_always) {
+    /* 1. it may be there already: an earlier try, or an earlier paybridge
+     * whose store is gone. Always looked up for AR transactions, because
+     * ARSTPY and ARSTIN do not refuse a repeated Reference (SORTOI refuses a
+     * repeated CustomerPoNumber, so orders are looked up on retries only) —
+     * a payment posted twice is money counted twice (e2e opayo_duplicate_in_erp). */
+    {
         enum lookup found = find_txn(r, customer, p->type, reference, p->credit_note, NULL);
         if (found != NOT_FOUND)
             goto out;
