@@ -375,7 +375,7 @@ static void status_document(struct pb_engine *e, struct work_item *w)
     const char *state = "failed";
     char ref[300];
     if (type && strcmp(type, "payment.succeeded") == 0)
-        state = "paid";
+        state = strcmp(w->job->step_name, "processing") == 0 ? "processing" : "paid";
     else if (type && strcmp(type, "refund.succeeded") == 0) {
         entity = json_object_get(w->event, "refund");
         state = "refunded";
@@ -403,8 +403,12 @@ static void status_document(struct pb_engine *e, struct work_item *w)
         decide(w, PB_OUTCOME_DEAD, PB_ERR_MAPPING, "the event names no order reference for the shop");
         return;
     }
-    snprintf(ref, sizeof(ref), "%s:%s%s%s", order, state, strcmp(state, "paid") && strcmp(state, "failed") ? ":" : "",
-             strcmp(state, "paid") && strcmp(state, "failed") ? (pb_json_str(entity, "gateway_id") ? pb_json_str(entity, "gateway_id") : "") : "");
+    {
+        int per_refund = strcmp(state, "refunded") == 0 || strcmp(state, "partially_refunded") == 0;
+        const char *gid = pb_json_str(entity, "gateway_id");
+        snprintf(ref, sizeof(ref), "%s:%s%s%s", order, state, per_refund ? ":" : "",
+                 per_refund && gid ? gid : "");
+    }
     w->reference = strdup(ref);
     w->document = json_pack("{s:s,s:s,s:O?,s:s?,s:s?,s:s?}", "order_reference", order, "state", state,
                             "amount", json_object_get(entity, "amount"), "gateway",
@@ -746,6 +750,23 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             op->u.complete.next.target = nx->target;
             op->u.complete.next.command = nx->command;
             op->u.complete.next.run_at_ms = now;
+        } else if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow &&
+                   (size_t)x->job->step == x->flow->n_steps) {
+            /* the flow is through: a paid order is now "processing" in the
+             * ERP; tell the shop once per event (the status job's (event,
+             * flow, step) is unique, so a second flow finishing adds nothing) */
+            const char *type = pb_json_str(x->event, "type");
+            struct pb_conn_entry *src = pb_config_connection(e->cfg, pb_json_str(x->event, "source.connection"));
+            /* something was posted: this step, or an earlier one of the flow */
+            int posted = x->outcome == PB_OUTCOME_DONE || json_object_size(x->refs) > 0;
+            if (src && src->status_webhook[0] && type && strcmp(type, "payment.succeeded") == 0 && posted) {
+                op->u.complete.next.flow = "paybridge.status";
+                op->u.complete.next.step = 2;
+                op->u.complete.next.step_name = "processing";
+                op->u.complete.next.target = src->status_webhook;
+                op->u.complete.next.command = "order.status";
+                op->u.complete.next.run_at_ms = now;
+            }
         }
         switch (x->outcome) {
         case PB_OUTCOME_DONE:
