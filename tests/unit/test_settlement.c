@@ -31,11 +31,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "connectors/connector.h"
+#include "connectors/opayo/opayo_internal.h"
 #include "connectors/settlement/settlement.h"
+#include "connectors/settlement/settlement_fetch.h"
 #include "connectors/settlement/settlement_parse.h"
 #include "core/crypto.h"
+#include "net/http_client.h"
+#include "net/httpd.h"
+#include "opayo_report.h"
+#include "sandbox.h"
+#include "connectors/paytrace/paytrace.h"
+
+extern const struct pb_connector_type pb_connector_opayo;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -626,6 +637,506 @@ static void test_paytrace_by_date_range_bad_and_truncated(void **state)
     pb_settlement_set_free(set);
 }
 
+/* ---- the Opayo reporting client and its emulator ------------------------------------------- */
+
+static void test_opayo_report_signature(void **state)
+{
+    char *xml = NULL, *form = NULL, date[24];
+    struct pb_err err = {0};
+    (void)state;
+    /* MD5 computed by hand:
+     *   printf '%s' '<command>getBatchList</command><vendor>sandbox</vendor><user>rep</user>
+     *   <startdate>01/11/2026 00:00:00</startdate><enddate>30/11/2026 23:59:59</enddate>
+     *   <password>secret</password>' | md5sum   (one line, no spaces between elements) */
+    assert_int_equal(pb__opayo_report_request("getBatchList", "sandbox", "rep", "secret",
+                                              "<startdate>01/11/2026 00:00:00</startdate>"
+                                              "<enddate>30/11/2026 23:59:59</enddate>",
+                                              &xml, &form, &err),
+                     PB_OK);
+    assert_string_equal(xml, "<vspaccess><command>getBatchList</command><vendor>sandbox</vendor>"
+                             "<user>rep</user><startdate>01/11/2026 00:00:00</startdate>"
+                             "<enddate>30/11/2026 23:59:59</enddate>"
+                             "<signature>1A5847EF209C7F4BBA13B548F726576B</signature></vspaccess>");
+    assert_non_null(strstr(form, "XML=%3Cvspaccess%3E%3Ccommand%3EgetBatchList%3C%2Fcommand%3E"));
+    assert_non_null(strstr(form, "01%2F11%2F2026%2000%3A00%3A00"));
+    assert_null(strstr(form, "secret"));
+    free(xml);
+    free(form);
+    /* text is escaped in the XML and hashed as sent; the password goes in as it is:
+     * printf '%s' '<command>getBatchDetail</command><vendor>a&amp;b</vendor><user>rep</user>
+     * <batchid>100001</batchid><password>p&w</password>' | md5sum */
+    assert_int_equal(pb__opayo_report_request("getBatchDetail", "a&b", "rep", "p&w",
+                                              "<batchid>100001</batchid>", &xml, NULL, &err),
+                     PB_OK);
+    assert_string_equal(xml, "<vspaccess><command>getBatchDetail</command><vendor>a&amp;b</vendor>"
+                             "<user>rep</user><batchid>100001</batchid>"
+                             "<signature>69E1452449EE635749E2B38934A6FCF6</signature></vspaccess>");
+    free(xml);
+    pb__opayo_report_date(day(2026, 11, 1), 0, date, sizeof date);
+    assert_string_equal(date, "01/11/2026 00:00:00");
+    pb__opayo_report_date(day(2026, 11, 30), 1, date, sizeof date);
+    assert_string_equal(date, "30/11/2026 23:59:59");
+}
+
+/* The Pi emulator's transactions, as the lead's accessor will give them. */
+static json_t *pi_transactions(void *ctx)
+{
+    (void)ctx;
+    return json_loads(
+        "[{\"transactionId\":\"T1\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":1000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-1\","
+        "\"createdAt\":\"2026-11-20T10:00:00Z\"},"
+        "{\"transactionId\":\"T2\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":2000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-2\","
+        "\"createdAt\":\"2026-11-20T11:00:00Z\"},"
+        "{\"transactionId\":\"T3\",\"transactionType\":\"Refund\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":500},\"currency\":\"GBP\",\"vendorTxCode\":\"REFUND-1\","
+        "\"createdAt\":\"2026-11-20T12:00:00Z\"},"
+        "{\"transactionId\":\"T4\",\"transactionType\":\"Payment\",\"status\":\"NotAuthed\","
+        "\"amount\":{\"totalAmount\":700},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-4\","
+        "\"createdAt\":\"2026-11-20T13:00:00Z\"},"
+        "{\"transactionId\":\"T5\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":1000},\"currency\":\"JPY\",\"vendorTxCode\":\"ORDER-5\","
+        "\"createdAt\":\"2026-11-20T14:00:00Z\"},"
+        "{\"transactionId\":\"T6\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":3000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-6\","
+        "\"createdAt\":\"2026-11-20T15:00:00Z\"},"
+        "{\"transactionId\":\"T7\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+        "\"amount\":{\"totalAmount\":1500},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-7\","
+        "\"createdAt\":\"2026-11-20T16:00:00Z\"}]",
+        0, NULL);
+}
+
+struct emu {
+    struct sbx_opayo_report *report;
+    struct pb_httpd *httpd;
+    int port;
+    struct pb_http_client *http;
+    char url[128];
+};
+
+static void emu_start(struct emu *e)
+{
+    struct pb_err err = {0};
+    struct pb_httpd_config cfg = {0};
+    memset(e, 0, sizeof *e);
+    e->report = sbx_opayo_report_create(NULL, pi_transactions, NULL, &err);
+    if (!e->report)
+        fail_msg("create: %s", err.msg);
+    cfg.routes = sbx_opayo_report_routes(e->report);
+    if (pb_httpd_start(&cfg, &e->httpd, &err))
+        fail_msg("httpd: %s", err.msg);
+    e->port = pb_httpd_port(e->httpd);
+    snprintf(e->url, sizeof e->url, "http://127.0.0.1:%d/access/access.htm", e->port);
+    if (pb_http_client_new(&e->http, &err))
+        fail_msg("client: %s", err.msg);
+}
+
+static void emu_stop(struct emu *e)
+{
+    if (e->httpd)
+        pb_httpd_stop(e->httpd);
+    e->httpd = NULL;
+    sbx_opayo_report_destroy(e->report);
+    pb_http_client_free(e->http);
+}
+
+/* POST a JSON body to the emulator; returns the reply (caller frees). */
+static json_t *emu_post(struct emu *e, const char *path, const char *body)
+{
+    char url[160];
+    struct pb_http_call call = {0};
+    struct pb_err err = {0};
+    json_t *reply;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", e->port, path);
+    call.method = "POST";
+    call.url = url;
+    call.body = body;
+    call.body_len = strlen(body);
+    call.headers[0] = "Content-Type: application/json";
+    if (pb_http_perform(e->http, &call, &err))
+        fail_msg("POST %s: %s", path, err.msg);
+    reply = json_loads(call.response, 0, NULL);
+    pb_http_call_reset(&call);
+    return reply;
+}
+
+static struct pb_connection *report_connection(const char *url, const char *password)
+{
+    struct pb_connection *c = calloc(1, sizeof *c);
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_opayo;
+    snprintf(c->name, sizeof c->name, "opayo-report-test");
+    c->settings = json_pack("{s:s,s:s,s:i}", "report_url", url, "vendor_name", "sandbox",
+                            "report_page_rows", 2);
+    c->secrets =
+        json_pack("{s:s,s:s}", "report_user", "sandbox-report", "report_password", password);
+    return c;
+}
+
+static void connection_free(struct pb_connection *c)
+{
+    json_decref(c->settings);
+    json_decref(c->secrets);
+    free(c);
+}
+
+static void test_opayo_report_against_emulator(void **state)
+{
+    struct emu e;
+    struct pb_connection *c;
+    struct pb_call_ctx ctx = {0};
+    struct pb_settlement_set *set = pb_settlement_set_new();
+    struct pb_err err = {0};
+    json_t *reply;
+    const struct pb_settlement_batch *b;
+    const struct pb_settlement_line *l;
+    char *trace;
+    (void)state;
+
+    emu_start(&e);
+    /* close the day's batches, with a missing settlement and a wrong fee seeded */
+    reply = emu_post(&e, "/_sandbox/settle",
+                     "{\"date\":\"2026-11-21\",\"missing\":[\"T6\"],\"wrong_fee\":[\"T7\"]}");
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 5);
+    assert_int_equal(json_array_size(json_object_get(reply, "batches")), 2);
+    json_decref(reply);
+    /* a second settle finds nothing new: every transaction settles once */
+    reply = emu_post(&e, "/_sandbox/settle", "{\"date\":\"2026-11-22\"}");
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 0);
+    json_decref(reply);
+
+    c = report_connection(e.url, "sandbox-report-password");
+    ctx.http = e.http;
+    ctx.trace = json_array();
+    ctx.retry_after_s = -1;
+    if (pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err))
+        fail_msg("fetch: %s", err.msg);
+    dump_bad(set);
+    assert_int_equal(pb_settlement_bad_count(set), 0);
+    assert_int_equal(pb_settlement_batch_count(set), 2);
+    assert_int_equal(json_array_size(ctx.trace), 3); /* list + two details */
+    b = batch_by_id(set, "opayo", "100001");
+    assert_string_equal(b->currency, "GBP");
+    assert_int_equal(b->line_count, 4); /* T1 T2 T3 T7: T6 never settled, T4 declined */
+    assert_int_equal(b->gross_minor, 1000 + 2000 - 500 + 1500);
+    /* fees 1.5% + 0.20 per sale, rounded half up: 35 + 50 + 0 + (23 + 20 + 10 seeded) */
+    assert_int_equal(b->fees_minor, 35 + 50 + 53);
+    assert_int_equal(b->net_minor, 4000 - 138);
+    assert_int_equal(b->lines_fees_minor, b->fees_minor);
+    assert_int_equal(b->date, day(2026, 11, 21));
+    l = line_by_ref(set, "T1");
+    assert_string_equal(l->merchant_ref, "ORDER-1");
+    assert_int_equal(l->fee_minor, 35);
+    assert_int_equal(l->value_date, day(2026, 11, 20));
+    assert_int_equal(l->settled_date, day(2026, 11, 21));
+    assert_int_equal(line_by_ref(set, "T3")->amount_minor, -500);
+    assert_int_equal(line_by_ref(set, "T7")->fee_minor, 53);
+    b = batch_by_id(set, "opayo", "100002");
+    assert_string_equal(b->currency, "JPY");
+    assert_int_equal(b->gross_minor, 1000);
+    assert_int_equal(b->fees_minor, 15); /* 0.20 JPY rounds to nothing */
+    /* the trace masks the signature and never holds the password */
+    trace = json_dumps(ctx.trace, 0);
+    assert_contains(trace, "<signature>***</signature>");
+    assert_null(strstr(trace, "sandbox-report-password"));
+    free(trace);
+    pb_settlement_set_free(set);
+
+    /* the transaction list, two rows per page: every page read, T6 there but unsettled */
+    set = pb_settlement_set_new();
+    json_array_clear(ctx.trace);
+    if (pb_settlement_opayo_fetch_transactions(c, &ctx, day(2026, 11, 20), day(2026, 11, 21), set,
+                                               &err))
+        fail_msg("list: %s", err.msg);
+    dump_bad(set);
+    assert_int_equal(pb_settlement_bad_count(set), 0);
+    assert_int_equal(json_array_size(ctx.trace), 4);    /* 7 rows, 2 per page */
+    assert_int_equal(pb_settlement_line_count(set), 6); /* T4 declined is not money */
+    assert_int_equal(line_by_ref(set, "T6")->batch, PB_SETTLEMENT_NO_BATCH);
+    assert_int_equal(batch_by_id(set, "opayo", "100001")->line_count, 4); /* across pages */
+    pb_settlement_set_free(set);
+    connection_free(c);
+
+    /* a wrong password: 0010, permanent, and the message says what to check */
+    c = report_connection(e.url, "wrong");
+    set = pb_settlement_set_new();
+    assert_int_equal(
+        pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err),
+        PB_ERR_PERMANENT);
+    assert_contains(err.msg, "errorcode 0010");
+    assert_contains(err.msg, "secrets.report_password");
+    assert_contains(err.msg, "retrying cannot help");
+    assert_int_equal(pb_settlement_batch_count(set), 0);
+    connection_free(c);
+
+    /* no report_url: a config error naming the key */
+    c = report_connection(e.url, "x");
+    json_object_del(c->settings, "report_url");
+    assert_int_equal(
+        pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err),
+        PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.report_url");
+    connection_free(c);
+
+    /* the server gone: transient */
+    pb_httpd_stop(e.httpd);
+    e.httpd = NULL;
+    c = report_connection(e.url, "sandbox-report-password");
+    assert_int_equal(
+        pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err),
+        PB_ERR_TRANSIENT);
+    connection_free(c);
+    pb_settlement_set_free(set);
+    json_decref(ctx.trace);
+    emu_stop(&e);
+}
+
+static void test_opayo_report_emulator_refusals(void **state)
+{
+    struct emu e;
+    struct pb_http_call call = {0};
+    struct pb_err err = {0};
+    char *xml = NULL, *form = NULL;
+    (void)state;
+    emu_start(&e);
+    /* a tampered request: the signature no longer matches the text */
+    assert_int_equal(pb__opayo_report_request("getBatchList", "sandbox", "sandbox-report",
+                                              "sandbox-report-password",
+                                              "<startdate>01/11/2026 00:00:00</startdate>"
+                                              "<enddate>30/11/2026 23:59:59</enddate>",
+                                              &xml, &form, &err),
+                     PB_OK);
+    char *p = strstr(form, "01%2F11");
+    assert_non_null(p);
+    p[1] = '2'; /* 02/11: the text changed after signing */
+    call.method = "POST";
+    call.url = e.url;
+    call.body = form;
+    call.body_len = strlen(form);
+    assert_int_equal(pb_http_perform(e.http, &call, &err), PB_OK);
+    assert_contains(call.response, "<errorcode>0010</errorcode>");
+    pb_http_call_reset(&call);
+    free(xml);
+    free(form);
+    /* an unknown command, correctly signed */
+    assert_int_equal(pb__opayo_report_request("getEverything", "sandbox", "sandbox-report",
+                                              "sandbox-report-password", NULL, &xml, &form, &err),
+                     PB_OK);
+    call.method = "POST";
+    call.url = e.url;
+    call.body = form;
+    call.body_len = strlen(form);
+    assert_int_equal(pb_http_perform(e.http, &call, &err), PB_OK);
+    assert_contains(call.response, "<errorcode>0020</errorcode>");
+    pb_http_call_reset(&call);
+    free(xml);
+    free(form);
+    /* random anomalies: a count picks that many */
+    json_t *reply = emu_post(&e, "/_sandbox/settle", "{\"missing\":1,\"wrong_fee\":2}");
+    assert_int_equal(
+        json_array_size(json_object_get(json_object_get(reply, "anomalies"), "missing")), 1);
+    assert_int_equal(
+        json_array_size(json_object_get(json_object_get(reply, "anomalies"), "wrong_fee")), 2);
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 5); /* 6 - 1 missing */
+    json_decref(reply);
+    emu_stop(&e);
+}
+
+/* ---- the watched directory ----------------------------------------------------------------- */
+
+struct dir_ctx {
+    struct pb_settlement_set *set;
+    struct pb_settlement_csv_map *map;
+    int calls;
+};
+
+static enum pb_rc read_one(void *arg, const char *name, const char *data, size_t len,
+                           struct pb_err *err)
+{
+    struct dir_ctx *d = arg;
+    d->calls++;
+    return pb_settlement_parse_csv(d->set, d->map, name, data, len, err);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_dir_reads_new_files_once(void **state)
+{
+    char dir[] = "/tmp/pb-settlement-dir-XXXXXX";
+    struct dir_ctx d = {0};
+    struct pb_settlement_dir_options opt = {.suffix = ".csv"};
+    struct pb_err err = {0};
+    size_t n = 0;
+    char cmd[600];
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    d.set = pb_settlement_set_new();
+    d.map = csv_map(CSV_MAP);
+    write_file(dir, "a.csv",
+               "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
+               "B1,T1,O1,1.00,0,GBP,SALE,2026-11-20\n");
+    write_file(dir, "b.csv",
+               "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
+               "B2,T2,O2,2.00,0,GBP,SALE,2026-11-20\n");
+    write_file(dir, "notes.txt", "not a report");
+    write_file(dir, "broken.csv", "Batch,Nope\nB9,1\n"); /* a header without the columns */
+
+    assert_int_equal(pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err),
+                     PB_ERR_INVALID); /* broken.csv's error, after the others were read */
+    assert_contains(err.msg, "broken.csv");
+    assert_int_equal(n, 2);
+    assert_int_equal(d.calls, 3);
+    assert_int_equal(pb_settlement_line_count(d.set), 2);
+
+    /* again: nothing new but the broken file, which is offered until it is fixed */
+    d.calls = 0;
+    assert_int_equal(pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err), PB_ERR_INVALID);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(n, 0);
+
+    /* a new file and a fixed one are read; a.csv rewritten (new size) is read again, and its
+     * batch, already loaded, is a duplicate rather than double money */
+    write_file(dir, "broken.csv", "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n");
+    write_file(dir, "c.csv",
+               "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
+               "B3,T3,O3,3.00,0,GBP,SALE,2026-11-21\n");
+    write_file(dir, "a.csv",
+               "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
+               "B1,T1,O1,1.00,0,GBP,SALE,2026-11-20\n\n");
+    d.calls = 0;
+    assert_int_equal(pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err), PB_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(pb_settlement_line_count(d.set), 3);
+    expect_bad(d.set, "a.csv", 2, "duplicate batch id B1");
+    assert_int_equal(pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err), PB_OK);
+    assert_int_equal(n, 0);
+
+    pb_settlement_csv_map_free(d.map);
+    pb_settlement_set_free(d.set);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_sftp_errors(void **state)
+{
+    struct pb_settlement_sftp_options opt = {.state_path = "/tmp/pb-sftp-test-state",
+                                             .timeout_ms = 2000};
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    (void)state;
+    assert_int_equal(
+        pb_settlement_sftp_fetch_new("ftp://example/x/", &opt, read_one, NULL, NULL, &err),
+        PB_ERR_CONFIG);
+    assert_contains(err.msg, "sftp://host/path/");
+    rc = pb_settlement_sftp_fetch_new("sftp://127.0.0.1:1/reports/", &opt, read_one, NULL, NULL,
+                                      &err);
+    if (pb_settlement_sftp_available())
+        assert_int_equal(rc, PB_ERR_TRANSIENT); /* nothing listens on port 1 */
+    else {
+        assert_int_equal(rc, PB_ERR_CONFIG);
+        assert_contains(err.msg, "no SFTP support");
+    }
+}
+
+/* ---- PayTrace settlement through the connector and its emulator ------------------------------ */
+
+static void paytrace_sale(struct pb_connection *c, struct pb_call_ctx *ctx, int64_t minor,
+                          const char *invoice, char id[32])
+{
+    struct pb_err err = {0};
+    json_t *reply = NULL;
+    json_t *req =
+        json_pack("{s:{s:I,s:s},s:{s:s,s:s,s:s},s:s}", "amount", "minor", (json_int_t)minor,
+                  "currency", "USD", "credit_card", "number", "4111111111111111",
+                  "expiration_month", "12", "expiration_year", "2039", "invoice_id", invoice);
+    if (pb_paytrace_sale_keyed(c, ctx, req, &reply, &err))
+        fail_msg("sale: %s", err.msg);
+    snprintf(id, 32, "%lld",
+             (long long)json_integer_value(json_object_get(reply, "transaction_id")));
+    json_decref(req);
+    json_decref(reply);
+}
+
+static void test_paytrace_fetch_against_emulator(void **state)
+{
+    struct pb_sandbox *sb = NULL;
+    struct pb_err err = {0};
+    struct pb_connection *c = calloc(1, sizeof *c);
+    struct pb_http_client *http = NULL;
+    struct pb_call_ctx ctx = {0};
+    struct pb_settlement_set *set = pb_settlement_set_new();
+    json_t *cfg = json_pack("{s:{s:i}}", "paytrace", "port", 0), *req, *reply = NULL;
+    char base[64], id1[32], id2[32], url[128];
+    int32_t today = (int32_t)(time(NULL) / 86400);
+    const struct pb_settlement_batch *b;
+    struct pb_http_call call = {0};
+    (void)state;
+
+    if (pb_sandbox_start(cfg, &sb, &err))
+        fail_msg("sandbox: %s", err.msg);
+    json_decref(cfg);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", pb_sandbox_port(sb, "paytrace"));
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_paytrace;
+    snprintf(c->name, sizeof c->name, "paytrace-settlement");
+    c->settings = json_pack("{s:s}", "api_base", base);
+    c->secrets = json_pack("{s:s,s:s,s:s}", "username", "sandbox-user", "password", "sandbox-pass",
+                           "webhook_secret", "w");
+    if (c->type->init(c, &err))
+        fail_msg("init: %s", err.msg);
+    assert_int_equal(pb_http_client_new(&http, &err), PB_OK);
+    ctx.http = http;
+    ctx.trace = json_array();
+    ctx.retry_after_s = -1;
+
+    paytrace_sale(c, &ctx, 1099, "ORDER-1", id1);
+    paytrace_sale(c, &ctx, 2000, "ORDER-2", id2);
+    req = json_pack("{s:s,s:s}", "transaction_id", id1, "amount", "5.00");
+    assert_int_equal(pb_paytrace_refund(c, &ctx, req, &reply, &err), PB_OK);
+    json_decref(req);
+    json_decref(reply);
+    snprintf(url, sizeof url, "%s/_sandbox/settle", base);
+    call.method = "POST";
+    call.url = url;
+    assert_int_equal(pb_http_perform(http, &call, &err), PB_OK);
+    pb_http_call_reset(&call);
+
+    if (pb_settlement_paytrace_fetch(c, &ctx, 1, today - 1, today + 1, set, &err))
+        fail_msg("fetch: %s", err.msg);
+    dump_bad(set);
+    assert_int_equal(pb_settlement_bad_count(set), 0);
+    assert_int_equal(pb_settlement_batch_count(set), 1);
+    b = batch_by_id(set, "paytrace", "1");
+    assert_int_equal(b->line_count, 3);
+    /* fees 2.9% + 0.30 per sale (the emulator's contract): 32 + 30 and 58 + 30 */
+    assert_int_equal(b->gross_minor, 1099 + 2000 - 500);
+    assert_int_equal(b->fees_minor, 62 + 88);
+    assert_int_equal(b->net_minor, 2599 - 150);
+    assert_int_equal(b->lines_gross_minor, b->gross_minor);
+    assert_int_equal(line_by_ref(set, id1)->fee_minor, 62);
+    assert_string_equal(line_by_ref(set, id2)->merchant_ref, "ORDER-2");
+
+    json_decref(ctx.trace);
+    pb_http_client_free(http);
+    c->type->destroy(c);
+    json_decref(c->settings);
+    json_decref(c->secrets);
+    free(c);
+    pb_settlement_set_free(set);
+    pb_sandbox_stop(sb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -640,6 +1151,12 @@ int main(void)
         cmocka_unit_test(test_opayo_xml_transaction_list),
         cmocka_unit_test(test_paytrace_settled_export),
         cmocka_unit_test(test_paytrace_by_date_range_bad_and_truncated),
+        cmocka_unit_test(test_paytrace_fetch_against_emulator),
+        cmocka_unit_test(test_dir_reads_new_files_once),
+        cmocka_unit_test(test_sftp_errors),
+        cmocka_unit_test(test_opayo_report_signature),
+        cmocka_unit_test(test_opayo_report_against_emulator),
+        cmocka_unit_test(test_opayo_report_emulator_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,3 +54,22 @@ enum pb_rc pb__opayo_refund(struct pb_connection *c, struct pb_call_ctx *ctx, co
 enum pb_rc pb__opayo_parse_instant(const char *text, time_t *out);
 
 #endif
+
+/* ---- opayo_report.c: the Reporting & Admin API client (settlement data) ----
+ * The public calls are declared in connectors/settlement/settlement_fetch.h.
+ * These two are shared with its tests. */
+
+/* Build one access.htm request: *xml_out receives
+ * "<vspaccess><command>C</command><vendor>V</vendor><user>U</user>PARAMS
+ * <signature>S</signature></vspaccess>" (no spaces, no newlines) where S is
+ * pb_md5_hex_upper() of the inner text with "<password>P</password>" in place
+ * of the signature element; vendor and user are XML-escaped, params and the
+ * password are used as given. *form_out receives the form body "XML=" + the
+ * percent-encoded XML. Both malloc'd, freed by the caller. */
+enum pb_rc pb__opayo_report_request(const char *command, const char *vendor, const char *user,
+                                    const char *password, const char *params, char **xml_out,
+                                    char **form_out, struct pb_err *err);
+
+/* "DD/MM/YYYY HH:MM:SS" of a day (days since 1970-01-01) at the start
+ * (end = 0) or the last second (end = 1) of that day; buf >= 20 bytes. */
+void pb__opayo_report_date(int32_t day, int end, char *buf, size_t len);

@@ -145,6 +145,14 @@ enum pb_rc pb_settlement_parse_paytrace_json(struct pb_settlement_set *set,
                                              const char *source, const char *data, size_t len,
                                              size_t *skipped, struct pb_err *err);
 
+/* The same for a reply already parsed by jansson (what the paytrace
+ * connector's export calls return): records are named by their index, the
+ * line is 0. For settlement_fetch.c; `reply` is borrowed. */
+enum pb_rc pb__settlement_paytrace_tree(struct pb_settlement_set *set,
+                                        const struct pb_settlement_paytrace_options *opt,
+                                        const char *source, const json_t *reply, size_t *skipped,
+                                        struct pb_err *err);
+
 /* ---- watched directory and SFTP --------------------------------------------------------- */
 
 #define PB_SETTLEMENT_FILE_MAX (256u * 1024u * 1024u) /* largest report file read */

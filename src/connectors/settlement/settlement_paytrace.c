@@ -469,7 +469,7 @@ static void load_batch(struct job *j, struct scan *s, const json_t *b, size_t be
 
     /* the lines of its transactions: their own spans give their lines */
     struct spans sp = {0};
-    {
+    if (end > begin) {
         size_t pos = skip_ws(s, begin + 1);
         while (pos < end && s->d[pos] == '"') {
             size_t kend = skip_string(s, pos);
@@ -664,4 +664,66 @@ out:
     if (skipped)
         *skipped = j.skipped;
     return rc;
+}
+
+/* ---- an already-parsed reply (the paytrace connector's export calls) ------------------------ */
+
+enum pb_rc pb__settlement_paytrace_tree(struct pb_settlement_set *set,
+                                        const struct pb_settlement_paytrace_options *opt,
+                                        const char *source, const json_t *reply, size_t *skipped,
+                                        struct pb_err *err)
+{
+    struct job j = {0};
+    struct scan s = {.d = "", .len = 0, .line_pos = 0, .line_at = 1};
+    json_t *records, *ok;
+    size_t i;
+    json_t *v;
+
+    if (skipped)
+        *skipped = 0;
+    if (!set || !json_is_object(reply))
+        return pb_err_set(err, PB_ERR_INVALID, "%s: not a PayTrace export (not an object)",
+                          source ? source : "paytrace");
+    if (!source)
+        source = "paytrace";
+    j.set = set;
+    j.source = source;
+    j.err = err;
+    j.currency = opt && opt->currency ? opt->currency : "USD";
+    j.include_unsettled = opt ? opt->include_unsettled : 0;
+    if (!pb_currency_valid(j.currency))
+        return pb_err_set(err, PB_ERR_CONFIG, "currency: unknown currency \"%s\"", j.currency);
+    ok = json_object_get(reply, "success");
+    if (ok && !json_is_true(ok))
+        return pb_err_set(err, PB_ERR_PERMANENT, "%s: PayTrace answered success false: %s", source,
+                          json_string_value(json_object_get(reply, "status_message"))
+                              ? json_string_value(json_object_get(reply, "status_message"))
+                              : "(no status_message)");
+    j.load = pb__settlement_load_begin(set);
+    if ((records = json_object_get(reply, "transactions")) && json_is_array(records)) {
+        json_array_foreach(records, i, v)
+        {
+            char where[48];
+            snprintf(where, sizeof where, "transactions[%zu]", i);
+            load_record(&j, v, 0, where, PB_SETTLEMENT_NO_BATCH);
+            if (j.fatal)
+                break;
+        }
+    } else if ((records = json_object_get(reply, "batches")) && json_is_array(records)) {
+        json_array_foreach(records, i, v)
+        {
+            load_batch(&j, &s, v, 0, 0, 0, i);
+            if (j.fatal)
+                break;
+        }
+    } else {
+        pb__settlement_load_end(set, j.load);
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "%s: not a PayTrace export (no \"transactions\" or \"batches\" array)",
+                          source);
+    }
+    pb__settlement_load_end(set, j.load);
+    if (skipped)
+        *skipped = j.skipped;
+    return j.fatal;
 }
