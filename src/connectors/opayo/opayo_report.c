@@ -259,8 +259,8 @@ static void reply_error(const char *body, char code[8], char text[200])
 static enum pb_rc call(struct pb_connection *c, struct pb_call_ctx *ctx, const char *command,
                        const char *params, char **reply, size_t *reply_len, struct pb_err *err)
 {
-    const char *url, *vendor, *user, *password;
-    long timeout_ms;
+    const char *url = NULL, *vendor = NULL, *user = NULL, *password = NULL;
+    long timeout_ms = REPORT_TIMEOUT_DEFAULT_MS;
     char *xml = NULL, *form = NULL, *masked = NULL;
     struct pb_http_call hc;
     enum pb_rc rc;
