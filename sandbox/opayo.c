@@ -127,6 +127,7 @@
 #include "core/pan.h"
 #include "net/httpd.h"
 #include "opayo.h"
+#include "opayo_report.h"
 #include "sbx.h"
 
 #define OPAYO_STATE_MAGIC 0x4F504159u         /* "OPAY" */
@@ -214,7 +215,7 @@ struct route_slot {
     pb_http_handler handler;
 };
 
-#define OPAYO_MAX_ROUTES 16
+#define OPAYO_MAX_ROUTES 20
 #define OPAYO_STATUS_SLOTS 32                 /* distinct HTTP statuses counted */
 
 struct opayo_state {
@@ -232,6 +233,7 @@ struct opayo_state {
     struct txn **txns;              /* owned array of owned pointers, creation order */
     size_t n_txns, cap_txns;
     struct pb__opayo_notifier *notifier; /* owned; has its own lock */
+    struct sbx_opayo_report *report; /* owned: the Reporting API (settlements); its own lock */
     uint64_t requests;              /* requests answered by our handlers */
     int status_code[OPAYO_STATUS_SLOTS];  /* HTTP statuses seen, 0 = free slot */
     uint64_t status_count[OPAYO_STATUS_SLOTS];
@@ -1673,6 +1675,7 @@ static enum pb_http_action h_admin_reset(struct pb_http_request *req,
     clear_store(st);
     pb__opayo_notifier_reset(st->notifier);
     pthread_mutex_unlock(&st->mu);
+    sbx_opayo_report_reset(st->report); /* its own lock, never nested in ours */
     reply_json(resp, 200, json_pack("{s:b}", "reset", 1));
     return PB_HTTP_DONE;
 }
@@ -1701,6 +1704,37 @@ static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_r
 }
 
 /* ---- the emulator type --------------------------------------------------- */
+
+/* The Reporting API emulator (opayo_report.c) reads our transactions through
+ * this: our lock only, never nested in the report's. */
+static json_t *report_source(void *arg)
+{
+    struct opayo_state *st = arg;
+    json_t *all = json_array();
+    pthread_mutex_lock(&st->mu);
+    for (size_t i = 0; all && i < st->n_txns; i++)
+        json_array_append_new(all, txn_json(st->txns[i], 1));
+    pthread_mutex_unlock(&st->mu);
+    return all;
+}
+
+static enum pb_http_action h_report_access(struct pb_http_request *req,
+                                           struct pb_http_response *resp, void *arg)
+{
+    return sbx_opayo_report_access(req, resp, state_of(arg)->report);
+}
+
+static enum pb_http_action h_report_settle(struct pb_http_request *req,
+                                           struct pb_http_response *resp, void *arg)
+{
+    return sbx_opayo_report_settle(req, resp, state_of(arg)->report);
+}
+
+static enum pb_http_action h_report_settlements(struct pb_http_request *req,
+                                                struct pb_http_response *resp, void *arg)
+{
+    return sbx_opayo_report_settlements(req, resp, state_of(arg)->report);
+}
 
 static void opayo_destroy(void *arg);
 
@@ -1762,6 +1796,9 @@ static void *opayo_create(json_t *settings, struct pb_err *err)
         pb_err_prefix(err, "opayo settings");
         goto fail;
     }
+    st->report = sbx_opayo_report_create(settings, report_source, st, err);
+    if (!st->report)
+        goto fail;
 
 #define ROUTE(m, p, h)                                                                     \
     do {                                                                                   \
@@ -1782,9 +1819,12 @@ static void *opayo_create(json_t *settings, struct pb_err *err)
     ROUTE("GET", "/_sandbox/stats", h_admin_stats);
     ROUTE("GET", "/_sandbox/transactions", h_admin_transactions);
     ROUTE("POST", "/_sandbox/reset", h_admin_reset);
+    ROUTE("POST", "/access/access.htm", h_report_access);
+    ROUTE("POST", "/_sandbox/settle", h_report_settle);
+    ROUTE("GET", "/_sandbox/settlements", h_report_settlements);
 #undef ROUTE
     st->routes[r] = (struct pb_http_route){NULL, NULL, NULL, NULL};
-    _Static_assert(OPAYO_MAX_ROUTES >= 13, "route table too small");
+    _Static_assert(OPAYO_MAX_ROUTES >= 16, "route table too small");
     return st;
 fail:
     opayo_destroy(st);
@@ -1816,6 +1856,8 @@ static void opayo_destroy(void *arg)
     /* the notifier first: its thread holds no pointer into the store */
     pb__opayo_notifier_destroy(st->notifier);
     st->notifier = NULL;
+    sbx_opayo_report_destroy(st->report);
+    st->report = NULL;
     clear_store(st);
     free(st->txns);
     free(st->keys);

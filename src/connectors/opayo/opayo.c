@@ -35,7 +35,9 @@
 #include "opayo_internal.h"
 
 static const char *const known_settings[] = {
-    "api_base", "confirm", "signature_window_s", "vendor_name", NULL,
+    "api_base", "confirm", "signature_window_s", "vendor_name",
+    /* the Reporting & Admin API (opayo_report.c: settlements) */
+    "report_url", "report_timeout_ms", "report_page_rows", NULL,
 };
 
 const struct opayo_state *pb__opayo_state(const struct pb_connection *c)
