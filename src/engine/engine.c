@@ -499,6 +499,38 @@ static char *dump_or_null(json_t *j)
     return j ? json_dumps(j, JSON_COMPACT) : NULL;
 }
 
+/* The index of the first step from `from` on that runs for this event
+ * (n_steps: none). Steps whose `when` is false are passed over here, in the
+ * job that precedes them, instead of each becoming a job that is claimed,
+ * mapped and completed only to be skipped (a flow that also handles refunds
+ * and chargebacks has several such steps for every payment). A step whose
+ * mapping fails is returned: its own job reports the error. */
+static size_t next_runnable(struct worker *wk, struct work_item *x, size_t from)
+{
+    const struct pb_flow *fl = x->flow;
+    json_t *refs = x->refs ? json_deep_copy(x->refs) : json_object();
+    char idbuf[32], day[11];
+    size_t i;
+    if (x->outcome == PB_OUTCOME_DONE && x->erp_id[0] && x->job->step >= 1 && refs)
+        json_object_set_new(refs, x->job->step_name, json_string(x->erp_id));
+    snprintf(idbuf, sizeof(idbuf), "%lld", (long long)x->job->event_id);
+    today(day);
+    for (i = from; i < fl->n_steps; i++) {
+        int run = 0;
+        char *ref = NULL;
+        json_t *doc = NULL;
+        struct pb_err err = {0};
+        enum pb_rc rc = pb_mapper_step(wk->mapper, &fl->steps[i], x->event, refs, idbuf, day, &run,
+                                       &ref, &doc, &err);
+        free(ref);
+        json_decref(doc);
+        if (rc || run)
+            break;
+    }
+    json_decref(refs);
+    return i;
+}
+
 static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
 {
     struct pb_engine *e = wk->e;
@@ -741,17 +773,19 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         if (x->outcome == PB_OUTCOME_DONE) {
             op->u.complete.erp_id = x->erp_id[0] ? x->erp_id : NULL;
         }
+        size_t nxt = x->flow ? x->flow->n_steps : 0;
+        if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow)
+            nxt = next_runnable(wk, x, (size_t)x->job->step);
         if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow &&
-            (size_t)x->job->step < x->flow->n_steps) {
-            const struct pb_flow_step *nx = &x->flow->steps[(size_t)x->job->step];
+            nxt < x->flow->n_steps) {
+            const struct pb_flow_step *nx = &x->flow->steps[nxt];
             op->u.complete.next.flow = x->job->flow;
-            op->u.complete.next.step = x->job->step + 1;
+            op->u.complete.next.step = (int)nxt + 1;
             op->u.complete.next.step_name = nx->name;
             op->u.complete.next.target = nx->target;
             op->u.complete.next.command = nx->command;
             op->u.complete.next.run_at_ms = now;
-        } else if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow &&
-                   (size_t)x->job->step == x->flow->n_steps) {
+        } else if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow) {
             /* the flow is through: a paid order is now "processing" in the
              * ERP; tell the shop once per event (the status job's (event,
              * flow, step) is unique, so a second flow finishing adds nothing) */
