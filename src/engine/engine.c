@@ -517,13 +517,9 @@ static size_t next_runnable(struct worker *wk, struct work_item *x, size_t from)
     today(day);
     for (i = from; i < fl->n_steps; i++) {
         int run = 0;
-        char *ref = NULL;
-        json_t *doc = NULL;
         struct pb_err err = {0};
-        enum pb_rc rc = pb_mapper_step(wk->mapper, &fl->steps[i], x->event, refs, idbuf, day, &run,
-                                       &ref, &doc, &err);
-        free(ref);
-        json_decref(doc);
+        enum pb_rc rc = pb_mapper_when(wk->mapper, &fl->steps[i], x->event, refs, idbuf, day, &run,
+                                       &err);
         if (rc || run)
             break;
     }

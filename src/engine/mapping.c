@@ -823,6 +823,71 @@ static const char *fx_why(const struct pb_flow *f, const struct pb_err *fxerr)
     return why;
 }
 
+enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
+                          const json_t *refs, const char *event_id, const char *today, int *run,
+                          struct pb_err *err)
+{
+    struct inputs in;
+    struct pb_err fxerr = {0};
+    enum pb_rc rc = PB_OK, fxrc = PB_OK;
+    struct mapper_flow *mf;
+    json_t *fx = NULL;
+    char msg[PB_ERR_MSG_MAX];
+    jv out;
+    enum run_result r;
+
+    *run = 0;
+    if (!m || m->magic != MAPPER_MAGIC)
+        return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_when: not a mapper");
+    if (!step || step->magic != PB_FLOW_STEP_MAGIC || step->flow->set != m->set)
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "pb_mapper_when: the step does not belong to this mapper's flow set");
+    for (size_t i = 0; i < step->n_needs; i++) {
+        json_t *id = refs ? json_object_get(refs, step->needs[i]) : NULL;
+        if (!id || json_is_null(id))
+            return PB_OK;
+    }
+    if (!step->has_when) {
+        *run = 1;
+        return PB_OK;
+    }
+    if (!(mf = mapper_flow(m, step->flow, err)))
+        return err ? err->rc : PB_ERR_INTERNAL;
+    if (step->flow->uses_fx)
+        fxrc = pb_flow_fx(step->flow, event, &fx, &fxerr);
+    in.event = to_jv(event, 0);
+    if (!jv_is_valid(in.event)) {
+        json_decref(fx);
+        jv_free(in.event);
+        return pb_err_set(err, PB_ERR_INVALID, "flow %s step %s: the event is nested too deeply",
+                          step->flow->name, step->name);
+    }
+    in.refs = refs ? to_jv(refs, 0) : jv_object();
+    in.fxval = fx ? to_jv(fx, 0) : jv_null();
+    in.fxerr = fxrc != PB_OK ? jv_string(fx_why(step->flow, &fxerr)) : jv_null();
+    in.event_id = event_id ? jv_string(event_id) : jv_null();
+    in.now = today ? jv_string(today) : jv_null();
+    json_decref(fx);
+    r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_LEAF, &in), &out, msg, sizeof(msg));
+    if (r == RUN_HALTED) {
+        mapper_flow_discard(mf);
+        rc = map_error(step, 0, err, "%s", msg);
+    } else if (r == RUN_ONE) {
+        *run = truthy(out);
+        jv_free(out);
+    } else {
+        rc = map_error(step, 0, err, "%s",
+                       r == RUN_NONE ? "produced no value" : r == RUN_MANY ? "produced more than one value" : msg);
+    }
+    jv_free(in.event);
+    jv_free(in.refs);
+    jv_free(in.fxval);
+    jv_free(in.fxerr);
+    jv_free(in.event_id);
+    jv_free(in.now);
+    return rc;
+}
+
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
                           const json_t *refs, const char *event_id, const char *today, int *run,
                           char **reference, json_t **document, struct pb_err *err)

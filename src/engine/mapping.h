@@ -70,6 +70,13 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
                           const json_t *refs, const char *event_id, const char *today, int *run,
                           char **reference, json_t **document, struct pb_err *err);
 
+/* Only the step's `when` (and the $refs it needs): *run = 1 when the step
+ * would run. Cheaper than pb_mapper_step (no reference, no document); the
+ * engine uses it to pass over steps that do not apply to an event. */
+enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step,
+                          const json_t *event, const json_t *refs, const char *event_id,
+                          const char *today, int *run, struct pb_err *err);
+
 /* `paybridge map test FLOW.yaml SAMPLE.json`: load one flow file and one
  * sample canonical event, evaluate every step in order as the engine would
  * (refs of steps that ran are the placeholders "<NAME.id>"), and print to

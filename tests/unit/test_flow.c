@@ -317,6 +317,36 @@ static void test_chargeback_won_voids_the_reversal(void **state)
     seed_results_free(r);
 }
 
+/* pb_mapper_when: only the when clause and the $refs a step needs. */
+static void test_mapper_when_only(void **state)
+{
+    json_t *ok = event("opayo-payment-ok-gbp.json"), *declined = event("opayo-payment-declined.json");
+    json_t *refs = json_pack("{s:s}", "contact", "C-1");
+    struct pb_err err = {0};
+    int run = -1;
+    (void)state;
+    assert_int_equal(pb_mapper_when(seed_mapper, pb_flow_step_find(seed_flow, "contact"), ok, NULL,
+                                    "1", "2026-11-21", &run, &err), PB_OK);
+    assert_int_equal(run, 1);
+    assert_int_equal(pb_mapper_when(seed_mapper, pb_flow_step_find(seed_flow, "contact"), declined,
+                                    NULL, "1", "2026-11-21", &run, &err), PB_OK);
+    assert_int_equal(run, 0);
+    /* the invoice needs $refs.contact: without it, it does not run */
+    assert_int_equal(pb_mapper_when(seed_mapper, pb_flow_step_find(seed_flow, "invoice"), ok, NULL,
+                                    "1", "2026-11-21", &run, &err), PB_OK);
+    assert_int_equal(run, 0);
+    assert_int_equal(pb_mapper_when(seed_mapper, pb_flow_step_find(seed_flow, "invoice"), ok, refs,
+                                    "1", "2026-11-21", &run, &err), PB_OK);
+    assert_int_equal(run, 1);
+    /* a refund step's when is false for a payment */
+    assert_int_equal(pb_mapper_when(seed_mapper, pb_flow_step_find(seed_flow, "credit"), ok, refs,
+                                    "1", "2026-11-21", &run, &err), PB_OK);
+    assert_int_equal(run, 0);
+    json_decref(refs);
+    json_decref(ok);
+    json_decref(declined);
+}
+
 static void test_seed_template_loads(void **state)
 {
     (void)state;
@@ -1433,6 +1463,7 @@ static void test_map_test_command(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mapper_when_only),
         cmocka_unit_test(test_refund_credit_note_and_cash_refund),
         cmocka_unit_test(test_refund_without_original_is_an_error),
         cmocka_unit_test(test_chargeback_won_voids_the_reversal),
