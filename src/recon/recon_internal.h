@@ -62,10 +62,22 @@ struct pb__recon_span {
     size_t n;
 };
 
+/* ---- memory -------------------------------------------------------------------- */
+
+/* The run's big arrays (elements, strings, tables, states, results) come from
+ * here: blocks of 1 MiB and more are anonymous mappings advised for
+ * transparent huge pages and grown with mremap (a million-line run touches
+ * about 350 MB, which in 4 KiB pages is ~90,000 page faults and costs more
+ * than the matching); smaller ones are calloc'd. Memory is always zeroed,
+ * growth included. A block must be freed with pb__recon_free(). */
+void *pb__recon_alloc(size_t size);
+void *pb__recon_realloc(void *p, size_t size); /* NULL on failure, p untouched */
+void pb__recon_free(void *p);
+
 /* ---- strings ------------------------------------------------------------------ */
 
 struct pb__recon_strings {
-    char *data;   /* grows by realloc (glibc moves large blocks with mremap) */
+    char *data;   /* grows by pb__recon_realloc (mremap, no copy) */
     uint64_t len; /* bytes used */
     uint64_t cap;
     uint64_t max; /* at most this many bytes; offsets are uint32 */

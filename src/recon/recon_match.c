@@ -296,6 +296,9 @@ static void rule_reference(struct ctx *x)
         const struct pb__recon_line *l = &x->lines[i];
         uint32_t r, head, cand = PB_RECON_NONE, count = 0, steps = 0;
         int dir;
+        if (i + 16 < x->nl)
+            __builtin_prefetch(
+                &run->record_gw.slots[(uint32_t)x->lines[i + 16].gw_hash & run->record_gw.mask]);
         if (run->line_state[i] != PB__ST_FREE)
             continue;
         if (l->gw_len) {
@@ -387,12 +390,12 @@ static enum pb_rc build_amount_index(struct ctx *x)
         else
             n++;
     }
-    x->items = malloc(((size_t)n + 1) * sizeof(*x->items));
-    tmp = malloc(((size_t)n + 1) * sizeof(*tmp));
-    x->nf = malloc(((size_t)n + 1) * sizeof(uint32_t));
-    x->pf = malloc(((size_t)n + 1) * sizeof(uint32_t));
+    x->items = pb__recon_alloc(((size_t)n + 1) * sizeof(*x->items));
+    tmp = pb__recon_alloc(((size_t)n + 1) * sizeof(*tmp));
+    x->nf = pb__recon_alloc(((size_t)n + 1) * sizeof(uint32_t));
+    x->pf = pb__recon_alloc(((size_t)n + 1) * sizeof(uint32_t));
     if (!x->items || !tmp || !x->nf || !x->pf) {
-        free(tmp);
+        pb__recon_free(tmp);
         return PB_ERR_NOMEM;
     }
     for (uint32_t r = 0; r < x->nr; r++) {
@@ -409,7 +412,7 @@ static enum pb_rc build_amount_index(struct ctx *x)
         it->unused2 = 0;
     }
     pb__recon_radix_sort(x->items, tmp, x->ns);
-    free(tmp);
+    pb__recon_free(tmp);
     for (uint32_t k = 0; k <= x->ns; k++)
         x->nf[k] = x->pf[k] = k;
     return PB_OK;
@@ -597,7 +600,7 @@ static void reserve_netting(struct ctx *x)
 }
 
 /* The free, unlinked lines in (settled date, index) order: the order of the
- * window passes. Returns a malloc'd array (NULL with *n = 0 when none). */
+ * window passes. Returns an array from pb__recon_alloc (NULL, *n = 0: none). */
 static uint32_t *lines_by_date(struct ctx *x, uint32_t *n)
 {
     struct pb_recon_run *run = x->run;
@@ -608,13 +611,13 @@ static uint32_t *lines_by_date(struct ctx *x, uint32_t *n)
         count += run->line_state[i] == PB__ST_FREE && !(run->line_flags[i] & PB__FLAG_LINKED);
     if (!count)
         return NULL;
-    items = calloc(count, sizeof(*items));
-    tmp = malloc((size_t)count * sizeof(*tmp));
-    out = malloc((size_t)count * sizeof(uint32_t));
+    items = pb__recon_alloc((size_t)count * sizeof(*items));
+    tmp = pb__recon_alloc((size_t)count * sizeof(*tmp));
+    out = pb__recon_alloc((size_t)count * sizeof(uint32_t));
     if (!items || !tmp || !out) {
-        free(items);
-        free(tmp);
-        free(out);
+        pb__recon_free(items);
+        pb__recon_free(tmp);
+        pb__recon_free(out);
         x->rc = PB_ERR_NOMEM;
         return NULL;
     }
@@ -626,8 +629,8 @@ static uint32_t *lines_by_date(struct ctx *x, uint32_t *n)
     pb__recon_radix_sort(items, tmp, count); /* stable: ties keep index order */
     for (uint32_t k = 0; k < count; k++)
         out[k] = items[k].index;
-    free(items);
-    free(tmp);
+    pb__recon_free(items);
+    pb__recon_free(tmp);
     *n = count;
     return out;
 }
@@ -674,7 +677,7 @@ static void rule_amount(struct ctx *x)
         emit_match(x, dd == 0 ? PB_RECON_RULE_AMOUNT : PB_RECON_RULE_DATE_WINDOW, conf, &i, 1, &r,
                    1, PB_RECON_NONE, diff, l->currency, NO_RATE);
     }
-    free(order);
+    pb__recon_free(order);
 }
 
 /* ---- rule 4: batches -------------------------------------------------------------------- */
@@ -908,7 +911,7 @@ static void rule_fx_amount(struct ctx *x)
             break;
         }
     }
-    free(order);
+    pb__recon_free(order);
 }
 
 /* ---- checks on every line -------------------------------------------------------------------- */
@@ -918,7 +921,7 @@ static enum pb_rc build_contracts(struct ctx *x)
     struct pb_recon_run *run = x->run;
     const struct pb__recon_names *names = &run->settlement.names;
     size_t n = (size_t)(names->count ? names->count : 1) * 256;
-    run->contract_for = malloc(n * sizeof(int16_t));
+    run->contract_for = pb__recon_alloc(n * sizeof(int16_t));
     if (!run->contract_for)
         return PB_ERR_NOMEM;
     for (size_t k = 0; k < n; k++)
@@ -1114,9 +1117,9 @@ enum pb_rc pb__recon_rules_run(struct pb_recon_run *run, struct pb_err *err)
         line_checks(&x);
         leftovers(&x);
     }
-    free(x.items);
-    free(x.nf);
-    free(x.pf);
+    pb__recon_free(x.items);
+    pb__recon_free(x.nf);
+    pb__recon_free(x.pf);
     if (x.rc)
         return pb_err_set(err, x.rc, "reconciliation ran out of memory (%u lines, %u records)",
                           x.nl, x.nr);
