@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh BUILD_DIR: paybridge's benchmarks (`make bench`).
 #
-# Runs four scenarios, each in a fresh directory with a fresh store, prints a
+# Runs five scenarios, each in a fresh directory with a fresh store, prints a
 # summary table and writes BUILD_DIR/bench/results-latest.json (results are
 # build products: they are never committed). See bench/README.md.
 #
@@ -12,14 +12,18 @@
 #   4. end to end      serve with workers + Xero sandbox without limits: events/s
 #                      from the first webhook to the last payment posted, and
 #                      the exactly-once checks
+#   5. reconciliation  1M settlement lines x 1M ledger records (generated once,
+#                      cached): load + match time and peak RSS, the pandas
+#                      baseline on the same files, the same exact matches
 #
 # A MISS is reported, not failed: the script exits 0 when every scenario ran,
 # and 1 only when one could not run at all (a binary missing, a server that
-# did not start). Knobs (environment): BENCH_INGEST_CONNECTIONS (64),
+# did not start) or gave a wrong answer (scenario 5's exact matches). Knobs (environment): BENCH_INGEST_CONNECTIONS (64),
 # BENCH_INGEST_REQUESTS (200000), BENCH_INGEST_SECONDS (10), BENCH_LATENCY_RATE
 # (5000), BENCH_LATENCY_SECONDS (10), BENCH_E2E_EVENTS (50000),
 # BENCH_E2E_TIMEOUT (150), BENCH_WORKERS (4), BENCH_KEEP=1 keeps the stores,
-# BENCH_SCENARIOS ("1 2 3 4") picks scenarios.
+# BENCH_RECON_LINES (1000000), BENCH_RECON_SEED (20260301),
+# BENCH_SCENARIOS ("1 2 3 4 5") picks scenarios.
 #
 # Only bash, coreutils, grep, sed and awk are needed: HTTP GETs go through
 # `pb_loadgen --get`. Servers are started directly (never through a subshell)
@@ -47,7 +51,7 @@ LATENCY_SECONDS=${BENCH_LATENCY_SECONDS:-10}
 E2E_EVENTS=${BENCH_E2E_EVENTS:-50000}
 E2E_TIMEOUT=${BENCH_E2E_TIMEOUT:-150}
 WORKERS=${BENCH_WORKERS:-4}
-SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4} "
+SCENARIOS=" ${BENCH_SCENARIOS:-1 2 3 4 5} "
 NOTIFY_SECRET=bench-notify-secret
 VENDOR=sandbox
 TENANT=2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e
@@ -521,6 +525,101 @@ elif fresh e2e && start_engine "$DIR"; then
     finish_scenario e2e
 else
     scenario_error end_to_end "end to end" "server did not start"
+fi
+
+# ---- 5. reconciliation ------------------------------------------------------------------
+# Generated data (cached in BUILD/bench/recon-data, keyed by size, seed and the
+# generator binary), pb_recon_bench (load + match, one JSON line), then the
+# analyst's pandas merge (bench/recon/baseline.py) on the same files. Both must
+# find exactly the generator's exact reference matches, count and fingerprint:
+# a difference is a FAIL and makes the script exit 1. Time or memory above the
+# target is a MISS. See bench/README.md.
+RECON_LINES=${BENCH_RECON_LINES:-1000000}
+RECON_SEED=${BENCH_RECON_SEED:-20260301}
+RGEN=$BUILD/bench/recon/pb_recon_gen
+RBENCH=$BUILD/bench/recon/pb_recon_bench
+RPY=/usr/bin/python3
+RLABEL=$(awk -v n="$RECON_LINES" 'BEGIN { if (n % 1000000 == 0) printf "%dM", n / 1000000; else if (n % 1000 == 0) printf "%dk", n / 1000; else print n }')
+echo "== 5. reconciliation ($RECON_LINES settlement lines x $RECON_LINES ledger records, load + match; pandas baseline on the same files)"
+if [[ $SCENARIOS != *" 5 "* ]]; then
+    echo "   skipped (BENCH_SCENARIOS)"
+elif [ ! -x "$RGEN" ] || [ ! -x "$RBENCH" ]; then
+    scenario_error reconciliation "reconciliation" "pb_recon_gen or pb_recon_bench missing"
+else
+    RDATA=$OUT/recon-data/$RECON_LINES-$RECON_SEED-$(sha256sum "$RGEN" | cut -c1-12)
+    RERR=""
+    if [ ! -s "$RDATA/manifest.json" ]; then
+        rm -rf "$OUT/recon-data" # one data set at a time: about 210 MB per million lines
+        mkdir -p "$RDATA"
+        T0=$(date +%s%3N)
+        if "$RGEN" --lines "$RECON_LINES" --seed "$RECON_SEED" --out "$RDATA" 2>"$LOGS/recon-gen.log"; then
+            echo "   generated in $(awk -v a="$T0" -v b="$(date +%s%3N)" 'BEGIN { printf "%.1f", (b - a) / 1000 }') s: $RDATA"
+        else
+            RERR="the generator failed (see $LOGS/recon-gen.log)"
+            rm -rf "$RDATA"
+        fi
+    else
+        echo "   data (cached): $RDATA"
+    fi
+    if [ -z "$RERR" ] && ! "$RPY" -c 'import pandas' 2>/dev/null; then
+        echo "   installing Debian's python3-pandas for the baseline"
+        RSUDO=""
+        [ "$(id -u)" -ne 0 ] && RSUDO="sudo"
+        DEBIAN_FRONTEND=noninteractive $RSUDO apt-get install -y -qq --no-install-recommends \
+            python3-pandas >"$LOGS/recon-apt.log" 2>&1 ||
+            echo "   apt-get install python3-pandas failed (see $LOGS/recon-apt.log)" >&2
+    fi
+    if [ -n "$RERR" ]; then
+        scenario_error reconciliation "reconciliation" "$RERR"
+    else
+        MANIFEST=$(tr -d ' \n' <"$RDATA/manifest.json")
+        WANT_EXACT=$(jnum exact_reference_matches "$MANIFEST")
+        WANT_FP=$(jnum exact_reference_fingerprint "$MANIFEST")
+        wait_quiet
+        RJSON=$("$RBENCH" --settlement "$RDATA/settlement.csv" --ledger "$RDATA/ledger.csv" 2>"$LOGS/recon-bench.log" | tail -1)
+        BJSON=$("$RPY" "$ROOT/bench/recon/baseline.py" "$RDATA/settlement.csv" "$RDATA/ledger.csv" 2>"$LOGS/recon-baseline.log" | tail -1)
+        R_TOTAL=$(jnum total_s "$RJSON")
+        R_PARSE=$(jnum parse_s "$RJSON")
+        R_MATCH=$(jnum match_s "$RJSON")
+        R_RSS=$(jnum peak_rss_kb "$RJSON")
+        R_EXACT=$(jnum exact_reference_matches "$RJSON")
+        R_FP=$(jnum exact_reference_fingerprint "$RJSON")
+        B_TOTAL=$(jnum total_s "$BJSON")
+        B_PARSE=$(jnum parse_s "$BJSON")
+        B_MATCH=$(jnum match_s "$BJSON")
+        B_RSS=$(jnum peak_rss_kb "$BJSON")
+        B_EXACT=$(jnum exact_reference_matches "$BJSON")
+        B_FP=$(jnum exact_reference_fingerprint "$BJSON")
+        R_RSS_MB=$(awk -v k="${R_RSS:-0}" 'BEGIN { printf "%.0f", k / 1024 }')
+        B_RSS_MB=$(awk -v k="${B_RSS:-0}" 'BEGIN { printf "%.0f", k / 1024 }')
+        RATIO=$(awk -v b="${B_TOTAL:-0}" -v r="${R_TOTAL:-0}" 'BEGIN { if (r > 0 && b > 0) printf "%.1f", b / r; else print "null" }')
+        V=MISS
+        if [ -n "$R_TOTAL" ] && [ "$(verdict "$R_TOTAL" "<=" 2)" = PASS ] &&
+            [ "$(verdict "$R_RSS_MB" "<=" 1024)" = PASS ]; then
+            V=PASS
+        fi
+        EXACT=PASS
+        if [ -z "$R_EXACT" ] || [ "$R_EXACT" != "$WANT_EXACT" ] || [ "$R_FP" != "$WANT_FP" ]; then
+            EXACT=FAIL
+        fi
+        if [ -z "$B_EXACT" ] || [ "$B_EXACT" != "$WANT_EXACT" ] || [ "$B_FP" != "$WANT_FP" ]; then
+            EXACT=FAIL
+        fi
+        if [ "$EXACT" = FAIL ]; then
+            V=FAIL
+            ERRORS=$((ERRORS + 1))
+        fi
+        echo "   paybridge: ${R_TOTAL:-?} s (load ${R_PARSE:-?} + match ${R_MATCH:-?}), peak RSS ${R_RSS_MB} MB  target <= 2 s, <= 1024 MB  $V"
+        echo "   pandas:    ${B_TOTAL:-not run} s (read ${B_PARSE:-?} + merge ${B_MATCH:-?}), peak RSS ${B_RSS_MB} MB, rule 1 only; paybridge is ${RATIO}x faster with all seven rules and the breaks"
+        echo "   exact reference matches $EXACT: paybridge ${R_EXACT:-?}, pandas ${B_EXACT:-?}, planted ${WANT_EXACT:-?}; fingerprints paybridge ${R_FP:-?} pandas ${B_FP:-?} planted ${WANT_FP:-?}"
+        echo "   matches $(grep -o '"matches":{[^}]*}' <<<"$RJSON" | cut -d: -f2- | tr -d '"{}')"
+        echo "   breaks  $(grep -o '"breaks":{[^}]*}' <<<"$RJSON" | cut -d: -f2- | tr -d '"{}')"
+        echo "   planted $(grep -o '"planted_breaks":{[^}]*}' <<<"$MANIFEST" | cut -d: -f2- | tr -d '"{}')"
+        [ -n "$RJSON" ] || echo "   pb_recon_bench printed nothing: $(tail -1 "$LOGS/recon-bench.log")" >&2
+        [ -n "$BJSON" ] || echo "   baseline.py printed nothing: $(tail -1 "$LOGS/recon-baseline.log")" >&2
+        ROWS+=("reconciliation ${RLABEL}x${RLABEL}|${R_TOTAL:-?} s, ${R_RSS_MB} MB; pandas ${B_TOTAL:-?} s (${RATIO}x); exact $EXACT|<= 2 s, 1 GB|$V")
+        RESULTS+=("\"reconciliation\":{\"lines\":$RECON_LINES,\"seed\":$RECON_SEED,\"engine\":${RJSON:-null},\"baseline\":${BJSON:-null},\"planted_exact_reference_matches\":${WANT_EXACT:-null},\"ratio\":$RATIO,\"exact\":\"$EXACT\",\"target_s\":2,\"target_rss_mb\":1024,\"verdict\":\"$V\"}")
+    fi
 fi
 
 # ---- summary ----------------------------------------------------------------------------
