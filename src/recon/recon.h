@@ -394,8 +394,9 @@ enum pb_rc pb_recon_match(struct pb_recon_run *run, struct pb_err *err);
 const struct pb_recon_match *pb_recon_matches(const struct pb_recon_run *run, size_t *count);
 const struct pb_recon_break *pb_recon_breaks(const struct pb_recon_run *run, size_t *count);
 const uint32_t *pb_recon_members(const struct pb_recon_run *run);
-/* Problems of both sides, settlement first, each in line order (valid any time
- * no load is running). */
+/* The bad input lines of one side, in line order (at most config.max_problems
+ * kept; pb_recon_summary() counts them all). Valid whenever no load of that
+ * side is running. */
 const struct pb_recon_problem *pb_recon_problems(const struct pb_recon_run *run,
                                                  enum pb_recon_side side, size_t *count);
 void pb_recon_summary(const struct pb_recon_run *run, struct pb_recon_summary *out);

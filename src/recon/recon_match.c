@@ -119,11 +119,13 @@ static uint32_t emit_match(struct ctx *x, unsigned rule, int conf, const uint32_
         x->rc = PB_ERR_NOMEM;
         return PB_RECON_NONE;
     }
-    mem = (uint32_t *)run->members.data + at;
-    if (nlines)
-        memcpy(mem, lines, nlines * sizeof(uint32_t));
-    if (nrecs)
-        memcpy(mem + nlines, recs, nrecs * sizeof(uint32_t));
+    if (nlines + nrecs) { /* no arithmetic on members.data while it may be NULL */
+        mem = (uint32_t *)run->members.data + at;
+        if (nlines)
+            memcpy(mem, lines, nlines * sizeof(uint32_t));
+        if (nrecs)
+            memcpy(mem + nlines, recs, nrecs * sizeof(uint32_t));
+    }
     m = (struct pb_recon_match *)run->matches.data + mi;
     memset(m, 0, sizeof(*m));
     m->members = (uint32_t)at;
@@ -167,11 +169,13 @@ static void emit_break(struct ctx *x, unsigned cls, unsigned action, int auto_ad
         x->rc = PB_ERR_NOMEM;
         return;
     }
-    mem = (uint32_t *)run->members.data + at;
-    if (nlines)
-        memcpy(mem, lines, nlines * sizeof(uint32_t));
-    if (nrecs)
-        memcpy(mem + nlines, recs, nrecs * sizeof(uint32_t));
+    if (nlines + nrecs) { /* no arithmetic on members.data while it may be NULL */
+        mem = (uint32_t *)run->members.data + at;
+        if (nlines)
+            memcpy(mem, lines, nlines * sizeof(uint32_t));
+        if (nrecs)
+            memcpy(mem + nlines, recs, nrecs * sizeof(uint32_t));
+    }
     b = (struct pb_recon_break *)run->breaks.data + bi;
     memset(b, 0, sizeof(*b));
     b->members = (uint32_t)at;

@@ -60,8 +60,7 @@ void pb_recon_summary(const struct pb_recon_run *run, struct pb_recon_summary *o
         if (m[i].rule < PB_RECON_RULE_COUNT)
             out->matches_by_rule[m[i].rule]++;
         out->records_matched += m[i].record_count;
-        out->lines_matched +=
-            m[i].batch != PB_RECON_NONE && m[i].rule == PB_RECON_RULE_BATCH ? 0 : m[i].line_count;
+        out->lines_matched += m[i].line_count; /* a batch match lists no lines */
     }
     for (uint64_t i = 0; i < run->breaks.count; i++) {
         if (b[i].class_ < PB_RECON_BREAK_CLASS_COUNT)
@@ -162,8 +161,8 @@ static void put_record(struct out *o, const struct pb_recon_run *run, uint32_t r
     char a[PB_MONEY_DECIMAL_MAX], d[11];
     pb_recon_record_get(run, r, &v);
     pb_recon_date_format(v.date, d);
-    put(o, "record %.*s (%s%.*s %s %s %s", (int)v.record_id.len, v.record_id.ptr,
-        v.erp.len ? "" : "", (int)v.erp.len, v.erp.ptr, pb_recon_record_kind_name(v.kind),
+    put(o, "record %.*s (%.*s%s%s %s %s", (int)v.record_id.len, v.record_id.ptr, (int)v.erp.len,
+        v.erp.ptr, v.erp.len ? " " : "", pb_recon_record_kind_name(v.kind),
         amount_text(v.amount_minor, v.currency, a), v.currency);
     if (v.gateway_ref.len)
         put(o, " tx %.*s", (int)v.gateway_ref.len, v.gateway_ref.ptr);
@@ -216,7 +215,7 @@ static const char *const rule_texts[PB_RECON_RULE_COUNT] = {
 
 void pb_recon_explain_match(const struct pb_recon_run *run, size_t index, char *buf, size_t len)
 {
-    const struct pb_recon_match *m = (const struct pb_recon_match *)run->matches.data + index;
+    const struct pb_recon_match *m;
     struct out o = {buf, len, 0};
     char a[PB_MONEY_DECIMAL_MAX];
     if (!len)
@@ -224,6 +223,7 @@ void pb_recon_explain_match(const struct pb_recon_run *run, size_t index, char *
     buf[0] = '\0';
     if (!run->matched || index >= run->matches.count)
         return;
+    m = (const struct pb_recon_match *)run->matches.data + index;
     put(&o, "rule %u %s (%s), confidence %u: ", m->rule, pb_recon_rule_name(m->rule),
         m->rule < PB_RECON_RULE_COUNT ? rule_texts[m->rule] : "?", m->confidence);
     if (m->rule == PB_RECON_RULE_BATCH) {
@@ -243,7 +243,7 @@ void pb_recon_explain_match(const struct pb_recon_run *run, size_t index, char *
 
 void pb_recon_explain_break(const struct pb_recon_run *run, size_t index, char *buf, size_t len)
 {
-    const struct pb_recon_break *b = (const struct pb_recon_break *)run->breaks.data + index;
+    const struct pb_recon_break *b;
     struct out o = {buf, len, 0};
     char a[PB_MONEY_DECIMAL_MAX];
     if (!len)
@@ -251,6 +251,7 @@ void pb_recon_explain_break(const struct pb_recon_run *run, size_t index, char *
     buf[0] = '\0';
     if (!run->matched || index >= run->breaks.count)
         return;
+    b = (const struct pb_recon_break *)run->breaks.data + index;
     put(&o, "%s: ", pb_recon_break_name(b->class_));
     if (b->class_ == PB_RECON_BREAK_BATCH_UNBALANCED ||
         (b->batch != PB_RECON_NONE && !b->line_count))
