@@ -1,13 +1,11 @@
 /*
- * tests/unit/recon_test_pending.c: the reconciliation engine (src/recon):
+ * tests/unit/test_recon.c: the reconciliation engine (src/recon):
  * one test per matching rule and per break class on small hand-made data,
  * the tolerance boundaries, FX into a 0-decimal currency, batches that do
  * not add up, duplicates on each side, deterministic output, and bad CSV
  * lines reported by line number while the rest is processed.
  *
- * Name: this file becomes tests/unit/test_recon.c once the src/recon sources are in
- * the pb library; until then bench/recon/CMakeLists.txt builds it as
- * unit.test_recon against its own pb_recon library.
+ * Built by tests/CMakeLists.txt like every unit test (src/recon is in pb).
  *
  * Conventions: D(n) is day n of a fixed month (days since 1970); amounts are
  * minor units; every run is destroyed at the end of its test, so the ASan
@@ -473,6 +471,32 @@ static void test_batch_gross_minus_fees_not_net(void **state)
                            sizeof(text));
     assert_non_null(strstr(text, "batch_unbalanced"));
     assert_non_null(strstr(text, "reported gross 30.00"));
+    pb_recon_destroy(run);
+}
+
+/* Found by bench/recon/fuzz_recon.c (clang UBSan, "applying zero offset to
+ * null pointer" in emit_break): a run whose first result is a break without
+ * members (a batch header alone, nothing matched before it) did pointer
+ * arithmetic on the still-NULL member array. gcc's UBSan does not check that,
+ * so this test fails only under clang -fsanitize=undefined; it also pins the
+ * output of such a run. */
+static void test_fuzz_first_result_has_no_members(void **state)
+{
+    struct pb_recon_run *run = new_run(NULL);
+    const struct pb_recon_break *b;
+    char text[256];
+    size_t n;
+    (void)state;
+    add_batch(run, "B9", 100, 0, 99, "GBP", D(1));
+    run_match(run);
+    pb_recon_breaks(run, &n);
+    assert_int_equal(n, 1);
+    b = nth_break(run, PB_RECON_BREAK_BATCH_UNBALANCED, 0);
+    assert_int_equal(b->line_count + b->record_count, 0);
+    pb_recon_explain_break(run, 0, text, sizeof(text));
+    assert_non_null(strstr(text, "batch_unbalanced"));
+    pb_recon_explain_match(run, 0, text, sizeof(text)); /* out of range: empty, no crash */
+    assert_string_equal(text, "");
     pb_recon_destroy(run);
 }
 
@@ -1202,6 +1226,7 @@ int main(void)
         cmocka_unit_test(test_auto_adjust_threshold),
         cmocka_unit_test(test_rule4_batch_deposit),
         cmocka_unit_test(test_batch_gross_minus_fees_not_net),
+        cmocka_unit_test(test_fuzz_first_result_has_no_members),
         cmocka_unit_test(test_rule5_split_captures),
         cmocka_unit_test(test_rule6_netting),
         cmocka_unit_test(test_rule6_not_stolen_by_amount),
