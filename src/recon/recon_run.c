@@ -1173,8 +1173,8 @@ static const char *const action_texts[PB_RECON_ACTION_COUNT] = {
     "post an adjusting journal for the difference (below the auto-adjust threshold)",
     "compare the settlement line with the ERP record and correct the wrong one",
     "post it to the ERP: replay the payment event, or journal the fee or adjustment",
-    "ask the gateway whether it was voided, declined or is still pending; reverse the ERP "
-    "record if it will never settle",
+    ("ask the gateway whether it was voided, declined or is still pending; reverse the ERP "
+     "record if it will never settle"),
     "void the duplicate record in the ERP",
     "raise the duplicate settlement with the gateway and claim the overpayment back",
     "dispute the fee with the gateway: it differs from the contracted rate",
