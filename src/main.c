@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"dlq", pb_cli_dlq, "dlq list|show ID|replay ID|--all -c FILE   manage dead letters"},
     {"refund", pb_cli_refund, "refund --connection C --transaction T --amount A [--reason R] [--reference REF]   refund at the gateway, then the credit memo"},
     {"chargebacks", pb_cli_chargebacks, "chargebacks list|open|update   disputes, their deadlines and states"},
+    {"reconcile", pb_cli_reconcile, "reconcile --connection C --date YYYY-MM-DD [--out DIR] -c FILE   match a day's Opayo settlement against what was posted"},
     {"secret", pb_cli_secret, "secret keygen|seal VALUE [-c FILE]   make a key; seal a secret for the config"},
     {"admin", pb_cli_admin, "admin hash-key KEY       hash an admin API key for admin.api_keys"},
     {"demo", pb_cli_demo, "demo [--duration N] [--rate R] [--port P] [--dir DIR]   run the embedded demo"},

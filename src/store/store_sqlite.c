@@ -1397,6 +1397,45 @@ static enum pb_rc sqlite_query(struct pb_store *base, const char *what, const js
         } else if (!c || !g) {
             pb_err_set(err, PB_ERR_INVALID, "payment.find needs connection and gateway_id");
         }
+    } else if (strcmp(what, "recon.ledger") == 0) {
+        /* the ledger side of a reconciliation run (cli/reconcile.c): the
+         * payments and refunds of one connection that paybridge posted, dated
+         * by the gateway (occurred_at, else received_at) in [from_ms, to_ms),
+         * with the ERP id of the last completed step of their flow. Read-only;
+         * refunds are negative, as the matcher wants. */
+        const char *c = json_string_value(json_object_get(args, "connection"));
+        int64_t range[2] = {json_integer_value(json_object_get(args, "from_ms")),
+                            json_integer_value(json_object_get(args, "to_ms"))};
+        if (!c || !json_is_integer(json_object_get(args, "from_ms")) ||
+            !json_is_integer(json_object_get(args, "to_ms")))
+            pb_err_set(err, PB_ERR_INVALID, "recon.ledger needs connection, from_ms and to_ms");
+        else
+            res = rows(r->db,
+                       "SELECT gateway_ref, reference, amount_minor, currency, date_ms, kind, erp,"
+                       " record_id FROM (SELECT e.id,"
+                       "  COALESCE(json_extract(e.body,'$.payment.gateway_id'),"
+                       "   json_extract(e.body,'$.refund.gateway_id'), e.gateway_event_id) AS gateway_ref,"
+                       "  COALESCE(json_extract(e.body,'$.payment.reference'),"
+                       "   json_extract(e.body,'$.refund.reference'), '') AS reference,"
+                       "  CASE e.type WHEN 'refund.succeeded'"
+                       "   THEN -ABS(json_extract(e.body,'$.refund.amount.minor'))"
+                       "   ELSE json_extract(e.body,'$.payment.amount.minor') END AS amount_minor,"
+                       "  COALESCE(json_extract(e.body,'$.payment.amount.currency'),"
+                       "   json_extract(e.body,'$.refund.amount.currency')) AS currency,"
+                       "  COALESCE(CAST(strftime('%s', json_extract(e.body,'$.occurred_at')) AS INTEGER)"
+                       "   * 1000, e.received_at) AS date_ms,"
+                       "  CASE e.type WHEN 'refund.succeeded' THEN 'refund' ELSE 'payment' END AS kind,"
+                       "  (SELECT j.target FROM jobs j WHERE j.event_id=e.id AND j.state=2"
+                       "   AND j.erp_id IS NOT NULL AND j.flow NOT LIKE 'paybridge.%'"
+                       "   ORDER BY j.step DESC, j.id DESC LIMIT 1) AS erp,"
+                       "  (SELECT j.erp_id FROM jobs j WHERE j.event_id=e.id AND j.state=2"
+                       "   AND j.erp_id IS NOT NULL AND j.flow NOT LIKE 'paybridge.%'"
+                       "   ORDER BY j.step DESC, j.id DESC LIMIT 1) AS record_id"
+                       "  FROM events e WHERE e.connection=?3"
+                       "  AND e.type IN ('payment.succeeded','refund.succeeded'))"
+                       " WHERE record_id IS NOT NULL AND amount_minor IS NOT NULL"
+                       " AND currency IS NOT NULL AND date_ms >= ?1 AND date_ms < ?2 ORDER BY id",
+                       range, 2, c, err);
     } else if (strcmp(what, "events.count") == 0) {
         json_t *a = rows(r->db,
                          "SELECT COUNT(*) AS events, COALESCE(SUM(duplicates),0) AS duplicates FROM events",

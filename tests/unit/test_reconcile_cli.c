@@ -1,0 +1,331 @@
+/*
+ * test_reconcile_cli.c: `paybridge reconcile` (cli/reconcile.c) end to end
+ * without the daemon. A temp store holds what paybridge "posted" for an Opayo
+ * connection (events with completed jobs, written with the store's own ops);
+ * the sandbox's Opayo emulator settles an explicit list of transactions for
+ * the day (those payments, a refund, and one sale paybridge never saw);
+ * pb_reconcile_run() fetches, matches and writes its files. Asserted: the
+ * posted ones match by rule 1 (reference), the stranger is missing_in_erp, a
+ * posted payment that did not settle yet is pending (not a break), both
+ * files exist, and a connection without the Reporting API settings is a
+ * clear config error naming them.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "core/err.h"
+#include "engine/config.h"
+#include "net/http_client.h"
+#include "sandbox.h"
+#include "store/store.h"
+
+static char dir[256];
+
+#define CONN "opayo-shop"
+
+static void run_op(struct pb_store *s, struct pb_store_op *op)
+{
+    if (pb_store_run(s, op) != PB_OK)
+        fail_msg("store op %d: %s", (int)op->kind, op->err.msg);
+}
+
+/* An event of CONN with one flow step; posted = its job completes with erp_id. */
+static void put_event(struct pb_store *s, const char *type, const char *gw_id, const char *body,
+                      const char *original)
+{
+    struct pb_store_op op;
+    memset(&op, 0, sizeof op);
+    op.kind = PB_OP_INBOX_PUT;
+    op.u.inbox.connection = CONN;
+    op.u.inbox.gateway_event_id = gw_id;
+    op.u.inbox.type = type;
+    op.u.inbox.event_json = body;
+    op.u.inbox.original_gateway_id = original;
+    op.u.inbox.raw = "{}";
+    op.u.inbox.raw_len = 2;
+    op.u.inbox.received_ms = pb_now_ms();
+    op.u.inbox.jobs[0].flow = "opayo-to-xero";
+    op.u.inbox.jobs[0].step = 1;
+    op.u.inbox.jobs[0].step_name = "payment";
+    op.u.inbox.jobs[0].target = "xero-demo";
+    op.u.inbox.jobs[0].command = "payment.create";
+    op.u.inbox.n_jobs = 1;
+    run_op(s, &op);
+    assert_false(op.u.inbox.duplicate);
+}
+
+/* Claim every ready job and complete those whose event is in `posted`
+ * (gateway id -> ERP id pairs, NULL-terminated); the others stay leased. */
+static void complete_jobs(struct pb_store *s, const char *const *posted)
+{
+    struct pb_store_op op;
+    struct pb_job *jobs;
+    size_t n;
+    memset(&op, 0, sizeof op);
+    op.kind = PB_OP_CLAIM;
+    op.u.claim.now_ms = pb_now_ms() + 1000;
+    op.u.claim.lease_ms = 600000;
+    op.u.claim.max = 50;
+    run_op(s, &op);
+    jobs = op.u.claim.jobs;
+    n = op.u.claim.n;
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++) {
+        json_t *ev = NULL, *args = json_pack("{s:I}", "id", (json_int_t)jobs[i].event_id);
+        struct pb_err err = {0};
+        const char *gw;
+        assert_int_equal(pb_store_query(s, "events.show", args, &ev, &err), PB_OK);
+        gw = json_string_value(json_object_get(ev, "gateway_event_id"));
+        for (const char *const *p = posted; *p; p += 2) {
+            if (strcmp(*p, gw) != 0)
+                continue;
+            memset(&op, 0, sizeof op);
+            op.kind = PB_OP_COMPLETE;
+            op.u.complete.job_id = jobs[i].id;
+            op.u.complete.attempt = 1;
+            op.u.complete.outcome = PB_OUTCOME_DONE;
+            op.u.complete.erp_id = p[1];
+            run_op(s, &op);
+        }
+        json_decref(ev);
+        json_decref(args);
+    }
+    pb_store_jobs_free(jobs, n);
+}
+
+static json_t *post_json(int port, const char *path, const char *body)
+{
+    struct pb_http_client *http = NULL;
+    struct pb_http_call call = {0};
+    struct pb_err err = {0};
+    char url[160];
+    json_t *reply;
+    assert_int_equal(pb_http_client_new(&http, &err), PB_OK);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    call.method = "POST";
+    call.url = url;
+    call.body = body;
+    call.body_len = strlen(body);
+    call.headers[0] = "Content-Type: application/json";
+    if (pb_http_perform(http, &call, &err))
+        fail_msg("POST %s: %s", path, err.msg);
+    assert_int_equal(call.status, 200);
+    reply = json_loads(call.response, 0, NULL);
+    pb_http_call_reset(&call);
+    pb_http_client_free(http);
+    return reply;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf;
+    long n;
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = calloc(1, (size_t)n + 1);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return buf;
+}
+
+#define TX(id, type, minor, ref, at)                                                          \
+    "{\"transactionId\":\"" id "\",\"transactionType\":\"" type "\",\"status\":\"Ok\","      \
+    "\"amount\":{\"totalAmount\":" #minor "},\"currency\":\"GBP\",\"vendorTxCode\":\"" ref   \
+    "\",\"createdAt\":\"" at "\"}"
+
+#define PAYMENT(id, minor, ref, at)                                                           \
+    "{\"type\":\"payment.succeeded\",\"occurred_at\":\"" at "\",\"payment\":{\"gateway_id\":\"" id \
+    "\",\"reference\":\"" ref "\",\"kind\":\"Payment\",\"status\":\"Ok\",\"amount\":{\"minor\":" \
+    #minor ",\"currency\":\"GBP\"}}}"
+
+static void test_reconcile_day(void **state)
+{
+    struct pb_sandbox *sb = NULL;
+    struct pb_store *s = NULL;
+    struct pb_config *cfg = NULL;
+    struct pb_diags d = {0};
+    struct pb_err err = {0};
+    json_t *settings = json_pack("{s:{s:i}}", "opayo", "port", 0), *reply;
+    char path[300], yaml[2048], outdir[300], *text = NULL, *jsonl, *csv;
+    size_t text_len = 0;
+    FILE *out, *f;
+    int port, rc, matched[3] = {0, 0, 0}, missing = 0, lines = 0;
+    const char *const posted[] = {"T1", "PAY-1", "T2", "PAY-2", "T3", "CN-1", "T5", "PAY-5", NULL};
+    (void)state;
+
+    snprintf(dir, sizeof dir, "/tmp/pb-test-reconcile-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    if (pb_sandbox_start(settings, &sb, &err))
+        fail_msg("sandbox: %s", err.msg);
+    json_decref(settings);
+    port = pb_sandbox_port(sb, "opayo");
+    assert_true(port > 0);
+
+    /* what paybridge posted: two payments and a refund settled on the 21st, a
+     * payment of the 21st that settles later (pending), and an event whose
+     * flow never completed (not posted, so not on the ledger side) */
+    snprintf(path, sizeof path, "sqlite:%s/t.db", dir);
+    assert_int_equal(pb_store_open(path, &s, &err), PB_OK);
+    put_event(s, "payment.succeeded", "T1", PAYMENT("T1", 1000, "ORDER-1", "2026-11-20T10:00:00Z"),
+              NULL);
+    put_event(s, "payment.succeeded", "T2", PAYMENT("T2", 2500, "ORDER-2", "2026-11-20T11:00:00Z"),
+              NULL);
+    put_event(s, "refund.succeeded", "T3",
+              "{\"type\":\"refund.succeeded\",\"occurred_at\":\"2026-11-20T12:00:00Z\","
+              "\"refund\":{\"gateway_id\":\"T3\",\"original_gateway_id\":\"T1\",\"reference\":"
+              "\"ORDER-1-R\",\"kind\":\"Refund\",\"amount\":{\"minor\":500,\"currency\":\"GBP\"}}}",
+              "T1");
+    put_event(s, "payment.succeeded", "T5", PAYMENT("T5", 4200, "ORDER-5", "2026-11-21T09:00:00Z"),
+              NULL);
+    put_event(s, "payment.succeeded", "T6", PAYMENT("T6", 800, "ORDER-6", "2026-11-20T13:00:00Z"),
+              NULL);
+    complete_jobs(s, posted);
+
+    /* the gateway settles T1, T2, T3 and T9 (a sale paybridge never saw) */
+    reply = post_json(port, "/_sandbox/settle",
+                      "{\"date\":\"2026-11-21\",\"transactions\":["
+                      TX("T1", "Payment", 1000, "ORDER-1", "2026-11-20T10:00:00Z") ","
+                      TX("T2", "Payment", 2500, "ORDER-2", "2026-11-20T11:00:00Z") ","
+                      TX("T3", "Refund", 500, "ORDER-1-R", "2026-11-20T12:00:00Z") ","
+                      TX("T9", "Payment", 700, "ORDER-9", "2026-11-20T14:00:00Z") "]}");
+    assert_non_null(reply);
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 4);
+    json_decref(reply);
+
+    snprintf(path, sizeof path, "%s/paybridge.yaml", dir);
+    snprintf(yaml, sizeof yaml,
+             "store: sqlite:%s/t.db\n"
+             "connections:\n"
+             "  " CONN ":\n"
+             "    connector: opayo\n"
+             "    settings:\n"
+             "      report_url: http://127.0.0.1:%d/access/access.htm\n"
+             "      vendor_name: sandbox\n"
+             "    secrets:\n"
+             "      report_user: sandbox-report\n"
+             "      report_password: sandbox-report-password\n"
+             "  opayo-bare:\n"
+             "    connector: opayo\n",
+             dir, port);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(yaml, f);
+    fclose(f);
+    if (pb_config_load(path, 0, &cfg, &d)) {
+        pb_diags_print(&d, stderr);
+        fail_msg("config did not load");
+    }
+    pb_diags_free(&d);
+
+    snprintf(outdir, sizeof outdir, "%s/out", dir);
+    out = open_memstream(&text, &text_len);
+    rc = pb_reconcile_run(cfg, s, CONN, "2026-11-21", outdir, out, &err);
+    fclose(out);
+    printf("%s", text);
+    if (rc)
+        fail_msg("reconcile: %s", err.msg);
+    assert_non_null(strstr(text, "rule 1 reference    3"));
+    assert_non_null(strstr(text, "missing_in_erp       1"));
+    assert_non_null(strstr(text, "breaks: 1 "));
+    assert_non_null(strstr(text, "pending: 1 "));
+    free(text);
+
+    /* the JSON lines: T1, T2, T3 by reference, T9 missing in the ERP */
+    snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21.jsonl", outdir);
+    jsonl = slurp(path);
+    assert_non_null(jsonl);
+    for (char *line = strtok(jsonl, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *l0 = json_array_get(json_object_get(j, "lines"), 0);
+        json_t *r0 = json_array_get(json_object_get(j, "records"), 0);
+        const char *ref = json_string_value(json_object_get(l0, "gateway_ref"));
+        assert_non_null(j);
+        lines++;
+        if (json_object_get(j, "match")) {
+            assert_string_equal(json_string_value(json_object_get(j, "rule")), "reference");
+            assert_non_null(ref);
+            if (strcmp(ref, "T1") == 0) {
+                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "PAY-1");
+                matched[0]++;
+            } else if (strcmp(ref, "T2") == 0) {
+                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "PAY-2");
+                matched[1]++;
+            } else if (strcmp(ref, "T3") == 0) {
+                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "CN-1");
+                assert_int_equal(json_integer_value(json_object_get(r0, "amount_minor")), -500);
+                matched[2]++;
+            } else {
+                fail_msg("unexpected match %s", line);
+            }
+        } else {
+            assert_string_equal(json_string_value(json_object_get(j, "class")), "missing_in_erp");
+            assert_string_equal(ref, "T9");
+            missing++;
+        }
+        json_decref(j);
+    }
+    free(jsonl);
+    assert_int_equal(lines, 4);
+    assert_int_equal(matched[0] + matched[1] + matched[2], 3);
+    assert_true(matched[0] == 1 && matched[1] == 1 && matched[2] == 1);
+    assert_int_equal(missing, 1);
+
+    /* the CSV: a header and the one break */
+    snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21-breaks.csv", outdir);
+    csv = slurp(path);
+    assert_non_null(csv);
+    assert_true(strncmp(csv, "class,action,", 13) == 0);
+    assert_non_null(strstr(csv, "\nmissing_in_erp,post_to_erp,no,7.00,GBP,settlement,"));
+    assert_non_null(strstr(csv, ",T9,ORDER-9,"));
+    free(csv);
+
+    /* a re-run gives the same files (nothing is stored, nothing posted) */
+    out = open_memstream(&text, &text_len);
+    assert_int_equal(pb_reconcile_run(cfg, s, CONN, "2026-11-21", outdir, out, &err), PB_OK);
+    fclose(out);
+    free(text);
+
+    /* no Reporting API settings: a config error naming what is missing */
+    out = open_memstream(&text, &text_len);
+    assert_int_equal(pb_reconcile_run(cfg, s, "opayo-bare", "2026-11-21", outdir, out, &err),
+                     PB_ERR_CONFIG);
+    fclose(out);
+    free(text);
+    assert_non_null(strstr(err.msg, "settings.report_url"));
+    assert_non_null(strstr(err.msg, "secrets.report_user"));
+    assert_non_null(strstr(err.msg, "secrets.report_password"));
+    /* a bad date and an unknown connection */
+    out = open_memstream(&text, &text_len);
+    assert_int_equal(pb_reconcile_run(cfg, s, CONN, "2026-13-01", outdir, out, &err), PB_ERR_INVALID);
+    assert_int_equal(pb_reconcile_run(cfg, s, "nope", "2026-11-21", outdir, out, &err),
+                     PB_ERR_NOTFOUND);
+    fclose(out);
+    free(text);
+
+    pb_config_free(cfg);
+    pb_store_close(s);
+    pb_sandbox_stop(sb);
+    snprintf(path, sizeof path, "rm -rf %s", dir);
+    assert_int_equal(system(path), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reconcile_day),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
