@@ -247,7 +247,8 @@ static void test_reconcile_day(void **state)
     snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21.jsonl", outdir);
     jsonl = slurp(path);
     assert_non_null(jsonl);
-    for (char *line = strtok(jsonl, "\n"); line; line = strtok(NULL, "\n")) {
+    char *save = NULL;
+    for (char *line = strtok_r(jsonl, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         json_t *j = json_loads(line, 0, NULL);
         json_t *l0 = json_array_get(json_object_get(j, "lines"), 0);
         json_t *r0 = json_array_get(json_object_get(j, "records"), 0);

@@ -130,7 +130,7 @@ static void parse_soap(struct reply *r)
     } else if ((ret = kid(first, NULL)) != NULL) {
         char *st = content(kid(ret, "status"));
         char *busy = content(kid(kid(ret, "technicalInfos"), "busy"));
-        r->x3_status = st[0] ? atoi(st) : -1;
+        r->x3_status = st[0] ? (int)strtol(st, NULL, 10) : -1;
         r->busy = strcmp(busy, "true") == 0;
         free(st);
         free(busy);
