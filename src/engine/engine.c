@@ -788,7 +788,8 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             const char *type = pb_json_str(x->event, "type");
             struct pb_conn_entry *src = pb_config_connection(e->cfg, pb_json_str(x->event, "source.connection"));
             /* something was posted: this step, or an earlier one of the flow */
-            int posted = x->outcome == PB_OUTCOME_DONE || json_object_size(x->refs) > 0;
+            int posted = (x->outcome == PB_OUTCOME_DONE && x->job->step >= 1) ||
+                         json_object_size(x->refs) > 0;
             if (src && src->status_webhook[0] && type && strcmp(type, "payment.succeeded") == 0 && posted) {
                 op->u.complete.next.flow = "paybridge.status";
                 op->u.complete.next.step = 2;
