@@ -37,10 +37,13 @@ enum pb_capability {
     PB_CAP_POLL = 1u << 2,       /* poll for events since a cursor */
     PB_CAP_SETTLEMENT = 1u << 3, /* fetch settlement reports */
     PB_CAP_REFUND = 1u << 4,     /* refund / void at the gateway */
+    PB_CAP_LEDGER = 1u << 9,     /* reads back the ERP's received/refunded money (reconciliation) */
+    PB_CAP_JOURNAL = 1u << 10,   /* posts balanced GL journals (reconciliation) */
     PB_CAP_SINK = 1u << 8,       /* executes ERP commands */
 };
 
 struct pb_connector_type;
+struct pb_settlement_set; /* connectors/settlement/settlement.h */
 
 /* An instance: one `connections:` entry of the config. */
 struct pb_connection {
@@ -175,6 +178,53 @@ struct pb_connector_type {
      * refuses (over-refund, unknown transaction), with its words. */
     enum pb_rc (*refund)(struct pb_connection *c, struct pb_call_ctx *ctx, const json_t *request,
                          json_t **result, char *event_id, size_t event_id_len, struct pb_err *err);
+
+    /* ---- reconciliation (docs/reconciliation.md) ---------------------------------- */
+
+    /* MUST with PB_CAP_SETTLEMENT: fetch what the gateway settled with a
+     * settlement (batch) date in [from_day, to_day] (whole UTC days since
+     * 1970-01-01, inclusive) into `set` (borrowed; settlement.h). Bad records
+     * become bad entries of the set; rc as in settlement_fetch.h (TRANSIENT:
+     * retry the run later; PERMANENT: refused; CONFIG: a setting missing). */
+    enum pb_rc (*settlement)(struct pb_connection *c, struct pb_call_ctx *ctx, int32_t from_day,
+                             int32_t to_day, struct pb_settlement_set *set, struct pb_err *err);
+
+    /* MUST with PB_CAP_LEDGER: read back the ERP's own records of money
+     * received from and returned to customers, dated in [from_day, to_day]
+     * (inclusive, days since 1970-01-01), and append one JSON object per
+     * record to `records` (a borrowed array):
+     *   {"record_id":   the ERP's id (Xero PaymentID, SYSPRO "<journal>/<entry>"
+     *                   or payment reference, X3 PAY NUM),
+     *    "kind":        "payment" | "refund",
+     *    "reference":   the merchant reference on the record (the vendorTxCode /
+     *                   invoice id that paybridge posted as Reference), "" if none,
+     *    "gateway_ref": the gateway transaction id when the record carries it, else "",
+     *    "amount_minor": int, signed: money in > 0, a refund < 0,
+     *    "currency":    ISO 4217 code,
+     *    "date":        "YYYY-MM-DD"}
+     * Records that are not customer receipts (e.g. supplier payments, deleted
+     * or voided ones) are left out. Reads every page. rc: TRANSIENT for
+     * network/5xx/429, PERMANENT when refused, with err saying why. */
+    enum pb_rc (*ledger)(struct pb_connection *c, struct pb_call_ctx *ctx, int32_t from_day,
+                         int32_t to_day, json_t *records, struct pb_err *err);
+
+    /* MUST with PB_CAP_JOURNAL: post one balanced GL journal:
+     *   {"reference": a unique key, <= 50 chars, e.g. "PB-opayo-demo-100001",
+     *    "date": "YYYY-MM-DD", "narration": text for the accountant,
+     *    "currency": ISO 4217 code,
+     *    "lines": [{"account": the ERP's GL account code,
+     *               "amount_minor": signed int, debit > 0, credit < 0,
+     *               "description": text}, ...]}   (at least 2; they sum to 0)
+     * Idempotent by reference: the connector first looks for a journal it
+     * posted with this reference and, when found, returns its id without
+     * posting (a run that is retried or re-run never posts twice). Sets
+     * erp_id (NUL-terminated). An undo is a second journal with the lines
+     * negated and its own reference, never a delete. rc as for ledger();
+     * PERMANENT with the ERP's words for an unknown account, a closed period,
+     * an unbalanced journal. */
+    enum pb_rc (*post_journal)(struct pb_connection *c, struct pb_call_ctx *ctx,
+                               const json_t *journal, char *erp_id, size_t erp_id_len,
+                               struct pb_err *err);
 };
 
 /* connectors/registry.c */
