@@ -16,6 +16,10 @@
  *   GET  /admin/refunds                 refund requests and their state
  *   GET  /admin/chargebacks             chargebacks, nearest deadline first
  *   POST /admin/chargebacks             open one; POST /admin/chargebacks/{id} {state} moves it
+ *   POST /admin/reconcile               {connection, date}: queue a reconciliation run (202)
+ *   GET  /admin/recon/runs?connection=C reconciliation runs, newest day first
+ *   GET  /admin/recon/runs/{run}        one run (id or C:YYYY-MM-DD): breaks, journals, problems
+ *   POST /admin/recon/journals/{ref}/undo   reverse a journal ({"by": NAME} optional)
  *
  * Admin authentication: `Authorization: Bearer <key>`; the SHA-256 of the
  * key must be one of admin.api_keys ("sha256:<hex>"), compared in constant
@@ -28,6 +32,13 @@
 #include "core/crypto.h"
 #include "engine/engine.h"
 #include "engine/refunds.h"
+#include "reconcile/reconcile.h"
+
+/* The reconciliation scheduler of this process, set by `serve` once it runs
+ * (pb_admin_set_reconcile); NULL until then or when nothing reconciles. */
+static struct pb_reconcile_scheduler *_Atomic recon_sched;
+
+void pb_admin_set_reconcile(struct pb_reconcile_scheduler *s) { recon_sched = s; }
 
 static int authorised(struct pb_engine *e, struct pb_http_request *req)
 {
@@ -436,6 +447,102 @@ static enum pb_http_action h_metrics(struct pb_http_request *req, struct pb_http
     return PB_HTTP_DONE;
 }
 
+/* ---- reconciliation ------------------------------------------------------------------ */
+
+static struct pb_reconcile_scheduler *recon_or_503(struct pb_http_response *resp)
+{
+    struct pb_reconcile_scheduler *s = recon_sched;
+    if (!s)
+        pb_http_response_error(resp, 503, "unavailable",
+                               "no connection has a reconcile: block, or reconciliation is starting");
+    return s;
+}
+
+static enum pb_http_action h_reconcile(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *b;
+    int32_t day;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)) || !(b = body_json(req, resp)))
+        return PB_HTTP_DONE;
+    if (!field(b, "connection") || !field(b, "date") ||
+        pb_recon_date_parse(field(b, "date"), strlen(field(b, "date")), &day)) {
+        json_decref(b);
+        pb_http_response_error(resp, 400, "invalid", "connection and date (YYYY-MM-DD) are required");
+        return PB_HTTP_DONE;
+    }
+    if (pb_reconcile_scheduler_request(s, field(b, "connection"), day, &err)) {
+        json_decref(b);
+        pb_http_response_error(resp, status_of(err.rc), pb_rc_name(err.rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    {
+        json_t *out = json_pack("{s:s,s:O,s:O,s:s+++}", "status", "queued", "connection",
+                                json_object_get(b, "connection"), "date", json_object_get(b, "date"),
+                                "run", "/admin/recon/runs/", field(b, "connection"), ":", field(b, "date"));
+        json_decref(b);
+        return send_json(resp, 202, out);
+    }
+}
+
+static enum pb_http_action h_recon_runs(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *out = NULL;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)))
+        return PB_HTTP_DONE;
+    if (pb_recon_db_runs(pb_reconcile_scheduler_db(s), pb_http_query(req, "connection"), 100, &out, &err)) {
+        pb_http_response_error(resp, 500, pb_rc_name(err.rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    return send_json(resp, 200, out);
+}
+
+static enum pb_http_action h_recon_run(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *out = NULL;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)))
+        return PB_HTTP_DONE;
+    if (pb_recon_db_run(pb_reconcile_scheduler_db(s), req->params[0], &out, &err)) {
+        pb_http_response_error(resp, status_of(err.rc), pb_rc_name(err.rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    return send_json(resp, 200, out);
+}
+
+static enum pb_http_action h_recon_undo(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *b = NULL;
+    char rev[64];
+    enum pb_rc rc;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)))
+        return PB_HTTP_DONE;
+    if (req->body_len && !(b = body_json(req, resp)))
+        return PB_HTTP_DONE;
+    rc = pb_reconcile_undo(pb_engine_config(e), pb_reconcile_scheduler_db(s), req->params[0],
+                           b && field(b, "by") ? field(b, "by") : "admin api", rev, sizeof rev, &err);
+    json_decref(b);
+    if (rc) {
+        pb_http_response_error(resp, rc == PB_ERR_TRANSIENT ? 502 : status_of(rc), pb_rc_name(rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    return send_json(resp, 200, json_pack("{s:s,s:s}", "undone", req->params[0], "reversal", rev));
+}
+
 const struct pb_http_route *pb_admin_routes(struct pb_engine *e)
 {
     /* one table per engine: the handlers get the engine as arg */
@@ -455,6 +562,10 @@ const struct pb_http_route *pb_admin_routes(struct pb_engine *e)
         {"GET", "/admin/chargebacks", h_chargebacks, e},
         {"POST", "/admin/chargebacks", h_chargeback_open, e},
         {"POST", "/admin/chargebacks/{}", h_chargeback_update, e},
+        {"POST", "/admin/reconcile", h_reconcile, e},
+        {"GET", "/admin/recon/runs", h_recon_runs, e},
+        {"GET", "/admin/recon/runs/{}", h_recon_run, e},
+        {"POST", "/admin/recon/journals/{}/undo", h_recon_undo, e},
         {NULL, NULL, NULL, NULL},
     };
     struct pb_http_route *copy = malloc(sizeof(r));

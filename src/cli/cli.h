@@ -19,14 +19,17 @@ int pb_cli_refund(int argc, char **argv);
 int pb_cli_chargebacks(int argc, char **argv);
 int pb_cli_reconcile(int argc, char **argv);
 
+int pb_cli_recon(int argc, char **argv);
+
 /* cli/reconcile.c: one reconciliation run of `connection` for `date`
- * (YYYY-MM-DD), summary on `out`, files in `outdir`; a pb_rc (0 = it ran,
- * breaks or not). Exposed for the tests. */
+ * (YYYY-MM-DD), printed on `out`; a pb_rc (0 = it ran, breaks or not).
+ * Exposed for the tests. */
 struct pb_config;
 struct pb_store;
+struct pb_recon_db;
 struct pb_err;
-int pb_reconcile_run(struct pb_config *cfg, struct pb_store *store, const char *connection,
-                     const char *date, const char *outdir, FILE *out, struct pb_err *err);
+int pb_reconcile_once(struct pb_config *cfg, struct pb_store *store, struct pb_recon_db *db,
+                      const char *connection, const char *date, FILE *out, struct pb_err *err);
 
 /* Shared by subcommands: "-c FILE" / "--config FILE" (default ./paybridge.yaml). */
 const char *pb_cli_config_arg(int *argc, char **argv);

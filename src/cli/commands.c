@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "reconcile/reconcile.h"
 #include "cli/cli.h"
 #include "core/crypto.h"
 #include "core/json.h"
@@ -54,6 +55,8 @@ static struct pb_config *load(const char *path, int init)
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
+static struct pb_reconcile_scheduler *recon_scheduler;
+
 int pb_cli_serve(int argc, char **argv)
 {
     const char *path = pb_cli_config_arg(&argc, argv);
@@ -85,6 +88,13 @@ int pb_cli_serve(int argc, char **argv)
         pb_config_free(cfg);
         return 1;
     }
+    {
+        struct pb_reconcile_scheduler *rs = NULL;
+        if (pb_reconcile_scheduler_start(cfg, pb_engine_store(e), &rs, &err))
+            fprintf(stderr, "paybridge: reconciliation is off: %s\n", err.msg);
+        pb_admin_set_reconcile(rs);
+        recon_scheduler = rs;
+    }
     if (port_file) {
         /* written atomically once listening, for scripts that start us on port 0 */
         char tmp[1024];
@@ -98,6 +108,8 @@ int pb_cli_serve(int argc, char **argv)
     }
     while (!stop_signal)
         pause();
+    pb_admin_set_reconcile(NULL);
+    pb_reconcile_scheduler_stop(recon_scheduler);
     pb_engine_stop(e);
     pb_config_free(cfg);
     return 0;

@@ -8,6 +8,7 @@
  * settings); flows are loaded last, because they name connections.
  */
 #include "engine/config.h"
+#include "reconcile/reconcile.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -149,7 +150,7 @@ static void load_connection(struct ctx *c, struct pb_config *cfg, const char *na
                             const unsigned char *key, int have_key, int init)
 {
     static const char *const keys[] = {"connector", "settings", "secrets", "retry", "rate_limit",
-                                       "poll_interval_s", "status_webhook", NULL};
+                                       "poll_interval_s", "status_webhook", "reconcile", NULL};
     static const char *const retry_keys[] = {"base_ms", "cap_ms", "max_attempts", NULL};
     static const char *const rl_keys[] = {"per_minute", "per_day", "concurrent", "max_wait_ms", NULL};
     struct pb_conn_entry *e = &cfg->conns[cfg->n_conns];
@@ -250,6 +251,12 @@ static void load_connection(struct ctx *c, struct pb_config *cfg, const char *na
             ERR(c, json_object_get(obj, "status_webhook"), "%s.status_webhook: name too long", section);
         else if (sw)
             snprintf(e->status_webhook, sizeof(e->status_webhook), "%s", sw);
+    }
+    if ((v = json_object_get(obj, "reconcile"))) {
+        const json_t *bad = NULL;
+        pb_err_clear(&err);
+        if (pb_reconcile_conf_parse(v, c->file, type->name, &e->reconcile, &bad, &err))
+            ERR(c, bad ? bad : v, "%s.%s", section, err.msg);
     }
     if (e->poll_interval_s > 0 && !(type->caps & PB_CAP_POLL))
         ERR(c, json_object_get(obj, "poll_interval_s"),
@@ -416,6 +423,41 @@ enum pb_rc pb_config_load(const char *path, int init, struct pb_config **out,
             c.errors++;
         }
     }
+    /* reconcile blocks name an ERP that can read its ledger and post journals */
+    for (size_t i = 0; i < cfg->n_conns; i++) {
+        struct pb_conn_entry *src = &cfg->conns[i], *erp;
+        const struct pb_reconcile_conf *rc = src->reconcile;
+        if (!rc)
+            continue;
+        erp = pb_config_connection(cfg, rc->erp);
+        if (!erp) {
+            pb_diags_add(diags, path, 0, "connections.%s.reconcile.erp: no connection named \"%s\"",
+                         src->conn.name, rc->erp);
+            c.errors++;
+            continue;
+        }
+        if (rc->ledger_from_erp && !(erp->conn.type->caps & PB_CAP_LEDGER)) {
+            pb_diags_add(diags, path, 0,
+                         "connections.%s.reconcile: the %s connector of %s cannot read its ledger "
+                         "back; set ledger: paybridge",
+                         src->conn.name, erp->conn.type->name, rc->erp);
+            c.errors++;
+        }
+        if (rc->post_journals && !(erp->conn.type->caps & PB_CAP_JOURNAL)) {
+            pb_diags_add(diags, path, 0,
+                         "connections.%s.reconcile: the %s connector of %s cannot post journals; "
+                         "set post_journals: false",
+                         src->conn.name, erp->conn.type->name, rc->erp);
+            c.errors++;
+        }
+        if (rc->source == PB_RECONCILE_SOURCE_API && !(src->conn.type->caps & PB_CAP_SETTLEMENT)) {
+            pb_diags_add(diags, path, 0,
+                         "connections.%s.reconcile.source: the %s connector cannot fetch settlement "
+                         "from an API; use source: dir or sftp with a column map",
+                         src->conn.name, src->conn.type->name);
+            c.errors++;
+        }
+    }
     /* cross-check flows against connections */
     for (size_t i = 0; i < pb_flowset_count(cfg->flows); i++) {
         const struct pb_flow *fl = pb_flowset_flow(cfg->flows, i);
@@ -476,6 +518,7 @@ void pb_config_free(struct pb_config *cfg)
         struct pb_conn_entry *e = &cfg->conns[i];
         if (e->initialised && e->conn.type->destroy)
             e->conn.type->destroy(&e->conn);
+        pb_reconcile_conf_free(e->reconcile);
         json_decref(e->conn.settings);
         json_decref(e->conn.secrets);
         pb_ratelimit_free(e->conn.limiter);

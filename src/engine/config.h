@@ -25,11 +25,14 @@
 #include "engine/mapping.h"
 #include "engine/retry.h"
 
+struct pb_reconcile_conf;
+
 struct pb_conn_entry {
     struct pb_connection conn;          /* the instance (settings, secrets, limiter, state) */
     struct pb_retry_policy retry;
     long poll_interval_s;               /* > 0: poll this source that often (PB_CAP_POLL) */
     char status_webhook[64];            /* "" or the sink connection that receives order states */
+    struct pb_reconcile_conf *reconcile; /* owned; NULL = no `reconcile:` block (reconcile/reconcile.h) */
     int initialised;
 };
 

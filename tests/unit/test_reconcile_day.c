@@ -1,14 +1,16 @@
 /*
- * test_reconcile_cli.c: `paybridge reconcile` (cli/reconcile.c) end to end
- * without the daemon. A temp store holds what paybridge "posted" for an Opayo
+ * test_reconcile_day.c: a day's reconciliation (reconcile/run.c through
+ * cli/reconcile.c's pb_reconcile_once) without the daemon, with the ledger
+ * taken from what paybridge posted (ledger: paybridge) and no journals. A temp store holds what paybridge "posted" for an Opayo
  * connection (events with completed jobs, written with the store's own ops);
  * the sandbox's Opayo emulator settles an explicit list of transactions for
  * the day (those payments, a refund, and one sale paybridge never saw);
- * pb_reconcile_run() fetches, matches and writes its files. Asserted: the
- * posted ones match by rule 1 (reference), the stranger is missing_in_erp, a
- * posted payment that did not settle yet is pending (not a break), both
- * files exist, and a connection without the Reporting API settings is a
- * clear config error naming them.
+ * the run fetches, matches, stores the run and writes its reports. Asserted:
+ * the posted ones match by rule 1 (reference), the stranger is
+ * missing_in_erp, a posted payment that did not settle yet is pending (not a
+ * break), both reports exist, the stored run reads back, a re-run is revision
+ * 2 with the same result, and a connection without the Reporting API
+ * settings is a clear config error naming what is missing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,6 +27,7 @@
 #include "core/err.h"
 #include "engine/config.h"
 #include "net/http_client.h"
+#include "reconcile/reconcile.h"
 #include "sandbox.h"
 #include "store/store.h"
 
@@ -159,10 +162,12 @@ static void test_reconcile_day(void **state)
     struct pb_diags d = {0};
     struct pb_err err = {0};
     json_t *settings = json_pack("{s:{s:i}}", "opayo", "port", 0), *reply;
-    char path[300], yaml[2048], outdir[300], *text = NULL, *jsonl, *csv;
+    char path[300], yaml[2048], outdir[300], *text = NULL, *report_text, *csv;
     size_t text_len = 0;
     FILE *out, *f;
-    int port, rc, matched[3] = {0, 0, 0}, missing = 0, lines = 0;
+    int port, rc;
+    struct pb_recon_db *db = NULL;
+    json_t *report;
     const char *const posted[] = {"T1", "PAY-1", "T2", "PAY-2", "T3", "CN-1", "T5", "PAY-5", NULL};
     (void)state;
 
@@ -205,6 +210,7 @@ static void test_reconcile_day(void **state)
     assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 4);
     json_decref(reply);
 
+    snprintf(outdir, sizeof outdir, "%s/out", dir);
     snprintf(path, sizeof path, "%s/paybridge.yaml", dir);
     snprintf(yaml, sizeof yaml,
              "store: sqlite:%s/t.db\n"
@@ -217,9 +223,15 @@ static void test_reconcile_day(void **state)
              "    secrets:\n"
              "      report_user: sandbox-report\n"
              "      report_password: sandbox-report-password\n"
+             "    reconcile:\n"
+             "      erp: opayo-bare\n"
+             "      ledger: paybridge\n"
+             "      post_journals: false\n"
+             "      report_dir: %s\n"
              "  opayo-bare:\n"
-             "    connector: opayo\n",
-             dir, port);
+             "    connector: opayo\n"
+             "    reconcile: {erp: " CONN ", ledger: paybridge, post_journals: false}\n",
+             dir, port, outdir);
     f = fopen(path, "w");
     assert_non_null(f);
     fputs(yaml, f);
@@ -229,60 +241,58 @@ static void test_reconcile_day(void **state)
         fail_msg("config did not load");
     }
     pb_diags_free(&d);
+    snprintf(path, sizeof path, "%s/recon.db", dir);
+    assert_int_equal(pb_recon_db_open(path, &db, &err), PB_OK);
 
-    snprintf(outdir, sizeof outdir, "%s/out", dir);
     out = open_memstream(&text, &text_len);
-    rc = pb_reconcile_run(cfg, s, CONN, "2026-11-21", outdir, out, &err);
+    rc = pb_reconcile_once(cfg, s, db, CONN, "2026-11-21", out, &err);
     fclose(out);
     printf("%s", text);
     if (rc)
         fail_msg("reconcile: %s", err.msg);
-    assert_non_null(strstr(text, "rule 1 reference    3"));
+    assert_non_null(strstr(text, "revision 1, ok,"));
+    assert_non_null(strstr(text, "rule reference     3"));
     assert_non_null(strstr(text, "missing_in_erp       1"));
     assert_non_null(strstr(text, "breaks: 1 "));
     assert_non_null(strstr(text, "pending: 1 "));
     free(text);
 
-    /* the JSON lines: T1, T2, T3 by reference, T9 missing in the ERP */
-    snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21.jsonl", outdir);
-    jsonl = slurp(path);
-    assert_non_null(jsonl);
-    char *save = NULL;
-    for (char *line = strtok_r(jsonl, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        json_t *j = json_loads(line, 0, NULL);
-        json_t *l0 = json_array_get(json_object_get(j, "lines"), 0);
-        json_t *r0 = json_array_get(json_object_get(j, "records"), 0);
-        const char *ref = json_string_value(json_object_get(l0, "gateway_ref"));
-        assert_non_null(j);
-        lines++;
-        if (json_object_get(j, "match")) {
-            assert_string_equal(json_string_value(json_object_get(j, "rule")), "reference");
-            assert_non_null(ref);
-            if (strcmp(ref, "T1") == 0) {
-                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "PAY-1");
-                matched[0]++;
-            } else if (strcmp(ref, "T2") == 0) {
-                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "PAY-2");
-                matched[1]++;
-            } else if (strcmp(ref, "T3") == 0) {
-                assert_string_equal(json_string_value(json_object_get(r0, "record_id")), "CN-1");
-                assert_int_equal(json_integer_value(json_object_get(r0, "amount_minor")), -500);
-                matched[2]++;
-            } else {
-                fail_msg("unexpected match %s", line);
-            }
-        } else {
-            assert_string_equal(json_string_value(json_object_get(j, "class")), "missing_in_erp");
-            assert_string_equal(ref, "T9");
-            missing++;
-        }
-        json_decref(j);
+    /* the JSON report: T1, T2, T3 by reference, T9 missing in the ERP */
+    snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21.json", outdir);
+    report_text = slurp(path);
+    assert_non_null(report_text);
+    report = json_loads(report_text, 0, NULL);
+    free(report_text);
+    assert_non_null(report);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(report, "counts"), "matches_by_rule"),
+                         "reference")),
+                     3);
+    assert_int_equal(json_array_size(json_object_get(report, "matches")), 3);
+    {
+        json_t *b = json_array_get(json_object_get(report, "breaks"), 0);
+        assert_int_equal(json_array_size(json_object_get(report, "breaks")), 1);
+        assert_string_equal(json_string_value(json_object_get(b, "class")), "missing_in_erp");
+        assert_string_equal(json_string_value(json_object_get(b, "gateway_ref")), "T9");
+        assert_string_equal(json_string_value(json_object_get(b, "merchant_ref")), "ORDER-9");
+        assert_int_equal(json_integer_value(json_object_get(b, "amount_minor")), 700);
     }
-    free(jsonl);
-    assert_int_equal(lines, 4);
-    assert_int_equal(matched[0] + matched[1] + matched[2], 3);
-    assert_true(matched[0] == 1 && matched[1] == 1 && matched[2] == 1);
-    assert_int_equal(missing, 1);
+    {
+        /* every match names the rule and both sides */
+        size_t i;
+        json_t *m;
+        int seen[3] = {0, 0, 0};
+        json_array_foreach(json_object_get(report, "matches"), i, m)
+        {
+            const char *t = json_string_value(m);
+            assert_non_null(strstr(t, "rule 1 reference"));
+            seen[0] += strstr(t, "PAY-1") != NULL;
+            seen[1] += strstr(t, "PAY-2") != NULL;
+            seen[2] += strstr(t, "CN-1") != NULL;
+        }
+        assert_true(seen[0] == 1 && seen[1] == 1 && seen[2] == 1);
+    }
+    json_decref(report);
 
     /* the CSV: a header and the one break */
     snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21-breaks.csv", outdir);
@@ -293,29 +303,51 @@ static void test_reconcile_day(void **state)
     assert_non_null(strstr(csv, ",T9,ORDER-9,"));
     free(csv);
 
-    /* a re-run gives the same files (nothing is stored, nothing posted) */
-    out = open_memstream(&text, &text_len);
-    assert_int_equal(pb_reconcile_run(cfg, s, CONN, "2026-11-21", outdir, out, &err), PB_OK);
-    fclose(out);
-    free(text);
+    /* the stored run */
+    {
+        json_t *run = NULL, *runs = NULL;
+        assert_int_equal(pb_recon_db_run(db, CONN ":2026-11-21", &run, &err), PB_OK);
+        assert_string_equal(json_string_value(json_object_get(run, "status")), "ok");
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(
+                             json_object_get(run, "detail"), "counts"), "breaks")),
+                         1);
+        json_decref(run);
+        /* a re-run: revision 2, the same result, still one row for the day */
+        out = open_memstream(&text, &text_len);
+        assert_int_equal(pb_reconcile_once(cfg, s, db, CONN, "2026-11-21", out, &err), PB_OK);
+        fclose(out);
+        assert_non_null(strstr(text, "revision 2, ok,"));
+        assert_non_null(strstr(text, "breaks: 1 "));
+        free(text);
+        assert_int_equal(pb_recon_db_runs(db, CONN, 10, &runs, &err), PB_OK);
+        assert_int_equal(json_array_size(runs), 1);
+        json_decref(runs);
+        assert_int_equal(pb_recon_db_run(db, "999", &run, &err), PB_ERR_NOTFOUND);
+    }
 
-    /* no Reporting API settings: a config error naming what is missing */
+    /* no Reporting API settings: a config error naming what is missing, stored as a failed run */
     out = open_memstream(&text, &text_len);
-    assert_int_equal(pb_reconcile_run(cfg, s, "opayo-bare", "2026-11-21", outdir, out, &err),
+    assert_int_equal(pb_reconcile_once(cfg, s, db, "opayo-bare", "2026-11-21", out, &err),
                      PB_ERR_CONFIG);
     fclose(out);
     free(text);
-    assert_non_null(strstr(err.msg, "settings.report_url"));
-    assert_non_null(strstr(err.msg, "secrets.report_user"));
-    assert_non_null(strstr(err.msg, "secrets.report_password"));
+    assert_non_null(strstr(err.msg, "report_url"));
+    {
+        json_t *run = NULL;
+        assert_int_equal(pb_recon_db_run(db, "opayo-bare:2026-11-21", &run, &err), PB_OK);
+        assert_string_equal(json_string_value(json_object_get(run, "status")), "failed");
+        assert_non_null(strstr(json_string_value(json_object_get(run, "error")), "report_url"));
+        json_decref(run);
+    }
     /* a bad date and an unknown connection */
     out = open_memstream(&text, &text_len);
-    assert_int_equal(pb_reconcile_run(cfg, s, CONN, "2026-13-01", outdir, out, &err), PB_ERR_INVALID);
-    assert_int_equal(pb_reconcile_run(cfg, s, "nope", "2026-11-21", outdir, out, &err),
+    assert_int_equal(pb_reconcile_once(cfg, s, db, CONN, "2026-13-01", out, &err), PB_ERR_INVALID);
+    assert_int_equal(pb_reconcile_once(cfg, s, db, "nope", "2026-11-21", out, &err),
                      PB_ERR_NOTFOUND);
     fclose(out);
     free(text);
 
+    pb_recon_db_close(db);
     pb_config_free(cfg);
     pb_store_close(s);
     pb_sandbox_stop(sb);
