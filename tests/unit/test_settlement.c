@@ -1141,7 +1141,8 @@ static void test_paytrace_fetch_against_emulator(void **state)
     pb_sandbox_stop(sb);
 }
 
-/* ---- the connector slots, the emulators' report files, seeded anomalies ----------------------- */
+/* ---- the connector slots, the emulators' report files, seeded anomalies -----------------------
+ */
 
 /* Every batch and line of `api` is in `file` (by batch id, and by gateway_ref and kind), with
  * the same currency, dates, amounts, fees and references, and nothing more. */
@@ -1273,8 +1274,7 @@ static void test_opayo_slot_files_chargebacks_partial_captures(void **state)
     assert_string_equal(json_string_value(json_array_get(json_object_get(anomalies, "missing"), 0)),
                         "T6");
     assert_string_equal(
-        json_string_value(json_array_get(json_object_get(anomalies, "partial_captures"), 0)),
-        "D1");
+        json_string_value(json_array_get(json_object_get(anomalies, "partial_captures"), 0)), "D1");
     assert_int_equal(json_array_size(json_object_get(anomalies, "chargebacks")), 0);
     /* the reply's totals: gross - fees = net */
     assert_string_equal(json_string_value(json_object_get(
@@ -1540,17 +1540,17 @@ static void test_report_file_bad_data(void **state)
 {
     static const char day1[] =
         "Batch,Batch Date,Transaction ID,Merchant Ref,Type,Amount,Fee,Currency,Transaction Date\r\n"
-        "100001,2026-11-21,G1,ORDER-1,SALE,10.00,0.35,GBP,2026-11-20\r\n"    /* 2 ok */
-        "100001,2026-11-21,G2,ORDER-2,SALE,ten,0.35,GBP,2026-11-20\r\n"      /* 3 not a number */
-        "100001,2026-11-21,G3,ORDER-3,SALE,1.00,0.20,GBX,2026-11-20\r\n"     /* 4 currency */
-        "100001,2026-11-21,G4,ORDER-4,SALE,1.00,0.20,GBP\r\n"                /* 5 8 columns */
-        "100001,2026-11-21,G5,\"ORDER,5\",REFUND,2.00,0,GBP,2026-11-20\r\n"  /* 6 ok */
-        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"       /* 7 ok */
-        "100001,2026-11-21,G7,\"ORDER-7,1.00,0.20,GBP,2026-11-20\r\n";       /* 8 truncated */
+        "100001,2026-11-21,G1,ORDER-1,SALE,10.00,0.35,GBP,2026-11-20\r\n"   /* 2 ok */
+        "100001,2026-11-21,G2,ORDER-2,SALE,ten,0.35,GBP,2026-11-20\r\n"     /* 3 not a number */
+        "100001,2026-11-21,G3,ORDER-3,SALE,1.00,0.20,GBX,2026-11-20\r\n"    /* 4 currency */
+        "100001,2026-11-21,G4,ORDER-4,SALE,1.00,0.20,GBP\r\n"               /* 5 8 columns */
+        "100001,2026-11-21,G5,\"ORDER,5\",REFUND,2.00,0,GBP,2026-11-20\r\n" /* 6 ok */
+        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"      /* 7 ok */
+        "100001,2026-11-21,G7,\"ORDER-7,1.00,0.20,GBP,2026-11-20\r\n";      /* 8 truncated */
     static const char day2[] =
         "Batch,Batch Date,Transaction ID,Merchant Ref,Type,Amount,Fee,Currency,Transaction Date\r\n"
-        "100003,2026-11-22,G8,ORDER-8,SALE,3.00,0.25,GBP,2026-11-21\r\n"     /* 2 ok */
-        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"       /* 3 duplicate */
+        "100003,2026-11-22,G8,ORDER-8,SALE,3.00,0.25,GBP,2026-11-21\r\n"         /* 2 ok */
+        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"           /* 3 duplicate */
         "100003,2026-11-22,G9,ORDER-9,CHARGEBACK,3.00,15.00,GBP,2026-11-22\r\n"; /* 4 ok */
     struct pb_settlement_set *set = pb_settlement_set_new();
     struct pb_settlement_csv_map *map = NULL;
