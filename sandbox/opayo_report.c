@@ -44,13 +44,16 @@
 #include "opayo_report.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libxml/parser.h>
 #include <libxml/tree.h>
@@ -91,6 +94,7 @@ struct sbx_opayo_report {
     char vendor[128], user[128], password[128];
     long fee_rate_bp;
     char fee_fixed[32];
+    char chargeback_fee[32]; /* per chargeback, decimal text in the currency */
     long page_rows;
     long next_batch;
     struct batch *batches;
@@ -129,6 +133,10 @@ static void put(struct out *o, const char *s, size_t n)
 {
     if (o->failed)
         return;
+    if (n > SIZE_MAX / 4 || o->len > SIZE_MAX / 4) { /* never: bounds for the compiler's sake */
+        o->failed = 1;
+        return;
+    }
     if (o->len + n + 1 > o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 4096;
         while (cap < o->len + n + 1)
@@ -341,6 +349,8 @@ struct sbx_opayo_report *sbx_opayo_report_create(json_t *settings, sbx_opayo_rep
         setting_str(settings, "report_password", "sandbox-report-password", r->password,
                     sizeof r->password, err) ||
         setting_str(settings, "report_fee_fixed", "0.20", r->fee_fixed, sizeof r->fee_fixed, err) ||
+        setting_str(settings, "report_chargeback_fee", "15.00", r->chargeback_fee,
+                    sizeof r->chargeback_fee, err) ||
         setting_int(settings, "report_fee_rate_bp", 150, 0, 10000, &r->fee_rate_bp, err) ||
         setting_int(settings, "report_page_rows", 50, 1, 1000, &r->page_rows, err) ||
         setting_int(settings, "report_first_batch", 100001, 1, 1000000000L, &r->next_batch, err))
@@ -348,6 +358,11 @@ struct sbx_opayo_report *sbx_opayo_report_create(json_t *settings, sbx_opayo_rep
     if (pb_money_parse_decimal(r->fee_fixed, "CLF", &probe, NULL) || probe < 0) {
         pb_err_set(err, PB_ERR_CONFIG,
                    "opayo setting report_fee_fixed must be a decimal such as \"0.20\"");
+        goto fail;
+    }
+    if (pb_money_parse_decimal(r->chargeback_fee, "CLF", &probe, NULL) || probe < 0) {
+        pb_err_set(err, PB_ERR_CONFIG,
+                   "opayo setting report_chargeback_fee must be a decimal such as \"15.00\"");
         goto fail;
     }
     r->batches = calloc(REPORT_MAX_BATCHES, sizeof *r->batches);
@@ -402,48 +417,201 @@ static int listed(const json_t *spec, const char *id)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(spec, i,
-                       v) if (json_is_string(v) && strcmp(json_string_value(v), id) == 0) return 1;
+    json_array_foreach(spec, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), id) == 0)
+            return 1;
+    }
     return 0;
 }
 
-/* Turn a count N into N random ids of `candidates` (an array of strings). */
-static json_t *pick(json_t *spec, json_t *candidates, json_t *exclude)
+/* splitmix64: the anomaly picks are a function of the seed and the
+ * candidates' order only, so the same traffic and the same settle request
+ * seed the same anomalies (tests and demo runs can be replayed). */
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The ids `spec` names: an array is taken as it is; a count N picks N of
+ * `candidates` (an array of strings, in order) not in `exclude`, by a
+ * partial Fisher-Yates shuffle from `seed`, returned in candidate order. */
+json_t *sbx_settlement_pick(const json_t *spec, const json_t *candidates, const json_t *exclude,
+                            uint64_t seed)
 {
     json_t *out = json_array();
-    size_t n = json_array_size(candidates), want;
+    size_t n = 0, want, *idx;
+    uint64_t state = seed;
     if (json_is_array(spec)) {
         json_decref(out);
-        return json_incref(spec);
+        return json_deep_copy(spec);
     }
     want = json_is_integer(spec) && json_integer_value(spec) > 0 ? (size_t)json_integer_value(spec)
                                                                  : 0;
-    for (size_t tries = 0; json_array_size(out) < want && tries < n * 4 + 16; tries++) {
-        unsigned char b[4];
-        size_t i;
-        const char *id;
-        if (!n || pb_random_bytes(b, sizeof b))
-            break;
-        i = ((size_t)b[0] << 24 | (size_t)b[1] << 16 | (size_t)b[2] << 8 | b[3]) % n;
-        id = json_string_value(json_array_get(candidates, i));
-        if (id && !listed(out, id) && !listed(exclude, id))
-            json_array_append_new(out, json_string(id));
+    idx = calloc(json_array_size(candidates) + 1, sizeof *idx);
+    if (!out || !idx) {
+        free(idx);
+        return out;
     }
+    for (size_t i = 0; i < json_array_size(candidates); i++) {
+        const char *id = json_string_value(json_array_get(candidates, i));
+        if (id && !listed(exclude, id))
+            idx[n++] = i;
+    }
+    if (want > n)
+        want = n;
+    for (size_t k = 0; k < want; k++) {
+        size_t j = k + (size_t)(next_random(&state) % (n - k)), t = idx[k];
+        idx[k] = idx[j];
+        idx[j] = t;
+    }
+    for (size_t a = 1; a < want; a++) /* candidate order: insertion sort of the picked few */
+        for (size_t b = a; b > 0 && idx[b - 1] > idx[b]; b--) {
+            size_t t = idx[b];
+            idx[b] = idx[b - 1];
+            idx[b - 1] = t;
+        }
+    for (size_t k = 0; k < want; k++)
+        json_array_append(out, json_array_get(candidates, idx[k]));
+    free(idx);
     return out;
+}
+
+/* The settled amount of a source transaction, or 0 when it is not settled
+ * money: status Ok, not voided or aborted (sandbox extensions "voided",
+ * "aborted"), a Payment, Repeat or Refund for its totalAmount, or a Deferred
+ * that was released (extension "releasedAmount", at most the authorised
+ * amount: less is a partial capture). */
+static int64_t settled_amount(const json_t *v, const char **type)
+{
+    const char *status = json_string_value(json_object_get(v, "status"));
+    json_t *amount = json_object_get(json_object_get(v, "amount"), "totalAmount");
+    json_t *released = json_object_get(v, "releasedAmount");
+    *type = json_string_value(json_object_get(v, "transactionType"));
+    if (!status || strcmp(status, "Ok") != 0 || !*type || !json_is_integer(amount) ||
+        json_integer_value(amount) <= 0 || json_is_true(json_object_get(v, "voided")) ||
+        json_is_true(json_object_get(v, "aborted")))
+        return 0;
+    if (strcmp(*type, "Payment") == 0 || strcmp(*type, "Repeat") == 0 ||
+        strcmp(*type, "Refund") == 0)
+        return json_integer_value(amount);
+    if (strcmp(*type, "Deferred") == 0 && json_is_integer(released) &&
+        json_integer_value(released) > 0 &&
+        json_integer_value(released) <= json_integer_value(amount)) {
+        *type = "Release";
+        return json_integer_value(released);
+    }
+    return 0;
+}
+
+static int is_sale_type(const char *type)
+{
+    return strcmp(type, "Payment") == 0 || strcmp(type, "Repeat") == 0 ||
+           strcmp(type, "Release") == 0;
+}
+
+/* 1 when the sale `id` already has a chargeback line. */
+static int charged_back(const struct sbx_opayo_report *r, const char *id)
+{
+    for (size_t i = 0; i < r->n_lines; i++)
+        if (strcmp(r->lines[i].type, "Chargeback") == 0 && strcmp(r->lines[i].id, id) == 0)
+            return 1;
+    return 0;
+}
+
+/* The batch of `currency` opened by this settle call (at most 8 currencies
+ * per call), opening it when needed; SIZE_MAX when full. Caller holds mu. */
+struct open_batches {
+    char currency[8][4];
+    size_t index[8];
+    size_t n;
+};
+
+static size_t batch_for(struct sbx_opayo_report *r, struct open_batches *ob, const char *currency,
+                        int32_t day)
+{
+    size_t c;
+    for (c = 0; c < ob->n && strcmp(ob->currency[c], currency) != 0; c++)
+        ;
+    if (c < ob->n)
+        return ob->index[c];
+    if (ob->n == 8 || r->n_batches >= REPORT_MAX_BATCHES)
+        return SIZE_MAX;
+    memcpy(ob->currency[c], currency, 4);
+    ob->index[c] = r->n_batches;
+    r->batches[r->n_batches] = (struct batch){.id = r->next_batch++, .day = day};
+    memcpy(r->batches[r->n_batches].currency, currency, 4);
+    ob->n++;
+    return r->n_batches++;
+}
+
+/* Append a line to batch b and its totals. Caller holds mu and checked room. */
+static void add_line(struct sbx_opayo_report *r, size_t b, const char *id, const char *code,
+                     const char *type, int64_t amount, int64_t fee, int32_t tday,
+                     const char *started)
+{
+    struct line *l = &r->lines[r->n_lines++];
+    memset(l, 0, sizeof *l);
+    snprintf(l->id, sizeof l->id, "%s", id);
+    snprintf(l->vendor_tx_code, sizeof l->vendor_tx_code, "%s", code ? code : "");
+    snprintf(l->type, sizeof l->type, "%s", type);
+    snprintf(l->started, sizeof l->started, "%s", started);
+    l->amount = amount;
+    l->fee = fee;
+    l->day = tday;
+    l->batch = b;
+    r->batches[b].gross += is_sale_type(type) ? amount : -amount;
+    r->batches[b].fees += fee;
+    r->batches[b].count++;
+}
+
+/* The CSV report file of batch b (sbx_settlement_file_write). Caller holds mu. */
+static int write_batch_file(const struct sbx_opayo_report *r, size_t b, const char *dir, char *path,
+                            size_t path_len, struct pb_err *err)
+{
+    const struct batch *bt = &r->batches[b];
+    struct sbx_settlement_row *rows = calloc(bt->count + 1, sizeof *rows);
+    char idtext[24];
+    size_t n = 0;
+    int rc;
+    if (!rows)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < r->n_lines; i++) {
+        const struct line *l = &r->lines[i];
+        if (l->batch != b || n == bt->count)
+            continue;
+        rows[n++] =
+            (struct sbx_settlement_row){.transaction_id = l->id,
+                                        .merchant_ref = l->vendor_tx_code,
+                                        .type = strcmp(l->type, "Refund") == 0       ? "REFUND"
+                                                : strcmp(l->type, "Chargeback") == 0 ? "CHARGEBACK"
+                                                                                     : "SALE",
+                                        .amount = l->amount,
+                                        .fee = l->fee,
+                                        .value_day = l->day};
+    }
+    snprintf(idtext, sizeof idtext, "%ld", bt->id);
+    rc = sbx_settlement_file_write(dir, "opayo", idtext, bt->day, bt->currency, rows, n, path,
+                                   path_len, err);
+    free(rows);
+    return rc;
 }
 
 enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
                                             struct pb_http_response *resp, void *arg)
 {
     struct sbx_opayo_report *r = state_of(arg);
-    json_t *body = NULL, *txns = NULL, *missing = NULL, *wrong = NULL, *candidates, *reply_batches,
-           *v;
-    int64_t delta = 0;
+    json_t *body = NULL, *txns = NULL, *missing = NULL, *wrong = NULL, *chargebacks = NULL,
+           *cb_done, *partial, *candidates, *sales, *cb_candidates, *reply_batches, *files, *v;
     int32_t day = today();
-    const char *delta_text = "0.10";
-    size_t settled = 0, i;
-    char batch_of_currency[8][4];
-    size_t batch_index[8], n_currencies = 0;
+    const char *delta_text = "0.10", *file_dir = NULL;
+    uint64_t seed = 1;
+    size_t settled = 0, i, first_batch;
+    struct open_batches ob = {0};
+    struct pb_err err = {0};
 
     if (!loopback(req)) {
         pb_http_response_error(resp, 403, "forbidden", "sandbox admin routes answer loopback only");
@@ -466,8 +634,32 @@ enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
             return PB_HTTP_DONE;
         }
     }
-    if (body && json_is_string(json_object_get(body, "fee_delta")))
-        delta_text = json_string_value(json_object_get(body, "fee_delta"));
+    if (body && (v = json_object_get(body, "seed"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "seed must be an integer >= 0");
+            return PB_HTTP_DONE;
+        }
+        seed = (uint64_t)json_integer_value(v);
+    }
+    if (body && (v = json_object_get(body, "fee_delta"))) {
+        int64_t probe;
+        delta_text = json_string_value(v);
+        if (!delta_text || pb_money_parse_decimal(delta_text, "CLF", &probe, NULL)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid",
+                                   "fee_delta must be a decimal string such as \"0.10\"");
+            return PB_HTTP_DONE;
+        }
+    }
+    if (body && (v = json_object_get(body, "file_dir"))) {
+        file_dir = json_string_value(v);
+        if (sbx_settlement_file_dir_check(file_dir, &err)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "%s", err.msg);
+            return PB_HTTP_DONE;
+        }
+    }
     txns = body ? json_incref(json_object_get(body, "transactions")) : NULL;
     if (!txns && r->source)
         txns = r->source(r->source_ctx);
@@ -481,38 +673,39 @@ enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
     }
 
     pthread_mutex_lock(&r->mu);
-    /* candidates: settled money not yet consumed */
+    first_batch = r->n_batches;
+    /* candidates: settled money not yet consumed (sales: those a fee applies to) */
     candidates = json_array();
+    sales = json_array();
+    partial = json_array();
     json_array_foreach(txns, i, v)
     {
-        const char *id = json_string_value(json_object_get(v, "transactionId"));
-        const char *status = json_string_value(json_object_get(v, "status"));
-        const char *type = json_string_value(json_object_get(v, "transactionType"));
-        if (!id || strlen(id) >= REPORT_ID_MAX || !status || strcmp(status, "Ok") != 0 || !type ||
-            (strcmp(type, "Payment") != 0 && strcmp(type, "Repeat") != 0 &&
-             strcmp(type, "Refund") != 0) ||
-            consumed(r, id))
+        const char *id = json_string_value(json_object_get(v, "transactionId")), *type;
+        if (!id || strlen(id) >= REPORT_ID_MAX || !settled_amount(v, &type) || consumed(r, id))
             continue;
         json_array_append_new(candidates, json_string(id));
+        if (strcmp(type, "Refund") != 0)
+            json_array_append_new(sales, json_string(id));
     }
-    missing = pick(body ? json_object_get(body, "missing") : NULL, candidates, NULL);
-    wrong = pick(body ? json_object_get(body, "wrong_fee") : NULL, candidates, missing);
+    missing =
+        sbx_settlement_pick(body ? json_object_get(body, "missing") : NULL, candidates, NULL, seed);
+    wrong = sbx_settlement_pick(body ? json_object_get(body, "wrong_fee") : NULL, sales, missing,
+                                seed + 1);
     reply_batches = json_array();
+    files = json_array();
 
     json_array_foreach(txns, i, v)
     {
         const char *id = json_string_value(json_object_get(v, "transactionId"));
         const char *currency = json_string_value(json_object_get(v, "currency"));
-        const char *type = json_string_value(json_object_get(v, "transactionType"));
         const char *code = json_string_value(json_object_get(v, "vendorTxCode"));
-        json_t *amount = json_object_get(json_object_get(v, "amount"), "totalAmount");
-        struct line *l;
-        size_t b, c;
+        const char *type;
+        int64_t amount = settled_amount(v, &type), fee = 0;
+        size_t b;
         int32_t tday = day;
         char started[24] = "";
 
-        if (!id || !listed(candidates, id) || !currency || !pb_currency_valid(currency) ||
-            !json_is_integer(amount) || json_integer_value(amount) <= 0)
+        if (!id || !amount || !listed(candidates, id) || !currency || !pb_currency_valid(currency))
             continue;
         if (r->n_consumed >= REPORT_MAX_LINES || r->n_lines >= REPORT_MAX_LINES)
             break;
@@ -525,62 +718,87 @@ enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
             day_text(day, started, sizeof started);
             strncat(started, " 00:00:00", sizeof started - strlen(started) - 1);
         }
-        for (c = 0; c < n_currencies && strcmp(batch_of_currency[c], currency) != 0; c++)
-            ;
-        if (c == n_currencies) {
-            if (n_currencies == 8 || r->n_batches >= REPORT_MAX_BATCHES)
-                continue;
-            memcpy(batch_of_currency[c], currency, 4);
-            batch_index[c] = r->n_batches;
-            r->batches[r->n_batches] = (struct batch){.id = r->next_batch++, .day = day};
-            memcpy(r->batches[r->n_batches].currency, currency, 4);
-            r->n_batches++;
-            n_currencies++;
-        }
-        b = batch_index[c];
-        l = &r->lines[r->n_lines++];
-        memset(l, 0, sizeof *l);
-        snprintf(l->id, sizeof l->id, "%s", id);
-        snprintf(l->vendor_tx_code, sizeof l->vendor_tx_code, "%s", code ? code : "");
-        snprintf(l->type, sizeof l->type, "%s", type);
-        snprintf(l->started, sizeof l->started, "%s", started);
-        l->amount = json_integer_value(amount);
-        l->day = tday;
-        l->batch = b;
+        if ((b = batch_for(r, &ob, currency, day)) == SIZE_MAX)
+            continue;
         if (strcmp(type, "Refund") != 0) {
-            __int128 pct = ((__int128)l->amount * r->fee_rate_bp + 5000) / 10000;
-            l->fee = (int64_t)pct + fixed_fee(r->fee_fixed, currency);
-            if (listed(wrong, id)) {
-                if (pb_money_parse_decimal(delta_text, currency, &delta, NULL))
-                    delta = 0;
-                l->fee += delta;
-            }
-            r->batches[b].gross += l->amount;
-        } else {
-            r->batches[b].gross -= l->amount;
+            __int128 pct = ((__int128)amount * r->fee_rate_bp + 5000) / 10000;
+            fee = (int64_t)pct + fixed_fee(r->fee_fixed, currency);
+            if (listed(wrong, id))
+                fee += fixed_fee(delta_text, currency); /* rounded to the currency, as fees */
         }
-        r->batches[b].fees += l->fee;
-        r->batches[b].count++;
+        if (strcmp(type, "Release") == 0 &&
+            amount <
+                json_integer_value(json_object_get(json_object_get(v, "amount"), "totalAmount")))
+            json_array_append_new(partial, json_string(id));
+        add_line(r, b, id, code, type, amount, fee, tday, started);
         settled++;
     }
-    for (size_t c = 0; c < n_currencies; c++) {
-        const struct batch *bt = &r->batches[batch_index[c]];
+
+    /* chargebacks: of sales settled now or before, each once, in this call's batch of
+     * their currency, for the whole sale plus report_chargeback_fee */
+    cb_candidates = json_array();
+    for (size_t k = 0; k < r->n_lines; k++)
+        if (is_sale_type(r->lines[k].type) && !charged_back(r, r->lines[k].id))
+            json_array_append_new(cb_candidates, json_string(r->lines[k].id));
+    chargebacks = sbx_settlement_pick(body ? json_object_get(body, "chargebacks") : NULL,
+                                      cb_candidates, NULL, seed + 2);
+    cb_done = json_array();
+    json_array_foreach(chargebacks, i, v)
+    {
+        const char *id = json_string_value(v);
+        size_t k, b;
+        char started[24];
+        if (!id || !listed(cb_candidates, id) || listed(cb_done, id) ||
+            r->n_lines >= REPORT_MAX_LINES)
+            continue;
+        for (k = 0; k < r->n_lines; k++)
+            if (is_sale_type(r->lines[k].type) && strcmp(r->lines[k].id, id) == 0)
+                break;
+        const struct line sale = r->lines[k]; /* a copy: add_line may write beside it */
+        const char *currency = r->batches[sale.batch].currency;
+        if ((b = batch_for(r, &ob, currency, day)) == SIZE_MAX)
+            continue;
+        day_text(day, started, sizeof started);
+        strncat(started, " 00:00:00", sizeof started - strlen(started) - 1);
+        add_line(r, b, sale.id, sale.vendor_tx_code, "Chargeback", sale.amount,
+                 fixed_fee(r->chargeback_fee, currency), day, started);
+        json_array_append_new(cb_done, json_string(id));
+    }
+
+    for (size_t b = first_batch; b < r->n_batches; b++) {
+        const struct batch *bt = &r->batches[b];
         char g[PB_MONEY_DECIMAL_MAX], f[PB_MONEY_DECIMAL_MAX], n[PB_MONEY_DECIMAL_MAX], d[16];
+        char idtext[24], path[1024] = "";
+        json_t *entry;
         pb_money_format_decimal(bt->gross, bt->currency, g, sizeof g, NULL);
         pb_money_format_decimal(bt->fees, bt->currency, f, sizeof f, NULL);
         pb_money_format_decimal(bt->gross - bt->fees, bt->currency, n, sizeof n, NULL);
-        char idtext[24];
         pb_settlement_date_format(bt->day, d, sizeof d);
         snprintf(idtext, sizeof idtext, "%ld", bt->id);
-        json_array_append_new(reply_batches,
-                              json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s}", "batchid", idtext,
-                                        "currency", bt->currency, "date", d, "transactions",
-                                        (json_int_t)bt->count, "gross", g, "fees", f, "net", n));
+        entry = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s}", "batchid", idtext, "currency",
+                          bt->currency, "date", d, "transactions", (json_int_t)bt->count, "gross",
+                          g, "fees", f, "net", n);
+        if (file_dir && !err.rc) {
+            if (write_batch_file(r, b, file_dir, path, sizeof path, &err) == PB_OK) {
+                json_object_set_new(entry, "file", json_string(path));
+                json_array_append_new(files, json_string(path));
+            }
+        }
+        json_array_append_new(reply_batches, entry);
     }
     pthread_mutex_unlock(&r->mu);
-    {
-        json_t *o = json_pack("{s:I,s:o,s:{s:O,s:O}}", "settled", (json_int_t)settled, "batches",
-                              reply_batches, "anomalies", "missing", missing, "wrong_fee", wrong);
+    if (err.rc) { /* the batches are closed; only their files failed */
+        pb_http_response_error(resp, 500, "file",
+                               "the batches were settled but a report file "
+                               "could not be written: %s",
+                               err.msg);
+        json_decref(reply_batches);
+        json_decref(files);
+    } else {
+        json_t *o =
+            json_pack("{s:I,s:o,s:o,s:{s:O,s:O,s:O,s:O}}", "settled", (json_int_t)settled,
+                      "batches", reply_batches, "files", files, "anomalies", "missing", missing,
+                      "wrong_fee", wrong, "chargebacks", cb_done, "partial_captures", partial);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text)
             pb_http_response_body_take(resp, 200, text, strlen(text));
@@ -590,7 +808,12 @@ enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
     }
     json_decref(missing);
     json_decref(wrong);
+    json_decref(chargebacks);
+    json_decref(cb_done);
+    json_decref(cb_candidates);
+    json_decref(partial);
     json_decref(candidates);
+    json_decref(sales);
     json_decref(txns);
     json_decref(body);
     return PB_HTTP_DONE;
@@ -959,4 +1182,103 @@ out:
     free(p3);
     free(p4);
     return PB_HTTP_DONE;
+}
+
+/* ---- report files (shared with sandbox/paytrace.c) --------------------------------------------
+ */
+
+const char *const SBX_SETTLEMENT_CSV_HEADER = "Batch,Batch Date,Transaction ID,Merchant Ref,Type,"
+                                              "Amount,Fee,Currency,Transaction Date";
+
+json_t *sbx_settlement_csv_map(const char *gateway)
+{
+    return json_pack("{s:s,s:s,s:b,s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s},s:{s:s,s:s,s:s},s:s}",
+                     "gateway", gateway, "delimiter", ",", "header", 1, "columns", "batch_id",
+                     "Batch", "settled_date", "Batch Date", "gateway_ref", "Transaction ID",
+                     "merchant_ref", "Merchant Ref", "kind", "Type", "amount", "Amount", "fee",
+                     "Fee", "currency", "Currency", "value_date", "Transaction Date", "kind_map",
+                     "SALE", "sale", "REFUND", "refund", "CHARGEBACK", "chargeback", "date_format",
+                     "%Y-%m-%d");
+}
+
+int sbx_settlement_file_dir_check(const char *dir, struct pb_err *err)
+{
+    struct stat sb;
+    if (!dir || dir[0] != '/' || strlen(dir) > 900 || strstr(dir, "/../") ||
+        (strlen(dir) >= 3 && strcmp(dir + strlen(dir) - 3, "/..") == 0))
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "file_dir must be an absolute directory path (at most 900 characters, "
+                          "no \"..\")");
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return pb_err_set(err, PB_ERR_INVALID, "file_dir %s is not a directory: create it first",
+                          dir);
+    if (access(dir, W_OK) != 0)
+        return pb_err_set(err, PB_ERR_INVALID, "file_dir %s is not writable by the sandbox", dir);
+    return PB_OK;
+}
+
+/* One CSV field: quoted (with "" for ") when it holds the delimiter, a quote or a line end. */
+static void csv_field(struct out *o, const char *text)
+{
+    if (!strpbrk(text, ",\"\r\n")) {
+        put(o, text, strlen(text));
+        return;
+    }
+    PUTS(o, "\"");
+    for (const char *p = text; *p; p++) {
+        if (*p == '"')
+            PUTS(o, "\"");
+        put(o, p, 1);
+    }
+    PUTS(o, "\"");
+}
+
+int sbx_settlement_file_write(const char *dir, const char *gateway, const char *batch_id,
+                              int32_t batch_day, const char *currency,
+                              const struct sbx_settlement_row *rows, size_t n, char *path,
+                              size_t path_len, struct pb_err *err)
+{
+    struct out o = {0};
+    char tmp[1100], final[1100], bday[16];
+    FILE *f;
+    int written;
+
+    pb_settlement_date_format(batch_day, bday, sizeof bday);
+    put(&o, SBX_SETTLEMENT_CSV_HEADER, strlen(SBX_SETTLEMENT_CSV_HEADER));
+    PUTS(&o, "\r\n");
+    for (size_t i = 0; i < n; i++) {
+        char amount[PB_MONEY_DECIMAL_MAX], fee[PB_MONEY_DECIMAL_MAX], vday[16];
+        if (pb_money_format_decimal(rows[i].amount, currency, amount, sizeof amount, NULL) ||
+            pb_money_format_decimal(rows[i].fee, currency, fee, sizeof fee, NULL))
+            return pb_err_set(err, PB_ERR_INTERNAL, "batch %s: an amount cannot be formatted",
+                              batch_id);
+        pb_settlement_date_format(rows[i].value_day, vday, sizeof vday);
+        csv_field(&o, batch_id);
+        putf(&o, ",%s,", bday);
+        csv_field(&o, rows[i].transaction_id);
+        PUTS(&o, ",");
+        csv_field(&o, rows[i].merchant_ref ? rows[i].merchant_ref : "");
+        putf(&o, ",%s,%s,%s,%s,%s\r\n", rows[i].type, amount, fee, currency, vday);
+    }
+    if (o.failed) {
+        free(o.p);
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    }
+    /* a dot file first (a watched-directory reader never offers one), then renamed */
+    snprintf(final, sizeof final, "%s/%s-settlement-%s-%s.csv", dir, gateway, bday, batch_id);
+    snprintf(tmp, sizeof tmp, "%s/.%s-settlement-%s-%s.csv.tmp", dir, gateway, bday, batch_id);
+    f = fopen(tmp, "wb");
+    if (!f) {
+        free(o.p);
+        return pb_err_set(err, PB_ERR_TRANSIENT, "cannot create %s: %s", tmp, strerror(errno));
+    }
+    written = o.len == 0 || fwrite(o.p, 1, o.len, f) == o.len;
+    free(o.p);
+    if (fclose(f) != 0 || !written || rename(tmp, final) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return pb_err_set(err, PB_ERR_TRANSIENT, "cannot write %s: %s", final, strerror(e));
+    }
+    snprintf(path, path_len, "%s", final);
+    return PB_OK;
 }

@@ -22,6 +22,8 @@
 #define PB_SANDBOX_OPAYO_REPORT_H
 
 #include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "core/err.h"
 #include "net/httpd.h"
@@ -68,5 +70,50 @@ enum pb_http_action sbx_opayo_report_settlements(struct pb_http_request *req,
 
 /* The three routes above with `r` as arg, ending in {NULL}. */
 const struct pb_http_route *sbx_opayo_report_routes(struct sbx_opayo_report *r);
+
+/* ---- settlement helpers shared by the emulators (sandbox/paytrace.c too) ---- */
+
+/* The anomaly picks: `spec` an array of ids (returned as it is) or a count
+ * N (N ids of `candidates`, an array of strings, that are not in `exclude`,
+ * chosen by a PRNG seeded with `seed`, in candidate order). Deterministic:
+ * the same candidates and seed give the same ids. A new array. */
+json_t *sbx_settlement_pick(const json_t *spec, const json_t *candidates, const json_t *exclude,
+                            uint64_t seed);
+
+/* REPORT FILES. POST /_sandbox/settle {"file_dir":"/abs/dir"} writes each
+ * batch it closes as one CSV file DIR/<gateway>-settlement-<YYYY-MM-DD>-<batch>.csv
+ * (written as a dot file, then renamed), CRLF line ends, a header, one row
+ * per line of the batch:
+ *   Batch,Batch Date,Transaction ID,Merchant Ref,Type,Amount,Fee,Currency,Transaction Date
+ * Type SALE | REFUND | CHARGEBACK; Amount and Fee positive decimals in major
+ * units (the type gives the sign); dates YYYY-MM-DD; fields quoted (RFC
+ * 4180) only when they hold a comma, a quote or a line end. Transaction ID
+ * is the gateway's id as its API reports it (Opayo's VPSTxId without braces,
+ * PayTrace's transaction_id), so the file reads into the same lines as the
+ * API with the column map sbx_settlement_csv_map() returns
+ * (docs/settlement.md). */
+extern const char *const SBX_SETTLEMENT_CSV_HEADER;
+
+struct sbx_settlement_row {
+    const char *transaction_id;
+    const char *merchant_ref;
+    const char *type;  /* "SALE", "REFUND", "CHARGEBACK" */
+    int64_t amount;    /* minor units, > 0 */
+    int64_t fee;       /* minor units */
+    int32_t value_day; /* days since 1970-01-01 */
+};
+
+/* The column map (a new JSON object for pb_settlement_csv_map_new) of the
+ * layout above, with `gateway` as the batches' gateway name. */
+json_t *sbx_settlement_csv_map(const char *gateway);
+/* PB_OK when `dir` is an absolute, existing, writable directory without "..";
+ * else PB_ERR_INVALID saying which. */
+int sbx_settlement_file_dir_check(const char *dir, struct pb_err *err);
+/* Write one batch's file; its path into `path`. PB_ERR_TRANSIENT when the
+ * file cannot be written (err says why). */
+int sbx_settlement_file_write(const char *dir, const char *gateway, const char *batch_id,
+                              int32_t batch_day, const char *currency,
+                              const struct sbx_settlement_row *rows, size_t n, char *path,
+                              size_t path_len, struct pb_err *err);
 
 #endif

@@ -140,6 +140,7 @@
  * hundred lines of queue.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -156,11 +157,14 @@
 #include "core/money.h"
 #include "core/pan.h"
 #include "net/httpd.h"
+#include "connectors/settlement/settlement.h"
+#include "opayo_report.h" /* the settlement helpers shared by the emulators */
 #include "paytrace.h"
 #include "sbx.h"
 
 #define PT_STATE_MAGIC 0x50545342u /* "PTSB" */
 #define PT_MAX_TRANSACTIONS 100000
+#define PT_MAX_BATCHES 20000
 #define PT_MAX_CUSTOMERS 10000
 #define PT_MAX_TOKENS 4096
 #define PT_MAX_LINES 100
@@ -221,6 +225,12 @@ struct txn {
     int64_t voided_ms;
     int64_t batch; /* settlement batch number, 0 = unsettled */
     int64_t fee;   /* minor units, set at settlement */
+    int left_out;  /* a seeded "missing" settlement: never in any batch */
+};
+
+struct pt_batch {
+    int64_t number;
+    int32_t day; /* the settlement date, days since 1970-01-01 */
 };
 
 struct delivery {
@@ -255,6 +265,10 @@ struct pt_state {
     size_t n_txns, cap_txns;
     int64_t next_id; /* next transaction_id */
     int64_t next_batch;
+    struct pt_batch *batches; /* owned array, PT_MAX_BATCHES, batches[i].number == i + 1 */
+    size_t n_batches;
+    long fee_rate_bp;   /* settlement fee: basis points of a sale ... */
+    char fee_fixed[32]; /* ... plus this decimal of the currency per sale */
     uint64_t token_requests, tokens_issued, requests;
     int status_code[PT_STATUS_SLOTS];
     uint64_t status_count[PT_STATUS_SLOTS];
@@ -1734,6 +1748,26 @@ static long day_of(int64_t ms)
     return (long)(ms / 86400000);
 }
 
+/* "YYYY-MM-DDT00:00:00Z" of batch `number` (settled_at). Caller holds mu. */
+static void batch_time(const struct pt_state *st, int64_t number, char when[32])
+{
+    int32_t day = number >= 1 && (size_t)number <= st->n_batches ? st->batches[number - 1].day : 0;
+    iso8601((int64_t)day * 86400000, when);
+}
+
+/* The settlement members of a settled record: batch_number, fee, settled_at.
+ * Caller holds mu. */
+static void settled_members(const struct pt_state *st, const struct txn *t, json_t *rec)
+{
+    char when[32];
+    if (!rec || t->batch <= 0)
+        return;
+    batch_time(st, t->batch, when);
+    json_object_set_new(rec, "batch_number", json_integer((json_int_t)t->batch));
+    json_object_set_new(rec, "fee", money_text(t->fee, st->currency));
+    json_object_set_new(rec, "settled_at", json_string(when));
+}
+
 static enum pb_http_action h_export(struct pb_http_request *req, struct pb_http_response *resp,
                                     void *arg)
 {
@@ -1777,7 +1811,9 @@ static enum pb_http_action h_export(struct pb_http_request *req, struct pb_http_
             continue;
         if (only_id && t->id != only_id)
             continue;
-        json_array_append_new(list, txn_record(st, t));
+        json_t *rec = txn_record(st, t);
+        settled_members(st, t, rec); /* settled ones carry their batch, fee and date */
+        json_array_append_new(list, rec);
     }
     pthread_mutex_unlock(&st->mu);
     json_decref(body);
@@ -1787,13 +1823,14 @@ static enum pb_http_action h_export(struct pb_http_request *req, struct pb_http_
     return PB_HTTP_DONE;
 }
 
-/* Caller holds mu. The batch `number` as JSON. */
+/* Caller holds mu. The batch `number` as JSON: its totals agree with its
+ * records (sales_amount - refunds_amount - fees = net_amount). */
 static json_t *batch_json(const struct pt_state *st, int64_t number)
 {
     json_t *txns = json_array();
-    int64_t sales = 0, refunds = 0, fees = 0, settled_ms = 0, net;
+    int64_t sales = 0, refunds = 0, fees = 0, net;
     size_t count = 0;
-    char when[32], n[24];
+    char when[32];
 
     for (size_t i = 0; i < st->n_txns; i++) {
         const struct txn *t = st->txns[i];
@@ -1801,7 +1838,7 @@ static json_t *batch_json(const struct pt_state *st, int64_t number)
         if (t->batch != number)
             continue;
         rec = txn_record(st, t);
-        json_object_set_new(rec, "fee", money_text(t->fee, st->currency));
+        settled_members(st, t, rec);
         json_array_append_new(txns, rec);
         if (t->refund)
             refunds += t->amount;
@@ -1809,36 +1846,50 @@ static json_t *batch_json(const struct pt_state *st, int64_t number)
             sales += t->amount;
         fees += t->fee;
         count++;
-        if (t->created_ms > settled_ms)
-            settled_ms = t->created_ms;
     }
     net = sales - refunds - fees;
-    iso8601(settled_ms, when);
-    snprintf(n, sizeof n, "%lld", (long long)number);
-    return json_pack("{s:I,s:s,s:I,s:o,s:o,s:o,s:o,s:o}", "batch_number", (json_int_t)number,
-                     "settled_at", when, "transaction_count", (json_int_t)count, "sales_amount",
-                     money_text(sales, st->currency), "refunds_amount",
-                     money_text(refunds, st->currency), "fees", money_text(fees, st->currency),
-                     "net_amount", money_text(net, st->currency), "transactions", txns);
+    batch_time(st, number, when);
+    return json_pack("{s:I,s:s,s:s,s:I,s:o,s:o,s:o,s:o,s:o}", "batch_number", (json_int_t)number,
+                     "settled_at", when, "currency", st->currency, "transaction_count",
+                     (json_int_t)count, "sales_amount", money_text(sales, st->currency),
+                     "refunds_amount", money_text(refunds, st->currency), "fees",
+                     money_text(fees, st->currency), "net_amount", money_text(net, st->currency),
+                     "transactions", txns);
 }
 
 static enum pb_http_action h_export_settled(struct pb_http_request *req,
                                             struct pb_http_response *resp, void *arg)
 {
     struct pt_state *st = state_of(arg);
-    json_t *body, *batches, *only;
+    json_t *body, *batches, *only, *errs;
+    long from = 0, to = LONG_MAX;
 
     if (check_bearer(st, req, resp))
         return PB_HTTP_DONE;
     if (!(body = parse_body(req, resp)))
         return PB_HTTP_DONE;
+    errs = json_object();
+    if (json_object_get(body, "start_date") &&
+        (from = parse_us_date(json_string_value(json_object_get(body, "start_date")))) < 0)
+        add_error(errs, 180, NULL);
+    if (json_object_get(body, "end_date") &&
+        (to = parse_us_date(json_string_value(json_object_get(body, "end_date")))) < 0)
+        add_error(errs, 181, NULL);
+    if (json_object_size(errs)) {
+        json_decref(body);
+        reply_errors(resp, errs);
+        return PB_HTTP_DONE;
+    }
+    json_decref(errs);
     only = json_object_get(body, "batch_number");
     batches = json_array();
     pthread_mutex_lock(&st->mu);
-    for (int64_t b = 1; b < st->next_batch; b++) {
-        if (json_is_integer(only) && json_integer_value(only) != b)
+    for (size_t i = 0; i < st->n_batches; i++) {
+        const struct pt_batch *b = &st->batches[i];
+        if ((json_is_integer(only) && json_integer_value(only) != b->number) || b->day < from ||
+            b->day > to)
             continue;
-        json_array_append_new(batches, batch_json(st, b));
+        json_array_append_new(batches, batch_json(st, b->number));
     }
     pthread_mutex_unlock(&st->mu);
     json_decref(body);
@@ -1976,6 +2027,7 @@ static void clear_store(struct pt_state *st)
     st->n_tokens = 0;
     st->token_requests = st->tokens_issued = st->requests = 0;
     st->next_batch = 1;
+    st->n_batches = 0;
     memset(st->status_code, 0, sizeof st->status_code);
     memset(st->status_count, 0, sizeof st->status_count);
 }
@@ -2026,32 +2078,259 @@ static enum pb_http_action h_admin_webhook(struct pb_http_request *req,
     return PB_HTTP_DONE;
 }
 
+/* A fee text ("0.30") in minor units of `currency`, rounded half up. */
+static int64_t fixed_minor(const char *text, const char *currency)
+{
+    int64_t ten_thousandths, scale = 1;
+    int e = pb_currency_exponent(currency);
+    if (e < 0 || !text ||
+        pb_money_parse_decimal(text, "CLF", &ten_thousandths, NULL)) /* 4 places */
+        return 0;
+    for (int i = 0; i < e; i++)
+        scale *= 10;
+    return (ten_thousandths * scale + 5000) / 10000;
+}
+
+/* An anomaly spec with its ids as strings (an array may hold numbers), or the spec itself. */
+static json_t *ids_as_text(json_t *spec)
+{
+    json_t *out, *v;
+    size_t i;
+    if (!json_is_array(spec))
+        return json_incref(spec);
+    out = json_array();
+    json_array_foreach(spec, i, v)
+    {
+        char text[32];
+        if (json_is_integer(v))
+            snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
+        else if (json_is_string(v))
+            snprintf(text, sizeof text, "%s", json_string_value(v));
+        else
+            continue;
+        json_array_append_new(out, json_string(text));
+    }
+    return out;
+}
+
+/* The ids of `list` (strings) as PayTrace's integer transaction ids. */
+static json_t *ids_as_numbers(const json_t *list)
+{
+    json_t *out = json_array(), *v;
+    size_t i;
+    json_array_foreach(list, i, v)
+    {
+        if (all_digits(json_string_value(v), 1, 18))
+            json_array_append_new(out, json_integer(strtoll(json_string_value(v), NULL, 10)));
+    }
+    return out;
+}
+
+static int in_list(const json_t *list, const char *id)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), id) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Write batch `number`'s CSV report file (sbx_settlement_file_write). Caller holds mu. */
+static int write_batch_file(const struct pt_state *st, int64_t number, int32_t day, const char *dir,
+                            char *path, size_t path_len, struct pb_err *err)
+{
+    struct sbx_settlement_row *rows = calloc(st->n_txns + 1, sizeof *rows);
+    char(*ids)[24] = calloc(st->n_txns + 1, sizeof *ids), batch_id[24];
+    size_t n = 0;
+    int rc;
+    if (!rows || !ids) {
+        free(rows);
+        free(ids);
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < st->n_txns; i++) {
+        const struct txn *t = st->txns[i];
+        if (t->batch != number)
+            continue;
+        snprintf(ids[n], sizeof ids[n], "%lld", (long long)t->id);
+        rows[n] = (struct sbx_settlement_row){.transaction_id = ids[n],
+                                              .merchant_ref = t->invoice_id ? t->invoice_id : "",
+                                              .type = t->refund ? "REFUND" : "SALE",
+                                              .amount = t->amount,
+                                              .fee = t->fee,
+                                              .value_day = (int32_t)day_of(t->created_ms)};
+        n++;
+    }
+    snprintf(batch_id, sizeof batch_id, "%lld", (long long)number);
+    rc = sbx_settlement_file_write(dir, "paytrace", batch_id, day, st->currency, rows, n, path,
+                                   path_len, err);
+    free(rows);
+    free(ids);
+    return rc;
+}
+
+/* POST /_sandbox/settle: close one batch (the emulator has one currency)
+ * of every approved, unvoided, unsettled transaction; see the header. */
 static enum pb_http_action h_admin_settle(struct pb_http_request *req,
                                           struct pb_http_response *resp, void *arg)
 {
     struct pt_state *st = state_of(arg);
-    json_t *batch;
-    int64_t number;
+    json_t *body = NULL, *batch, *candidates, *sales, *missing, *wrong, *summary, *files, *v;
+    int32_t day = (int32_t)(time(NULL) / 86400);
+    const char *delta_text = "0.10", *file_dir = NULL;
+    uint64_t seed = 1;
+    int64_t number, sales_minor = 0, refunds_minor = 0, fees_minor = 0;
     size_t n = 0;
+    struct pb_err err = {0};
+    char path[1024] = "";
 
     if (check_admin(req, resp))
         return PB_HTTP_DONE;
+    if (req->body_len) {
+        body = json_loadb(req->body, req->body_len, 0, NULL);
+        if (!json_is_object(body)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "the body must be a JSON object");
+            return PB_HTTP_DONE;
+        }
+    }
+    if (body && (v = json_object_get(body, "date"))) {
+        const char *d = json_string_value(v);
+        if (!d || pb_settlement_date_parse(d, strlen(d), "%Y-%m-%d", &day, NULL)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "date must be YYYY-MM-DD");
+            return PB_HTTP_DONE;
+        }
+    }
+    if (body && (v = json_object_get(body, "seed"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "seed must be an integer >= 0");
+            return PB_HTTP_DONE;
+        }
+        seed = (uint64_t)json_integer_value(v);
+    }
+    if (body && (v = json_object_get(body, "fee_delta"))) {
+        int64_t probe;
+        delta_text = json_string_value(v);
+        if (!delta_text || pb_money_parse_decimal(delta_text, "CLF", &probe, NULL)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid",
+                                   "fee_delta must be a decimal string such as \"0.10\"");
+            return PB_HTTP_DONE;
+        }
+    }
+    if (body && (v = json_object_get(body, "file_dir"))) {
+        file_dir = json_string_value(v);
+        if (sbx_settlement_file_dir_check(file_dir, &err)) {
+            json_decref(body);
+            pb_http_response_error(resp, 400, "invalid", "%s", err.msg);
+            return PB_HTTP_DONE;
+        }
+    }
+
     pthread_mutex_lock(&st->mu);
+    if (st->n_batches >= PT_MAX_BATCHES) {
+        pthread_mutex_unlock(&st->mu);
+        json_decref(body);
+        pb_http_response_error(resp, 507, "full", "the sandbox holds %d batches at most",
+                               PT_MAX_BATCHES);
+        return PB_HTTP_DONE;
+    }
+    candidates = json_array();
+    sales = json_array();
+    for (size_t i = 0; i < st->n_txns; i++) {
+        const struct txn *t = st->txns[i];
+        char id[24];
+        if (t->batch || t->left_out || t->voided || !approved(t))
+            continue;
+        snprintf(id, sizeof id, "%lld", (long long)t->id);
+        json_array_append_new(candidates, json_string(id));
+        if (!t->refund)
+            json_array_append_new(sales, json_string(id));
+    }
+    {
+        json_t *spec = ids_as_text(body ? json_object_get(body, "missing") : NULL);
+        missing = sbx_settlement_pick(spec, candidates, NULL, seed);
+        json_decref(spec);
+        spec = ids_as_text(body ? json_object_get(body, "wrong_fee") : NULL);
+        wrong = sbx_settlement_pick(spec, sales, missing, seed + 1);
+        json_decref(spec);
+    }
     number = st->next_batch;
     for (size_t i = 0; i < st->n_txns; i++) {
         struct txn *t = st->txns[i];
-        if (t->batch || t->voided || !approved(t))
+        char id[24];
+        snprintf(id, sizeof id, "%lld", (long long)t->id);
+        if (!in_list(candidates, id))
             continue;
+        if (in_list(missing, id)) {
+            t->left_out = 1; /* the acquirer never pays it: the seeded "missing" */
+            continue;
+        }
         t->batch = number;
-        /* 2.9% rounded half up, plus 0.30, on sales: integer arithmetic only */
-        t->fee = t->refund ? 0 : (t->amount * 29 + 500) / 1000 + 30;
+        t->fee = 0;
+        if (!t->refund) {
+            /* fee_rate_bp of the sale rounded half up, plus fee_fixed: integers only */
+            __int128 pct = ((__int128)t->amount * st->fee_rate_bp + 5000) / 10000;
+            t->fee = (int64_t)pct + fixed_minor(st->fee_fixed, st->currency);
+            if (in_list(wrong, id))
+                t->fee += fixed_minor(delta_text, st->currency);
+            sales_minor += t->amount;
+        } else {
+            refunds_minor += t->amount;
+        }
+        fees_minor += t->fee;
         n++;
     }
-    if (n)
+    summary = json_array();
+    files = json_array();
+    batch = json_null();
+    if (n) {
+        char d[16], g[PB_MONEY_DECIMAL_MAX], f[PB_MONEY_DECIMAL_MAX], net[PB_MONEY_DECIMAL_MAX];
+        json_t *entry;
+        st->batches[st->n_batches++] = (struct pt_batch){.number = number, .day = day};
         st->next_batch++;
-    batch = n ? batch_json(st, number) : json_null();
+        json_decref(batch);
+        batch = batch_json(st, number);
+        pb_settlement_date_format(day, d, sizeof d);
+        pb_money_format_decimal(sales_minor - refunds_minor, st->currency, g, sizeof g, NULL);
+        pb_money_format_decimal(fees_minor, st->currency, f, sizeof f, NULL);
+        pb_money_format_decimal(sales_minor - refunds_minor - fees_minor, st->currency, net,
+                                sizeof net, NULL);
+        entry = json_pack("{s:I,s:s,s:s,s:I,s:s,s:s,s:s}", "batch_number", (json_int_t)number,
+                          "currency", st->currency, "date", d, "transactions", (json_int_t)n,
+                          "gross", g, "fees", f, "net", net);
+        if (file_dir &&
+            write_batch_file(st, number, day, file_dir, path, sizeof path, &err) == PB_OK) {
+            json_object_set_new(entry, "file", json_string(path));
+            json_array_append_new(files, json_string(path));
+        }
+        json_array_append_new(summary, entry);
+    }
     pthread_mutex_unlock(&st->mu);
-    reply_json(resp, 200, json_pack("{s:I,s:o}", "settled", (json_int_t)n, "batch", batch));
+    if (err.rc) {
+        pb_http_response_error(resp, 500, "file",
+                               "the batch was settled but its report file could not be "
+                               "written: %s",
+                               err.msg);
+        json_decref(batch);
+        json_decref(summary);
+        json_decref(files);
+    } else {
+        reply_json(resp, 200,
+                   json_pack("{s:I,s:o,s:o,s:o,s:{s:o,s:o}}", "settled", (json_int_t)n, "batch",
+                             batch, "batches", summary, "files", files, "anomalies", "missing",
+                             ids_as_numbers(missing), "wrong_fee", ids_as_numbers(wrong)));
+    }
+    json_decref(candidates);
+    json_decref(sales);
+    json_decref(missing);
+    json_decref(wrong);
+    json_decref(body);
     return PB_HTTP_DONE;
 }
 
@@ -2173,9 +2452,33 @@ static void *pt_create(json_t *settings, struct pb_err *err)
         }
         json_decref(patch);
     }
+    st->fee_rate_bp = 290;
+    snprintf(st->fee_fixed, sizeof st->fee_fixed, "0.30");
+    v = settings ? json_object_get(settings, "settle_fee_rate_bp") : NULL;
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 10000) {
+            pb_err_set(err, PB_ERR_CONFIG,
+                       "paytrace setting settle_fee_rate_bp must be an integer from 0 to 10000");
+            goto fail;
+        }
+        st->fee_rate_bp = (long)json_integer_value(v);
+    }
+    v = settings ? json_object_get(settings, "settle_fee_fixed") : NULL;
+    if (v && !json_is_null(v)) {
+        int64_t probe;
+        if (!json_is_string(v) || json_string_length(v) >= sizeof st->fee_fixed ||
+            pb_money_parse_decimal(json_string_value(v), "CLF", &probe, NULL) || probe < 0) {
+            pb_err_set(err, PB_ERR_CONFIG,
+                       "paytrace setting settle_fee_fixed must be a decimal string such as "
+                       "\"0.30\"");
+            goto fail;
+        }
+        snprintf(st->fee_fixed, sizeof st->fee_fixed, "%s", json_string_value(v));
+    }
     st->tokens = calloc(PT_MAX_TOKENS, sizeof *st->tokens);
     st->customers = calloc(PT_MAX_CUSTOMERS, sizeof *st->customers);
-    if (!st->tokens || !st->customers) {
+    st->batches = calloc(PT_MAX_BATCHES, sizeof *st->batches);
+    if (!st->tokens || !st->customers || !st->batches) {
         pb_err_set(err, PB_ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -2258,6 +2561,7 @@ static void pt_destroy(void *arg)
     free(st->txns);
     free(st->tokens);
     free(st->customers);
+    free(st->batches);
     free(st->username);
     pb_secret_free(st->password);
     free(st->webhook_url);

@@ -48,6 +48,7 @@
 #include "opayo_report.h"
 #include "sandbox.h"
 #include "connectors/paytrace/paytrace.h"
+#include "connectors/connector.h"
 
 extern const struct pb_connector_type pb_connector_opayo;
 
@@ -1140,6 +1141,453 @@ static void test_paytrace_fetch_against_emulator(void **state)
     pb_sandbox_stop(sb);
 }
 
+/* ---- the connector slots, the emulators' report files, seeded anomalies -----------------------
+ */
+
+/* Every batch and line of `api` is in `file` (by batch id, and by gateway_ref and kind), with
+ * the same currency, dates, amounts, fees and references, and nothing more. */
+static void assert_same_settlement(const struct pb_settlement_set *api,
+                                   const struct pb_settlement_set *file)
+{
+    dump_bad(file);
+    assert_int_equal(pb_settlement_bad_count(file), 0);
+    assert_int_equal(pb_settlement_batch_count(file), pb_settlement_batch_count(api));
+    assert_int_equal(pb_settlement_line_count(file), pb_settlement_line_count(api));
+    for (size_t i = 0; i < pb_settlement_batch_count(api); i++) {
+        const struct pb_settlement_batch *a = pb_settlement_batch_at(api, i);
+        const struct pb_settlement_batch *f = batch_by_id(file, a->gateway, a->batch_id);
+        assert_string_equal(f->currency, a->currency);
+        assert_int_equal(f->date, a->date);
+        assert_int_equal(f->line_count, a->line_count);
+        assert_int_equal(f->lines_gross_minor, a->lines_gross_minor);
+        assert_int_equal(f->lines_fees_minor, a->lines_fees_minor);
+        assert_int_equal(f->gross_minor, a->gross_minor); /* the API's stated totals */
+        assert_int_equal(f->fees_minor, a->fees_minor);
+        assert_int_equal(f->net_minor, a->net_minor);
+    }
+    for (size_t i = 0; i < pb_settlement_line_count(api); i++) {
+        const struct pb_settlement_line *a = pb_settlement_line_at(api, i), *f = NULL;
+        for (size_t k = 0; k < pb_settlement_line_count(file); k++) {
+            const struct pb_settlement_line *c = pb_settlement_line_at(file, k);
+            if (strcmp(c->gateway_ref, a->gateway_ref) == 0 && c->kind == a->kind &&
+                strcmp(c->batch_id, a->batch_id) == 0)
+                f = c;
+        }
+        if (!f)
+            fail_msg("line %s (%s) of batch %s is not in the file", a->gateway_ref,
+                     pb_settlement_kind_name((enum pb_settlement_kind)a->kind), a->batch_id);
+        assert_int_equal(f->amount_minor, a->amount_minor);
+        assert_int_equal(f->fee_minor, a->fee_minor);
+        assert_string_equal(f->merchant_ref, a->merchant_ref);
+        assert_string_equal(f->currency, a->currency);
+        assert_int_equal(f->value_date, a->value_date);
+        assert_int_equal(f->settled_date, a->settled_date);
+    }
+}
+
+/* Read the new report files of `dir` with the emulators' column map for `gateway`. */
+static void read_report_files(const char *dir, const char *gateway, struct pb_settlement_set *set,
+                              size_t expect_files)
+{
+    struct dir_ctx d = {.set = set};
+    struct pb_settlement_dir_options opt = {.suffix = ".csv"};
+    struct pb_err err = {0};
+    json_t *cfg = sbx_settlement_csv_map(gateway);
+    size_t n = 0;
+    if (pb_settlement_csv_map_new(cfg, &d.map, &err))
+        fail_msg("map: %s", err.msg);
+    json_decref(cfg);
+    if (pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err))
+        fail_msg("read %s: %s", dir, err.msg);
+    assert_int_equal(n, expect_files);
+    pb_settlement_csv_map_free(d.map);
+}
+
+static void remove_dir(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Pi retrieve shapes with the sandbox extensions a settle reads: a Deferred released for less
+ * than authorised (a partial capture), one never released, a voided Payment. */
+static const char OPAYO_TRAFFIC[] =
+    "[{\"transactionId\":\"T1\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":1000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-1\","
+    "\"createdAt\":\"2026-11-20T10:00:00Z\"},"
+    "{\"transactionId\":\"T2\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":2000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-2\","
+    "\"createdAt\":\"2026-11-20T11:00:00Z\"},"
+    "{\"transactionId\":\"T3\",\"transactionType\":\"Refund\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":500},\"currency\":\"GBP\",\"vendorTxCode\":\"REFUND-1\","
+    "\"createdAt\":\"2026-11-20T12:00:00Z\"},"
+    "{\"transactionId\":\"T5\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":1000},\"currency\":\"JPY\",\"vendorTxCode\":\"ORDER-5\","
+    "\"createdAt\":\"2026-11-20T14:00:00Z\"},"
+    "{\"transactionId\":\"T6\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":3000},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-6\","
+    "\"createdAt\":\"2026-11-20T15:00:00Z\"},"
+    "{\"transactionId\":\"T7\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":1500},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-7\","
+    "\"createdAt\":\"2026-11-20T16:00:00Z\"},"
+    "{\"transactionId\":\"D1\",\"transactionType\":\"Deferred\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":1000},\"releasedAmount\":800,\"currency\":\"GBP\","
+    "\"vendorTxCode\":\"ORDER-D1\",\"createdAt\":\"2026-11-20T17:00:00Z\"},"
+    "{\"transactionId\":\"D2\",\"transactionType\":\"Deferred\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":900},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-D2\","
+    "\"createdAt\":\"2026-11-20T17:30:00Z\"},"
+    "{\"transactionId\":\"V1\",\"transactionType\":\"Payment\",\"status\":\"Ok\","
+    "\"amount\":{\"totalAmount\":700},\"currency\":\"GBP\",\"vendorTxCode\":\"ORDER-V1\","
+    "\"voided\":true,\"createdAt\":\"2026-11-20T18:00:00Z\"}]";
+
+static void test_opayo_slot_files_chargebacks_partial_captures(void **state)
+{
+    char dir[] = "/tmp/pb-settlement-opayo-XXXXXX", body[4096];
+    struct emu e;
+    struct pb_connection *c;
+    struct pb_call_ctx ctx = {.retry_after_s = -1};
+    struct pb_settlement_set *api = pb_settlement_set_new(), *files = pb_settlement_set_new();
+    struct pb_err err = {0};
+    json_t *reply, *anomalies;
+    const struct pb_settlement_batch *b;
+    const struct pb_settlement_line *l;
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    assert_true(pb_connector_opayo.caps & PB_CAP_SETTLEMENT);
+    assert_non_null(pb_connector_opayo.settlement);
+    emu_start(&e);
+    ctx.http = e.http;
+    c = report_connection(e.url, "sandbox-report-password");
+
+    /* day 1: T6 never paid, T7 charged 0.10 too much, D1 captured 8.00 of 10.00 */
+    snprintf(body, sizeof body,
+             "{\"date\":\"2026-11-21\",\"missing\":[\"T6\"],\"wrong_fee\":[\"T7\"],"
+             "\"file_dir\":\"%s\",\"transactions\":%s}",
+             dir, OPAYO_TRAFFIC);
+    reply = emu_post(&e, "/_sandbox/settle", body);
+    assert_non_null(reply);
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 6);
+    assert_int_equal(json_array_size(json_object_get(reply, "files")), 2);
+    anomalies = json_object_get(reply, "anomalies");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(anomalies, "missing"), 0)),
+                        "T6");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(anomalies, "partial_captures"), 0)), "D1");
+    assert_int_equal(json_array_size(json_object_get(anomalies, "chargebacks")), 0);
+    /* the reply's totals: gross - fees = net */
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(reply, "batches"), 0), "net")),
+                        "46.30");
+    json_decref(reply);
+
+    /* through the connector table, as the reconciliation run calls it */
+    if (c->type->settlement(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), api, &err))
+        fail_msg("settlement: %s", err.msg);
+    dump_bad(api);
+    assert_int_equal(pb_settlement_bad_count(api), 0);
+    assert_int_equal(pb_settlement_batch_count(api), 2);
+    b = batch_by_id(api, "opayo", "100001");
+    assert_int_equal(b->line_count, 5); /* T1 T2 T3 T7 D1; T6 missing, D2 unreleased, V1 voided */
+    assert_int_equal(b->gross_minor, 1000 + 2000 - 500 + 1500 + 800);
+    /* 1.5% + 0.20 per sale: T1 35, T2 50, T7 23 + 20 + 10 (wrong_fee), D1 12 + 20 on 8.00 */
+    assert_int_equal(b->fees_minor, 35 + 50 + 53 + 32);
+    assert_int_equal(b->net_minor, 4800 - 170);
+    l = line_by_ref(api, "D1");
+    assert_int_equal(l->kind, PB_SETTLEMENT_SALE);
+    assert_int_equal(l->amount_minor, 800); /* the capture, not the 10.00 authorised */
+    assert_int_equal(l->fee_minor, 32);
+    /* wrong_fee: 1.5% of 15.00 + 0.20 = 0.43 by contract, 0.53 charged: 0.10 more */
+    assert_int_equal(line_by_ref(api, "T7")->fee_minor - ((1500 * 150 + 5000) / 10000 + 20), 10);
+    for (size_t i = 0; i < pb_settlement_line_count(api); i++) {
+        const char *ref = pb_settlement_line_at(api, i)->gateway_ref;
+        assert_true(strcmp(ref, "T6") && strcmp(ref, "D2") && strcmp(ref, "V1"));
+    }
+    assert_int_equal(batch_by_id(api, "opayo", "100002")->fees_minor, 15);
+
+    /* the report files read into the same batches and lines */
+    read_report_files(dir, "opayo", files, 2);
+    assert_same_settlement(api, files);
+    pb_settlement_set_free(api);
+    pb_settlement_set_free(files);
+
+    /* day 2: a chargeback of T1 (settled yesterday): the whole sale back, plus 15.00 */
+    snprintf(body, sizeof body,
+             "{\"date\":\"2026-11-22\",\"chargebacks\":[\"T1\",\"T6\",\"T1\"],\"file_dir\":\"%s\","
+             "\"transactions\":%s}",
+             dir, OPAYO_TRAFFIC);
+    reply = emu_post(&e, "/_sandbox/settle", body);
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 0);
+    anomalies = json_object_get(reply, "anomalies");
+    /* T6 was never settled, and T1 is charged back once */
+    assert_int_equal(json_array_size(json_object_get(anomalies, "chargebacks")), 1);
+    json_decref(reply);
+    api = pb_settlement_set_new();
+    files = pb_settlement_set_new();
+    if (c->type->settlement(c, &ctx, day(2026, 11, 22), day(2026, 11, 22), api, &err))
+        fail_msg("settlement: %s", err.msg);
+    assert_int_equal(pb_settlement_bad_count(api), 0);
+    b = batch_by_id(api, "opayo", "100003");
+    assert_int_equal(b->line_count, 1);
+    assert_int_equal(b->gross_minor, -1000);
+    assert_int_equal(b->fees_minor, 1500);
+    assert_int_equal(b->net_minor, -2500);
+    l = line_by_ref(api, "T1");
+    assert_int_equal(l->kind, PB_SETTLEMENT_CHARGEBACK);
+    assert_string_equal(l->merchant_ref, "ORDER-1");
+    read_report_files(dir, "opayo", files, 1); /* only the new file */
+    assert_same_settlement(api, files);
+
+    /* a file_dir that is not a directory is refused before anything settles */
+    {
+        static const char bad[] = "{\"file_dir\":\"relative/dir\"}";
+        struct pb_http_call call = {0};
+        char url[160];
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/_sandbox/settle", e.port);
+        call.method = "POST";
+        call.url = url;
+        call.body = bad;
+        call.body_len = strlen(bad);
+        pb_http_perform(e.http, &call, &err); /* a 400 is an error to the client */
+        assert_int_equal(call.status, 400);
+        assert_contains(call.response, "file_dir must be an absolute directory path");
+        pb_http_call_reset(&call);
+    }
+
+    pb_settlement_set_free(api);
+    pb_settlement_set_free(files);
+    connection_free(c);
+    emu_stop(&e);
+    remove_dir(dir);
+}
+
+/* The same traffic and the same settle request seed the same anomalies. */
+static void test_opayo_anomalies_deterministic(void **state)
+{
+    static const char req[] = "{\"date\":\"2026-11-21\",\"missing\":2,\"wrong_fee\":2,"
+                              "\"chargebacks\":1,\"seed\":42}";
+    struct emu a, b;
+    json_t *ra, *rb, *wrong;
+    char *ta, *tb;
+    size_t i;
+    json_t *v;
+    (void)state;
+
+    emu_start(&a);
+    emu_start(&b);
+    ra = emu_post(&a, "/_sandbox/settle", req);
+    rb = emu_post(&b, "/_sandbox/settle", req);
+    ta = json_dumps(ra, JSON_SORT_KEYS | JSON_COMPACT);
+    tb = json_dumps(rb, JSON_SORT_KEYS | JSON_COMPACT);
+    assert_string_equal(ta, tb);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(ra, "anomalies"), "missing")),
+                     2);
+    assert_int_equal(
+        json_array_size(json_object_get(json_object_get(ra, "anomalies"), "chargebacks")), 1);
+    /* a wrong fee is only ever seeded on a sale (never the refund T3), never on a missing one */
+    wrong = json_object_get(json_object_get(ra, "anomalies"), "wrong_fee");
+    assert_int_equal(json_array_size(wrong), 2);
+    json_array_foreach(wrong, i, v)
+    {
+        assert_string_not_equal(json_string_value(v), "T3");
+        json_t *m = json_object_get(json_object_get(ra, "anomalies"), "missing");
+        for (size_t k = 0; k < json_array_size(m); k++)
+            assert_string_not_equal(json_string_value(v), json_string_value(json_array_get(m, k)));
+    }
+    free(ta);
+    free(tb);
+    json_decref(ra);
+    json_decref(rb);
+    emu_stop(&a);
+    emu_stop(&b);
+}
+
+static void test_paytrace_slot_anomalies_and_files(void **state)
+{
+    char dir[] = "/tmp/pb-settlement-paytrace-XXXXXX", base[64], url[128], body[512], id1[32],
+         id2[32], id3[32], id4[32], id5[32], iso[16];
+    struct pb_sandbox *sb = NULL;
+    struct pb_err err = {0};
+    struct pb_connection *c = calloc(1, sizeof *c);
+    struct pb_http_client *http = NULL;
+    struct pb_call_ctx ctx = {.retry_after_s = -1};
+    struct pb_settlement_set *exported = pb_settlement_set_new(),
+                             *by_range = pb_settlement_set_new(), *files = pb_settlement_set_new();
+    json_t *cfg = json_pack("{s:{s:i}}", "paytrace", "port", 0), *req, *reply = NULL;
+    int32_t today = (int32_t)(time(NULL) / 86400);
+    const struct pb_settlement_batch *b;
+    struct pb_http_call call = {0};
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    assert_true(pb_connector_paytrace.caps & PB_CAP_SETTLEMENT);
+    if (pb_sandbox_start(cfg, &sb, &err))
+        fail_msg("sandbox: %s", err.msg);
+    json_decref(cfg);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", pb_sandbox_port(sb, "paytrace"));
+    c->magic = PB_CONNECTION_MAGIC;
+    c->type = &pb_connector_paytrace;
+    snprintf(c->name, sizeof c->name, "paytrace-settlement");
+    c->settings = json_pack("{s:s,s:s}", "api_base", base, "settlement_source", "settled_export");
+    c->secrets = json_pack("{s:s,s:s,s:s}", "username", "sandbox-user", "password", "sandbox-pass",
+                           "webhook_secret", "w");
+    if (c->type->init(c, &err)) /* settlement_source is a known setting */
+        fail_msg("init: %s", err.msg);
+    assert_int_equal(pb_http_client_new(&http, &err), PB_OK);
+    ctx.http = http;
+
+    paytrace_sale(c, &ctx, 1099, "ORDER-1", id1);
+    paytrace_sale(c, &ctx, 2000, "ORDER-2", id2);
+    paytrace_sale(c, &ctx, 3000, "ORDER-3", id3);
+    paytrace_sale(c, &ctx, 500, "ORDER-4", id4);
+    paytrace_sale(c, &ctx, 700, "ORDER-5", id5);
+    req = json_pack("{s:s,s:s}", "transaction_id", id1, "amount", "5.00");
+    assert_int_equal(pb_paytrace_refund(c, &ctx, req, &reply, &err), PB_OK);
+    json_decref(req);
+    json_decref(reply);
+    req = json_pack("{s:s}", "transaction_id", id5);
+    assert_int_equal(pb_paytrace_void(c, &ctx, req, &reply, &err), PB_OK);
+    json_decref(req);
+    json_decref(reply);
+
+    /* settle today: id3 never paid, id2 charged 0.25 too much, a report file written */
+    pb_settlement_date_format(today, iso, sizeof iso);
+    snprintf(url, sizeof url, "%s/_sandbox/settle", base);
+    snprintf(body, sizeof body,
+             "{\"date\":\"%s\",\"missing\":[%s],\"wrong_fee\":[\"%s\"],\"fee_delta\":\"0.25\","
+             "\"file_dir\":\"%s\"}",
+             iso, id3, id2, dir);
+    call.method = "POST";
+    call.url = url;
+    call.body = body;
+    call.body_len = strlen(body);
+    call.headers[0] = "Content-Type: application/json";
+    assert_int_equal(pb_http_perform(http, &call, &err), PB_OK);
+    assert_int_equal(call.status, 200);
+    reply = json_loads(call.response, 0, NULL);
+    pb_http_call_reset(&call);
+    assert_int_equal(json_integer_value(json_object_get(reply, "settled")), 4);
+    assert_int_equal(json_integer_value(json_array_get(
+                         json_object_get(json_object_get(reply, "anomalies"), "missing"), 0)),
+                     strtoll(id3, NULL, 10));
+    assert_int_equal(json_array_size(json_object_get(reply, "files")), 1);
+    json_decref(reply);
+
+    /* the settled export, through the connector table: stated totals, and lines that agree */
+    if (c->type->settlement(c, &ctx, today, today, exported, &err))
+        fail_msg("settled export: %s", err.msg);
+    dump_bad(exported);
+    assert_int_equal(pb_settlement_bad_count(exported), 0);
+    assert_int_equal(pb_settlement_batch_count(exported), 1);
+    b = batch_by_id(exported, "paytrace", "1");
+    assert_true(b->flags & PB_SETTLEMENT_BATCH_DECLARED);
+    assert_int_equal(b->line_count, 4); /* id1, id2, id4 and the refund; id3 missing, id5 void */
+    assert_int_equal(b->gross_minor, 1099 + 2000 + 500 - 500);
+    /* 2.9% + 0.30: id1 32 + 30, id2 58 + 30 + 25 (wrong_fee), id4 15 + 30, the refund none */
+    assert_int_equal(b->fees_minor, 62 + 113 + 45);
+    assert_int_equal(b->net_minor, 3099 - 220);
+    assert_int_equal(b->lines_fees_minor, b->fees_minor);
+    assert_int_equal(b->date, today);
+    assert_int_equal(line_by_ref(exported, id2)->fee_minor, 113);
+    for (size_t i = 0; i < pb_settlement_line_count(exported); i++) {
+        const char *ref = pb_settlement_line_at(exported, i)->gateway_ref;
+        assert_true(strcmp(ref, id3) != 0 && strcmp(ref, id5) != 0);
+    }
+
+    /* export/by_date_range: the same lines, batches summed from them */
+    json_object_set_new(c->settings, "settlement_source", json_string("by_date_range"));
+    if (c->type->settlement(c, &ctx, today, today, by_range, &err))
+        fail_msg("by_date_range: %s", err.msg);
+    dump_bad(by_range);
+    assert_int_equal(pb_settlement_bad_count(by_range), 0);
+    b = batch_by_id(by_range, "paytrace", "1");
+    assert_false(b->flags & PB_SETTLEMENT_BATCH_DECLARED);
+    assert_int_equal(b->line_count, 4);
+    assert_int_equal(b->gross_minor, 3099);
+    assert_int_equal(b->fees_minor, 220);
+    assert_int_equal(line_by_ref(by_range, id4)->settled_date, today);
+    /* nothing settled on another day */
+    pb_settlement_set_free(by_range);
+    by_range = pb_settlement_set_new();
+    assert_int_equal(c->type->settlement(c, &ctx, today + 2, today + 3, by_range, &err), PB_OK);
+    assert_int_equal(pb_settlement_line_count(by_range), 0);
+
+    /* the report file reads into the same batch and lines as the settled export */
+    read_report_files(dir, "paytrace", files, 1);
+    assert_same_settlement(exported, files);
+
+    /* an unknown source is a config error naming the setting */
+    json_object_set_new(c->settings, "settlement_source", json_string("batches"));
+    assert_int_equal(c->type->settlement(c, &ctx, today, today, by_range, &err), PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.settlement_source");
+
+    pb_http_client_free(http);
+    c->type->destroy(c);
+    json_decref(c->settings);
+    json_decref(c->secrets);
+    free(c);
+    pb_settlement_set_free(exported);
+    pb_settlement_set_free(by_range);
+    pb_settlement_set_free(files);
+    pb_sandbox_stop(sb);
+    remove_dir(dir);
+}
+
+/* Bad data in the emulators' report layout: each class reported with its line and reason,
+ * every good line around it still loaded. */
+static void test_report_file_bad_data(void **state)
+{
+    static const char day1[] =
+        "Batch,Batch Date,Transaction ID,Merchant Ref,Type,Amount,Fee,Currency,Transaction Date\r\n"
+        "100001,2026-11-21,G1,ORDER-1,SALE,10.00,0.35,GBP,2026-11-20\r\n"   /* 2 ok */
+        "100001,2026-11-21,G2,ORDER-2,SALE,ten,0.35,GBP,2026-11-20\r\n"     /* 3 not a number */
+        "100001,2026-11-21,G3,ORDER-3,SALE,1.00,0.20,GBX,2026-11-20\r\n"    /* 4 currency */
+        "100001,2026-11-21,G4,ORDER-4,SALE,1.00,0.20,GBP\r\n"               /* 5 8 columns */
+        "100001,2026-11-21,G5,\"ORDER,5\",REFUND,2.00,0,GBP,2026-11-20\r\n" /* 6 ok */
+        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"      /* 7 ok */
+        "100001,2026-11-21,G7,\"ORDER-7,1.00,0.20,GBP,2026-11-20\r\n";      /* 8 truncated */
+    static const char day2[] =
+        "Batch,Batch Date,Transaction ID,Merchant Ref,Type,Amount,Fee,Currency,Transaction Date\r\n"
+        "100003,2026-11-22,G8,ORDER-8,SALE,3.00,0.25,GBP,2026-11-21\r\n"         /* 2 ok */
+        "100002,2026-11-21,G6,ORDER-6,SALE,1000,15,JPY,2026-11-20\r\n"           /* 3 duplicate */
+        "100003,2026-11-22,G9,ORDER-9,CHARGEBACK,3.00,15.00,GBP,2026-11-22\r\n"; /* 4 ok */
+    struct pb_settlement_set *set = pb_settlement_set_new();
+    struct pb_settlement_csv_map *map = NULL;
+    struct pb_err err = {0};
+    json_t *cfg = sbx_settlement_csv_map("opayo");
+    const struct pb_settlement_batch *b;
+    (void)state;
+
+    assert_int_equal(pb_settlement_csv_map_new(cfg, &map, &err), PB_OK);
+    json_decref(cfg);
+    parse_csv_ok(set, map, "day1.csv", day1);
+    parse_csv_ok(set, map, "day2.csv", day2);
+    expect_bad(set, "day1.csv", 3, "Amount \"ten\" is not a number");
+    expect_bad(set, "day1.csv", 4, "unknown currency \"GBX\"");
+    expect_bad(set, "day1.csv", 5, "expected 9 columns (as the header has), found 8");
+    expect_bad(set, "day1.csv", 8, "truncated: the data ends inside the quoted field of column 4");
+    expect_bad(set, "day2.csv", 3, "duplicate batch id 100002");
+    assert_int_equal(pb_settlement_bad_count(set), 5);
+    assert_int_equal(pb_settlement_line_count(set), 5); /* G1 G5 G6 G8 G9 */
+    b = batch_by_id(set, "opayo", "100001");
+    assert_int_equal(b->line_count, 2);
+    assert_int_equal(b->gross_minor, 1000 - 200);
+    assert_int_equal(b->fees_minor, 35);
+    assert_int_equal(b->date, day(2026, 11, 21));
+    assert_string_equal(line_by_ref(set, "G5")->merchant_ref, "ORDER,5");
+    b = batch_by_id(set, "opayo", "100002");
+    assert_int_equal(b->line_count, 1); /* not doubled by day2 */
+    assert_int_equal(b->gross_minor, 1000);
+    b = batch_by_id(set, "opayo", "100003");
+    assert_int_equal(b->gross_minor, 300 - 300);
+    assert_int_equal(b->fees_minor, 25 + 1500);
+    assert_int_equal(b->net_minor, -1525);
+    assert_int_equal(line_by_ref(set, "G9")->kind, PB_SETTLEMENT_CHARGEBACK);
+    pb_settlement_csv_map_free(map);
+    pb_settlement_set_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1160,6 +1608,10 @@ int main(void)
         cmocka_unit_test(test_opayo_report_signature),
         cmocka_unit_test(test_opayo_report_against_emulator),
         cmocka_unit_test(test_opayo_report_emulator_refusals),
+        cmocka_unit_test(test_opayo_slot_files_chargebacks_partial_captures),
+        cmocka_unit_test(test_opayo_anomalies_deterministic),
+        cmocka_unit_test(test_paytrace_slot_anomalies_and_files),
+        cmocka_unit_test(test_report_file_bad_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

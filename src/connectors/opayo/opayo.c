@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "connectors/settlement/settlement_fetch.h" /* settlement: the Reporting API */
 #include "opayo_internal.h"
 
 static const char *const known_settings[] = {
@@ -184,7 +185,7 @@ static void opayo_destroy(struct pb_connection *c)
 const struct pb_connector_type pb_connector_opayo = {
     .abi = PB_CONNECTOR_ABI,
     .name = "opayo",
-    .caps = PB_CAP_INBOUND | PB_CAP_CONFIRM | PB_CAP_REFUND,
+    .caps = PB_CAP_INBOUND | PB_CAP_CONFIRM | PB_CAP_REFUND | PB_CAP_SETTLEMENT,
     .init = opayo_init,
     .destroy = opayo_destroy,
     .inbound = pb__opayo_inbound,
@@ -193,4 +194,6 @@ const struct pb_connector_type pb_connector_opayo = {
     .max_batch = NULL,
     .execute = NULL,
     .default_rate_limit = {0, 0, 0, 0},
+    /* getBatchList, then getBatchDetail of each batch (opayo_report.c) */
+    .settlement = pb_settlement_opayo_fetch_batches,
 };

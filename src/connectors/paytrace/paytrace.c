@@ -47,11 +47,12 @@
 #include "core/money.h"
 #include "paytrace.h"
 #include "paytrace_internal.h"
+#include "connectors/settlement/settlement_fetch.h" /* settlement: paytrace_settlement.c */
 
 static const char *const known_settings[] = {
     "api_base",           "token_path", "export_path",    "settled_export_path",
     "signature_window_s", "timeout_ms", "poll_overlap_s", "token_refresh_margin_s",
-    "currency",           NULL,
+    "currency",           "settlement_source", NULL,
 };
 
 struct paytrace_state *pb__paytrace_state(const struct pb_connection *c)
@@ -127,7 +128,7 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct paytrace_s
                                   "settings.%s: unknown setting of a paytrace connection (known: "
                                   "api_base, token_path, export_path, settled_export_path, "
                                   "signature_window_s, timeout_ms, poll_overlap_s, "
-                                  "token_refresh_margin_s, currency)",
+                                  "token_refresh_margin_s, currency, settlement_source)",
                                   key);
         }
     }
@@ -230,7 +231,7 @@ static void paytrace_destroy(struct pb_connection *c)
 const struct pb_connector_type pb_connector_paytrace = {
     .abi = PB_CONNECTOR_ABI,
     .name = "paytrace",
-    .caps = PB_CAP_INBOUND | PB_CAP_POLL | PB_CAP_REFUND,
+    .caps = PB_CAP_INBOUND | PB_CAP_POLL | PB_CAP_REFUND | PB_CAP_SETTLEMENT,
     .init = paytrace_init,
     .destroy = paytrace_destroy,
     .inbound = pb__paytrace_inbound,
@@ -240,4 +241,5 @@ const struct pb_connector_type pb_connector_paytrace = {
     .default_rate_limit = {0, 0, 0, 0},
     .poll = pb__paytrace_poll,
     .refund = pb__paytrace_refund,
+    .settlement = pb_settlement_paytrace_days, /* paytrace_settlement.c */
 };

@@ -10,6 +10,8 @@
  *   pb_settlement_opayo_command             one command, its raw reply
  *   pb_settlement_paytrace_fetch            PayTrace's settled-batch export,
  *                                           or export/by_date_range
+ *   pb_settlement_paytrace_days             the same, the export picked by
+ *                                           settings.settlement_source
  * (The Opayo calls live in src/connectors/opayo/opayo_report.c, beside the
  * rest of that connector; the PayTrace one in settlement_paytrace_fetch.c,
  * on top of the paytrace connector's public calls.)
@@ -73,5 +75,15 @@ enum pb_rc pb_settlement_opayo_command(struct pb_connection *c, struct pb_call_c
 enum pb_rc pb_settlement_paytrace_fetch(struct pb_connection *c, struct pb_call_ctx *ctx,
                                         int settled, int32_t from_day, int32_t to_day,
                                         struct pb_settlement_set *set, struct pb_err *err);
+
+/* The paytrace connector's `settlement` slot (connector.h), in
+ * src/connectors/paytrace/paytrace_settlement.c: settings.settlement_source
+ * picks the export, "settled_export" (the default: batches with their
+ * stated totals) or "by_date_range" (records that carry a batch_number,
+ * batches summed from them), then pb_settlement_paytrace_fetch(). Another
+ * value is PB_ERR_CONFIG naming the setting. */
+enum pb_rc pb_settlement_paytrace_days(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                       int32_t from_day, int32_t to_day,
+                                       struct pb_settlement_set *set, struct pb_err *err);
 
 #endif

@@ -12,8 +12,11 @@
  *
  * PayTrace filters exports by calendar date in a time zone it does not
  * document (see the poller in paytrace_poll.c), so the request is widened by
- * a day on each side; records outside [from, to] by their settlement date
- * (or, without one, their creation date) are left out of the set.
+ * a day on each side; batches and records outside [from, to] by their
+ * settlement date (or, without one, their creation date) are left out of
+ * the set. export/by_date_range filters on the creation date, so with it a
+ * transaction created more than a day before the first settlement day asked
+ * for is not seen (the settled export has no such limit).
  *
  * Owns nothing. Thread-safe as the connector is.
  */
@@ -31,28 +34,37 @@ static void us_date(int32_t day, char *buf, size_t len)
     snprintf(buf, len, "%.2s/%.2s/%.4s", iso + 5, iso + 8, iso);
 }
 
-/* Drop the batches of this fetch that settled outside [from, to]: they are
- * simply not returned (the set keeps only what was asked for). */
+/* The day of member `key` ("YYYY-MM-DD..."), or 0 when it has none. */
+static int day_of(json_t *o, const char *key, int32_t *day)
+{
+    const char *at = json_string_value(json_object_get(o, key));
+    return at && strlen(at) >= 10 &&
+           pb_settlement_date_parse(at, 10, "%Y-%m-%d", day, NULL) == PB_OK;
+}
+
+/* Drop the batches (settled export) or records (by_date_range) of this
+ * fetch that settled outside [from, to]: they are simply not returned (the
+ * set keeps only what was asked for). A record's day is its settled_at, or
+ * without one its created. Something undated is kept (the parser judges it). */
 static json_t *in_range(json_t *reply, int32_t from, int32_t to)
 {
-    json_t *batches = json_object_get(reply, "batches"), *kept;
+    const char *key = json_is_array(json_object_get(reply, "batches")) ? "batches" : "transactions";
+    json_t *items = json_object_get(reply, key), *kept, *copy;
     size_t i;
     json_t *b;
-    if (!json_is_array(batches))
+    if (!json_is_array(items))
         return json_incref(reply);
     kept = json_array();
-    json_array_foreach(batches, i, b)
+    json_array_foreach(items, i, b)
     {
-        const char *at = json_string_value(json_object_get(b, "settled_at"));
         int32_t day;
-        if (at && strlen(at) >= 10 &&
-            pb_settlement_date_parse(at, 10, "%Y-%m-%d", &day, NULL) == PB_OK &&
+        if ((day_of(b, "settled_at", &day) || (key[0] == 't' && day_of(b, "created", &day))) &&
             (day < from || day > to))
             continue;
         json_array_append(kept, b);
     }
-    json_t *copy = json_copy(reply);
-    json_object_set_new(copy, "batches", kept);
+    copy = json_copy(reply);
+    json_object_set_new(copy, key, kept);
     return copy;
 }
 
