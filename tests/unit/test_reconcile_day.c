@@ -251,7 +251,7 @@ static void test_reconcile_day(void **state)
     if (rc)
         fail_msg("reconcile: %s", err.msg);
     assert_non_null(strstr(text, "revision 1, ok,"));
-    assert_non_null(strstr(text, "rule reference     3"));
+    assert_non_null(strstr(text, "rule reference    3"));
     assert_non_null(strstr(text, "missing_in_erp       1"));
     assert_non_null(strstr(text, "breaks: 1 "));
     assert_non_null(strstr(text, "pending: 1 "));
