@@ -17,7 +17,14 @@
  *   GET  /api.xro/2.0/Invoices[/{id or number}]
  *   PUT /api.xro/2.0/Payments (batch), POST /Payments (one); a payment names
  *        an Invoice, or a CreditNote (a cash refund of the credit)
- *   GET  /api.xro/2.0/Payments[/{id}]
+ *   GET  /api.xro/2.0/Payments[/{id}]; POST /Payments/{id} {"Status":"DELETED"}
+ *        (the payment stays listed as DELETED; its invoice owes the amount again)
+ *   PUT|POST /api.xro/2.0/BankTransactions (spend / receive money), POST
+ *        /BankTransactions/{id} (Status DELETED or VOIDED only), GET
+ *        /BankTransactions[/{id}]
+ *   PUT|POST /api.xro/2.0/ManualJournals (create only; Xero's checks: the
+ *        chart of accounts, debits = credits, two lines or more, a Narration),
+ *        GET /ManualJournals[/{id}]
  *   PUT|POST /api.xro/2.0/CreditNotes, POST /CreditNotes/{id} (update, e.g.
  *        Status VOIDED), GET /CreditNotes[/{id or number}]
  *   PUT  /api.xro/2.0/CreditNotes/{id}/Allocations (credit applied to invoices)
@@ -38,7 +45,10 @@
  *
  * Queries: `where` is a small subset of Xero's Dynamic LINQ: Field==value,
  * Field=value, Field!=value, Field<>value with "string", guid("..."), or a
- * bare word; AND OR && || and parentheses. Comparisons ignore case. Fields
+ * bare word; Field.Contains("x"), .StartsWith("x"), .EndsWith("x") on text;
+ * Date <, <=, >, >=, == with DateTime(2026,11,20) or "2026-11-20" (Payments,
+ * BankTransactions, ManualJournals); AND OR && || and parentheses. Text
+ * comparisons ignore case. Fields
  * are listed in FIELDS; anything else is a 400 QueryParseException that
  * names the supported ones. An equality on an indexed field (or an AND or
  * OR of them, or IDs / InvoiceNumbers / ContactIDs) reads the index; other
@@ -114,7 +124,8 @@
  * rate-limit decision would wait behind a 100k-record listing).
  *
  * Not emulated: tax rates (TotalTax is always 0), discounts, tracking,
- * overpayments, prepayments, deleting payments or allocations,
+ * overpayments, prepayments, deleting allocations, updating manual journals,
+ * bank transactions in another currency than their bank account's,
  * If-Modified-Since, `order`.
  */
 #include <ctype.h>
