@@ -17,7 +17,14 @@
  *   GET  /api.xro/2.0/Invoices[/{id or number}]
  *   PUT /api.xro/2.0/Payments (batch), POST /Payments (one); a payment names
  *        an Invoice, or a CreditNote (a cash refund of the credit)
- *   GET  /api.xro/2.0/Payments[/{id}]
+ *   GET  /api.xro/2.0/Payments[/{id}]; POST /Payments/{id} {"Status":"DELETED"}
+ *        (the payment stays listed as DELETED; its invoice owes the amount again)
+ *   PUT|POST /api.xro/2.0/BankTransactions (spend / receive money), POST
+ *        /BankTransactions/{id} (Status DELETED or VOIDED only), GET
+ *        /BankTransactions[/{id}]
+ *   PUT|POST /api.xro/2.0/ManualJournals (create only; Xero's checks: the
+ *        chart of accounts, debits = credits, two lines or more, a Narration),
+ *        GET /ManualJournals[/{id}]
  *   PUT|POST /api.xro/2.0/CreditNotes, POST /CreditNotes/{id} (update, e.g.
  *        Status VOIDED), GET /CreditNotes[/{id or number}]
  *   PUT  /api.xro/2.0/CreditNotes/{id}/Allocations (credit applied to invoices)
@@ -38,7 +45,10 @@
  *
  * Queries: `where` is a small subset of Xero's Dynamic LINQ: Field==value,
  * Field=value, Field!=value, Field<>value with "string", guid("..."), or a
- * bare word; AND OR && || and parentheses. Comparisons ignore case. Fields
+ * bare word; Field.Contains("x"), .StartsWith("x"), .EndsWith("x") on text;
+ * Date <, <=, >, >=, == with DateTime(2026,11,20) or "2026-11-20" (Payments,
+ * BankTransactions, ManualJournals); AND OR && || and parentheses. Text
+ * comparisons ignore case. Fields
  * are listed in FIELDS; anything else is a 400 QueryParseException that
  * names the supported ones. An equality on an indexed field (or an AND or
  * OR of them, or IDs / InvoiceNumbers / ContactIDs) reads the index; other
@@ -114,7 +124,8 @@
  * rate-limit decision would wait behind a 100k-record listing).
  *
  * Not emulated: tax rates (TotalTax is always 0), discounts, tracking,
- * overpayments, prepayments, deleting payments or allocations,
+ * overpayments, prepayments, deleting allocations, updating manual journals,
+ * bank transactions in another currency than their bank account's,
  * If-Modified-Since, `order`.
  */
 #include <ctype.h>
@@ -307,7 +318,7 @@ static void hidx_clear(struct hidx *ix)
 
 /* ==== records ============================================================= */
 
-enum entity { E_CONTACT, E_INVOICE, E_PAYMENT, E_CREDIT_NOTE };
+enum entity { E_CONTACT, E_INVOICE, E_PAYMENT, E_CREDIT_NOTE, E_BANK_TXN, E_MANUAL_JOURNAL };
 
 struct contact {
     uint64_t seq;               /* creation order, for stable listing */
@@ -420,6 +431,37 @@ struct payment {
     size_t len;
 };
 
+/* A spend or receive money transaction on a bank account (BankTransactions).
+ * Only its Status changes (AUTHORISED -> DELETED | VOIDED). */
+struct bank_txn {
+    uint64_t seq;
+    char id[37];
+    char type[24];              /* RECEIVE | SPEND | RECEIVE-TRANSFER | ... */
+    char status[12];            /* AUTHORISED | DELETED | VOIDED */
+    char *reference;            /* owned, "" when none */
+    char currency[4];
+    char account_code[32];      /* BankAccount.Code */
+    int64_t total;              /* minor units of currency */
+    int64_t date;               /* days since the epoch */
+    struct contact *contact;    /* borrowed */
+    int64_t updated_ms;
+    char *head;                 /* owned: the document without Contact, Status and
+                                   UpdatedDateUTC, open (no closing brace) */
+    size_t head_len;
+};
+
+/* A manual journal (ManualJournals): lines against accounts that sum to
+ * zero, in the base currency. Stored as text; only the Status is typed. */
+struct journal {
+    uint64_t seq;
+    char id[37];
+    char status[12];            /* DRAFT | POSTED | DELETED | VOIDED */
+    char *narration;            /* owned, never NULL */
+    int64_t date;               /* days since the epoch */
+    char *head;                 /* owned: the document without Status, open */
+    size_t head_len;
+};
+
 struct account {
     char id[37];
     char code[32];
@@ -456,7 +498,9 @@ enum op {
     OP_INVOICES_GET, OP_INVOICE_GET, OP_INVOICES_PUT, OP_INVOICES_POST, OP_INVOICE_POST,
     OP_PAYMENTS_GET, OP_PAYMENT_GET, OP_PAYMENTS_PUT, OP_PAYMENTS_POST,
     OP_CREDIT_NOTES_GET, OP_CREDIT_NOTE_GET, OP_CREDIT_NOTES_PUT, OP_CREDIT_NOTES_POST,
-    OP_CREDIT_NOTE_POST, OP_ALLOCATIONS_PUT,
+    OP_CREDIT_NOTE_POST, OP_ALLOCATIONS_PUT, OP_PAYMENT_POST,
+    OP_BANK_TXNS_GET, OP_BANK_TXN_GET, OP_BANK_TXNS_PUT, OP_BANK_TXNS_POST, OP_BANK_TXN_POST,
+    OP_JOURNALS_GET, OP_JOURNAL_GET, OP_JOURNALS_PUT, OP_JOURNALS_POST,
     OP_STATS, OP_RESET, OP__COUNT
 };
 
@@ -484,7 +528,7 @@ struct xero {
     size_t idem_max_entries, idem_max_bytes;
     int idem_store_errors;      /* also replay 4xx replies (default: 2xx only) */
     struct route_arg args[OP__COUNT];
-    struct pb_http_route routes[32];
+    struct pb_http_route routes[48];
 
     /* --- guarded by `data` --- */
     pthread_mutex_t data;
@@ -497,6 +541,8 @@ struct xero {
         uint64_t dup_refs;      /* records created with a Reference already taken */
     } docs[2];
     struct hidx p_id, p_ref, p_invoice, p_credit_note;
+    struct vec bank_txns, journals;
+    struct hidx bt_id, mj_id;
     uint64_t seq;               /* last record seq */
     uint64_t dup_payment_refs;
 
@@ -1195,6 +1241,21 @@ static void clear_data(struct xero *x)
         free(p->invoice_number);
         free(p);
     }
+    for (i = 0; i < x->bank_txns.n; i++) {
+        struct bank_txn *t = x->bank_txns.v[i];
+        free(t->reference);
+        free(t->head);
+        free(t);
+    }
+    for (i = 0; i < x->journals.n; i++) {
+        struct journal *j = x->journals.v[i];
+        free(j->narration);
+        free(j->head);
+        free(j);
+    }
+    x->bank_txns.n = x->journals.n = 0;
+    hidx_clear(&x->bt_id);
+    hidx_clear(&x->mj_id);
     x->contacts.n = x->payments.n = x->allocations.n = 0;
     hidx_clear(&x->c_id);
     hidx_clear(&x->c_name);
@@ -1245,6 +1306,8 @@ static void xero_destroy(void *state)
     free(x->docs[1].recs.v);
     free(x->payments.v);
     free(x->allocations.v);
+    free(x->bank_txns.v);
+    free(x->journals.v);
     clear_idempotency(x, 1);
     hidx_clear(&x->idem_ix);
     for (size_t i = 0; i < x->token_n; i++)
@@ -1908,9 +1971,36 @@ static void render_invoice(struct outbuf *b, const struct invoice *inv, int ok)
     out_str(b, "}");
 }
 
+/* A bank transaction: its head, the contact, then what a delete changes. */
+static void render_bank_txn(struct outbuf *b, const struct bank_txn *t, int ok)
+{
+    out_add(b, t->head, t->head_len);
+    out_str(b, ",\"Contact\":");
+    render_contact_ref(b, t->contact);
+    out_str(b, ",\"Status\":\"");
+    out_str(b, t->status);
+    out_str(b, "\",\"UpdatedDateUTC\":");
+    out_msdate(b, t->updated_ms);
+    if (ok)
+        out_str(b, ",\"StatusAttributeString\":\"OK\"");
+    out_str(b, "}");
+}
+
+static void render_journal(struct outbuf *b, const struct journal *j, int ok)
+{
+    out_add(b, j->head, j->head_len);
+    out_str(b, ",\"Status\":\"");
+    out_str(b, j->status);
+    out_str(b, ok ? "\",\"StatusAttributeString\":\"OK\"}" : "\"}");
+}
+
 static void render(struct outbuf *b, enum entity ent, const void *rec, int ok)
 {
-    if (ent == E_CONTACT)
+    if (ent == E_BANK_TXN)
+        render_bank_txn(b, rec, ok);
+    else if (ent == E_MANUAL_JOURNAL)
+        render_journal(b, rec, ok);
+    else if (ent == E_CONTACT)
         render_text(b, ((const struct contact *)rec)->text, ((const struct contact *)rec)->len, ok);
     else if (ent == E_PAYMENT)
         render_text(b, ((const struct payment *)rec)->text, ((const struct payment *)rec)->len, ok);
@@ -3752,12 +3842,657 @@ static void allocations_write(struct call *c, const char *cn_id)
     json_decref(root);
 }
 
+/* ==== Payment delete ====================================================== */
+
+/* Take a payment off its invoice or credit note (data held): the amount goes
+ * back onto AmountDue / RemainingCredit, a PAID document is AUTHORISED
+ * again, and the payment leaves the document's Payments list. */
+static void payment_unapply(struct xero *x, struct payment *p, int64_t now)
+{
+    int credit = p->credit_note_id[0] != '\0';
+    struct docs *d = docs_of(x, credit ? &KIND_CREDIT_NOTE : &KIND_INVOICE);
+    struct invoice *inv = hidx_get(&d->id, credit ? p->credit_note_id : p->invoice_id);
+    size_t i, k;
+    if (!inv)
+        return;
+    inv->paid -= p->amount;
+    inv->due += p->amount;
+    inv->updated_ms = now;
+    if (!strcmp(inv->status, "PAID")) {
+        copy_str(inv->status, sizeof(inv->status), "AUTHORISED");
+        inv->fully_paid_days = -1;
+    }
+    for (i = k = 0; i < inv->n_pays; i++)
+        if (inv->pays[i] != p)
+            inv->pays[k++] = inv->pays[i];
+    inv->n_pays = k;
+}
+
+/* The stored payment text with its own Status (the first "Status" member:
+ * the head is written before the Invoice / CreditNote it names) set to
+ * `status`; 0, or -1 when out of memory (data held). */
+static int payment_set_status(struct payment *p, const char *status)
+{
+    static const char pat[] = "\"Status\":\"AUTHORISED\"";
+    char *at = strstr(p->text, pat);
+    struct outbuf b = {0};
+    if (!at)
+        return 0;
+    out_add(&b, p->text, (size_t)(at - p->text));
+    out_str(&b, "\"Status\":\"");
+    out_str(&b, status);
+    out_str(&b, "\"");
+    out_str(&b, at + sizeof(pat) - 1);
+    if (b.failed) {
+        free(b.p);
+        return -1;
+    }
+    free(p->text);
+    p->text = b.p;
+    p->len = b.len;
+    copy_str(p->status, sizeof(p->status), status);
+    return 0;
+}
+
+/* POST /Payments/{PaymentID} {"Status":"DELETED"} (PaymentDelete; also in a
+ * {"Payments":[...]} envelope): the only change Xero allows to a payment.
+ * The payment stays listed, with Status DELETED. */
+static void payment_delete(struct call *c, const char *id)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "Payments", &root), *e, *errs = NULL;
+    struct out_el el = {0};
+    struct payment *p;
+    const char *status;
+    int bad = 0;
+    if (!arr)
+        return;
+    if (json_array_size(arr) != 1) {
+        json_decref(root);
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "POST /Payments/{PaymentID} takes one {\"Status\":\"DELETED\"}");
+        return;
+    }
+    e = json_array_get(arr, 0);
+    status = json_is_object(e) ? opt_str(e, "Status", &bad) : NULL;
+    if (!status || strcasecmp(status, "DELETED") != 0)
+        add_error(&errs, "A payment can only be deleted: send {\"Status\":\"DELETED\"}");
+    pthread_mutex_lock(&x->data);
+    p = hidx_get(&x->p_id, id);
+    if (p && !errs && !strcmp(p->status, "DELETED"))
+        add_error(&errs, "Payment has already been deleted");
+    if (p && !errs) {
+        if (payment_set_status(p, "DELETED"))
+            add_error(&errs, "The sandbox ran out of memory");
+        else
+            payment_unapply(x, p, c->now_ms);
+    }
+    if (p && !errs)
+        out_el_render(&el, E_PAYMENT, p, !c->summarize);
+    pthread_mutex_unlock(&x->data);
+    if (!p) {
+        json_decref(errs);
+        json_decref(root);
+        reply_not_found(c->resp);
+        return;
+    }
+    if (errs)
+        el.err = error_element(e, errs, "HasValidationErrors");
+    reply_write(c, "Payments", &el, 1, errs != NULL);
+    json_decref(errs);
+    json_decref(root);
+}
+
+/* ==== BankTransactions ==================================================== */
+
+/* Spend and receive money on a bank account, not tied to an invoice: what
+ * a merchant books by hand (a card receipt typed in from the bank feed, a
+ * refund paid out). Create with PUT (or POST) /BankTransactions; the only
+ * update is POST /BankTransactions/{id} with Status DELETED or VOIDED.
+ * Lines: Quantity (whole, default 1) x UnitAmount (or LineAmount), tax NONE;
+ * Total = the sum, in CurrencyCode (default the base currency). */
+static const char *const BANK_TYPES[] = {
+    "RECEIVE", "RECEIVE-OVERPAYMENT", "RECEIVE-PREPAYMENT", "SPEND", "SPEND-OVERPAYMENT",
+    "SPEND-PREPAYMENT", "RECEIVE-TRANSFER", "SPEND-TRANSFER", NULL};
+
+struct bank_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned */
+    char type[24];
+    char contact_id[64];        /* "" when named */
+    const char *contact_name;   /* borrowed */
+    const struct account *account;
+    char currency[4];
+    const char *reference;      /* borrowed */
+    int64_t date, total;
+    char new_id[37];
+    char *head;                 /* owned, open */
+    size_t head_len;
+    struct contact *contact;    /* resolved */
+    struct bank_txn *saved;
+};
+
+static json_t *money_text(int64_t minor, const char *currency)
+{
+    char buf[PB_MONEY_DECIMAL_MAX];
+    if (pb_money_format_decimal(minor, currency, buf, sizeof(buf), NULL) != PB_OK)
+        return NULL;
+    return json_string(buf);
+}
+
+/* The element's LineItems as stored, summing bi->total; NULL after errors. */
+static json_t *bank_lines(struct call *c, struct bank_in *bi, json_t *items)
+{
+    json_t *out = json_array(), *li;
+    size_t i;
+    if (!json_is_array(items) || json_array_size(items) == 0) {
+        add_error(&bi->errs, "LineItems must be specified: at least one line");
+        json_decref(out);
+        return NULL;
+    }
+    bi->total = 0;
+    json_array_foreach(items, i, li) {
+        const struct account *acc;
+        const char *code, *desc;
+        int64_t qty = 1, unit = 0, amount;
+        struct pb_err err = {0};
+        int bad = 0;
+        char lid[37];
+        if (!json_is_object(li)) {
+            add_error(&bi->errs, "LineItems[%zu] must be an object", i);
+            continue;
+        }
+        code = opt_str(li, "AccountCode", &bad);
+        desc = opt_str(li, "Description", &bad);
+        acc = code ? account_by_code(c->x, code) : NULL;
+        if (!code)
+            add_error(&bi->errs, "LineItems[%zu]: AccountCode must be specified", i);
+        else if (!acc)
+            add_error(&bi->errs, "Account code '%s' is not a valid code for this document.", code);
+        if (json_object_get(li, "Quantity") &&
+            (json_dec(json_object_get(li, "Quantity"), 0, 0, &qty) != DEC_OK || qty <= 0))
+            add_error(&bi->errs, "LineItems[%zu]: the sandbox takes a whole, positive Quantity "
+                      "on bank transactions", i);
+        if (json_object_get(li, "UnitAmount")) {
+            if (pb_json_to_minor(json_object_get(li, "UnitAmount"), bi->currency, &unit, &err))
+                add_error(&bi->errs, "LineItems[%zu].UnitAmount: %s", i, err.msg);
+        } else if (json_object_get(li, "LineAmount")) {
+            if (pb_json_to_minor(json_object_get(li, "LineAmount"), bi->currency, &unit, &err))
+                add_error(&bi->errs, "LineItems[%zu].LineAmount: %s", i, err.msg);
+            qty = 1;
+        } else {
+            add_error(&bi->errs, "LineItems[%zu]: UnitAmount must be specified", i);
+        }
+        if (bi->errs)
+            continue;
+        if (pb_money_mul_i64(unit, qty, &amount) || pb_money_add(bi->total, amount, &bi->total)) {
+            add_error(&bi->errs, "LineItems[%zu]: the amount is too large", i);
+            continue;
+        }
+        new_uuid(lid);
+        json_array_append_new(
+            out, json_pack("{s:s,s:s,s:s,s:o*,s:s,s:s,s:o*,s:o*,s:o*}", "LineItemID", lid,
+                           "Description", desc ? desc : "", "Quantity", qty == 1 ? "1.0000" : "",
+                           "UnitAmount", money_text(unit, bi->currency), "AccountCode", acc->code,
+                           "TaxType", "NONE", "TaxAmount", money_text(0, bi->currency),
+                           "LineAmount", money_text(amount, bi->currency), "AccountID",
+                           json_string(acc->id)));
+        if (qty != 1) {
+            char q[32];
+            snprintf(q, sizeof(q), "%" PRId64 ".0000", qty);
+            json_object_set_new(json_array_get(out, json_array_size(out) - 1), "Quantity",
+                                json_string(q));
+        }
+    }
+    if (bi->errs) {
+        json_decref(out);
+        return NULL;
+    }
+    return out;
+}
+
+static void bank_check(struct call *c, struct bank_in *bi)
+{
+    json_t *e = bi->src, *contact, *acc, *lines, *doc;
+    const char *s;
+    int bad = 0;
+    if (!json_is_object(e)) {
+        add_error(&bi->errs, "A bank transaction must be a JSON object");
+        return;
+    }
+    if (json_object_get(e, "BankTransactionID")) {
+        add_error(&bi->errs, "The sandbox creates bank transactions only; change one's Status "
+                  "with POST /BankTransactions/{BankTransactionID}");
+        return;
+    }
+    s = opt_str(e, "Type", &bad);
+    if (!s || !one_of(s, BANK_TYPES))
+        add_error(&bi->errs, "Type must be one of RECEIVE, SPEND, RECEIVE-OVERPAYMENT, "
+                  "RECEIVE-PREPAYMENT, SPEND-OVERPAYMENT, SPEND-PREPAYMENT, RECEIVE-TRANSFER, "
+                  "SPEND-TRANSFER");
+    else
+        copy_str(bi->type, sizeof(bi->type), s);
+    contact = json_object_get(e, "Contact");
+    bad = 0;
+    if (json_is_object(contact)) {
+        s = opt_str(contact, "ContactID", &bad);
+        if (s && is_uuid_like(s))
+            copy_str(bi->contact_id, sizeof(bi->contact_id), s);
+        else if (s || bad)
+            add_error(&bi->errs, "Contact.ContactID must be a GUID");
+        bi->contact_name = opt_str(contact, "Name", &bad);
+    }
+    if (!bi->contact_id[0] && !bi->contact_name)
+        add_error(&bi->errs, "A Contact must be specified for this type of transaction");
+    acc = json_object_get(e, "BankAccount");
+    bad = 0;
+    if (!json_is_object(acc)) {
+        add_error(&bi->errs, "BankAccount must be specified by Code or AccountID");
+    } else {
+        const char *code = opt_str(acc, "Code", &bad), *id = opt_str(acc, "AccountID", &bad);
+        bi->account = id ? account_by_id(c->x, id) : code ? account_by_code(c->x, code) : NULL;
+        if (!bi->account)
+            add_error(&bi->errs, "BankAccount could not be found");
+        else if (strcmp(bi->account->type, "BANK") != 0)
+            add_error(&bi->errs, "Account code '%s' is not a bank account", bi->account->code);
+    }
+    bad = 0;
+    s = opt_str(e, "CurrencyCode", &bad);
+    copy_str(bi->currency, sizeof(bi->currency), s ? s : c->x->base_currency);
+    if (bad || (s && (strlen(s) != 3 || !currency_enabled(c->x, s))))
+        add_error(&bi->errs, "The currency '%s' is not enabled for this organisation",
+                  s ? s : "(not text)");
+    bi->date = c->now_ms / 86400000;
+    bad = 0;
+    s = opt_str(e, "Date", &bad);
+    if (bad || (s && parse_date(s, &bi->date)))
+        add_error(&bi->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    bi->reference = opt_str(e, "Reference", &bad);
+    if (bad || (bi->reference && strlen(bi->reference) > NAME_MAX_LEN))
+        add_error(&bi->errs, "Reference must be a string of at most 255 characters");
+    bad = 0;
+    s = opt_str(e, "Status", &bad);
+    if (bad || (s && strcasecmp(s, "AUTHORISED") != 0))
+        add_error(&bi->errs, "A new bank transaction can only be AUTHORISED");
+    if (bi->errs)
+        return;
+    lines = bank_lines(c, bi, json_object_get(e, "LineItems"));
+    if (!lines)
+        return;
+    if (bi->total <= 0) {
+        json_decref(lines);
+        add_error(&bi->errs, "The total of a bank transaction must be greater than zero");
+        return;
+    }
+    new_uuid(bi->new_id);
+    doc = json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:o,s:o,s:s,s:s,s:s,s:s,s:o,s:o*,s:o*,s:o*,s:b,"
+                    "s:b}",
+                    "BankTransactionID", bi->new_id, "Type", bi->type, "BankAccount",
+                    "AccountID", bi->account->id, "Code", bi->account->code, "Name",
+                    bi->account->name, "Date", msdate(bi->date * 86400000), "DateString",
+                    date_string(bi->date), "Reference", bi->reference ? bi->reference : "",
+                    "CurrencyCode", bi->currency, "CurrencyRate", "1.000000", "LineAmountTypes",
+                    "NoTax", "LineItems", lines, "SubTotal", money_text(bi->total, bi->currency),
+                    "TotalTax", money_text(0, bi->currency), "Total",
+                    money_text(bi->total, bi->currency), "IsReconciled", 0, "HasAttachments", 0);
+    bi->head = doc_text(doc, 1, &bi->head_len);
+    json_decref(doc);
+    if (!bi->head)
+        add_error(&bi->errs, "The sandbox ran out of memory");
+}
+
+/* Resolve the contact and save (data held). */
+static void bank_commit(struct call *c, struct bank_in *bi)
+{
+    struct xero *x = c->x;
+    struct bank_txn *t;
+    if (bi->contact_id[0]) {
+        bi->contact = hidx_get(&x->c_id, bi->contact_id);
+        if (!bi->contact) {
+            add_error(&bi->errs, "Contact could not be found");
+            return;
+        }
+    } else if (!(bi->contact = active_named(x, bi->contact_name, NULL)) &&
+               !(bi->contact = contact_insert_named(x, bi->contact_name, c->now_ms))) {
+        add_error(&bi->errs, "The sandbox ran out of memory");
+        return;
+    }
+    t = calloc(1, sizeof(*t));
+    if (!t || !(t->reference = xstrdup(bi->reference)) || vec_push(&x->bank_txns, t)) {
+        if (t)
+            free(t->reference);
+        free(t);
+        add_error(&bi->errs, "The sandbox ran out of memory");
+        return;
+    }
+    copy_str(t->id, sizeof(t->id), bi->new_id);
+    copy_str(t->type, sizeof(t->type), bi->type);
+    copy_str(t->status, sizeof(t->status), "AUTHORISED");
+    copy_str(t->currency, sizeof(t->currency), bi->currency);
+    copy_str(t->account_code, sizeof(t->account_code), bi->account->code);
+    t->total = bi->total;
+    t->date = bi->date;
+    t->contact = bi->contact;
+    t->updated_ms = c->now_ms;
+    t->head = bi->head;
+    t->head_len = bi->head_len;
+    bi->head = NULL;
+    t->seq = ++x->seq;
+    hidx_add(&x->bt_id, t->id, t);
+    bi->saved = t;
+}
+
+static void bank_write(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "BankTransactions", &root);
+    struct bank_in *in;
+    struct out_el *els;
+    size_t n, i;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, sizeof(*in));
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !els) {
+        free(in);
+        free(els);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        bank_check(c, &in[i]);
+        n_failed += in[i].errs != NULL;
+    }
+    pthread_mutex_lock(&x->data);
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            if (in[i].errs)
+                continue;
+            bank_commit(c, &in[i]);
+            if (in[i].saved)
+                out_el_render(&els[i], E_BANK_TXN, in[i].saved, !c->summarize);
+            else
+                n_failed++;
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    for (i = 0; i < n; i++) {
+        if (in[i].errs)
+            els[i].err = error_element(in[i].src, in[i].errs, "HasValidationErrors");
+        json_decref(in[i].errs);
+        free(in[i].head);
+    }
+    free(in);
+    reply_write(c, "BankTransactions", els, n, n_failed);
+    free(els);
+    json_decref(root);
+}
+
+/* POST /BankTransactions/{id} {"BankTransactions":[{"Status":"DELETED"}]}
+ * (or VOIDED): the one update the sandbox makes. */
+static void bank_update(struct call *c, const char *id)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "BankTransactions", &root), *e, *errs = NULL;
+    struct out_el el = {0};
+    struct bank_txn *t;
+    const char *status, *key;
+    json_t *v;
+    int bad = 0;
+    if (!arr)
+        return;
+    if (json_array_size(arr) != 1) {
+        json_decref(root);
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
+                        "POST /BankTransactions/{BankTransactionID} takes one bank transaction");
+        return;
+    }
+    e = json_array_get(arr, 0);
+    status = json_is_object(e) ? opt_str(e, "Status", &bad) : NULL;
+    if (!status || (strcasecmp(status, "DELETED") && strcasecmp(status, "VOIDED")))
+        add_error(&errs, "The sandbox changes only the Status of a bank transaction, to DELETED "
+                  "or VOIDED");
+    json_object_foreach(json_is_object(e) ? e : NULL, key, v) {
+        if (strcmp(key, "Status") && strcmp(key, "BankTransactionID"))
+            add_error(&errs, "The sandbox changes only the Status of a bank transaction, not %s",
+                      key);
+    }
+    pthread_mutex_lock(&x->data);
+    t = hidx_get(&x->bt_id, id);
+    if (t && !errs && strcmp(t->status, "AUTHORISED") != 0)
+        add_error(&errs, "This bank transaction is %s and cannot be changed", t->status);
+    if (t && !errs) {
+        copy_str(t->status, sizeof(t->status), !strcasecmp(status, "DELETED") ? "DELETED"
+                                                                             : "VOIDED");
+        t->updated_ms = c->now_ms;
+        out_el_render(&el, E_BANK_TXN, t, !c->summarize);
+    }
+    pthread_mutex_unlock(&x->data);
+    if (!t) {
+        json_decref(errs);
+        json_decref(root);
+        reply_not_found(c->resp);
+        return;
+    }
+    if (errs)
+        el.err = error_element(e, errs, "HasValidationErrors");
+    reply_write(c, "BankTransactions", &el, 1, errs != NULL);
+    json_decref(errs);
+    json_decref(root);
+}
+
+/* ==== ManualJournals ====================================================== */
+
+/* Journal lines against the chart of accounts (settings `accounts`), in the
+ * organisation's base currency (a manual journal has no CurrencyCode). The
+ * checks, in Xero's words where known:
+ *   Narration absent or blank        "Narration cannot be empty."
+ *   fewer than two JournalLines      "At least two journal lines are required."
+ *   a line without LineAmount        "LineAmount must be specified on every journal line."
+ *   an unknown AccountCode           "Account code '999' is not a valid code for this document."
+ *   lines that do not sum to zero    "The total debits (100.00) must equal total credits (-10.00)"
+ *   Status other than DRAFT/POSTED   "Status must be DRAFT or POSTED for a new manual journal"
+ * Created with PUT or POST /ManualJournals (no updates: an element with a
+ * ManualJournalID is refused). Debits are positive LineAmounts, credits
+ * negative. */
+struct journal_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned */
+    char new_id[37];
+    const char *narration;      /* borrowed */
+    char status[12];
+    int64_t date;
+    char *head;                 /* owned, open */
+    size_t head_len;
+    struct journal *saved;
+};
+
+static void journal_check(struct call *c, struct journal_in *ji)
+{
+    const char *cur = c->x->base_currency, *s;
+    json_t *e = ji->src, *lines, *line, *out, *doc;
+    int64_t debits = 0, credits = 0;
+    int bad = 0;
+    size_t i;
+    if (!json_is_object(e)) {
+        add_error(&ji->errs, "A manual journal must be a JSON object");
+        return;
+    }
+    if (json_object_get(e, "ManualJournalID")) {
+        add_error(&ji->errs, "The sandbox creates manual journals only; it does not update them");
+        return;
+    }
+    ji->narration = opt_str(e, "Narration", &bad);
+    if (bad || !ji->narration || !ji->narration[strspn(ji->narration, " \t\r\n")])
+        add_error(&ji->errs, "Narration cannot be empty.");
+    bad = 0;
+    s = opt_str(e, "Status", &bad);
+    if (bad || (s && strcasecmp(s, "DRAFT") && strcasecmp(s, "POSTED")))
+        add_error(&ji->errs, "Status must be DRAFT or POSTED for a new manual journal");
+    copy_str(ji->status, sizeof(ji->status), s && !strcasecmp(s, "POSTED") ? "POSTED" : "DRAFT");
+    ji->date = c->now_ms / 86400000;
+    bad = 0;
+    s = opt_str(e, "Date", &bad);
+    if (bad || (s && parse_date(s, &ji->date)))
+        add_error(&ji->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    s = opt_str(e, "LineAmountTypes", &bad);
+    if (bad || (s && strcmp(s, "NoTax") && strcmp(s, "Exclusive") && strcmp(s, "Inclusive")))
+        add_error(&ji->errs, "LineAmountTypes must be NoTax, Exclusive or Inclusive");
+    lines = json_object_get(e, "JournalLines");
+    if (!json_is_array(lines) || json_array_size(lines) < 2) {
+        add_error(&ji->errs, "At least two journal lines are required.");
+        return;
+    }
+    out = json_array();
+    json_array_foreach(lines, i, line) {
+        const struct account *acc = NULL;
+        const char *code, *id, *desc;
+        int64_t amount = 0;
+        struct pb_err err = {0};
+        if (!json_is_object(line)) {
+            add_error(&ji->errs, "JournalLines[%zu] must be an object", i);
+            continue;
+        }
+        bad = 0;
+        code = opt_str(line, "AccountCode", &bad);
+        id = opt_str(line, "AccountID", &bad);
+        desc = opt_str(line, "Description", &bad);
+        acc = id ? account_by_id(c->x, id) : code ? account_by_code(c->x, code) : NULL;
+        if (!code && !id)
+            add_error(&ji->errs, "AccountCode must be specified on every journal line.");
+        else if (!acc)
+            add_error(&ji->errs, "Account code '%s' is not a valid code for this document.",
+                      code ? code : id);
+        if (!json_object_get(line, "LineAmount") || json_is_null(json_object_get(line, "LineAmount"))) {
+            add_error(&ji->errs, "LineAmount must be specified on every journal line.");
+            continue;
+        }
+        if (pb_json_to_minor(json_object_get(line, "LineAmount"), cur, &amount, &err)) {
+            add_error(&ji->errs, "JournalLines[%zu].LineAmount: %s", i, err.msg);
+            continue;
+        }
+        if (amount >= 0 ? pb_money_add(debits, amount, &debits)
+                        : pb_money_add(credits, amount, &credits)) {
+            add_error(&ji->errs, "JournalLines[%zu].LineAmount is too large", i);
+            continue;
+        }
+        if (acc)
+            json_array_append_new(
+                out, json_pack("{s:s,s:s,s:o*,s:s,s:s,s:[],s:o*,s:b}", "Description",
+                               desc ? desc : "", "TaxType", "NONE", "LineAmount",
+                               money_text(amount, cur), "AccountCode", acc->code, "AccountID",
+                               acc->id, "Tracking", "TaxAmount", money_text(0, cur), "IsBlank",
+                               0));
+    }
+    if (debits + credits != 0) {
+        char d[PB_MONEY_DECIMAL_MAX], cr[PB_MONEY_DECIMAL_MAX];
+        pb_money_format_decimal(debits, cur, d, sizeof(d), NULL);
+        pb_money_format_decimal(credits, cur, cr, sizeof(cr), NULL);
+        add_error(&ji->errs, "The total debits (%s) must equal total credits (%s)", d, cr);
+    }
+    if (ji->errs) {
+        json_decref(out);
+        return;
+    }
+    new_uuid(ji->new_id);
+    doc = json_pack("{s:s,s:o,s:s,s:s,s:o,s:b,s:b,s:o}", "ManualJournalID", ji->new_id, "Date",
+                    msdate(ji->date * 86400000), "LineAmountTypes", s ? s : "NoTax", "Narration",
+                    ji->narration, "JournalLines", out, "ShowOnCashBasisReports", 1,
+                    "HasAttachments", 0, "UpdatedDateUTC", msdate(c->now_ms));
+    ji->head = doc_text(doc, 1, &ji->head_len);
+    json_decref(doc);
+    if (!ji->head)
+        add_error(&ji->errs, "The sandbox ran out of memory");
+}
+
+/* Save (data held). */
+static void journal_commit(struct call *c, struct journal_in *ji)
+{
+    struct xero *x = c->x;
+    struct journal *j = calloc(1, sizeof(*j));
+    if (!j || !(j->narration = xstrdup(ji->narration)) || vec_push(&x->journals, j)) {
+        if (j)
+            free(j->narration);
+        free(j);
+        add_error(&ji->errs, "The sandbox ran out of memory");
+        return;
+    }
+    copy_str(j->id, sizeof(j->id), ji->new_id);
+    copy_str(j->status, sizeof(j->status), ji->status);
+    j->date = ji->date;
+    j->head = ji->head;
+    j->head_len = ji->head_len;
+    ji->head = NULL;
+    j->seq = ++x->seq;
+    hidx_add(&x->mj_id, j->id, j);
+    ji->saved = j;
+}
+
+static void journals_write(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "ManualJournals", &root);
+    struct journal_in *in;
+    struct out_el *els;
+    size_t n, i;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, sizeof(*in));
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !els) {
+        free(in);
+        free(els);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        journal_check(c, &in[i]);
+        n_failed += in[i].errs != NULL;
+    }
+    pthread_mutex_lock(&x->data);
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            if (in[i].errs)
+                continue;
+            journal_commit(c, &in[i]);
+            if (in[i].saved)
+                out_el_render(&els[i], E_MANUAL_JOURNAL, in[i].saved, !c->summarize);
+            else
+                n_failed++;
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    for (i = 0; i < n; i++) {
+        if (in[i].errs)
+            els[i].err = error_element(in[i].src, in[i].errs, "HasErrors");
+        json_decref(in[i].errs);
+        free(in[i].head);
+    }
+    free(in);
+    reply_write(c, "ManualJournals", els, n, n_failed);
+    free(els);
+    json_decref(root);
+}
+
 /* ==== GET: where filters and listing ====================================== */
 
 enum field_id {
     F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
     F_INVOICE_ID, F_INVOICE_NUMBER, F_REFERENCE, F_STATUS, F_TYPE, F_CURRENCY, F_INV_CONTACT_ID,
     F_PAYMENT_ID, F_PAY_INVOICE_ID, F_PAY_INVOICE_NUMBER, F_PAYMENT_TYPE, F_PAY_CREDIT_NOTE_ID,
+    F_DATE, F_BT_ID, F_BT_ACCOUNT, F_MJ_ID, F_NARRATION,
 };
 
 struct field {
@@ -3798,17 +4533,64 @@ static const struct field FIELDS[] = {
     {"CurrencyCode", E_CREDIT_NOTE, F_CURRENCY},
     {"Contact.ContactID", E_CREDIT_NOTE, F_INV_CONTACT_ID},
     {"ContactID", E_CREDIT_NOTE, F_INV_CONTACT_ID},
+    {"Date", E_PAYMENT, F_DATE},
+    {"CurrencyCode", E_PAYMENT, F_CURRENCY},
+    {"BankTransactionID", E_BANK_TXN, F_BT_ID},
+    {"Type", E_BANK_TXN, F_TYPE},
+    {"Status", E_BANK_TXN, F_STATUS},
+    {"Reference", E_BANK_TXN, F_REFERENCE},
+    {"Date", E_BANK_TXN, F_DATE},
+    {"CurrencyCode", E_BANK_TXN, F_CURRENCY},
+    {"BankAccount.Code", E_BANK_TXN, F_BT_ACCOUNT},
+    {"ManualJournalID", E_MANUAL_JOURNAL, F_MJ_ID},
+    {"Status", E_MANUAL_JOURNAL, F_STATUS},
+    {"Narration", E_MANUAL_JOURNAL, F_NARRATION},
+    {"Date", E_MANUAL_JOURNAL, F_DATE},
     {NULL, E_CONTACT, F_CONTACT_ID},
 };
 
-static const char *const ENTITY_NAME[] = {"Contact", "Invoice", "Payment", "CreditNote"};
-static const char *const ENTITY_ENVELOPE[] = {"Contacts", "Invoices", "Payments", "CreditNotes"};
+static const char *const ENTITY_NAME[] = {"Contact",    "Invoice",         "Payment",
+                                          "CreditNote", "BankTransaction", "ManualJournal"};
+static const char *const ENTITY_ENVELOPE[] = {"Contacts",    "Invoices",         "Payments",
+                                              "CreditNotes", "BankTransactions", "ManualJournals"};
+
+/* The date of a record with a Date field (F_DATE), days since the epoch. */
+static int64_t field_date(enum entity ent, const void *rec)
+{
+    switch (ent) {
+    case E_PAYMENT: return ((const struct payment *)rec)->date;
+    case E_BANK_TXN: return ((const struct bank_txn *)rec)->date;
+    case E_MANUAL_JOURNAL: return ((const struct journal *)rec)->date;
+    default: return 0;
+    }
+}
 
 static const char *field_value(enum entity ent, const void *rec, enum field_id f)
 {
     const struct contact *ct = rec;
     const struct invoice *inv = rec;
     const struct payment *p = rec;
+    const struct bank_txn *t = rec;
+    const struct journal *j = rec;
+    if (ent == E_BANK_TXN) {
+        switch (f) {
+        case F_BT_ID: return t->id;
+        case F_TYPE: return t->type;
+        case F_STATUS: return t->status;
+        case F_REFERENCE: return t->reference;
+        case F_CURRENCY: return t->currency;
+        case F_BT_ACCOUNT: return t->account_code;
+        default: return "";
+        }
+    }
+    if (ent == E_MANUAL_JOURNAL) {
+        switch (f) {
+        case F_MJ_ID: return j->id;
+        case F_STATUS: return j->status;
+        case F_NARRATION: return j->narration;
+        default: return "";
+        }
+    }
     switch (f) {
     case F_CONTACT_ID: return ct->id;
     case F_NAME: return ct->name;
@@ -3819,15 +4601,15 @@ static const char *field_value(enum entity ent, const void *rec, enum field_id f
     case F_REFERENCE: return ent != E_PAYMENT ? inv->reference : p->reference;
     case F_STATUS: return ent != E_PAYMENT ? inv->status : p->status;
     case F_TYPE: return inv->type;
-    case F_CURRENCY: return inv->currency;
+    case F_CURRENCY: return ent == E_PAYMENT ? p->currency : inv->currency;
     case F_INV_CONTACT_ID: return inv->contact_id;
     case F_PAYMENT_ID: return p->id;
     case F_PAY_INVOICE_ID: return p->invoice_id;
     case F_PAY_INVOICE_NUMBER: return p->invoice_number;
     case F_PAYMENT_TYPE: return p->type;
     case F_PAY_CREDIT_NOTE_ID: return p->credit_note_id;
+    default: return "";
     }
-    return "";
 }
 
 /* The index answering `field == value`, or NULL (data held by the caller). */
@@ -3835,6 +4617,10 @@ static const struct hidx *field_index(const struct xero *x, enum field_id f, enu
 {
     const struct docs *d = &x->docs[ent == E_CREDIT_NOTE ? KIND_CREDIT_NOTE.store
                                                          : KIND_INVOICE.store];
+    if (ent == E_BANK_TXN)
+        return f == F_BT_ID ? &x->bt_id : NULL;
+    if (ent == E_MANUAL_JOURNAL)
+        return f == F_MJ_ID ? &x->mj_id : NULL;
     switch (f) {
     case F_CONTACT_ID: return &x->c_id;
     case F_NAME: return &x->c_name;
@@ -3852,12 +4638,18 @@ static const struct hidx *field_index(const struct xero *x, enum field_id f, enu
 
 enum node_kind { N_CMP, N_AND, N_OR };
 
+/* How a CMP node compares (W_EQ with `ne` is != / <>). Dates compare as
+ * days; text case-insensitively. */
+enum wop { W_EQ, W_LT, W_LE, W_GT, W_GE, W_CONTAINS, W_STARTS, W_ENDS };
+
 struct wnode {
     enum node_kind kind;
     int l, r;                   /* children for AND / OR */
     enum field_id field;        /* for CMP */
     int ne;                     /* != */
     char *value;                /* owned literal */
+    enum wop op;                /* for CMP */
+    int64_t days;               /* the literal as a date, for F_DATE */
 };
 
 struct query {
@@ -3874,11 +4666,18 @@ struct lexer {
     struct query *q;
 };
 
-enum tok { T_END, T_IDENT, T_STRING, T_EQ, T_NE, T_AND, T_OR, T_LP, T_RP, T_BAD };
+enum tok {
+    T_END, T_IDENT, T_STRING, T_EQ, T_NE, T_AND, T_OR, T_LP, T_RP, T_BAD,
+    T_LT, T_LE, T_GT, T_GE,
+    T_DATE,                     /* DateTime(y,m,d[,h,m,s]): text is "YYYY-MM-DD" */
+    T_METHOD,                   /* Field.Contains("x"): text the field, arg the string */
+};
 
 struct token_s {
     enum tok t;
     char text[512];
+    char arg[512];              /* T_METHOD: the argument */
+    enum wop method;            /* T_METHOD: W_CONTAINS | W_STARTS | W_ENDS */
 };
 
 static void skip_ws(struct lexer *lx)
@@ -3906,6 +4705,79 @@ static int lex_string(struct lexer *lx, struct token_s *tk)
     return 0;
 }
 
+/* After "DateTime": (y, m, d[, h, m, s]) -> T_DATE "YYYY-MM-DD" (the time
+ * of day is read and dropped: every Date the sandbox keeps is a whole day). */
+static void lex_datetime(struct lexer *lx, struct token_s *tk)
+{
+    long part[6] = {0, 0, 0, 0, 0, 0};
+    int n = 0;
+    lx->p++; /* '(' */
+    for (;;) {
+        char *end;
+        skip_ws(lx);
+        part[n] = strtol(lx->p, &end, 10);
+        if (end == lx->p || n == 6) {
+            tk->t = T_BAD;
+            snprintf(tk->text, sizeof(tk->text), "DateTime(");
+            return;
+        }
+        n++;
+        lx->p = end;
+        skip_ws(lx);
+        if (*lx->p == ',') {
+            lx->p++;
+            continue;
+        }
+        break;
+    }
+    if (*lx->p != ')' || n < 3 || part[0] < 1900 || part[0] > 9999 || part[1] < 1 ||
+        part[1] > 12 || part[2] < 1 || part[2] > days_in_month((int)part[0], (unsigned)part[1])) {
+        tk->t = T_BAD;
+        snprintf(tk->text, sizeof(tk->text), "DateTime(%ld,%ld,%ld)", part[0], part[1], part[2]);
+        return;
+    }
+    lx->p++;
+    snprintf(tk->text, sizeof(tk->text), "%04ld-%02ld-%02ld", part[0], part[1], part[2]);
+    tk->t = T_DATE;
+}
+
+/* After "Field.Method": ("text") for Contains, StartsWith, EndsWith. */
+static void lex_method(struct lexer *lx, struct token_s *tk)
+{
+    static const struct {
+        const char *name;
+        enum wop op;
+    } methods[] = {{".Contains", W_CONTAINS}, {".StartsWith", W_STARTS}, {".EndsWith", W_ENDS}};
+    size_t len = strlen(tk->text), i;
+    struct token_s arg;
+    for (i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        size_t m = strlen(methods[i].name);
+        if (len > m && !strcasecmp(tk->text + len - m, methods[i].name)) {
+            tk->text[len - m] = '\0';
+            tk->method = methods[i].op;
+            break;
+        }
+    }
+    if (i == sizeof(methods) / sizeof(methods[0])) {
+        tk->t = T_BAD;   /* another method or function: not supported */
+        return;
+    }
+    lx->p++; /* '(' */
+    skip_ws(lx);
+    if ((*lx->p != '"' && *lx->p != '\'') || lex_string(lx, &arg)) {
+        tk->t = T_BAD;
+        return;
+    }
+    skip_ws(lx);
+    if (*lx->p != ')') {
+        tk->t = T_BAD;
+        return;
+    }
+    lx->p++;
+    memcpy(tk->arg, arg.text, sizeof(tk->arg));
+    tk->t = T_METHOD;
+}
+
 static void lex(struct lexer *lx, struct token_s *tk)
 {
     const char *s;
@@ -3930,6 +4802,12 @@ static void lex(struct lexer *lx, struct token_s *tk)
     if ((s[0] == '!' && s[1] == '=') || (s[0] == '<' && s[1] == '>')) {
         lx->p += 2;
         tk->t = T_NE;
+        return;
+    }
+    if (s[0] == '<' || s[0] == '>') {
+        int eq = s[1] == '=';
+        lx->p += 1 + eq;
+        tk->t = s[0] == '<' ? (eq ? T_LE : T_LT) : (eq ? T_GE : T_GT);
         return;
     }
     if (s[0] == '&' && s[1] == '&') {
@@ -3988,8 +4866,12 @@ static void lex(struct lexer *lx, struct token_s *tk)
         lx->p++;
         return;
     }
+    if (*lx->p == '(' && !strcasecmp(tk->text, "DateTime")) {
+        lex_datetime(lx, tk);
+        return;
+    }
     if (*lx->p == '(') {
-        tk->t = T_BAD;   /* Name.Contains("x"), DateTime(...): not supported */
+        lex_method(lx, tk);
         return;
     }
     tk->t = T_IDENT;
@@ -4008,11 +4890,68 @@ static int new_node(struct query *q)
     return q->n_nodes++;
 }
 
+/* The field `name` of the query's entity, or NULL with q->err set. */
+static const struct field *find_field(struct query *q, const char *name)
+{
+    const struct field *f;
+    char known[320] = "";
+    size_t o = 0;
+    for (f = FIELDS; f->name; f++)
+        if (f->ent == q->ent && !strcasecmp(f->name, name))
+            return f;
+    for (const struct field *g = FIELDS; g->name; g++)
+        if (g->ent == q->ent)
+            o += (size_t)snprintf(known + o, o < sizeof(known) ? sizeof(known) - o : 0, "%s%s",
+                                  o ? ", " : "", g->name);
+    snprintf(q->err, sizeof(q->err),
+             "No property or field '%s' exists in type '%s' (the sandbox filters on: %s)", name,
+             ENTITY_NAME[q->ent], known);
+    return NULL;
+}
+
+/* A CMP node; -1 with q->err set. A date field takes DateTime(...) or a
+ * "YYYY-MM-DD" string; text fields take strings or bare words. */
+static int cmp_node(struct query *q, const struct field *f, enum wop op, int ne,
+                    const struct token_s *val, const char *text)
+{
+    int node;
+    int64_t days = 0;
+    if (f->id == F_DATE) {
+        if ((val->t != T_DATE && val->t != T_STRING) || parse_date(text, &days)) {
+            snprintf(q->err, sizeof(q->err),
+                     "%s must be compared with a date: DateTime(2026,11,20) or \"2026-11-20\"",
+                     f->name);
+            return -1;
+        }
+        if (op >= W_CONTAINS) {
+            snprintf(q->err, sizeof(q->err), "%s is a date: Contains, StartsWith and EndsWith "
+                     "take text fields", f->name);
+            return -1;
+        }
+    } else if (val->t == T_DATE || (op >= W_LT && op <= W_GE)) {
+        snprintf(q->err, sizeof(q->err),
+                 "Operator not supported in the where clause after '%s' (the sandbox compares "
+                 "text with ==, =, != and <>, or .Contains(), .StartsWith(), .EndsWith(); "
+                 "<, <=, > and >= take dates)", f->name);
+        return -1;
+    }
+    if ((node = new_node(q)) < 0)
+        return -1;
+    q->nodes[node].kind = N_CMP;
+    q->nodes[node].field = f->id;
+    q->nodes[node].ne = ne;
+    q->nodes[node].op = op;
+    q->nodes[node].days = days;
+    q->nodes[node].value = strdup(text);
+    return q->nodes[node].value ? node : -1;
+}
+
 static int parse_primary(struct lexer *lx, struct token_s *tk)
 {
     struct query *q = lx->q;
     const struct field *f;
     int node, ne;
+    enum wop op;
     if (tk->t == T_LP) {
         lex(lx, tk);
         node = parse_or(lx, tk);
@@ -4025,49 +4964,47 @@ static int parse_primary(struct lexer *lx, struct token_s *tk)
         lex(lx, tk);
         return node;
     }
+    if (tk->t == T_METHOD) {
+        struct token_s val = {.t = T_STRING};
+        if (!(f = find_field(q, tk->text)))
+            return -1;
+        node = cmp_node(q, f, tk->method, 0, &val, tk->arg);
+        lex(lx, tk);
+        return node;
+    }
     if (tk->t != T_IDENT) {
         snprintf(q->err, sizeof(q->err),
                  "Syntax error in the where clause near '%s': expected Field==\"value\"",
                  tk->text);
         return -1;
     }
-    for (f = FIELDS; f->name; f++)
-        if (f->ent == q->ent && !strcasecmp(f->name, tk->text))
-            break;
-    if (!f->name) {
-        char known[256] = "";
-        size_t o = 0;
-        for (const struct field *g = FIELDS; g->name; g++)
-            if (g->ent == q->ent)
-                o += (size_t)snprintf(known + o, o < sizeof(known) ? sizeof(known) - o : 0,
-                                      "%s%s", o ? ", " : "", g->name);
-        snprintf(q->err, sizeof(q->err),
-                 "No property or field '%s' exists in type '%s' (the sandbox filters on: %s)",
-                 tk->text, ENTITY_NAME[q->ent], known);
+    if (!(f = find_field(q, tk->text)))
         return -1;
-    }
     lex(lx, tk);
-    if (tk->t != T_EQ && tk->t != T_NE) {
+    switch (tk->t) {
+    case T_EQ: op = W_EQ; break;
+    case T_NE: op = W_EQ; break;
+    case T_LT: op = W_LT; break;
+    case T_LE: op = W_LE; break;
+    case T_GT: op = W_GT; break;
+    case T_GE: op = W_GE; break;
+    default:
         snprintf(q->err, sizeof(q->err),
                  "Operator not supported in the where clause after '%s' (the sandbox supports "
-                 "==, =, != and <>)", f->name);
+                 "==, =, != and <>, and <, <=, >, >= on dates)", f->name);
         return -1;
     }
     ne = tk->t == T_NE;
     lex(lx, tk);
-    if (tk->t != T_STRING && tk->t != T_IDENT) {
+    if (tk->t != T_STRING && tk->t != T_IDENT && tk->t != T_DATE) {
         snprintf(q->err, sizeof(q->err), "Expected a value after %s%s", f->name,
                  ne ? "!=" : "==");
         return -1;
     }
-    if ((node = new_node(q)) < 0)
-        return -1;
-    q->nodes[node].kind = N_CMP;
-    q->nodes[node].field = f->id;
-    q->nodes[node].ne = ne;
-    q->nodes[node].value = strdup(tk->text);
-    lex(lx, tk);
-    return q->nodes[node].value ? node : -1;
+    node = cmp_node(q, f, op, ne, tk, tk->text);
+    if (node >= 0)
+        lex(lx, tk);
+    return node;
 }
 
 static int parse_and(struct lexer *lx, struct token_s *tk)
@@ -4078,7 +5015,7 @@ static int parse_and(struct lexer *lx, struct token_s *tk)
         lex(lx, tk);
         if ((r = parse_primary(lx, tk)) < 0 || (node = new_node(lx->q)) < 0)
             return -1;
-        lx->q->nodes[node] = (struct wnode){N_AND, l, r, F_CONTACT_ID, 0, NULL};
+        lx->q->nodes[node] = (struct wnode){N_AND, l, r, F_CONTACT_ID, 0, NULL, W_EQ, 0};
         l = node;
     }
     return l;
@@ -4092,7 +5029,7 @@ static int parse_or(struct lexer *lx, struct token_s *tk)
         lex(lx, tk);
         if ((r = parse_and(lx, tk)) < 0 || (node = new_node(lx->q)) < 0)
             return -1;
-        lx->q->nodes[node] = (struct wnode){N_OR, l, r, F_CONTACT_ID, 0, NULL};
+        lx->q->nodes[node] = (struct wnode){N_OR, l, r, F_CONTACT_ID, 0, NULL, W_EQ, 0};
         l = node;
     }
     return l;
@@ -4137,7 +5074,26 @@ static int eval(const struct query *q, int node, const void *rec)
     case N_OR: return eval(q, n->l, rec) || eval(q, n->r, rec);
     case N_CMP: break;
     }
-    return (strcasecmp(field_value(q->ent, rec, n->field), n->value) == 0) != n->ne;
+    if (n->field == F_DATE) {
+        int64_t d = field_date(q->ent, rec);
+        switch (n->op) {
+        case W_LT: return d < n->days;
+        case W_LE: return d <= n->days;
+        case W_GT: return d > n->days;
+        case W_GE: return d >= n->days;
+        default: return (d == n->days) != n->ne;
+        }
+    }
+    {
+        const char *v = field_value(q->ent, rec, n->field);
+        size_t vl = strlen(v), nl = strlen(n->value);
+        switch (n->op) {
+        case W_CONTAINS: return strcasestr(v, n->value) != NULL;
+        case W_STARTS: return vl >= nl && !strncasecmp(v, n->value, nl);
+        case W_ENDS: return vl >= nl && !strcasecmp(v + vl - nl, n->value);
+        default: return (strcasecmp(v, n->value) == 0) != n->ne;
+        }
+    }
 }
 
 /* 1 when `value` is in the comma list (case-insensitive, spaces and quotes trimmed). */
@@ -4162,11 +5118,13 @@ static int in_list(const char *list, const char *value)
 }
 
 /* Fields of the list filters IDs, InvoiceNumbers, ContactIDs, Statuses. */
-static const enum field_id LIST_FIELD[4][4] = {
+static const enum field_id LIST_FIELD[6][4] = {
     [E_CONTACT] = {F_CONTACT_ID, F_NAME, F_CONTACT_ID, F_CONTACT_STATUS},
     [E_INVOICE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
     [E_PAYMENT] = {F_PAYMENT_ID, F_PAY_INVOICE_NUMBER, F_PAY_INVOICE_ID, F_STATUS},
     [E_CREDIT_NOTE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
+    [E_BANK_TXN] = {F_BT_ID, F_BT_ID, F_BT_ID, F_STATUS},
+    [E_MANUAL_JOURNAL] = {F_MJ_ID, F_MJ_ID, F_MJ_ID, F_STATUS},
 };
 
 static int matches(const struct query *q, const void *rec)
@@ -4182,7 +5140,8 @@ static int candidates(const struct xero *x, const struct query *q, int node, str
 {
     const struct wnode *n = &q->nodes[node];
     if (n->kind == N_CMP) {
-        const struct hidx *ix = n->ne ? NULL : field_index(x, n->field, q->ent);
+        const struct hidx *ix =
+            n->ne || n->op != W_EQ || n->field == F_DATE ? NULL : field_index(x, n->field, q->ent);
         struct hent *h;
         if (!ix || !n->value[0])
             return 0;   /* empty keys are not indexed */
@@ -4237,9 +5196,11 @@ static int list_candidates(const struct xero *x, const struct query *q, struct v
 
 static uint64_t rec_seq(enum entity ent, const void *rec)
 {
-    return ent == E_CONTACT ? ((const struct contact *)rec)->seq
-         : ent == E_PAYMENT ? ((const struct payment *)rec)->seq
-                            : ((const struct invoice *)rec)->seq;
+    return ent == E_CONTACT          ? ((const struct contact *)rec)->seq
+         : ent == E_PAYMENT          ? ((const struct payment *)rec)->seq
+         : ent == E_BANK_TXN         ? ((const struct bank_txn *)rec)->seq
+         : ent == E_MANUAL_JOURNAL   ? ((const struct journal *)rec)->seq
+                                     : ((const struct invoice *)rec)->seq;
 }
 
 static int cmp_seq(const void *a, const void *b, void *ent)
@@ -4291,7 +5252,8 @@ static void list_get(struct call *c, enum entity ent)
     }
     for (i = 0; i < 4; i++) {
         const char *v = pb_http_query(c->req, list_param[i]);
-        if ((i == 1 && ent != E_INVOICE) || !v || !*v)
+        if ((i == 1 && ent != E_INVOICE) ||
+            ((ent == E_BANK_TXN || ent == E_MANUAL_JOURNAL) && (i == 1 || i == 2)) || !v || !*v)
             continue;
         q->lists[i] = strdup(v);
     }
@@ -4305,6 +5267,8 @@ static void list_get(struct call *c, enum entity ent)
     pthread_mutex_lock(&x->data);
     all = ent == E_CONTACT        ? &x->contacts
         : ent == E_PAYMENT        ? &x->payments
+        : ent == E_BANK_TXN       ? &x->bank_txns
+        : ent == E_MANUAL_JOURNAL ? &x->journals
         : ent == E_CREDIT_NOTE    ? &x->docs[KIND_CREDIT_NOTE.store].recs
                                   : &x->docs[KIND_INVOICE.store].recs;
     if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
@@ -4365,6 +5329,10 @@ static void one_get(struct call *c, enum entity ent)
         const struct docs *d = &x->docs[ent == E_CREDIT_NOTE ? KIND_CREDIT_NOTE.store
                                                              : KIND_INVOICE.store];
         rec = is_uuid_like(id) ? hidx_get(&d->id, id) : hidx_get(&d->number, id);
+    } else if (ent == E_BANK_TXN) {
+        rec = hidx_get(&x->bt_id, id);
+    } else if (ent == E_MANUAL_JOURNAL) {
+        rec = hidx_get(&x->mj_id, id);
     } else {
         rec = hidx_get(&x->p_id, id);
     }
@@ -4413,7 +5381,7 @@ static void op_stats(struct call *c)
 {
     struct xero *x = c->x;
     json_t *st, *resp = json_object(), *limited;
-    size_t nc, ni, np, ncn, na;
+    size_t nc, ni, np, ncn, na, nbt, nmj;
     uint64_t dinv, dpay, dcn;
     pthread_mutex_lock(&x->data);
     nc = x->contacts.n;
@@ -4421,6 +5389,8 @@ static void op_stats(struct call *c)
     ncn = x->docs[KIND_CREDIT_NOTE.store].recs.n;
     np = x->payments.n;
     na = x->allocations.n;
+    nbt = x->bank_txns.n;
+    nmj = x->journals.n;
     dinv = x->docs[KIND_INVOICE.store].dup_refs;
     dcn = x->docs[KIND_CREDIT_NOTE.store].dup_refs;
     dpay = x->dup_payment_refs;
@@ -4450,6 +5420,8 @@ static void op_stats(struct call *c)
     if (st) {
         json_object_set_new(st, "credit_notes", json_integer((json_int_t)ncn));
         json_object_set_new(st, "allocations", json_integer((json_int_t)na));
+        json_object_set_new(st, "bank_transactions", json_integer((json_int_t)nbt));
+        json_object_set_new(st, "manual_journals", json_integer((json_int_t)nmj));
         json_object_set_new(st, "duplicate_credit_note_references", json_integer((json_int_t)dcn));
     }
     reply_json(c->resp, 200, st);
@@ -4512,6 +5484,16 @@ static void run_op(struct call *c, enum op op)
     case OP_PAYMENT_GET: one_get(c, E_PAYMENT); break;
     case OP_PAYMENTS_PUT: payments_write(c, 0); break;
     case OP_PAYMENTS_POST: payments_write(c, 1); break;
+    case OP_PAYMENT_POST: payment_delete(c, c->req->params[0]); break;
+    case OP_BANK_TXNS_GET: list_get(c, E_BANK_TXN); break;
+    case OP_BANK_TXN_GET: one_get(c, E_BANK_TXN); break;
+    case OP_BANK_TXNS_PUT:
+    case OP_BANK_TXNS_POST: bank_write(c); break;
+    case OP_BANK_TXN_POST: bank_update(c, c->req->params[0]); break;
+    case OP_JOURNALS_GET: list_get(c, E_MANUAL_JOURNAL); break;
+    case OP_JOURNAL_GET: one_get(c, E_MANUAL_JOURNAL); break;
+    case OP_JOURNALS_PUT:
+    case OP_JOURNALS_POST: journals_write(c); break;
     case OP_STATS: op_stats(c); break;
     case OP_RESET: op_reset(c); break;
     case OP__COUNT: break;
@@ -4648,6 +5630,16 @@ static void build_routes(struct xero *x)
         {"PUT", API "/Payments", OP_PAYMENTS_PUT, 1},
         {"POST", API "/Payments", OP_PAYMENTS_POST, 1},
         {"GET", API "/Payments/{}", OP_PAYMENT_GET, 1},
+        {"POST", API "/Payments/{}", OP_PAYMENT_POST, 1},
+        {"GET", API "/BankTransactions", OP_BANK_TXNS_GET, 1},
+        {"PUT", API "/BankTransactions", OP_BANK_TXNS_PUT, 1},
+        {"POST", API "/BankTransactions", OP_BANK_TXNS_POST, 1},
+        {"GET", API "/BankTransactions/{}", OP_BANK_TXN_GET, 1},
+        {"POST", API "/BankTransactions/{}", OP_BANK_TXN_POST, 1},
+        {"GET", API "/ManualJournals", OP_JOURNALS_GET, 1},
+        {"PUT", API "/ManualJournals", OP_JOURNALS_PUT, 1},
+        {"POST", API "/ManualJournals", OP_JOURNALS_POST, 1},
+        {"GET", API "/ManualJournals/{}", OP_JOURNAL_GET, 1},
         {"GET", API "/CreditNotes", OP_CREDIT_NOTES_GET, 1},
         {"PUT", API "/CreditNotes", OP_CREDIT_NOTES_PUT, 1},
         {"POST", API "/CreditNotes", OP_CREDIT_NOTES_POST, 1},

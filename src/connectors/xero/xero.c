@@ -12,6 +12,9 @@
  *   settings.batch_size             1..50, default 50: items per PUT
  *   settings.timeout_ms             100..600000, default 30000: per HTTP call
  *   settings.token_refresh_margin_s 0..1500, default 120
+ *   settings.base_currency          the organisation's base currency (ISO 4217),
+ *                                   used to refuse a journal in another one; absent:
+ *                                   read once from GET /Organisation when needed
  *   secrets.client_id, secrets.client_secret: the custom connection's credentials
  *
  * Commands are a table (COMMANDS): the name, whether it is batched, and the
@@ -42,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/money.h"
 #include "xero_internal.h"
 
 #define XERO_API_BASE_DEFAULT "https://api.xero.com/api.xro/2.0"
@@ -49,7 +53,7 @@
 
 static const char *const known_settings[] = {
     "api_base", "token_url", "tenant_id", "batch_size", "timeout_ms", "token_refresh_margin_s",
-    NULL,
+    "base_currency", NULL,
 };
 
 struct xero_state *pb__xero_state(const struct pb_connection *c)
@@ -116,7 +120,7 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct xero_state
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.%s: unknown setting of a xero connection (known: "
                               "api_base, token_url, tenant_id, batch_size, timeout_ms, "
-                              "token_refresh_margin_s)",
+                              "token_refresh_margin_s, base_currency)",
                               key);
     }
     if ((rc = read_url(c, "api_base", XERO_API_BASE_DEFAULT, st->api_base, err)) ||
@@ -142,6 +146,15 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct xero_state
                        err)))
         return rc;
     st->refresh_margin_s = (long)n;
+    v = json_object_get(c->settings, "base_currency");
+    if (v) {
+        const char *cur = json_string_value(v);
+        if (!cur || !pb_currency_valid(cur))
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "settings.base_currency: must be an ISO 4217 code such as \"GBP\" "
+                              "(the Xero organisation's base currency)");
+        snprintf(st->base_currency, sizeof st->base_currency, "%s", cur);
+    }
     return PB_OK;
 }
 
@@ -171,6 +184,11 @@ static enum pb_rc xero_init(struct pb_connection *c, struct pb_err *err)
         rc = pb_err_set(err, PB_ERR_INTERNAL, "cannot create the token mutex");
         goto fail;
     }
+    if (pthread_mutex_init(&st->org_lock, NULL) != 0) {
+        pthread_mutex_destroy(&st->token_lock);
+        rc = pb_err_set(err, PB_ERR_INTERNAL, "cannot create the organisation mutex");
+        goto fail;
+    }
     st->magic = XERO_STATE_MAGIC;
     c->state = st;
     return PB_OK;
@@ -186,6 +204,7 @@ static void xero_destroy(struct pb_connection *c)
         return;
     pb__xero_token_clear(st);
     pthread_mutex_destroy(&st->token_lock);
+    pthread_mutex_destroy(&st->org_lock);
     st->magic = 0;
     free(st);
     c->state = NULL;
@@ -270,7 +289,7 @@ static enum pb_rc xero_execute(struct pb_connection *c, struct pb_call_ctx *ctx,
 const struct pb_connector_type pb_connector_xero = {
     .abi = PB_CONNECTOR_ABI,
     .name = "xero",
-    .caps = PB_CAP_SINK,
+    .caps = PB_CAP_SINK | PB_CAP_LEDGER | PB_CAP_JOURNAL,
     .init = xero_init,
     .destroy = xero_destroy,
     .inbound = NULL,
@@ -278,4 +297,6 @@ const struct pb_connector_type pb_connector_xero = {
     .max_batch = xero_max_batch,
     .execute = xero_execute,
     .default_rate_limit = {60, 5000, 5, 60000},
+    .ledger = pb__xero_ledger,
+    .post_journal = pb__xero_post_journal,
 };

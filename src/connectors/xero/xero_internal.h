@@ -13,11 +13,15 @@
  *                    payment.create, creditnote.create, creditnote.refund);
  *                    the voids (invoice.void, creditnote.void).
  *   xero_credit.c    creditnote.allocate.
+ *   xero_recon.c     reconciliation: ledger() (payments and bank
+ *                    transactions read back) and post_journal() (manual
+ *                    journals, once per reference).
  *
  * Threading. Many worker threads call execute() on one connection at once,
  * each with its own HTTP client. Everything in `struct xero_state` is
  * immutable after init except the token fields, which only xero_token.c
- * touches, always under token_lock.
+ * touches, always under token_lock, and org_currency, which only
+ * xero_recon.c touches, under org_lock.
  */
 #ifndef PB_CONNECTORS_XERO_INTERNAL_H
 #define PB_CONNECTORS_XERO_INTERNAL_H
@@ -47,6 +51,10 @@ struct xero_state {
     size_t batch_size;                       /* 1..XERO_BATCH_MAX */
     long timeout_ms;                         /* every API and token call */
     long refresh_margin_s;                   /* refresh this long before expiry */
+    char base_currency[4];                   /* settings.base_currency, "" = ask Xero */
+
+    pthread_mutex_t org_lock;                /* guards org_currency */
+    char org_currency[4];                    /* GET /Organisation's BaseCurrency, "" until read */
 
     pthread_mutex_t token_lock;              /* guards the four fields below */
     char *token;                             /* malloc'd access token, or NULL */
@@ -179,6 +187,15 @@ enum pb_rc pb__xero_void(struct pb_connection *c, struct pb_call_ctx *ctx,
 enum pb_rc pb__xero_creditnote_allocate(struct pb_connection *c, struct pb_call_ctx *ctx,
                                         struct pb_sink_item *items, size_t n,
                                         struct pb_err *err);
+
+/* ---- xero_recon.c ---------------------------------------------------------------- */
+
+/* The connector's ledger() and post_journal() (connector.h has the contract). */
+enum pb_rc pb__xero_ledger(struct pb_connection *c, struct pb_call_ctx *ctx, int32_t from_day,
+                           int32_t to_day, json_t *records, struct pb_err *err);
+enum pb_rc pb__xero_post_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                 const json_t *journal, char *erp_id, size_t erp_id_len,
+                                 struct pb_err *err);
 
 /* The members that go out as JSON numbers (pb_json_dumps_decimal). */
 extern const char *const pb__xero_decimal_keys[];
