@@ -14,22 +14,26 @@
  *          200 "ERROR: Invalid operator code or password" / "... company ..."
  *   GET  .../Rest/Logoff (also logoff) ?UserId=
  *   GET  .../Rest/Transaction/Post ?UserId=&BusinessObject=&XmlParameters=&XmlIn=
- *          SORTOI (sales orders), ARSTPY (AR payments), ARSTIN (AR credit notes)
+ *          SORTOI (sales orders), ARSTPY (AR payments), ARSTIN (AR credit notes),
+ *          GENTJL (GL journals, below)
  *   GET  .../Rest/Setup/Add ?UserId=&BusinessObject=&XmlParameters=&XmlIn=
  *          ARSSCS (customers)
  *   GET  .../Rest/Query/Query ?UserId=&BusinessObject=&XmlIn=
  *          ARSQRY (a customer; with <Option><IncludeTransactions>Y its
  *          payments and credit notes, only those of <TransactionReference>
  *          when given), SORQRY (sales orders by SalesOrder,
- *          or by CustomerPoNumber [+ Customer]), INVQRY (a stock code)
+ *          or by CustomerPoNumber [+ Customer]), INVQRY (a stock code),
+ *          ARSQPY (AR payments and credit notes by date, paged), GENQJL
+ *          (GL journals by Reference)
  *   GET  /_sandbox/stats    {"sessions","logons","failed_logons","logoffs",
  *                            "invalid_session_calls","userid_missing_spaces",
  *                            "sales_orders","ar_payments","credit_notes",
- *                            "customers","customers_added",
+ *                            "customers","customers_added","gl_journals",
  *                            "duplicate_customer_po_numbers","business_errors",
  *                            "requests","responses":{"200":n,...}}
  *   GET  /_sandbox/orders   every sales order as JSON
- *   GET  /_sandbox/ledger   {"customers":{...},"ar_payments":[...],"credit_notes":[...]}
+ *   GET  /_sandbox/ledger   {"customers":{...},"ar_payments":[...],"credit_notes":[...],
+ *                            "gl_journals":[...]}
  *   POST /_sandbox/reset    forget everything: records, sessions, counters, and
  *                           settings changed since start
  *   POST /_sandbox/settings merge settings (same keys as at start; a list given
@@ -51,7 +55,31 @@
  * only ARSTPY answers in lower case; true: every reply], duplicate_po
  * ["reject": a CustomerPoNumber already on an order of the customer is
  * refused, as SYSPRO does when set up to; "allow"]. max_sessions [64: logons
- * beyond it are refused, like a full e.net licence].
+ * beyond it are refused, like a full e.net licence]. gl_accounts [1000 bank,
+ * 1100 card clearing, 6100 bank charges, 6900 reconciliation differences;
+ * strings or {"Account","Description"}: the chart GL journals may post to],
+ * gl_closed_periods [none; "YYYY-MM" periods closed for posting].
+ *
+ * Reconciliation. AR payments keep their PaymentDate (today, UTC, when the
+ * Payment has none) and credit notes their InvoiceDate, as TrnDate. ARSQPY
+ * answers <Option><DateFrom/><DateTo/> (inclusive, both optional)
+ * <IncludePayments/><IncludeCreditNotes/> (Y by default) <MaxRecords/>
+ * (default 100, at most 10000) <StartAfterKey/> with <Transaction> elements
+ * (DocumentType P or C, Key, Customer, Reference, TrnDate, TrnYear, TrnMonth,
+ * Journal, Entry or Invoice, Value, Currency) in the order they were posted,
+ * then <QueryStatus><RecordsReturned/><MoreRecords>Y|N</MoreRecords>
+ * <LastKey/>: the next page starts after LastKey. GENTJL posts
+ * <PostGlJournal><Item><Header><JournalDate/><Reference/> (at most 50)
+ * <Notation/></Header><Line><LedgerCode/><EntryType>D|C</EntryType>
+ * <EntryValue/><Comment/></Line>... (at least 2 lines, every code in
+ * gl_accounts, debits = credits, the JournalDate's period open) in the
+ * currency setting, answering <Item><Key><Reference/></Key><GlYear/>
+ * <GlPeriod/><Journal/> (journals numbered 1, 2, ... across periods). Like
+ * SYSPRO it does not refuse a repeated Reference: a second post is a second
+ * journal, which is what /_sandbox/stats "gl_journals" lets a test see.
+ * GENQJL <Query><Key><Reference/></Key> answers every <JournalHeader> with
+ * that Reference (GlYear, GlPeriod, Journal, Reference, JournalDate,
+ * Notation, Lines), or "GL journal with reference 'X' not found".
  *
  * Sessions. A logon creates an upper-case GUID followed by two spaces; a call
  * must send it back exactly (the framework hands handlers the decoded query,
@@ -85,7 +113,8 @@
  *
  * Not emulated: change or cancel actions (OrderActionType other than A),
  * warehouses and stock levels, tax, discounts, multi-currency conversion,
- * GL integration, document types other than C on ARSTIN.
+ * the GL postings of AR transactions (only journals posted through GENTJL
+ * reach the emulated GL), document types other than C on ARSTIN.
  */
 #include <ctype.h>
 #include <inttypes.h>
@@ -100,6 +129,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "connectors/settlement/settlement.h"
 #include "core/crypto.h"
 #include "core/money.h"
 #include "net/httpd.h"
@@ -114,6 +144,10 @@
 #define PO_MAX 30         /* CustomerPoNumber */
 #define NAME_MAX_CHARS 50 /* customer Name */
 #define REFERENCE_MAX 30
+#define JOURNAL_REFERENCE_MAX 50 /* a GL journal's Reference */
+#define GL_CODE_MAX 35
+#define QUERY_PAGE_DEFAULT 100
+#define QUERY_PAGE_MAX 10000
 #define TEXT_MAX 512
 #define QTY_SCALE 1000000 /* quantities to 6 decimals */
 
@@ -136,6 +170,10 @@ enum {
     ERR_NOT_EMULATED = 20090,
     ERR_ORDER_NOT_FOUND = 20100,
     ERR_NOT_POSTED = 20110, /* ApplyIfEntireDocumentValid: another item failed */
+    ERR_GL_CODE = 20120,    /* a ledger code not in gl_accounts */
+    ERR_UNBALANCED = 20121,
+    ERR_PERIOD_CLOSED = 20122,
+    ERR_JOURNAL_NOT_FOUND = 20123,
 };
 
 enum reply_encoding { ENC_1252, ENC_1252_UNDECLARED, ENC_UTF8 };
@@ -145,10 +183,12 @@ struct emu_settings {
     char company_id[64], company_password[128], operator_code[64], operator_password[128];
     long session_ttl_s;
     long max_sessions;
-    json_t *stock;     /* owned: code -> {"StockCode","Description","Price"} */
-    json_t *customers; /* owned: code -> record (strings) */
-    json_t *banks;     /* owned: code -> true */
-    json_t *invoices;  /* owned: invoice -> {"Customer","balance_minor"} */
+    json_t *stock;             /* owned: code -> {"StockCode","Description","Price"} */
+    json_t *customers;         /* owned: code -> record (strings) */
+    json_t *banks;             /* owned: code -> true */
+    json_t *invoices;          /* owned: invoice -> {"Customer","balance_minor"} */
+    json_t *gl_accounts;       /* owned: code -> description */
+    json_t *gl_closed_periods; /* owned: "YYYY-MM" -> true */
     char currency[4];
     enum reply_encoding encoding;
     int lowercase;
@@ -177,7 +217,9 @@ struct emu {
     json_t *po_index;     /* owned: "CUSTOMER\x1fPO" -> index in orders */
     json_t *payments;     /* owned: array */
     json_t *credit_notes; /* owned: array */
-    long next_order, next_journal, next_credit;
+    json_t *gl_journals;  /* owned: array */
+    long next_order, next_journal, next_credit, next_gl_journal;
+    long next_key; /* ARSQPY's Key of the next AR payment or credit note */
     struct counters n;
     struct pb_http_route routes[24];
 };
@@ -190,6 +232,8 @@ static void settings_free(struct emu_settings *s)
     json_decref(s->customers);
     json_decref(s->banks);
     json_decref(s->invoices);
+    json_decref(s->gl_accounts);
+    json_decref(s->gl_closed_periods);
     memset(s, 0, sizeof *s);
 }
 
@@ -463,18 +507,41 @@ static void trnperiod(int previous, int *year, int *month)
     }
 }
 
+/* A "YYYY-MM-DD" date: 1 with its days since 1970-01-01, else 0. */
+static int date_days(const char *text, int32_t *days)
+{
+    struct pb_err e = {0};
+    if (!text || strlen(text) != 10 || text[4] != '-' || text[7] != '-')
+        return 0;
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && !isdigit((unsigned char)text[i]))
+            return 0;
+    return pb_settlement_date_parse(text, 10, "%Y-%m-%d", days, &e) == PB_OK;
+}
+
+/* Today (UTC) as "YYYY-MM-DD". */
+static void today(char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(buf, len, "%Y-%m-%d", &tm);
+}
+
+/* The next ARSQPY Key: zero-padded, so that keys sort as text. */
+static void next_key(struct emu *x, char *buf, size_t len)
+{
+    snprintf(buf, len, "%08ld", x->next_key++);
+}
+
 /* ==== settings ================================================================ */
 
 static const char *const SETTINGS_KEYS[] = {
-    "company_id",    "company_password",
-    "operator",      "operator_password",
-    "session_ttl_s", "stock_codes",
-    "customers",     "banks",
-    "invoices",      "currency",
-    "encoding",      "lowercase_replies",
-    "duplicate_po",  "max_sessions",
-    "port",          "enabled",
-    "faults",        NULL,
+    "company_id",    "company_password", "operator",    "operator_password",
+    "session_ttl_s", "stock_codes",      "customers",   "banks",
+    "invoices",      "currency",         "encoding",    "lowercase_replies",
+    "duplicate_po",  "max_sessions",     "gl_accounts", "gl_closed_periods",
+    "port",          "enabled",          "faults",      NULL,
 };
 
 static enum pb_rc set_string(json_t *v, const char *key, char *out, size_t len, struct pb_err *err)
@@ -613,11 +680,65 @@ static enum pb_rc parse_invoices(json_t *v, json_t **out, const char *currency, 
     return PB_OK;
 }
 
+static enum pb_rc parse_gl_accounts(json_t *v, json_t **out, struct pb_err *err)
+{
+    json_t *chart = json_object(), *e;
+    size_t i;
+    if (!json_is_array(v) || !chart) {
+        json_decref(chart);
+        return pb_err_set(err, PB_ERR_CONFIG, "syspro.gl_accounts: must be an array");
+    }
+    json_array_foreach(v, i, e)
+    {
+        const char *code = json_is_string(e) ? json_string_value(e) : jstr(e, "Account");
+        const char *desc = json_is_object(e) ? jstr(e, "Description") : "";
+        if (!code[0] || strlen(code) > GL_CODE_MAX) {
+            json_decref(chart);
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "syspro.gl_accounts[%zu]: a code of 1..%d characters, or "
+                              "{\"Account\",\"Description\"}",
+                              i, GL_CODE_MAX);
+        }
+        json_object_set_new(chart, code, json_string(desc[0] ? desc : code));
+    }
+    *out = chart;
+    return PB_OK;
+}
+
+static enum pb_rc parse_closed_periods(json_t *v, json_t **out, struct pb_err *err)
+{
+    json_t *closed = json_object(), *e;
+    size_t i;
+    if (!json_is_array(v) || !closed) {
+        json_decref(closed);
+        return pb_err_set(err, PB_ERR_CONFIG, "syspro.gl_closed_periods: must be an array");
+    }
+    json_array_foreach(v, i, e)
+    {
+        const char *p = json_string_value(e);
+        if (!p || strlen(p) != 7 || p[4] != '-' || !isdigit((unsigned char)p[0]) ||
+            !isdigit((unsigned char)p[5]) || !isdigit((unsigned char)p[6]) ||
+            strtol(p + 5, NULL, 10) < 1 || strtol(p + 5, NULL, 10) > 12) {
+            json_decref(closed);
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "syspro.gl_closed_periods[%zu]: a period \"YYYY-MM\"", i);
+        }
+        json_object_set_new(closed, p, json_true());
+    }
+    *out = closed;
+    return PB_OK;
+}
+
 static void settings_defaults(struct emu_settings *s)
 {
     json_t *stock = json_pack("[s,s,s,s]", "A100", "B100", "C100", "SHIP");
     json_t *customers = json_pack("[s]", "0000001");
     json_t *banks = json_pack("[s]", "BANK1");
+    json_t *chart =
+        json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "Account", "1000", "Description",
+                  "Bank current account", "Account", "1100", "Description", "Card clearing",
+                  "Account", "6100", "Description", "Bank charges", "Account", "6900",
+                  "Description", "Reconciliation differences");
     json_t *none = json_array();
     memset(s, 0, sizeof *s);
     snprintf(s->company_id, sizeof s->company_id, "EDU1");
@@ -632,6 +753,9 @@ static void settings_defaults(struct emu_settings *s)
     parse_customers(customers, &s->customers, NULL);
     parse_banks(banks, &s->banks, NULL);
     parse_invoices(none, &s->invoices, s->currency, NULL);
+    parse_gl_accounts(chart, &s->gl_accounts, NULL);
+    parse_closed_periods(none, &s->gl_closed_periods, NULL);
+    json_decref(chart);
     json_decref(stock);
     json_decref(customers);
     json_decref(banks);
@@ -651,6 +775,8 @@ static enum pb_rc settings_merge(const struct emu_settings *base, json_t *patch,
     out->customers = json_incref(base->customers);
     out->banks = json_incref(base->banks);
     out->invoices = json_incref(base->invoices);
+    out->gl_accounts = json_incref(base->gl_accounts);
+    out->gl_closed_periods = json_incref(base->gl_closed_periods);
     if (!patch)
         return PB_OK;
     if (!json_is_object(patch)) {
@@ -668,7 +794,8 @@ static enum pb_rc settings_merge(const struct emu_settings *base, json_t *patch,
                               "unknown setting syspro.%s (known: company_id, company_password, "
                               "operator, operator_password, session_ttl_s, stock_codes, "
                               "customers, banks, invoices, currency, encoding, "
-                              "lowercase_replies, duplicate_po, max_sessions)",
+                              "lowercase_replies, duplicate_po, max_sessions, gl_accounts, "
+                              "gl_closed_periods)",
                               key);
         }
     }
@@ -753,6 +880,20 @@ static enum pb_rc settings_merge(const struct emu_settings *base, json_t *patch,
         if (!(rc = parse_invoices(v, &n, out->currency, err))) {
             json_decref(out->invoices);
             out->invoices = n;
+        }
+    }
+    if (!rc && (v = json_object_get(patch, "gl_accounts"))) {
+        json_t *n = NULL;
+        if (!(rc = parse_gl_accounts(v, &n, err))) {
+            json_decref(out->gl_accounts);
+            out->gl_accounts = n;
+        }
+    }
+    if (!rc && (v = json_object_get(patch, "gl_closed_periods"))) {
+        json_t *n = NULL;
+        if (!(rc = parse_closed_periods(v, &n, err))) {
+            json_decref(out->gl_closed_periods);
+            out->gl_closed_periods = n;
         }
     }
     if (rc)
@@ -1113,7 +1254,8 @@ static json_t *payable(struct emu *x, const char *customer_code, const char *doc
 /* Validate one <Payment>; on success fills the staged record. */
 static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t **staged)
 {
-    char code[64], bank[64], value_text[64], ref[128], ptype[64], inv[64], text[64];
+    char code[64], bank[64], value_text[64], ref[128], ptype[64], inv[64], text[64], date[32];
+    int32_t days;
     json_t *cust, *applied = json_array();
     const char *currency;
     int64_t value, sum = 0;
@@ -1149,6 +1291,12 @@ static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t *
         goto fail;
     }
     ktext(pay, "PaymentType", ptype, sizeof ptype);
+    if (!ktext(pay, "PaymentDate", date, sizeof date))
+        today(date, sizeof date);
+    else if (!date_days(date, &days)) {
+        add_error(item, ERR_FIELD, "Payment date '%s' is invalid", date);
+        goto fail;
+    }
     for (xmlNodePtr t = pay->children; t; t = t->next) {
         int64_t open, part;
         int is_order;
@@ -1180,9 +1328,10 @@ static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t *
         json_array_append_new(applied, json_pack("{s:s,s:I,s:b}", "Invoice", inv, "value_minor",
                                                  (json_int_t)part, "order", is_order));
     }
-    *staged = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:o}", "DocumentType", "P", "Customer", code,
-                        "Reference", ref, "Bank", bank, "PaymentType", ptype, "PaymentValue",
-                        value_text, "value_minor", (json_int_t)value, "Applied", applied);
+    *staged = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:s,s:s,s:o}", "DocumentType", "P",
+                        "Customer", code, "Reference", ref, "Bank", bank, "PaymentType", ptype,
+                        "PaymentValue", value_text, "value_minor", (json_int_t)value, "TrnDate",
+                        date, "Currency", currency, "Applied", applied);
     return *staged != NULL;
 fail:
     json_decref(applied);
@@ -1247,6 +1396,11 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
             json_object_set_new(staged[i], "TrnMonth", json_integer(month));
             json_object_set_new(staged[i], "Journal", json_integer(journal));
             json_object_set_new(staged[i], "Entry", json_integer(entry));
+            {
+                char key[16];
+                next_key(x, key, sizeof key);
+                json_object_set_new(staged[i], "Key", json_string(key));
+            }
             add_int(items[i], "TrnYear", year);
             add_int(items[i], "TrnMonth", month);
             add_int(items[i], "Journal", journal);
@@ -1277,8 +1431,9 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
     ktext(c->p, "PostingPeriod", period, sizeof period);
     trnperiod(strcasecmp(period, "P") == 0, &year, &month);
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it; it = it->next) {
-        char code[64], ref[128], value_text[64], type[16], orig[64], number[16];
+        char code[64], ref[128], value_text[64], type[16], orig[64], number[16], date[32], seq[16];
         xmlNodePtr inv, item, key;
+        int32_t days;
         json_t *cust, *odoc = NULL;
         const char *currency;
         int64_t value, open = 0;
@@ -1316,6 +1471,12 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
                       REFERENCE_MAX);
             goto bad;
         }
+        if (!ktext(inv, "InvoiceDate", date, sizeof date))
+            today(date, sizeof date);
+        else if (!date_days(date, &days)) {
+            add_error(item, ERR_FIELD, "Invoice date '%s' is invalid", date);
+            goto bad;
+        }
         if (ktext(inv, "OriginalDocument", orig, sizeof orig)) {
             odoc = payable(x, code, orig, &open, &is_order);
             if (!odoc) {
@@ -1336,15 +1497,18 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
         if (validate_only)
             continue;
         snprintf(number, sizeof number, "CN%06ld", x->next_credit++);
+        next_key(x, seq, sizeof seq);
         if (odoc && is_order)
             json_object_set_new(odoc, "credited_minor",
                                 json_integer(jint(odoc, "credited_minor") + value));
-        json_array_append_new(
-            x->credit_notes,
-            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i,s:i,s:I}", "DocumentType", "C", "Invoice",
-                      number, "Customer", code, "Reference", ref, "InvoiceValue", value_text,
-                      "OriginalDocument", odoc ? orig : "", "value_minor", (json_int_t)value,
-                      "TrnYear", year, "TrnMonth", month, "Journal", (json_int_t)x->next_journal));
+        json_array_append_new(x->credit_notes,
+                              json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:i,s:i,s:I,s:s,s:s,s:s}",
+                                        "DocumentType", "C", "Invoice", number, "Customer", code,
+                                        "Reference", ref, "InvoiceValue", value_text,
+                                        "OriginalDocument", odoc ? orig : "", "value_minor",
+                                        (json_int_t)value, "TrnYear", year, "TrnMonth", month,
+                                        "Journal", (json_int_t)x->next_journal, "TrnDate", date,
+                                        "Currency", currency, "Key", seq));
         add(item, "Invoice", number);
         add(item, "DocumentType", "C");
         add_int(item, "TrnYear", year);
@@ -1547,6 +1711,263 @@ static void invqry(struct emu *x, struct call *c, xmlNodePtr root)
     add_money(item, "Price", jint(s, "price_minor"), x->set.currency);
 }
 
+/* ==== reconciliation: ARSQPY, GENTJL, GENQJL ============================================= */
+
+/* One AR payment or credit note as a <Transaction> of ARSQPY. */
+static void add_transaction(xmlNodePtr parent, json_t *r, int payment)
+{
+    xmlNodePtr t = xmlNewChild(parent, NULL, BAD_CAST "Transaction", NULL);
+    add(t, "DocumentType", payment ? "P" : "C");
+    add(t, "Key", jstr(r, "Key"));
+    add(t, "Customer", jstr(r, "Customer"));
+    add(t, "Reference", jstr(r, "Reference"));
+    if (!payment)
+        add(t, "Invoice", jstr(r, "Invoice"));
+    add(t, "TrnDate", jstr(r, "TrnDate"));
+    add_int(t, "TrnYear", jint(r, "TrnYear"));
+    add_int(t, "TrnMonth", jint(r, "TrnMonth"));
+    add_int(t, "Journal", jint(r, "Journal"));
+    if (payment)
+        add_int(t, "Entry", jint(r, "Entry"));
+    add_money(t, "Value", jint(r, "value_minor"), jstr(r, "Currency"));
+    add(t, "Currency", jstr(r, "Currency"));
+}
+
+static void arsqpy(struct emu *x, struct call *c, xmlNodePtr root)
+{
+    xmlNodePtr opt = kid(c->root, "Option"), status;
+    char from[32], to[32], after[64] = "", max_text[32];
+    int32_t from_day = INT32_MIN, to_day = INT32_MAX;
+    int payments = yn(opt, "IncludePayments", 1), credit_notes = yn(opt, "IncludeCreditNotes", 1);
+    long max = QUERY_PAGE_DEFAULT, returned = 0;
+    size_t i = 0, j = 0;
+    const char *last = "";
+    int more = 0;
+
+    if (ktext(opt, "DateFrom", from, sizeof from) && !date_days(from, &from_day)) {
+        add_error(root, ERR_FIELD, "DateFrom '%s' is invalid", from);
+        return;
+    }
+    if (ktext(opt, "DateTo", to, sizeof to) && !date_days(to, &to_day)) {
+        add_error(root, ERR_FIELD, "DateTo '%s' is invalid", to);
+        return;
+    }
+    if (ktext(opt, "MaxRecords", max_text, sizeof max_text)) {
+        char *end;
+        max = strtol(max_text, &end, 10);
+        if (*end || max < 1 || max > QUERY_PAGE_MAX) {
+            add_error(root, ERR_FIELD, "MaxRecords '%s' is invalid (1 to %d)", max_text,
+                      QUERY_PAGE_MAX);
+            return;
+        }
+    }
+    ktext(opt, "StartAfterKey", after, sizeof after);
+    /* both arrays are in Key order: merge them */
+    for (;;) {
+        json_t *p = payments ? json_array_get(x->payments, i) : NULL;
+        json_t *n = credit_notes ? json_array_get(x->credit_notes, j) : NULL;
+        json_t *r;
+        int is_payment;
+        int32_t day;
+        if (!p && !n)
+            break;
+        is_payment = p && (!n || strcmp(jstr(p, "Key"), jstr(n, "Key")) < 0);
+        r = is_payment ? p : n;
+        if (is_payment)
+            i++;
+        else
+            j++;
+        if (after[0] && strcmp(jstr(r, "Key"), after) <= 0)
+            continue;
+        if (!date_days(jstr(r, "TrnDate"), &day) || day < from_day || day > to_day)
+            continue;
+        if (returned == max) {
+            more = 1;
+            break;
+        }
+        add_transaction(root, r, is_payment);
+        last = jstr(r, "Key");
+        returned++;
+    }
+    status = xmlNewChild(root, NULL, BAD_CAST "QueryStatus", NULL);
+    add_int(status, "RecordsReturned", returned);
+    add(status, "MoreRecords", more ? "Y" : "N");
+    add(status, "LastKey", last);
+}
+
+/* Validate one GENTJL <Item>; on success fills the staged journal. */
+static int gentjl_check(struct emu *x, xmlNodePtr in, xmlNodePtr item, json_t **staged)
+{
+    char date[32], ref[128], notation[TEXT_MAX], period[8];
+    xmlNodePtr header = kid(in, "Header"), key;
+    json_t *lines = json_array();
+    int64_t debits = 0, credits = 0;
+    int32_t days;
+    long n = 0;
+
+    ktext(header, "Reference", ref, sizeof ref);
+    key = xmlNewChild(item, NULL, BAD_CAST "Key", NULL);
+    add(key, "Reference", ref);
+    if (!header) {
+        add_error(item, ERR_FIELD, "Header is missing");
+        goto fail;
+    }
+    if (!ktext(header, "JournalDate", date, sizeof date) || !date_days(date, &days)) {
+        add_error(item, ERR_FIELD, "Journal date '%s' is invalid", date);
+        goto fail;
+    }
+    if (utf8_chars(ref) > JOURNAL_REFERENCE_MAX) {
+        add_error(item, ERR_FIELD, "Reference '%s' is longer than %d characters", ref,
+                  JOURNAL_REFERENCE_MAX);
+        goto fail;
+    }
+    snprintf(period, sizeof period, "%.7s", date);
+    if (json_object_get(x->set.gl_closed_periods, period)) {
+        add_error(item, ERR_PERIOD_CLOSED, "GL period %.4s/%s is closed for posting", date,
+                  period + 5);
+        goto fail;
+    }
+    ktext(header, "Notation", notation, sizeof notation);
+    for (xmlNodePtr l = in->children; l; l = l->next) {
+        char code[64], type[8], value_text[64], comment[TEXT_MAX];
+        int64_t value;
+        if (!named(l, "Line"))
+            continue;
+        n++;
+        if (!ktext(l, "LedgerCode", code, sizeof code) ||
+            !json_object_get(x->set.gl_accounts, code)) {
+            add_error(item, ERR_GL_CODE, "Ledger code '%s' not found in the general ledger", code);
+            goto fail;
+        }
+        if (!ktext(l, "EntryType", type, sizeof type) ||
+            (strcmp(type, "D") != 0 && strcmp(type, "C") != 0)) {
+            add_error(item, ERR_FIELD, "Entry type '%s' for ledger code '%s' is invalid (D or C)",
+                      type, code);
+            goto fail;
+        }
+        if (!parse_amount(ktext(l, "EntryValue", value_text, sizeof value_text), x->set.currency, 0,
+                          &value)) {
+            add_error(item, ERR_VALUE_INVALID, "Entry value '%s' for ledger code '%s' is invalid",
+                      value_text, code);
+            goto fail;
+        }
+        if (pb_money_add(type[0] == 'D' ? debits : credits, value,
+                         type[0] == 'D' ? &debits : &credits) != PB_OK) {
+            add_error(item, ERR_VALUE_INVALID, "The journal's value is out of range");
+            goto fail;
+        }
+        ktext(l, "Comment", comment, sizeof comment);
+        json_array_append_new(lines,
+                              json_pack("{s:s,s:s,s:s,s:I,s:s}", "LedgerCode", code, "EntryType",
+                                        type, "EntryValue", value_text, "value_minor",
+                                        (json_int_t)value, "Comment", comment));
+    }
+    if (n < 2) {
+        add_error(item, ERR_FIELD, "A journal needs at least 2 lines, it has %ld", n);
+        goto fail;
+    }
+    if (debits != credits) {
+        char d[PB_MONEY_DECIMAL_MAX], cr[PB_MONEY_DECIMAL_MAX];
+        pb_money_format_decimal(debits, x->set.currency, d, sizeof d, NULL);
+        pb_money_format_decimal(credits, x->set.currency, cr, sizeof cr, NULL);
+        add_error(item, ERR_UNBALANCED, "Journal is out of balance: debits %s, credits %s", d, cr);
+        goto fail;
+    }
+    *staged = json_pack("{s:s,s:s,s:s,s:s,s:i,s:i,s:o}", "Reference", ref, "JournalDate", date,
+                        "Notation", notation, "Currency", x->set.currency, "GlYear",
+                        (int)strtol(date, NULL, 10), "GlPeriod", (int)strtol(date + 5, NULL, 10),
+                        "Lines", lines);
+    return *staged != NULL;
+fail:
+    json_decref(lines);
+    return 0;
+}
+
+static void gentjl(struct emu *x, struct call *c, xmlNodePtr out_root)
+{
+    json_t *staged[64] = {0};
+    xmlNodePtr items[64];
+    size_t n = 0;
+    long invalid = 0;
+    int whole = yn(c->p, "ApplyIfEntireDocumentValid", 1),
+        validate_only = yn(c->p, "ValidateOnly", 0);
+
+    for (xmlNodePtr it = c->root ? c->root->children : NULL; it && n < 64; it = it->next) {
+        if (!named(it, "Item"))
+            continue;
+        items[n] = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
+        if (!gentjl_check(x, it, items[n], &staged[n]))
+            invalid++;
+        n++;
+    }
+    if (n == 0) {
+        items[0] = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
+        add_error(items[0], ERR_FIELD, "XmlIn has no Item");
+        n = 1;
+        invalid = 1;
+    }
+    if (!validate_only && !(whole && invalid)) {
+        for (size_t i = 0; i < n; i++) {
+            long journal;
+            if (!staged[i])
+                continue;
+            journal = x->next_gl_journal++;
+            json_object_set_new(staged[i], "Journal", json_integer(journal));
+            add_int(items[i], "GlYear", jint(staged[i], "GlYear"));
+            add_int(items[i], "GlPeriod", jint(staged[i], "GlPeriod"));
+            add_int(items[i], "Journal", journal);
+            json_array_append(x->gl_journals, staged[i]);
+        }
+    } else if (invalid) {
+        for (size_t i = 0; i < n; i++)
+            if (staged[i])
+                add_error(items[i], ERR_NOT_POSTED,
+                          "Not posted: another item of the document is invalid");
+    }
+    for (size_t i = 0; i < n; i++)
+        json_decref(staged[i]);
+    x->n.business_errors += (uint64_t)invalid;
+    add_status(out_root, (long)n, invalid);
+}
+
+static void genqjl(struct emu *x, struct call *c, xmlNodePtr root)
+{
+    char ref[128];
+    json_t *j, *l;
+    size_t i, k, found = 0;
+
+    if (!ktext(kid(c->root, "Key"), "Reference", ref, sizeof ref)) {
+        add_error(root, ERR_FIELD, "Key needs a Reference");
+        return;
+    }
+    json_array_foreach(x->gl_journals, i, j)
+    {
+        xmlNodePtr h, lines;
+        if (strcmp(jstr(j, "Reference"), ref) != 0)
+            continue;
+        h = xmlNewChild(root, NULL, BAD_CAST "JournalHeader", NULL);
+        add_int(h, "GlYear", jint(j, "GlYear"));
+        add_int(h, "GlPeriod", jint(j, "GlPeriod"));
+        add_int(h, "Journal", jint(j, "Journal"));
+        add(h, "Reference", jstr(j, "Reference"));
+        add(h, "JournalDate", jstr(j, "JournalDate"));
+        add(h, "Notation", jstr(j, "Notation"));
+        add(h, "Currency", jstr(j, "Currency"));
+        lines = xmlNewChild(h, NULL, BAD_CAST "Lines", NULL);
+        json_array_foreach(json_object_get(j, "Lines"), k, l)
+        {
+            xmlNodePtr line = xmlNewChild(lines, NULL, BAD_CAST "Line", NULL);
+            add(line, "LedgerCode", jstr(l, "LedgerCode"));
+            add(line, "EntryType", jstr(l, "EntryType"));
+            add(line, "EntryValue", jstr(l, "EntryValue"));
+            add(line, "Comment", jstr(l, "Comment"));
+        }
+        found++;
+    }
+    if (!found)
+        add_error(root, ERR_JOURNAL_NOT_FOUND, "GL journal with reference '%s' not found", ref);
+}
+
 /* ==== routes ========================================================================== */
 
 static struct emu *emu_of(void *arg)
@@ -1687,6 +2108,15 @@ static enum pb_http_action business(struct pb_http_request *req, struct pb_http_
     } else if (kind == ROUTE_QUERY && strcasecmp(bo, "INVQRY") == 0) {
         out = new_doc("InvQuery", &root);
         invqry(x, &c, root);
+    } else if (kind == ROUTE_POST && strcasecmp(bo, "GENTJL") == 0) {
+        out = new_doc("PostGlJournal", &root);
+        gentjl(x, &c, root);
+    } else if (kind == ROUTE_QUERY && strcasecmp(bo, "ARSQPY") == 0) {
+        out = new_doc("ArPaymentQuery", &root);
+        arsqpy(x, &c, root);
+    } else if (kind == ROUTE_QUERY && strcasecmp(bo, "GENQJL") == 0) {
+        out = new_doc("GlJournalQuery", &root);
+        genqjl(x, &c, root);
     }
     pthread_mutex_unlock(&x->lock);
     if (!out) {
@@ -1733,7 +2163,7 @@ static enum pb_http_action h_stats(struct pb_http_request *req, struct pb_http_r
     pthread_mutex_lock(&x->lock);
     expire_sessions(x, time(NULL));
     j = json_pack(
-        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I}}", "sessions",
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:{s:I}}", "sessions",
         (json_int_t)x->n_sessions, "logons", (json_int_t)x->n.logons, "failed_logons",
         (json_int_t)x->n.failed_logons, "logoffs", (json_int_t)x->n.logoffs,
         "invalid_session_calls", (json_int_t)x->n.invalid_session, "userid_missing_spaces",
@@ -1741,7 +2171,8 @@ static enum pb_http_action h_stats(struct pb_http_request *req, struct pb_http_r
         "ar_payments", (json_int_t)json_array_size(x->payments), "credit_notes",
         (json_int_t)json_array_size(x->credit_notes), "customers",
         (json_int_t)json_object_size(x->set.customers), "customers_added",
-        (json_int_t)x->n.customers_added, "duplicate_customer_po_numbers",
+        (json_int_t)x->n.customers_added, "gl_journals",
+        (json_int_t)json_array_size(x->gl_journals), "duplicate_customer_po_numbers",
         (json_int_t)x->n.duplicate_po, "business_errors", (json_int_t)x->n.business_errors,
         "requests", (json_int_t)x->n.requests, "responses", "200", (json_int_t)x->n.status_200);
     pthread_mutex_unlock(&x->lock);
@@ -1767,8 +2198,8 @@ static enum pb_http_action h_ledger(struct pb_http_request *req, struct pb_http_
     struct emu *x = emu_of(arg);
     json_t *j;
     pthread_mutex_lock(&x->lock);
-    j = json_pack("{s:O,s:O,s:O}", "customers", x->set.customers, "ar_payments", x->payments,
-                  "credit_notes", x->credit_notes);
+    j = json_pack("{s:O,s:O,s:O,s:O}", "customers", x->set.customers, "ar_payments", x->payments,
+                  "credit_notes", x->credit_notes, "gl_journals", x->gl_journals);
     if (j) {
         json_t *copy = json_deep_copy(j);
         json_decref(j);
@@ -1785,10 +2216,13 @@ static void clear_records(struct emu *x)
     json_object_clear(x->po_index);
     json_array_clear(x->payments);
     json_array_clear(x->credit_notes);
+    json_array_clear(x->gl_journals);
     x->n_sessions = 0;
     x->next_order = 1;
     x->next_journal = 1;
     x->next_credit = 1;
+    x->next_gl_journal = 1;
+    x->next_key = 1;
     memset(&x->n, 0, sizeof x->n);
 }
 
@@ -1871,6 +2305,7 @@ static void emu_destroy(void *state)
     json_decref(x->po_index);
     json_decref(x->payments);
     json_decref(x->credit_notes);
+    json_decref(x->gl_journals);
     free(x->sessions);
     pthread_mutex_destroy(&x->lock);
     free(x);
@@ -1918,14 +2353,16 @@ static void *emu_create(json_t *settings, struct pb_err *err)
     x->po_index = json_object();
     x->payments = json_array();
     x->credit_notes = json_array();
+    x->gl_journals = json_array();
     if (!x->start_settings || !x->sessions || !x->orders || !x->po_index || !x->payments ||
-        !x->credit_notes || pthread_mutex_init(&x->lock, NULL) != 0) {
+        !x->credit_notes || !x->gl_journals || pthread_mutex_init(&x->lock, NULL) != 0) {
         settings_free(&x->set);
         json_decref(x->start_settings);
         json_decref(x->orders);
         json_decref(x->po_index);
         json_decref(x->payments);
         json_decref(x->credit_notes);
+        json_decref(x->gl_journals);
         free(x->sessions);
         free(x);
         pb_err_set(err, PB_ERR_NOMEM, "out of memory");

@@ -13,10 +13,11 @@
  *   settings.business_objects    {sales_order SORTOI, sales_order_query SORQRY,
  *                                 ar_payment ARSTPY, customer_setup ARSSCS,
  *                                 customer_query ARSQRY, stock_query INVQRY,
- *                                 credit_note ARSTIN, gl_journal ""}
+ *                                 credit_note ARSTIN, ar_payment_query ARSQPY,
+ *                                 gl_journal GENTJL, gl_journal_query GENQJL}
  *   settings.parameters          {sales_order, ar_payment, credit_note,
- *                                 customer_setup}: XmlParameters elements that
- *                                 override or add to the defaults
+ *                                 customer_setup, gl_journal}: XmlParameters
+ *                                 elements that override or add to the defaults
  *   settings.bank, payment_type  defaults of arpayment.post
  *   settings.posting_period      "C" (default) or "P"
  *   settings.hold_order_status   SORTOI OrderStatus of a held order, "S"
@@ -25,11 +26,17 @@
  *   settings.timeout_ms          100..600000, default 30000
  *   settings.max_url_bytes       1024..1048576, default 16000
  *   settings.logon_retry_s       0..3600, default 30
+ *   settings.currency            the company's local currency (ISO 4217): of
+ *                                 ledger records that name none, and the only
+ *                                 currency post_journal accepts; unset = any
+ *   settings.ledger_page_size    1..10000, default 500: MaxRecords per page
  *   secrets.company_password, secrets.operator_password: required keys
  *                                 (may be "" when SYSPRO has none)
  *
  * Commands: customer.ensure, stock.check, salesorder.create, arpayment.post,
- * creditnote.create, each with max_batch 1; anything else 0.
+ * creditnote.create, each with max_batch 1; anything else 0. Reconciliation
+ * (PB_CAP_LEDGER, PB_CAP_JOURNAL): ledger() and post_journal(), in
+ * syspro_recon.c.
  *
  * Invariants: the state is written by init() only, except the session cache
  * (syspro_session.c, under its mutex), so execute() is safe on many threads.
@@ -48,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/money.h"
 #include "syspro_internal.h"
 
 static const char *const known_settings[] = {
@@ -65,11 +73,13 @@ static const char *const known_settings[] = {
     "timeout_ms",
     "max_url_bytes",
     "logon_retry_s",
+    "currency",
+    "ledger_page_size",
     NULL,
 };
 
 static const char *const known_parameter_sets[] = {
-    "sales_order", "ar_payment", "credit_note", "customer_setup", NULL,
+    "sales_order", "ar_payment", "credit_note", "customer_setup", "gl_journal", NULL,
 };
 
 struct syspro_state *pb__syspro_state(const struct pb_connection *c)
@@ -133,7 +143,7 @@ static enum pb_rc read_object(json_t *objs, const char *key, const char *def, ch
     char where[64];
     enum pb_rc rc;
     snprintf(where, sizeof where, "settings.business_objects.");
-    rc = read_text(objs, key, where, def, 0, out, SYSPRO_BO_MAX, err);
+    rc = read_text(objs, key, where, def, 1, out, SYSPRO_BO_MAX, err);
     if (rc)
         return rc;
     for (const char *p = out; *p; p++)
@@ -150,9 +160,9 @@ static enum pb_rc read_objects(const struct pb_connection *c, struct syspro_stat
                                struct pb_err *err)
 {
     static const char *const known[] = {
-        "sales_order",    "sales_order_query", "ar_payment",
-        "customer_setup", "customer_query",    "stock_query",
-        "credit_note",    "gl_journal",        NULL,
+        "sales_order",    "sales_order_query", "ar_payment",  "customer_setup",
+        "customer_query", "stock_query",       "credit_note", "ar_payment_query",
+        "gl_journal",     "gl_journal_query",  NULL,
     };
     json_t *objs = json_object_get(c->settings, "business_objects"), *v;
     const char *key;
@@ -168,7 +178,8 @@ static enum pb_rc read_objects(const struct pb_connection *c, struct syspro_stat
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.business_objects.%s: unknown (known: sales_order, "
                               "sales_order_query, ar_payment, customer_setup, customer_query, "
-                              "stock_query, credit_note, gl_journal)",
+                              "stock_query, credit_note, ar_payment_query, gl_journal, "
+                              "gl_journal_query)",
                               key);
     }
     if ((rc = read_object(objs, "sales_order", "SORTOI", st->bo.sales_order, err)) ||
@@ -178,7 +189,9 @@ static enum pb_rc read_objects(const struct pb_connection *c, struct syspro_stat
         (rc = read_object(objs, "customer_query", "ARSQRY", st->bo.customer_query, err)) ||
         (rc = read_object(objs, "stock_query", "INVQRY", st->bo.stock_query, err)) ||
         (rc = read_object(objs, "credit_note", "ARSTIN", st->bo.credit_note, err)) ||
-        (rc = read_object(objs, "gl_journal", "", st->bo.gl_journal, err)))
+        (rc = read_object(objs, "ar_payment_query", "ARSQPY", st->bo.ar_payment_query, err)) ||
+        (rc = read_object(objs, "gl_journal", "GENTJL", st->bo.gl_journal, err)) ||
+        (rc = read_object(objs, "gl_journal_query", "GENQJL", st->bo.gl_journal_query, err)))
         return rc;
     return PB_OK;
 }
@@ -210,7 +223,7 @@ static enum pb_rc read_parameters(const struct pb_connection *c, struct syspro_s
         if (!in_list(known_parameter_sets, key))
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.parameters.%s: unknown (known: sales_order, ar_payment, "
-                              "credit_note, customer_setup)",
+                              "credit_note, customer_setup, gl_journal)",
                               key);
         if (!json_is_object(v))
             return pb_err_set(err, PB_ERR_CONFIG,
@@ -237,6 +250,7 @@ static enum pb_rc read_parameters(const struct pb_connection *c, struct syspro_s
         slot = strcmp(key, "sales_order") == 0   ? &st->params_sales_order
                : strcmp(key, "ar_payment") == 0  ? &st->params_ar_payment
                : strcmp(key, "credit_note") == 0 ? &st->params_credit_note
+               : strcmp(key, "gl_journal") == 0  ? &st->params_gl_journal
                                                  : &st->params_customer_setup;
         *slot = json_deep_copy(v);
         if (!*slot)
@@ -265,7 +279,7 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct syspro_sta
                               "base_url, company_id, operator, business_objects, parameters, "
                               "bank, payment_type, posting_period, hold_order_status, "
                               "credit_note_document_type, lookup_before_create, timeout_ms, "
-                              "max_url_bytes, logon_retry_s)",
+                              "max_url_bytes, logon_retry_s, currency, ledger_page_size)",
                               key);
     }
     v = json_object_get(set, "base_url");
@@ -302,8 +316,15 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct syspro_sta
         (rc = read_text(set, "credit_note_document_type", "settings.", "C", 1, st->credit_note_type,
                         sizeof st->credit_note_type, err)) ||
         (rc = read_text(set, "lookup_before_create", "settings.", "retry", 1, mode, sizeof mode,
+                        err)) ||
+        (rc = read_text(set, "currency", "settings.", "", 0, st->currency, sizeof st->currency,
                         err)))
         return rc;
+    if (st->currency[0] && !pb_currency_valid(st->currency))
+        return pb_err_set(err, PB_ERR_CONFIG,
+                          "settings.currency: \"%s\" is not an ISO 4217 code SYSPRO's ledger "
+                          "could be in (e.g. \"GBP\")",
+                          st->currency);
     if (strcmp(st->posting_period, "C") != 0 && strcmp(st->posting_period, "P") != 0)
         return pb_err_set(err, PB_ERR_CONFIG,
                           "settings.posting_period: must be \"C\" (current) or \"P\" (previous)");
@@ -324,6 +345,9 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct syspro_sta
     if ((rc = read_int(set, "logon_retry_s", SYSPRO_LOGON_RETRY_DEFAULT_S, 0, 3600, &n, err)))
         return rc;
     st->logon_retry_s = (long)n;
+    if ((rc = read_int(set, "ledger_page_size", 500, 1, 10000, &n, err)))
+        return rc;
+    st->ledger_page_size = (long)n;
     return PB_OK;
 }
 
@@ -333,6 +357,7 @@ static void free_state(struct syspro_state *st)
     json_decref(st->params_ar_payment);
     json_decref(st->params_credit_note);
     json_decref(st->params_customer_setup);
+    json_decref(st->params_gl_journal);
     free(st);
 }
 
@@ -442,7 +467,7 @@ static enum pb_rc syspro_execute(struct pb_connection *c, struct pb_call_ctx *ct
 const struct pb_connector_type pb_connector_syspro = {
     .abi = PB_CONNECTOR_ABI,
     .name = "syspro",
-    .caps = PB_CAP_SINK,
+    .caps = PB_CAP_SINK | PB_CAP_LEDGER | PB_CAP_JOURNAL,
     .init = syspro_init,
     .destroy = syspro_destroy,
     .inbound = NULL,
@@ -453,4 +478,7 @@ const struct pb_connector_type pb_connector_syspro = {
      * one e.net session, which occupies two of the app server's e.net
      * instances (unverified sizing; a connection's rate_limit overrides it) */
     .default_rate_limit = {0, 0, 2, 60000},
+    .settlement = NULL,
+    .ledger = pb__syspro_ledger,
+    .post_journal = pb__syspro_post_journal,
 };

@@ -192,8 +192,8 @@ static const char *reference_of(struct pb_sink_item *it, const char *key, char *
 }
 
 /* <Root><Parameters> defaults, then the settings' overrides. */
-static xmlDocPtr parameters_doc(const char *root_name, const char *const *defaults,
-                                json_t *overrides, xmlNodePtr *params_out)
+xmlDocPtr pb__syspro_parameters_doc(const char *root_name, const char *const *defaults,
+                                    json_t *overrides, xmlNodePtr *params_out)
 {
     xmlNodePtr root, params;
     xmlDocPtr doc = pb__syspro_xml_new(root_name, &root);
@@ -262,8 +262,7 @@ static enum pb_rc finish(struct run *r)
     return r->whole;
 }
 
-/* Does SYSPRO's refusal of a query mean "there is no such record"? */
-static int says_not_found(const char *message)
+int pb__syspro_says_not_found(const char *message)
 {
     static const char *const signs[] = {
         "not found", "not on file", "does not exist", "no record", "is invalid", NULL,
@@ -341,7 +340,7 @@ static enum lookup query(struct run *r, const char *business_object, xmlDocPtr q
     if (!answered)
         return FAILED;
     if (reply->refused) {
-        if (says_not_found(reply->message))
+        if (pb__syspro_says_not_found(reply->message))
             return NOT_FOUND;
         pb__syspro_item_fail(r->it, PB_ERR_PERMANENT, -1,
                              "SYSPRO refused the look-up of %s (%s): %s; without it a retry "
@@ -453,7 +452,8 @@ enum pb_rc pb__syspro_customer_ensure(struct pb_connection *c, struct pb_call_ct
         pb__syspro_item_fail(it, e.rc, -1, "%s", e.msg);
         goto out;
     }
-    pdoc = parameters_doc("SetupArCustomer", defaults, r.st->params_customer_setup, &params);
+    pdoc = pb__syspro_parameters_doc("SetupArCustomer", defaults, r.st->params_customer_setup,
+                                     &params);
     if (!(xml_in = dump_or_fail(&r, in, "customer")) ||
         !(xml_params = dump_or_fail(&r, pdoc, "customer parameters")))
         goto out;
@@ -767,7 +767,7 @@ enum pb_rc pb__syspro_salesorder_create(struct pb_connection *c, struct pb_call_
     }
     if (!add_lines(&r, details, lines, hold_reason))
         goto out;
-    pdoc = parameters_doc("SalesOrders", defaults, r.st->params_sales_order, &params);
+    pdoc = pb__syspro_parameters_doc("SalesOrders", defaults, r.st->params_sales_order, &params);
     if (pdoc && held)
         pb__syspro_xml_set(params, "OrderStatus", r.st->hold_order_status);
     if (!(xml_in = dump_or_fail(&r, in, "sales order")) ||
@@ -973,7 +973,7 @@ static enum pb_rc ar_post(struct run *r, const struct ar_post *p)
         pb__syspro_item_fail(it, e.rc, -1, "%s", e.msg);
         goto out;
     }
-    pdoc = parameters_doc(p->root, defaults, p->overrides, &params);
+    pdoc = pb__syspro_parameters_doc(p->root, defaults, p->overrides, &params);
     if (!(xml_in = dump_or_fail(r, in, p->element)) ||
         !(xml_params = dump_or_fail(r, pdoc, "parameters")))
         goto out;

@@ -16,6 +16,10 @@
  *                      business error.
  *   syspro_commands.c  customer.ensure, stock.check, salesorder.create,
  *                      arpayment.post, creditnote.create.
+ *   syspro_recon.c     reconciliation: ledger() reads the AR payments and
+ *                      credit notes back by date (ar_payment_query), and
+ *                      post_journal() posts a GL journal (gl_journal) once per
+ *                      reference (gl_journal_query looks it up first).
  *
  * Threading. Many worker threads call execute() on one connection at once,
  * each with its own HTTP client. Everything in `struct syspro_state` is
@@ -53,7 +57,9 @@ struct syspro_objects {
     char customer_query[SYSPRO_BO_MAX];    /* ARSQRY */
     char stock_query[SYSPRO_BO_MAX];       /* INVQRY */
     char credit_note[SYSPRO_BO_MAX];       /* ARSTIN */
-    char gl_journal[SYSPRO_BO_MAX];        /* "" until a command uses it */
+    char ar_payment_query[SYSPRO_BO_MAX];  /* ARSQPY (unverified name): ledger() */
+    char gl_journal[SYSPRO_BO_MAX];        /* GENTJL (unverified): post_journal() */
+    char gl_journal_query[SYSPRO_BO_MAX];  /* GENQJL (unverified): the journal look-up */
 };
 
 struct syspro_state {
@@ -71,10 +77,14 @@ struct syspro_state {
     long timeout_ms;                    /* every call */
     size_t max_url_bytes;               /* longest request URL sent */
     long logon_retry_s;                 /* no new logon this long after a refused one */
+    char currency[4];                   /* settings.currency: the company's local currency,
+                                           "" = not set (records must carry theirs) */
+    long ledger_page_size;              /* MaxRecords of one ledger query page */
     json_t *params_sales_order;         /* owned: settings.parameters.* overrides, or NULL */
     json_t *params_ar_payment;
     json_t *params_credit_note;
     json_t *params_customer_setup;
+    json_t *params_gl_journal;
 
     pthread_mutex_t session_lock;           /* guards the fields below */
     char session[SYSPRO_SESSION_MAX];       /* the UserId exactly as logon returned it; "" = none */
@@ -216,8 +226,26 @@ enum pb_rc pb__syspro_arpayment_post(struct pb_connection *c, struct pb_call_ctx
 enum pb_rc pb__syspro_creditnote_create(struct pb_connection *c, struct pb_call_ctx *ctx,
                                         struct pb_sink_item *it, struct pb_err *err);
 
+/* Does SYSPRO's refusal of a query mean "there is no such record"? */
+int pb__syspro_says_not_found(const char *message);
+
+/* <root_name><Parameters> with `defaults` (name, value pairs, NULL-terminated)
+ * then the settings' `overrides` (borrowed, may be NULL); *params_out is the
+ * Parameters element. NULL when out of memory. The caller frees the doc. */
+xmlDocPtr pb__syspro_parameters_doc(const char *root_name, const char *const *defaults,
+                                    json_t *overrides, xmlNodePtr *params_out);
+
 void pb__syspro_item_ok(struct pb_sink_item *it, const char *erp_id, json_t *result_taken);
 void pb__syspro_item_fail(struct pb_sink_item *it, enum pb_rc rc, int retry_after_s,
                           const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ---- syspro_recon.c ------------------------------------------------------------------ */
+
+/* The type table's ledger() and post_journal() (connector.h). */
+enum pb_rc pb__syspro_ledger(struct pb_connection *c, struct pb_call_ctx *ctx, int32_t from_day,
+                             int32_t to_day, json_t *records, struct pb_err *err);
+enum pb_rc pb__syspro_post_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                   const json_t *journal, char *erp_id, size_t erp_id_len,
+                                   struct pb_err *err);
 
 #endif
