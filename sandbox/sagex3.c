@@ -25,7 +25,8 @@
  * 6270000], payment_types [CC ACH], stock [{"ITM-100":1000,"ITM-200":1000,
  * "ITM-300":1000}: whole units; an item without stock has none],
  * currency ["USD": the currency of amounts without CUR], aliases
- * [{"YOSOH":"SOH","YBPC":"BPC"}: site public names]. Unknown keys are a
+ * [{"YOSOH":"SOH","YBPC":"BPC"}: site public names], closed_before [none:
+ * YYYYMMDD, PAY and GACC dated before it are refused]. Unknown keys are a
  * config error.
  *
  * The wire. A request is a SOAP 1.1 envelope whose Body holds one
@@ -60,6 +61,17 @@
  *        (SOHNUM or VCRNUM, anywhere) must exist, AMTCUR > 0; reference REF.
  *   GACC lines with ACC (known), DEB/CDT decimals, debits = credits;
  *        reference REF.
+ *   PAY and GACC carry the accounting date ACCDAT (YYYYMMDD, a real date):
+ *        X3 sets today's (UTC) when it is absent, as X3 does; one before the
+ *        setting closed_before is refused ("Accounting date X : period
+ *        closed (...)"), as a closed fiscal period is.
+ *
+ * Queries. Every objectKeys criterion must hold. A value starting with
+ * ">=", "<=", ">" or "<" compares the field's text with the rest (X3 dates
+ * are YYYYMMDD and numbers are zero-padded, so the text order is theirs);
+ * any other value must be equal. Lines come in the order the records were
+ * saved (the order of their numbers), at most listSize: paybridge reads a
+ * date range page by page with ACCDAT >=from, ACCDAT <=to and NUM >last.
  * Records whose reference another record of the same kind already has are
  * saved (X3 does not refuse them) and counted as duplicate_references: the
  * exactly-once checks of the tests read that number.
@@ -105,6 +117,7 @@
 #define BPCNUM_MAX 15
 #define LIST_SIZE_MAX 1000
 #define TEXT_MAX 256
+#define DATE_LEN 8 /* YYYYMMDD */
 
 enum entity { E_BPC, E_SOH, E_PAY, E_GACC, E_COUNT };
 
@@ -131,6 +144,7 @@ struct sagex3 {
     json_t *items, *sites, *accounts, *payment_types; /* arrays of strings */
     json_t *stock_initial;                            /* item -> whole units */
     json_t *aliases;                                  /* site public name -> standard one */
+    char closed_before[DATE_LEN + 1];                 /* YYYYMMDD; "" = every period open */
     int port;
     /* data */
     json_t *records[E_COUNT]; /* arrays of {"number","reference","record",..} */
@@ -862,6 +876,45 @@ static int bpc_exists(struct call *c, const char *bpc)
     return 0;
 }
 
+/* 1 when `s` is YYYYMMDD and a real date (1900..9999). */
+static int valid_date(const char *s)
+{
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, m, d;
+    if (strlen(s) != DATE_LEN)
+        return 0;
+    for (int i = 0; i < DATE_LEN; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+    m = (s[4] - '0') * 10 + (s[5] - '0');
+    d = (s[6] - '0') * 10 + (s[7] - '0');
+    if (y < 1900 || m < 1 || m > 12 || d < 1 || d > mdays[m - 1])
+        return 0;
+    return !(m == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
+}
+
+/* The accounting date of a PAY or GACC: checked, or today's when absent. */
+static void accounting_date(struct call *c, json_t *obj, const char *group)
+{
+    const char *d = field_any(obj, "ACCDAT");
+    char today[16];
+    if (!d) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(today, sizeof today, "%Y%m%d", &tm);
+        field_set(obj, group, "ACCDAT", today);
+        d = today;
+    } else if (!valid_date(d)) {
+        msg(c, 3, "ACCDAT %.32s : invalid date (YYYYMMDD)", d);
+        return;
+    }
+    if (c->x->closed_before[0] && strcmp(d, c->x->closed_before) < 0)
+        msg(c, 3, "Accounting date %s : period closed (the periods before %s are closed)", d,
+            c->x->closed_before);
+}
+
 static void save_pay(struct call *c, json_t *obj)
 {
     struct sagex3 *x = c->x;
@@ -886,6 +939,7 @@ static void save_pay(struct call *c, json_t *obj)
         msg(c, 3, "AMTCUR : mandatory field");
     else
         check_decimal(c, "AMTCUR", amt, 1, NULL);
+    accounting_date(c, obj, ENT[E_PAY].group);
     if (c->status == 0)
         return;
     do
@@ -932,6 +986,7 @@ static void save_gacc(struct call *c, json_t *obj)
         dec_format(cdt, b, sizeof b);
         msg(c, 3, "Entry not balanced: debit %s, credit %s", a, b);
     }
+    accounting_date(c, obj, ENT[E_GACC].group);
     if (c->status == 0)
         return;
     do
@@ -957,6 +1012,21 @@ static void op_read(struct call *c, enum entity e)
     c->result = json_deep_copy(json_object_get(rec, "record"));
 }
 
+/* One objectKeys criterion: ">=v", "<=v", ">v", "<v" compare as text,
+ * anything else must be equal. */
+static int criterion_holds(const char *have, const char *want)
+{
+    if (strncmp(want, ">=", 2) == 0)
+        return strcmp(have, want + 2) >= 0;
+    if (strncmp(want, "<=", 2) == 0)
+        return strcmp(have, want + 2) <= 0;
+    if (want[0] == '>')
+        return strcmp(have, want + 1) > 0;
+    if (want[0] == '<')
+        return strcmp(have, want + 1) < 0;
+    return strcmp(have, want) == 0;
+}
+
 static void op_query(struct call *c, enum entity e)
 {
     size_t i;
@@ -972,7 +1042,7 @@ static void op_query(struct call *c, enum entity e)
         json_array_foreach(c->keys, k, kv)
         {
             const char *have = field_any(obj, json_string_value(json_array_get(kv, 0)));
-            if (!have || strcmp(have, json_string_value(json_array_get(kv, 1))) != 0)
+            if (!have || !criterion_holds(have, json_string_value(json_array_get(kv, 1))))
                 ok = 0;
         }
         if (ok)
@@ -1609,7 +1679,8 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
 {
     static const char *const known[] = {
         "username", "password", "pool_alias", "items", "sites",   "accounts", "payment_types",
-        "stock",    "currency", "aliases",    "port",  "enabled", "faults",   NULL};
+        "stock",    "currency", "aliases",    "port",  "enabled", "faults",   "closed_before",
+        NULL};
     static const char *const def_items[] = {"ITM-100", "ITM-200", "ITM-300", NULL};
     static const char *const def_sites[] = {"FR011", "US011", NULL};
     static const char *const def_accounts[] = {"5120000", "4110000", "7070000", "6270000", NULL};
@@ -1636,7 +1707,8 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
         if (!ok) {
             pb_err_set(err, PB_ERR_CONFIG,
                        "%s: unknown setting (known: username, password, pool_alias, "
-                       "items, sites, accounts, payment_types, stock, currency, aliases)",
+                       "items, sites, accounts, payment_types, stock, currency, aliases, "
+                       "closed_before)",
                        key);
             goto fail;
         }
@@ -1677,6 +1749,15 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
         for (size_t i = 0; i < json_array_size(x->items); i++)
             json_object_set_new(x->stock_initial, json_string_value(json_array_get(x->items, i)),
                                 json_integer(1000));
+    }
+    v = json_object_get(s, "closed_before");
+    if (v) {
+        if (!json_is_string(v) || !valid_date(json_string_value(v))) {
+            pb_err_set(err, PB_ERR_CONFIG,
+                       "closed_before: must be a date YYYYMMDD (periods before it are closed)");
+            goto fail;
+        }
+        snprintf(x->closed_before, sizeof x->closed_before, "%s", json_string_value(v));
     }
     v = json_object_get(s, "aliases");
     if (v && !json_is_object(v)) {
