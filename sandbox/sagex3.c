@@ -14,10 +14,13 @@
  *   GET  /_sandbox/records  every record, the allocations and the stock (JSON)
  *   POST /_sandbox/reset    forget everything, restore the stock
  *   POST /_sandbox/inject   {"soap_fault":n,"fault_string":"..","pool_busy":n,
- *                            "drop_reply":n}: the next n SOAP calls answer a
- *                            Server Fault (HTTP 500), a busy pool (status 0,
- *                            technicalInfos busy), or are executed and then
- *                            answered 502 with no SOAP body (a lost reply)
+ *                            "drop_reply":n,"after":m}: after m calls answered
+ *                            as usual (0 by default), the next n SOAP calls
+ *                            answer a Server Fault (HTTP 500), a busy pool
+ *                            (status 0, technicalInfos busy), or are executed
+ *                            and then answered 502 with no SOAP body (a lost
+ *                            reply; "after":1 loses a save's reply after the
+ *                            look-up that precedes it)
  *
  * Settings (all optional; defaults in brackets): username ["admin"],
  * password ["sandbox-x3"], pool_alias ["SEED"], items [ITM-100 ITM-200
@@ -159,7 +162,7 @@ struct sagex3 {
     unsigned long ops[OP_COUNT];
     unsigned long responses[600];
     /* injections: the next n SOAP calls */
-    unsigned inject_fault, inject_busy, inject_drop;
+    unsigned inject_fault, inject_busy, inject_drop, inject_after;
     char fault_string[TEXT_MAX];
     struct pb_http_route routes[8];
 };
@@ -1435,7 +1438,11 @@ static enum pb_http_action soap_handler(struct pb_http_request *req, struct pb_h
         goto done;
     }
     pthread_mutex_lock(&x->lock);
-    if (x->inject_fault) {
+    if (x->inject_after && c.status == 1) {
+        x->inject_after--;
+        x->ops[c.op]++;
+        execute(&c);
+    } else if (x->inject_fault) {
         x->inject_fault--;
         fault = 1;
         snprintf(fault_string, sizeof fault_string, "%s", x->fault_string);
@@ -1549,7 +1556,7 @@ static void clear_data(struct sagex3 *x)
     x->modifications = x->unauthorized = 0;
     memset(x->ops, 0, sizeof x->ops);
     memset(x->responses, 0, sizeof x->responses);
-    x->inject_fault = x->inject_busy = x->inject_drop = 0;
+    x->inject_fault = x->inject_busy = x->inject_drop = x->inject_after = 0;
 }
 
 static enum pb_http_action reset_handler(struct pb_http_request *req, struct pb_http_response *resp,
@@ -1570,7 +1577,7 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
     json_error_t je;
     json_t *b = json_loadb(req->body ? req->body : "", req->body_len, 0, &je), *v;
     const char *key;
-    unsigned n[3] = {0, 0, 0};
+    unsigned n[4] = {0, 0, 0, 0};
     const char *fs = NULL;
 
     if (!json_is_object(b)) {
@@ -1583,6 +1590,7 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
         int slot = strcmp(key, "soap_fault") == 0   ? 0
                    : strcmp(key, "pool_busy") == 0  ? 1
                    : strcmp(key, "drop_reply") == 0 ? 2
+                   : strcmp(key, "after") == 0      ? 3
                                                     : -1;
         if (strcmp(key, "fault_string") == 0 && json_is_string(v) &&
             json_string_length(v) < TEXT_MAX) {
@@ -1592,8 +1600,8 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
         if (slot < 0 || !json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) > 1000000) {
             pb_http_response_error(resp, 400, "invalid",
-                                   "%s: known keys are soap_fault, pool_busy, drop_reply (counts "
-                                   "0..1000000) and fault_string (text)",
+                                   "%s: known keys are soap_fault, pool_busy, drop_reply, after "
+                                   "(counts 0..1000000) and fault_string (text)",
                                    key);
             json_decref(b);
             return PB_HTTP_DONE;
@@ -1604,13 +1612,15 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
     x->inject_fault = n[0];
     x->inject_busy = n[1];
     x->inject_drop = n[2];
+    x->inject_after = n[3];
     snprintf(x->fault_string, sizeof x->fault_string, "%s",
              fs ? fs : "Internal error: the X3 process server did not answer");
     pthread_mutex_unlock(&x->lock);
     json_decref(b);
     reply_json(
         resp, 200,
-        json_pack("{s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply", n[2]));
+        json_pack("{s:i,s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply", n[2],
+                  "after", n[3]));
     return PB_HTTP_DONE;
 }
 
