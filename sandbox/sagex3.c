@@ -14,10 +14,13 @@
  *   GET  /_sandbox/records  every record, the allocations and the stock (JSON)
  *   POST /_sandbox/reset    forget everything, restore the stock
  *   POST /_sandbox/inject   {"soap_fault":n,"fault_string":"..","pool_busy":n,
- *                            "drop_reply":n}: the next n SOAP calls answer a
- *                            Server Fault (HTTP 500), a busy pool (status 0,
- *                            technicalInfos busy), or are executed and then
- *                            answered 502 with no SOAP body (a lost reply)
+ *                            "drop_reply":n,"after":m}: after m calls answered
+ *                            as usual (0 by default), the next n SOAP calls
+ *                            answer a Server Fault (HTTP 500), a busy pool
+ *                            (status 0, technicalInfos busy), or are executed
+ *                            and then answered 502 with no SOAP body (a lost
+ *                            reply; "after":1 loses a save's reply after the
+ *                            look-up that precedes it)
  *
  * Settings (all optional; defaults in brackets): username ["admin"],
  * password ["sandbox-x3"], pool_alias ["SEED"], items [ITM-100 ITM-200
@@ -25,7 +28,8 @@
  * 6270000], payment_types [CC ACH], stock [{"ITM-100":1000,"ITM-200":1000,
  * "ITM-300":1000}: whole units; an item without stock has none],
  * currency ["USD": the currency of amounts without CUR], aliases
- * [{"YOSOH":"SOH","YBPC":"BPC"}: site public names]. Unknown keys are a
+ * [{"YOSOH":"SOH","YBPC":"BPC"}: site public names], closed_before [none:
+ * YYYYMMDD, PAY and GACC dated before it are refused]. Unknown keys are a
  * config error.
  *
  * The wire. A request is a SOAP 1.1 envelope whose Body holds one
@@ -60,6 +64,17 @@
  *        (SOHNUM or VCRNUM, anywhere) must exist, AMTCUR > 0; reference REF.
  *   GACC lines with ACC (known), DEB/CDT decimals, debits = credits;
  *        reference REF.
+ *   PAY and GACC carry the accounting date ACCDAT (YYYYMMDD, a real date):
+ *        X3 sets today's (UTC) when it is absent, as X3 does; one before the
+ *        setting closed_before is refused ("Accounting date X : period
+ *        closed (...)"), as a closed fiscal period is.
+ *
+ * Queries. Every objectKeys criterion must hold. A value starting with
+ * ">=", "<=", ">" or "<" compares the field's text with the rest (X3 dates
+ * are YYYYMMDD and numbers are zero-padded, so the text order is theirs);
+ * any other value must be equal. Lines come in the order the records were
+ * saved (the order of their numbers), at most listSize: paybridge reads a
+ * date range page by page with ACCDAT >=from, ACCDAT <=to and NUM >last.
  * Records whose reference another record of the same kind already has are
  * saved (X3 does not refuse them) and counted as duplicate_references: the
  * exactly-once checks of the tests read that number.
@@ -105,6 +120,7 @@
 #define BPCNUM_MAX 15
 #define LIST_SIZE_MAX 1000
 #define TEXT_MAX 256
+#define DATE_LEN 8 /* YYYYMMDD */
 
 enum entity { E_BPC, E_SOH, E_PAY, E_GACC, E_COUNT };
 
@@ -131,6 +147,7 @@ struct sagex3 {
     json_t *items, *sites, *accounts, *payment_types; /* arrays of strings */
     json_t *stock_initial;                            /* item -> whole units */
     json_t *aliases;                                  /* site public name -> standard one */
+    char closed_before[DATE_LEN + 1];                 /* YYYYMMDD; "" = every period open */
     int port;
     /* data */
     json_t *records[E_COUNT]; /* arrays of {"number","reference","record",..} */
@@ -145,7 +162,7 @@ struct sagex3 {
     unsigned long ops[OP_COUNT];
     unsigned long responses[600];
     /* injections: the next n SOAP calls */
-    unsigned inject_fault, inject_busy, inject_drop;
+    unsigned inject_fault, inject_busy, inject_drop, inject_after;
     char fault_string[TEXT_MAX];
     struct pb_http_route routes[8];
 };
@@ -862,6 +879,45 @@ static int bpc_exists(struct call *c, const char *bpc)
     return 0;
 }
 
+/* 1 when `s` is YYYYMMDD and a real date (1900..9999). */
+static int valid_date(const char *s)
+{
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, m, d;
+    if (strlen(s) != DATE_LEN)
+        return 0;
+    for (int i = 0; i < DATE_LEN; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
+    m = (s[4] - '0') * 10 + (s[5] - '0');
+    d = (s[6] - '0') * 10 + (s[7] - '0');
+    if (y < 1900 || m < 1 || m > 12 || d < 1 || d > mdays[m - 1])
+        return 0;
+    return !(m == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
+}
+
+/* The accounting date of a PAY or GACC: checked, or today's when absent. */
+static void accounting_date(struct call *c, json_t *obj, const char *group)
+{
+    const char *d = field_any(obj, "ACCDAT");
+    char today[16];
+    if (!d) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(today, sizeof today, "%Y%m%d", &tm);
+        field_set(obj, group, "ACCDAT", today);
+        d = today;
+    } else if (!valid_date(d)) {
+        msg(c, 3, "ACCDAT %.32s : invalid date (YYYYMMDD)", d);
+        return;
+    }
+    if (c->x->closed_before[0] && strcmp(d, c->x->closed_before) < 0)
+        msg(c, 3, "Accounting date %s : period closed (the periods before %s are closed)", d,
+            c->x->closed_before);
+}
+
 static void save_pay(struct call *c, json_t *obj)
 {
     struct sagex3 *x = c->x;
@@ -886,6 +942,7 @@ static void save_pay(struct call *c, json_t *obj)
         msg(c, 3, "AMTCUR : mandatory field");
     else
         check_decimal(c, "AMTCUR", amt, 1, NULL);
+    accounting_date(c, obj, ENT[E_PAY].group);
     if (c->status == 0)
         return;
     do
@@ -932,6 +989,7 @@ static void save_gacc(struct call *c, json_t *obj)
         dec_format(cdt, b, sizeof b);
         msg(c, 3, "Entry not balanced: debit %s, credit %s", a, b);
     }
+    accounting_date(c, obj, ENT[E_GACC].group);
     if (c->status == 0)
         return;
     do
@@ -957,6 +1015,21 @@ static void op_read(struct call *c, enum entity e)
     c->result = json_deep_copy(json_object_get(rec, "record"));
 }
 
+/* One objectKeys criterion: ">=v", "<=v", ">v", "<v" compare as text,
+ * anything else must be equal. */
+static int criterion_holds(const char *have, const char *want)
+{
+    if (strncmp(want, ">=", 2) == 0)
+        return strcmp(have, want + 2) >= 0;
+    if (strncmp(want, "<=", 2) == 0)
+        return strcmp(have, want + 2) <= 0;
+    if (want[0] == '>')
+        return strcmp(have, want + 1) > 0;
+    if (want[0] == '<')
+        return strcmp(have, want + 1) < 0;
+    return strcmp(have, want) == 0;
+}
+
 static void op_query(struct call *c, enum entity e)
 {
     size_t i;
@@ -972,7 +1045,7 @@ static void op_query(struct call *c, enum entity e)
         json_array_foreach(c->keys, k, kv)
         {
             const char *have = field_any(obj, json_string_value(json_array_get(kv, 0)));
-            if (!have || strcmp(have, json_string_value(json_array_get(kv, 1))) != 0)
+            if (!have || !criterion_holds(have, json_string_value(json_array_get(kv, 1))))
                 ok = 0;
         }
         if (ok)
@@ -1365,7 +1438,11 @@ static enum pb_http_action soap_handler(struct pb_http_request *req, struct pb_h
         goto done;
     }
     pthread_mutex_lock(&x->lock);
-    if (x->inject_fault) {
+    if (x->inject_after && c.status == 1) {
+        x->inject_after--;
+        x->ops[c.op]++;
+        execute(&c);
+    } else if (x->inject_fault) {
         x->inject_fault--;
         fault = 1;
         snprintf(fault_string, sizeof fault_string, "%s", x->fault_string);
@@ -1479,7 +1556,7 @@ static void clear_data(struct sagex3 *x)
     x->modifications = x->unauthorized = 0;
     memset(x->ops, 0, sizeof x->ops);
     memset(x->responses, 0, sizeof x->responses);
-    x->inject_fault = x->inject_busy = x->inject_drop = 0;
+    x->inject_fault = x->inject_busy = x->inject_drop = x->inject_after = 0;
 }
 
 static enum pb_http_action reset_handler(struct pb_http_request *req, struct pb_http_response *resp,
@@ -1500,7 +1577,7 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
     json_error_t je;
     json_t *b = json_loadb(req->body ? req->body : "", req->body_len, 0, &je), *v;
     const char *key;
-    unsigned n[3] = {0, 0, 0};
+    unsigned n[4] = {0, 0, 0, 0};
     const char *fs = NULL;
 
     if (!json_is_object(b)) {
@@ -1513,6 +1590,7 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
         int slot = strcmp(key, "soap_fault") == 0   ? 0
                    : strcmp(key, "pool_busy") == 0  ? 1
                    : strcmp(key, "drop_reply") == 0 ? 2
+                   : strcmp(key, "after") == 0      ? 3
                                                     : -1;
         if (strcmp(key, "fault_string") == 0 && json_is_string(v) &&
             json_string_length(v) < TEXT_MAX) {
@@ -1522,8 +1600,8 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
         if (slot < 0 || !json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) > 1000000) {
             pb_http_response_error(resp, 400, "invalid",
-                                   "%s: known keys are soap_fault, pool_busy, drop_reply (counts "
-                                   "0..1000000) and fault_string (text)",
+                                   "%s: known keys are soap_fault, pool_busy, drop_reply, after "
+                                   "(counts 0..1000000) and fault_string (text)",
                                    key);
             json_decref(b);
             return PB_HTTP_DONE;
@@ -1534,13 +1612,15 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
     x->inject_fault = n[0];
     x->inject_busy = n[1];
     x->inject_drop = n[2];
+    x->inject_after = n[3];
     snprintf(x->fault_string, sizeof x->fault_string, "%s",
              fs ? fs : "Internal error: the X3 process server did not answer");
     pthread_mutex_unlock(&x->lock);
     json_decref(b);
     reply_json(
         resp, 200,
-        json_pack("{s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply", n[2]));
+        json_pack("{s:i,s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply", n[2],
+                  "after", n[3]));
     return PB_HTTP_DONE;
 }
 
@@ -1609,7 +1689,8 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
 {
     static const char *const known[] = {
         "username", "password", "pool_alias", "items", "sites",   "accounts", "payment_types",
-        "stock",    "currency", "aliases",    "port",  "enabled", "faults",   NULL};
+        "stock",    "currency", "aliases",    "port",  "enabled", "faults",   "closed_before",
+        NULL};
     static const char *const def_items[] = {"ITM-100", "ITM-200", "ITM-300", NULL};
     static const char *const def_sites[] = {"FR011", "US011", NULL};
     static const char *const def_accounts[] = {"5120000", "4110000", "7070000", "6270000", NULL};
@@ -1636,7 +1717,8 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
         if (!ok) {
             pb_err_set(err, PB_ERR_CONFIG,
                        "%s: unknown setting (known: username, password, pool_alias, "
-                       "items, sites, accounts, payment_types, stock, currency, aliases)",
+                       "items, sites, accounts, payment_types, stock, currency, aliases, "
+                       "closed_before)",
                        key);
             goto fail;
         }
@@ -1677,6 +1759,15 @@ static void *sagex3_create(json_t *s, struct pb_err *err)
         for (size_t i = 0; i < json_array_size(x->items); i++)
             json_object_set_new(x->stock_initial, json_string_value(json_array_get(x->items, i)),
                                 json_integer(1000));
+    }
+    v = json_object_get(s, "closed_before");
+    if (v) {
+        if (!json_is_string(v) || !valid_date(json_string_value(v))) {
+            pb_err_set(err, PB_ERR_CONFIG,
+                       "closed_before: must be a date YYYYMMDD (periods before it are closed)");
+            goto fail;
+        }
+        snprintf(x->closed_before, sizeof x->closed_before, "%s", json_string_value(v));
     }
     v = json_object_get(s, "aliases");
     if (v && !json_is_object(v)) {

@@ -21,7 +21,9 @@
  * Fault and busy pool transient, a business Fault permanent; bad
  * credentials PB_ERR_AUTH; hostile values escaped (round trip exact, no
  * injected group); control characters and JSON reals refused as mapping
- * errors; public names from settings and from the document.
+ * errors; public names from settings and from the document; the
+ * reconciliation settings (journal_type, journal_site, refund_account,
+ * ledger_page_size, ids date_field) refused when malformed.
  *
  * Scripted server: the duplicate-BPC race (read: not found, save: already
  * exists, read: found), a status-1 save without the key, a 200 that is not
@@ -359,6 +361,18 @@ static void test_init_refusals(void **state)
                       "settings.customer_update");
     expect_init_error(json_pack("{s:i}", "timeout_ms", 5), "x", "settings.timeout_ms");
     expect_init_error(json_pack("{s:s}", "default_site", "fr 011"), "x", "settings.default_site");
+    /* reconciliation settings */
+    expect_init_error(json_pack("{s:s}", "journal_type", "od j"), "x", "settings.journal_type");
+    expect_init_error(json_pack("{s:i}", "journal_site", 11), "x", "settings.journal_site");
+    expect_init_error(json_pack("{s:s}", "refund_account", ""), "x", "settings.refund_account");
+    expect_init_error(json_pack("{s:i}", "ledger_page_size", 0), "x",
+                      "settings.ledger_page_size: must be an integer from 1 to 1000");
+    expect_init_error(json_pack("{s:i}", "ledger_page_size", 1001), "x",
+                      "settings.ledger_page_size");
+    expect_init_error(json_pack("{s:{s:{s:s}}}", "ids", "customer", "date_field", "ACCDAT"), "x",
+                      "settings.ids.customer.date_field: unknown key");
+    expect_init_error(json_pack("{s:{s:{s:s}}}", "ids", "payment", "date_field", "acc dat"), "x",
+                      "settings.ids.payment.date_field");
     expect_init_error(NULL, "", "secrets.password: required");
 
     /* base_url missing */

@@ -16,8 +16,10 @@
  * customer) and numbering; ALASTO allocation, its repeat and a shortage;
  * PAY validation (account, type, order) and its link to the SOH; GACC
  * balance; duplicate_references; objectXml as CDATA; a hostile value round
- * trip; the injections (Server Fault, busy pool, lost reply); settings
- * refusals; reset.
+ * trip; the injections (Server Fault, busy pool, lost reply, "after");
+ * settings refusals; reset. Reconciliation: ACCDAT (defaulted to today,
+ * checked), closed periods, and queries by a date range (>=, <=), by NUM
+ * after the last of a page (>), by reference, within listSize.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <curl/curl.h>
@@ -661,6 +664,160 @@ static void test_injections(void **state)
     assert_int_equal(admin("POST", "/_sandbox/inject", "[]", NULL), 400);
 }
 
+/* A GACC of 10.00 (7070000 debit, 4110000 credit); ACCDAT omitted when "". */
+static void save_journal(const char *ref, const char *accdat, int status, const char *words)
+{
+    struct reply r;
+    char params[1024], date[64] = "";
+    if (accdat[0])
+        snprintf(date, sizeof date, "<FLD NAME=\"ACCDAT\">%s</FLD>", accdat);
+    snprintf(params, sizeof params,
+             "<objectXml><![CDATA[<PARAM><GRP ID=\"GACC0_1\"><FLD NAME=\"REF\">%s</FLD>%s"
+             "<FLD NAME=\"CUR\">USD</FLD></GRP><TAB ID=\"GACC1_1\"><LIN NUM=\"1\">"
+             "<FLD NAME=\"ACC\">7070000</FLD><FLD NAME=\"DEB\">10.00</FLD></LIN><LIN NUM=\"2\">"
+             "<FLD NAME=\"ACC\">4110000</FLD><FLD NAME=\"CDT\">10.00</FLD></LIN></TAB></PARAM>]]>"
+             "</objectXml>",
+             ref, date);
+    soap(&r, "save", "GACC", params);
+    expect_status(&r, status);
+    if (words)
+        assert_contains(r.messages, words);
+    reply_free(&r);
+}
+
+/* A GACC query with objectKeys (key, value pairs, NULL-terminated). */
+static void query_journals(struct reply *r, int list_size, ...)
+{
+    char params[2048];
+    size_t used = 0;
+    const char *k;
+    va_list ap;
+    used += (size_t)snprintf(params, sizeof params, "<objectKeys>");
+    va_start(ap, list_size);
+    while ((k = va_arg(ap, const char *)) != NULL) {
+        const char *v = va_arg(ap, const char *);
+        used += (size_t)snprintf(params + used, sizeof params - used,
+                                 "<item><key>%s</key><value>%s</value></item>", k, v);
+    }
+    va_end(ap);
+    snprintf(params + used, sizeof params - used, "</objectKeys><listSize>%d</listSize>",
+             list_size);
+    soap(r, "query", "GACC", params);
+    expect_status(r, 1);
+}
+
+static int count_lines(const struct reply *r)
+{
+    int n = 0;
+    for (const char *p = r->result; p && (p = strstr(p, "<LIN ")); p++)
+        n++;
+    return n;
+}
+
+static void test_accounting_dates_and_range_query(void **state)
+{
+    struct reply r;
+    json_t *recs;
+    char today[16];
+    time_t now = time(NULL);
+    struct tm tm;
+
+    save_journal("RF-1", "20010301", 1, NULL);
+    save_journal("RF-2", "20010305", 1, NULL);
+    save_journal("RF-3", "20010401", 1, NULL);
+    save_journal("RF-4", "", 1, NULL);
+    save_journal("RF-5", "20010230", 0, "ACCDAT 20010230 : invalid date");
+    save_journal("RF-6", "2001-03-01", 0, "ACCDAT 2001-03-01 : invalid date");
+    assert_int_equal(stat_of("journals"), 4);
+
+    /* X3 dates an entry without ACCDAT today */
+    gmtime_r(&now, &tm);
+    strftime(today, sizeof today, "%Y%m%d", &tm);
+    assert_int_equal(admin("GET", "/_sandbox/records", NULL, &recs), 200);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(json_array_get(
+                                                json_object_get(recs, "journals"), 3),
+                                                            "record"),
+                                            "GACC0_1"),
+                            "ACCDAT")),
+                        today);
+    json_decref(recs);
+
+    /* a range: the two of March 2001, in the order of their numbers */
+    query_journals(&r, 10, "ACCDAT", "&gt;=20010301", "ACCDAT", "&lt;=20010331", NULL);
+    assert_int_equal(count_lines(&r), 2);
+    assert_contains(r.result, ">JNL0000001<");
+    assert_contains(r.result, ">JNL0000002<");
+    assert_true(strstr(r.result, ">JNL0000001<") < strstr(r.result, ">JNL0000002<"));
+    assert_null(strstr(r.result, ">JNL0000003<"));
+    assert_contains(r.result, "<FLD NAME=\"ACCDAT\" TYPE=\"Char\">20010305</FLD>");
+    reply_free(&r);
+    /* listSize bounds a page; the next page starts after its last number */
+    query_journals(&r, 1, "ACCDAT", "&gt;=20010301", "ACCDAT", "&lt;=20010331", NULL);
+    assert_int_equal(count_lines(&r), 1);
+    assert_contains(r.result, ">JNL0000001<");
+    reply_free(&r);
+    query_journals(&r, 1, "ACCDAT", "&gt;=20010301", "ACCDAT", "&lt;=20010331", "NUM",
+                   "&gt;JNL0000001", NULL);
+    assert_int_equal(count_lines(&r), 1);
+    assert_contains(r.result, ">JNL0000002<");
+    reply_free(&r);
+    query_journals(&r, 1, "ACCDAT", "&gt;=20010301", "ACCDAT", "&lt;=20010331", "NUM",
+                   "&gt;JNL0000002", NULL);
+    assert_int_equal(count_lines(&r), 0);
+    reply_free(&r);
+    /* < and an equal reference */
+    query_journals(&r, 10, "ACCDAT", "&lt;20010305", NULL);
+    assert_int_equal(count_lines(&r), 1);
+    assert_contains(r.result, ">RF-1<");
+    reply_free(&r);
+    query_journals(&r, 10, "REF", "RF-3", NULL);
+    assert_int_equal(count_lines(&r), 1);
+    assert_contains(r.result, ">JNL0000003<");
+    reply_free(&r);
+}
+
+static void test_closed_before_setting(void **state)
+{
+    struct pb_err err = {0};
+    json_t *s = json_pack("{s:s}", "closed_before", "2026-01-01");
+    assert_null(sbx_sagex3_type.create(s, &err));
+    assert_contains(err.msg, "closed_before: must be a date YYYYMMDD");
+    json_decref(s);
+    s = json_pack("{s:s}", "closed_before", "20260101");
+    {
+        void *emu = sbx_sagex3_type.create(s, &err);
+        assert_non_null(emu);
+        sbx_sagex3_type.destroy(emu);
+    }
+    json_decref(s);
+}
+
+static void test_inject_after(void **state)
+{
+    struct reply r;
+    char body[1024];
+
+    /* one call answered as usual, then the Fault */
+    assert_int_equal(admin("POST", "/_sandbox/inject", "{\"soap_fault\":1,\"after\":1}", NULL),
+                     200);
+    customer_envelope(body, sizeof body, "C001");
+    http(&r, "POST", SOAP_PATH, "admin:sandbox-x3", body);
+    assert_int_equal(r.status, 200);
+    expect_status(&r, 1);
+    reply_free(&r);
+    customer_envelope(body, sizeof body, "C002");
+    http(&r, "POST", SOAP_PATH, "admin:sandbox-x3", body);
+    assert_int_equal(r.status, 500);
+    assert_contains(r.fault, "soapenv:Server");
+    reply_free(&r);
+    customer_envelope(body, sizeof body, "C002");
+    http(&r, "POST", SOAP_PATH, "admin:sandbox-x3", body);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    assert_int_equal(stat_of("customers"), 2);
+}
+
 static void test_wrong_pool_and_public_name(void **state)
 {
     struct reply r;
@@ -740,6 +897,9 @@ int main(void)
         cmocka_unit_test_setup(test_wrong_pool_and_public_name, test_setup),
         cmocka_unit_test_setup(test_settings_refused, test_setup),
         cmocka_unit_test_setup(test_reset_restores_stock, test_setup),
+        cmocka_unit_test_setup(test_accounting_dates_and_range_query, test_setup),
+        cmocka_unit_test_setup(test_closed_before_setting, test_setup),
+        cmocka_unit_test_setup(test_inject_after, test_setup),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

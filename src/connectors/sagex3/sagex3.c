@@ -19,6 +19,13 @@
  *   settings.default_site    SALFCY of a sales order that has none
  *   settings.customer_update "modify" (default) or "keep"
  *   settings.timeout_ms      100..600000, default 60000
+ *   settings.journal_type    reconciliation: the TYP of the journals post_journal
+ *                            saves (required by post_journal only), e.g. "ODJ"
+ *   settings.journal_site    reconciliation: their FCY (optional)
+ *   settings.refund_account  reconciliation: a GACC line crediting this account
+ *                            is a customer refund for ledger() (optional: the
+ *                            receivable account of the refund credit memos)
+ *   settings.ledger_page_size  listSize of one ledger() query, 1..1000 (100)
  *   secrets.username, secrets.password: HTTP Basic (X3 since PU9)
  *
  * Every command takes max_batch 1: the service saves one object per call,
@@ -63,16 +70,17 @@ const char *const pb__sagex3_entity_names[X3_ENTITY_COUNT] = {
 
 static const char *const known_settings[] = {
     "base_url",     "soap_path", "code_lang",    "pool_alias", "pool_id",         "request_config",
-    "public_names", "ids",       "default_site", "timeout_ms", "customer_update", NULL,
+    "public_names", "ids",       "default_site", "timeout_ms", "customer_update", "journal_type",
+    "journal_site", "refund_account", "ledger_page_size", NULL,
 };
 
 /* Built-in ids: a stock X3 and the sandbox agree on them. */
 static const struct sagex3_ids default_ids[X3_ENTITY_COUNT] = {
-    [X3_CUSTOMER] = {"BPC", "BPC0_1", "BPCNUM", "", "", "", ""},
-    [X3_SALES_ORDER] = {"SOH", "SOH0_1", "SOHNUM", "CUSORDREF", "", "SALFCY", ""},
-    [X3_ALLOCATION] = {"ALASTO", "GRP1", "ALLNUM", "", "", "", "SOHNUM"},
-    [X3_PAYMENT] = {"PAY", "PAY0_1", "NUM", "REF", "", "", ""},
-    [X3_JOURNAL] = {"GACC", "GACC0_1", "NUM", "REF", "", "", ""},
+    [X3_CUSTOMER] = {"BPC", "BPC0_1", "BPCNUM", "", "", "", "", "", "", ""},
+    [X3_SALES_ORDER] = {"SOH", "SOH0_1", "SOHNUM", "CUSORDREF", "", "SALFCY", "", "", "", ""},
+    [X3_ALLOCATION] = {"ALASTO", "GRP1", "ALLNUM", "", "", "", "SOHNUM", "", "", ""},
+    [X3_PAYMENT] = {"PAY", "PAY0_1", "NUM", "REF", "", "", "", "ACCDAT", "AMTCUR", ""},
+    [X3_JOURNAL] = {"GACC", "GACC0_1", "NUM", "REF", "", "", "", "ACCDAT", "", "GACC1_1"},
 };
 
 /* Which id keys an entity takes (in settings.ids.ENTITY and a document's "x3"). */
@@ -83,14 +91,17 @@ enum id_key {
     ID_MATCH = 1u << 3,
     ID_SITE = 1u << 4,
     ID_ORDER = 1u << 5,
+    ID_DATE = 1u << 6,   /* reconciliation */
+    ID_AMOUNT = 1u << 7, /* reconciliation */
+    ID_TABLE = 1u << 8,  /* reconciliation */
 };
 
 static const unsigned entity_keys[X3_ENTITY_COUNT] = {
     [X3_CUSTOMER] = ID_GROUP | ID_KEY | ID_MATCH,
     [X3_SALES_ORDER] = ID_GROUP | ID_KEY | ID_REFERENCE | ID_SITE,
     [X3_ALLOCATION] = ID_GROUP | ID_KEY | ID_ORDER,
-    [X3_PAYMENT] = ID_GROUP | ID_KEY | ID_REFERENCE,
-    [X3_JOURNAL] = ID_GROUP | ID_KEY | ID_REFERENCE,
+    [X3_PAYMENT] = ID_GROUP | ID_KEY | ID_REFERENCE | ID_DATE | ID_AMOUNT,
+    [X3_JOURNAL] = ID_GROUP | ID_KEY | ID_REFERENCE | ID_DATE | ID_TABLE,
 };
 
 static const struct {
@@ -104,6 +115,9 @@ static const struct {
     {"match_field", ID_MATCH, offsetof(struct sagex3_ids, match_field)},
     {"site_field", ID_SITE, offsetof(struct sagex3_ids, site_field)},
     {"order_field", ID_ORDER, offsetof(struct sagex3_ids, order_field)},
+    {"date_field", ID_DATE, offsetof(struct sagex3_ids, date_field)},
+    {"amount_field", ID_AMOUNT, offsetof(struct sagex3_ids, amount_field)},
+    {"table", ID_TABLE, offsetof(struct sagex3_ids, table)},
 };
 #define N_ID_SLOTS (sizeof id_slots / sizeof id_slots[0])
 
@@ -145,7 +159,7 @@ static enum pb_rc apply_ids(const json_t *obj, enum sagex3_entity e, int with_pu
 {
     const char *key;
     json_t *v;
-    char known[160];
+    char known[200];
 
     if (!json_is_object(obj))
         return pb_err_set(err, bad_rc, "%s: must be an object", where);
@@ -321,6 +335,30 @@ static enum pb_rc read_ids(const struct pb_connection *c, struct sagex3_state *s
     return PB_OK;
 }
 
+/* An X3 code (a site, a journal type, an account): upper-case letters,
+ * digits, '_' or '-', 1..max characters. Absent: out stays "". */
+static enum pb_rc read_code(const struct pb_connection *c, const char *key, char *out, size_t max,
+                            const char *example, struct pb_err *err)
+{
+    json_t *v = json_object_get(c->settings, key);
+    const char *s = json_string_value(v);
+    size_t n = s ? strlen(s) : 0;
+    int ok = n > 0 && n <= max;
+
+    if (!v)
+        return PB_OK;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
+             s[i] == '-';
+    if (!ok)
+        return pb_err_set(err, PB_ERR_CONFIG,
+                          "settings.%s: must be an X3 code (upper-case letters, digits, '_' or "
+                          "'-', at most %zu), e.g. \"%s\"",
+                          key, max, example);
+    memcpy(out, s, n + 1);
+    return PB_OK;
+}
+
 static enum pb_rc read_settings(const struct pb_connection *c, struct sagex3_state *st,
                                 struct pb_err *err)
 {
@@ -340,7 +378,8 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct sagex3_sta
                               "settings.%s: unknown setting of a sagex3 connection (known: "
                               "base_url, soap_path, code_lang, pool_alias, pool_id, "
                               "request_config, public_names, ids, default_site, timeout_ms, "
-                              "customer_update)",
+                              "customer_update, journal_type, journal_site, refund_account, "
+                              "ledger_page_size)",
                               key);
     }
     if ((rc = read_url(c, st, err)))
@@ -360,20 +399,20 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct sagex3_sta
         return rc == PB_ERR_NOTFOUND
                    ? pb_err_set(err, PB_ERR_CONFIG, "settings.code_lang: must not be empty")
                    : rc;
-    v = json_object_get(c->settings, "default_site");
+    if ((rc = read_code(c, "default_site", st->default_site, SAGEX3_SITE_MAX, "FR011", err)) ||
+        (rc = read_code(c, "journal_type", st->journal_type, SAGEX3_ID_MAX, "ODJ", err)) ||
+        (rc = read_code(c, "journal_site", st->journal_site, SAGEX3_SITE_MAX, "FR011", err)) ||
+        (rc = read_code(c, "refund_account", st->refund_account, SAGEX3_ID_MAX, "4110000", err)))
+        return rc;
+    v = json_object_get(c->settings, "ledger_page_size");
+    st->ledger_page_size = SAGEX3_LEDGER_PAGE_DEFAULT;
     if (v) {
-        const char *s = json_string_value(v);
-        size_t n = s ? strlen(s) : 0;
-        int ok = n > 0 && n <= SAGEX3_SITE_MAX;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
-                 s[i] == '-';
-        if (!ok)
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            json_integer_value(v) > SAGEX3_LEDGER_PAGE_MAX)
             return pb_err_set(err, PB_ERR_CONFIG,
-                              "settings.default_site: must be an X3 site code (upper-case "
-                              "letters, digits, '_' or '-', at most %d), e.g. \"FR011\"",
-                              SAGEX3_SITE_MAX);
-        memcpy(st->default_site, s, n + 1);
+                              "settings.ledger_page_size: must be an integer from 1 to %d",
+                              SAGEX3_LEDGER_PAGE_MAX);
+        st->ledger_page_size = (int)json_integer_value(v);
     }
     v = json_object_get(c->settings, "timeout_ms");
     st->timeout_ms = SAGEX3_TIMEOUT_DEFAULT_MS;
@@ -525,7 +564,7 @@ static enum pb_rc sagex3_execute(struct pb_connection *c, struct pb_call_ctx *ct
 const struct pb_connector_type pb_connector_sagex3 = {
     .abi = PB_CONNECTOR_ABI,
     .name = "sagex3",
-    .caps = PB_CAP_SINK,
+    .caps = PB_CAP_SINK | PB_CAP_LEDGER | PB_CAP_JOURNAL,
     .init = sagex3_init,
     .destroy = sagex3_destroy,
     .inbound = NULL,
@@ -538,4 +577,7 @@ const struct pb_connector_type pb_connector_sagex3 = {
     .default_rate_limit = {0, 0, 0, 0},
     .poll = NULL,
     .refund = NULL,
+    .settlement = NULL,
+    .ledger = pb__sagex3_ledger,
+    .post_journal = pb__sagex3_post_journal,
 };

@@ -13,6 +13,9 @@
  *                      classification.
  *   sagex3_commands.c  customer.upsert, salesorder.create, stock.allocate,
  *                      payment.create, journal.create.
+ *   sagex3_recon.c     reconciliation: ledger() reads the PAY receipts (and
+ *                      the GACC credit memos) of a date range back;
+ *                      post_journal() saves a GACC once per reference.
  *
  * The JSON form of an X3 object ("mirror" form) is used both ways: an object
  * whose members are group ids. A member holding an object is a <GRP ID=...>
@@ -47,6 +50,8 @@
 #define SAGEX3_OBJECT_XML_MAX ((size_t)1 << 20) /* the largest objectXml sent */
 #define SAGEX3_REPLY_MAX ((size_t)8 << 20)      /* the largest SOAP reply read */
 #define SAGEX3_QUERY_LIST_SIZE 5                /* listSize of a look-up by reference */
+#define SAGEX3_LEDGER_PAGE_DEFAULT 100          /* listSize of one page of ledger() */
+#define SAGEX3_LEDGER_PAGE_MAX 1000             /* settings.ledger_page_size at most */
 
 enum sagex3_entity {
     X3_CUSTOMER,
@@ -66,6 +71,9 @@ struct sagex3_ids {
     char match_field[SAGEX3_ID_MAX + 1];     /* customer: matched on when the doc has no key */
     char site_field[SAGEX3_ID_MAX + 1];      /* sales order: SALFCY */
     char order_field[SAGEX3_ID_MAX + 1];     /* allocation: SOHNUM */
+    char date_field[SAGEX3_ID_MAX + 1];      /* payment, journal: ACCDAT (YYYYMMDD) */
+    char amount_field[SAGEX3_ID_MAX + 1];    /* payment: AMTCUR */
+    char table[SAGEX3_ID_MAX + 1];           /* journal: the table of lines, GACC1_1 */
 };
 
 struct sagex3_state {
@@ -78,6 +86,11 @@ struct sagex3_state {
     char default_site[SAGEX3_SITE_MAX + 1]; /* SALFCY when a sales order has none; "" = none */
     long timeout_ms;                        /* every SOAP call */
     int customer_modify;                    /* 1: a found customer that differs is modified */
+    /* reconciliation (sagex3_recon.c) */
+    char journal_type[SAGEX3_ID_MAX + 1];   /* TYP of posted journals; "" = post_journal refused */
+    char journal_site[SAGEX3_SITE_MAX + 1]; /* FCY of posted journals; "" = not sent */
+    char refund_account[SAGEX3_ID_MAX + 1]; /* GACC credits to it are refunds; "" = none read */
+    int ledger_page_size;                   /* listSize of one ledger() query page */
     struct sagex3_ids ids[X3_ENTITY_COUNT]; /* settings over built-in defaults */
 };
 
@@ -205,5 +218,14 @@ void pb__sagex3_stock_allocate(struct pb_connection *c, struct pb_call_ctx *ctx,
 void pb__sagex3_item_ok(struct pb_sink_item *it, const char *erp_id, json_t *record);
 void pb__sagex3_item_fail(struct pb_sink_item *it, enum pb_rc rc, int retry_after_s,
                           const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ---- sagex3_recon.c ------------------------------------------------------------ */
+
+/* The ledger and post_journal slots of the type table (connector.h). */
+enum pb_rc pb__sagex3_ledger(struct pb_connection *c, struct pb_call_ctx *ctx, int32_t from_day,
+                             int32_t to_day, json_t *records, struct pb_err *err);
+enum pb_rc pb__sagex3_post_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                   const json_t *journal, char *erp_id, size_t erp_id_len,
+                                   struct pb_err *err);
 
 #endif
