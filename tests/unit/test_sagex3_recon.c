@@ -216,10 +216,10 @@ static struct pb_connection *connection_at(int port, json_t *extra)
     c->magic = PB_CONNECTION_MAGIC;
     c->type = &pb_connector_sagex3;
     snprintf(c->name, sizeof c->name, "x3-recon");
-    c->settings = json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias",
-                            "SEED", "default_site", "FR011", "timeout_ms", 10000, "journal_type",
-                            "ODJ", "journal_site", "US011", "refund_account", "4110000",
-                            "ledger_page_size", 2);
+    c->settings =
+        json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias", "SEED",
+                  "default_site", "FR011", "timeout_ms", 10000, "journal_type", "ODJ",
+                  "journal_site", "US011", "refund_account", "4110000", "ledger_page_size", 2);
     if (extra) {
         json_object_update(c->settings, extra);
         json_decref(extra);
@@ -411,9 +411,9 @@ static void test_ledger_reads_the_range_only(void **state)
         json_t *r = json_array();
         json_t *trace = json_array();
         struct pb_call_ctx ctx = {sx.http, trace, time(NULL), -1};
-        assert_int_equal(c->type->ledger(c, &ctx, day_of("2026-03-02"), day_of("2026-03-01"), r,
-                                         &err),
-                         PB_ERR_INVALID);
+        assert_int_equal(
+            c->type->ledger(c, &ctx, day_of("2026-03-02"), day_of("2026-03-01"), r, &err),
+            PB_ERR_INVALID);
         json_decref(r);
         json_decref(trace);
     }
@@ -463,13 +463,12 @@ static void test_ledger_without_refund_account_reads_no_journal(void **state)
  * credit), fees 3.00 to fee expense (6278000), net 97.00 to bank (5120000). */
 static json_t *batch_journal(const char *reference, const char *date, int sign)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}",
-                     "reference", reference, "date", date, "narration",
-                     "Opayo batch 100001 settled", "currency", "USD", "lines", "account",
-                     "5115000", "amount_minor", (json_int_t)(-10000 * sign), "description",
-                     "gross", "account", "6278000", "amount_minor", (json_int_t)(300 * sign),
-                     "description", "fees", "account", "5120000", "amount_minor",
-                     (json_int_t)(9700 * sign), "description", "net");
+    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}", "reference",
+                     reference, "date", date, "narration", "Opayo batch 100001 settled", "currency",
+                     "USD", "lines", "account", "5115000", "amount_minor",
+                     (json_int_t)(-10000 * sign), "description", "gross", "account", "6278000",
+                     "amount_minor", (json_int_t)(300 * sign), "description", "fees", "account",
+                     "5120000", "amount_minor", (json_int_t)(9700 * sign), "description", "net");
 }
 
 static enum pb_rc post_journal(struct pb_connection *c, json_t *journal, char *erp_id,
@@ -499,16 +498,14 @@ static void test_post_journal_once_and_reversal(void **state)
     char a[64], b[64], rev[64];
     json_t *js, *rec, *lines;
 
-    assert_int_equal(
-        post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), a, sizeof a, &err,
-                     NULL),
-        PB_OK);
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), a,
+                                  sizeof a, &err, NULL),
+                     PB_OK);
     assert_string_equal(a, "JNL0000001");
     /* the same reference again (a retried or re-run reconciliation) */
-    assert_int_equal(
-        post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), b, sizeof b, &err,
-                     NULL),
-        PB_OK);
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), b,
+                                  sizeof b, &err, NULL),
+                     PB_OK);
     assert_string_equal(b, a);
     assert_int_equal(stat_of("journals"), 1);
     assert_int_equal(stat_of("duplicate_references"), 0);
@@ -537,8 +534,8 @@ static void test_post_journal_once_and_reversal(void **state)
     json_decref(js);
 
     /* the undo: the lines negated, its own reference; a second journal */
-    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001-R", "2026-03-03", -1),
-                                  rev, sizeof rev, &err, NULL),
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001-R", "2026-03-03", -1), rev,
+                                  sizeof rev, &err, NULL),
                      PB_OK);
     assert_string_equal(rev, "JNL0000002");
     assert_int_equal(stat_of("journals"), 2);
@@ -614,16 +611,17 @@ static void test_post_journal_refusals(void **state)
     json_object_del(untyped->settings, "journal_type");
     untyped->secrets = json_deep_copy(c->secrets);
     assert_int_equal(untyped->type->init(untyped, &err), PB_OK);
-    assert_int_equal(post_journal(untyped, batch_journal("PB-x3-8", "2026-03-02", 1), id, sizeof id,
-                                  &err, NULL),
-                     PB_ERR_CONFIG);
+    assert_int_equal(
+        post_journal(untyped, batch_journal("PB-x3-8", "2026-03-02", 1), id, sizeof id, &err, NULL),
+        PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.journal_type");
     connection_free(untyped);
     assert_int_equal(stat_of("journals"), 0);
     connection_free(c);
 }
 
-/* ---- transient failures ------------------------------------------------------------------------ */
+/* ---- transient failures ------------------------------------------------------------------------
+ */
 
 static void test_faults_are_transient(void **state)
 {
@@ -690,8 +688,8 @@ static void test_lost_save_reply_then_retry_posts_once(void **state)
     assert_string_equal(again, "JNL0000001");
     js = journals();
     assert_int_equal(json_array_size(js), 1);
-    assert_string_equal(
-        field(json_object_get(json_array_get(js, 0), "record"), "GACC0_1", "REF"), "PB-l-1");
+    assert_string_equal(field(json_object_get(json_array_get(js, 0), "record"), "GACC0_1", "REF"),
+                        "PB-l-1");
     json_decref(js);
     assert_int_equal(stat_of("duplicate_references"), 0);
     connection_free(c);
