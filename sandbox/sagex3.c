@@ -1617,10 +1617,9 @@ static enum pb_http_action inject_handler(struct pb_http_request *req,
              fs ? fs : "Internal error: the X3 process server did not answer");
     pthread_mutex_unlock(&x->lock);
     json_decref(b);
-    reply_json(
-        resp, 200,
-        json_pack("{s:i,s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply", n[2],
-                  "after", n[3]));
+    reply_json(resp, 200,
+               json_pack("{s:i,s:i,s:i,s:i}", "soap_fault", n[0], "pool_busy", n[1], "drop_reply",
+                         n[2], "after", n[3]));
     return PB_HTTP_DONE;
 }
 
@@ -1688,9 +1687,9 @@ static enum pb_rc conf_list(json_t *s, const char *key, const char *const *def, 
 static void *sagex3_create(json_t *s, struct pb_err *err)
 {
     static const char *const known[] = {
-        "username", "password", "pool_alias", "items", "sites",   "accounts", "payment_types",
-        "stock",    "currency", "aliases",    "port",  "enabled", "faults",   "closed_before",
-        NULL};
+        "username", "password",      "pool_alias", "items",         "sites",
+        "accounts", "payment_types", "stock",      "currency",      "aliases",
+        "port",     "enabled",       "faults",     "closed_before", NULL};
     static const char *const def_items[] = {"ITM-100", "ITM-200", "ITM-300", NULL};
     static const char *const def_sites[] = {"FR011", "US011", NULL};
     static const char *const def_accounts[] = {"5120000", "4110000", "7070000", "6270000", NULL};

@@ -23,6 +23,11 @@
  * journal_type is PB_ERR_CONFIG. A Server Fault (HTTP 500), a busy pool, a
  * lost reply, a timeout and an unreachable X3 are PB_ERR_TRANSIENT, and the
  * retry after a lost reply finds the journal instead of posting it twice.
+ *
+ * Scripted server (replies the emulator does not give): a query that lists
+ * only NUM and REF (each record is read, and one X3 dated outside the range
+ * is left out), the paging criteria on the wire, pages that do not advance,
+ * an amount the currency cannot hold and a line without NUM (permanent).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +38,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,7 +211,8 @@ static int test_setup(void **state)
 }
 
 /* A connection to `port`: journal_type ODJ, journal_site US011,
- * refund_account 4110000, page size 2; `extra` (taken) overrides. */
+ * refund_account 4110000, page size 2; `extra` (taken) overrides, and its
+ * nulls remove a setting. */
 static struct pb_connection *connection_at(int port, json_t *extra)
 {
     struct pb_connection *c = calloc(1, sizeof *c);
@@ -216,12 +223,20 @@ static struct pb_connection *connection_at(int port, json_t *extra)
     c->magic = PB_CONNECTION_MAGIC;
     c->type = &pb_connector_sagex3;
     snprintf(c->name, sizeof c->name, "x3-recon");
-    c->settings = json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias",
-                            "SEED", "default_site", "FR011", "timeout_ms", 10000, "journal_type",
-                            "ODJ", "journal_site", "US011", "refund_account", "4110000",
-                            "ledger_page_size", 2);
+    c->settings =
+        json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias", "SEED",
+                  "default_site", "FR011", "timeout_ms", 10000, "journal_type", "ODJ",
+                  "journal_site", "US011", "refund_account", "4110000", "ledger_page_size", 2);
     if (extra) {
-        json_object_update(c->settings, extra);
+        const char *key;
+        json_t *v;
+        json_object_foreach(extra, key, v)
+        {
+            if (json_is_null(v)) /* null removes a default */
+                json_object_del(c->settings, key);
+            else
+                json_object_set(c->settings, key, v);
+        }
         json_decref(extra);
     }
     c->secrets = json_pack("{s:s,s:s}", "username", "admin", "password", "sandbox-x3");
@@ -411,9 +426,9 @@ static void test_ledger_reads_the_range_only(void **state)
         json_t *r = json_array();
         json_t *trace = json_array();
         struct pb_call_ctx ctx = {sx.http, trace, time(NULL), -1};
-        assert_int_equal(c->type->ledger(c, &ctx, day_of("2026-03-02"), day_of("2026-03-01"), r,
-                                         &err),
-                         PB_ERR_INVALID);
+        assert_int_equal(
+            c->type->ledger(c, &ctx, day_of("2026-03-02"), day_of("2026-03-01"), r, &err),
+            PB_ERR_INVALID);
         json_decref(r);
         json_decref(trace);
     }
@@ -463,13 +478,12 @@ static void test_ledger_without_refund_account_reads_no_journal(void **state)
  * credit), fees 3.00 to fee expense (6278000), net 97.00 to bank (5120000). */
 static json_t *batch_journal(const char *reference, const char *date, int sign)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}",
-                     "reference", reference, "date", date, "narration",
-                     "Opayo batch 100001 settled", "currency", "USD", "lines", "account",
-                     "5115000", "amount_minor", (json_int_t)(-10000 * sign), "description",
-                     "gross", "account", "6278000", "amount_minor", (json_int_t)(300 * sign),
-                     "description", "fees", "account", "5120000", "amount_minor",
-                     (json_int_t)(9700 * sign), "description", "net");
+    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}", "reference",
+                     reference, "date", date, "narration", "Opayo batch 100001 settled", "currency",
+                     "USD", "lines", "account", "5115000", "amount_minor",
+                     (json_int_t)(-10000 * sign), "description", "gross", "account", "6278000",
+                     "amount_minor", (json_int_t)(300 * sign), "description", "fees", "account",
+                     "5120000", "amount_minor", (json_int_t)(9700 * sign), "description", "net");
 }
 
 static enum pb_rc post_journal(struct pb_connection *c, json_t *journal, char *erp_id,
@@ -499,16 +513,14 @@ static void test_post_journal_once_and_reversal(void **state)
     char a[64], b[64], rev[64];
     json_t *js, *rec, *lines;
 
-    assert_int_equal(
-        post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), a, sizeof a, &err,
-                     NULL),
-        PB_OK);
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), a,
+                                  sizeof a, &err, NULL),
+                     PB_OK);
     assert_string_equal(a, "JNL0000001");
     /* the same reference again (a retried or re-run reconciliation) */
-    assert_int_equal(
-        post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), b, sizeof b, &err,
-                     NULL),
-        PB_OK);
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001", "2026-03-02", 1), b,
+                                  sizeof b, &err, NULL),
+                     PB_OK);
     assert_string_equal(b, a);
     assert_int_equal(stat_of("journals"), 1);
     assert_int_equal(stat_of("duplicate_references"), 0);
@@ -537,8 +549,8 @@ static void test_post_journal_once_and_reversal(void **state)
     json_decref(js);
 
     /* the undo: the lines negated, its own reference; a second journal */
-    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001-R", "2026-03-03", -1),
-                                  rev, sizeof rev, &err, NULL),
+    assert_int_equal(post_journal(c, batch_journal("PB-opayo-demo-100001-R", "2026-03-03", -1), rev,
+                                  sizeof rev, &err, NULL),
                      PB_OK);
     assert_string_equal(rev, "JNL0000002");
     assert_int_equal(stat_of("journals"), 2);
@@ -614,16 +626,17 @@ static void test_post_journal_refusals(void **state)
     json_object_del(untyped->settings, "journal_type");
     untyped->secrets = json_deep_copy(c->secrets);
     assert_int_equal(untyped->type->init(untyped, &err), PB_OK);
-    assert_int_equal(post_journal(untyped, batch_journal("PB-x3-8", "2026-03-02", 1), id, sizeof id,
-                                  &err, NULL),
-                     PB_ERR_CONFIG);
+    assert_int_equal(
+        post_journal(untyped, batch_journal("PB-x3-8", "2026-03-02", 1), id, sizeof id, &err, NULL),
+        PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.journal_type");
     connection_free(untyped);
     assert_int_equal(stat_of("journals"), 0);
     connection_free(c);
 }
 
-/* ---- transient failures ------------------------------------------------------------------------ */
+/* ---- transient failures ------------------------------------------------------------------------
+ */
 
 static void test_faults_are_transient(void **state)
 {
@@ -690,8 +703,8 @@ static void test_lost_save_reply_then_retry_posts_once(void **state)
     assert_string_equal(again, "JNL0000001");
     js = journals();
     assert_int_equal(json_array_size(js), 1);
-    assert_string_equal(
-        field(json_object_get(json_array_get(js, 0), "record"), "GACC0_1", "REF"), "PB-l-1");
+    assert_string_equal(field(json_object_get(json_array_get(js, 0), "record"), "GACC0_1", "REF"),
+                        "PB-l-1");
     json_decref(js);
     assert_int_equal(stat_of("duplicate_references"), 0);
     connection_free(c);
@@ -733,6 +746,125 @@ static void test_timeout_and_unreachable_are_transient(void **state)
     connection_free(c);
 }
 
+/* ---- a scripted server: the replies the emulator does not give ------------------------------ */
+
+#define SCRIPT_MAX 8
+
+static struct {
+    pthread_mutex_t lock;
+    int n, next;
+    char *body[SCRIPT_MAX];
+    char last_request[8192];
+} script = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {0}, ""};
+
+static enum pb_http_action scripted(struct pb_http_request *req, struct pb_http_response *resp,
+                                    void *arg)
+{
+    pthread_mutex_lock(&script.lock);
+    snprintf(script.last_request, sizeof script.last_request, "%s", req->body ? req->body : "");
+    if (script.next < script.n) {
+        const char *b = script.body[script.next++];
+        pb_http_response_set(resp, 200, "text/xml", b, strlen(b));
+    } else {
+        pb_http_response_set(resp, 500, "text/plain", "script exhausted", 16);
+    }
+    pthread_mutex_unlock(&script.lock);
+    return PB_HTTP_DONE;
+}
+
+static void script_reset(void)
+{
+    for (int i = 0; i < script.n; i++)
+        free(script.body[i]);
+    script.n = script.next = 0;
+}
+
+/* A status-1 reply whose resultXml is `result` (escaped XML text). */
+static void script_result(const char *op, const char *result)
+{
+    char body[4096];
+    assert_true(script.n < SCRIPT_MAX);
+    snprintf(body, sizeof body,
+             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+             "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\">"
+             "<soapenv:Body><ns1:%sResponse xmlns:ns1=\"http://www.adonix.com/WSS\"><%sReturn>"
+             "<messages/><resultXml>%s</resultXml><status>1</status>"
+             "<technicalInfos><busy>false</busy></technicalInfos></%sReturn></ns1:%sResponse>"
+             "</soapenv:Body></soapenv:Envelope>",
+             op, op, result, op, op);
+    script.body[script.n++] = strdup(body);
+}
+
+#define LIN(num, extra)                                                                            \
+    "&lt;LIN NUM=\"1\"&gt;&lt;FLD NAME=\"NUM\"&gt;" num "&lt;/FLD&gt;" extra "&lt;/LIN&gt;"
+#define FLD(name, value) "&lt;FLD NAME=\"" name "\"&gt;" value "&lt;/FLD&gt;"
+#define RESULT(x) "&lt;RESULT&gt;" x "&lt;/RESULT&gt;"
+
+static void test_scripted_ledger_replies(void **state)
+{
+    static const struct pb_http_route routes[] = {{"*", "*", scripted, NULL}, {NULL}};
+    struct pb_httpd_config hc = {0};
+    struct pb_httpd *h;
+    struct pb_err err = {0};
+    struct pb_connection *c;
+    json_t *recs;
+
+    hc.routes = routes;
+    assert_int_equal(pb_httpd_start(&hc, &h, &err), PB_OK);
+    c = connection_at(pb_httpd_port(h), json_pack("{s:n}", "refund_account"));
+
+    /* a publication whose query lists NUM and REF only: each record is read;
+     * a record X3 returned outside the range is left out */
+    script_reset();
+    script_result("query", RESULT(LIN("PAY7", FLD("REF", "PT-7")) LIN("PAY8", FLD("REF", "PT-8"))));
+    script_result("read", RESULT("&lt;GRP ID=\"PAY0_1\"&gt;" FLD("NUM", "PAY7") FLD("REF", "PT-7")
+                                     FLD("ACCDAT", "20260301") FLD("AMTCUR", "12.30")
+                                         FLD("CUR", "GBP") "&lt;/GRP&gt;"));
+    script_result("read",
+                  RESULT("&lt;GRP ID=\"PAY0_1\"&gt;" FLD("NUM", "PAY8") FLD("ACCDAT", "20260401")
+                             FLD("AMTCUR", "1.00") FLD("CUR", "GBP") "&lt;/GRP&gt;"));
+    script_result("query", RESULT(""));
+    assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_OK);
+    assert_int_equal(json_array_size(recs), 1);
+    expect_record(recs, "PAY7", "payment", "PT-7", 1230, "GBP", "2026-03-01");
+    json_decref(recs);
+    assert_int_equal(script.next, 4);
+    /* the second page asked for the numbers after the first page's last */
+    assert_contains(script.last_request, "<key>NUM</key><value>&gt;PAY8</value>");
+    assert_contains(script.last_request, "<key>ACCDAT</key><value>&gt;=20260301</value>");
+    assert_contains(script.last_request, "<key>ACCDAT</key><value>&lt;=20260302</value>");
+    assert_contains(script.last_request, "<listSize>2</listSize>");
+
+    /* pages that do not advance stop the read */
+    script_reset();
+    script_result(
+        "query",
+        RESULT(LIN("PAY2", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.00") FLD("CUR", "GBP"))
+                   LIN("PAY3", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.00") FLD("CUR", "GBP"))));
+    script_result("query", RESULT(LIN("PAY1", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.00")
+                                                  FLD("CUR", "GBP"))));
+    assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_PERMANENT);
+    assert_contains(err.msg, "the pages do not advance");
+    json_decref(recs);
+
+    /* an amount the currency cannot hold, a line without its number */
+    script_reset();
+    script_result("query", RESULT(LIN("PAY4", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.005")
+                                                  FLD("CUR", "GBP"))));
+    assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_PERMANENT);
+    assert_contains(err.msg, "Sage X3 PAY PAY4: AMTCUR \"1.005\" is not an amount in GBP");
+    json_decref(recs);
+    script_reset();
+    script_result("query", RESULT("&lt;LIN NUM=\"1\"&gt;" FLD("REF", "PT-1") "&lt;/LIN&gt;"));
+    assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_PERMANENT);
+    assert_contains(err.msg, "returned a line without its NUM");
+    json_decref(recs);
+
+    script_reset();
+    connection_free(c);
+    pb_httpd_stop(h);
+}
+
 static void test_type_table(void **state)
 {
     assert_true(pb_connector_sagex3.caps & PB_CAP_LEDGER);
@@ -755,6 +887,7 @@ int main(void)
         cmocka_unit_test_setup(test_faults_are_transient, test_setup),
         cmocka_unit_test_setup(test_lost_save_reply_then_retry_posts_once, test_setup),
         cmocka_unit_test_setup(test_timeout_and_unreachable_are_transient, test_setup),
+        cmocka_unit_test(test_scripted_ledger_replies),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -734,13 +734,13 @@ static void test_accounting_dates_and_range_query(void **state)
     gmtime_r(&now, &tm);
     strftime(today, sizeof today, "%Y%m%d", &tm);
     assert_int_equal(admin("GET", "/_sandbox/records", NULL, &recs), 200);
-    assert_string_equal(json_string_value(json_object_get(
-                            json_object_get(json_object_get(json_array_get(
-                                                json_object_get(recs, "journals"), 3),
-                                                            "record"),
-                                            "GACC0_1"),
-                            "ACCDAT")),
-                        today);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(
+                json_object_get(json_array_get(json_object_get(recs, "journals"), 3), "record"),
+                "GACC0_1"),
+            "ACCDAT")),
+        today);
     json_decref(recs);
 
     /* a range: the two of March 2001, in the order of their numbers */

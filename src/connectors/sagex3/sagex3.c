@@ -69,8 +69,9 @@ const char *const pb__sagex3_entity_names[X3_ENTITY_COUNT] = {
 };
 
 static const char *const known_settings[] = {
-    "base_url",     "soap_path", "code_lang",    "pool_alias", "pool_id",         "request_config",
-    "public_names", "ids",       "default_site", "timeout_ms", "customer_update", "journal_type",
+    "base_url",     "soap_path",      "code_lang",        "pool_alias",
+    "pool_id",      "request_config", "public_names",     "ids",
+    "default_site", "timeout_ms",     "customer_update",  "journal_type",
     "journal_site", "refund_account", "ledger_page_size", NULL,
 };
 

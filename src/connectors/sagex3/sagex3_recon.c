@@ -140,12 +140,12 @@ struct ledger_run {
 };
 
 /* Called for each query line: PB_OK to go on. */
-typedef enum pb_rc (*line_fn)(struct ledger_run *run, const struct sagex3_ids *ids,
-                              const char *num, json_t *line, struct pb_err *err);
+typedef enum pb_rc (*line_fn)(struct ledger_run *run, const struct sagex3_ids *ids, const char *num,
+                              json_t *line, struct pb_err *err);
 
 /* The whole record `num` in mirror form (a `read`). New reference. */
-static enum pb_rc read_record(struct ledger_run *run, const struct sagex3_ids *ids,
-                              const char *num, json_t **out, struct pb_err *err)
+static enum pb_rc read_record(struct ledger_run *run, const struct sagex3_ids *ids, const char *num,
+                              json_t **out, struct pb_err *err)
 {
     struct sagex3_key k = {ids->key_field, num};
     struct sagex3_request rq = {"read", ids->public_name, &k, 1, NULL, 0};
@@ -159,8 +159,8 @@ static enum pb_rc read_record(struct ledger_run *run, const struct sagex3_ids *i
         rc = refusal(&rq, &res, err);
     else if (!(*out = res.result ? pb__sagex3_result_json(xmlDocGetRootElement(res.result))
                                  : json_object()))
-        rc = pb_err_set(err, PB_ERR_TRANSIENT, "out of memory reading %s %s", ids->public_name,
-                        num);
+        rc =
+            pb_err_set(err, PB_ERR_TRANSIENT, "out of memory reading %s %s", ids->public_name, num);
     pb__sagex3_result_free(&res);
     return rc;
 }
@@ -181,8 +181,8 @@ static enum pb_rc query_range(struct ledger_run *run, const struct sagex3_ids *i
     for (;;) {
         struct sagex3_key keys[3] = {
             {ids->date_field, lo}, {ids->date_field, hi}, {ids->key_field, after}};
-        struct sagex3_request rq = {"query", ids->public_name, keys, after[0] ? 3u : 2u,
-                                    NULL, st->ledger_page_size};
+        struct sagex3_request rq = {"query", ids->public_name,    keys, after[0] ? 3u : 2u,
+                                    NULL,    st->ledger_page_size};
         struct sagex3_result res;
         json_t *lines, *line;
         size_t i, n;
@@ -255,8 +255,8 @@ static enum pb_rc add_record(struct ledger_run *run, const char *num, const char
     json_t *r;
     pb_recon_date_format(day, iso);
     r = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s}", "record_id", num, "kind", kind, "reference", "",
-                  "gateway_ref", gateway_ref ? gateway_ref : "", "amount_minor",
-                  (json_int_t)minor, "currency", currency, "date", iso);
+                  "gateway_ref", gateway_ref ? gateway_ref : "", "amount_minor", (json_int_t)minor,
+                  "currency", currency, "date", iso);
     if (!r || json_array_append_new(run->records, r))
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory adding ledger record %s", num);
     return PB_OK;
@@ -303,9 +303,10 @@ static enum pb_rc payment_line(struct ledger_run *run, const struct sagex3_ids *
     if ((rc = currency_of(ids, num, cur, err)))
         goto out;
     if (!amount || pb_money_parse_decimal(amount, cur, &minor, &e) != PB_OK) {
-        rc = pb_err_set(err, PB_ERR_PERMANENT, "Sage X3 %s %s: %s \"%.32s\" is not an amount in %s%s%s",
-                        ids->public_name, num, ids->amount_field, amount ? amount : "", cur,
-                        amount ? ": " : "", amount ? e.msg : "");
+        rc = pb_err_set(err, PB_ERR_PERMANENT,
+                        "Sage X3 %s %s: %s \"%.32s\" is not an amount in %s%s%s", ids->public_name,
+                        num, ids->amount_field, amount ? amount : "", cur, amount ? ": " : "",
+                        amount ? e.msg : "");
         goto out;
     }
     rc = add_record(run, num, minor < 0 ? "refund" : "payment", ref, minor, cur, day, err);
@@ -316,8 +317,7 @@ out:
 
 /* The net credit (credits - debits) of a journal's lines on `account`. */
 static enum pb_rc net_credit(const struct sagex3_ids *ids, const char *num, const json_t *record,
-                             const char *account, const char *cur, int64_t *net,
-                             struct pb_err *err)
+                             const char *account, const char *cur, int64_t *net, struct pb_err *err)
 {
     const char *gid;
     json_t *table = json_object_get(record, ids->table), *g;
@@ -325,9 +325,8 @@ static enum pb_rc net_credit(const struct sagex3_ids *ids, const char *num, cons
     json_t *line;
 
     if (!json_is_array(table))
-        json_object_foreach((json_t *)record, gid, g) if (json_is_array(g) &&
-                                                          json_object_get(json_array_get(g, 0),
-                                                                          "ACC"))
+        json_object_foreach((json_t *)record, gid,
+                            g) if (json_is_array(g) && json_object_get(json_array_get(g, 0), "ACC"))
         {
             table = g;
             break;
@@ -465,8 +464,8 @@ static enum pb_rc journal_doc(const struct sagex3_state *st, const json_t *journ
                           "journal %s: currency must be an ISO 4217 code such as \"USD\"", ref);
     if (narration && !xml_text(narration, TEXT_FIELD_MAX))
         return pb_err_set(err, PB_ERR_INVALID,
-                          "journal %s: narration must be text XML can carry, at most %d bytes",
-                          ref, TEXT_FIELD_MAX);
+                          "journal %s: narration must be text XML can carry, at most %d bytes", ref,
+                          TEXT_FIELD_MAX);
     if (!json_is_array(lines) || json_array_size(lines) < 2)
         return pb_err_set(err, PB_ERR_INVALID, "journal %s: needs at least 2 lines", ref);
     x3_date(day, x3d);
