@@ -4,14 +4,25 @@
  * interface and the wiring).
  *
  * SETTLEMENT. POST /_sandbox/settle closes one batch per currency with the
- * Pi transactions that are settled money (status Ok; Payment and Repeat as
- * sales, Refund as refunds; Deferred is not captured here) and were not
- * settled before. Fees: report_fee_rate_bp basis points of a sale, rounded
- * half up, plus report_fee_fixed (0.20 of the currency, rounded to its minor
- * unit: 0 for JPY); refunds carry none. Anomalies are seeded on request: a
- * "missing" transaction never reaches any batch (a payment the ERP has and
- * the acquirer never paid), a "wrong_fee" one is charged fee_delta more than
- * the contract. Batch totals always agree with their lines.
+ * Pi transactions that are settled money and were not settled before:
+ * status Ok, not voided or aborted; Payment and Repeat as sales, Refund as
+ * refunds, a Deferred only once released, as a "Release" sale of its
+ * released amount (a partial capture when less than authorised). The
+ * "voided", "aborted" and "releasedAmount" members are sandbox extensions of
+ * the retrieve shape (the Pi emulator's source callback adds them). Fees:
+ * report_fee_rate_bp basis points of a sale, rounded half up, plus
+ * report_fee_fixed (0.20 of the currency, rounded to its minor unit: 0 for
+ * JPY); refunds carry none. Anomalies are seeded on request: a "missing"
+ * transaction never reaches any batch (a payment the ERP has and the
+ * acquirer never paid), a "wrong_fee" sale is charged fee_delta more than
+ * the contract, a "chargebacks" sale (settled now or earlier) comes back as
+ * a Chargeback line of the whole sale plus report_chargeback_fee in this
+ * call's batch of its currency. A count N instead of a list picks N with a
+ * PRNG seeded by "seed" (default 1), so the same traffic and request always
+ * seed the same anomalies. Batch totals always agree with their lines.
+ * With "file_dir", every batch closed is also written as a CSV report file
+ * (sbx_settlement_file_write, the layout in opayo_report.h), the helper
+ * PayTrace's emulator shares.
  *
  * ACCESS.HTM. The form field XML is a <vspaccess> document. The signature
  * is checked first: the MD5 of the inner text exactly as received, with
@@ -33,7 +44,8 @@
  * (docs/settlement.md); the codes other than 0000 and 0010 are the sandbox's
  * own. Replies are HTTP 200 text/xml, as Opayo's.
  *
- * OWNS: the batches and their lines (arrays, at most REPORT_MAX_LINES lines),
+ * OWNS: the batches and their lines (arrays, at most REPORT_MAX_LINES lines;
+ * a chargeback is a line of its own with the sale's id and type Chargeback),
  * the set of settled transaction ids, a copy of the settings. LOCKING: one
  * mutex `mu` for all of it; the source callback runs without it. Admin
  * routes answer loopback peers only (403 otherwise).

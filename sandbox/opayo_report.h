@@ -39,8 +39,9 @@ typedef json_t *(*sbx_opayo_report_source)(void *ctx);
  * settings object, or NULL), reading these keys (defaults shown):
  *   {"vendor_name":"sandbox", "report_user":"sandbox-report",
  *    "report_password":"sandbox-report-password", "report_fee_rate_bp":150,
- *    "report_fee_fixed":"0.20", "report_page_rows":50, "report_first_batch":100001}
- * (fees: 1.5% + 0.20 per sale; refunds carry no fee). `source` may be NULL:
+ *    "report_fee_fixed":"0.20", "report_page_rows":50, "report_first_batch":100001,
+ *    "report_chargeback_fee":"15.00"}
+ * (fees: 1.5% + 0.20 per sale; refunds carry no fee; a chargeback 15.00). `source` may be NULL:
  * then POST /_sandbox/settle must carry the transactions. NULL with err set
  * on a bad setting. */
 struct sbx_opayo_report *sbx_opayo_report_create(json_t *settings, sbx_opayo_report_source source,
@@ -55,13 +56,22 @@ enum pb_http_action sbx_opayo_report_access(struct pb_http_request *req,
                                             struct pb_http_response *resp, void *report);
 /* POST /_sandbox/settle: close a batch per currency of the transactions not
  * yet settled (body, all optional):
- *   {"transactions":[retrieve shapes]   default: the source's
- *    "date":"YYYY-MM-DD",               the batch date, default today (UTC)
- *    "missing":["<transactionId>"] | N, left out of settlement for good
- *    "wrong_fee":["<transactionId>"] | N, charged fee_delta too much
- *    "fee_delta":"0.10"}
- * (N picks that many at random) -> 200 {"settled","batches":[...],
- * "anomalies":{"missing":[ids],"wrong_fee":[ids]}}. */
+ *   {"transactions":[retrieve shapes]     default: the source's; extensions read:
+ *                                         "voided"/"aborted": true (not settled),
+ *                                         "releasedAmount": N on a Deferred (settled
+ *                                         as a Release of N; N < amount: a partial capture)
+ *    "date":"YYYY-MM-DD",                 the batch date, default today (UTC)
+ *    "missing":["<transactionId>"] | N,   left out of settlement for good
+ *    "wrong_fee":["<transactionId>"] | N, sales charged fee_delta too much
+ *    "fee_delta":"0.10",
+ *    "chargebacks":["<transactionId>"] | N, settled sales charged back (once each)
+ *    "seed": 1,                           the PRNG of the N picks (deterministic)
+ *    "file_dir":"/abs/dir"}               also write each batch as a CSV report file
+ * -> 200 {"settled", "batches":[{"batchid","currency","date","transactions","gross",
+ * "fees","net","file"?}], "files":[paths], "anomalies":{"missing":[ids],
+ * "wrong_fee":[ids],"chargebacks":[ids],"partial_captures":[ids]}}; 400 for a bad
+ * date, seed, fee_delta or file_dir (nothing settled); 500 when a file could not
+ * be written (the batches are settled). */
 enum pb_http_action sbx_opayo_report_settle(struct pb_http_request *req,
                                             struct pb_http_response *resp, void *report);
 /* GET /_sandbox/settlements: every batch with its lines, as JSON. */

@@ -13,8 +13,11 @@
  * SETTINGS (create; every key optional, these are the defaults)
  *   {"username":"sandbox-user", "password":"sandbox-pass", "token_ttl_s":7200,
  *    "webhook_url":null, "webhook_secret":"sandbox-paytrace-secret",
- *    "webhook_drop_rate":0.0, "webhook_max_attempts":8, "currency":"USD"}
- * Unknown keys are ignored; a known key with a wrong type fails create.
+ *    "webhook_drop_rate":0.0, "webhook_max_attempts":8, "currency":"USD",
+ *    "settle_fee_rate_bp":290, "settle_fee_fixed":"0.30"}
+ * Unknown keys are ignored; a known key with a wrong type fails create. The
+ * settle fees (2.9 % of a sale rounded half up, plus 0.30) are read at
+ * create only.
  *
  * ROUTES (POST, JSON bodies, "Authorization: Bearer <access_token>" unless
  * said otherwise; amounts in requests are decimal strings "10.99", JSON
@@ -37,11 +40,14 @@
  *   /v1/transactions/export/by_date_range  {start_date, end_date: "MM/DD/YYYY",
  *                                     transaction_type?, transaction_id?, customer_id?}
  *                                     -> {"success":true,"status_message",
- *                                     "transactions":[records]}
- *   /v1/batches/export_settled        {start_date?, end_date?, batch_number?} (minimal)
- *                                     -> {"success":true,"batches":[{batch_number,
- *                                     settled_at, transaction_count, sales_amount,
- *                                     refunds_amount, fees, net_amount, transactions}]}
+ *                                     "transactions":[records]}; a settled record also
+ *                                     carries batch_number, fee and settled_at
+ *   /v1/batches/export_settled        {start_date?, end_date?: on the settlement date,
+ *                                     batch_number?} -> {"success":true,"batches":
+ *                                     [{batch_number, settled_at, currency,
+ *                                     transaction_count, sales_amount, refunds_amount,
+ *                                     fees, net_amount, transactions}]}
+ *                                     (sales - refunds - fees = net, exactly)
  * Admin (no auth, loopback peers only, else 403):
  *   GET  /_sandbox/stats         counters, see h_admin_stats
  *   GET  /_sandbox/transactions  every transaction, export shape, in creation order
@@ -51,7 +57,22 @@
  *   POST /_sandbox/webhook/{id}  send that transaction's webhook again, now, for its
  *                                current state (never dropped) -> 202
  *   POST /_sandbox/settle        settle every approved, unvoided, unsettled transaction
- *                                into one batch (fees 2.9% + 0.30 per sale) -> the batch
+ *                                into one batch (the emulator has one currency; fees
+ *                                settle_fee_rate_bp + settle_fee_fixed per sale, refunds
+ *                                netted without fee). Body, all optional:
+ *                                {"date":"YYYY-MM-DD" (default today, UTC),
+ *                                 "missing":[ids] | N  (left out for good: never settled),
+ *                                 "wrong_fee":[ids] | N (sales charged fee_delta more),
+ *                                 "fee_delta":"0.10", "seed":1 (the PRNG of the N picks:
+ *                                 same traffic + request = same picks),
+ *                                 "file_dir":"/abs/dir" (also write the batch as a CSV
+ *                                 report file, sandbox/opayo_report.h's layout)}
+ *                                -> {"settled", "batch": the export shape or null,
+ *                                "batches":[{batch_number, currency, date, transactions,
+ *                                gross, fees, net, file?}], "files":[...],
+ *                                "anomalies":{"missing":[ids],"wrong_fee":[ids]}}.
+ *                                No chargebacks: PayTrace's exports name only SALE and
+ *                                REFUND records.
  *   POST /_sandbox/tokens/revoke forget every access token (a client must get a new one)
  *
  * REPLIES (PayTrace's shape)
@@ -88,7 +109,8 @@
  *   - Void: an approved, unvoided, unsettled SALE without live refunds, or
  *     such a REFUND (which gives its amount back to the sale). Error 815.
  *   - Refunding an unsettled sale is allowed (live PayTrace asks for a void
- *     instead); settlement is only the minimal batch export.
+ *     instead). Settlement is the sandbox's: its batch export's path and
+ *     shape are unverified against live PayTrace (WIRE-FORMATS.md).
  *
  * THE RECORD (export shape, also the webhook's "transaction")
  *   {"transaction_id":N, "transaction_type":"SALE"|"REFUND", "amount":10.99,

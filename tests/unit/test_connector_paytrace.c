@@ -39,6 +39,7 @@
 
 #include "connectors/connector.h"
 #include "connectors/paytrace/paytrace.h"
+#include "connectors/settlement/settlement.h"
 #include "core/json.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
@@ -555,6 +556,23 @@ static void test_init_settings(void **unused)
                        json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.currency");
+    connection_free(c);
+
+    /* settlement: the slot and its one setting, read when the slot is called */
+    assert_true(pb_connector_paytrace.caps & PB_CAP_SETTLEMENT);
+    assert_non_null(pb_connector_paytrace.settlement);
+    c = connection_new(
+        json_pack("{s:s,s:s}", "api_base", "http://127.0.0.1:1", "settlement_source", "csv"),
+        json_deep_copy(secrets), &err, &rc);
+    assert_int_equal(rc, PB_OK); /* a known key */
+    {
+        struct pb_settlement_set *set = pb_settlement_set_new();
+        struct pb_call_ctx ctx = {.retry_after_s = -1};
+        assert_int_equal(c->type->settlement(c, &ctx, 20000, 20001, set, &err), PB_ERR_CONFIG);
+        assert_contains(err.msg, "settings.settlement_source: must be \"settled_export\"");
+        assert_int_equal(pb_settlement_batch_count(set), 0);
+        pb_settlement_set_free(set);
+    }
     connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "http://127.0.0.1:1"),

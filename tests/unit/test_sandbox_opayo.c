@@ -44,12 +44,12 @@
 
 struct receiver {
     pthread_mutex_t mu;
-    int fail_next;                  /* answer 500 to this many more deliveries */
-    int n;                          /* deliveries recorded (500s included) */
-    char *body[MAX_RECORDED];       /* owned */
+    int fail_next;            /* answer 500 to this many more deliveries */
+    int n;                    /* deliveries recorded (500s included) */
+    char *body[MAX_RECORDED]; /* owned */
     size_t len[MAX_RECORDED];
     char signature[MAX_RECORDED][80];
-    int answered[MAX_RECORDED];     /* status we answered */
+    int answered[MAX_RECORDED]; /* status we answered */
 };
 
 static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -100,7 +100,7 @@ struct fixture {
     void *state;
     struct pb_httpd *emulator;
     struct pb_httpd *receiver;
-    char base[64];                  /* http://127.0.0.1:PORT */
+    char base[64]; /* http://127.0.0.1:PORT */
     char hook_url[64];
 };
 
@@ -343,9 +343,8 @@ static void test_payment_ok(void **unused)
     json_t *r, *all;
     char *dump;
 
-    assert_int_equal(pay("Payment", "4929000000006", "order-1", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-1", 1000, "88", "412", "sam@example.com", &r), 201);
     assert_string_equal(sget(r, "status"), "Ok");
     assert_true(json_is_string(json_object_get(r, "statusCode")));
     assert_string_equal(sget(r, "statusCode"), "0000");
@@ -359,8 +358,7 @@ static void test_payment_ok(void **unused)
     assert_string_equal(sget(r, "paymentMethod.card.lastFourDigits"), "0006");
     assert_string_equal(sget(r, "paymentMethod.card.expiryDate"), "1239");
     assert_true(json_is_false(
-        json_object_get(json_object_get(json_object_get(r, "paymentMethod"), "card"),
-                        "reusable")));
+        json_object_get(json_object_get(json_object_get(r, "paymentMethod"), "card"), "reusable")));
     assert_string_equal(sget(r, "3DSecure.status"), "Authenticated");
     assert_string_equal(sget(r, "avsCvcCheck.status"), "AllMatched");
     json_decref(r);
@@ -391,8 +389,8 @@ static void test_declined_card(void **unused)
 static void test_avs_rule(void **unused)
 {
     json_t *r;
-    assert_int_equal(pay("Payment", "5404000000000001", "order-avs", 1000,
-                         "407 St. John Street", "EC1V 4AB", "sam@example.com", &r),
+    assert_int_equal(pay("Payment", "5404000000000001", "order-avs", 1000, "407 St. John Street",
+                         "EC1V 4AB", "sam@example.com", &r),
                      201);
     assert_string_equal(sget(r, "status"), "Rejected");
     assert_string_equal(sget(r, "statusCode"), "2001");
@@ -426,9 +424,8 @@ static void test_get_transaction(void **unused)
     assert_string_equal(sget(r, "transactionId"), id);
     assert_string_equal(sget(r, "vendorTxCode"), "order-get");
     assert_string_equal(sget(r, "currency"), "GBP");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "amount"),
-                                                        "totalAmount")),
-                     1234);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(r, "amount"), "totalAmount")), 1234);
     assert_int_equal(json_integer_value(json_object_get(r, "fraudScore")), 95);
     assert_string_equal(sget(r, "billingAddress.postalCode"), "412");
     assert_string_equal(sget(r, "customerLastName"), "Jones");
@@ -447,9 +444,9 @@ static void test_refunds(void **unused)
     json_t *r, *e;
     char id[64];
 
-    assert_int_equal(pay("Payment", "4929000000006", "order-refund", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-refund", 1000, "88", "412", "sam@example.com", &r),
+        201);
     snprintf(id, sizeof(id), "%s", sget(r, "transactionId"));
     json_decref(r);
 
@@ -475,13 +472,13 @@ static void test_refunds(void **unused)
 static void test_duplicate_vendor_tx_code(void **unused)
 {
     json_t *r, *e;
-    assert_int_equal(pay("Payment", "4929000000006", "order-dup", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-dup", 1000, "88", "412", "sam@example.com", &r),
+        201);
     json_decref(r);
-    assert_int_equal(pay("Payment", "4929000000006", "order-dup", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     422);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-dup", 1000, "88", "412", "sam@example.com", &r),
+        422);
     e = json_array_get(json_object_get(r, "errors"), 0);
     assert_string_equal(json_string_value(json_object_get(e, "property")), "vendorTxCode");
     json_decref(r);
@@ -564,8 +561,7 @@ static void test_bad_auth(void **unused)
     assert_int_equal(json_integer_value(json_object_get(r, "code")), 1001);
     json_decref(r);
     assert_int_equal(call("POST", "/api/v1/card-identifiers",
-                          "Authorization: Bearer 00000000-0000-0000-0000-000000000000", "{}",
-                          &r),
+                          "Authorization: Bearer 00000000-0000-0000-0000-000000000000", "{}", &r),
                      401);
     json_decref(r);
 }
@@ -576,9 +572,9 @@ static void test_instructions(void **unused)
     char id[64], path[160];
 
     /* void a payment of today */
-    assert_int_equal(pay("Payment", "4929000000006", "order-void", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-void", 1000, "88", "412", "sam@example.com", &r),
+        201);
     snprintf(path, sizeof(path), "/api/v1/transactions/%s/instructions", sget(r, "transactionId"));
     json_decref(r);
     assert_int_equal(call("POST", path, BASIC_AUTH, "{\"instructionType\":\"void\"}", &r), 201);
@@ -597,13 +593,13 @@ static void test_instructions(void **unused)
     assert_int_equal(refund(id, "refund-deferred-1", 100, &r), 422);
     json_decref(r);
     snprintf(path, sizeof(path), "/api/v1/transactions/%s/instructions", id);
-    assert_int_equal(call("POST", path, BASIC_AUTH,
-                          "{\"instructionType\":\"release\",\"amount\":1001}", &r),
-                     403);
+    assert_int_equal(
+        call("POST", path, BASIC_AUTH, "{\"instructionType\":\"release\",\"amount\":1001}", &r),
+        403);
     json_decref(r);
-    assert_int_equal(call("POST", path, BASIC_AUTH,
-                          "{\"instructionType\":\"release\",\"amount\":800}", &r),
-                     201);
+    assert_int_equal(
+        call("POST", path, BASIC_AUTH, "{\"instructionType\":\"release\",\"amount\":800}", &r),
+        201);
     json_decref(r);
     assert_int_equal(refund(id, "refund-deferred-2", 801, &r), 422);
     json_decref(r);
@@ -636,9 +632,9 @@ static void test_notification_signed(void **unused)
     json_t *r, *n;
     char id[64];
 
-    assert_int_equal(pay("Payment", "4929000000006", "order-notify", 2500, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-notify", 2500, "88", "412", "sam@example.com", &r),
+        201);
     snprintf(id, sizeof(id), "%s", sget(r, "transactionId"));
     json_decref(r);
     wait_notifications();
@@ -656,10 +652,10 @@ static void test_notification_signed(void **unused)
     assert_string_equal(sget(n, "transaction.transactionId"), id);
     assert_string_equal(sget(n, "transaction.vendorTxCode"), "order-notify");
     assert_string_equal(sget(n, "transaction.status"), "Ok");
-    assert_int_equal(json_integer_value(json_object_get(
-                         json_object_get(json_object_get(n, "transaction"), "amount"),
-                         "totalAmount")),
-                     2500);
+    assert_int_equal(
+        json_integer_value(json_object_get(
+            json_object_get(json_object_get(n, "transaction"), "amount"), "totalAmount")),
+        2500);
     json_decref(n);
     assert_int_equal(stat_of("notifications_acknowledged"), 1);
 
@@ -684,9 +680,9 @@ static void test_notification_retry(void **unused)
     pthread_mutex_lock(&rx.mu);
     rx.fail_next = 1; /* 500 first, then 200 */
     pthread_mutex_unlock(&rx.mu);
-    assert_int_equal(pay("Payment", "4929602110085639", "order-retry", 700, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929602110085639", "order-retry", 700, "88", "412", "sam@example.com", &r),
+        201);
     json_decref(r);
     wait_notifications();
 
@@ -708,9 +704,9 @@ static void test_notification_resend(void **unused)
     json_t *r, *a, *b;
     char path[128];
 
-    assert_int_equal(pay("Payment", "4929000000006", "order-resend", 100, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-resend", 100, "88", "412", "sam@example.com", &r),
+        201);
     snprintf(path, sizeof(path), "/_sandbox/notify/%s", sget(r, "transactionId"));
     json_decref(r);
     wait_notifications();
@@ -785,9 +781,9 @@ static void test_repeat(void **unused)
     json_t *r;
     char body[512], id[64];
 
-    assert_int_equal(pay("Payment", "5404000000000001", "order-base", 1000, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "5404000000000001", "order-base", 1000, "88", "412", "sam@example.com", &r),
+        201);
     snprintf(id, sizeof(id), "%s", sget(r, "transactionId"));
     json_decref(r);
     snprintf(body, sizeof(body),
@@ -805,8 +801,8 @@ static void test_repeat(void **unused)
 static void test_destroy_prompt(void **unused)
 {
     struct pb_err err = {0};
-    json_t *settings = json_pack("{s:s,s:i}", "notify_url", "http://127.0.0.1:1/hook",
-                                 "notify_max_attempts", 50);
+    json_t *settings =
+        json_pack("{s:s,s:i}", "notify_url", "http://127.0.0.1:1/hook", "notify_max_attempts", 50);
     void *st = sbx_opayo_type.create(settings, &err);
     struct pb_httpd *h;
     struct pb_httpd_config cfg = {0};
@@ -820,9 +816,9 @@ static void test_destroy_prompt(void **unused)
     assert_int_equal(pb_httpd_start(&cfg, &h, &err), 0);
     snprintf(saved, sizeof(saved), "%s", fx.base);
     snprintf(fx.base, sizeof(fx.base), "http://127.0.0.1:%d", pb_httpd_port(h));
-    assert_int_equal(pay("Payment", "4929000000006", "order-dead", 100, "88", "412",
-                         "sam@example.com", &r),
-                     201);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "order-dead", 100, "88", "412", "sam@example.com", &r),
+        201);
     json_decref(r);
     usleep(300000); /* let it fail and back off at least once */
     assert_true(stat_of("notifications_pending") >= 1);
@@ -846,6 +842,76 @@ static void test_bad_settings(void **unused)
     json_decref(settings);
 }
 
+/* Settlement through the emulator's own routes and store (sandbox/opayo_report.c fed by the Pi
+ * store): fees 1.5% + 0.20 per sale, the refund netted, an unreleased Deferred not settled, a
+ * wrong fee seeded by count, every transaction settled once. */
+static void test_settle_from_pi_store(void **unused)
+{
+    json_t *r, *batch, *lines, *wrong;
+    char id1[64], wrong_id[64];
+    int64_t fees = 0, over = 0;
+    size_t i;
+    json_t *l;
+
+    assert_int_equal(
+        pay("Payment", "4929000000006", "settle-1", 1000, "88", "412", "sam@example.com", &r), 201);
+    snprintf(id1, sizeof(id1), "%s", sget(r, "transactionId"));
+    json_decref(r);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "settle-2", 2000, "88", "412", "sam@example.com", &r), 201);
+    json_decref(r);
+    assert_int_equal(
+        pay("Payment", "4929000000006", "settle-3", 500, "88", "412", "sam@example.com", &r), 201);
+    json_decref(r);
+    assert_int_equal(
+        pay("Deferred", "4929000000006", "settle-4", 700, "88", "412", "sam@example.com", &r), 201);
+    json_decref(r);
+    assert_int_equal(refund(id1, "settle-refund", 600, &r), 201);
+    json_decref(r);
+
+    assert_int_equal(call("POST", "/_sandbox/settle", NULL,
+                          "{\"date\":\"2026-11-21\",\"wrong_fee\":1,\"seed\":3}", &r),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(r, "settled")), 4);
+    batch = json_array_get(json_object_get(r, "batches"), 0);
+    assert_string_equal(sget(batch, "currency"), "GBP");
+    assert_string_equal(sget(batch, "gross"), "29.00"); /* 10 + 20 + 5 - 6 */
+    /* 35 + 50 + 28 by contract, and 0.10 more on the one wrong fee */
+    assert_string_equal(sget(batch, "fees"), "1.23");
+    assert_string_equal(sget(batch, "net"), "27.77");
+    wrong = json_object_get(json_object_get(r, "anomalies"), "wrong_fee");
+    assert_int_equal(json_array_size(wrong), 1);
+    snprintf(wrong_id, sizeof(wrong_id), "%s", json_string_value(json_array_get(wrong, 0)));
+    json_decref(r);
+
+    assert_int_equal(call("GET", "/_sandbox/settlements", NULL, NULL, &r), 200);
+    lines = json_object_get(json_array_get(r, 0), "lines");
+    assert_int_equal(json_array_size(lines), 4); /* not the unreleased Deferred */
+    json_array_foreach(lines, i, l)
+    {
+        const char *type = sget(l, "type");
+        int64_t amount = json_integer_value(json_object_get(l, "amount"));
+        int64_t fee = json_integer_value(json_object_get(l, "fee"));
+        int64_t contract = strcmp(type, "Refund") == 0 ? 0 : (amount * 150 + 5000) / 10000 + 20;
+        assert_string_not_equal(type, "Deferred");
+        fees += fee;
+        if (fee != contract) {
+            assert_int_equal(fee - contract, 10);
+            assert_string_equal(sget(l, "transactionId"), wrong_id);
+            over++;
+        }
+    }
+    assert_int_equal(fees, 123);
+    assert_int_equal(over, 1);
+    json_decref(r);
+
+    /* settled once: a second settle finds nothing new */
+    assert_int_equal(call("POST", "/_sandbox/settle", NULL, "{\"date\":\"2026-11-22\"}", &r), 200);
+    assert_int_equal(json_integer_value(json_object_get(r, "settled")), 0);
+    json_decref(r);
+    (void)unused;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -863,6 +929,7 @@ int main(void)
         cmocka_unit_test_setup(test_notification_retry, test_setup),
         cmocka_unit_test_setup(test_notification_resend, test_setup),
         cmocka_unit_test_setup(test_notification_duplicates_and_secret, test_setup),
+        cmocka_unit_test_setup(test_settle_from_pi_store, test_setup),
         cmocka_unit_test(test_destroy_prompt),
         cmocka_unit_test(test_bad_settings),
     };

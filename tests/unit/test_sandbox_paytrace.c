@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/json.h"
 #include "net/httpd.h"
 #include "paytrace.h"
 #include "sbx.h"
@@ -876,6 +877,148 @@ static void test_reset(void **unused)
     json_decref(r);
 }
 
+/* Six sales and a refund, then a settle that picks 2 missing and 2 wrong fees by count; the
+ * positions (in creation order) of what was picked, and the batch's totals. */
+struct settle_outcome {
+    int missing[2], wrong[2];
+    long long settled;
+    char totals[128];
+};
+
+static int position_of(const long long ids[7], long long id)
+{
+    for (int i = 0; i < 7; i++)
+        if (ids[i] == id)
+            return i;
+    return -1;
+}
+
+static void settle_by_count(struct settle_outcome *out, long long ids[7])
+{
+    static const char *const amounts[] = {"10.00", "20.00", "30.00", "40.00", "50.00", "60.00"};
+    json_t *r, *a, *b;
+    char body[128];
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(sale(GOOD_CARD, amounts[i], "INV", &r), 200);
+        ids[i] = ival(r, "transaction_id");
+        json_decref(r);
+    }
+    snprintf(body, sizeof body, "{\"transaction_id\":%lld,\"amount\":\"2.00\"}", ids[0]);
+    assert_int_equal(api("/v1/transactions/refund/for_transaction", body, &r), 200);
+    ids[6] = ival(r, "transaction_id");
+    json_decref(r);
+    assert_int_equal(request("POST", "/_sandbox/settle", 0, NULL,
+                             "{\"date\":\"2026-11-21\",\"missing\":2,\"wrong_fee\":2,\"seed\":9}",
+                             &r, NULL),
+                     200);
+    out->settled = ival(r, "settled");
+    a = json_object_get(r, "anomalies");
+    assert_int_equal(json_array_size(json_object_get(a, "missing")), 2);
+    assert_int_equal(json_array_size(json_object_get(a, "wrong_fee")), 2);
+    for (int i = 0; i < 2; i++) {
+        out->missing[i] =
+            position_of(ids, json_integer_value(json_array_get(json_object_get(a, "missing"), i)));
+        out->wrong[i] = position_of(
+            ids, json_integer_value(json_array_get(json_object_get(a, "wrong_fee"), i)));
+        assert_true(out->missing[i] >= 0 && out->wrong[i] >= 0);
+        assert_true(out->wrong[i] != 6); /* never the refund: a fee is charged on sales */
+        assert_true(out->wrong[i] != out->missing[0] && out->wrong[i] != out->missing[1]);
+    }
+    b = json_array_get(json_object_get(r, "batches"), 0);
+    snprintf(out->totals, sizeof out->totals, "%s %s %s",
+             json_string_value(json_object_get(b, "gross")),
+             json_string_value(json_object_get(b, "fees")),
+             json_string_value(json_object_get(b, "net")));
+    json_decref(r);
+}
+
+static void test_settlement_anomalies_deterministic(void **unused)
+{
+    struct settle_outcome one, two;
+    long long ids[7], ids2[7];
+    json_t *r, *rec, *batch;
+    char *raw = NULL, body[160];
+    int64_t sales = 0, refunds = 0, fees = 0, net = 0;
+
+    settle_by_count(&one, ids);
+    assert_int_equal(one.settled, 5); /* 7 - 2 missing */
+
+    /* export/by_date_range: settled records carry their batch, fee and settlement date; a
+     * missing one stays unsettled */
+    {
+        time_t now = time(NULL);
+        struct tm tm;
+        char us[16];
+        gmtime_r(&now, &tm);
+        strftime(us, sizeof us, "%m/%d/%Y", &tm);
+        snprintf(body, sizeof body, "{\"start_date\":\"%s\",\"end_date\":\"%s\"}", us, us);
+    }
+    assert_int_equal(api("/v1/transactions/export/by_date_range", body, &r), 200);
+    for (size_t i = 0; i < json_array_size(json_object_get(r, "transactions")); i++) {
+        int pos;
+        rec = json_array_get(json_object_get(r, "transactions"), i);
+        pos = position_of(ids, ival(rec, "transaction_id"));
+        if (pos == one.missing[0] || pos == one.missing[1]) {
+            assert_null(json_object_get(rec, "batch_number"));
+            assert_null(json_object_get(rec, "fee"));
+        } else {
+            assert_int_equal(ival(rec, "batch_number"), 1);
+            assert_string_equal(json_string_value(json_object_get(rec, "settled_at")),
+                                "2026-11-21T00:00:00Z");
+            assert_non_null(json_object_get(rec, "fee"));
+        }
+    }
+    json_decref(r);
+
+    /* the settled export: filtered on the settlement date; totals agree with the records */
+    assert_int_equal(api("/v1/batches/export_settled",
+                         "{\"start_date\":\"11/22/2026\",\"end_date\":\"11/30/2026\"}", &r),
+                     200);
+    assert_int_equal(json_array_size(json_object_get(r, "batches")), 0);
+    json_decref(r);
+    assert_int_equal(request("POST", "/v1/batches/export_settled", 1, NULL,
+                             "{\"start_date\":\"11/21/2026\",\"end_date\":\"11/21/2026\"}", &r,
+                             &raw),
+                     200);
+    batch = json_array_get(json_object_get(r, "batches"), 0);
+    assert_int_equal(ival(batch, "transaction_count"), 5);
+    assert_string_equal(json_string_value(json_object_get(batch, "settled_at")),
+                        "2026-11-21T00:00:00Z");
+    free(raw);
+    json_decref(r);
+    /* the same through the exact-money reader: sales - refunds - fees = net */
+    {
+        struct pb_err err = {0};
+        char *text = NULL;
+        assert_int_equal(request("POST", "/v1/batches/export_settled", 1, NULL, "{}", &r, &text),
+                         200);
+        json_decref(r);
+        r = json_loads(text, JSON_DECODE_ANY, NULL); /* numbers: read below as decimal text */
+        free(text);
+        batch = json_array_get(json_object_get(r, "batches"), 0);
+        assert_int_equal(
+            pb_json_to_minor(json_object_get(batch, "sales_amount"), "USD", &sales, &err), PB_OK);
+        assert_int_equal(
+            pb_json_to_minor(json_object_get(batch, "refunds_amount"), "USD", &refunds, &err),
+            PB_OK);
+        assert_int_equal(pb_json_to_minor(json_object_get(batch, "fees"), "USD", &fees, &err),
+                         PB_OK);
+        assert_int_equal(pb_json_to_minor(json_object_get(batch, "net_amount"), "USD", &net, &err),
+                         PB_OK);
+        assert_int_equal(sales - refunds - fees, net);
+        json_decref(r);
+    }
+
+    /* the same traffic again, after a reset (new transaction ids): the same picks */
+    test_setup(NULL);
+    settle_by_count(&two, ids2);
+    assert_int_equal(two.settled, one.settled);
+    assert_memory_equal(one.missing, two.missing, sizeof one.missing);
+    assert_memory_equal(one.wrong, two.wrong, sizeof one.wrong);
+    assert_string_equal(one.totals, two.totals);
+    (void)unused;
+}
+
 static void test_bad_settings(void **unused)
 {
     struct pb_err err = {0};
@@ -886,6 +1029,14 @@ static void test_bad_settings(void **unused)
     s = json_pack("{s:s}", "currency", "usd");
     assert_null(sbx_paytrace_type.create(s, &err));
     assert_contains(err.msg, "currency");
+    json_decref(s);
+    s = json_pack("{s:i}", "settle_fee_rate_bp", 20000);
+    assert_null(sbx_paytrace_type.create(s, &err));
+    assert_contains(err.msg, "settle_fee_rate_bp");
+    json_decref(s);
+    s = json_pack("{s:s}", "settle_fee_fixed", "thirty cents");
+    assert_null(sbx_paytrace_type.create(s, &err));
+    assert_contains(err.msg, "settle_fee_fixed");
     json_decref(s);
 }
 
@@ -903,6 +1054,7 @@ int main(void)
         cmocka_unit_test_setup(test_drop_and_resend, test_setup),
         cmocka_unit_test_setup(test_webhook_retry_and_secret, test_setup),
         cmocka_unit_test_setup(test_settlement, test_setup),
+        cmocka_unit_test_setup(test_settlement_anomalies_deterministic, test_setup),
         cmocka_unit_test_setup(test_reset, test_setup),
         cmocka_unit_test(test_bad_settings),
     };
