@@ -1179,7 +1179,8 @@ static void test_payments_where_date_and_paging(void **state)
         for (int i = 0; i < per_day[d]; i++) {
             o += (size_t)snprintf(body + o, 64 * 1024 - o,
                                   "%s{\"Invoice\":{\"InvoiceNumber\":\"%s\"},\"Account\":{\"Code\":"
-                                  "\"090\"},\"Date\":\"%s\",\"Amount\":1.00,\"Reference\":\"P-%d\"}",
+                                  "\"090\"},\"Date\":\"%s\",\"Amount\":1.00,"
+                                  "\"Reference\":\"P-%d\"}",
                                   k ? "," : "", number, days[d], k + 1);
             k++;
         }
@@ -1297,7 +1298,8 @@ static void test_manual_journals(void **state)
 
     expect_journal_refused(
         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
-        "{\"LineAmount\":1,\"AccountCode\":\"999\"},{\"LineAmount\":-1,\"AccountCode\":\"090\"}]}]}",
+        "{\"LineAmount\":1,\"AccountCode\":\"999\"},"
+        "{\"LineAmount\":-1,\"AccountCode\":\"090\"}]}]}",
         "Account code '999' is not a valid code for this document.");
     expect_journal_refused(
         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
@@ -1380,7 +1382,8 @@ static void test_bank_transactions(void **state)
 
     /* not a bank account; an unknown line account */
     assert_int_equal(api("PUT", "/api.xro/2.0/BankTransactions",
-                         "{\"BankTransactions\":[{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"A\"},"
+                         "{\"BankTransactions\":[{\"Type\":\"RECEIVE\",\"Contact\":"
+                         "{\"Name\":\"A\"},"
                          "\"BankAccount\":{\"Code\":\"200\"},\"LineItems\":[{\"UnitAmount\":1,"
                          "\"AccountCode\":\"777\"}]}]}",
                          &r),

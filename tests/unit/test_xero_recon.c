@@ -108,14 +108,14 @@ static struct pb_connection *connection_with(json_t *extra)
     c->magic = PB_CONNECTION_MAGIC;
     c->type = &pb_connector_xero;
     snprintf(c->name, sizeof c->name, "xero-recon");
-    c->settings = json_pack("{s:s,s:s,s:s}", "api_base", api, "token_url", token, "tenant_id",
-                            TENANT);
+    c->settings =
+        json_pack("{s:s,s:s,s:s}", "api_base", api, "token_url", token, "tenant_id", TENANT);
     if (extra) {
         json_object_update(c->settings, extra);
         json_decref(extra);
     }
-    c->secrets = json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret",
-                           "sandbox-secret");
+    c->secrets =
+        json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret", "sandbox-secret");
     if (c->type->init(c, &err) != PB_OK)
         fail_msg("init: %s", err.msg);
     return c;
@@ -149,10 +149,11 @@ static int test_setup(void **state)
     return 0;
 }
 
-/* ---- API access through the connector ---------------------------------------------------------- */
+/* ---- API access through the connector ----------------------------------------------------------
+ */
 
-static json_t *api(struct pb_connection *c, const char *method, const char *path,
-                   const char *body, long expect)
+static json_t *api(struct pb_connection *c, const char *method, const char *path, const char *body,
+                   long expect)
 {
     struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
     struct xero_request rq = {method, path, body, NULL};
@@ -217,10 +218,8 @@ static void add(struct text *t, const char *fmt, ...)
 
 static const char *id_at(json_t *reply, const char *envelope, size_t i, const char *key)
 {
-    const char *s = json_string_value(json_object_get(json_array_get(json_object_get(reply,
-                                                                                     envelope),
-                                                                     i),
-                                                      key));
+    const char *s = json_string_value(
+        json_object_get(json_array_get(json_object_get(reply, envelope), i), key));
     if (!s)
         fail_msg("no %s[%zu].%s", envelope, i, key);
     return s;
@@ -231,7 +230,8 @@ static json_t *record_by_ref(json_t *records, const char *kind, const char *refe
 {
     size_t i;
     json_t *r;
-    json_array_foreach(records, i, r) {
+    json_array_foreach(records, i, r)
+    {
         if (!strcmp(json_string_value(json_object_get(r, "reference")), reference) &&
             !strcmp(json_string_value(json_object_get(r, "kind")), kind))
             return r;
@@ -239,9 +239,8 @@ static json_t *record_by_ref(json_t *records, const char *kind, const char *refe
     return NULL;
 }
 
-static void expect_record(json_t *records, const char *kind, const char *reference,
-                          long long minor, const char *currency, const char *date,
-                          const char *gateway_ref)
+static void expect_record(json_t *records, const char *kind, const char *reference, long long minor,
+                          const char *currency, const char *date, const char *gateway_ref)
 {
     json_t *r = record_by_ref(records, kind, reference);
     if (!r)
@@ -253,7 +252,8 @@ static void expect_record(json_t *records, const char *kind, const char *referen
     assert_true(json_string_length(json_object_get(r, "record_id")) == 36);
 }
 
-/* ---- ledger ------------------------------------------------------------------------------------- */
+/* ---- ledger -------------------------------------------------------------------------------------
+ */
 
 static void test_ledger_payments_refunds_pages(void **state)
 {
@@ -270,19 +270,21 @@ static void test_ledger_payments_refunds_pages(void **state)
     /* 124 GBP invoices and one EUR invoice, each paid in full */
     add(&t, "{\"Invoices\":[");
     for (int k = 0; k < 125; k++)
-        add(&t, "%s{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Shop customer\"},\"Date\":"
-                "\"2026-11-19\",\"DueDate\":\"2026-11-19\",\"Status\":\"AUTHORISED\","
-                "\"CurrencyCode\":\"%s\",\"Reference\":\"VTX-%03d\",\"LineAmountTypes\":\"NoTax\","
-                "\"LineItems\":[{\"Description\":\"Opayo payment VTX-%03d (Opayo txn T%03d)\","
-                "\"Quantity\":1,\"UnitAmount\":%d.%02d,\"AccountCode\":\"200\"}]}",
+        add(&t,
+            "%s{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Shop customer\"},\"Date\":"
+            "\"2026-11-19\",\"DueDate\":\"2026-11-19\",\"Status\":\"AUTHORISED\","
+            "\"CurrencyCode\":\"%s\",\"Reference\":\"VTX-%03d\",\"LineAmountTypes\":\"NoTax\","
+            "\"LineItems\":[{\"Description\":\"Opayo payment VTX-%03d (Opayo txn T%03d)\","
+            "\"Quantity\":1,\"UnitAmount\":%d.%02d,\"AccountCode\":\"200\"}]}",
             k ? "," : "", k == 7 ? "EUR" : "GBP", k, k, k, 10 + k, k % 100);
     add(&t, "]}");
     reply = api(c, "PUT", "/Invoices", t.p, 200);
     t.len = 0;
     add(&t, "{\"Payments\":[");
     for (int k = 0; k < 125; k++)
-        add(&t, "%s{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
-                "\"Date\":\"%s\",\"Amount\":%d.%02d,\"Reference\":\"VTX-%03d\"}",
+        add(&t,
+            "%s{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
+            "\"Date\":\"%s\",\"Amount\":%d.%02d,\"Reference\":\"VTX-%03d\"}",
             k ? "," : "", id_at(reply, "Invoices", (size_t)k, "InvoiceID"),
             k == 124 ? "2026-11-23" : dates[k % 3], 10 + k, k % 100, k);
     add(&t, "]}");
@@ -304,8 +306,9 @@ static void test_ledger_payments_refunds_pages(void **state)
     snprintf(cn_id, sizeof cn_id, "%s", id_at(reply, "CreditNotes", 0, "CreditNoteID"));
     json_decref(reply);
     t.len = 0;
-    add(&t, "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":"
-            "\"091\"},\"Date\":\"2026-11-22\",\"Amount\":4.50,\"Reference\":\"RF-1\"}]}",
+    add(&t,
+        "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":"
+        "\"091\"},\"Date\":\"2026-11-22\",\"Amount\":4.50,\"Reference\":\"RF-1\"}]}",
         cn_id);
     json_decref(api(c, "PUT", "/Payments", t.p, 200));
 
@@ -320,32 +323,34 @@ static void test_ledger_payments_refunds_pages(void **state)
     snprintf(bill_id, sizeof bill_id, "%s", id_at(reply, "Invoices", 0, "InvoiceID"));
     json_decref(reply);
     t.len = 0;
-    add(&t, "{\"Payments\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"090\"},"
-            "\"Date\":\"2026-11-21\",\"Amount\":30,\"Reference\":\"BILL-1\"}]}",
+    add(&t,
+        "{\"Payments\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"090\"},"
+        "\"Date\":\"2026-11-21\",\"Amount\":30,\"Reference\":\"BILL-1\"}]}",
         bill_id);
     json_decref(api(c, "PUT", "/Payments", t.p, 200));
 
     /* bank transactions: RECEIVE, SPEND, deleted, paybridge's own, outside the range */
-    reply = api(c, "PUT", "/BankTransactions",
-                "{\"BankTransactions\":["
-                "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
-                "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"BT-IN\",\"LineItems\":"
-                "[{\"Description\":\"phone order (Opayo txn TX-77)\",\"UnitAmount\":12.34,"
-                "\"AccountCode\":\"200\"}]},"
-                "{\"Type\":\"SPEND\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
-                "\"Code\":\"091\"},\"Date\":\"2026-11-22\",\"Reference\":\"BT-OUT\",\"CurrencyCode\":"
-                "\"EUR\",\"LineItems\":[{\"Description\":\"goodwill\",\"UnitAmount\":3.21,"
-                "\"AccountCode\":\"200\"}]},"
-                "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
-                "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"BT-DEL\",\"LineItems\":"
-                "[{\"UnitAmount\":1,\"AccountCode\":\"200\"}]},"
-                "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
-                "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"[paybridge PB-x-1]\","
-                "\"LineItems\":[{\"UnitAmount\":2,\"AccountCode\":\"200\"}]},"
-                "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
-                "\"Code\":\"091\"},\"Date\":\"2026-11-19\",\"Reference\":\"BT-EARLY\","
-                "\"LineItems\":[{\"UnitAmount\":3,\"AccountCode\":\"200\"}]}]}",
-                200);
+    reply =
+        api(c, "PUT", "/BankTransactions",
+            "{\"BankTransactions\":["
+            "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
+            "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"BT-IN\",\"LineItems\":"
+            "[{\"Description\":\"phone order (Opayo txn TX-77)\",\"UnitAmount\":12.34,"
+            "\"AccountCode\":\"200\"}]},"
+            "{\"Type\":\"SPEND\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
+            "\"Code\":\"091\"},\"Date\":\"2026-11-22\",\"Reference\":\"BT-OUT\",\"CurrencyCode\":"
+            "\"EUR\",\"LineItems\":[{\"Description\":\"goodwill\",\"UnitAmount\":3.21,"
+            "\"AccountCode\":\"200\"}]},"
+            "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
+            "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"BT-DEL\",\"LineItems\":"
+            "[{\"UnitAmount\":1,\"AccountCode\":\"200\"}]},"
+            "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
+            "\"Code\":\"091\"},\"Date\":\"2026-11-21\",\"Reference\":\"[paybridge PB-x-1]\","
+            "\"LineItems\":[{\"UnitAmount\":2,\"AccountCode\":\"200\"}]},"
+            "{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":{"
+            "\"Code\":\"091\"},\"Date\":\"2026-11-19\",\"Reference\":\"BT-EARLY\","
+            "\"LineItems\":[{\"UnitAmount\":3,\"AccountCode\":\"200\"}]}]}",
+            200);
     snprintf(path, sizeof path, "/BankTransactions/%s",
              id_at(reply, "BankTransactions", 2, "BankTransactionID"));
     json_decref(reply);
@@ -363,20 +368,21 @@ static void test_ledger_payments_refunds_pages(void **state)
     expect_record(records, "refund", "RF-1", -450, "GBP", "2026-11-22", "");
     expect_record(records, "payment", "BT-IN", 1234, "GBP", "2026-11-21", "TX-77");
     expect_record(records, "refund", "BT-OUT", -321, "EUR", "2026-11-22", "");
-    assert_null(record_by_ref(records, "payment", "VTX-005"));  /* deleted */
-    assert_null(record_by_ref(records, "payment", "VTX-124"));  /* 2026-11-23 */
-    assert_null(record_by_ref(records, "payment", "BILL-1"));   /* a supplier's */
+    assert_null(record_by_ref(records, "payment", "VTX-005")); /* deleted */
+    assert_null(record_by_ref(records, "payment", "VTX-124")); /* 2026-11-23 */
+    assert_null(record_by_ref(records, "payment", "BILL-1"));  /* a supplier's */
     assert_null(record_by_ref(records, "refund", "BILL-1"));
     assert_null(record_by_ref(records, "payment", "BT-DEL"));
     assert_null(record_by_ref(records, "payment", "BT-EARLY"));
     assert_null(record_by_ref(records, "payment", "[paybridge PB-x-1]"));
     /* the deleted payment's record id is not among the records */
-    json_array_foreach(records, i, call) {
-        assert_string_not_equal(json_string_value(json_object_get(call, "record_id")),
-                                deleted_id);
+    json_array_foreach(records, i, call)
+    {
+        assert_string_not_equal(json_string_value(json_object_get(call, "record_id")), deleted_id);
     }
     /* both pages of Payments were read, with the Date filter */
-    json_array_foreach(ctx.trace, i, call) {
+    json_array_foreach(ctx.trace, i, call)
+    {
         const char *url = pb_json_str(call, "url");
         if (url && strstr(url, "/Payments?") && strstr(url, "page=2")) {
             page2++;
@@ -406,19 +412,19 @@ static void test_ledger_server_error_is_transient(void **state)
     connection_free(c);
 }
 
-/* ---- post_journal -------------------------------------------------------------------------------- */
+/* ---- post_journal
+ * -------------------------------------------------------------------------------- */
 
 /* A settled batch: gross 102.35 out of clearing, fees 2.35, net 100.00 to bank. */
 static json_t *batch_journal(const char *reference, const char *currency, const char *fee_account,
                              long long net, long long fee)
 {
-    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}",
-                     "reference", reference, "date", "2026-11-21", "narration",
-                     "Opayo settlement batch 7", "currency", currency, "lines", "account", "090",
-                     "amount_minor", (json_int_t)net, "description", "net to bank", "account",
-                     fee_account, "amount_minor", (json_int_t)fee, "description", "fees",
-                     "account", "091", "amount_minor", (json_int_t) - (net + fee),
-                     "description", "gross from clearing");
+    return json_pack(
+        "{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s},{s:s,s:I,s:s}]}", "reference", reference,
+        "date", "2026-11-21", "narration", "Opayo settlement batch 7", "currency", currency,
+        "lines", "account", "090", "amount_minor", (json_int_t)net, "description", "net to bank",
+        "account", fee_account, "amount_minor", (json_int_t)fee, "description", "fees", "account",
+        "091", "amount_minor", (json_int_t) - (net + fee), "description", "gross from clearing");
 }
 
 static json_t *journals_in_emulator(struct pb_connection *c)
@@ -465,14 +471,14 @@ static void test_post_journal_once(void **state)
     assert_int_equal(c->type->post_journal(c, &ctx, j, id2, sizeof id2, &err), PB_OK);
     assert_string_equal(id2, id1);
     assert_int_equal(stat_of(c, "manual_journals"), 1);
-    json_array_foreach(ctx.trace, i, call) {
+    json_array_foreach(ctx.trace, i, call)
+    {
         const char *url = pb_json_str(call, "url"), *method = pb_json_str(call, "method");
         if (url && strstr(url, "/ManualJournals?where=Narration.Contains"))
             lookups++;
         if (url && strstr(url, "/ManualJournals?") && method && !strcmp(method, "PUT")) {
             puts++;
-            assert_non_null(strstr(pb_json_str(call, "request") ? pb_json_str(call, "request")
-                                                                 : "",
+            assert_non_null(strstr(pb_json_str(call, "request") ? pb_json_str(call, "request") : "",
                                    "\"LineAmount\":-102.35"));
         }
     }
