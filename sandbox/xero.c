@@ -4371,7 +4371,8 @@ static void journal_check(struct call *c, struct journal_in *ji)
         else if (!acc)
             add_error(&ji->errs, "Account code '%s' is not a valid code for this document.",
                       code ? code : id);
-        if (!json_object_get(line, "LineAmount") || json_is_null(json_object_get(line, "LineAmount"))) {
+        if (!json_object_get(line, "LineAmount") ||
+            json_is_null(json_object_get(line, "LineAmount"))) {
             add_error(&ji->errs, "LineAmount must be specified on every journal line.");
             continue;
         }

@@ -18,7 +18,8 @@
  * invoice (the allocation refused, the refund paid out of the credit note by
  * creditnote.refund, a retry finding it, payments and refunds that share a
  * Reference kept apart); creditnote.void and its retry. Every request those
- * tests made is then checked against xero_accounting.yaml: the operation
+ * tests made (and the reconciliation calls: ledger's pages, post_journal's
+ * look-up and PUT /ManualJournals) is then checked against xero_accounting.yaml: the operation
  * exists, its query parameters are declared, its body conforms to the
  * schema (skipped when the spec is absent; PB_XERO_SPEC names it).
  *
@@ -344,7 +345,7 @@ static void test_init_settings(void **state)
     assert_int_equal(c->type->max_batch(c, "journal.post"), 0);
     assert_int_equal(c->type->max_batch(c, "creditnote.delete"), 0);
     assert_int_equal(c->type->max_batch(c, NULL), 0);
-    assert_int_equal(pb_connector_xero.caps, PB_CAP_SINK);
+    assert_int_equal(pb_connector_xero.caps, PB_CAP_SINK | PB_CAP_LEDGER | PB_CAP_JOURNAL);
     assert_int_equal(pb_connector_xero.default_rate_limit.per_minute, 60);
     assert_int_equal(pb_connector_xero.default_rate_limit.per_day, 5000);
     assert_int_equal(pb_connector_xero.default_rate_limit.concurrent, 5);
@@ -1336,6 +1337,34 @@ static int spec_has_query(const json_t *root, const json_t *item, const json_t *
     return 0;
 }
 
+/* The reconciliation calls (ledger's GET /Payments and /BankTransactions
+ * pages, post_journal's GET /Organisation, look-up and PUT /ManualJournals),
+ * traced for test_requests_conform_to_spec; test_xero_recon.c tests what
+ * they do. */
+static void test_recon_calls_traced(void **state)
+{
+    struct pb_connection *c = connection();
+    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_err err = {0};
+    json_t *records = json_array();
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:i,s:s},{s:s,s:i,s:s}]}", "reference",
+                          "PB-spec-1", "date", "2026-11-21", "narration", "spec check",
+                          "currency", "GBP", "lines", "account", "090", "amount_minor", 1099,
+                          "description", "net", "account", "091", "amount_minor", -1099,
+                          "description", "gross");
+    char id[128];
+
+    if (!credit_trace)
+        credit_trace = json_array();
+    ctx.trace = credit_trace;
+    assert_int_equal(c->type->ledger(c, &ctx, 20777, 20779, records, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(stat_of("manual_journals"), 1);
+    json_decref(records);
+    json_decref(j);
+    connection_free(c);
+}
+
 /* Every call the credit-note tests made: the method and path are operations
  * of xero_accounting.yaml, the query parameters are the operation's, and
  * each request body conforms to the operation's requestBody schema. */
@@ -1685,6 +1714,7 @@ int main(void)
         cmocka_unit_test_setup(test_creditnote_allocate, test_setup),
         cmocka_unit_test_setup(test_creditnote_partial_refund_of_paid_invoice, test_setup),
         cmocka_unit_test_setup(test_creditnote_void, test_setup),
+        cmocka_unit_test_setup(test_recon_calls_traced, test_setup),
         cmocka_unit_test(test_requests_conform_to_spec),
         cmocka_unit_test(test_request_shape),
         cmocka_unit_test(test_fake_error_replies),

@@ -1138,6 +1138,287 @@ static void test_credit_note_lifecycle(void **state)
     (void)contact_id;
 }
 
+/* ---- reconciliation: dates in where, deleted payments, bank transactions, journals ---- */
+
+/* GET `resource` with `where` (escaped here) and an optional page. */
+static long get_where(const char *resource, const char *where, int page, struct reply *r)
+{
+    CURL *c = curl_easy_init();
+    char *esc = curl_easy_escape(c, where, 0), path[1024];
+    long st;
+    snprintf(path, sizeof(path), "/api.xro/2.0/%s?where=%s%s", resource, esc, "");
+    if (page)
+        snprintf(path + strlen(path), sizeof(path) - strlen(path), "&page=%d", page);
+    curl_free(esc);
+    curl_easy_cleanup(c);
+    st = api("GET", path, NULL, r);
+    return st;
+}
+
+static size_t count_of(const struct reply *r, const char *key)
+{
+    return json_array_size(json_object_get(r->json, key));
+}
+
+/* 130 payments of 1.00 over 2026-11-19..23; a Date range reads 110 of them
+ * in two pages; a deleted payment stays listed, and its invoice owes again. */
+static void test_payments_where_date_and_paging(void **state)
+{
+    struct reply r;
+    char number[32], *body = malloc(64 * 1024), pid[64];
+    size_t o = 0;
+    static const char *const days[] = {"2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22",
+                                       "2026-11-23"};
+    static const int per_day[] = {10, 40, 40, 30, 10};
+    int k = 0;
+    (void)state;
+    assert_non_null(body);
+    make_invoice("DATES-1", "1", "1000.00", number, sizeof(number));
+    o += (size_t)snprintf(body + o, 64 * 1024 - o, "{\"Payments\":[");
+    for (int d = 0; d < 5; d++)
+        for (int i = 0; i < per_day[d]; i++) {
+            o += (size_t)snprintf(body + o, 64 * 1024 - o,
+                                  "%s{\"Invoice\":{\"InvoiceNumber\":\"%s\"},\"Account\":{\"Code\":"
+                                  "\"090\"},\"Date\":\"%s\",\"Amount\":1.00,"
+                                  "\"Reference\":\"P-%d\"}",
+                                  k ? "," : "", number, days[d], k + 1);
+            k++;
+        }
+    snprintf(body + o, 64 * 1024 - o, "]}");
+    assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 200);
+    assert_int_equal(count_of(&r, "Payments"), 130);
+    reply_free(&r);
+    free(body);
+
+    assert_int_equal(get_where("Payments",
+                               "Date >= DateTime(2026,11,20) && Date <= DateTime(2026,11,22)", 1,
+                               &r),
+                     200);
+    assert_int_equal(count_of(&r, "Payments"), 100);
+    assert_int_equal(json_integer_value(pb_json_path(r.json, "pagination.itemCount")), 110);
+    assert_int_equal(json_integer_value(pb_json_path(r.json, "pagination.pageCount")), 2);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "Date")),
+                        "/Date(1795132800000+0000)/"); /* 2026-11-20 */
+    reply_free(&r);
+    assert_int_equal(get_where("Payments",
+                               "Date >= DateTime(2026,11,20) && Date <= DateTime(2026,11,22)", 2,
+                               &r),
+                     200);
+    assert_int_equal(count_of(&r, "Payments"), 10);
+    reply_free(&r);
+    assert_int_equal(get_where("Payments", "Date < DateTime(2026, 11, 20, 0, 0, 0)", 0, &r), 200);
+    assert_int_equal(count_of(&r, "Payments"), 10);
+    reply_free(&r);
+    assert_int_equal(get_where("Payments", "Date > \"2026-11-22\" AND Reference==\"P-130\"", 0,
+                               &r),
+                     200);
+    assert_int_equal(count_of(&r, "Payments"), 1);
+    snprintf(pid, sizeof(pid), "%s",
+             json_string_value(json_object_get(first(&r, "Payments"), "PaymentID")));
+    reply_free(&r);
+
+    /* delete it: listed as DELETED, the invoice owes 1.00 more */
+    {
+        char path[128];
+        snprintf(path, sizeof(path), "/api.xro/2.0/Payments/%s", pid);
+        assert_int_equal(api("POST", path, "{\"Status\":\"DELETED\"}", &r), 200);
+        assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "Status")),
+                            "DELETED");
+        reply_free(&r);
+        assert_int_equal(api("POST", path, "{\"Status\":\"DELETED\"}", &r), 400);
+        assert_non_null(strstr(r.body, "already been deleted"));
+        reply_free(&r);
+    }
+    assert_int_equal(get_where("Payments", "Date >= DateTime(2026,11,23) && Status==\"DELETED\"",
+                               0, &r),
+                     200);
+    assert_int_equal(count_of(&r, "Payments"), 1);
+    reply_free(&r);
+    {
+        char path[96];
+        snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
+        assert_int_equal(api("GET", path, NULL, &r), 200);
+        assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 100000 - 12900);
+        assert_int_equal(json_array_size(json_object_get(first(&r, "Invoices"), "Payments")), 129);
+        reply_free(&r);
+    }
+    /* a date compared with text, text with a date: 400 in Xero's exception */
+    assert_int_equal(get_where("Payments", "Date >= \"soon\"", 0, &r), 400);
+    assert_non_null(strstr(r.body, "QueryParseException"));
+    reply_free(&r);
+    assert_int_equal(get_where("Payments", "Reference > DateTime(2026,11,20)", 0, &r), 400);
+    reply_free(&r);
+    assert_int_equal(get_where("Payments", "Date >= DateTime(2026,13,1)", 0, &r), 400);
+    reply_free(&r);
+}
+
+static const char JOURNAL_OK[] =
+    "{\"ManualJournals\":[{\"Narration\":\"Opayo batch 7 [paybridge PB-opayo-7]\","
+    "\"Date\":\"2026-11-21\",\"Status\":\"POSTED\",\"JournalLines\":["
+    "{\"LineAmount\":100.00,\"AccountCode\":\"090\",\"Description\":\"net to bank\"},"
+    "{\"LineAmount\":2.35,\"AccountCode\":\"404\",\"Description\":\"fees\"},"
+    "{\"LineAmount\":-102.35,\"AccountCode\":\"091\",\"Description\":\"gross from clearing\"}]}]}";
+
+/* Xero's words for a refused journal, from a 400 ValidationException. */
+static void expect_journal_refused(const char *body, const char *words)
+{
+    struct reply r;
+    json_t *errs;
+    assert_int_equal(api("PUT", "/api.xro/2.0/ManualJournals", body, &r), 400);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
+                        "ValidationException");
+    errs = pb_json_path(r.json, "Elements.0.ValidationErrors");
+    assert_true(json_array_size(errs) >= 1);
+    if (!strstr(r.body, words))
+        fail_msg("expected \"%s\" in %s", words, r.body);
+    reply_free(&r);
+}
+
+static void test_manual_journals(void **state)
+{
+    struct reply r;
+    json_t *mj, *lines;
+    char id[64], path[128];
+    (void)state;
+    assert_int_equal(api("PUT", "/api.xro/2.0/ManualJournals", JOURNAL_OK, &r), 200);
+    mj = first(&r, "ManualJournals");
+    assert_string_equal(json_string_value(json_object_get(mj, "Status")), "POSTED");
+    assert_string_equal(json_string_value(json_object_get(mj, "Date")),
+                        "/Date(1795219200000+0000)/");
+    lines = json_object_get(mj, "JournalLines");
+    assert_int_equal(json_array_size(lines), 3);
+    assert_int_equal(minor_of(json_array_get(lines, 1), "LineAmount"), 235);
+    assert_int_equal(minor_of(json_array_get(lines, 2), "LineAmount"), -10235);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 2),
+                                                          "AccountCode")),
+                        "091");
+    assert_non_null(strstr(r.body, "\"LineAmount\":-102.35")); /* exact on the wire */
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(mj, "ManualJournalID")));
+    reply_free(&r);
+
+    expect_journal_refused(
+        "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
+        "{\"LineAmount\":1,\"AccountCode\":\"999\"},"
+        "{\"LineAmount\":-1,\"AccountCode\":\"090\"}]}]}",
+        "Account code '999' is not a valid code for this document.");
+    expect_journal_refused(
+        "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
+        "{\"LineAmount\":100.00,\"AccountCode\":\"090\"},{\"LineAmount\":-90,\"AccountCode\":"
+        "\"091\"}]}]}",
+        "The total debits (100.00) must equal total credits (-90.00)");
+    expect_journal_refused("{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
+                           "{\"LineAmount\":0,\"AccountCode\":\"090\"}]}]}",
+                           "At least two journal lines are required.");
+    expect_journal_refused("{\"ManualJournals\":[{\"JournalLines\":["
+                           "{\"LineAmount\":1,\"AccountCode\":\"090\"},{\"LineAmount\":-1,"
+                           "\"AccountCode\":\"091\"}]}]}",
+                           "Narration cannot be empty.");
+    /* summarizeErrors=false: 200 with the element marked ERROR */
+    assert_int_equal(api("PUT", "/api.xro/2.0/ManualJournals?summarizeErrors=false",
+                         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
+                         "{\"LineAmount\":1,\"AccountCode\":\"999\"},{\"LineAmount\":-1,"
+                         "\"AccountCode\":\"090\"}]}]}",
+                         &r),
+                     200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
+                                                          "StatusAttributeString")),
+                        "ERROR");
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "manual_journals"), 1);
+
+    assert_int_equal(get_where("ManualJournals", "Narration.Contains(\"[paybridge PB-opayo-7]\")",
+                               1, &r),
+                     200);
+    assert_int_equal(count_of(&r, "ManualJournals"), 1);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
+                                                          "ManualJournalID")),
+                        id);
+    reply_free(&r);
+    assert_int_equal(get_where("ManualJournals", "Narration.Contains(\"[paybridge PB-opayo-70]\")",
+                               1, &r),
+                     200);
+    assert_int_equal(count_of(&r, "ManualJournals"), 0);
+    reply_free(&r);
+    assert_int_equal(get_where("ManualJournals", "Narration.StartsWith(\"opayo batch\") && "
+                               "Date == DateTime(2026,11,21)", 0, &r),
+                     200);
+    assert_int_equal(count_of(&r, "ManualJournals"), 1);
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/ManualJournals/%s", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
+                                                          "Narration")),
+                        "Opayo batch 7 [paybridge PB-opayo-7]");
+    reply_free(&r);
+}
+
+static void test_bank_transactions(void **state)
+{
+    struct reply r;
+    json_t *bt;
+    char id[64], path[128];
+    (void)state;
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransactions",
+                         "{\"BankTransactions\":[{\"Type\":\"RECEIVE\",\"Contact\":{\"Name\":"
+                         "\"Walk-in\"},\"BankAccount\":{\"Code\":\"090\"},\"Date\":\"2026-11-21\","
+                         "\"Reference\":\"ORD-9\",\"CurrencyCode\":\"EUR\",\"LineItems\":["
+                         "{\"Description\":\"card (Opayo txn T-9)\",\"Quantity\":2,"
+                         "\"UnitAmount\":10.05,\"AccountCode\":\"200\"},{\"Description\":\"p&p\","
+                         "\"UnitAmount\":0.01,\"AccountCode\":\"200\"}]},"
+                         "{\"Type\":\"SPEND\",\"Contact\":{\"Name\":\"Walk-in\"},\"BankAccount\":"
+                         "{\"Code\":\"090\"},\"Date\":\"2026-11-22\",\"LineItems\":[{"
+                         "\"Description\":\"refund\",\"UnitAmount\":\"5.00\",\"AccountCode\":"
+                         "\"200\"}]}]}",
+                         &r),
+                     200);
+    bt = first(&r, "BankTransactions");
+    assert_string_equal(json_string_value(json_object_get(bt, "Status")), "AUTHORISED");
+    assert_string_equal(json_string_value(json_object_get(bt, "CurrencyCode")), "EUR");
+    assert_int_equal(minor_of(bt, "Total"), 2011);
+    assert_string_equal(json_string_value(pb_json_path(bt, "Contact.Name")), "Walk-in");
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(bt, "BankTransactionID")));
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "contacts"), 1); /* Walk-in created once */
+
+    /* not a bank account; an unknown line account */
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransactions",
+                         "{\"BankTransactions\":[{\"Type\":\"RECEIVE\",\"Contact\":"
+                         "{\"Name\":\"A\"},"
+                         "\"BankAccount\":{\"Code\":\"200\"},\"LineItems\":[{\"UnitAmount\":1,"
+                         "\"AccountCode\":\"777\"}]}]}",
+                         &r),
+                     400);
+    assert_non_null(strstr(r.body, "Account code '200' is not a bank account"));
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "bank_transactions"), 2);
+
+    assert_int_equal(get_where("BankTransactions",
+                               "Date >= DateTime(2026,11,22) && Type==\"SPEND\"", 1, &r),
+                     200);
+    assert_int_equal(count_of(&r, "BankTransactions"), 1);
+    assert_int_equal(minor_of(first(&r, "BankTransactions"), "Total"), 500);
+    reply_free(&r);
+
+    snprintf(path, sizeof(path), "/api.xro/2.0/BankTransactions/%s", id);
+    assert_int_equal(api("POST", path, "{\"BankTransactions\":[{\"Status\":\"DELETED\"}]}", &r),
+                     200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransactions"),
+                                                          "Status")),
+                        "DELETED");
+    reply_free(&r);
+    assert_int_equal(api("POST", path, "{\"Reference\":\"changed\",\"Status\":\"DELETED\"}", &r),
+                     400);
+    reply_free(&r);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransactions"),
+                                                          "Status")),
+                        "DELETED");
+    reply_free(&r);
+    assert_int_equal(get_where("BankTransactions", "Status==\"AUTHORISED\"", 0, &r), 200);
+    assert_int_equal(count_of(&r, "BankTransactions"), 1);
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1154,6 +1435,9 @@ int main(void)
         cmocka_unit_test_setup(test_credit_note_allocation, reset),
         cmocka_unit_test_setup(test_credit_note_refund_of_paid_invoice, reset),
         cmocka_unit_test_setup(test_credit_note_lifecycle, reset),
+        cmocka_unit_test_setup(test_payments_where_date_and_paging, reset),
+        cmocka_unit_test_setup(test_manual_journals, reset),
+        cmocka_unit_test_setup(test_bank_transactions, reset),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

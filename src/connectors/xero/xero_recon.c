@@ -79,11 +79,11 @@
 #include "core/money.h"
 #include "xero_internal.h"
 
-#define XERO_PAGE_SIZE 100             /* Xero's page of Payments / BankTransactions */
-#define XERO_LEDGER_PAGES_MAX 1000     /* 100,000 records of a resource per call */
-#define XERO_JOURNAL_PAGES_MAX 20      /* journals found by one reference's mark */
-#define XERO_JOURNAL_REF_MAX 50        /* the contract's longest reference */
-#define XERO_JOURNAL_LINES_MAX 500     /* lines of one journal */
+#define XERO_PAGE_SIZE 100         /* Xero's page of Payments / BankTransactions */
+#define XERO_LEDGER_PAGES_MAX 1000 /* 100,000 records of a resource per call */
+#define XERO_JOURNAL_PAGES_MAX 20  /* journals found by one reference's mark */
+#define XERO_JOURNAL_REF_MAX 50    /* the contract's longest reference */
+#define XERO_JOURNAL_LINES_MAX 500 /* lines of one journal */
 #define XERO_JOURNAL_MARK "[paybridge "
 
 /* ---- dates ------------------------------------------------------------------------- */
@@ -141,8 +141,8 @@ static int xero_day(const char *s, int64_t *days)
     if (strlen(s) >= 10 && s[4] == '-' && s[7] == '-' && (s[10] == '\0' || s[10] == 'T')) {
         char *e1, *e2, *e3;
         long y = strtol(s, &e1, 10), m = strtol(s + 5, &e2, 10), d = strtol(s + 8, &e3, 10);
-        if (e1 != s + 4 || e2 != s + 7 || e3 != s + 10 || y < 1900 || y > 9999 || m < 1 ||
-            m > 12 || d < 1 || d > 31)
+        if (e1 != s + 4 || e2 != s + 7 || e3 != s + 10 || y < 1900 || y > 9999 || m < 1 || m > 12 ||
+            d < 1 || d > 31)
             return -1;
         *days = days_from_civil(y, (unsigned)m, (unsigned)d);
         return 0;
@@ -161,9 +161,9 @@ static enum pb_rc fail_with(struct pb_call_ctx *ctx, const struct xero_failure *
 }
 
 /* GET /<resource>?where=<where>&page=<page>; *arr borrowed from *root. */
-static enum pb_rc get_page(struct pb_connection *c, struct pb_call_ctx *ctx,
-                           const char *resource, const char *where, int page, json_t **root,
-                           json_t **arr, struct pb_err *err)
+static enum pb_rc get_page(struct pb_connection *c, struct pb_call_ctx *ctx, const char *resource,
+                           const char *where, int page, json_t **root, json_t **arr,
+                           struct pb_err *err)
 {
     struct xero_request rq = {"GET", NULL, NULL, NULL};
     struct xero_failure f = {PB_OK, -1, ""};
@@ -194,8 +194,8 @@ static enum pb_rc get_page(struct pb_connection *c, struct pb_call_ctx *ctx,
         pb__xero_describe_failure(&call, rc, &e, what, &f);
     } else if ((*arr = pb__xero_parse_envelope(&call, resource, root, &f)) == NULL) {
         snprintf(f.message, sizeof f.message,
-                 "%s: Xero answered HTTP %ld without a \"%s\" array; will retry", what,
-                 call.status, resource);
+                 "%s: Xero answered HTTP %ld without a \"%s\" array; will retry", what, call.status,
+                 resource);
     }
     pb_http_call_reset(&call);
     pb__xero_buf_free(&path);
@@ -226,7 +226,8 @@ static void gateway_ref_of(json_t *lines, char *out, size_t len)
     size_t i;
     json_t *li;
     out[0] = '\0';
-    json_array_foreach(lines, i, li) {
+    json_array_foreach(lines, i, li)
+    {
         const char *d = strstr(str_of(li, "Description"), mark), *end;
         if (!d)
             continue;
@@ -246,7 +247,8 @@ static int has_journal_mark(json_t *bt)
     json_t *li;
     if (strstr(str_of(bt, "Reference"), XERO_JOURNAL_MARK))
         return 1;
-    json_array_foreach(json_object_get(bt, "LineItems"), i, li) {
+    json_array_foreach(json_object_get(bt, "LineItems"), i, li)
+    {
         if (strstr(str_of(li, "Description"), XERO_JOURNAL_MARK))
             return 1;
     }
@@ -254,9 +256,9 @@ static int has_journal_mark(json_t *bt)
 }
 
 /* Append one record; PB_ERR_PERMANENT naming the record when it is unreadable. */
-static enum pb_rc add_record(json_t *records, const char *resource, const char *id_key,
-                             json_t *el, const char *kind, json_t *amount, const char *currency,
-                             json_t *lines, int32_t from_day, int32_t to_day, struct pb_err *err)
+static enum pb_rc add_record(json_t *records, const char *resource, const char *id_key, json_t *el,
+                             const char *kind, json_t *amount, const char *currency, json_t *lines,
+                             int32_t from_day, int32_t to_day, struct pb_err *err)
 {
     const char *id = str_of(el, id_key), *date = str_of(el, "Date");
     int64_t minor, day;
@@ -283,8 +285,8 @@ static enum pb_rc add_record(json_t *records, const char *resource, const char *
     day_text(day, day_s);
     gateway_ref_of(lines, gw, sizeof gw);
     rec = json_pack("{s:s,s:s,s:s,s:s,s:I,s:s,s:s}", "record_id", id, "kind", kind, "reference",
-                    str_of(el, "Reference"), "gateway_ref", gw, "amount_minor",
-                    (json_int_t)minor, "currency", currency, "date", day_s);
+                    str_of(el, "Reference"), "gateway_ref", gw, "amount_minor", (json_int_t)minor,
+                    "currency", currency, "date", day_s);
     if (!rec || json_array_append_new(records, rec))
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
     return PB_OK;
@@ -318,8 +320,9 @@ static enum pb_rc bank_record(json_t *records, json_t *bt, int32_t from_day, int
                               struct pb_err *err)
 {
     const char *type = str_of(bt, "Type"), *status = str_of(bt, "Status");
-    const char *kind = !strcmp(type, "RECEIVE") ? "payment" : !strcmp(type, "SPEND") ? "refund"
-                                                                                    : NULL;
+    const char *kind = !strcmp(type, "RECEIVE") ? "payment"
+                       : !strcmp(type, "SPEND") ? "refund"
+                                                : NULL;
     if (!kind || !strcasecmp(status, "DELETED") || !strcasecmp(status, "VOIDED") ||
         has_journal_mark(bt))
         return PB_OK;
@@ -341,13 +344,14 @@ enum pb_rc pb__xero_ledger(struct pb_connection *c, struct pb_call_ctx *ctx, int
     if (!ctx || !ctx->http || !json_is_array(records))
         return pb_err_set(err, PB_ERR_INTERNAL, "ledger needs an HTTP client and a records array");
     if (from_day > to_day)
-        return pb_err_set(err, PB_ERR_INVALID, "ledger: from_day %" PRId32 " is after to_day %"
-                          PRId32, from_day, to_day);
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "ledger: from_day %" PRId32 " is after to_day %" PRId32, from_day,
+                          to_day);
     day_parts(from_day, &y1, &m1, &d1);
     day_parts(to_day, &y2, &m2, &d2);
     snprintf(where, sizeof where,
-             "Date >= DateTime(%d,%02u,%02u) && Date <= DateTime(%d,%02u,%02u)", y1, m1, d1, y2,
-             m2, d2);
+             "Date >= DateTime(%d,%02u,%02u) && Date <= DateTime(%d,%02u,%02u)", y1, m1, d1, y2, m2,
+             d2);
     for (size_t r = 0; r < sizeof resources / sizeof resources[0]; r++) {
         for (int page = 1;; page++) {
             json_t *root, *arr, *el;
@@ -363,7 +367,8 @@ enum pb_rc pb__xero_ledger(struct pb_connection *c, struct pb_call_ctx *ctx, int
             rc = get_page(c, ctx, resources[r], where, page, &root, &arr, err);
             if (rc)
                 return rc;
-            json_array_foreach(arr, i, el) {
+            json_array_foreach(arr, i, el)
+            {
                 rc = r == 0 ? payment_record(records, el, from_day, to_day, err)
                             : bank_record(records, el, from_day, to_day, err);
                 if (rc)
@@ -429,7 +434,7 @@ static enum pb_rc base_currency(struct pb_connection *c, struct pb_call_ctx *ctx
 struct journal_doc {
     const char *reference, *date, *narration, *currency;
     char mark[sizeof XERO_JOURNAL_MARK + XERO_JOURNAL_REF_MAX + 2]; /* "[paybridge REF]" */
-    json_t *body;                /* owned {"ManualJournals":[...]} */
+    json_t *body; /* owned {"ManualJournals":[...]} */
 };
 
 static enum pb_rc bad_journal(struct pb_err *err, const char *what)
@@ -476,7 +481,8 @@ static enum pb_rc read_journal(const json_t *j, struct journal_doc *jd, struct p
     snprintf(narration, sizeof narration, "%s%s%s", jd->narration, jd->narration[0] ? " " : "",
              jd->mark);
     out = json_array();
-    json_array_foreach(lines, i, line) {
+    json_array_foreach(lines, i, line)
+    {
         const char *account = json_string_value(json_object_get(line, "account"));
         const char *desc = json_string_value(json_object_get(line, "description"));
         json_t *amount = json_object_get(line, "amount_minor"), *l;
@@ -486,12 +492,14 @@ static enum pb_rc read_journal(const json_t *j, struct journal_doc *jd, struct p
                                     NULL) != PB_OK) {
             char what[96];
             json_decref(out);
-            snprintf(what, sizeof what, "lines[%zu] needs account (text) and amount_minor (an "
-                                        "integer)", i);
+            snprintf(what, sizeof what,
+                     "lines[%zu] needs account (text) and amount_minor (an "
+                     "integer)",
+                     i);
             return bad_journal(err, what);
         }
-        l = json_pack("{s:s,s:s,s:s}", "LineAmount", dec, "AccountCode", account,
-                      "Description", desc ? desc : "");
+        l = json_pack("{s:s,s:s,s:s}", "LineAmount", dec, "AccountCode", account, "Description",
+                      desc ? desc : "");
         if (!l || json_array_append_new(out, l)) {
             json_decref(out);
             return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
@@ -521,7 +529,8 @@ static enum pb_rc find_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
         enum pb_rc rc = get_page(c, ctx, "ManualJournals", where, page, &root, &arr, err);
         if (rc)
             return rc;
-        json_array_foreach(arr, i, el) {
+        json_array_foreach(arr, i, el)
+        {
             const char *id = str_of(el, "ManualJournalID");
             if (id[0] && strstr(str_of(el, "Narration"), jd->mark)) {
                 snprintf(erp_id, erp_id_len, "%s", id);
@@ -590,8 +599,7 @@ enum pb_rc pb__xero_post_journal(struct pb_connection *c, struct pb_call_ctx *ct
     rq.body = body;
     rq.idempotency_key = key;
     rc = pb__xero_call(c, ctx, &rq, &call, &e);
-    pb__xero_apply_write_reply(&call, rc, &e, "ManualJournals", "ManualJournalID", &itp, 1,
-                               &whole);
+    pb__xero_apply_write_reply(&call, rc, &e, "ManualJournals", "ManualJournalID", &itp, 1, &whole);
     pb_http_call_reset(&call);
     json_decref(item.result);
     rc = item.rc;
