@@ -1349,7 +1349,8 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
     char period[8] = "C";
     int year, month;
 
-    ktext(c->p, "PostingPeriod", period, sizeof period);
+    if (!ktext(c->p, "PostingPeriod", period, sizeof period))
+        snprintf(period, sizeof period, "C"); /* the current period unless told */
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it && n < 256; it = it->next) {
         if (!named(it, "Item"))
             continue;
@@ -1428,7 +1429,8 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
     char period[8] = "C";
     int year, month;
 
-    ktext(c->p, "PostingPeriod", period, sizeof period);
+    if (!ktext(c->p, "PostingPeriod", period, sizeof period))
+        snprintf(period, sizeof period, "C"); /* the current period unless told */
     trnperiod(strcasecmp(period, "P") == 0, &year, &month);
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it; it = it->next) {
         char code[64], ref[128], value_text[64], type[16], orig[64], number[16], date[32], seq[16];

@@ -19,7 +19,13 @@
  * Raw server (a thread on a loopback socket that records each request line
  * as it came off the wire and answers from a script): the session id goes
  * back as "%20%20", 500 and 503 + Retry-After are transient, a URL longer
- * than max_url_bytes is refused before anything is sent.
+ * than max_url_bytes is refused before anything is sent; for reconciliation,
+ * the ledger query's XmlIn (date range, page size, StartAfterKey), every page
+ * read, lower-case Windows-1252 replies, signs and record ids, unreadable
+ * records and a page without a key refused, a 503 with Retry-After; the GL
+ * journal's XmlParameters and XmlIn as sent (escaped by libxml2), a reply
+ * without a Journal transient, a refused look-up permanent with nothing
+ * posted. The settings of ledger and post_journal are validated.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1118,6 +1124,317 @@ static void test_unreachable_is_transient(void **state)
     connection_free(c);
 }
 
+/* ---- reconciliation: settings and the wire (raw server) ---------------------------------------
+ */
+
+static void test_recon_settings(void **state)
+{
+    struct pb_err err = {0};
+    enum pb_rc rc;
+    struct pb_connection *c;
+    struct syspro_state *st;
+
+    c = connection_at(sx.port, "x", NULL, &err, &rc);
+    assert_int_equal(rc, PB_OK);
+    st = pb__syspro_state(c);
+    assert_string_equal(st->bo.ar_payment_query, "ARSQPY");
+    assert_string_equal(st->bo.gl_journal, "GENTJL");
+    assert_string_equal(st->bo.gl_journal_query, "GENQJL");
+    assert_int_equal(st->ledger_page_size, 500);
+    assert_string_equal(st->currency, "");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x",
+                      json_pack("{s:{s:s,s:s},s:{s:{s:s}},s:s,s:i}", "business_objects",
+                                "gl_journal", "ZGLJNL", "ar_payment_query", "COMFND", "parameters",
+                                "gl_journal", "JournalSource", "GJ", "currency", "ZAR",
+                                "ledger_page_size", 50),
+                      &err, &rc);
+    assert_int_equal(rc, PB_OK);
+    st = pb__syspro_state(c);
+    assert_string_equal(st->bo.gl_journal, "ZGLJNL");
+    assert_string_equal(st->bo.ar_payment_query, "COMFND");
+    assert_string_equal(st->currency, "ZAR");
+    assert_int_equal(st->ledger_page_size, 50);
+    assert_non_null(st->params_gl_journal);
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "gl_journal", ""),
+                      &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.business_objects.gl_journal: required");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:s}", "currency", "pounds"), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.currency");
+    connection_free(c);
+
+    c = connection_at(sx.port, "x", json_pack("{s:i}", "ledger_page_size", 0), &err, &rc);
+    assert_int_equal(rc, PB_ERR_CONFIG);
+    assert_contains(err.msg, "settings.ledger_page_size");
+    connection_free(c);
+}
+
+static enum pb_rc raw_ledger(struct pb_connection *c, int32_t from, int32_t to, json_t *records,
+                             json_t *trace, struct pb_err *err)
+{
+    struct pb_call_ctx ctx = {0};
+    ctx.http = sx.http;
+    ctx.trace = trace;
+    ctx.now = time(NULL);
+    ctx.retry_after_s = -1;
+    return c->type->ledger(c, &ctx, from, to, records, err);
+}
+
+static enum pb_rc raw_journal(struct pb_connection *c, const char *json, char *id, size_t len,
+                              json_t *trace, int *retry_after, struct pb_err *err)
+{
+    struct pb_call_ctx ctx = {0};
+    json_t *j = json_loads(json, 0, NULL);
+    enum pb_rc rc;
+    assert_non_null(j);
+    ctx.http = sx.http;
+    ctx.trace = trace;
+    ctx.now = time(NULL);
+    ctx.retry_after_s = -1;
+    rc = c->type->post_journal(c, &ctx, j, id, len, err);
+    if (retry_after)
+        *retry_after = ctx.retry_after_s;
+    json_decref(j);
+    return rc;
+}
+
+#define DAY_2026_03_01 20513 /* days since 1970-01-01 */
+
+static void test_ledger_pages_lower_case_1252_and_signs(void **state)
+{
+    /* page 2 is asked for with StartAfterKey, so its rule comes first */
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"StartAfterKey", 200, NULL,
+         "<arpaymentquery><transaction><documenttype>C</documenttype><key>K3</key>"
+         "<reference>RF-1</reference><invoice>CN000007</invoice><trndate>2026-03-02</trndate>"
+         "<value>2.50</value><currency>GBP</currency></transaction>"
+         "<querystatus><morerecords>N</morerecords><lastkey>K3</lastkey></querystatus>"
+         "</arpaymentquery>"},
+        {"BusinessObject=ARSQPY", 200, NULL,
+         "<arpaymentquery><transaction><documenttype>P</documenttype><key>K1</key>"
+         "<reference>CAF\xc9-1</reference><trndate>2026-03-01T00:00:00</trndate>"
+         "<trnyear>2026</trnyear><trnmonth>3</trnmonth><journal>14</journal><entry>2</entry>"
+         "<value>10.99</value></transaction>"
+         "<transaction><documenttype>P</documenttype><key>K1b</key><reference>JP-1</reference>"
+         "<trndate>2026-03-01</trndate><trnyear>2026</trnyear><trnmonth>3</trnmonth>"
+         "<journal>14</journal><entry>3</entry><value>1000</value><currency>JPY</currency>"
+         "</transaction>"
+         "<transaction><documenttype>I</documenttype><key>K2</key><reference>INV-1</reference>"
+         "<invoice>100</invoice><trndate>2026-03-01</trndate><value>50.00</value></transaction>"
+         "<transaction><documenttype>P</documenttype><key>K2b</key><reference>LATE-1</reference>"
+         "<trndate>2026-04-01</trndate><journal>15</journal><entry>1</entry><value>1.00</value>"
+         "</transaction>"
+         "<querystatus><morerecords>Y</morerecords><lastkey>K2b</lastkey></querystatus>"
+         "</arpaymentquery>"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    json_t *records = json_array(), *trace = json_array(), *r;
+    struct pb_err err = {0};
+
+    raw_start(rules);
+    c = raw_connection(json_pack("{s:s}", "currency", "GBP"));
+    assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01 + 2, records, trace, &err),
+                     PB_OK);
+    assert_int_equal(json_array_size(records), 3); /* not the invoice, not April */
+    r = json_array_get(records, 0);
+    assert_string_equal(json_string_value(json_object_get(r, "reference")), "CAF\xc3\x89-1");
+    assert_string_equal(json_string_value(json_object_get(r, "record_id")), "2026/3/14/2");
+    assert_string_equal(json_string_value(json_object_get(r, "kind")), "payment");
+    assert_int_equal(json_integer_value(json_object_get(r, "amount_minor")), 1099);
+    assert_string_equal(json_string_value(json_object_get(r, "currency")), "GBP");
+    assert_string_equal(json_string_value(json_object_get(r, "date")), "2026-03-01");
+    r = json_array_get(records, 1);
+    assert_int_equal(json_integer_value(json_object_get(r, "amount_minor")), 1000);
+    assert_string_equal(json_string_value(json_object_get(r, "currency")), "JPY");
+    r = json_array_get(records, 2);
+    assert_string_equal(json_string_value(json_object_get(r, "kind")), "refund");
+    assert_int_equal(json_integer_value(json_object_get(r, "amount_minor")), -250);
+    assert_string_equal(json_string_value(json_object_get(r, "record_id")), "CN000007");
+    connection_free(c);
+    /* logon, two pages, logoff; the second page asked after K2b */
+    assert_int_equal(raw.n_lines, 4);
+    assert_contains(raw.lines[1], "DateFrom%3E2026-03-01%3C");
+    assert_contains(raw.lines[1], "DateTo%3E2026-03-03%3C");
+    assert_contains(raw.lines[1], "MaxRecords%3E500%3C");
+    assert_contains(raw.lines[2], "StartAfterKey%3EK2b%3C");
+    raw_stop();
+    json_decref(records);
+    json_decref(trace);
+}
+
+static void test_ledger_unreadable_replies_are_permanent(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=ARSQPY", 200, NULL,
+         "<ArPaymentQuery><Transaction><DocumentType>P</DocumentType><Reference>X-1</Reference>"
+         "<TrnDate>2026-03-01</TrnDate><Journal>1</Journal><Entry>1</Entry>"
+         "<Value>1.234</Value><Currency>GBP</Currency></Transaction>"
+         "</ArPaymentQuery>"},
+        {"BusinessObject=NOKEY", 200, NULL,
+         "<ArPaymentQuery><QueryStatus><MoreRecords>Y</MoreRecords></QueryStatus>"
+         "</ArPaymentQuery>"},
+        {"BusinessObject=NOCUR", 200, NULL,
+         "<ArPaymentQuery><Transaction><DocumentType>P</DocumentType><Reference>X-2</Reference>"
+         "<TrnDate>2026-03-01</TrnDate><Journal>1</Journal><Entry>1</Entry>"
+         "<Value>1.00</Value></Transaction></ArPaymentQuery>"},
+        {"BusinessObject=BUSY", 503, "Retry-After: 9\r\n", "busy"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    json_t *records = json_array(), *trace = json_array();
+    struct pb_err err = {0};
+    struct pb_call_ctx ctx = {0};
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
+                     PB_ERR_PERMANENT);
+    assert_contains(err.msg, "Value '1.234', not an exact GBP amount");
+    connection_free(c);
+
+    c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "NOKEY"));
+    assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
+                     PB_ERR_PERMANENT);
+    assert_contains(err.msg, "MoreRecords Y but gives no new LastKey");
+    connection_free(c);
+
+    c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "NOCUR"));
+    assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
+                     PB_ERR_PERMANENT);
+    assert_contains(err.msg, "set settings.currency");
+    connection_free(c);
+
+    c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "BUSY"));
+    ctx.http = sx.http;
+    ctx.trace = trace;
+    ctx.now = time(NULL);
+    assert_int_equal(c->type->ledger(c, &ctx, DAY_2026_03_01, DAY_2026_03_01, records, &err),
+                     PB_ERR_TRANSIENT);
+    assert_int_equal(ctx.retry_after_s, 9);
+    connection_free(c);
+    raw_stop();
+    json_decref(records);
+    json_decref(trace);
+}
+
+#define RAW_JOURNAL                                                                                \
+    "{\"reference\":\"PB-R-1\",\"date\":\"2026-03-02\",\"narration\":\"fees & <net>\","            \
+    "\"currency\":\"GBP\",\"lines\":[{\"account\":\"1000\",\"amount_minor\":9700},"                \
+    "{\"account\":\"6100\",\"amount_minor\":300,\"description\":\"fees\"},"                        \
+    "{\"account\":\"1100\",\"amount_minor\":-10000}]}"
+
+static void test_journal_xml_and_reply_without_a_key(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=GENQJL", 200, NULL,
+         "<GlJournalQuery><ErrorNumber>20123</ErrorNumber><ErrorDescription>GL journal with "
+         "reference 'PB-R-1' not found</ErrorDescription></GlJournalQuery>"},
+        {"BusinessObject=GENTJL", 200, NULL,
+         "<PostGlJournal><Item><Key><Reference>PB-R-1</Reference></Key></Item><StatusOfItems>"
+         "<RecordsRead>1</RecordsRead><RecordsInvalid>0</RecordsInvalid></StatusOfItems>"
+         "</PostGlJournal>"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    json_t *trace = json_array();
+    struct pb_err err = {0};
+    char id[64], *text;
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    assert_int_equal(raw_journal(c, RAW_JOURNAL, id, sizeof id, trace, NULL, &err),
+                     PB_ERR_TRANSIENT);
+    assert_contains(err.msg, "names no Journal");
+    text = json_dumps(trace, JSON_COMPACT);
+    assert_contains(text, "<Query><Key><Reference>PB-R-1</Reference></Key></Query>");
+    assert_contains(text, "<PostGlJournal><Parameters><IgnoreWarnings>N</IgnoreWarnings>"
+                          "<ApplyIfEntireDocumentValid>Y</ApplyIfEntireDocumentValid>"
+                          "<ValidateOnly>N</ValidateOnly></Parameters></PostGlJournal>");
+    assert_contains(text, "<PostGlJournal><Item><Header><JournalDate>2026-03-02</JournalDate>"
+                          "<Reference>PB-R-1</Reference><Notation>fees &amp; &lt;net&gt;"
+                          "</Notation></Header><Line><LedgerCode>1000</LedgerCode><EntryType>D"
+                          "</EntryType><EntryValue>97.00</EntryValue></Line><Line><LedgerCode>"
+                          "6100</LedgerCode><EntryType>D</EntryType><EntryValue>3.00"
+                          "</EntryValue><Comment>fees</Comment></Line><Line><LedgerCode>1100"
+                          "</LedgerCode><EntryType>C</EntryType><EntryValue>100.00</EntryValue>"
+                          "</Line></Item></PostGlJournal>");
+    assert_lacks(text, RAW_GUID);
+    free(text);
+    connection_free(c);
+    raw_stop();
+    json_decref(trace);
+}
+
+static void test_journal_lookup_refused_posts_nothing(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=GENQJL", 200, NULL,
+         "<GlJournalQuery><ErrorDescription>Operator 'ADMIN' may not use this query"
+         "</ErrorDescription></GlJournalQuery>"},
+        {"BusinessObject=GENTJL", 500, NULL, "should not be called"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    json_t *trace = json_array();
+    struct pb_err err = {0};
+    char id[64];
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    assert_int_equal(raw_journal(c, RAW_JOURNAL, id, sizeof id, trace, NULL, &err),
+                     PB_ERR_PERMANENT);
+    assert_contains(err.msg, "may not use this query");
+    assert_contains(err.msg, "could post twice");
+    connection_free(c);
+    for (int i = 0; i < raw.n_lines; i++)
+        assert_lacks(raw.lines[i], "GENTJL");
+    raw_stop();
+    json_decref(trace);
+}
+
+static void test_journal_5xx_is_transient(void **state)
+{
+    static const struct raw_rule rules[] = {
+        {"/logon?", 200, NULL, RAW_GUID "  "},
+        {"BusinessObject=GENQJL", 200, NULL, "<GlJournalQuery></GlJournalQuery>"},
+        {"BusinessObject=GENTJL", 503, "Retry-After: 4\r\n", "busy"},
+        {"/Logoff?", 200, NULL, "0"},
+        {NULL, 0, NULL, NULL},
+    };
+    struct pb_connection *c;
+    json_t *trace = json_array();
+    struct pb_err err = {0};
+    char id[64];
+    int retry_after = 0;
+
+    raw_start(rules);
+    c = raw_connection(NULL);
+    assert_int_equal(raw_journal(c, RAW_JOURNAL, id, sizeof id, trace, &retry_after, &err),
+                     PB_ERR_TRANSIENT);
+    assert_contains(err.msg, "GENTJL Transaction/Post: HTTP 503");
+    assert_int_equal(retry_after, 4);
+    assert_string_equal(id, "");
+    connection_free(c);
+    raw_stop();
+    json_decref(trace);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1146,6 +1463,12 @@ int main(void)
         cmocka_unit_test(test_query_reply_without_the_customer_means_not_found),
         cmocka_unit_test(test_url_too_long_is_refused_before_sending),
         cmocka_unit_test(test_unreachable_is_transient),
+        cmocka_unit_test(test_recon_settings),
+        cmocka_unit_test(test_ledger_pages_lower_case_1252_and_signs),
+        cmocka_unit_test(test_ledger_unreadable_replies_are_permanent),
+        cmocka_unit_test(test_journal_xml_and_reply_without_a_key),
+        cmocka_unit_test(test_journal_lookup_refused_posts_nothing),
+        cmocka_unit_test(test_journal_5xx_is_transient),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -13,7 +13,11 @@
  * (over-applying refused), ARSSCS + ARSQRY with a hostile name, ARSTIN
  * credit notes (over-crediting refused), SORQRY by CustomerPoNumber, the
  * Windows-1252 bytes of "£", the undeclared and UTF-8 encodings, expired
- * sessions, logoff, unknown business objects, settings validation and reset.
+ * sessions, logoff, unknown business objects, settings validation and reset;
+ * for reconciliation, AR payments and credit notes read back by date through
+ * ARSQPY, two at a time, and GL journals through GENTJL (balanced, at least
+ * two lines, codes of the configured chart, open periods), stored, numbered
+ * and found by Reference through GENQJL.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -570,6 +574,186 @@ static void test_reset_forgets(void **state)
     assert_int_equal(stat_of("customers"), 2);
 }
 
+/* ---- reconciliation: ARSQPY, GENTJL, GENQJL ------------------------------------------------ */
+
+#define PAYMENT(customer, value, ref, date)                                                        \
+    "<PostArPayment><Item><Payment><Customer>" customer "</Customer><PaymentValue>" value          \
+    "</PaymentValue><Bank>BANK1</Bank><Reference>" ref "</Reference><PaymentDate>" date            \
+    "</PaymentDate></Payment></Item></PostArPayment>"
+
+#define JOURNAL(ref, date, lines)                                                                  \
+    "<PostGlJournal><Item><Header><JournalDate>" date "</JournalDate><Reference>" ref              \
+    "</Reference><Notation>batch 1</Notation></Header>" lines "</Item></PostGlJournal>"
+
+#define LINE(code, type, value)                                                                    \
+    "<Line><LedgerCode>" code "</LedgerCode><EntryType>" type "</EntryType><EntryValue>" value     \
+    "</EntryValue><Comment>c</Comment></Line>"
+
+static void test_payments_queryable_by_date_and_paged(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "ARSTPY", NULL,
+       PAYMENT("0000001", "10.00", "D-1", "2026-03-01"), &r);
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTPY", NULL,
+       PAYMENT("0000002", "20.00", "D-2", "2026-03-02"), &r);
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTPY", NULL,
+       PAYMENT("0000001", "30.00", "D-3", "2026-03-09"), &r);
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTIN", NULL,
+       "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
+       "<InvoiceValue>4.00</InvoiceValue><Reference>RF-D</Reference><InvoiceDate>2026-03-02"
+       "</InvoiceDate></Invoice></Item></PostArInvoice>",
+       &r);
+    reply_free(&r);
+    bo("Transaction/Post", session, "ARSTPY", NULL, PAYMENT("0000001", "1.00", "D-X", "2026-02-30"),
+       &r);
+    assert_contains(r.body, "<errordescription>Payment date '2026-02-30' is invalid");
+    reply_free(&r);
+
+    /* the first week, two at a time */
+    bo("Query/Query", session, "ARSQPY", NULL,
+       "<Query><Option><DateFrom>2026-03-01</DateFrom><DateTo>2026-03-07</DateTo>"
+       "<MaxRecords>2</MaxRecords></Option></Query>",
+       &r);
+    assert_int_equal(r.status, 200);
+    assert_contains(r.body, "<Reference>D-1</Reference>");
+    assert_contains(r.body, "<TrnDate>2026-03-01</TrnDate>");
+    assert_contains(r.body, "<Value>10.00</Value>");
+    assert_contains(r.body, "<Currency>GBP</Currency>");
+    assert_contains(r.body, "<Reference>D-2</Reference>");
+    assert_lacks(r.body, "RF-D");
+    assert_contains(r.body, "<MoreRecords>Y</MoreRecords>");
+    assert_contains(r.body, "<LastKey>00000002</LastKey>");
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQPY", NULL,
+       "<Query><Option><DateFrom>2026-03-01</DateFrom><DateTo>2026-03-07</DateTo>"
+       "<MaxRecords>2</MaxRecords><StartAfterKey>00000002</StartAfterKey></Option></Query>",
+       &r);
+    assert_contains(r.body, "<DocumentType>C</DocumentType>");
+    assert_contains(r.body, "<Invoice>CN000001</Invoice>");
+    assert_contains(r.body, "<Value>4.00</Value>");
+    assert_lacks(r.body, "D-3"); /* 9 March */
+    assert_lacks(r.body, "D-1");
+    assert_contains(r.body, "<RecordsReturned>1</RecordsReturned>");
+    assert_contains(r.body, "<MoreRecords>N</MoreRecords>");
+    reply_free(&r);
+    /* payments only */
+    bo("Query/Query", session, "ARSQPY", NULL,
+       "<Query><Option><IncludeCreditNotes>N</IncludeCreditNotes></Option></Query>", &r);
+    assert_contains(r.body, "<RecordsReturned>3</RecordsReturned>");
+    assert_lacks(r.body, "RF-D");
+    reply_free(&r);
+    bo("Query/Query", session, "ARSQPY", NULL,
+       "<Query><Option><DateFrom>March</DateFrom></Option></Query>", &r);
+    assert_contains(r.body, "DateFrom 'March' is invalid");
+    reply_free(&r);
+}
+
+static void test_gl_journals_validated_stored_and_queried(void **state)
+{
+    char session[64];
+    struct reply r;
+    logon(session, sizeof session);
+
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-1", "2026-03-02",
+               LINE("1000", "D", "97.00") LINE("6100", "D", "3.00") LINE("1100", "C", "100.00")),
+       &r);
+    assert_int_equal(r.status, 200);
+    assert_contains(r.body, "<GlYear>2026</GlYear>");
+    assert_contains(r.body, "<GlPeriod>3</GlPeriod>");
+    assert_contains(r.body, "<Journal>1</Journal>");
+    assert_contains(r.body, "<RecordsInvalid>0</RecordsInvalid>");
+    reply_free(&r);
+
+    /* refusals, in SYSPRO's style */
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-2", "2026-03-02", LINE("1000", "D", "97.00") LINE("1100", "C", "100.00")), &r);
+    assert_contains(r.body, "Journal is out of balance: debits 97.00, credits 100.00");
+    assert_contains(r.body, "<RecordsInvalid>1</RecordsInvalid>");
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-3", "2026-03-02", LINE("1000", "D", "1.00")), &r);
+    assert_contains(r.body, "A journal needs at least 2 lines, it has 1");
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-4", "2026-03-02", LINE("4999", "D", "1.00") LINE("1100", "C", "1.00")), &r);
+    assert_contains(r.body, "Ledger code '4999' not found in the general ledger");
+    assert_contains(r.body, "<ErrorNumber>20120</ErrorNumber>");
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-5", "2026-03-02", LINE("1000", "X", "1.00") LINE("1100", "C", "1.00")), &r);
+    assert_contains(r.body, "Entry type 'X' for ledger code '1000' is invalid");
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-6", "2026-03-02", LINE("1000", "D", "1.001") LINE("1100", "C", "1.001")), &r);
+    assert_contains(r.body, "Entry value '1.001' for ledger code '1000' is invalid");
+    reply_free(&r);
+
+    /* the chart and the closed periods are settings */
+    http("POST", "/_sandbox/settings",
+         "{\"gl_accounts\":[\"1000\",{\"Account\":\"4999\",\"Description\":\"Suspense\"}],"
+         "\"gl_closed_periods\":[\"2026-03\"]}",
+         &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-7", "2026-03-31", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
+    assert_contains(r.body, "GL period 2026/03 is closed for posting");
+    reply_free(&r);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-8", "2026-04-01", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
+    assert_contains(r.body, "<Journal>2</Journal>");
+    reply_free(&r);
+    /* a repeated Reference is not refused: a second journal */
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-8", "2026-04-01", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
+    assert_contains(r.body, "<Journal>3</Journal>");
+    reply_free(&r);
+    assert_int_equal(stat_of("gl_journals"), 3);
+
+    bo("Query/Query", session, "GENQJL", NULL,
+       "<Query><Key><Reference>J-1</Reference></Key></Query>", &r);
+    assert_contains(r.body, "<JournalHeader>");
+    assert_contains(r.body, "<Journal>1</Journal>");
+    assert_contains(r.body, "<LedgerCode>6100</LedgerCode>");
+    assert_contains(r.body, "<EntryValue>97.00</EntryValue>");
+    assert_lacks(r.body, "ErrorDescription");
+    reply_free(&r);
+    bo("Query/Query", session, "GENQJL", NULL,
+       "<Query><Key><Reference>J-8</Reference></Key></Query>", &r);
+    assert_contains(r.body, "<Journal>2</Journal>");
+    assert_contains(r.body, "<Journal>3</Journal>");
+    reply_free(&r);
+    bo("Query/Query", session, "GENQJL", NULL,
+       "<Query><Key><Reference>J-2</Reference></Key></Query>", &r);
+    assert_contains(r.body, "GL journal with reference 'J-2' not found");
+    reply_free(&r);
+
+    /* bad settings change nothing */
+    http("POST", "/_sandbox/settings", "{\"gl_closed_periods\":[\"2026-13\"]}", &r);
+    assert_int_equal(r.status, 400);
+    assert_contains(r.body, "gl_closed_periods[0]");
+    reply_free(&r);
+    http("POST", "/_sandbox/settings", "{\"gl_accounts\":[\"\"]}", &r);
+    assert_int_equal(r.status, 400);
+    reply_free(&r);
+
+    /* reset forgets journals, the chart change and the closed period */
+    http("POST", "/_sandbox/reset", "{}", &r);
+    reply_free(&r);
+    assert_int_equal(stat_of("gl_journals"), 0);
+    logon(session, sizeof session);
+    bo("Transaction/Post", session, "GENTJL", NULL,
+       JOURNAL("J-9", "2026-03-31", LINE("6900", "D", "0.02") LINE("1100", "C", "0.02")), &r);
+    assert_contains(r.body, "<Journal>1</Journal>");
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -586,6 +770,8 @@ int main(void)
         cmocka_unit_test_setup(test_sessions_expire_and_log_off, test_setup),
         cmocka_unit_test_setup(test_malformed_requests_get_error_text, test_setup),
         cmocka_unit_test_setup(test_reset_forgets, test_setup),
+        cmocka_unit_test_setup(test_payments_queryable_by_date_and_paged, test_setup),
+        cmocka_unit_test_setup(test_gl_journals_validated_stored_and_queried, test_setup),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
