@@ -1644,8 +1644,19 @@ static enum pb_http_action h_admin_transactions(struct pb_http_request *req,
         return PB_HTTP_DONE;
     }
     pthread_mutex_lock(&st->mu);
-    for (size_t i = 0; all && i < st->n_txns; i++)
-        json_array_append_new(all, txn_json(st->txns[i], 1));
+    for (size_t i = 0; all && i < st->n_txns; i++) {
+        /* what settlement needs beyond the retrieve shape: voided and aborted
+         * transactions never settle; a released Deferred settles its release */
+        const struct txn *t = st->txns[i];
+        json_t *o = txn_json(t, 1);
+        if (o && t->voided)
+            json_object_set_new(o, "voided", json_true());
+        if (o && t->aborted)
+            json_object_set_new(o, "aborted", json_true());
+        if (o && t->type == TXN_DEFERRED && t->released)
+            json_object_set_new(o, "releasedAmount", json_integer((json_int_t)t->released_amount));
+        json_array_append_new(all, o);
+    }
     pthread_mutex_unlock(&st->mu);
     reply_json(resp, 200, all);
     return PB_HTTP_DONE;
@@ -1712,8 +1723,19 @@ static json_t *report_source(void *arg)
     struct opayo_state *st = arg;
     json_t *all = json_array();
     pthread_mutex_lock(&st->mu);
-    for (size_t i = 0; all && i < st->n_txns; i++)
-        json_array_append_new(all, txn_json(st->txns[i], 1));
+    for (size_t i = 0; all && i < st->n_txns; i++) {
+        /* what settlement needs beyond the retrieve shape: voided and aborted
+         * transactions never settle; a released Deferred settles its release */
+        const struct txn *t = st->txns[i];
+        json_t *o = txn_json(t, 1);
+        if (o && t->voided)
+            json_object_set_new(o, "voided", json_true());
+        if (o && t->aborted)
+            json_object_set_new(o, "aborted", json_true());
+        if (o && t->type == TXN_DEFERRED && t->released)
+            json_object_set_new(o, "releasedAmount", json_integer((json_int_t)t->released_amount));
+        json_array_append_new(all, o);
+    }
     pthread_mutex_unlock(&st->mu);
     return all;
 }

@@ -441,7 +441,7 @@ class Run:
         self.pb_conf = self.case.get("paybridge", {})
         known_pb = {"max_attempts", "xero_rate_limit", "max_body", "workers", "flow_edits", "opayo_settings",
                     "xero_settings", "syspro_settings", "sagex3_settings", "paytrace_settings", "shop_settings",
-                    "paytrace_poll_interval_s", "status_webhook", "log_level", "comment"}
+                    "paytrace_poll_interval_s", "status_webhook", "log_level", "reconcile", "comment"}
         for k in self.pb_conf:
             if k not in known_pb:
                 raise CaseError("paybridge.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known_pb))))
@@ -472,11 +472,14 @@ class Run:
         self.shop_secret = "e2e-shop-" + secrets.token_hex(12)
         self.admin_key = "e2e-admin-" + secrets.token_hex(16)
         self.vendor_name = "sandbox"
+        self.report_password = "e2e-rep-" + secrets.token_hex(8)
         self.env = dict(os.environ)
         self.env.update({
             "PB_E2E_NOTIFY_SECRET": self.notify_secret,
             "PB_E2E_OPAYO_KEY": self.opayo_key,
             "PB_E2E_OPAYO_PASSWORD": self.opayo_password,
+            "PB_E2E_OPAYO_REPORT_PASSWORD": self.report_password,
+            "PB_E2E_OPAYO_REPORT_USER": "e2e-report",
             "PB_E2E_XERO_CLIENT_ID": self.xero_client_id,
             "PB_E2E_XERO_CLIENT_SECRET": self.xero_client_secret,
             "PB_E2E_SYSPRO_PASSWORD": self.syspro_password,
@@ -548,7 +551,8 @@ class Run:
             "xero": {"client_id": self.xero_client_id, "client_secret": self.xero_client_secret,
                      "tenant_id": self.xero_tenant, "limits": False},
             "opayo": {"integration_key": self.opayo_key, "integration_password": self.opayo_password,
-                      "vendor_name": self.vendor_name, "notify_secret": self.notify_secret},
+                      "vendor_name": self.vendor_name, "notify_secret": self.notify_secret,
+                      "report_user": "e2e-report", "report_password": self.report_password},
             "syspro": {"operator": SYSPRO_OPERATOR, "operator_password": self.syspro_password,
                        "company_id": SYSPRO_COMPANY},
             "sagex3": {"username": X3_USER, "password": self.x3_password, "pool_alias": X3_POOL},
@@ -571,14 +575,17 @@ class Run:
         """The connections of the case's pairs (and shop-status), secrets as env:NAME."""
         conns = {}
         if "opayo" in self.systems:
-            opayo_settings = {"api_base": self.sandbox.url("opayo", "/api/v1"), "vendor_name": self.vendor_name}
+            opayo_settings = {"api_base": self.sandbox.url("opayo", "/api/v1"), "vendor_name": self.vendor_name,
+                              "report_url": self.sandbox.url("opayo", "/access/access.htm")}
             opayo_settings.update(self.pb_conf.get("opayo_settings", {}))
             conns["opayo-shop"] = {
                 "connector": "opayo",
                 "settings": opayo_settings,
                 "secrets": {"notify_secret": "env:PB_E2E_NOTIFY_SECRET",
                             "integration_key": "env:PB_E2E_OPAYO_KEY",
-                            "integration_password": "env:PB_E2E_OPAYO_PASSWORD"},
+                            "integration_password": "env:PB_E2E_OPAYO_PASSWORD",
+                            "report_user": "env:PB_E2E_OPAYO_REPORT_USER",
+                            "report_password": "env:PB_E2E_OPAYO_REPORT_PASSWORD"},
                 "retry": self.retry(),
             }
         if "xero" in self.systems:
@@ -629,6 +636,11 @@ class Run:
                 "secrets": {"username": "env:PB_E2E_X3_USER", "password": "env:PB_E2E_X3_PASSWORD"},
                 "retry": self.retry(),
             }
+        for name, block in self.pb_conf.get("reconcile", {}).items():
+            # a gateway connection's reconcile: block; "{dir}" is the case's directory
+            if name not in conns:
+                raise CaseError("paybridge.reconcile.%s: not a connection of the case (%s)" % (name, ", ".join(sorted(conns))))
+            conns[name]["reconcile"] = json.loads(json.dumps(block).replace("{dir}", self.dir))
         if self.pb_conf.get("status_webhook"):
             # every gateway connection tells the shop of its orders' states (built-in status jobs)
             for name in ("opayo-shop", "paytrace-shop"):
@@ -1636,6 +1648,96 @@ class Run:
         self.check_cli_output(" ".join(args), rc, out, err, step)
         return "`paybridge %s` rc %d, %d line(s)" % (" ".join(args), rc, len(out.splitlines()))
 
+    def step_reconcile(self, spec, step):
+        """`paybridge reconcile --connection C --date D`, then the run's JSON report
+        checked: expect_counts (a subset of "counts", e.g. {"breaks_by_class":
+        {"not_settled": 1}}), expect_breaks ([{"class", "order"}]: a break of that
+        class whose merchant or gateway reference is the order code, or the
+        gateway id of its payment), expect_journals (a subset of
+        "journal_counts": posted, existing, held, failed), expect_revision."""
+        known = {"connection", "date", "days_from_today", "expect_counts", "expect_breaks", "expect_journals",
+                 "expect_revision", "expect_problems"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("reconcile.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        date = spec.get("date") or time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400 * int(spec.get("days_from_today", 0))))
+        rc, out, err = self.cli("reconcile", "--connection", spec["connection"], "--date", date, "-c", self.config_path,
+                                timeout=120)
+        self.check_cli_output("reconcile %s %s" % (spec["connection"], date), rc, out, err, step)
+        if rc != 0:
+            return "reconcile failed: " + err.strip()[:200]
+        m = re.search(r"^reports: (\S+) ", out, re.M)
+        if not m:
+            self.fail("`paybridge reconcile` printed no reports line:\n" + out[:800])
+            return "no report"
+        with open(m.group(1)) as f:
+            report = json.load(f)
+        self.last_report = report
+
+        def subset(want, have, path):
+            for k, v in want.items():
+                if isinstance(v, dict):
+                    subset(v, have.get(k, {}) if isinstance(have, dict) else {}, path + k + ".")
+                else:
+                    got = have.get(k, 0) if isinstance(have, dict) else None
+                    self.expect(got == v, "reconcile %s %s: %s%s = %r, expected %r\n%s" % (spec["connection"], date, path, k, got, v, out[:1500]))
+        subset(spec.get("expect_counts", {}), report.get("counts", {}), "counts.")
+        subset(spec.get("expect_journals", {}), report.get("journal_counts", {}), "journal_counts.")
+        if "expect_revision" in spec:
+            self.expect(report.get("revision") == spec["expect_revision"],
+                        "reconcile: revision %r, expected %r" % (report.get("revision"), spec["expect_revision"]))
+        if "expect_problems" in spec:
+            self.expect(len(report.get("problems", [])) == spec["expect_problems"],
+                        "reconcile: %d problem(s), expected %d: %s" % (len(report.get("problems", [])), spec["expect_problems"],
+                                                                     json.dumps(report.get("problems", []))[:800]))
+        for want in spec.get("expect_breaks", []):
+            names = {want["order"]}
+            o = self.orders.get(want["order"], {})
+            for k in ("transaction_id",):
+                if o.get(k):
+                    names.add(str(o[k]))
+            found = [b for b in report.get("breaks", [])
+                     if b.get("class") == want["class"] and (b.get("merchant_ref") in names or b.get("gateway_ref") in names)]
+            self.expect(len(found) == 1, "reconcile: expected one %s break for %s, breaks are: %s" %
+                        (want["class"], want["order"], json.dumps(report.get("breaks", []))[:1500]))
+        c = report.get("counts", {})
+        return "%s %s rev %s: %s matches, %s breaks %s, journals %s" % (
+            spec["connection"], date, report.get("revision"), c.get("matches"), c.get("breaks"),
+            json.dumps(c.get("breaks_by_class")), json.dumps(report.get("journal_counts")))
+
+    def step_expect_sandbox(self, spec, step):
+        """GET an emulator's admin route and compare fields: {"system", "path",
+        "fields": {"dotted.path": value}, "count": {"dotted.path": N} (array length)}."""
+        known = {"system", "path", "fields", "count"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_sandbox.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        system, path = spec.get("system"), spec.get("path", "")
+        if system not in self.systems:
+            raise CaseError("expect_sandbox.system: one of the case's systems (%s)" % ", ".join(self.systems))
+        status, _, body = http("GET", self.sandbox.url(system, path))
+        if status != 200:
+            raise Abort("GET %s on %s: HTTP %d %s" % (path, system, status, short(body)))
+        doc = json.loads(body)
+
+        def at(d, dotted):
+            for part in dotted.split("."):
+                if isinstance(d, list):
+                    d = d[int(part)] if part.isdigit() and int(part) < len(d) else None
+                elif isinstance(d, dict):
+                    d = d.get(part)
+                else:
+                    return None
+            return d
+        for k, v in spec.get("fields", {}).items():
+            got = at(doc, k)
+            self.expect(got == v, "%s %s: %s = %r, expected %r" % (system, path, k, got, v))
+        for k, v in spec.get("count", {}).items():
+            got = at(doc, k)
+            n = len(got) if isinstance(got, (list, dict)) else None
+            self.expect(n == v, "%s %s: %s has %r element(s), expected %r" % (system, path, k, n, v))
+        return "%s %s checked" % (system, path)
+
     def step_cli_during(self, spec, step):
         """Run read-only CLI commands against the live store in a loop while orders are played."""
         known = {"commands", "orders", "extra_s"}
@@ -2530,6 +2632,8 @@ class Run:
         "expect_syspro": (step_expect_syspro, set()),
         "expect_sagex3": (step_expect_sagex3, set()),
         "expect_shop": (step_expect_shop, set()),
+        "reconcile": (step_reconcile, CLI_EXPECT),
+        "expect_sandbox": (step_expect_sandbox, set()),
     }
 
     def check_case(self):
