@@ -516,6 +516,36 @@ static void test_reversal_is_a_second_journal(void **state)
     connection_free(c);
 }
 
+static void test_long_narration_is_cut_not_refused(void **state)
+{
+    struct pb_connection *c = connection_with(NULL);
+    json_t *trace = json_array(), *ledger_json, *j;
+    struct pb_err err = {0};
+    char id[64], text[700], doc[1200];
+    const char *notation;
+    size_t chars = 0;
+
+    for (int i = 0; i < 300; i++)
+        memcpy(text + 2 * i, "\xc3\xa9", 2); /* 300 x "é" */
+    text[600] = '\0';
+    snprintf(doc, sizeof doc,
+             "{\"reference\":\"PB-LONG\",\"date\":\"2026-03-02\",\"narration\":\"%s\","
+             "\"currency\":\"GBP\",\"lines\":[{\"account\":\"6900\",\"amount_minor\":1},"
+             "{\"account\":\"1100\",\"amount_minor\":-1}]}",
+             text);
+    assert_int_equal(journal(c, doc, id, sizeof id, trace, &err), PB_OK);
+    assert_int_equal(admin("GET", "/_sandbox/ledger", NULL, &ledger_json), 200);
+    j = json_array_get(json_object_get(ledger_json, "gl_journals"), 0);
+    notation = s_of(j, "Notation");
+    for (const char *p = notation; *p; p++)
+        chars += ((unsigned char)*p & 0xC0) != 0x80;
+    assert_int_equal(chars, 255);
+    assert_int_equal(strlen(notation), 510); /* cut between characters */
+    json_decref(ledger_json);
+    json_decref(trace);
+    connection_free(c);
+}
+
 static void test_unknown_gl_account_is_permanent(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
@@ -692,6 +722,7 @@ int main(void)
         cmocka_unit_test_setup(test_ledger_of_an_empty_range, test_setup),
         cmocka_unit_test_setup(test_post_journal_once, test_setup),
         cmocka_unit_test_setup(test_reversal_is_a_second_journal, test_setup),
+        cmocka_unit_test_setup(test_long_narration_is_cut_not_refused, test_setup),
         cmocka_unit_test_setup(test_unknown_gl_account_is_permanent, test_setup),
         cmocka_unit_test_setup(test_closed_period_is_permanent, test_setup),
         cmocka_unit_test_setup(test_bad_journals_are_refused_before_sending, test_setup),

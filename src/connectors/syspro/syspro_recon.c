@@ -56,7 +56,8 @@
  * checked before anything is sent (2..200 lines, integer amounts other than
  * 0 that sum to 0, a reference of 1..50 characters, a real date, the
  * company's currency when settings.currency is set): such a journal is
- * PB_ERR_PERMANENT without a call.
+ * PB_ERR_PERMANENT without a call. The narration (Notation) and the line
+ * descriptions (Comment) are free text and are cut to 255 characters.
  *
  * Concurrency: two calls with the same reference at the same moment could
  * both miss the look-up and both post; the reconciliation run posts its
@@ -83,7 +84,7 @@
 #define KEY_MAX 128
 #define JOURNAL_REFERENCE_MAX 50
 #define JOURNAL_LINES_MAX 200
-#define JOURNAL_TEXT_MAX 255 /* narration and line descriptions, in characters */
+#define JOURNAL_TEXT_MAX 255 /* narration and line descriptions sent, in characters */
 #define ACCOUNT_MAX 35       /* a SYSPRO GL code */
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -380,7 +381,7 @@ static enum pb_rc check_journal(const struct syspro_state *st, const json_t *j, 
     if ((rc = check_text(json_object_get(j, "reference"), "reference", 1, JOURNAL_REFERENCE_MAX,
                          &out->reference, err)) ||
         (rc = check_text(json_object_get(j, "date"), "date", 1, 10, &out->date, err)) ||
-        (rc = check_text(json_object_get(j, "narration"), "narration", 0, JOURNAL_TEXT_MAX,
+        (rc = check_text(json_object_get(j, "narration"), "narration", 0, (size_t)-1,
                          &out->narration, err)) ||
         (rc = check_text(json_object_get(j, "currency"), "currency", 1, 3, &out->currency, err)))
         return rc;
@@ -414,7 +415,7 @@ static enum pb_rc check_journal(const struct syspro_state *st, const json_t *j, 
                              err)))
             return rc;
         snprintf(what, sizeof what, "lines[%zu].description", i);
-        if ((rc = check_text(json_object_get(l, "description"), what, 0, JOURNAL_TEXT_MAX,
+        if ((rc = check_text(json_object_get(l, "description"), what, 0, (size_t)-1,
                              &jl->description, err)))
             return rc;
         if (!json_is_integer(amount) || json_integer_value(amount) == 0 ||
@@ -516,6 +517,27 @@ static enum pb_rc find_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
     return rc;
 }
 
+/* A text child holding at most JOURNAL_TEXT_MAX characters of `text` (free
+ * text for the accountant: cut, at a character boundary, rather than refuse
+ * the journal for it). */
+static xmlNodePtr add_text_cut(xmlNodePtr parent, const char *name, const char *text)
+{
+    size_t bytes = 0, chars = 0;
+    xmlChar *cut;
+    xmlNodePtr n;
+    while (text[bytes] && chars < JOURNAL_TEXT_MAX) {
+        bytes++;
+        while (((unsigned char)text[bytes] & 0xC0) == 0x80)
+            bytes++;
+        chars++;
+    }
+    if (!(cut = xmlStrndup(BAD_CAST text, (int)bytes)))
+        return NULL;
+    n = xmlNewTextChild(parent, NULL, BAD_CAST name, cut);
+    xmlFree(cut);
+    return n;
+}
+
 static xmlDocPtr journal_doc(const struct journal *j)
 {
     xmlNodePtr root, item, header;
@@ -528,8 +550,7 @@ static xmlDocPtr journal_doc(const struct journal *j)
     header = item ? xmlNewChild(item, NULL, BAD_CAST "Header", NULL) : NULL;
     ok = header && xmlNewTextChild(header, NULL, BAD_CAST "JournalDate", BAD_CAST j->date) &&
          xmlNewTextChild(header, NULL, BAD_CAST "Reference", BAD_CAST j->reference) &&
-         (!j->narration[0] ||
-          xmlNewTextChild(header, NULL, BAD_CAST "Notation", BAD_CAST j->narration));
+         (!j->narration[0] || add_text_cut(header, "Notation", j->narration));
     for (size_t i = 0; ok && i < j->n; i++) {
         const struct jline *l = &j->lines[i];
         char value[PB_MONEY_DECIMAL_MAX];
@@ -541,8 +562,7 @@ static xmlDocPtr journal_doc(const struct journal *j)
             xmlNewTextChild(line, NULL, BAD_CAST "LedgerCode", BAD_CAST l->account) &&
             xmlNewTextChild(line, NULL, BAD_CAST "EntryType", BAD_CAST(l->minor > 0 ? "D" : "C")) &&
             xmlNewTextChild(line, NULL, BAD_CAST "EntryValue", BAD_CAST value) &&
-            (!l->description[0] ||
-             xmlNewTextChild(line, NULL, BAD_CAST "Comment", BAD_CAST l->description));
+            (!l->description[0] || add_text_cut(line, "Comment", l->description));
     }
     if (!ok) {
         xmlFreeDoc(doc);
