@@ -901,6 +901,10 @@ static void out_add(struct outbuf *b, const char *s, size_t n)
 {
     if (b->failed)
         return;
+    if (n > TEXT_REPLY_MAX || b->len > TEXT_REPLY_MAX) { /* also bounds n for the compiler */
+        b->failed = 1;
+        return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 1024;
         char *np;

@@ -70,6 +70,7 @@
 #include "net/trace.h"
 
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -96,6 +97,10 @@ static void sb_put(struct sbuf *b, const char *s, size_t n)
 {
     if (b->oom)
         return;
+    if (n > SIZE_MAX / 4 || b->len > SIZE_MAX / 4) { /* never in practice; bounds for the compiler */
+        b->oom = 1;
+        return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1)

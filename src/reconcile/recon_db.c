@@ -21,6 +21,11 @@
  * Why its own file: a run writes a whole day at once; in the event store that
  * would hold the writer lock while webhooks wait for their group commit.
  *
+ * One run per day at a time: starting a run of (connection, date) whose row
+ * is "running" is refused (PB_ERR_EXISTS) unless that run started more than
+ * 30 minutes ago (its process died), so a run by hand and a scheduled one
+ * never post the same journals at the same moment.
+ *
  * Threading: one connection, every call under the mutex (the scheduler thread
  * and the admin API share it). WAL, synchronous=FULL: a posted journal's row
  * is durable before the run reports it.
@@ -33,6 +38,10 @@
 #include <time.h>
 
 #include "reconcile/reconcile_internal.h"
+
+/* A run still "running" after this long died with its process: the day may
+ * be run again. (A live run of one day takes seconds.) */
+#define PB_RECON_RUN_STALE_MS (30LL * 60 * 1000)
 
 struct pb_recon_db {
     sqlite3 *db;
@@ -180,6 +189,7 @@ enum pb_rc pb__rdb_run_begin(struct pb_recon_db *db, const char *connection, con
                            " ON CONFLICT(connection,date) DO UPDATE SET revision=revision+1,"
                            " status='running', trigger=?4, started_ms=?5, finished_ms=NULL,"
                            " error=NULL, erp=?3"
+                           " WHERE status<>'running' OR started_ms < ?5 - ?6"
                            " RETURNING id, revision",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = sqlerr(db, err, "starting a run");
@@ -190,7 +200,17 @@ enum pb_rc pb__rdb_run_begin(struct pb_recon_db *db, const char *connection, con
     bt(st, 3, erp);
     bt(st, 4, trigger);
     sqlite3_bind_int64(st, 5, now_ms());
-    if (sqlite3_step(st) != SQLITE_ROW) {
+    sqlite3_bind_int64(st, 6, PB_RECON_RUN_STALE_MS);
+    switch (sqlite3_step(st)) {
+    case SQLITE_ROW:
+        break;
+    case SQLITE_DONE: /* the WHERE refused: another run of the day holds it */
+        rc = pb_err_set(err, PB_ERR_EXISTS,
+                        "a reconciliation run of %s for %s is in progress (another process or the "
+                        "scheduler); try again when it is done",
+                        connection, date);
+        goto out;
+    default:
         rc = sqlerr(db, err, "starting a run");
         goto out;
     }

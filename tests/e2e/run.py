@@ -1644,6 +1644,7 @@ class Run:
         """One CLI command against the case's config, e.g. ["events", "list"]."""
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise CaseError("cli: a list of argument strings, e.g. [\"events\", \"list\"]")
+        args = [self.subst(a) for a in args]
         rc, out, err = self.cli(*(args + ["-c", self.config_path]))
         self.check_cli_output(" ".join(args), rc, out, err, step)
         return "`paybridge %s` rc %d, %d line(s)" % (" ".join(args), rc, len(out.splitlines()))
@@ -1737,6 +1738,61 @@ class Run:
             n = len(got) if isinstance(got, (list, dict)) else None
             self.expect(n == v, "%s %s: %s has %r element(s), expected %r" % (system, path, k, n, v))
         return "%s %s checked" % (system, path)
+
+    def subst(self, text):
+        """{dir}, {today} (UTC, YYYY-MM-DD) and {tx:CODE} (the gateway transaction
+        id of an order of this case) in a string."""
+        text = text.replace("{dir}", self.dir).replace("{today}", time.strftime("%Y-%m-%d", time.gmtime()))
+
+        def tx(m):
+            o = self.orders.get(m.group(1))
+            if not o or not o.get("transaction_id"):
+                raise CaseError("{tx:%s}: no order %s with a transaction id in this case" % (m.group(1), m.group(1)))
+            return str(o["transaction_id"])
+        return re.sub(r"\{tx:([^}]+)\}", tx, text)
+
+    def step_write_file(self, spec, step):
+        """Write a file (e.g. a settlement report): {"path", "text" or "lines"}; substitutions as subst()."""
+        known = {"path", "text", "lines"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("write_file.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        path = self.subst(spec["path"])
+        if not path.startswith(self.dir + "/"):
+            raise CaseError("write_file.path: must be under {dir}")
+        text = self.subst(spec["text"] if "text" in spec else "".join(l + "\n" for l in spec["lines"]))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return "wrote %s (%d bytes)" % (path, len(text))
+
+    def step_admin(self, spec, step):
+        """One admin API call with the case's key: {"method", "path", "body", "expect_status",
+        "fields": {"dotted.path": value}, "wait_s": N (repeat until the fields hold)}."""
+        known = {"method", "path", "body", "expect_status", "fields", "wait_s"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("admin.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        method, path = spec.get("method", "GET"), self.subst(spec["path"])
+        body = json.loads(self.subst(json.dumps(spec["body"]))) if "body" in spec else None
+        deadline = time.time() + float(spec.get("wait_s", 0))
+        while True:
+            status, _, resp = http(method, self.pb.url(path), body, {"Authorization": "Bearer " + self.admin_key})
+            data = as_json(resp)
+            bad = []
+            if status != spec.get("expect_status", 200):
+                bad.append("HTTP %d, expected %d" % (status, spec.get("expect_status", 200)))
+            for k, v in spec.get("fields", {}).items():
+                d = data
+                for part in k.split("."):
+                    d = d.get(part) if isinstance(d, dict) else (d[int(part)] if isinstance(d, list) and part.isdigit() and int(part) < len(d) else None)
+                if d != v:
+                    bad.append("%s = %r, expected %r" % (k, d, v))
+            if not bad or time.time() >= deadline:
+                break
+            time.sleep(0.2)
+        self.expect(not bad, "%s %s: %s; body %s" % (method, path, "; ".join(bad), short(resp, 600)))
+        return "%s %s -> %d %s" % (method, path, status, short(resp, 160))
 
     def step_cli_during(self, spec, step):
         """Run read-only CLI commands against the live store in a loop while orders are played."""
@@ -1948,6 +2004,7 @@ class Run:
             args += ["--reason", spec["reason"]]
         if "reference" in spec:
             args += ["--reference", spec["reference"]]
+        args = [self.subst(a) for a in args]
         rc, out, err = self.cli(*(args + ["-c", self.config_path]))
         self.check_cli_output(" ".join(args), rc, out, err, step)
         if rc == 0:
@@ -2018,6 +2075,7 @@ class Run:
             args = ["chargebacks", "update", str(ref), "--state", spec["state"]]
         else:
             raise CaseError("chargeback: {\"open\": {...}} or {\"update\": ID|\"first\"|\"last\", \"state\": S}")
+        args = [self.subst(a) for a in args]
         rc, out, err = self.cli(*(args + ["-c", self.config_path]))
         self.check_cli_output(" ".join(args), rc, out, err, step)
         if rc == 0:
@@ -2634,6 +2692,8 @@ class Run:
         "expect_shop": (step_expect_shop, set()),
         "reconcile": (step_reconcile, CLI_EXPECT),
         "expect_sandbox": (step_expect_sandbox, set()),
+        "write_file": (step_write_file, set()),
+        "admin": (step_admin, set()),
     }
 
     def check_case(self):
