@@ -1743,6 +1743,7 @@ class Run:
         """{dir}, {today} (UTC, YYYY-MM-DD) and {tx:CODE} (the gateway transaction
         id of an order of this case) in a string."""
         text = text.replace("{dir}", self.dir).replace("{today}", time.strftime("%Y-%m-%d", time.gmtime()))
+        text = text.replace("{yesterday}", time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400)))
 
         def tx(m):
             o = self.orders.get(m.group(1))
@@ -1783,6 +1784,7 @@ class Run:
             if status != spec.get("expect_status", 200):
                 bad.append("HTTP %d, expected %d" % (status, spec.get("expect_status", 200)))
             for k, v in spec.get("fields", {}).items():
+                v = self.subst(v) if isinstance(v, str) else v
                 d = data
                 for part in k.split("."):
                     d = d.get(part) if isinstance(d, dict) else (d[int(part)] if isinstance(d, list) and part.isdigit() and int(part) < len(d) else None)
