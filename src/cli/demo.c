@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "reconcile/reconcile.h"
 #include "cli/cli.h"
 #include "core/crypto.h"
 #include "core/log.h"
@@ -285,6 +286,62 @@ static char *seal(const unsigned char key[32], const char *v)
     return out;
 }
 
+/* 7. the day's close: each gateway settles what it processed (one payment left
+ * out and one fee wrong, so that there is something to find), then paybridge
+ * reconciles the day and posts the journals (docs/reconciliation.md). */
+static void reconcile_today(struct pb_engine *e, struct pb_config *cfg, struct pb_sandbox *sb,
+                            const char *dir)
+{
+    static const struct {
+        const char *gateway, *connection;
+    } days[] = {{"opayo", "opayo-shop"}, {"paytrace", "paytrace-shop"}};
+    struct pb_http_client *http = NULL;
+    struct pb_recon_db *db = NULL;
+    struct pb_err err = {0};
+    char path[1100];
+    int32_t today = (int32_t)(time(NULL) / 86400);
+    snprintf(path, sizeof path, "%s/recon.db", dir);
+    if (pb_http_client_new(&http, &err) || pb_recon_db_open(path, &db, &err)) {
+        printf("demo: reconciliation skipped: %s\n", err.msg);
+        pb_http_client_free(http);
+        return;
+    }
+    for (size_t i = 0; i < sizeof days / sizeof days[0]; i++) {
+        struct pb_reconcile_result res;
+        char url[128];
+        int st;
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/_sandbox/settle",
+                 pb_sandbox_port(sb, days[i].gateway));
+        st = post_json(http, url, NULL, NULL, NULL, "{\"missing\":1,\"wrong_fee\":1,\"fee_delta\":\"0.10\"}",
+                       NULL);
+        if (st / 100 != 2) {
+            printf("demo: %s could not settle (HTTP %d)\n", days[i].gateway, st);
+            continue;
+        }
+        pb_err_clear(&err);
+        if (pb_reconcile_day(cfg, pb_engine_store(e), db, days[i].connection, today, "demo", &res,
+                             &err)) {
+            printf("demo: reconcile %s: %s\n", days[i].connection, err.msg);
+            continue;
+        }
+        {
+            uint64_t matches = 0;
+            for (unsigned r = 1; r < PB_RECON_RULE_COUNT; r++)
+                matches += res.summary.matches_by_rule[r];
+            printf("demo: reconcile %-13s %llu line(s) settled, %llu matched, %zu break(s) "
+                   "(not_settled=%llu fee_out_of_contract=%llu), journals posted=%zu failed=%zu\n",
+                   days[i].connection, (unsigned long long)res.summary.lines,
+                   (unsigned long long)matches, res.breaks,
+                   (unsigned long long)res.summary.breaks_by_class[PB_RECON_BREAK_NOT_SETTLED],
+                   (unsigned long long)res.summary.breaks_by_class[PB_RECON_BREAK_FEE_OUT_OF_CONTRACT],
+                   res.journals_posted, res.journals_failed);
+            printf("demo:           report %s\n", res.report_csv);
+        }
+    }
+    pb_recon_db_close(db);
+    pb_http_client_free(http);
+}
+
 struct summary {
     long long accepted, posted, declined, dead, duplicates, pending;
 };
@@ -326,7 +383,7 @@ int pb_cli_demo(int argc, char **argv)
     /* sealed secrets of the demo's config (freed at `out`) */
     char *s_notify = NULL, *s_ik = NULL, *s_ip = NULL, *s_cid = NULL, *s_cs = NULL, *s_sop = NULL,
          *s_scp = NULL, *s_x3u = NULL, *s_x3p = NULL, *s_ptu = NULL, *s_ptp = NULL, *s_ptw = NULL,
-         *s_shop = NULL;
+         *s_shop = NULL, *s_rpu = NULL, *s_rpp = NULL;
     char *yaml = NULL;
 
     for (int i = 1; i < argc; i++) {
@@ -403,6 +460,10 @@ int pb_cli_demo(int argc, char **argv)
                                         : json_false(),
                             "opayo", "port", 0, "syspro", "port", 0, "sagex3", "port", 0, "paytrace",
                             "port", 0, "shop", "port", 0);
+    /* the X3 chart also needs a bank and an adjustments account for the settlement journals */
+    json_object_set_new(json_object_get(sbs, "sagex3"), "accounts",
+                        json_pack("[s,s,s,s,s,s]", "5120000", "5121000", "4110000", "7070000",
+                                  "6270000", "6580000"));
     if (pb_sandbox_start(sbs, &sb, &err)) {
         fprintf(stderr, "paybridge demo: sandbox: %s\n", err.msg);
         json_decref(sbs);
@@ -427,8 +488,10 @@ int pb_cli_demo(int argc, char **argv)
     s_ptp = seal(key, "sandbox-pass");
     s_ptw = seal(key, "sandbox-paytrace-secret");
     s_shop = seal(key, "sandbox-shop-secret");
+    s_rpu = seal(key, "sandbox-report");
+    s_rpp = seal(key, "sandbox-report-password");
     if (!s_notify || !s_ik || !s_ip || !s_cid || !s_cs || !s_sop || !s_scp || !s_x3u || !s_x3p ||
-        !s_ptu || !s_ptp || !s_ptw || !s_shop ||
+        !s_ptu || !s_ptp || !s_ptw || !s_shop || !s_rpu || !s_rpp ||
         asprintf(&yaml,
                  "# Written by `paybridge demo`. Every secret is sealed with AES-256-GCM under secret.key.\n"
                  "server:\n  listen: \"127.0.0.1:%d\"\n  threads: 2\n"
@@ -440,8 +503,14 @@ int pb_cli_demo(int argc, char **argv)
                  "connections:\n"
                  "  opayo-shop:\n    connector: opayo\n    status_webhook: shop-status\n    settings:\n"
                  "      api_base: \"http://127.0.0.1:%d/api/v1\"\n      vendor_name: sandbox\n"
+                 "      report_url: \"http://127.0.0.1:%d/access/access.htm\"\n"
                  "    secrets:\n      notify_secret: \"%s\"\n      integration_key: \"%s\"\n"
                  "      integration_password: \"%s\"\n"
+                 "      report_user: \"%s\"\n      report_password: \"%s\"\n"
+                 "    reconcile:\n      erp: xero-demo\n      schedule: \"0 6 * * *\"\n"
+                 "      settlement_lag_days: 0\n"
+                 "      accounts: {clearing: \"091\", fees: \"404\", bank: \"090\", adjustments: \"260\"}\n"
+                 "      currencies: {GBP: {fee_rate_bp: 150, fee_fixed: \"0.20\", auto_adjust_max: \"0.05\"}}\n"
                  "  xero-demo:\n    connector: xero\n    settings:\n"
                  "      api_base: \"http://127.0.0.1:%d/api.xro/2.0\"\n"
                  "      token_url: \"http://127.0.0.1:%d/connect/token\"\n"
@@ -456,11 +525,16 @@ int pb_cli_demo(int argc, char **argv)
                  "  paytrace-shop:\n    connector: paytrace\n    status_webhook: shop-status\n    settings:\n"
                  "      api_base: \"http://127.0.0.1:%d\"\n"
                  "    poll_interval_s: 20\n"
+                 "    reconcile:\n      erp: sagex3-erp\n      schedule: \"0 6 * * *\"\n"
+                 "      settlement_lag_days: 0\n"
+                 "      accounts: {clearing: \"5120000\", fees: \"6270000\", bank: \"5121000\", "
+                 "adjustments: \"6580000\"}\n"
+                 "      currencies: {USD: {fee_rate_bp: 290, fee_fixed: \"0.30\"}}\n"
                  "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
                  "      webhook_secret: \"%s\"\n"
                  "  sagex3-erp:\n    connector: sagex3\n    settings:\n"
                  "      base_url: \"http://127.0.0.1:%d\"\n      pool_alias: SEED\n"
-                 "      default_site: US011\n"
+                 "      default_site: US011\n      journal_type: ODT\n      journal_site: US011\n"
                  "    secrets:\n      username: \"%s\"\n      password: \"%s\"\n"
                  "    retry: {base_ms: 200, cap_ms: 5000, max_attempts: 8}\n"
                  "  shop-status:\n    connector: shopwebhook\n    settings:\n"
@@ -468,7 +542,7 @@ int pb_cli_demo(int argc, char **argv)
                  "    secrets:\n      signing_secret: \"%s\"\n"
                  "flows:\n  - flows/opayo-xero.yaml\n  - flows/opayo-syspro.yaml\n"
                  "  - flows/paytrace-sagex3.yaml\n",
-                 port, admin_hash, oport, s_notify, s_ik, s_ip, xport, xport,
+                 port, admin_hash, oport, oport, s_notify, s_ik, s_ip, s_rpu, s_rpp, xport, xport,
                  DEMO_TENANT, s_cid, s_cs, sport, s_sop, s_scp, pport, s_ptu, s_ptp, s_ptw, x3port,
                  s_x3u, s_x3p, shport, s_shop) < 0) {
         fprintf(stderr, "paybridge demo: out of memory\n");
@@ -614,6 +688,7 @@ int pb_cli_demo(int argc, char **argv)
             pb_http_client_free(http);
         }
     }
+    reconcile_today(e, cfg, sb, dir);
     printf("demo: %d Opayo orders and %d PayTrace sales played\n", t.orders, t.paytrace_sales);
     printf("demo: declined=%lld (never posted, by design)\n", s.declined);
     printf("demo: accepted=%lld posted=%lld dead=%lld duplicates=%lld\n", s.accepted, s.posted, s.dead,
@@ -641,6 +716,8 @@ out:
     free(s_ptp);
     free(s_ptw);
     free(s_shop);
+    free(s_rpu);
+    free(s_rpp);
     memset(key, 0, sizeof(key));
     return rc;
 }
