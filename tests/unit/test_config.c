@@ -161,12 +161,77 @@ static void test_tampered_secret(void **st)
     pb_diags_free(&d);
 }
 
+/* The reconcile: block: each mistake named at its line, and the cross-checks
+ * against the other connections (the ERP exists and can do what is asked). */
+static void test_reconcile_block(void **st)
+{
+    struct pb_diags d = {0};
+    struct pb_config *cfg = NULL;
+    const char *p = write_cfg("recon.yaml",
+                              "connections:\n"                                  /* 1 */
+                              "  gw-a:\n"                                       /* 2 */
+                              "    connector: opayo\n"                          /* 3 */
+                              "    reconcile:\n"                                /* 4 */
+                              "      erp: gw-b\n"                               /* 5 */
+                              "      schedule: \"0 25 * * *\"\n"                /* 6 */
+                              "      accounts: {clearing: \"1\", fees: \"2\", bank: \"3\", adjustments: \"4\"}\n" /* 7 */
+                              "  gw-b:\n"                                       /* 8 */
+                              "    connector: opayo\n"                          /* 9 */
+                              "    reconcile:\n"                                /* 10 */
+                              "      erp: nowhere\n"                            /* 11 */
+                              "      post_journals: false\n"                    /* 12 */
+                              "      ledger: paybridge\n"                       /* 13 */
+                              "  gw-c:\n"                                       /* 14 */
+                              "    connector: opayo\n"                          /* 15 */
+                              "    reconcile:\n"                                /* 16 */
+                              "      erp: gw-a\n"                               /* 17 */
+                              "      source: dir\n"                             /* 18 */
+                              "      dir: reports\n"                            /* 19 */
+                              "      columns: {columns: {amount: Amount}}\n"    /* 20 */
+                              "      currencies: {GBX: {tolerance: \"0.01\"}}\n" /* 21 */
+                              "      accounts: {clearing: \"1\", fees: \"2\", bank: \"3\", adjustments: \"4\"}\n"
+                              "  gw-d:\n"                                       /* 23 */
+                              "    connector: opayo\n"                          /* 24 */
+                              "    reconcile:\n"                                /* 25 */
+                              "      erp: gw-a\n"                               /* 26 */
+                              "      accounts: {clearing: \"1\", fees: \"2\"}\n" /* 27 */
+                              "      tolerance: 1\n");                          /* 28 */
+    assert_int_equal(pb_config_load(p, 0, &cfg, &d), PB_ERR_CONFIG);
+    dump(&d);
+    assert_true(has_diag(&d, 6, "hour: 25 is out of range 0-23"));
+    assert_true(has_diag(&d, 0, "gw-b.reconcile.erp: no connection named \"nowhere\""));
+    assert_true(has_diag(&d, 21, "\"GBX\" is not an ISO 4217 currency code"));
+    assert_true(has_diag(&d, 28, "unknown key \"tolerance\""));
+    pb_diags_free(&d);
+
+    /* a clean block; an opayo ERP cannot read a ledger or post journals */
+    memset(&d, 0, sizeof d);
+    p = write_cfg("recon2.yaml", "connections:\n"
+                                 "  gw-a:\n"
+                                 "    connector: opayo\n"
+                                 "    reconcile:\n"
+                                 "      erp: gw-b\n"
+                                 "      schedule: \"@daily\"\n"
+                                 "      accounts: {clearing: \"1\", fees: \"2\", bank: \"3\", adjustments: \"4\"}\n"
+                                 "      currencies: {GBP: {auto_adjust_max: \"1.00\", fee_rate_bp: 150, fee_fixed: \"0.20\"}}\n"
+                                 "      fx_rates: {\"EUR/GBP\": \"0.86\"}\n"
+                                 "  gw-b:\n"
+                                 "    connector: opayo\n");
+    assert_int_equal(pb_config_load(p, 0, &cfg, &d), PB_ERR_CONFIG);
+    dump(&d);
+    assert_true(has_diag(&d, 0, "cannot read its ledger back"));
+    assert_true(has_diag(&d, 0, "cannot post journals"));
+    assert_int_equal((int)d.n, 2);
+    pb_diags_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_error_with_line),
         cmocka_unit_test(test_sealed_secret_and_flow_crosscheck),
         cmocka_unit_test(test_tampered_secret),
+        cmocka_unit_test(test_reconcile_block),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
