@@ -19,6 +19,7 @@
  *   POST /admin/reconcile               {connection, date}: queue a reconciliation run (202)
  *   GET  /admin/recon/runs?connection=C reconciliation runs, newest day first
  *   GET  /admin/recon/runs/{run}        one run (id or C:YYYY-MM-DD): breaks, journals, problems
+ *   GET  /admin/recon/runs/{run}/items?kind=match|line|record   its inputs and matches
  *   POST /admin/recon/journals/{ref}/undo   reverse a journal ({"by": NAME} optional)
  *
  * Admin authentication: `Authorization: Bearer <key>`; the SHA-256 of the
@@ -520,6 +521,26 @@ static enum pb_http_action h_recon_run(struct pb_http_request *req, struct pb_ht
     return send_json(resp, 200, out);
 }
 
+static enum pb_http_action h_recon_items(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *run = NULL, *items = NULL;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)))
+        return PB_HTTP_DONE;
+    if (pb_recon_db_run(pb_reconcile_scheduler_db(s), req->params[0], &run, &err) ||
+        pb_recon_db_run_items(pb_reconcile_scheduler_db(s), json_integer_value(json_object_get(run, "id")),
+                              pb_http_query(req, "kind"), &items, &err)) {
+        json_decref(run);
+        pb_http_response_error(resp, status_of(err.rc), pb_rc_name(err.rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    json_decref(run);
+    return send_json(resp, 200, items);
+}
+
 static enum pb_http_action h_recon_undo(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
 {
     struct pb_engine *e = arg;
@@ -565,6 +586,7 @@ const struct pb_http_route *pb_admin_routes(struct pb_engine *e)
         {"POST", "/admin/reconcile", h_reconcile, e},
         {"GET", "/admin/recon/runs", h_recon_runs, e},
         {"GET", "/admin/recon/runs/{}", h_recon_run, e},
+        {"GET", "/admin/recon/runs/{}/items", h_recon_items, e},
         {"POST", "/admin/recon/journals/{}/undo", h_recon_undo, e},
         {NULL, NULL, NULL, NULL},
     };

@@ -7,7 +7,8 @@
  *       store the run and write its reports; prints the run. Re-running a day
  *       updates it and posts nothing twice.
  *   paybridge recon list [--connection C] -c FILE
- *   paybridge recon show RUN -c FILE         RUN: an id or C:YYYY-MM-DD
+ *   paybridge recon show RUN [--matches] -c FILE   RUN: an id or C:YYYY-MM-DD;
+ *       --matches also lists every match with its rule and explanation
  *   paybridge recon undo REFERENCE [--by NAME] -c FILE
  *       reverse a journal (an automatic adjustment, or a batch journal) by
  *       posting its reversal.
@@ -130,7 +131,7 @@ int pb_cli_recon(int argc, char **argv)
     if (!sub || (strcmp(sub, "list") && strcmp(sub, "show") && strcmp(sub, "undo")) ||
         ((!strcmp(sub, "show") || !strcmp(sub, "undo")) && argc < 3)) {
         fprintf(stderr, "usage: paybridge recon list [--connection C] -c FILE\n"
-                        "       paybridge recon show RUN -c FILE      (RUN: id or CONNECTION:YYYY-MM-DD)\n"
+                        "       paybridge recon show RUN [--matches] -c FILE   (RUN: id or CONNECTION:YYYY-MM-DD)\n"
                         "       paybridge recon undo JOURNAL_REFERENCE [--by NAME] -c FILE\n");
         return 2;
     }
@@ -168,8 +169,20 @@ int pb_cli_recon(int argc, char **argv)
         if (pb_recon_db_run(db, argv[2], &out, &err)) {
             fprintf(stderr, "paybridge recon show: %s\n", err.msg);
             status = 1;
-        } else
+        } else {
             pb_reconcile_print(out, stdout);
+            if (argc > 3 && strcmp(argv[3], "--matches") == 0) {
+                json_t *items = NULL, *m;
+                size_t i;
+                if (pb_recon_db_run_items(db, json_integer_value(json_object_get(out, "id")),
+                                          "match", &items, &err) == PB_OK) {
+                    printf("matches:\n");
+                    json_array_foreach(items, i, m)
+                        printf("  %s\n", json_string_value(json_object_get(m, "explanation")));
+                }
+                json_decref(items);
+            }
+        }
     } else {
         const char *who = argc > 4 && strcmp(argv[3], "--by") == 0 ? argv[4] : getenv("USER");
         char rev[64];

@@ -9,6 +9,10 @@
  *                 the input and the report paths. A re-run replaces detail.
  *   run_records   the ledger record ids a run matched, so that the run of
  *                 another day never counts them as unsettled.
+ *   run_items     the run's inputs and matches, one row each: every
+ *                 settlement line and ledger record it matched on (as given
+ *                 to the matcher) and every match with its rule, confidence
+ *                 and explanation. Replaced by a re-run.
  *   journals      every journal paybridge posted or tried to: reference
  *                 (unique; the idempotency key), kind (batch, adjustment,
  *                 reversal), the lines, status (pending, posted, failed,
@@ -60,6 +64,9 @@ static const char SCHEMA[] =
     " run_id INTEGER NOT NULL, connection TEXT NOT NULL, date TEXT NOT NULL,"
     " record_id TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS run_records_conn ON run_records(connection, date);"
+    "CREATE TABLE IF NOT EXISTS run_items("
+    " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,"
+    " PRIMARY KEY(run_id, seq));"
     "CREATE TABLE IF NOT EXISTS journals("
     " reference TEXT PRIMARY KEY, run_id INTEGER, connection TEXT NOT NULL, erp TEXT NOT NULL,"
     " kind TEXT NOT NULL, date TEXT, currency TEXT, amount_minor INTEGER, narration TEXT,"
@@ -224,7 +231,7 @@ out:
 
 enum pb_rc pb__rdb_run_finish(struct pb_recon_db *db, int64_t run_id, const char *status,
                               const char *error, const json_t *detail, const json_t *matched,
-                              struct pb_err *err)
+                              const json_t *items, struct pb_err *err)
 {
     sqlite3_stmt *st = NULL;
     enum pb_rc rc = PB_OK;
@@ -273,6 +280,37 @@ enum pb_rc pb__rdb_run_finish(struct pb_recon_db *db, int64_t run_id, const char
                 goto fail;
         }
     }
+    if (items) {
+        size_t i;
+        json_t *it;
+        sqlite3_finalize(st);
+        st = NULL;
+        if (sqlite3_prepare_v2(db->db, "DELETE FROM run_items WHERE run_id=?1", -1, &st, NULL) !=
+            SQLITE_OK)
+            goto fail;
+        sqlite3_bind_int64(st, 1, run_id);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            goto fail;
+        sqlite3_finalize(st);
+        st = NULL;
+        if (sqlite3_prepare_v2(db->db, "INSERT INTO run_items(run_id,seq,kind,data) VALUES(?1,?2,?3,?4)",
+                               -1, &st, NULL) != SQLITE_OK)
+            goto fail;
+        json_array_foreach(items, i, it)
+        {
+            char *t = json_dumps(it, JSON_COMPACT);
+            int ok;
+            sqlite3_reset(st);
+            sqlite3_bind_int64(st, 1, run_id);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)i + 1);
+            bt(st, 3, json_string_value(json_object_get(it, "kind")));
+            bt(st, 4, t ? t : "{}");
+            ok = sqlite3_step(st) == SQLITE_DONE;
+            free(t);
+            if (!ok)
+                goto fail;
+        }
+    }
     if (sqlite3_exec(db->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     goto out;
@@ -283,6 +321,34 @@ out:
     sqlite3_finalize(st);
     pthread_mutex_unlock(&db->mu);
     free(text);
+    return rc;
+}
+
+enum pb_rc pb_recon_db_run_items(struct pb_recon_db *db, int64_t run_id, const char *kind,
+                             json_t **out, struct pb_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    enum pb_rc rc = PB_OK;
+    *out = NULL;
+    pthread_mutex_lock(&db->mu);
+    if (sqlite3_prepare_v2(db->db,
+                           "SELECT data FROM run_items WHERE run_id=?1 AND (?2 IS NULL OR kind=?2)"
+                           " ORDER BY seq",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = sqlerr(db, err, "reading a run's items");
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, run_id);
+    bt(st, 2, kind);
+    *out = json_array();
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_t *v = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+        if (v)
+            json_array_append_new(*out, v);
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&db->mu);
     return rc;
 }
 

@@ -121,6 +121,11 @@ enum pb_rc pb_recon_db_run(struct pb_recon_db *db, const char *run, json_t **out
 enum pb_rc pb_recon_db_runs(struct pb_recon_db *db, const char *connection, int limit, json_t **out,
                             struct pb_err *err);
 
+/* The stored inputs and matches of a run (by id), of one kind ("line",
+ * "record", "match") or all (NULL), in order. */
+enum pb_rc pb_recon_db_run_items(struct pb_recon_db *db, int64_t run_id, const char *kind,
+                                 json_t **out, struct pb_err *err);
+
 /* Print a run (as pb_recon_db_run returns it) for a person. */
 void pb_reconcile_print(const json_t *run, FILE *out);
 

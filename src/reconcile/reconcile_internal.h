@@ -21,10 +21,13 @@ enum pb_rc pb__rdb_run_begin(struct pb_recon_db *db, const char *connection, con
                              struct pb_err *err);
 /* Record the outcome: status "ok" or "failed"; `detail` (owned by the caller)
  * holds summary, inputs, breaks, problems and reports; `matched` the ledger
- * record ids this run matched (so that other days do not count them again). */
+ * record ids this run matched (so that other days do not count them again);
+ * `items` every input line and record and every match (replacing those of an
+ * earlier revision); NULL leaves them as they were. */
 enum pb_rc pb__rdb_run_finish(struct pb_recon_db *db, int64_t run_id, const char *status,
                               const char *error, const json_t *detail, const json_t *matched,
-                              struct pb_err *err);
+                              const json_t *items, struct pb_err *err);
+
 /* Record ids matched by this connection's runs of other dates. */
 enum pb_rc pb__rdb_matched_elsewhere(struct pb_recon_db *db, const char *connection,
                                      const char *date, json_t **ids, struct pb_err *err);

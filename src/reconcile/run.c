@@ -513,6 +513,60 @@ static json_t *counts_json(const struct pb_recon_summary *s, size_t n_breaks)
                      (json_int_t)s->auto_adjustable, "pending", (json_int_t)s->pending_records);
 }
 
+/* Every input line and record, and every match, for run_items. */
+static json_t *run_items(struct day *d)
+{
+    json_t *items = json_array();
+    size_t n;
+    const struct pb_recon_match *m = pb_recon_matches(d->run, &n);
+    const uint32_t *mem = pb_recon_members(d->run);
+    for (size_t i = 0; i < pb_recon_line_count(d->run); i++) {
+        struct pb_recon_line_view v;
+        char vd[11] = "", sd[11] = "";
+        pb_recon_line_get(d->run, (uint32_t)i, &v);
+        if (v.value_date != PB_RECON_DATE_NONE)
+            pb_recon_date_format(v.value_date, vd);
+        if (v.settled_date != PB_RECON_DATE_NONE)
+            pb_recon_date_format(v.settled_date, sd);
+        json_array_append_new(
+            items, json_pack("{s:s,s:i,s:o,s:o,s:s,s:o,s:o,s:I,s:I,s:s,s:s,s:s}", "kind", "line",
+                             "index", (int)i, "batch_id", text(v.batch_id), "gateway", text(v.gateway),
+                             "line_kind", pb_recon_line_kind_name(v.kind), "gateway_ref",
+                             text(v.gateway_ref), "merchant_ref", text(v.merchant_ref),
+                             "amount_minor", (json_int_t)v.amount_minor, "fee_minor",
+                             (json_int_t)v.fee_minor, "currency", v.currency, "value_date", vd,
+                             "settled_date", sd));
+    }
+    for (size_t i = 0; i < pb_recon_record_count(d->run); i++) {
+        struct pb_recon_record_view v;
+        char dt[11] = "";
+        pb_recon_record_get(d->run, (uint32_t)i, &v);
+        if (v.date != PB_RECON_DATE_NONE)
+            pb_recon_date_format(v.date, dt);
+        json_array_append_new(
+            items, json_pack("{s:s,s:i,s:o,s:o,s:s,s:o,s:o,s:I,s:s,s:s}", "kind", "record", "index",
+                             (int)i, "erp", text(v.erp), "record_id", text(v.record_id),
+                             "record_kind", pb_recon_record_kind_name(v.kind), "gateway_ref",
+                             text(v.gateway_ref), "reference", text(v.reference), "amount_minor",
+                             (json_int_t)v.amount_minor, "currency", v.currency, "date", dt));
+    }
+    for (size_t i = 0; i < n; i++) {
+        char line[512];
+        json_t *lines = json_array(), *recs = json_array();
+        pb_recon_explain_match(d->run, i, line, sizeof line);
+        for (uint32_t k = 0; k < m[i].line_count; k++)
+            json_array_append_new(lines, json_integer(mem[m[i].members + k]));
+        for (uint32_t k = 0; k < m[i].record_count; k++)
+            json_array_append_new(recs, json_integer(mem[m[i].members + m[i].line_count + k]));
+        json_array_append_new(
+            items, json_pack("{s:s,s:s,s:i,s:I,s:s,s:o,s:o,s:s}", "kind", "match", "rule",
+                             pb_recon_rule_name(m[i].rule), "confidence", (int)m[i].confidence,
+                             "difference_minor", (json_int_t)m[i].difference_minor, "currency",
+                             m[i].currency, "lines", lines, "records", recs, "explanation", line));
+    }
+    return items;
+}
+
 /* The ids of the ledger records this run matched. */
 static json_t *matched_ids(struct day *d)
 {
@@ -734,7 +788,7 @@ enum pb_rc pb_reconcile_day(struct pb_config *cfg, struct pb_store *store, struc
     struct day d = {0};
     struct pb_http_client *http = NULL;
     struct pb_recon_config mc;
-    json_t *batches = NULL, *breaks = NULL, *journals = NULL, *matched = NULL;
+    json_t *batches = NULL, *breaks = NULL, *journals = NULL, *matched = NULL, *items = NULL;
     struct pb_err e2 = {0};
     size_t n_breaks;
     enum pb_rc rc;
@@ -817,19 +871,21 @@ enum pb_rc pb_reconcile_day(struct pb_config *cfg, struct pb_store *store, struc
     if ((rc = write_reports(&d, err)))
         goto failed;
     matched = matched_ids(&d);
+    items = run_items(&d);
     if ((rc = pb__rdb_run_finish(db, d.run_id,
                                  res->journals_failed ? "ok_with_failed_journals" : "ok", NULL,
-                                 d.detail, matched, err)))
+                                 d.detail, matched, items, err)))
         goto done;
     pb_log(PB_LOG_INFO, "recon.run", "connection", connection, "date", d.date, "trigger", trigger,
            NULL);
     goto done;
 failed:
-    pb__rdb_run_finish(db, d.run_id, "failed", err->msg, NULL, NULL, &e2);
+    pb__rdb_run_finish(db, d.run_id, "failed", err->msg, NULL, NULL, NULL, &e2);
     pb_log(PB_LOG_WARN, "recon.run", "connection", connection, "date", d.date, "error", err->msg,
            NULL);
 done:
     json_decref(matched);
+    json_decref(items);
     json_decref(breaks);
     json_decref(journals);
     json_decref(batches);

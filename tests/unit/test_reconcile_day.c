@@ -311,6 +311,30 @@ static void test_reconcile_day(void **state)
         assert_int_equal(json_integer_value(json_object_get(json_object_get(
                              json_object_get(run, "detail"), "counts"), "breaks")),
                          1);
+        {
+            /* its inputs and matches are stored too */
+            json_t *items = NULL, *it;
+            size_t i;
+            int lines = 0, records = 0, matches = 0;
+            assert_int_equal(pb_recon_db_run_items(db, json_integer_value(json_object_get(run, "id")),
+                                                   NULL, &items, &err),
+                             PB_OK);
+            json_array_foreach(items, i, it)
+            {
+                const char *k = json_string_value(json_object_get(it, "kind"));
+                lines += strcmp(k, "line") == 0;
+                records += strcmp(k, "record") == 0;
+                if (strcmp(k, "match") == 0) {
+                    matches++;
+                    assert_string_equal(json_string_value(json_object_get(it, "rule")), "reference");
+                    assert_int_equal(json_integer_value(json_object_get(it, "confidence")), 100);
+                }
+            }
+            assert_int_equal(lines, 4);   /* T1, T2, T3, T9 */
+            assert_int_equal(records, 4); /* T1, T2, T3 and T5 (pending); T6 was never posted */
+            assert_int_equal(matches, 3);
+            json_decref(items);
+        }
         json_decref(run);
         /* a re-run: revision 2, the same result, still one row for the day */
         out = open_memstream(&text, &text_len);
