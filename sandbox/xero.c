@@ -1,7 +1,8 @@
 /*
  * sandbox/xero.c: an emulator of the Xero Accounting API (OAuth2 client
  * credentials, Contacts, Invoices, Payments, CreditNotes and their
- * Allocations) for paybridge's tests and
+ * Allocations, BankTransactions, BankTransfers, ManualJournals) for
+ * paybridge's tests and
  * benchmarks. It speaks the wire format of /work/shared/specs/xero (envelopes,
  * /Date(ms+0000)/ dates, ValidationException bodies, summarizeErrors,
  * Idempotency-Key, where filters, rate-limit headers), keeps everything in
@@ -19,16 +20,23 @@
  *        an Invoice, or a CreditNote (a cash refund of the credit)
  *   GET  /api.xro/2.0/Payments[/{id}]; POST /Payments/{id} {"Status":"DELETED"}
  *        (the payment stays listed as DELETED; its invoice owes the amount again)
- *   PUT|POST /api.xro/2.0/BankTransactions (spend / receive money), POST
+ *   PUT|POST /api.xro/2.0/BankTransactions (spend / receive money on a BANK
+ *        account, line items on accounts that are not BANK), POST
  *        /BankTransactions/{id} (Status DELETED or VOIDED only), GET
- *        /BankTransactions[/{id}]
+ *        /BankTransactions[/{id}] (also lists each transfer's two legs)
+ *   PUT|POST /api.xro/2.0/BankTransfers (create only: between two different
+ *        BANK accounts, Amount > 0), GET /BankTransfers[/{id}]
  *   PUT|POST /api.xro/2.0/ManualJournals (create only; Xero's checks: the
- *        chart of accounts, debits = credits, two lines or more, a Narration),
- *        GET /ManualJournals[/{id}]
+ *        chart of accounts, no BANK account on a line, debits = credits, two
+ *        lines or more, a Narration), GET /ManualJournals[/{id}]
  *   PUT|POST /api.xro/2.0/CreditNotes, POST /CreditNotes/{id} (update, e.g.
  *        Status VOIDED), GET /CreditNotes[/{id or number}]
  *   PUT  /api.xro/2.0/CreditNotes/{id}/Allocations (credit applied to invoices)
- *   GET  /_sandbox/stats, POST /_sandbox/reset
+ *   GET  /_sandbox/stats (counts, among them bank_transactions (made through
+ *        /BankTransactions; a transfer's legs are not counted), bank_transfers,
+ *        manual_journals), POST /_sandbox/reset, POST /_sandbox/fail_next (fail
+ *        the next calls of one method and path, before or after they commit;
+ *        see op_fail_next)
  *
  * Settings (all optional; defaults in brackets): client_id ["sandbox-client"],
  * client_secret ["sandbox-secret"], tenant_id [DEFAULT_TENANT_ID],
@@ -47,7 +55,7 @@
  * Field=value, Field!=value, Field<>value with "string", guid("..."), or a
  * bare word; Field.Contains("x"), .StartsWith("x"), .EndsWith("x") on text;
  * Date <, <=, >, >=, == with DateTime(2026,11,20) or "2026-11-20" (Payments,
- * BankTransactions, ManualJournals); AND OR && || and parentheses. Text
+ * BankTransactions, ManualJournals, BankTransfers); AND OR && || and parentheses. Text
  * comparisons ignore case. Fields
  * are listed in FIELDS; anything else is a 400 QueryParseException that
  * names the supported ones. An equality on an indexed field (or an AND or
@@ -318,7 +326,10 @@ static void hidx_clear(struct hidx *ix)
 
 /* ==== records ============================================================= */
 
-enum entity { E_CONTACT, E_INVOICE, E_PAYMENT, E_CREDIT_NOTE, E_BANK_TXN, E_MANUAL_JOURNAL };
+enum entity {
+    E_CONTACT, E_INVOICE, E_PAYMENT, E_CREDIT_NOTE, E_BANK_TXN, E_MANUAL_JOURNAL, E_BANK_TRANSFER
+};
+#define N_ENTITIES 7
 
 struct contact {
     uint64_t seq;               /* creation order, for stable listing */
@@ -431,8 +442,9 @@ struct payment {
     size_t len;
 };
 
-/* A spend or receive money transaction on a bank account (BankTransactions).
- * Only its Status changes (AUTHORISED -> DELETED | VOIDED). */
+/* A spend or receive money transaction on a bank account (BankTransactions),
+ * or one leg of a bank transfer (SPEND-TRANSFER / RECEIVE-TRANSFER, no
+ * contact). Only its Status changes (AUTHORISED -> DELETED | VOIDED). */
 struct bank_txn {
     uint64_t seq;
     char id[37];
@@ -443,7 +455,7 @@ struct bank_txn {
     char account_code[32];      /* BankAccount.Code */
     int64_t total;              /* minor units of currency */
     int64_t date;               /* days since the epoch */
-    struct contact *contact;    /* borrowed */
+    struct contact *contact;    /* borrowed; NULL for a transfer's leg */
     int64_t updated_ms;
     char *head;                 /* owned: the document without Contact, Status and
                                    UpdatedDateUTC, open (no closing brace) */
@@ -460,6 +472,19 @@ struct journal {
     int64_t date;               /* days since the epoch */
     char *head;                 /* owned: the document without Status, open */
     size_t head_len;
+};
+
+/* Money moved between two bank accounts (BankTransfers), in the base
+ * currency; never changes. Its legs are two struct bank_txn. */
+struct bank_transfer {
+    uint64_t seq;
+    char id[37];
+    char *reference;            /* owned, "" when none */
+    char from_code[32], to_code[32];
+    int64_t amount;             /* minor units of the base currency */
+    int64_t date;               /* days since the epoch */
+    char *text;                 /* owned: the whole document, compact JSON */
+    size_t len;
 };
 
 struct account {
@@ -501,7 +526,8 @@ enum op {
     OP_CREDIT_NOTE_POST, OP_ALLOCATIONS_PUT, OP_PAYMENT_POST,
     OP_BANK_TXNS_GET, OP_BANK_TXN_GET, OP_BANK_TXNS_PUT, OP_BANK_TXNS_POST, OP_BANK_TXN_POST,
     OP_JOURNALS_GET, OP_JOURNAL_GET, OP_JOURNALS_PUT, OP_JOURNALS_POST,
-    OP_STATS, OP_RESET, OP__COUNT
+    OP_TRANSFERS_GET, OP_TRANSFER_GET, OP_TRANSFERS_PUT, OP_TRANSFERS_POST,
+    OP_STATS, OP_RESET, OP_FAIL_NEXT, OP__COUNT
 };
 
 struct xero;
@@ -541,8 +567,8 @@ struct xero {
         uint64_t dup_refs;      /* records created with a Reference already taken */
     } docs[2];
     struct hidx p_id, p_ref, p_invoice, p_credit_note;
-    struct vec bank_txns, journals;
-    struct hidx bt_id, mj_id;
+    struct vec bank_txns, journals, transfers;
+    struct hidx bt_id, mj_id, btr_id;
     uint64_t seq;               /* last record seq */
     uint64_t dup_payment_refs;
 
@@ -561,6 +587,14 @@ struct xero {
     size_t idem_n, idem_bytes;
     uint64_t requests, responses[600], replays, idem_evictions, tokens_issued;
     uint64_t limited_minute, limited_day, limited_concurrent, limited_app;
+    struct fail_next {          /* POST /_sandbox/fail_next: the next `count` calls of
+                                   method + path answer `status` */
+        char method[8];
+        char path[160];         /* "/api.xro/2.0/BankTransactions" (no query) */
+        int status;
+        unsigned count;
+        int after_commit;       /* 1: run the operation, then answer `status` (a lost reply) */
+    } fail;
 };
 
 /* One API call in progress. */
@@ -1257,9 +1291,16 @@ static void clear_data(struct xero *x)
         free(j->head);
         free(j);
     }
-    x->bank_txns.n = x->journals.n = 0;
+    for (i = 0; i < x->transfers.n; i++) {
+        struct bank_transfer *t = x->transfers.v[i];
+        free(t->reference);
+        free(t->text);
+        free(t);
+    }
+    x->bank_txns.n = x->journals.n = x->transfers.n = 0;
     hidx_clear(&x->bt_id);
     hidx_clear(&x->mj_id);
+    hidx_clear(&x->btr_id);
     x->contacts.n = x->payments.n = x->allocations.n = 0;
     hidx_clear(&x->c_id);
     hidx_clear(&x->c_name);
@@ -1312,6 +1353,7 @@ static void xero_destroy(void *state)
     free(x->allocations.v);
     free(x->bank_txns.v);
     free(x->journals.v);
+    free(x->transfers.v);
     clear_idempotency(x, 1);
     hidx_clear(&x->idem_ix);
     for (size_t i = 0; i < x->token_n; i++)
@@ -1979,8 +2021,10 @@ static void render_invoice(struct outbuf *b, const struct invoice *inv, int ok)
 static void render_bank_txn(struct outbuf *b, const struct bank_txn *t, int ok)
 {
     out_add(b, t->head, t->head_len);
-    out_str(b, ",\"Contact\":");
-    render_contact_ref(b, t->contact);
+    if (t->contact) {
+        out_str(b, ",\"Contact\":");
+        render_contact_ref(b, t->contact);
+    }
     out_str(b, ",\"Status\":\"");
     out_str(b, t->status);
     out_str(b, "\",\"UpdatedDateUTC\":");
@@ -2004,6 +2048,9 @@ static void render(struct outbuf *b, enum entity ent, const void *rec, int ok)
         render_bank_txn(b, rec, ok);
     else if (ent == E_MANUAL_JOURNAL)
         render_journal(b, rec, ok);
+    else if (ent == E_BANK_TRANSFER)
+        render_text(b, ((const struct bank_transfer *)rec)->text,
+                    ((const struct bank_transfer *)rec)->len, ok);
     else if (ent == E_CONTACT)
         render_text(b, ((const struct contact *)rec)->text, ((const struct contact *)rec)->len, ok);
     else if (ent == E_PAYMENT)
@@ -4013,6 +4060,9 @@ static json_t *bank_lines(struct call *c, struct bank_in *bi, json_t *items)
             add_error(&bi->errs, "LineItems[%zu]: AccountCode must be specified", i);
         else if (!acc)
             add_error(&bi->errs, "Account code '%s' is not a valid code for this document.", code);
+        else if (!strcmp(acc->type, "BANK"))
+            add_error(&bi->errs, "Account code '%s' is a bank account and cannot be used on a "
+                      "line item; money between bank accounts is a bank transfer", acc->code);
         if (json_object_get(li, "Quantity") &&
             (json_dec(json_object_get(li, "Quantity"), 0, 0, &qty) != DEC_OK || qty <= 0))
             add_error(&bi->errs, "LineItems[%zu]: the sandbox takes a whole, positive Quantity "
@@ -4055,9 +4105,28 @@ static json_t *bank_lines(struct call *c, struct bank_in *bi, json_t *items)
     return out;
 }
 
+/* The stored head of a bank transaction (open: no closing brace); takes
+ * `lines`. NULL when out of memory. */
+static char *bank_head(const char *id, const char *type, const struct account *acc, int64_t date,
+                       const char *reference, const char *currency, json_t *lines, int64_t total,
+                       size_t *len)
+{
+    json_t *doc = json_pack(
+        "{s:s,s:s,s:{s:s,s:s,s:s},s:o,s:o,s:s,s:s,s:s,s:s,s:o,s:o*,s:o*,s:o*,s:b,s:b}",
+        "BankTransactionID", id, "Type", type, "BankAccount", "AccountID", acc->id, "Code",
+        acc->code, "Name", acc->name, "Date", msdate(date * 86400000), "DateString",
+        date_string(date), "Reference", reference ? reference : "", "CurrencyCode", currency,
+        "CurrencyRate", "1.000000", "LineAmountTypes", "NoTax", "LineItems", lines, "SubTotal",
+        money_text(total, currency), "TotalTax", money_text(0, currency), "Total",
+        money_text(total, currency), "IsReconciled", 0, "HasAttachments", 0);
+    char *head = doc_text(doc, 1, len);
+    json_decref(doc);
+    return head;
+}
+
 static void bank_check(struct call *c, struct bank_in *bi)
 {
-    json_t *e = bi->src, *contact, *acc, *lines, *doc;
+    json_t *e = bi->src, *contact, *acc, *lines;
     const char *s;
     int bad = 0;
     if (!json_is_object(e)) {
@@ -4131,18 +4200,8 @@ static void bank_check(struct call *c, struct bank_in *bi)
         return;
     }
     new_uuid(bi->new_id);
-    doc = json_pack("{s:s,s:s,s:{s:s,s:s,s:s},s:o,s:o,s:s,s:s,s:s,s:s,s:o,s:o*,s:o*,s:o*,s:b,"
-                    "s:b}",
-                    "BankTransactionID", bi->new_id, "Type", bi->type, "BankAccount",
-                    "AccountID", bi->account->id, "Code", bi->account->code, "Name",
-                    bi->account->name, "Date", msdate(bi->date * 86400000), "DateString",
-                    date_string(bi->date), "Reference", bi->reference ? bi->reference : "",
-                    "CurrencyCode", bi->currency, "CurrencyRate", "1.000000", "LineAmountTypes",
-                    "NoTax", "LineItems", lines, "SubTotal", money_text(bi->total, bi->currency),
-                    "TotalTax", money_text(0, bi->currency), "Total",
-                    money_text(bi->total, bi->currency), "IsReconciled", 0, "HasAttachments", 0);
-    bi->head = doc_text(doc, 1, &bi->head_len);
-    json_decref(doc);
+    bi->head = bank_head(bi->new_id, bi->type, bi->account, bi->date, bi->reference, bi->currency,
+                         lines, bi->total, &bi->head_len);
     if (!bi->head)
         add_error(&bi->errs, "The sandbox ran out of memory");
 }
@@ -4301,6 +4360,11 @@ static void bank_update(struct call *c, const char *id)
  *   a line without LineAmount        "LineAmount must be specified on every journal line."
  *   an unknown AccountCode           "Account code '999' is not a valid code for this document."
  *   lines that do not sum to zero    "The total debits (100.00) must equal total credits (-10.00)"
+ *   a line on a BANK account         "Account code '090' is a bank account. Bank accounts cannot
+ *                                    be used in manual journals; use a bank transaction or a
+ *                                    bank transfer."  (the rule is Xero's: bank accounts are not
+ *                                    selectable in manual journals; the wording is a guess,
+ *                                    not verified against a live Xero)
  *   Status other than DRAFT/POSTED   "Status must be DRAFT or POSTED for a new manual journal"
  * Created with PUT or POST /ManualJournals (no updates: an element with a
  * ManualJournalID is refused). Debits are positive LineAmounts, credits
@@ -4375,6 +4439,10 @@ static void journal_check(struct call *c, struct journal_in *ji)
         else if (!acc)
             add_error(&ji->errs, "Account code '%s' is not a valid code for this document.",
                       code ? code : id);
+        else if (!strcmp(acc->type, "BANK"))
+            add_error(&ji->errs, "Account code '%s' is a bank account. Bank accounts cannot be "
+                      "used in manual journals; use a bank transaction or a bank transfer.",
+                      acc->code);
         if (!json_object_get(line, "LineAmount") ||
             json_is_null(json_object_get(line, "LineAmount"))) {
             add_error(&ji->errs, "LineAmount must be specified on every journal line.");
@@ -4491,13 +4559,248 @@ static void journals_write(struct call *c)
     json_decref(root);
 }
 
+/* ==== BankTransfers ======================================================= */
+
+/* Money moved between two of the organisation's bank accounts: what a
+ * payout from a gateway's clearing account to the real bank is. Created with
+ * PUT /BankTransfers (the spec's createBankTransfer); POST /BankTransfers
+ * creates too (the spec's POST deletes transfers, which the sandbox does
+ * not do: an element carrying a BankTransferID is refused). As in Xero, each
+ * transfer also makes two bank transactions that GET /BankTransactions lists:
+ * a SPEND-TRANSFER on the From account and a RECEIVE-TRANSFER on the To
+ * account (FromBankTransactionID, ToBankTransactionID), with the transfer's
+ * Amount, Date and Reference and no Contact. Amounts are in the base
+ * currency (the sandbox's bank accounts have no currency of their own). The
+ * checks (the rules are Xero's; the wording is a guess, not verified):
+ *   From/ToBankAccount missing       "FromBankAccount must be specified by Code or AccountID"
+ *   not in the chart                 "FromBankAccount could not be found"
+ *   not a BANK account               "Account code '200' is not a bank account"
+ *   the same account twice           "FromBankAccount and ToBankAccount must be different
+ *                                     bank accounts"
+ *   Amount absent, <= 0              "Amount must be specified" / "Amount must be greater
+ *                                     than zero"
+ *   a bad Date, a long Reference     as for bank transactions */
+struct transfer_in {
+    json_t *src;                /* borrowed element */
+    json_t *errs;               /* owned */
+    const struct account *from, *to;
+    const char *reference;      /* borrowed */
+    int64_t amount, date;
+    char new_id[37], from_txn[37], to_txn[37];
+    char *text, *from_head, *to_head;  /* owned */
+    size_t len, from_len, to_len;
+    struct bank_transfer *saved;
+};
+
+static const struct account *transfer_account(struct call *c, json_t *e, const char *key,
+                                              json_t **errs)
+{
+    json_t *a = json_object_get(e, key);
+    const struct account *acc;
+    const char *code, *id;
+    int bad = 0;
+    if (!json_is_object(a)) {
+        add_error(errs, "%s must be specified by Code or AccountID", key);
+        return NULL;
+    }
+    code = opt_str(a, "Code", &bad);
+    id = opt_str(a, "AccountID", &bad);
+    acc = id ? account_by_id(c->x, id) : code ? account_by_code(c->x, code) : NULL;
+    if (!acc) {
+        add_error(errs, "%s could not be found", key);
+        return NULL;
+    }
+    if (strcmp(acc->type, "BANK") != 0) {
+        add_error(errs, "Account code '%s' is not a bank account", acc->code);
+        return NULL;
+    }
+    return acc;
+}
+
+static void transfer_check(struct call *c, struct transfer_in *ti)
+{
+    const char *cur = c->x->base_currency, *s;
+    json_t *e = ti->src, *v, *doc;
+    struct pb_err err = {0};
+    int bad = 0;
+    if (!json_is_object(e)) {
+        add_error(&ti->errs, "A bank transfer must be a JSON object");
+        return;
+    }
+    if (json_object_get(e, "BankTransferID")) {
+        add_error(&ti->errs, "The sandbox creates bank transfers only; it does not change or "
+                  "delete them");
+        return;
+    }
+    ti->from = transfer_account(c, e, "FromBankAccount", &ti->errs);
+    ti->to = transfer_account(c, e, "ToBankAccount", &ti->errs);
+    if (ti->from && ti->from == ti->to)
+        add_error(&ti->errs, "FromBankAccount and ToBankAccount must be different bank accounts");
+    v = json_object_get(e, "Amount");
+    if (!v || json_is_null(v))
+        add_error(&ti->errs, "Amount must be specified");
+    else if (pb_json_to_minor(v, cur, &ti->amount, &err))
+        add_error(&ti->errs, "Amount: %s", err.msg);
+    else if (ti->amount <= 0)
+        add_error(&ti->errs, "Amount must be greater than zero");
+    ti->date = c->now_ms / 86400000;
+    s = opt_str(e, "Date", &bad);
+    if (bad || (s && parse_date(s, &ti->date)))
+        add_error(&ti->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+    bad = 0;
+    ti->reference = opt_str(e, "Reference", &bad);
+    if (bad || (ti->reference && strlen(ti->reference) > NAME_MAX_LEN))
+        add_error(&ti->errs, "Reference must be a string of at most 255 characters");
+    if (ti->errs)
+        return;
+    new_uuid(ti->new_id);
+    new_uuid(ti->from_txn);
+    new_uuid(ti->to_txn);
+    doc = json_pack("{s:s,s:{s:s,s:s,s:s},s:{s:s,s:s,s:s},s:o*,s:o,s:o,s:s,s:s,s:s,s:s,s:b,s:b,"
+                    "s:b,s:o,s:s}",
+                    "BankTransferID", ti->new_id, "FromBankAccount", "AccountID", ti->from->id,
+                    "Code", ti->from->code, "Name", ti->from->name, "ToBankAccount", "AccountID",
+                    ti->to->id, "Code", ti->to->code, "Name", ti->to->name, "Amount",
+                    money_text(ti->amount, cur), "Date", msdate(ti->date * 86400000),
+                    "DateString", date_string(ti->date), "CurrencyRate", "1.000000",
+                    "FromBankTransactionID", ti->from_txn, "ToBankTransactionID", ti->to_txn,
+                    "Reference", ti->reference ? ti->reference : "", "FromIsReconciled", 0,
+                    "ToIsReconciled", 0, "HasAttachments", 0, "CreatedDateUTC",
+                    msdate(c->now_ms), "Status", "AUTHORISED");
+    ti->text = doc_text(doc, 0, &ti->len);
+    json_decref(doc);
+    ti->from_head = bank_head(ti->from_txn, "SPEND-TRANSFER", ti->from, ti->date, ti->reference,
+                              cur, json_array(), ti->amount, &ti->from_len);
+    ti->to_head = bank_head(ti->to_txn, "RECEIVE-TRANSFER", ti->to, ti->date, ti->reference, cur,
+                            json_array(), ti->amount, &ti->to_len);
+    if (!ti->text || !ti->from_head || !ti->to_head)
+        add_error(&ti->errs, "The sandbox ran out of memory");
+}
+
+/* A transfer's leg as a bank transaction (data held); takes *head. */
+static struct bank_txn *transfer_leg(struct call *c, const char *id, const char *type,
+                                     const struct account *acc, const struct transfer_in *ti,
+                                     char **head, size_t len)
+{
+    struct xero *x = c->x;
+    struct bank_txn *t = calloc(1, sizeof(*t));
+    if (!t || !(t->reference = xstrdup(ti->reference)) || vec_push(&x->bank_txns, t)) {
+        if (t)
+            free(t->reference);
+        free(t);
+        return NULL;
+    }
+    copy_str(t->id, sizeof(t->id), id);
+    copy_str(t->type, sizeof(t->type), type);
+    copy_str(t->status, sizeof(t->status), "AUTHORISED");
+    copy_str(t->currency, sizeof(t->currency), x->base_currency);
+    copy_str(t->account_code, sizeof(t->account_code), acc->code);
+    t->total = ti->amount;
+    t->date = ti->date;
+    t->updated_ms = c->now_ms;
+    t->head = *head;
+    t->head_len = len;
+    *head = NULL;
+    t->seq = ++x->seq;
+    hidx_add(&x->bt_id, t->id, t);
+    return t;
+}
+
+/* Save the transfer and its two legs (data held). */
+static void transfer_commit(struct call *c, struct transfer_in *ti)
+{
+    struct xero *x = c->x;
+    struct bank_transfer *t;
+    if (x->transfers.n == x->transfers.cap && vec_push(&x->transfers, NULL) == 0)
+        x->transfers.n--; /* grow first, so that a failure leaves no half transfer */
+    if (x->bank_txns.cap - x->bank_txns.n < 2 && vec_push(&x->bank_txns, NULL) == 0 &&
+        vec_push(&x->bank_txns, NULL) == 0)
+        x->bank_txns.n -= 2;
+    t = calloc(1, sizeof(*t));
+    if (!t || !(t->reference = xstrdup(ti->reference)) ||
+        x->transfers.n == x->transfers.cap || x->bank_txns.cap - x->bank_txns.n < 2) {
+        if (t)
+            free(t->reference);
+        free(t);
+        add_error(&ti->errs, "The sandbox ran out of memory");
+        return;
+    }
+    copy_str(t->id, sizeof(t->id), ti->new_id);
+    copy_str(t->from_code, sizeof(t->from_code), ti->from->code);
+    copy_str(t->to_code, sizeof(t->to_code), ti->to->code);
+    t->amount = ti->amount;
+    t->date = ti->date;
+    t->text = ti->text;
+    t->len = ti->len;
+    ti->text = NULL;
+    t->seq = ++x->seq;
+    vec_push(&x->transfers, t);
+    hidx_add(&x->btr_id, t->id, t);
+    transfer_leg(c, ti->from_txn, "SPEND-TRANSFER", ti->from, ti, &ti->from_head, ti->from_len);
+    transfer_leg(c, ti->to_txn, "RECEIVE-TRANSFER", ti->to, ti, &ti->to_head, ti->to_len);
+    ti->saved = t;
+}
+
+static void transfers_write(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, "BankTransfers", &root);
+    struct transfer_in *in;
+    struct out_el *els;
+    size_t n, i;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, sizeof(*in));
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !els) {
+        free(in);
+        free(els);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        in[i].src = json_array_get(arr, i);
+        transfer_check(c, &in[i]);
+        n_failed += in[i].errs != NULL;
+    }
+    pthread_mutex_lock(&x->data);
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            if (in[i].errs)
+                continue;
+            transfer_commit(c, &in[i]);
+            if (in[i].saved)
+                out_el_render(&els[i], E_BANK_TRANSFER, in[i].saved, !c->summarize);
+            else
+                n_failed++;
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    for (i = 0; i < n; i++) {
+        if (in[i].errs)
+            els[i].err = error_element(in[i].src, in[i].errs, "HasValidationErrors");
+        json_decref(in[i].errs);
+        free(in[i].text);
+        free(in[i].from_head);
+        free(in[i].to_head);
+    }
+    free(in);
+    reply_write(c, "BankTransfers", els, n, n_failed);
+    free(els);
+    json_decref(root);
+}
+
 /* ==== GET: where filters and listing ====================================== */
 
 enum field_id {
     F_CONTACT_ID, F_NAME, F_EMAIL, F_CONTACT_STATUS,
     F_INVOICE_ID, F_INVOICE_NUMBER, F_REFERENCE, F_STATUS, F_TYPE, F_CURRENCY, F_INV_CONTACT_ID,
     F_PAYMENT_ID, F_PAY_INVOICE_ID, F_PAY_INVOICE_NUMBER, F_PAYMENT_TYPE, F_PAY_CREDIT_NOTE_ID,
-    F_DATE, F_BT_ID, F_BT_ACCOUNT, F_MJ_ID, F_NARRATION,
+    F_DATE, F_BT_ID, F_BT_ACCOUNT, F_MJ_ID, F_NARRATION, F_BTR_ID, F_BTR_FROM, F_BTR_TO,
 };
 
 struct field {
@@ -4551,13 +4854,20 @@ static const struct field FIELDS[] = {
     {"Status", E_MANUAL_JOURNAL, F_STATUS},
     {"Narration", E_MANUAL_JOURNAL, F_NARRATION},
     {"Date", E_MANUAL_JOURNAL, F_DATE},
+    {"BankTransferID", E_BANK_TRANSFER, F_BTR_ID},
+    {"Reference", E_BANK_TRANSFER, F_REFERENCE},
+    {"Date", E_BANK_TRANSFER, F_DATE},
+    {"FromBankAccount.Code", E_BANK_TRANSFER, F_BTR_FROM},
+    {"ToBankAccount.Code", E_BANK_TRANSFER, F_BTR_TO},
     {NULL, E_CONTACT, F_CONTACT_ID},
 };
 
-static const char *const ENTITY_NAME[] = {"Contact",    "Invoice",         "Payment",
-                                          "CreditNote", "BankTransaction", "ManualJournal"};
-static const char *const ENTITY_ENVELOPE[] = {"Contacts",    "Invoices",         "Payments",
-                                              "CreditNotes", "BankTransactions", "ManualJournals"};
+static const char *const ENTITY_NAME[] = {"Contact",         "Invoice",       "Payment",
+                                          "CreditNote",      "BankTransaction", "ManualJournal",
+                                          "BankTransfer"};
+static const char *const ENTITY_ENVELOPE[] = {"Contacts",         "Invoices",       "Payments",
+                                              "CreditNotes",      "BankTransactions",
+                                              "ManualJournals",   "BankTransfers"};
 
 /* The date of a record with a Date field (F_DATE), days since the epoch. */
 static int64_t field_date(enum entity ent, const void *rec)
@@ -4566,6 +4876,7 @@ static int64_t field_date(enum entity ent, const void *rec)
     case E_PAYMENT: return ((const struct payment *)rec)->date;
     case E_BANK_TXN: return ((const struct bank_txn *)rec)->date;
     case E_MANUAL_JOURNAL: return ((const struct journal *)rec)->date;
+    case E_BANK_TRANSFER: return ((const struct bank_transfer *)rec)->date;
     default: return 0;
     }
 }
@@ -4577,6 +4888,17 @@ static const char *field_value(enum entity ent, const void *rec, enum field_id f
     const struct payment *p = rec;
     const struct bank_txn *t = rec;
     const struct journal *j = rec;
+    const struct bank_transfer *tr = rec;
+    if (ent == E_BANK_TRANSFER) {
+        switch (f) {
+        case F_BTR_ID: return tr->id;
+        case F_REFERENCE: return tr->reference;
+        case F_BTR_FROM: return tr->from_code;
+        case F_BTR_TO: return tr->to_code;
+        case F_STATUS: return "AUTHORISED";
+        default: return "";
+        }
+    }
     if (ent == E_BANK_TXN) {
         switch (f) {
         case F_BT_ID: return t->id;
@@ -4626,6 +4948,8 @@ static const struct hidx *field_index(const struct xero *x, enum field_id f, enu
         return f == F_BT_ID ? &x->bt_id : NULL;
     if (ent == E_MANUAL_JOURNAL)
         return f == F_MJ_ID ? &x->mj_id : NULL;
+    if (ent == E_BANK_TRANSFER)
+        return f == F_BTR_ID ? &x->btr_id : NULL;
     switch (f) {
     case F_CONTACT_ID: return &x->c_id;
     case F_NAME: return &x->c_name;
@@ -5123,13 +5447,14 @@ static int in_list(const char *list, const char *value)
 }
 
 /* Fields of the list filters IDs, InvoiceNumbers, ContactIDs, Statuses. */
-static const enum field_id LIST_FIELD[6][4] = {
+static const enum field_id LIST_FIELD[N_ENTITIES][4] = {
     [E_CONTACT] = {F_CONTACT_ID, F_NAME, F_CONTACT_ID, F_CONTACT_STATUS},
     [E_INVOICE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
     [E_PAYMENT] = {F_PAYMENT_ID, F_PAY_INVOICE_NUMBER, F_PAY_INVOICE_ID, F_STATUS},
     [E_CREDIT_NOTE] = {F_INVOICE_ID, F_INVOICE_NUMBER, F_INV_CONTACT_ID, F_STATUS},
     [E_BANK_TXN] = {F_BT_ID, F_BT_ID, F_BT_ID, F_STATUS},
     [E_MANUAL_JOURNAL] = {F_MJ_ID, F_MJ_ID, F_MJ_ID, F_STATUS},
+    [E_BANK_TRANSFER] = {F_BTR_ID, F_BTR_ID, F_BTR_ID, F_STATUS},
 };
 
 static int matches(const struct query *q, const void *rec)
@@ -5205,6 +5530,7 @@ static uint64_t rec_seq(enum entity ent, const void *rec)
          : ent == E_PAYMENT          ? ((const struct payment *)rec)->seq
          : ent == E_BANK_TXN         ? ((const struct bank_txn *)rec)->seq
          : ent == E_MANUAL_JOURNAL   ? ((const struct journal *)rec)->seq
+         : ent == E_BANK_TRANSFER    ? ((const struct bank_transfer *)rec)->seq
                                      : ((const struct invoice *)rec)->seq;
 }
 
@@ -5258,7 +5584,9 @@ static void list_get(struct call *c, enum entity ent)
     for (i = 0; i < 4; i++) {
         const char *v = pb_http_query(c->req, list_param[i]);
         if ((i == 1 && ent != E_INVOICE) ||
-            ((ent == E_BANK_TXN || ent == E_MANUAL_JOURNAL) && (i == 1 || i == 2)) || !v || !*v)
+            ((ent == E_BANK_TXN || ent == E_MANUAL_JOURNAL || ent == E_BANK_TRANSFER) &&
+             (i == 1 || i == 2)) ||
+            !v || !*v)
             continue;
         q->lists[i] = strdup(v);
     }
@@ -5274,6 +5602,7 @@ static void list_get(struct call *c, enum entity ent)
         : ent == E_PAYMENT        ? &x->payments
         : ent == E_BANK_TXN       ? &x->bank_txns
         : ent == E_MANUAL_JOURNAL ? &x->journals
+        : ent == E_BANK_TRANSFER  ? &x->transfers
         : ent == E_CREDIT_NOTE    ? &x->docs[KIND_CREDIT_NOTE.store].recs
                                   : &x->docs[KIND_INVOICE.store].recs;
     if (list_candidates(x, q, &cand) || (q->root >= 0 && candidates(x, q, q->root, &cand))) {
@@ -5338,6 +5667,8 @@ static void one_get(struct call *c, enum entity ent)
         rec = hidx_get(&x->bt_id, id);
     } else if (ent == E_MANUAL_JOURNAL) {
         rec = hidx_get(&x->mj_id, id);
+    } else if (ent == E_BANK_TRANSFER) {
+        rec = hidx_get(&x->btr_id, id);
     } else {
         rec = hidx_get(&x->p_id, id);
     }
@@ -5386,7 +5717,7 @@ static void op_stats(struct call *c)
 {
     struct xero *x = c->x;
     json_t *st, *resp = json_object(), *limited;
-    size_t nc, ni, np, ncn, na, nbt, nmj;
+    size_t nc, ni, np, ncn, na, nbt, nmj, ntr;
     uint64_t dinv, dpay, dcn;
     pthread_mutex_lock(&x->data);
     nc = x->contacts.n;
@@ -5394,7 +5725,8 @@ static void op_stats(struct call *c)
     ncn = x->docs[KIND_CREDIT_NOTE.store].recs.n;
     np = x->payments.n;
     na = x->allocations.n;
-    nbt = x->bank_txns.n;
+    ntr = x->transfers.n;
+    nbt = x->bank_txns.n - 2 * ntr; /* a transfer's two legs are not counted */
     nmj = x->journals.n;
     dinv = x->docs[KIND_INVOICE.store].dup_refs;
     dcn = x->docs[KIND_CREDIT_NOTE.store].dup_refs;
@@ -5427,6 +5759,7 @@ static void op_stats(struct call *c)
         json_object_set_new(st, "allocations", json_integer((json_int_t)na));
         json_object_set_new(st, "bank_transactions", json_integer((json_int_t)nbt));
         json_object_set_new(st, "manual_journals", json_integer((json_int_t)nmj));
+        json_object_set_new(st, "bank_transfers", json_integer((json_int_t)ntr));
         json_object_set_new(st, "duplicate_credit_note_references", json_integer((json_int_t)dcn));
     }
     reply_json(c->resp, 200, st);
@@ -5446,10 +5779,59 @@ static void op_reset(struct call *c)
     x->w_app.n = x->w_app.head = 0;
     x->day_count = 0;
     x->day_start_ns = 0;
+    memset(&x->fail, 0, sizeof(x->fail));
     pthread_mutex_unlock(&x->gate);
     pthread_mutex_unlock(&x->data);
     malloc_trim(0);     /* hand the freed records back to the system */
     reply_json(c->resp, 200, json_pack("{s:s}", "status", "reset"));
+}
+
+/* POST /_sandbox/fail_next {"method": "PUT", "path": "/api.xro/2.0/BankTransactions",
+ * "status": 503, "count": 1, "after_commit": false}: the next `count`
+ * (default 1) admitted calls of that method and path (no query) answer
+ * `status` (default 503, 400..599) with a gateway problem body instead of
+ * running; with after_commit the operation runs (and its reply is kept for
+ * its Idempotency-Key) but the client gets `status`: a reply lost on the
+ * way. For a fault in one step of a multi-call operation, which the
+ * framework's rates cannot aim at. {"count": 0} or a reset clears it. */
+static void op_fail_next(struct call *c)
+{
+    struct xero *x = c->x;
+    json_t *b = json_loadb(c->req->body ? c->req->body : "", c->req->body_len, 0, NULL);
+    const char *method = json_string_value(json_object_get(b, "method"));
+    const char *path = json_string_value(json_object_get(b, "path"));
+    json_t *st = json_object_get(b, "status"), *n = json_object_get(b, "count");
+    json_int_t status = st ? json_integer_value(st) : 503, count = n ? json_integer_value(n) : 1;
+    if (!json_is_object(b) || !method || strlen(method) >= sizeof(x->fail.method) || !path ||
+        strlen(path) >= sizeof(x->fail.path) || (st && !json_is_integer(st)) ||
+        (n && !json_is_integer(n)) || status < 400 || status > 599 || count < 0 ||
+        count > 1000000) {
+        json_decref(b);
+        reply_problem(c->resp, 400, "Bad Request",
+                      "expected {\"method\", \"path\" (no query), \"status\" 400..599, "
+                      "\"count\" >= 0, \"after_commit\"}");
+        return;
+    }
+    pthread_mutex_lock(&x->gate);
+    copy_str(x->fail.method, sizeof(x->fail.method), method);
+    copy_str(x->fail.path, sizeof(x->fail.path), path);
+    x->fail.status = (int)status;
+    x->fail.count = (unsigned)count;
+    x->fail.after_commit = json_is_true(json_object_get(b, "after_commit"));
+    pthread_mutex_unlock(&x->gate);
+    reply_json(c->resp, 200, json_pack("{s:s,s:s,s:I,s:I}", "method", method, "path", path,
+                                       "status", status, "count", count));
+    json_decref(b);
+}
+
+/* The status a fail_next asks for this request (0: none); gate held. */
+static int fail_next_take(struct xero *x, const struct pb_http_request *req, int *after_commit)
+{
+    if (!x->fail.count || strcmp(x->fail.method, req->method) || strcmp(x->fail.path, req->path))
+        return 0;
+    x->fail.count--;
+    *after_commit = x->fail.after_commit;
+    return x->fail.status;
 }
 
 /* ==== dispatch ============================================================ */
@@ -5499,6 +5881,11 @@ static void run_op(struct call *c, enum op op)
     case OP_JOURNAL_GET: one_get(c, E_MANUAL_JOURNAL); break;
     case OP_JOURNALS_PUT:
     case OP_JOURNALS_POST: journals_write(c); break;
+    case OP_TRANSFERS_GET: list_get(c, E_BANK_TRANSFER); break;
+    case OP_TRANSFER_GET: one_get(c, E_BANK_TRANSFER); break;
+    case OP_TRANSFERS_PUT:
+    case OP_TRANSFERS_POST: transfers_write(c); break;
+    case OP_FAIL_NEXT: op_fail_next(c); break;
     case OP_STATS: op_stats(c); break;
     case OP_RESET: op_reset(c); break;
     case OP__COUNT: break;
@@ -5527,7 +5914,7 @@ static enum pb_http_action plain_handler(struct pb_http_request *req,
     struct call c;
     call_init(&c, ra->x, req, resp);
     run_op(&c, ra->op);
-    if (ra->op != OP_STATS && ra->op != OP_RESET)
+    if (ra->op != OP_STATS && ra->op != OP_RESET && ra->op != OP_FAIL_NEXT)
         count_response(ra->x, resp->status);
     return PB_HTTP_DONE;
 }
@@ -5541,7 +5928,7 @@ static enum pb_http_action api_handler(struct pb_http_request *req, struct pb_ht
     struct admission adm;
     struct idem *mine = NULL;
     const char *tenant, *ikey;
-    int why, write = strcmp(req->method, "GET") != 0;
+    int why, write = strcmp(req->method, "GET") != 0, fail_status = 0, fail_after = 0;
 
     call_init(&c, x, req, resp);
     if ((why = token_check(x, req)) != 0) {
@@ -5561,6 +5948,8 @@ static enum pb_http_action api_handler(struct pb_http_request *req, struct pb_ht
     }
     pthread_mutex_lock(&x->gate);
     admit(x, &adm, 1);
+    if (adm.admitted)
+        fail_status = fail_next_take(x, req, &fail_after);
     pthread_mutex_unlock(&x->gate);
     if (!adm.admitted) {
         char buf[16];
@@ -5569,6 +5958,10 @@ static enum pb_http_action api_handler(struct pb_http_request *req, struct pb_ht
         pb_http_response_header(resp, "X-Rate-Limit-Problem", adm.problem);
         reply_problem(resp, 429, "Too Many Requests", "Rate limit exceeded");
         goto out;
+    }
+    if (fail_status && !fail_after) {
+        reply_problem(resp, fail_status, "Injected", "failed by /_sandbox/fail_next");
+        goto release;
     }
     ikey = write ? pb_http_header(req, "Idempotency-Key") : NULL;
     if (ikey && strlen(ikey) > IDEM_KEY_MAX) {
@@ -5601,6 +5994,8 @@ static enum pb_http_action api_handler(struct pb_http_request *req, struct pb_ht
         idem_end(x, mine, resp);
         pthread_mutex_unlock(&x->gate);
     }
+    if (fail_status) /* after_commit: done, but the reply is lost */
+        reply_problem(resp, fail_status, "Injected", "failed by /_sandbox/fail_next after commit");
 release:
     pthread_mutex_lock(&x->gate);
     x->inflight--;
@@ -5645,6 +6040,10 @@ static void build_routes(struct xero *x)
         {"PUT", API "/ManualJournals", OP_JOURNALS_PUT, 1},
         {"POST", API "/ManualJournals", OP_JOURNALS_POST, 1},
         {"GET", API "/ManualJournals/{}", OP_JOURNAL_GET, 1},
+        {"GET", API "/BankTransfers", OP_TRANSFERS_GET, 1},
+        {"PUT", API "/BankTransfers", OP_TRANSFERS_PUT, 1},
+        {"POST", API "/BankTransfers", OP_TRANSFERS_POST, 1},
+        {"GET", API "/BankTransfers/{}", OP_TRANSFER_GET, 1},
         {"GET", API "/CreditNotes", OP_CREDIT_NOTES_GET, 1},
         {"PUT", API "/CreditNotes", OP_CREDIT_NOTES_PUT, 1},
         {"POST", API "/CreditNotes", OP_CREDIT_NOTES_POST, 1},
@@ -5653,6 +6052,7 @@ static void build_routes(struct xero *x)
         {"PUT", API "/CreditNotes/{}/Allocations", OP_ALLOCATIONS_PUT, 1},
         {"GET", "/_sandbox/stats", OP_STATS, 0},
         {"POST", "/_sandbox/reset", OP_RESET, 0},
+        {"POST", "/_sandbox/fail_next", OP_FAIL_NEXT, 0},
     };
     size_t n = sizeof(table) / sizeof(table[0]);
     _Static_assert(sizeof(table) / sizeof(table[0]) < sizeof(x->routes) / sizeof(x->routes[0]),

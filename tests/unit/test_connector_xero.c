@@ -19,7 +19,8 @@
  * creditnote.refund, a retry finding it, payments and refunds that share a
  * Reference kept apart); creditnote.void and its retry. Every request those
  * tests made (and the reconciliation calls: ledger's pages, post_journal's
- * look-up and PUT /ManualJournals) is then checked against xero_accounting.yaml: the operation
+ * chart of accounts, look-ups, PUT /BankTransfers, /BankTransactions and
+ * /ManualJournals) is then checked against xero_accounting.yaml: the operation
  * exists, its query parameters are declared, its body conforms to the
  * schema (skipped when the spec is absent; PB_XERO_SPEC names it).
  *
@@ -1338,30 +1339,51 @@ static int spec_has_query(const json_t *root, const json_t *item, const json_t *
 }
 
 /* The reconciliation calls (ledger's GET /Payments and /BankTransactions
- * pages, post_journal's GET /Organisation, look-up and PUT /ManualJournals),
- * traced for test_requests_conform_to_spec; test_xero_recon.c tests what
- * they do. */
+ * pages; post_journal's GET /Organisation and /Accounts, its look-ups, PUT
+ * /BankTransfers and /BankTransactions for a journal with bank lines and PUT
+ * /ManualJournals for one without), traced for test_requests_conform_to_spec;
+ * test_xero_recon.c tests what they do. */
 static void test_recon_calls_traced(void **state)
 {
     struct pb_connection *c = connection();
     struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
     struct pb_err err = {0};
     json_t *records = json_array();
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:i,s:s},{s:s,s:i,s:s}]}", "reference",
-                          "PB-spec-1", "date", "2026-11-21", "narration", "spec check",
-                          "currency", "GBP", "lines", "account", "090", "amount_minor", 1099,
-                          "description", "net", "account", "091", "amount_minor", -1099,
-                          "description", "gross");
+    /* bank 090 net, fees 404, clearing 091 gross: a transfer and a SPEND */
+    json_t *settle = json_pack(
+        "{s:s,s:s,s:s,s:s,s:[{s:s,s:i,s:s},{s:s,s:i,s:s},{s:s,s:i,s:s}]}", "reference",
+        "PB-spec-1", "date", "2026-11-21", "narration", "spec check", "currency", "GBP", "lines",
+        "account", "090", "amount_minor", 1000, "description", "net", "account", "404",
+        "amount_minor", 99, "description", "fees", "account", "091", "amount_minor", -1099,
+        "description", "gross");
+    /* clearing 091 / other revenue 260: a RECEIVE */
+    json_t *adjust = json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:i,s:s},{s:s,s:i,s:s}]}", "reference",
+                               "PB-spec-2", "date", "2026-11-21", "narration", "adjustment",
+                               "currency", "GBP", "lines", "account", "091", "amount_minor", 1,
+                               "description", "short", "account", "260", "amount_minor", -1,
+                               "description", "short");
+    /* no bank line: a manual journal */
+    json_t *manual = json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:i,s:s},{s:s,s:i,s:s}]}", "reference",
+                               "PB-spec-3", "date", "2026-11-21", "narration", "reclass",
+                               "currency", "GBP", "lines", "account", "404", "amount_minor", 5,
+                               "description", "fee", "account", "260", "amount_minor", -5,
+                               "description", "fee");
     char id[128];
 
     if (!credit_trace)
         credit_trace = json_array();
     ctx.trace = credit_trace;
     assert_int_equal(c->type->ledger(c, &ctx, 20777, 20779, records, &err), PB_OK);
-    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, settle, id, sizeof id, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, adjust, id, sizeof id, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, manual, id, sizeof id, &err), PB_OK);
+    assert_int_equal(stat_of("bank_transfers"), 1);
+    assert_int_equal(stat_of("bank_transactions"), 2);
     assert_int_equal(stat_of("manual_journals"), 1);
     json_decref(records);
-    json_decref(j);
+    json_decref(settle);
+    json_decref(adjust);
+    json_decref(manual);
     connection_free(c);
 }
 
@@ -1375,7 +1397,7 @@ static void test_requests_conform_to_spec(void **state)
     struct pb_diags d = {0};
     const json_t *root, *paths;
     json_t *call;
-    size_t i, writes = 0, seen_alloc = 0, seen_refund = 0;
+    size_t i, writes = 0, seen_alloc = 0, seen_refund = 0, seen_transfer = 0, seen_bank = 0;
 
     if (!spec)
         spec = "/work/shared/specs/xero/xero_accounting.yaml";
@@ -1442,6 +1464,8 @@ static void test_requests_conform_to_spec(void **state)
             if (!spec_conform(root, schema, sent, tpl, why, sizeof why))
                 fail_msg("%s %s: %s", method, tpl, why);
             seen_alloc += strstr(tpl, "/Allocations") != NULL;
+            seen_transfer += strcmp(tpl, "/BankTransfers") == 0;
+            seen_bank += strcmp(tpl, "/BankTransactions") == 0;
             seen_refund += strcmp(tpl, "/Payments") == 0 && json_object_get(json_array_get(
                                                                 json_object_get(sent, "Payments"),
                                                                 0),
@@ -1453,6 +1477,8 @@ static void test_requests_conform_to_spec(void **state)
     assert_true(writes >= 10);
     assert_true(seen_alloc >= 3);
     assert_true(seen_refund >= 1);
+    assert_int_equal(seen_transfer, 1);
+    assert_int_equal(seen_bank, 2);
     /* the checker itself catches a wrong field and a read-only one */
     {
         char why[256];

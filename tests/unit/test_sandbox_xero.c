@@ -8,7 +8,9 @@
  * the rate-limit test. Every test on `open` starts with POST /_sandbox/reset
  * and POST /_sandbox/faults {"reset":true}, so tests do not depend on order.
  * Amounts are read back exactly: from the raw reply text, or through
- * pb_json_to_minor(), never as doubles.
+ * pb_json_to_minor(), never as doubles. Bank transfers (test_bank_transfers:
+ * legs, filters, Xero's refusals, a bank account kept out of manual journals
+ * and bank transaction lines) and POST /_sandbox/fail_next (test_fail_next).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1255,9 +1257,9 @@ static void test_payments_where_date_and_paging(void **state)
 static const char JOURNAL_OK[] =
     "{\"ManualJournals\":[{\"Narration\":\"Opayo batch 7 [paybridge PB-opayo-7]\","
     "\"Date\":\"2026-11-21\",\"Status\":\"POSTED\",\"JournalLines\":["
-    "{\"LineAmount\":100.00,\"AccountCode\":\"090\",\"Description\":\"net to bank\"},"
+    "{\"LineAmount\":100.00,\"AccountCode\":\"200\",\"Description\":\"sales\"},"
     "{\"LineAmount\":2.35,\"AccountCode\":\"404\",\"Description\":\"fees\"},"
-    "{\"LineAmount\":-102.35,\"AccountCode\":\"091\",\"Description\":\"gross from clearing\"}]}]}";
+    "{\"LineAmount\":-102.35,\"AccountCode\":\"260\",\"Description\":\"other revenue\"}]}]}";
 
 /* Xero's words for a refused journal, from a 400 ValidationException. */
 static void expect_journal_refused(const char *body, const char *words)
@@ -1291,7 +1293,7 @@ static void test_manual_journals(void **state)
     assert_int_equal(minor_of(json_array_get(lines, 2), "LineAmount"), -10235);
     assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 2),
                                                           "AccountCode")),
-                        "091");
+                        "260");
     assert_non_null(strstr(r.body, "\"LineAmount\":-102.35")); /* exact on the wire */
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(mj, "ManualJournalID")));
     reply_free(&r);
@@ -1299,25 +1301,31 @@ static void test_manual_journals(void **state)
     expect_journal_refused(
         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
         "{\"LineAmount\":1,\"AccountCode\":\"999\"},"
-        "{\"LineAmount\":-1,\"AccountCode\":\"090\"}]}]}",
+        "{\"LineAmount\":-1,\"AccountCode\":\"200\"}]}]}",
         "Account code '999' is not a valid code for this document.");
     expect_journal_refused(
         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
-        "{\"LineAmount\":100.00,\"AccountCode\":\"090\"},{\"LineAmount\":-90,\"AccountCode\":"
-        "\"091\"}]}]}",
+        "{\"LineAmount\":100.00,\"AccountCode\":\"200\"},{\"LineAmount\":-90,\"AccountCode\":"
+        "\"260\"}]}]}",
         "The total debits (100.00) must equal total credits (-90.00)");
     expect_journal_refused("{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
-                           "{\"LineAmount\":0,\"AccountCode\":\"090\"}]}]}",
+                           "{\"LineAmount\":0,\"AccountCode\":\"200\"}]}]}",
                            "At least two journal lines are required.");
     expect_journal_refused("{\"ManualJournals\":[{\"JournalLines\":["
-                           "{\"LineAmount\":1,\"AccountCode\":\"090\"},{\"LineAmount\":-1,"
-                           "\"AccountCode\":\"091\"}]}]}",
+                           "{\"LineAmount\":1,\"AccountCode\":\"200\"},{\"LineAmount\":-1,"
+                           "\"AccountCode\":\"260\"}]}]}",
                            "Narration cannot be empty.");
+    /* a bank account on a line: Xero keeps bank accounts out of manual journals */
+    expect_journal_refused("{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
+                           "{\"LineAmount\":1,\"AccountCode\":\"090\"},{\"LineAmount\":-1,"
+                           "\"AccountCode\":\"260\"}]}]}",
+                           "Account code '090' is a bank account. Bank accounts cannot be used in "
+                           "manual journals");
     /* summarizeErrors=false: 200 with the element marked ERROR */
     assert_int_equal(api("PUT", "/api.xro/2.0/ManualJournals?summarizeErrors=false",
                          "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
                          "{\"LineAmount\":1,\"AccountCode\":\"999\"},{\"LineAmount\":-1,"
-                         "\"AccountCode\":\"090\"}]}]}",
+                         "\"AccountCode\":\"200\"}]}]}",
                          &r),
                      200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
@@ -1419,6 +1427,149 @@ static void test_bank_transactions(void **state)
     reply_free(&r);
 }
 
+static const char TRANSFER_OK[] =
+    "{\"BankTransfers\":[{\"FromBankAccount\":{\"Code\":\"091\"},\"ToBankAccount\":{\"Code\":"
+    "\"090\"},\"Amount\":100.00,\"Date\":\"2026-11-21\",\"Reference\":\"[paybridge PB-7]\"}]}";
+
+/* One element of a 400 ValidationException carries `words`. */
+static void expect_refused(const char *path, const char *body, const char *words)
+{
+    struct reply r;
+    assert_int_equal(api("PUT", path, body, &r), 400);
+    assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
+                        "ValidationException");
+    if (!strstr(r.body, words))
+        fail_msg("expected \"%s\" in %s", words, r.body);
+    reply_free(&r);
+}
+
+/* A transfer between two BANK accounts, its two legs listed as bank
+ * transactions (not counted as such), the where filters on Reference, and
+ * what Xero refuses: a non-bank account, the same account twice, no amount,
+ * a bank account on a bank transaction's line. */
+static void test_bank_transfers(void **state)
+{
+    struct reply r;
+    json_t *tr, *leg;
+    char id[64], from_txn[64], path[128];
+    (void)state;
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 200);
+    tr = first(&r, "BankTransfers");
+    assert_string_equal(json_string_value(pb_json_path(tr, "FromBankAccount.Code")), "091");
+    assert_string_equal(json_string_value(pb_json_path(tr, "ToBankAccount.Code")), "090");
+    assert_string_equal(json_string_value(json_object_get(tr, "Status")), "AUTHORISED");
+    assert_string_equal(json_string_value(json_object_get(tr, "Date")),
+                        "/Date(1795219200000+0000)/");
+    assert_int_equal(minor_of(tr, "Amount"), 10000);
+    assert_non_null(strstr(r.body, "\"Amount\":100.00"));
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(tr, "BankTransferID")));
+    snprintf(from_txn, sizeof(from_txn), "%s",
+             json_string_value(json_object_get(tr, "FromBankTransactionID")));
+    assert_int_equal(strlen(id), 36);
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "bank_transfers"), 1);
+    assert_int_equal(stat_of(open_port, "bank_transactions"), 0); /* legs are not counted */
+
+    /* the legs: SPEND-TRANSFER out of 091, RECEIVE-TRANSFER into 090 */
+    assert_int_equal(get_where("BankTransactions", "Type==\"SPEND-TRANSFER\"", 0, &r), 200);
+    assert_int_equal(count_of(&r, "BankTransactions"), 1);
+    leg = first(&r, "BankTransactions");
+    assert_string_equal(json_string_value(json_object_get(leg, "BankTransactionID")), from_txn);
+    assert_string_equal(json_string_value(pb_json_path(leg, "BankAccount.Code")), "091");
+    assert_string_equal(json_string_value(json_object_get(leg, "Reference")),
+                        "[paybridge PB-7]");
+    assert_int_equal(minor_of(leg, "Total"), 10000);
+    assert_null(json_object_get(leg, "Contact"));
+    reply_free(&r);
+    assert_int_equal(get_where("BankTransactions", "Type==\"RECEIVE-TRANSFER\"", 0, &r), 200);
+    assert_int_equal(count_of(&r, "BankTransactions"), 1);
+    assert_string_equal(json_string_value(pb_json_path(first(&r, "BankTransactions"),
+                                                       "BankAccount.Code")),
+                        "090");
+    reply_free(&r);
+
+    /* found by its Reference; "PB-70" finds nothing; by id */
+    assert_int_equal(get_where("BankTransfers", "Reference.StartsWith(\"[paybridge PB-7]\")", 0,
+                               &r),
+                     200);
+    assert_int_equal(count_of(&r, "BankTransfers"), 1);
+    reply_free(&r);
+    assert_int_equal(get_where("BankTransfers", "Reference==\"[paybridge PB-70]\"", 1, &r), 200);
+    assert_int_equal(count_of(&r, "BankTransfers"), 0);
+    assert_non_null(json_object_get(r.json, "pagination"));
+    reply_free(&r);
+    assert_int_equal(get_where("BankTransfers", "Date == DateTime(2026,11,21) && "
+                               "FromBankAccount.Code==\"091\"", 0, &r),
+                     200);
+    assert_int_equal(count_of(&r, "BankTransfers"), 1);
+    reply_free(&r);
+    snprintf(path, sizeof(path), "/api.xro/2.0/BankTransfers/%s", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransfers"),
+                                                          "BankTransferID")),
+                        id);
+    reply_free(&r);
+
+    /* refusals */
+    expect_refused("/api.xro/2.0/BankTransfers",
+                   "{\"BankTransfers\":[{\"FromBankAccount\":{\"Code\":\"091\"},"
+                   "\"ToBankAccount\":{\"Code\":\"200\"},\"Amount\":1}]}",
+                   "Account code '200' is not a bank account");
+    expect_refused("/api.xro/2.0/BankTransfers",
+                   "{\"BankTransfers\":[{\"FromBankAccount\":{\"Code\":\"090\"},"
+                   "\"ToBankAccount\":{\"Code\":\"090\"},\"Amount\":1}]}",
+                   "FromBankAccount and ToBankAccount must be different bank accounts");
+    expect_refused("/api.xro/2.0/BankTransfers",
+                   "{\"BankTransfers\":[{\"FromBankAccount\":{\"Code\":\"091\"},"
+                   "\"ToBankAccount\":{\"Code\":\"090\"},\"Amount\":0}]}",
+                   "Amount must be greater than zero");
+    expect_refused("/api.xro/2.0/BankTransfers",
+                   "{\"BankTransfers\":[{\"FromBankAccount\":{\"Code\":\"091\"},"
+                   "\"Amount\":5}]}",
+                   "ToBankAccount must be specified by Code or AccountID");
+    expect_refused("/api.xro/2.0/BankTransactions",
+                   "{\"BankTransactions\":[{\"Type\":\"SPEND\",\"Contact\":{\"Name\":\"A\"},"
+                   "\"BankAccount\":{\"Code\":\"090\"},\"LineItems\":[{\"LineAmount\":1,"
+                   "\"AccountCode\":\"091\"}]}]}",
+                   "Account code '091' is a bank account and cannot be used on a line item");
+    assert_int_equal(stat_of(open_port, "bank_transfers"), 1);
+    assert_int_equal(stat_of(open_port, "bank_transactions"), 0);
+}
+
+/* POST /_sandbox/fail_next: one call of one method and path fails, before
+ * it commits or (after_commit) after; other calls and later ones go through. */
+static void test_fail_next(void **state)
+{
+    struct reply r;
+    (void)state;
+    assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
+                          "{\"method\":\"PUT\",\"path\":\"/api.xro/2.0/BankTransfers\"}", &r),
+                     200);
+    reply_free(&r);
+    assert_int_equal(get_where("BankTransfers", "Reference==\"x\"", 0, &r), 200); /* a GET */
+    reply_free(&r);
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 503);
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "bank_transfers"), 0);
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 200);
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "bank_transfers"), 1);
+    /* after_commit: the transfer is made, the reply lost */
+    assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
+                          "{\"method\":\"PUT\",\"path\":\"/api.xro/2.0/BankTransfers\","
+                          "\"status\":500,\"after_commit\":true}",
+                          &r),
+                     200);
+    reply_free(&r);
+    assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 500);
+    reply_free(&r);
+    assert_int_equal(stat_of(open_port, "bank_transfers"), 2);
+    assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
+                          "{\"method\":\"PUT\",\"status\":200}", &r),
+                     400);
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1438,6 +1589,8 @@ int main(void)
         cmocka_unit_test_setup(test_payments_where_date_and_paging, reset),
         cmocka_unit_test_setup(test_manual_journals, reset),
         cmocka_unit_test_setup(test_bank_transactions, reset),
+        cmocka_unit_test_setup(test_bank_transfers, reset),
+        cmocka_unit_test_setup(test_fail_next, reset),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -427,6 +427,36 @@ static json_t *batch_journal(const char *reference, const char *currency, const 
         "091", "amount_minor", (json_int_t) - (net + fee), "description", "gross from clearing");
 }
 
+/* A two-line journal: `debit` on dr, credited to cr. */
+static json_t *two_line_journal(const char *reference, const char *dr, const char *cr,
+                                long long debit)
+{
+    return json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:I,s:s},{s:s,s:I,s:s}]}", "reference",
+                     reference, "date", "2026-11-21", "narration", "auto-adjustment", "currency",
+                     "GBP", "lines", "account", dr, "amount_minor", (json_int_t)debit,
+                     "description", "settled amount differs", "account", cr, "amount_minor",
+                     (json_int_t)-debit, "description", "");
+}
+
+/* The records of `resource` in the emulator whose Reference starts with `ref`. */
+static json_t *records_in_emulator(struct pb_connection *c, const char *resource,
+                                   const char *ref)
+{
+    char path[256];
+    CURL *e = curl_easy_init();
+    char where[160], *esc;
+    json_t *reply, *list;
+    snprintf(where, sizeof where, "Reference.StartsWith(\"%s\")", ref);
+    esc = curl_easy_escape(e, where, 0);
+    snprintf(path, sizeof path, "/%s?where=%s", resource, esc);
+    curl_free(esc);
+    curl_easy_cleanup(e);
+    reply = api(c, "GET", path, NULL, 200);
+    list = json_incref(json_object_get(reply, resource));
+    json_decref(reply);
+    return list;
+}
+
 static json_t *journals_in_emulator(struct pb_connection *c)
 {
     json_t *reply = api(c, "GET", "/ManualJournals", NULL, 200), *list;
@@ -435,72 +465,246 @@ static json_t *journals_in_emulator(struct pb_connection *c)
     return list;
 }
 
-static void test_post_journal_once(void **state)
+static int64_t minor(json_t *obj, const char *key)
+{
+    int64_t m = 0;
+    struct pb_err e = {0};
+    if (pb_json_to_minor(json_object_get(obj, key), "GBP", &m, &e) != PB_OK)
+        fail_msg("%s is not an amount: %s", key, e.msg);
+    return m;
+}
+
+/* Calls in the trace with this method whose URL holds `part`. */
+static size_t traced(json_t *trace, const char *method, const char *part)
+{
+    size_t i, n = 0;
+    json_t *call;
+    json_array_foreach(trace, i, call)
+    {
+        const char *url = pb_json_str(call, "url"), *m = pb_json_str(call, "method");
+        n += url && m && !strcmp(m, method) && strstr(url, part);
+    }
+    return n;
+}
+
+/* POST /_sandbox/fail_next: the next call of method + path fails. */
+static void fail_next(const char *method, const char *path, int status, int after_commit)
+{
+    struct pb_http_call call = {0};
+    struct pb_err err = {0};
+    char url[96], body[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/_sandbox/fail_next", sx.port);
+    snprintf(body, sizeof body,
+             "{\"method\":\"%s\",\"path\":\"/api.xro/2.0%s\",\"status\":%d,\"after_commit\":%s}",
+             method, path, status, after_commit ? "true" : "false");
+    call.method = "POST";
+    call.url = url;
+    call.body = body;
+    call.body_len = strlen(body);
+    call.timeout_ms = 10000;
+    assert_int_equal(pb_http_perform(sx.http, &call, &err), PB_OK);
+    assert_int_equal(call.status, 200);
+    pb_http_call_reset(&call);
+}
+
+/* The settlement journal (Dr bank 090 net, Dr fees 404, Cr clearing 091
+ * gross; both 090 and 091 BANK) becomes a transfer 091 -> 090 of the net and
+ * a SPEND of the fees out of 091, once across calls; its undo (lines
+ * negated) a transfer back and a RECEIVE; neither is read back by ledger(). */
+static void test_post_journal_settlement_once(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
     struct pb_call_ctx ctx = {sx.http, json_array(), time(NULL), -1};
-    json_t *j = batch_journal("PB-opayo-demo-100007", "GBP", "404", 10000, 235), *list, *lines;
-    json_t *rev, *call;
-    char id1[128], id2[128], id3[128];
+    json_t *j = batch_journal("PB-opayo-demo-100007", "GBP", "404", 10000, 235), *list, *el;
+    json_t *rev, *records = json_array();
+    char id1[128], id2[128], id3[128], expect[128];
     struct pb_err err = {0};
-    size_t i, lookups = 0, puts = 0;
     (void)state;
-
     assert_int_equal(c->type->post_journal(c, &ctx, j, id1, sizeof id1, &err), PB_OK);
-    assert_int_equal(strlen(id1), 36);
-    list = journals_in_emulator(c);
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 1);
+    assert_int_equal(stat_of(c, "manual_journals"), 0);
+    /* the transfer: net from clearing to the bank */
+    list = records_in_emulator(c, "BankTransfers", "[paybridge PB-opayo-demo-100007]");
     assert_int_equal(json_array_size(list), 1);
-    assert_string_equal(pb_json_str(json_array_get(list, 0), "ManualJournalID"), id1);
-    assert_string_equal(pb_json_str(json_array_get(list, 0), "Narration"),
-                        "Opayo settlement batch 7 [paybridge PB-opayo-demo-100007]");
-    assert_string_equal(pb_json_str(json_array_get(list, 0), "Status"), "POSTED");
-    lines = json_object_get(json_array_get(list, 0), "JournalLines");
-    assert_int_equal(json_array_size(lines), 3);
-    {
-        int64_t m;
-        struct pb_err e = {0};
-        assert_int_equal(pb_json_to_minor(json_object_get(json_array_get(lines, 2), "LineAmount"),
-                                          "GBP", &m, &e),
-                         PB_OK);
-        assert_int_equal(m, -10235);
-        assert_string_equal(pb_json_str(json_array_get(lines, 1), "AccountCode"), "404");
-    }
+    el = json_array_get(list, 0);
+    assert_string_equal(pb_json_str(el, "FromBankAccount.Code"), "091");
+    assert_string_equal(pb_json_str(el, "ToBankAccount.Code"), "090");
+    assert_int_equal(minor(el, "Amount"), 10000);
+    assert_string_equal(pb_json_str(el, "Reference"), "[paybridge PB-opayo-demo-100007]");
+    assert_string_equal(pb_json_str(el, "Date"), "/Date(1795219200000+0000)/");
+    snprintf(expect, sizeof expect, "%s,", pb_json_str(el, "BankTransferID"));
     json_decref(list);
+    /* the fees: a SPEND out of clearing (the transfer's two legs are not it) */
+    list = records_in_emulator(c, "BankTransactions", "[paybridge PB-opayo-demo-100007]");
+    assert_int_equal(json_array_size(list), 3);
+    el = NULL;
+    for (size_t i = 0; i < json_array_size(list); i++)
+        if (!strcmp(pb_json_str(json_array_get(list, i), "Type"), "SPEND"))
+            el = json_array_get(list, i);
+    assert_non_null(el);
+    assert_string_equal(pb_json_str(el, "BankAccount.Code"), "091");
+    assert_string_equal(pb_json_str(el, "Contact.Name"), "paybridge reconciliation");
+    assert_int_equal(minor(el, "Total"), 235);
+    assert_int_equal(json_array_size(json_object_get(el, "LineItems")), 1);
+    assert_string_equal(pb_json_str(json_array_get(json_object_get(el, "LineItems"), 0),
+                                    "AccountCode"),
+                        "404");
+    assert_string_equal(pb_json_str(json_array_get(json_object_get(el, "LineItems"), 0),
+                                    "Description"),
+                        "fees");
+    strncat(expect, pb_json_str(el, "BankTransactionID"), sizeof expect - strlen(expect) - 1);
+    assert_string_equal(id1, expect); /* the parts' ids, transfer first */
+    json_decref(list);
+    assert_int_equal(traced(ctx.trace, "PUT", "/ManualJournals"), 0);
 
-    /* the same reference again: the same id, nothing posted */
+    /* the same reference again: the same ids, nothing posted, accounts not re-read */
     assert_int_equal(c->type->post_journal(c, &ctx, j, id2, sizeof id2, &err), PB_OK);
     assert_string_equal(id2, id1);
-    assert_int_equal(stat_of(c, "manual_journals"), 1);
-    json_array_foreach(ctx.trace, i, call)
-    {
-        const char *url = pb_json_str(call, "url"), *method = pb_json_str(call, "method");
-        if (url && strstr(url, "/ManualJournals?where=Narration.Contains"))
-            lookups++;
-        if (url && strstr(url, "/ManualJournals?") && method && !strcmp(method, "PUT")) {
-            puts++;
-            assert_non_null(strstr(pb_json_str(call, "request") ? pb_json_str(call, "request") : "",
-                                   "\"LineAmount\":-102.35"));
-        }
-    }
-    assert_int_equal(lookups, 2); /* looked up on every call */
-    assert_int_equal(puts, 1);
+    assert_int_equal(traced(ctx.trace, "PUT", "/BankTransfers"), 1);
+    assert_int_equal(traced(ctx.trace, "PUT", "/BankTransactions"), 1);
+    assert_int_equal(traced(ctx.trace, "GET", "/BankTransfers?where="), 2);
+    assert_int_equal(traced(ctx.trace, "GET", "/Accounts"), 1);
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 1);
 
-    /* the undo: lines negated, its own reference, a second journal */
+    /* the undo: lines negated, its own reference: 090 -> 091 and a RECEIVE into 090 */
     rev = batch_journal("PB-opayo-demo-100007-rev", "GBP", "404", -10000, -235);
     assert_int_equal(c->type->post_journal(c, &ctx, rev, id3, sizeof id3, &err), PB_OK);
+    assert_int_equal(strlen(id3), 73);
     assert_string_not_equal(id3, id1);
-    assert_int_equal(stat_of(c, "manual_journals"), 2);
+    list = records_in_emulator(c, "BankTransfers", "[paybridge PB-opayo-demo-100007-rev]");
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(pb_json_str(json_array_get(list, 0), "FromBankAccount.Code"), "090");
+    assert_string_equal(pb_json_str(json_array_get(list, 0), "ToBankAccount.Code"), "091");
+    assert_int_equal(minor(json_array_get(list, 0), "Amount"), 10235);
+    json_decref(list);
+    assert_int_equal(stat_of(c, "bank_transfers"), 2);
+    assert_int_equal(stat_of(c, "bank_transactions"), 2);
     /* "PB-...-100007" does not find "PB-...-100007-rev" nor the other way round */
     assert_int_equal(c->type->post_journal(c, &ctx, rev, id2, sizeof id2, &err), PB_OK);
     assert_string_equal(id2, id3);
-    assert_int_equal(stat_of(c, "manual_journals"), 2);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id2, sizeof id2, &err), PB_OK);
+    assert_string_equal(id2, id1);
+    assert_int_equal(stat_of(c, "bank_transfers"), 2);
+    assert_int_equal(stat_of(c, "bank_transactions"), 2);
+    /* paybridge's own postings are not customers' money */
+    assert_int_equal(c->type->ledger(c, &ctx, DAY_2026_11_20, DAY_2026_11_20 + 2, records, &err),
+                     PB_OK);
+    assert_int_equal(json_array_size(records), 0);
+    json_decref(records);
     json_decref(rev);
     json_decref(j);
     json_decref(ctx.trace);
     connection_free(c);
 }
 
-static void test_post_journal_refused_in_xeros_words(void **state)
+/* The second part fails: the first stays posted and a retry posts only the
+ * second; a part whose reply was lost (posted, then 500) is found, not
+ * posted again. */
+static void test_post_journal_retry_after_part_failed(void **state)
+{
+    struct pb_connection *c = connection_with(NULL);
+    struct pb_call_ctx ctx = {sx.http, json_array(), time(NULL), -1};
+    json_t *j = batch_journal("PB-part-1", "GBP", "404", 10000, 235);
+    char id[128], id2[128];
+    struct pb_err err = {0};
+    (void)state;
+    fail_next("PUT", "/BankTransactions", 503, 0);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_TRANSIENT);
+    assert_string_equal(id, "");
+    assert_contains(err.msg, "journal PB-part-1, part 2 of 2 (SPEND on 091)");
+    assert_contains(err.msg, "a retry posts only the rest");
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 0);
+    json_array_clear(ctx.trace);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(strlen(id), 73);
+    assert_int_equal(traced(ctx.trace, "PUT", "/BankTransfers"), 0);
+    assert_int_equal(traced(ctx.trace, "PUT", "/BankTransactions"), 1);
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 1);
+    /* a lost reply: the transfer is made, the connector hears 500 */
+    json_decref(j);
+    j = batch_journal("PB-part-2", "GBP", "404", 5000, 100);
+    fail_next("PUT", "/BankTransfers", 500, 1);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_TRANSIENT);
+    assert_contains(err.msg, "part 1 of 2 (bank transfer 091 -> 090)");
+    assert_int_equal(stat_of(c, "bank_transfers"), 2);
+    assert_int_equal(stat_of(c, "bank_transactions"), 1);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id2, sizeof id2, &err), PB_OK);
+    assert_string_equal(id, id2);
+    assert_int_equal(stat_of(c, "bank_transfers"), 2);
+    assert_int_equal(stat_of(c, "bank_transactions"), 2);
+    assert_int_equal(stat_of(c, "manual_journals"), 0);
+    json_decref(j);
+    json_decref(ctx.trace);
+    connection_free(c);
+}
+
+/* An auto-adjustment (Dr clearing d, Cr Other Revenue d) is one RECEIVE into
+ * clearing; the other way round one SPEND; a journal with no bank line stays
+ * a manual journal, once. */
+static void test_post_journal_adjustment_and_manual(void **state)
+{
+    struct pb_connection *c = connection_with(NULL);
+    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    json_t *j = two_line_journal("PB-adj-1", "091", "260", 1), *list, *el;
+    char id[128], id2[128];
+    struct pb_err err = {0};
+    (void)state;
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(strlen(id), 36);
+    list = records_in_emulator(c, "BankTransactions", "[paybridge PB-adj-1]");
+    assert_int_equal(json_array_size(list), 1);
+    el = json_array_get(list, 0);
+    assert_string_equal(pb_json_str(el, "BankTransactionID"), id);
+    assert_string_equal(pb_json_str(el, "Type"), "RECEIVE");
+    assert_string_equal(pb_json_str(el, "BankAccount.Code"), "091");
+    assert_int_equal(minor(el, "Total"), 1);
+    assert_string_equal(pb_json_str(json_array_get(json_object_get(el, "LineItems"), 0),
+                                    "AccountCode"),
+                        "260");
+    /* a line without a description carries the narration */
+    assert_string_equal(pb_json_str(json_array_get(json_object_get(el, "LineItems"), 0),
+                                    "Description"),
+                        "auto-adjustment");
+    json_decref(list);
+    json_decref(j);
+    j = two_line_journal("PB-adj-2", "260", "091", 4);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    list = records_in_emulator(c, "BankTransactions", "[paybridge PB-adj-2]");
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(pb_json_str(json_array_get(list, 0), "Type"), "SPEND");
+    assert_int_equal(minor(json_array_get(list, 0), "Total"), 4);
+    json_decref(list);
+    assert_int_equal(stat_of(c, "bank_transactions"), 2);
+    assert_int_equal(stat_of(c, "bank_transfers"), 0);
+    assert_int_equal(stat_of(c, "manual_journals"), 0);
+    json_decref(j);
+
+    /* no bank line: a manual journal, once */
+    j = two_line_journal("PB-manual-1", "404", "260", 235);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id2, sizeof id2, &err), PB_OK);
+    assert_string_equal(id2, id);
+    list = journals_in_emulator(c);
+    assert_int_equal(json_array_size(list), 1);
+    el = json_array_get(list, 0);
+    assert_string_equal(pb_json_str(el, "ManualJournalID"), id);
+    assert_string_equal(pb_json_str(el, "Narration"), "auto-adjustment [paybridge PB-manual-1]");
+    assert_string_equal(pb_json_str(el, "Status"), "POSTED");
+    assert_int_equal(minor(json_array_get(json_object_get(el, "JournalLines"), 1), "LineAmount"),
+                     -235);
+    json_decref(list);
+    assert_int_equal(stat_of(c, "manual_journals"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 2);
+    json_decref(j);
+    connection_free(c);
+}
+
+static void test_post_journal_refused(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
     struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
@@ -508,20 +712,25 @@ static void test_post_journal_refused_in_xeros_words(void **state)
     char id[128] = "x";
     struct pb_err err = {0};
     (void)state;
+    /* an account Xero does not have: refused before any part is posted */
     assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_PERMANENT);
-    assert_contains(err.msg, "Account code '999' is not a valid code for this document.");
-    assert_contains(err.msg, "PB-bad-account");
+    assert_contains(err.msg, "journal PB-bad-account: account code '999' is not in Xero's chart");
     assert_string_equal(id, "");
     json_decref(j);
-
-    /* unbalanced: 100.00 + 2.35 against -102.34 */
+    /* unbalanced with a bank line: nothing posted (100.00 + 2.35 against -102.34) */
     j = batch_journal("PB-unbalanced", "GBP", "404", 10000, 235);
     json_object_set_new(json_array_get(json_object_get(j, "lines"), 2), "amount_minor",
                         json_integer(-10234));
     assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_PERMANENT);
-    assert_contains(err.msg, "The total debits (102.35) must equal total credits (-102.34)");
+    assert_contains(err.msg, "the total debits (102.35) must equal total credits (-102.34)");
     json_decref(j);
-
+    /* unbalanced without one: Xero refuses the manual journal in its words */
+    j = two_line_journal("PB-unbalanced-2", "404", "260", 235);
+    json_object_set_new(json_array_get(json_object_get(j, "lines"), 1), "amount_minor",
+                        json_integer(-234));
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_PERMANENT);
+    assert_contains(err.msg, "The total debits (2.35) must equal total credits (-2.34)");
+    json_decref(j);
     /* not the contract's shape: refused before any call */
     j = json_pack("{s:s,s:s,s:s,s:[{s:s,s:s}]}", "reference", "PB-shape", "date", "21/11/2026",
                   "currency", "GBP", "lines", "account", "090", "amount_minor", "1.00");
@@ -529,6 +738,8 @@ static void test_post_journal_refused_in_xeros_words(void **state)
     assert_contains(err.msg, "date must be YYYY-MM-DD");
     json_decref(j);
     assert_int_equal(stat_of(c, "manual_journals"), 0);
+    assert_int_equal(stat_of(c, "bank_transfers"), 0);
+    assert_int_equal(stat_of(c, "bank_transactions"), 0);
     connection_free(c);
 }
 
@@ -584,11 +795,11 @@ static void test_post_journal_lookup_transient(void **state)
     char id[128];
     struct pb_err err = {0};
     (void)state;
-    /* the token first, so that the burst hits the look-up */
+    /* the token first, so that the burst hits the chart of accounts */
     json_decref(api(c, "GET", "/Organisation", NULL, 200));
     set_faults("{\"burst_429\":1,\"retry_after_s\":2}");
     assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_TRANSIENT);
-    assert_contains(err.msg, "ManualJournals");
+    assert_contains(err.msg, "reading the chart of accounts");
     assert_contains(err.msg, "429");
     assert_int_equal(ctx.retry_after_s, 2);
     set_faults("{\"reset\":true}");
@@ -597,10 +808,21 @@ static void test_post_journal_lookup_transient(void **state)
     assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_TRANSIENT);
     assert_contains(err.msg, "HTTP 50");
     set_faults("{\"reset\":true}");
-    assert_int_equal(stat_of(c, "manual_journals"), 0);
+    assert_int_equal(stat_of(c, "bank_transfers"), 0);
     /* and once Xero answers again, it is posted, once */
     assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_OK);
-    assert_int_equal(stat_of(c, "manual_journals"), 1);
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
+    assert_int_equal(stat_of(c, "bank_transactions"), 1);
+    json_decref(j);
+    /* the accounts now cached, a 429 hits the look-up: nothing is posted */
+    j = batch_journal("PB-retry-2", "GBP", "404", 10000, 235);
+    set_faults("{\"burst_429\":1,\"retry_after_s\":3}");
+    ctx.retry_after_s = -1;
+    assert_int_equal(c->type->post_journal(c, &ctx, j, id, sizeof id, &err), PB_ERR_TRANSIENT);
+    assert_contains(err.msg, "reading BankTransfers");
+    assert_int_equal(ctx.retry_after_s, 3);
+    set_faults("{\"reset\":true}");
+    assert_int_equal(stat_of(c, "bank_transfers"), 1);
     json_decref(j);
     connection_free(c);
 }
@@ -621,8 +843,10 @@ int main(void)
         cmocka_unit_test(test_caps),
         cmocka_unit_test_setup(test_ledger_payments_refunds_pages, test_setup),
         cmocka_unit_test_setup(test_ledger_server_error_is_transient, test_setup),
-        cmocka_unit_test_setup(test_post_journal_once, test_setup),
-        cmocka_unit_test_setup(test_post_journal_refused_in_xeros_words, test_setup),
+        cmocka_unit_test_setup(test_post_journal_settlement_once, test_setup),
+        cmocka_unit_test_setup(test_post_journal_retry_after_part_failed, test_setup),
+        cmocka_unit_test_setup(test_post_journal_adjustment_and_manual, test_setup),
+        cmocka_unit_test_setup(test_post_journal_refused, test_setup),
         cmocka_unit_test_setup(test_post_journal_base_currency, test_setup),
         cmocka_unit_test_setup(test_post_journal_lookup_transient, test_setup),
     };

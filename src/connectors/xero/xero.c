@@ -15,6 +15,9 @@
  *   settings.base_currency          the organisation's base currency (ISO 4217),
  *                                   used to refuse a journal in another one; absent:
  *                                   read once from GET /Organisation when needed
+ *   settings.journal_contact        the Contact Name on the bank transactions a
+ *                                   journal becomes (xero_recon.c), default
+ *                                   "paybridge reconciliation" (Xero creates it by name)
  *   secrets.client_id, secrets.client_secret: the custom connection's credentials
  *
  * Commands are a table (COMMANDS): the name, whether it is batched, and the
@@ -53,7 +56,7 @@
 
 static const char *const known_settings[] = {
     "api_base", "token_url", "tenant_id", "batch_size", "timeout_ms", "token_refresh_margin_s",
-    "base_currency", NULL,
+    "base_currency", "journal_contact", NULL,
 };
 
 struct xero_state *pb__xero_state(const struct pb_connection *c)
@@ -120,7 +123,7 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct xero_state
             return pb_err_set(err, PB_ERR_CONFIG,
                               "settings.%s: unknown setting of a xero connection (known: "
                               "api_base, token_url, tenant_id, batch_size, timeout_ms, "
-                              "token_refresh_margin_s, base_currency)",
+                              "token_refresh_margin_s, base_currency, journal_contact)",
                               key);
     }
     if ((rc = read_url(c, "api_base", XERO_API_BASE_DEFAULT, st->api_base, err)) ||
@@ -154,6 +157,18 @@ static enum pb_rc read_settings(const struct pb_connection *c, struct xero_state
                               "settings.base_currency: must be an ISO 4217 code such as \"GBP\" "
                               "(the Xero organisation's base currency)");
         snprintf(st->base_currency, sizeof st->base_currency, "%s", cur);
+    }
+    v = json_object_get(c->settings, "journal_contact");
+    snprintf(st->journal_contact, sizeof st->journal_contact, "%s", XERO_JOURNAL_CONTACT_DEFAULT);
+    if (v) {
+        const char *name = json_string_value(v);
+        if (!name || !name[0] || strlen(name) >= sizeof st->journal_contact ||
+            strpbrk(name, "\r\n"))
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "settings.journal_contact: must be one line of 1 to %zu "
+                              "characters (a Xero contact name)",
+                              sizeof st->journal_contact - 1);
+        snprintf(st->journal_contact, sizeof st->journal_contact, "%s", name);
     }
     return PB_OK;
 }
@@ -205,6 +220,7 @@ static void xero_destroy(struct pb_connection *c)
     pb__xero_token_clear(st);
     pthread_mutex_destroy(&st->token_lock);
     pthread_mutex_destroy(&st->org_lock);
+    free(st->accounts);
     st->magic = 0;
     free(st);
     c->state = NULL;

@@ -14,14 +14,15 @@
  *                    the voids (invoice.void, creditnote.void).
  *   xero_credit.c    creditnote.allocate.
  *   xero_recon.c     reconciliation: ledger() (payments and bank
- *                    transactions read back) and post_journal() (manual
- *                    journals, once per reference).
+ *                    transactions read back) and post_journal() (a manual
+ *                    journal, or bank transfers and bank transactions when a
+ *                    line is on a bank account; once per reference).
  *
  * Threading. Many worker threads call execute() on one connection at once,
  * each with its own HTTP client. Everything in `struct xero_state` is
  * immutable after init except the token fields, which only xero_token.c
- * touches, always under token_lock, and org_currency, which only
- * xero_recon.c touches, under org_lock.
+ * touches, always under token_lock, and org_currency and the account
+ * cache, which only xero_recon.c touches, under org_lock.
  */
 #ifndef PB_CONNECTORS_XERO_INTERNAL_H
 #define PB_CONNECTORS_XERO_INTERNAL_H
@@ -42,6 +43,14 @@
 #define XERO_TOKEN_MAX (16 * 1024)           /* longest access token accepted */
 #define XERO_TOKEN_LIFETIME_DEFAULT_S 1800L  /* when the reply has no expires_in */
 #define XERO_IDEMPOTENCY_KEY_MAX 68          /* "pb-" + 64 hex + NUL */
+#define XERO_ACCOUNT_CODE_MAX 32             /* longest account Code kept (Xero: 10) */
+#define XERO_JOURNAL_CONTACT_DEFAULT "paybridge reconciliation"
+
+/* One account of the chart (GET /Accounts), as post_journal needs it. */
+struct xero_account {
+    char code[XERO_ACCOUNT_CODE_MAX];
+    int bank;                                /* Type BANK */
+};
 
 struct xero_state {
     unsigned magic;                          /* XERO_STATE_MAGIC */
@@ -52,9 +61,12 @@ struct xero_state {
     long timeout_ms;                         /* every API and token call */
     long refresh_margin_s;                   /* refresh this long before expiry */
     char base_currency[4];                   /* settings.base_currency, "" = ask Xero */
+    char journal_contact[256];               /* settings.journal_contact */
 
-    pthread_mutex_t org_lock;                /* guards org_currency */
+    pthread_mutex_t org_lock;                /* guards the three fields below */
     char org_currency[4];                    /* GET /Organisation's BaseCurrency, "" until read */
+    struct xero_account *accounts;           /* malloc'd GET /Accounts, NULL until read */
+    size_t n_accounts;
 
     pthread_mutex_t token_lock;              /* guards the four fields below */
     char *token;                             /* malloc'd access token, or NULL */

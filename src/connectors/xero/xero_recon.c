@@ -1,8 +1,9 @@
 /*
  * connectors/xero/xero_recon.c: reconciliation support of the Xero
  * connector: ledger() reads back the money Xero holds as received from and
- * returned to customers, and post_journal() posts a balanced manual journal
- * once per reference. connector.h states the contract; docs/connectors.md
+ * returned to customers, and post_journal() posts a balanced journal once
+ * per reference: a manual journal, or, when a line is on a bank account,
+ * bank transfers and bank transactions. connector.h states the contract; docs/connectors.md
  * (Xero) the operator's view.
  *
  * ledger(from_day, to_day). Two resources, each read page by page
@@ -33,22 +34,66 @@
  * (no id, no amount, a bad date) fails the call PB_ERR_PERMANENT naming it:
  * leaving it out would show as a break nobody can explain.
  *
- * post_journal(journal). Xero's ManualJournal has no Reference, so the
- * reference goes into the Narration in a fixed form, "<narration> [paybridge
- * <reference>]", and every attempt first looks for it:
- *   GET /ManualJournals?where=Narration.Contains("[paybridge <reference>]")
- * (every page); a journal whose Narration holds the mark is the one: its
- * ManualJournalID is returned and nothing is posted. The mark ends in ']', so
- * "PB-1" never finds "PB-10". Otherwise PUT /ManualJournals
- * ?summarizeErrors=false {"ManualJournals":[{"Narration", "Date", "Status":
- * "POSTED", "LineAmountTypes": "NoTax", "JournalLines": [{"LineAmount"
- * (debit > 0, credit < 0, an exact decimal sent as a JSON number),
- * "AccountCode", "Description"}]}]} with Idempotency-Key "pb-" + SHA-256
- * over "journal.post", the reference and the body. Xero keeps manual
- * journals in the organisation's base currency only: a journal in another
- * currency is refused (PB_ERR_PERMANENT) before any call; the base currency
- * is settings.base_currency, else GET /Organisation's BaseCurrency, read
- * once per connection and cached under org_lock.
+ * post_journal(journal). Xero keeps bank accounts (Type BANK) out of manual
+ * journals: money in and out of a bank account is a BankTransaction
+ * (RECEIVE / SPEND) or a BankTransfer. So the journal is first checked
+ * against the chart of accounts (GET /Accounts, read once per connection,
+ * cached under org_lock, read again when a line's code is not in it; a code
+ * still missing refuses the journal before anything is posted), then:
+ *
+ *   No line on a BANK account: one manual journal. Xero's ManualJournal has
+ *   no Reference, so the reference goes into the Narration in a fixed form,
+ *   "<narration> [paybridge <reference>]", and every attempt first looks:
+ *     GET /ManualJournals?where=Narration.Contains("[paybridge <reference>]")
+ *   (every page); a journal whose Narration holds the mark is the one: its
+ *   ManualJournalID is returned and nothing is posted. The mark ends in ']',
+ *   so "PB-1" never finds "PB-10". Otherwise PUT /ManualJournals
+ *   ?summarizeErrors=false {"ManualJournals":[{"Narration", "Date", "Status":
+ *   "POSTED", "LineAmountTypes": "NoTax", "JournalLines": [{"LineAmount"
+ *   (debit > 0, credit < 0, an exact decimal sent as a JSON number),
+ *   "AccountCode", "Description"}]}]}.
+ *
+ *   Lines on BANK accounts: the journal must balance (checked here: Xero
+ *   sees only its parts, so it cannot refuse an unbalanced whole). Bank lines
+ *   are summed per account; the anchor A is the bank account with the largest
+ *   credit (the most negative sum; ties: the first). The journal becomes:
+ *     - for every other bank account b with sum x != 0, a BankTransfer A -> b
+ *       of x (x > 0) or b -> A of -x (x < 0): PUT /BankTransfers
+ *       {"BankTransfers":[{"FromBankAccount":{"Code"}, "ToBankAccount":
+ *       {"Code"}, "Amount", "Date", "Reference"}]};
+ *     - the non-bank debits as one SPEND on A and the non-bank credits as
+ *       one RECEIVE on A (LineAmount = |amount|): PUT /BankTransactions
+ *       ?summarizeErrors=false {"BankTransactions":[{"Type", "Contact":
+ *       {"Name": settings.journal_contact}, "BankAccount": {"Code": A},
+ *       "Date", "Reference", "LineAmountTypes": "NoTax", "LineItems":
+ *       [{"LineAmount", "AccountCode", "Description" (the line's, else the
+ *       narration)}]}]}.
+ *   A's own lines are implied: the journal balances, so what the parts move
+ *   in and out of A is A's sum. The settlement journal (Dr bank net, Dr fees,
+ *   Cr clearing gross, clearing and bank both BANK) is a transfer clearing ->
+ *   bank of the net and a SPEND of the fees out of clearing; an adjustment
+ *   (Dr clearing d, Cr revenue d) one RECEIVE into clearing.
+ *   Every part carries the mark as its Reference: "[paybridge <reference>]",
+ *   the second and later transfers "[paybridge <reference>] #2", ...; the
+ *   SPEND and the RECEIVE share the mark and differ by Type. Before posting,
+ *     GET /BankTransfers?where=Reference.StartsWith("[paybridge <ref>]")
+ *     (one reply: the spec gives BankTransfers no paging) and
+ *     GET /BankTransactions?where=Reference.StartsWith(...)&page=n
+ *   find the parts already there (exact Reference, and Type for bank
+ *   transactions: a transfer's SPEND-TRANSFER / RECEIVE-TRANSFER legs carry
+ *   its Reference too, whatever their Status), and only the missing ones are
+ *   posted, in order: a retry after a partial failure posts the rest. erp_id
+ *   is the parts' ids joined by ',' (transfers first), or "<first id> +<n>
+ *   more" when that does not fit. The narration is not carried (bank records
+ *   have no narration field) except as the description of lines without one.
+ *
+ * Each write has its own Idempotency-Key: "pb-" + SHA-256 over the command
+ * ("journal.post", "journal.transfer", "journal.banktransaction"), the
+ * part's reference and the body. Journals are posted in the organisation's
+ * base currency only: a journal in another currency is refused
+ * (PB_ERR_PERMANENT) before any call; the base currency is
+ * settings.base_currency, else GET /Organisation's BaseCurrency, read once
+ * per connection and cached under org_lock.
  *
  * Errors: 429, 5xx, network and token failures are PB_ERR_TRANSIENT (with
  * ctx->retry_after_s from a 429's Retry-After); Xero's refusals (an unknown
@@ -56,9 +101,16 @@
  * words; a journal that is not the contract's shape PB_ERR_PERMANENT saying
  * which member is wrong (retrying cannot fix it).
  *
- * Threading: nothing here is shared but the cached base currency.
+ * Threading: nothing here is shared but the cached base currency and chart
+ * of accounts (org_lock; a refresh swaps the whole array under it).
  *
  * Rejected designs.
+ *   - One BankTransaction per bank line with the other lines split across
+ *     them: the split is arbitrary and a fee line would have to be cut in
+ *     two; transfers between the bank accounts plus one SPEND / RECEIVE on
+ *     one anchor keep every non-bank line whole.
+ *   - Letting Xero refuse an unknown account code: with several parts, the
+ *     first could be posted before the second is refused.
  *   - Looking the journal up only on a retry (as the sink's commands do): a
  *     re-run of a reconciliation is a first attempt of a new call with the
  *     same reference, so only a look-up every time makes "never posts twice"
@@ -160,7 +212,8 @@ static enum pb_rc fail_with(struct pb_call_ctx *ctx, const struct xero_failure *
     return pb_err_set(err, f->rc, "%s", f->message);
 }
 
-/* GET /<resource>?where=<where>&page=<page>; *arr borrowed from *root. */
+/* GET /<resource>?where=<where>&page=<page> (no page when 0); *arr borrowed
+ * from *root. */
 static enum pb_rc get_page(struct pb_connection *c, struct pb_call_ctx *ctx, const char *resource,
                            const char *where, int page, json_t **root, json_t **arr,
                            struct pb_err *err)
@@ -180,14 +233,19 @@ static enum pb_rc get_page(struct pb_connection *c, struct pb_call_ctx *ctx, con
     pb__xero_buf_adds(&path, resource);
     pb__xero_buf_adds(&path, "?where=");
     pb__xero_buf_add_escaped(&path, where);
-    snprintf(num, sizeof num, "&page=%d", page);
-    pb__xero_buf_adds(&path, num);
+    if (page > 0) { /* 0: a resource without paging (BankTransfers) */
+        snprintf(num, sizeof num, "&page=%d", page);
+        pb__xero_buf_adds(&path, num);
+    }
     if (path.failed) {
         pb__xero_buf_free(&path);
         return pb_err_set(err, PB_ERR_NOMEM, "reading %s: the request could not be built",
                           resource);
     }
-    snprintf(what, sizeof what, "reading %s (page %d)", resource, page);
+    if (page > 0)
+        snprintf(what, sizeof what, "reading %s (page %d)", resource, page);
+    else
+        snprintf(what, sizeof what, "reading %s", resource);
     rq.path = path.data;
     rc = pb__xero_call(c, ctx, &rq, &call, &e);
     if (rc) {
@@ -430,11 +488,19 @@ static enum pb_rc base_currency(struct pb_connection *c, struct pb_call_ctx *ctx
     return out[0] ? PB_OK : fail_with(ctx, &f, err);
 }
 
-/* The journal checked against the contract, and its Xero body. */
+/* One line of the journal, checked. */
+struct jline {
+    const char *account, *description; /* borrowed from the journal */
+    int64_t amount;                     /* minor units, debit > 0 */
+    int bank;                           /* the account is of Type BANK */
+};
+
+/* The journal checked against the contract. */
 struct journal_doc {
     const char *reference, *date, *narration, *currency;
     char mark[sizeof XERO_JOURNAL_MARK + XERO_JOURNAL_REF_MAX + 2]; /* "[paybridge REF]" */
-    json_t *body; /* owned {"ManualJournals":[...]} */
+    struct jline *lines;                                            /* malloc'd */
+    size_t n;
 };
 
 static enum pb_rc bad_journal(struct pb_err *err, const char *what)
@@ -448,9 +514,8 @@ static enum pb_rc bad_journal(struct pb_err *err, const char *what)
 
 static enum pb_rc read_journal(const json_t *j, struct journal_doc *jd, struct pb_err *err)
 {
-    json_t *lines = json_object_get(j, "lines"), *line, *out, *mj;
+    json_t *lines = json_object_get(j, "lines"), *line;
     const char *p;
-    char narration[1200];
     int64_t day;
     size_t i;
 
@@ -478,40 +543,193 @@ static enum pb_rc read_journal(const json_t *j, struct journal_doc *jd, struct p
     if (!json_is_array(lines) || json_array_size(lines) > XERO_JOURNAL_LINES_MAX)
         return bad_journal(err, "lines must be a list of at most 500 lines");
     snprintf(jd->mark, sizeof jd->mark, XERO_JOURNAL_MARK "%s]", jd->reference);
-    snprintf(narration, sizeof narration, "%s%s%s", jd->narration, jd->narration[0] ? " " : "",
-             jd->mark);
-    out = json_array();
+    jd->lines = calloc(json_array_size(lines) + 1, sizeof *jd->lines);
+    if (!jd->lines)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
     json_array_foreach(lines, i, line)
     {
-        const char *account = json_string_value(json_object_get(line, "account"));
-        const char *desc = json_string_value(json_object_get(line, "description"));
-        json_t *amount = json_object_get(line, "amount_minor"), *l;
+        struct jline *l = &jd->lines[i];
+        json_t *amount = json_object_get(line, "amount_minor");
         char dec[PB_MONEY_DECIMAL_MAX];
-        if (!account || !account[0] || !json_is_integer(amount) ||
+        l->account = json_string_value(json_object_get(line, "account"));
+        l->description = json_string_value(json_object_get(line, "description"));
+        if (!l->account || !l->account[0] || strlen(l->account) >= XERO_ACCOUNT_CODE_MAX ||
+            !json_is_integer(amount) ||
             pb_money_format_decimal(json_integer_value(amount), jd->currency, dec, sizeof dec,
                                     NULL) != PB_OK) {
-            char what[96];
-            json_decref(out);
+            char what[112];
             snprintf(what, sizeof what,
-                     "lines[%zu] needs account (text) and amount_minor (an "
-                     "integer)",
-                     i);
+                     "lines[%zu] needs account (text, at most %d characters) and amount_minor "
+                     "(an integer)",
+                     i, XERO_ACCOUNT_CODE_MAX - 1);
             return bad_journal(err, what);
         }
-        l = json_pack("{s:s,s:s,s:s}", "LineAmount", dec, "AccountCode", account, "Description",
-                      desc ? desc : "");
-        if (!l || json_array_append_new(out, l)) {
-            json_decref(out);
-            return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
-        }
+        l->amount = json_integer_value(amount);
+        if (!l->description)
+            l->description = "";
     }
-    mj = json_pack("{s:s,s:s,s:s,s:s,s:o}", "Narration", narration, "Date", jd->date, "Status",
-                   "POSTED", "LineAmountTypes", "NoTax", "JournalLines", out);
-    jd->body = mj ? json_pack("{s:[o]}", "ManualJournals", mj) : NULL;
-    if (!jd->body)
-        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    jd->n = json_array_size(lines);
     return PB_OK;
 }
+
+/* An exact decimal of `minor` in the journal's currency, as a JSON string
+ * that pb_json_dumps_decimal() writes as a number. */
+static json_t *decimal(const struct journal_doc *jd, int64_t minor)
+{
+    char dec[PB_MONEY_DECIMAL_MAX];
+    if (pb_money_format_decimal(minor, jd->currency, dec, sizeof dec, NULL) != PB_OK)
+        return NULL;
+    return json_string(dec);
+}
+
+/* ---- the chart of accounts ----------------------------------------------------------- */
+
+/* Mark each line bank or not from the cache (org_lock held); 0 when a code is
+ * not in it (*unknown names it), 1 when all are. */
+static int classify(const struct xero_state *st, struct journal_doc *jd, const char **unknown)
+{
+    if (!st->accounts)
+        return 0;
+    for (size_t i = 0; i < jd->n; i++) {
+        size_t k;
+        for (k = 0; k < st->n_accounts; k++)
+            if (!strcasecmp(st->accounts[k].code, jd->lines[i].account))
+                break;
+        if (k == st->n_accounts) {
+            *unknown = jd->lines[i].account;
+            return 0;
+        }
+        jd->lines[i].bank = st->accounts[k].bank;
+    }
+    return 1;
+}
+
+/* GET /Accounts into the cache (replacing what it held). */
+static enum pb_rc load_accounts(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                struct pb_err *err)
+{
+    struct xero_state *st = pb__xero_state(c);
+    struct xero_request rq = {"GET", "/Accounts", NULL, NULL};
+    struct xero_failure f = {PB_OK, -1, ""};
+    struct xero_account *acc = NULL;
+    struct pb_http_call call;
+    struct pb_err e = {0};
+    json_t *root = NULL, *arr = NULL, *el;
+    size_t i, n = 0;
+    enum pb_rc rc;
+
+    rc = pb__xero_call(c, ctx, &rq, &call, &e);
+    if (rc)
+        pb__xero_describe_failure(&call, rc, &e, "reading the chart of accounts", &f);
+    else if ((arr = pb__xero_parse_envelope(&call, "Accounts", &root, &f)) != NULL &&
+             !(acc = calloc(json_array_size(arr) + 1, sizeof *acc))) {
+        f.rc = PB_ERR_NOMEM;
+        snprintf(f.message, sizeof f.message, "out of memory for the chart of accounts");
+    }
+    pb_http_call_reset(&call);
+    if (!acc) {
+        json_decref(root);
+        return fail_with(ctx, &f, err);
+    }
+    json_array_foreach(arr, i, el)
+    {
+        const char *code = str_of(el, "Code");
+        if (!code[0] || strlen(code) >= XERO_ACCOUNT_CODE_MAX)
+            continue; /* an account without a code cannot be on a journal line */
+        snprintf(acc[n].code, sizeof acc[n].code, "%s", code);
+        acc[n++].bank = strcmp(str_of(el, "Type"), "BANK") == 0;
+    }
+    json_decref(root);
+    pthread_mutex_lock(&st->org_lock);
+    free(st->accounts);
+    st->accounts = acc;
+    st->n_accounts = n;
+    pthread_mutex_unlock(&st->org_lock);
+    return PB_OK;
+}
+
+/* Which lines are on bank accounts: from the cache, read once per
+ * connection and again when a code is not in it (an account added since). A
+ * code Xero does not have refuses the journal before anything is posted. */
+static enum pb_rc account_types(struct pb_connection *c, struct pb_call_ctx *ctx,
+                                struct journal_doc *jd, struct pb_err *err)
+{
+    struct xero_state *st = pb__xero_state(c);
+    const char *unknown = NULL;
+    char code[XERO_ACCOUNT_CODE_MAX];
+    enum pb_rc rc;
+    int known;
+
+    pthread_mutex_lock(&st->org_lock);
+    known = classify(st, jd, &unknown);
+    pthread_mutex_unlock(&st->org_lock);
+    if (known)
+        return PB_OK;
+    if ((rc = load_accounts(c, ctx, err)))
+        return rc;
+    unknown = NULL;
+    pthread_mutex_lock(&st->org_lock);
+    known = classify(st, jd, &unknown);
+    pthread_mutex_unlock(&st->org_lock);
+    if (known)
+        return PB_OK;
+    snprintf(code, sizeof code, "%s", unknown ? unknown : "?");
+    return pb_err_set(err, PB_ERR_PERMANENT,
+                      "journal %s: account code '%s' is not in Xero's chart of accounts (GET "
+                      "/Accounts has no such Code): add it in Xero or correct the account in "
+                      "the reconcile block; nothing was posted",
+                      jd->reference, code);
+}
+
+/* ---- one write ---------------------------------------------------------------------- */
+
+/* PUT `path` with {envelope: [element]} (element taken) under an
+ * Idempotency-Key over `command`, `key_ref` and the body; the new record's
+ * `id_key` into id. PB_OK or the failure in err, with `what` in front. */
+static enum pb_rc put_one(struct pb_connection *c, struct pb_call_ctx *ctx, const char *path,
+                          const char *envelope, const char *id_key, const char *command,
+                          const char *key_ref, json_t *element, const char *what, char *id,
+                          size_t id_len, struct pb_err *err)
+{
+    struct pb_sink_item item, *itp = &item;
+    struct xero_failure whole = {PB_OK, -1, ""};
+    struct xero_request rq = {"PUT", path, NULL, NULL};
+    struct pb_http_call call;
+    struct pb_err e = {0};
+    char key[XERO_IDEMPOTENCY_KEY_MAX];
+    json_t *doc = element ? json_pack("{s:[o]}", envelope, element) : NULL;
+    char *body = doc ? pb_json_dumps_decimal(doc, pb__xero_decimal_keys, 0) : NULL;
+    enum pb_rc rc;
+
+    json_decref(doc);
+    if (!body)
+        return pb_err_set(err, PB_ERR_NOMEM, "%s: cannot build the %s body", what, envelope);
+    memset(&item, 0, sizeof item);
+    item.command = command;
+    item.reference = key_ref;
+    item.idempotency_key = key_ref;
+    item.retry_after_s = -1;
+    item.rc = PB_ERR_INTERNAL;
+    snprintf(item.message, sizeof item.message, "Xero's reply was not applied");
+    pb__xero_idempotency_key(item.command, &itp, 1, body, key);
+    rq.body = body;
+    rq.idempotency_key = key;
+    rc = pb__xero_call(c, ctx, &rq, &call, &e);
+    pb__xero_apply_write_reply(&call, rc, &e, envelope, id_key, &itp, 1, &whole);
+    pb_http_call_reset(&call);
+    json_decref(item.result);
+    free(body);
+    rc = item.rc;
+    if (rc == PB_OK) {
+        snprintf(id, id_len, "%s", item.erp_id);
+        return PB_OK;
+    }
+    if (item.retry_after_s >= 0)
+        ctx->retry_after_s = item.retry_after_s;
+    return pb_err_set(err, rc, "%s: %s", what, item.message);
+}
+
+/* ---- a journal without bank lines: one manual journal ----------------------------- */
 
 /* Look for a journal whose Narration holds jd->mark: PB_OK with erp_id set
  * ("" when none). */
@@ -548,19 +766,293 @@ static enum pb_rc find_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
                       XERO_JOURNAL_PAGES_MAX, jd->mark);
 }
 
+static enum pb_rc post_manual(struct pb_connection *c, struct pb_call_ctx *ctx,
+                              const struct journal_doc *jd, char *erp_id, size_t erp_id_len,
+                              struct pb_err *err)
+{
+    char narration[1200], what[96];
+    json_t *out = json_array(), *mj;
+    enum pb_rc rc;
+
+    if ((rc = find_journal(c, ctx, jd, erp_id, erp_id_len, err)) || erp_id[0])
+        return rc;
+    snprintf(narration, sizeof narration, "%s%s%s", jd->narration, jd->narration[0] ? " " : "",
+             jd->mark);
+    for (size_t i = 0; out && i < jd->n; i++) {
+        json_t *l = json_pack("{s:o,s:s,s:s}", "LineAmount", decimal(jd, jd->lines[i].amount),
+                              "AccountCode", jd->lines[i].account, "Description",
+                              jd->lines[i].description);
+        if (!l || json_array_append_new(out, l)) {
+            json_decref(out);
+            out = NULL;
+        }
+    }
+    mj = out ? json_pack("{s:s,s:s,s:s,s:s,s:o}", "Narration", narration, "Date", jd->date,
+                         "Status", "POSTED", "LineAmountTypes", "NoTax", "JournalLines", out)
+             : NULL;
+    if (!mj)
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    snprintf(what, sizeof what, "journal %s", jd->reference);
+    return put_one(c, ctx, "/ManualJournals?summarizeErrors=false", "ManualJournals",
+                   "ManualJournalID", "journal.post", jd->reference, mj, what, erp_id, erp_id_len,
+                   err);
+}
+
+/* ---- a journal with bank lines: transfers and bank transactions -------------------- */
+
+enum part_kind { PART_TRANSFER, PART_SPEND, PART_RECEIVE };
+
+/* One record the journal becomes. */
+struct part {
+    enum part_kind kind;
+    char ref[sizeof XERO_JOURNAL_MARK + XERO_JOURNAL_REF_MAX + 16]; /* its Reference */
+    const char *from, *to;  /* a transfer's account codes (borrowed from the journal) */
+    int64_t amount;         /* a transfer's amount, > 0 */
+    char id[64];            /* BankTransferID / BankTransactionID, "" until found or posted */
+};
+
+struct plan {
+    const char *anchor;     /* A: the bank account the bank transactions are on */
+    struct part *parts;     /* malloc'd: transfers first, then SPEND, then RECEIVE */
+    size_t n, n_transfers;
+};
+
+static const char *part_word(enum part_kind k)
+{
+    return k == PART_TRANSFER ? "bank transfer" : k == PART_SPEND ? "SPEND" : "RECEIVE";
+}
+
+/* The parts of a balanced journal with bank lines (see the file comment). */
+static enum pb_rc make_plan(const struct journal_doc *jd, struct plan *pl, struct pb_err *err)
+{
+    struct bank_net {
+        const char *code;
+        int64_t net;
+    } *nets = calloc(jd->n + 1, sizeof *nets);
+    int64_t debits = 0, credits = 0;
+    size_t n_nets = 0, a = 0, i, k;
+    int spend = 0, receive = 0;
+
+    memset(pl, 0, sizeof *pl);
+    pl->parts = calloc(jd->n + 2, sizeof *pl->parts);
+    if (!nets || !pl->parts) {
+        free(nets);
+        return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    }
+    for (i = 0; i < jd->n; i++) {
+        const struct jline *l = &jd->lines[i];
+        if (l->amount > 0 ? pb_money_add(debits, l->amount, &debits)
+                          : pb_money_add(credits, l->amount, &credits)) {
+            free(nets);
+            return pb_err_set(err, PB_ERR_PERMANENT, "journal %s: the amounts are too large",
+                              jd->reference);
+        }
+        if (!l->bank) {
+            spend |= l->amount > 0;
+            receive |= l->amount < 0;
+            continue;
+        }
+        for (k = 0; k < n_nets && strcasecmp(nets[k].code, l->account); k++)
+            ;
+        if (k == n_nets)
+            nets[n_nets++].code = l->account;
+        nets[k].net += l->amount; /* cannot overflow: |sum| <= debits or -credits */
+    }
+    if (debits + credits != 0) {
+        char d[PB_MONEY_DECIMAL_MAX] = "", cr[PB_MONEY_DECIMAL_MAX] = "";
+        free(nets);
+        pb_money_format_decimal(debits, jd->currency, d, sizeof d, NULL);
+        pb_money_format_decimal(credits, jd->currency, cr, sizeof cr, NULL);
+        return pb_err_set(err, PB_ERR_PERMANENT,
+                          "journal %s: the lines do not balance: the total debits (%s) must "
+                          "equal total credits (%s); nothing was posted",
+                          jd->reference, d, cr);
+    }
+    for (k = 1; k < n_nets; k++) /* the largest credit; ties: the first */
+        if (nets[k].net < nets[a].net)
+            a = k;
+    pl->anchor = nets[a].code;
+    for (k = 0; k < n_nets; k++) {
+        struct part *p = &pl->parts[pl->n];
+        if (k == a || nets[k].net == 0)
+            continue;
+        p->kind = PART_TRANSFER;
+        p->from = nets[k].net > 0 ? pl->anchor : nets[k].code;
+        p->to = nets[k].net > 0 ? nets[k].code : pl->anchor;
+        p->amount = nets[k].net > 0 ? nets[k].net : -nets[k].net;
+        if (pl->n == 0)
+            snprintf(p->ref, sizeof p->ref, "%s", jd->mark);
+        else
+            snprintf(p->ref, sizeof p->ref, "%s #%zu", jd->mark, pl->n + 1);
+        pl->n++;
+    }
+    pl->n_transfers = pl->n;
+    if (spend) {
+        pl->parts[pl->n].kind = PART_SPEND;
+        snprintf(pl->parts[pl->n++].ref, sizeof pl->parts[0].ref, "%s", jd->mark);
+    }
+    if (receive) {
+        pl->parts[pl->n].kind = PART_RECEIVE;
+        snprintf(pl->parts[pl->n++].ref, sizeof pl->parts[0].ref, "%s", jd->mark);
+    }
+    free(nets);
+    if (pl->n == 0)
+        return pb_err_set(err, PB_ERR_PERMANENT,
+                          "journal %s moves no money (every amount is 0): nothing to post",
+                          jd->reference);
+    return PB_OK;
+}
+
+/* Find the parts already in Xero: their Reference starts with the mark. */
+static enum pb_rc find_parts(struct pb_connection *c, struct pb_call_ctx *ctx,
+                             const struct journal_doc *jd, struct plan *pl, struct pb_err *err)
+{
+    char where[sizeof jd->mark + 40];
+    int want_txn = pl->n > pl->n_transfers;
+
+    snprintf(where, sizeof where, "Reference.StartsWith(\"%s\")", jd->mark);
+    if (pl->n_transfers) {
+        /* GET /BankTransfers has no paging: one reply holds every match */
+        json_t *root, *arr, *el;
+        size_t i;
+        enum pb_rc rc = get_page(c, ctx, "BankTransfers", where, 0, &root, &arr, err);
+        if (rc)
+            return rc;
+        json_array_foreach(arr, i, el)
+        {
+            const char *id = str_of(el, "BankTransferID"), *ref = str_of(el, "Reference");
+            for (size_t k = 0; id[0] && k < pl->n_transfers; k++)
+                if (!pl->parts[k].id[0] && !strcmp(ref, pl->parts[k].ref))
+                    snprintf(pl->parts[k].id, sizeof pl->parts[k].id, "%s", id);
+        }
+        json_decref(root);
+    }
+    for (int page = 1; want_txn; page++) {
+        json_t *root, *arr, *el;
+        size_t i;
+        int last;
+        enum pb_rc rc;
+        if (page > XERO_JOURNAL_PAGES_MAX)
+            return pb_err_set(err, PB_ERR_PERMANENT,
+                              "more than %d pages of bank transactions match \"%s\": the "
+                              "look-up cannot prove the journal was not posted",
+                              XERO_JOURNAL_PAGES_MAX, jd->mark);
+        rc = get_page(c, ctx, "BankTransactions", where, page, &root, &arr, err);
+        if (rc)
+            return rc;
+        json_array_foreach(arr, i, el)
+        {
+            const char *id = str_of(el, "BankTransactionID"), *type = str_of(el, "Type");
+            for (size_t k = pl->n_transfers; id[0] && k < pl->n; k++)
+                if (!pl->parts[k].id[0] && !strcmp(str_of(el, "Reference"), pl->parts[k].ref) &&
+                    !strcmp(type, part_word(pl->parts[k].kind)))
+                    snprintf(pl->parts[k].id, sizeof pl->parts[k].id, "%s", id);
+        }
+        last = last_page(root, arr, page);
+        json_decref(root);
+        if (last)
+            break;
+    }
+    return PB_OK;
+}
+
+/* The body element of part k. */
+static json_t *part_element(struct pb_connection *c, const struct journal_doc *jd,
+                            const struct plan *pl, const struct part *p)
+{
+    json_t *items;
+    if (p->kind == PART_TRANSFER)
+        return json_pack("{s:{s:s},s:{s:s},s:o,s:s,s:s}", "FromBankAccount", "Code", p->from,
+                         "ToBankAccount", "Code", p->to, "Amount", decimal(jd, p->amount),
+                         "Date", jd->date, "Reference", p->ref);
+    items = json_array();
+    for (size_t i = 0; items && i < jd->n; i++) {
+        const struct jline *l = &jd->lines[i];
+        const char *desc = l->description[0] ? l->description : jd->narration;
+        json_t *li;
+        if (l->bank || l->amount == 0 || (l->amount > 0) != (p->kind == PART_SPEND))
+            continue;
+        li = json_pack("{s:o,s:s}", "LineAmount", decimal(jd, l->amount > 0 ? l->amount
+                                                                            : -l->amount),
+                       "AccountCode", l->account);
+        if (li && desc[0])
+            json_object_set_new(li, "Description", json_string(desc));
+        if (!li || json_array_append_new(items, li)) {
+            json_decref(items);
+            items = NULL;
+        }
+    }
+    return items ? json_pack("{s:s,s:{s:s},s:{s:s},s:s,s:s,s:s,s:o}", "Type",
+                             part_word(p->kind), "Contact", "Name",
+                             pb__xero_state(c)->journal_contact, "BankAccount", "Code",
+                             pl->anchor, "Date", jd->date, "Reference", p->ref,
+                             "LineAmountTypes", "NoTax", "LineItems", items)
+                 : NULL;
+}
+
+/* erp_id: the parts' ids joined by ',', or the first and how many more. */
+static void parts_id(const struct plan *pl, char *erp_id, size_t len)
+{
+    size_t used = 0;
+    for (size_t k = 0; k < pl->n; k++) {
+        int w = snprintf(erp_id + used, len - used, "%s%s", k ? "," : "", pl->parts[k].id);
+        if (w < 0 || (size_t)w >= len - used) {
+            snprintf(erp_id, len, "%s +%zu more", pl->parts[0].id, pl->n - 1);
+            return;
+        }
+        used += (size_t)w;
+    }
+}
+
+static enum pb_rc post_bank(struct pb_connection *c, struct pb_call_ctx *ctx,
+                            const struct journal_doc *jd, char *erp_id, size_t erp_id_len,
+                            struct pb_err *err)
+{
+    struct plan pl;
+    enum pb_rc rc;
+
+    if ((rc = make_plan(jd, &pl, err)) || (rc = find_parts(c, ctx, jd, &pl, err)))
+        goto out;
+    for (size_t k = 0; k < pl.n; k++) {
+        struct part *p = &pl.parts[k];
+        char what[256], key_ref[sizeof p->ref + 16];
+        size_t posted = 0;
+        if (p->id[0])
+            continue;
+        for (size_t j = 0; j < k; j++)
+            posted += pl.parts[j].id[0] != '\0';
+        snprintf(what, sizeof what, "journal %s, part %zu of %zu (%s%s%s%s%s)%s", jd->reference,
+                 k + 1, pl.n, part_word(p->kind), p->kind == PART_TRANSFER ? " " : " on ",
+                 p->kind == PART_TRANSFER ? p->from : pl.anchor,
+                 p->kind == PART_TRANSFER ? " -> " : "", p->kind == PART_TRANSFER ? p->to : "",
+                 posted ? "; the parts before it are posted and a retry posts only the rest"
+                        : "");
+        snprintf(key_ref, sizeof key_ref, "%s %s", part_word(p->kind), p->ref);
+        if (p->kind == PART_TRANSFER)
+            rc = put_one(c, ctx, "/BankTransfers", "BankTransfers", "BankTransferID",
+                         "journal.transfer", key_ref, part_element(c, jd, &pl, p), what, p->id,
+                         sizeof p->id, err);
+        else
+            rc = put_one(c, ctx, "/BankTransactions?summarizeErrors=false", "BankTransactions",
+                         "BankTransactionID", "journal.banktransaction", key_ref,
+                         part_element(c, jd, &pl, p), what, p->id, sizeof p->id, err);
+        if (rc)
+            goto out;
+    }
+    parts_id(&pl, erp_id, erp_id_len);
+out:
+    free(pl.parts);
+    return rc;
+}
+
 enum pb_rc pb__xero_post_journal(struct pb_connection *c, struct pb_call_ctx *ctx,
                                  const json_t *journal, char *erp_id, size_t erp_id_len,
                                  struct pb_err *err)
 {
     struct journal_doc jd;
-    struct pb_sink_item item, *itp = &item;
-    struct xero_failure whole = {PB_OK, -1, ""};
-    struct pb_http_call call;
-    struct xero_request rq = {"PUT", "/ManualJournals?summarizeErrors=false", NULL, NULL};
-    struct pb_err e = {0};
-    char key[XERO_IDEMPOTENCY_KEY_MAX], base[4];
-    char *body = NULL;
+    char base[4];
     enum pb_rc rc;
+    int bank = 0;
 
     if (erp_id && erp_id_len)
         erp_id[0] = '\0';
@@ -569,49 +1061,26 @@ enum pb_rc pb__xero_post_journal(struct pb_connection *c, struct pb_call_ctx *ct
     if (!ctx || !ctx->http || !erp_id || erp_id_len == 0)
         return pb_err_set(err, PB_ERR_INTERNAL, "post_journal needs an HTTP client and erp_id");
     if ((rc = read_journal(journal, &jd, err)))
-        return rc;
+        goto out;
     if ((rc = base_currency(c, ctx, base, err)))
         goto out;
     if (strcmp(base, jd.currency) != 0) {
         rc = pb_err_set(err, PB_ERR_PERMANENT,
-                        "journal %s is in %s but Xero manual journals are in the organisation's "
+                        "journal %s is in %s but Xero journals are posted in the organisation's "
                         "base currency %s (settings.base_currency or GET /Organisation): post "
                         "it converted to %s",
                         jd.reference, jd.currency, base, base);
         goto out;
     }
-    if ((rc = find_journal(c, ctx, &jd, erp_id, erp_id_len, err)) || erp_id[0])
+    if ((rc = account_types(c, ctx, &jd, err)))
         goto out;
-
-    body = pb_json_dumps_decimal(jd.body, pb__xero_decimal_keys, 0);
-    if (!body) {
-        rc = pb_err_set(err, PB_ERR_NOMEM, "cannot serialise the ManualJournals body");
-        goto out;
-    }
-    memset(&item, 0, sizeof item);
-    item.command = "journal.post";
-    item.reference = jd.reference;
-    item.idempotency_key = jd.reference;
-    item.retry_after_s = -1;
-    item.rc = PB_ERR_INTERNAL;
-    snprintf(item.message, sizeof item.message, "Xero's reply was not applied");
-    pb__xero_idempotency_key(item.command, &itp, 1, body, key);
-    rq.body = body;
-    rq.idempotency_key = key;
-    rc = pb__xero_call(c, ctx, &rq, &call, &e);
-    pb__xero_apply_write_reply(&call, rc, &e, "ManualJournals", "ManualJournalID", &itp, 1, &whole);
-    pb_http_call_reset(&call);
-    json_decref(item.result);
-    rc = item.rc;
-    if (rc == PB_OK) {
-        snprintf(erp_id, erp_id_len, "%s", item.erp_id);
-    } else {
-        if (item.retry_after_s >= 0)
-            ctx->retry_after_s = item.retry_after_s;
-        pb_err_set(err, rc, "journal %s: %s", jd.reference, item.message);
-    }
+    for (size_t i = 0; i < jd.n; i++)
+        bank |= jd.lines[i].bank;
+    rc = bank ? post_bank(c, ctx, &jd, erp_id, erp_id_len, err)
+              : post_manual(c, ctx, &jd, erp_id, erp_id_len, err);
+    if (rc)
+        erp_id[0] = '\0';
 out:
-    free(body);
-    json_decref(jd.body);
+    free(jd.lines);
     return rc;
 }
