@@ -1701,6 +1701,22 @@ class Run:
                      if b.get("class") == want["class"] and (b.get("merchant_ref") in names or b.get("gateway_ref") in names)]
             self.expect(len(found) == 1, "reconcile: expected one %s break for %s, breaks are: %s" %
                         (want["class"], want["order"], json.dumps(report.get("breaks", []))[:1500]))
+        # every journal balances, and a batch journal moves exactly the batch's
+        # gross out of clearing, its fees to expense and its net to the bank
+        batches = {b["batch_id"]: b for b in report.get("inputs", {}).get("batches", [])}
+        for j in report.get("journals", []):
+            if j.get("outcome") == "held":
+                continue
+            amounts = [l["amount_minor"] for l in j.get("lines", [])]
+            self.expect(sum(amounts) == 0 and len(amounts) >= 2,
+                        "reconcile: journal %s does not balance: %s" % (j.get("reference"), json.dumps(j)[:600]))
+            if j.get("kind") == "batch" and j.get("batch_id") in batches:
+                b = batches[j["batch_id"]]
+                by = {l["description"]: l["amount_minor"] for l in j["lines"]}
+                self.expect(by.get("net payout", 0) == b["net_minor"] and by.get("gateway fees", 0) == b["fees_minor"]
+                            and by.get("gross settled out of clearing", 0) == -b["gross_minor"],
+                            "reconcile: batch journal %s lines %s do not move the batch's gross %d, fees %d, net %d" %
+                            (j.get("reference"), json.dumps(j["lines"]), b["gross_minor"], b["fees_minor"], b["net_minor"]))
         c = report.get("counts", {})
         return "%s %s rev %s: %s matches, %s breaks %s, journals %s" % (
             spec["connection"], date, report.get("revision"), c.get("matches"), c.get("breaks"),
