@@ -518,7 +518,7 @@ void pbt_write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
-    fputs(text, f);
+    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
     fclose(f);
 }
 
