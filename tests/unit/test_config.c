@@ -16,21 +16,17 @@
 
 #include "core/crypto.h"
 #include "engine/config.h"
+#include "pbtest.h"
 
 static char dir[128];
 
 static const char *write_cfg(const char *name, const char *text)
 {
     static char path[256];
-    FILE *f;
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    pbt_write_file(path, text);
     return path;
 }
-
 static int has_diag(const struct pb_diags *d, int line, const char *needle)
 {
     for (size_t i = 0; i < d->n; i++)
@@ -47,7 +43,7 @@ static void dump(const struct pb_diags *d)
 static int setup(void **st)
 {
     snprintf(dir, sizeof(dir), "/tmp/pb-test-config-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    pbt_tempdir(dir);
     return 0;
 }
 

@@ -39,6 +39,7 @@
 #include "core/pan.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "sandbox.h"
 
 extern const struct pb_connector_type pb_connector_opayo;
@@ -56,22 +57,6 @@ static time_t t_created(void)
     return timegm(&tm);
 }
 
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
-
-static void hmac_hex(const char *secret, const char *body, size_t len, char out[65])
-{
-    unsigned char mac[32];
-    unsigned int mac_len = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac,
-         &mac_len);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", mac[i]);
-}
-
 struct headers {
     const char *signature;          /* NULL = header absent */
 };
@@ -85,25 +70,9 @@ static const char *get_header(void *ctx, const char *name)
 static struct pb_connection *connection_new(json_t *settings, json_t *secrets,
                                             struct pb_err *err, enum pb_rc *rc_out)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_opayo;
-    snprintf(c->name, sizeof c->name, "opayo-test");
-    c->settings = settings;
-    c->secrets = secrets;
-    *rc_out = c->type->init(c, err);
-    return c;
+    return pbt_connection_try(&pb_connector_opayo, "opayo-test", settings, NULL, secrets, err,
+                              rc_out);
 }
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
-}
-
 /* A connection for offline tests: confirm off. */
 static struct pb_connection *offline(void)
 {
@@ -147,7 +116,7 @@ static enum pb_rc inbound_text(struct pb_connection *c, const char *body, int si
     struct headers h = {signature};
     struct pb_inbound_request req = {0};
     if (sign) {
-        hmac_hex(SECRET, body, strlen(body), sig);
+        pbt_hmac_hex(SECRET, body, strlen(body), sig);
         h.signature = sig;
     }
     req.body = body;
@@ -179,7 +148,7 @@ static void expect_reject(json_t *n, enum pb_rc rc, const char *needle)
     assert_int_equal(inbound_json(c, n, &out, &err), rc);
     assert_int_equal(out.n, 0);
     assert_contains(err.msg, needle);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- settings -------------------------------------------------------------------------- */
@@ -193,30 +162,30 @@ static void test_init_settings(void **state)
     c = connection_new(json_pack("{s:b}", "confirm", 0), json_object(), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.notify_secret");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_object(), json_pack("{s:s}", "notify_secret", "x"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.api_base");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "http://127.0.0.1:1/api/v1"),
                        json_pack("{s:s}", "notify_secret", "x"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.integration_key");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:b,s:b}", "confirm", 0, "confrim", 0),
                        json_pack("{s:s}", "notify_secret", "x"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.confrim");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:b,s:i}", "confirm", 0, "signature_window_s", 0),
                        json_pack("{s:s}", "notify_secret", "x"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.signature_window_s");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "http://127.0.0.1:1/api/v1/"),
                        json_pack("{s:s,s:s,s:s}", "notify_secret", "x", "integration_key", "k",
@@ -225,7 +194,7 @@ static void test_init_settings(void **state)
     assert_int_equal(rc, PB_OK);
     assert_true(pb_connector_opayo.caps & PB_CAP_INBOUND);
     assert_true(pb_connector_opayo.caps & PB_CAP_CONFIRM);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- the event ---------------------------------------------------------------------------- */
@@ -276,7 +245,7 @@ static void test_payment_succeeded(void **state)
     /* no card number, no raw-only fields leak into the event */
     assert_null(pb_json_path(ev, "payment.card.cardIdentifier"));
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_address_region_and_name(void **state)
@@ -294,7 +263,7 @@ static void test_address_region_and_name(void **state)
     assert_string_equal(pb_json_str(out.ev[0].event, "customer.address.line2"), "Flat 2");
     assert_string_equal(pb_json_str(out.ev[0].event, "customer.name"), "Ann");
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static const char *type_for(const char *tx_type, const char *status)
@@ -315,7 +284,7 @@ static const char *type_for(const char *tx_type, const char *status)
     snprintf(type, sizeof type, "%s", out.ev[0].type);
     assert_string_equal(pb_json_str(out.ev[0].event, "type"), type);
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
     return type;
 }
 
@@ -348,7 +317,7 @@ static void test_declined_keeps_customer(void **state)
     assert_true(json_is_null(pb_json_path(out.ev[0].event, "payment.auth_code")));
     assert_string_equal(pb_json_str(out.ev[0].event, "customer.name"), "Ann Smith");
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_refund_event(void **state)
@@ -369,7 +338,7 @@ static void test_refund_event(void **state)
     assert_string_equal(pb_json_str(out.ev[0].event, "refund.amount.decimal"), "5.00");
     assert_string_equal(pb_json_str(out.ev[0].event, "customer.email"), "ann@example.com");
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a Refund must say what it refunds */
     n = fixture();
@@ -401,7 +370,7 @@ static void test_currency_exponents(void **state)
         assert_string_equal(pb_json_str(out.ev[0].event, "payment.amount.decimal"),
                             cases[i].decimal);
         pb_event_list_clear(&out);
-        connection_free(c);
+        pbt_connection_free(c);
     }
 }
 
@@ -419,7 +388,7 @@ static void test_event_id_is_transaction_id(void **state)
     assert_true(json_equal(a.ev[0].event, b.ev[0].event));
     pb_event_list_clear(&a);
     pb_event_list_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- rejections ------------------------------------------------------------------------------ */
@@ -444,7 +413,7 @@ static void test_signature(void **state)
     assert_int_equal(inbound_text(c, body, 0, NULL, t_created(), &out, &err), PB_ERR_AUTH);
     assert_contains(err.msg, "missing X-Opayo-Signature header");
     /* signed with another secret */
-    hmac_hex("another-secret", body, strlen(body), sig);
+    pbt_hmac_hex("another-secret", body, strlen(body), sig);
     assert_int_equal(inbound_text(c, body, 0, sig, t_created(), &out, &err), PB_ERR_AUTH);
     assert_contains(err.msg, "signature does not match");
     /* not hex at all */
@@ -452,7 +421,7 @@ static void test_signature(void **state)
                      PB_ERR_AUTH);
     assert_contains(err.msg, "signature does not match");
     /* right MAC, but the body changed by one byte after signing */
-    hmac_hex(SECRET, body, strlen(body), sig);
+    pbt_hmac_hex(SECRET, body, strlen(body), sig);
     body[strlen(body) - 3] ^= 1;
     assert_int_equal(inbound_text(c, body, 0, sig, t_created(), &out, &err), PB_ERR_AUTH);
     assert_contains(err.msg, "signature does not match");
@@ -464,7 +433,7 @@ static void test_signature(void **state)
     assert_int_equal(out.n, 1);
     pb_event_list_clear(&out);
     free(body);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_replay_window(void **state)
@@ -485,7 +454,7 @@ static void test_replay_window(void **state)
     assert_int_equal(out.n, 2);
     pb_event_list_clear(&out);
     free(body);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_malformed_json(void **state)
@@ -505,7 +474,7 @@ static void test_malformed_json(void **state)
     assert_int_equal(inbound_text(c, "{\"a\":1,\"a\":2}", 1, NULL, t_created(), &out, &err),
                      PB_ERR_INVALID);
     assert_int_equal(out.n, 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* Replace the first occurrence of `from` in the fixture's text with `to`, sign, run. */
@@ -526,7 +495,7 @@ static void expect_text_reject(const char *from, const char *to, enum pb_rc rc,
     assert_contains(err.msg, needle);
     free(edited);
     free(body);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_amounts(void **state)
@@ -575,7 +544,7 @@ static void test_vendor_tx_code(void **state)
         struct pb_err err = {0};
         assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
         pb_event_list_clear(&out);
-        connection_free(c);
+        pbt_connection_free(c);
     }
 }
 
@@ -632,7 +601,7 @@ static void test_card_number_in_body(void **state)
     assert_contains(err.msg, "card number");
     assert_int_equal(out.n, 0);
     free(body);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* A GUID's digit groups can pass Luhn (FD7874BB-54F6-6784-7129-52688E609E38
@@ -650,144 +619,47 @@ static void test_guid_is_not_a_card(void **state)
     assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
     assert_string_equal(out.ev[0].event_id, guid);
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- against the sandbox's Opayo Pi emulator ------------------------------------------------- */
 
 /* base64("sandbox-key:sandbox-password"), the emulator's default credentials */
 #define BASIC_AUTH "Authorization: Basic c2FuZGJveC1rZXk6c2FuZGJveC1wYXNzd29yZA=="
-#define MAX_RECORDED 16
 
-struct receiver {
-    pthread_mutex_t mu;
-    int n;
-    char *body[MAX_RECORDED];
-    char signature[MAX_RECORDED][80];
-};
-
-static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static enum pb_http_action on_hook(struct pb_http_request *req, struct pb_http_response *resp,
-                                   void *arg)
-{
-    const char *sig = pb_http_header(req, "X-Opayo-Signature");
-    pthread_mutex_lock(&rx.mu);
-    if (rx.n < MAX_RECORDED) {
-        rx.body[rx.n] = strdup(req->body);
-        snprintf(rx.signature[rx.n], sizeof rx.signature[0], "%s", sig ? sig : "");
-        rx.n++;
-    }
-    pthread_mutex_unlock(&rx.mu);
-    pb_http_response_set(resp, 200, "text/plain", "ok", 2);
-    return PB_HTTP_DONE;
-}
-
-static const struct pb_http_route hook_routes[] = {
-    {"POST", "/hook", on_hook, NULL},
-    {NULL, NULL, NULL, NULL},
-};
+static struct pbt_receiver rx;
 
 static struct {
-    struct pb_sandbox *sb;
-    struct pb_httpd *receiver;
-    char base[64];                  /* http://127.0.0.1:PORT of the emulator */
-    struct pb_http_client *http;
+    struct pbt_env env;
+    char base[64]; /* http://127.0.0.1:PORT of the emulator */
 } sx;
 
 static int sandbox_setup(void **state)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config rcfg = {.routes = hook_routes};
-    char hook[96];
-    json_t *settings;
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_httpd_start(&rcfg, &sx.receiver, &err)) {
-        fprintf(stderr, "receiver: %s\n", err.msg);
+    if (pbt_receiver_start(&rx, "X-Opayo-Signature"))
         return -1;
-    }
-    snprintf(hook, sizeof hook, "http://127.0.0.1:%d/hook", pb_httpd_port(sx.receiver));
-    settings = json_pack("{s:{s:i,s:s,s:s,s:s}}", "opayo", "port", 0, "notify_url", hook,
-                         "notify_secret", SECRET, "vendor_name", "sandbox");
-    if (pb_sandbox_start(settings, &sx.sb, &err)) {
-        fprintf(stderr, "sandbox: %s\n", err.msg);
-        json_decref(settings);
+    if (pbt_env_sandbox(&sx.env, "opayo",
+                        json_pack("{s:{s:i,s:s,s:s,s:s}}", "opayo", "port", 0, "notify_url",
+                                  rx.url, "notify_secret", SECRET, "vendor_name", "sandbox")))
         return -1;
-    }
-    json_decref(settings);
-    snprintf(sx.base, sizeof sx.base, "http://127.0.0.1:%d", pb_sandbox_port(sx.sb, "opayo"));
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
+    pbt_url(sx.base, sizeof sx.base, sx.env.port, NULL);
     return 0;
 }
 
 static int sandbox_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_sandbox_stop(sx.sb);
-    pb_httpd_stop(sx.receiver);
-    for (int i = 0; i < rx.n; i++)
-        free(rx.body[i]);
-    rx.n = 0;
-    curl_global_cleanup();
+    pbt_env_stop(&sx.env);
+    pbt_receiver_stop(&rx);
     return 0;
-}
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
 }
 
 /* One request to the emulator with plain libcurl; returns the status, *out the JSON reply. */
 static long pi_call(const char *method, const char *path, const char *auth, const char *body,
                     json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    struct buf b = {0};
-    char url[512];
-    long status = 0;
-
-    snprintf(url, sizeof url, "%s%s", sx.base, path);
-    h = curl_slist_append(h, "Content-Type: application/json");
-    if (auth)
-        h = curl_slist_append(h, auth);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    const char *headers[] = {"Content-Type: application/json", auth, NULL};
+    return pbt_call(sx.env.port, method, path, headers, body, out);
 }
-
 /* Merchant session key -> card identifier -> Payment; returns the transactionId. */
 static void pi_payment(const char *card, const char *vtc, long amount, char tx_id[64])
 {
@@ -879,7 +751,7 @@ static json_t *notified_event(struct pb_connection *c, const char *card, const c
 static enum pb_rc confirm(struct pb_connection *c, json_t *event, json_t *trace,
                           struct pb_err *err)
 {
-    struct pb_call_ctx ctx = {sx.http, trace, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.env.http, trace, time(NULL));
     return c->type->confirm(c, &ctx, event, err);
 }
 
@@ -945,7 +817,7 @@ static void test_sandbox_confirm(void **state)
 
     json_decref(ev);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_sandbox_declined(void **state)
@@ -958,7 +830,7 @@ static void test_sandbox_declined(void **state)
     assert_string_equal(pb_json_str(ev, "payment.status"), "NotAuthed");
     assert_int_equal(confirm(c, ev, NULL, &err), PB_OK);
     json_decref(ev);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_sandbox_confirm_failures(void **state)
@@ -973,11 +845,11 @@ static void test_sandbox_confirm_failures(void **state)
 
     /* the emulator answers 500/503: retry later */
     faults = json_pack("{s:f}", "error_rate", 1.0);
-    assert_int_equal(pb_sandbox_set_faults(sx.sb, "opayo", faults, &err), PB_OK);
+    assert_int_equal(pb_sandbox_set_faults(sx.env.sb, "opayo", faults, &err), PB_OK);
     json_decref(faults);
     assert_int_equal(confirm(c, ev, NULL, &err), PB_ERR_TRANSIENT);
     faults = json_pack("{s:b}", "reset", 1);
-    assert_int_equal(pb_sandbox_set_faults(sx.sb, "opayo", faults, &err), PB_OK);
+    assert_int_equal(pb_sandbox_set_faults(sx.env.sb, "opayo", faults, &err), PB_OK);
     json_decref(faults);
 
     /* wrong integration password: a configuration error, not a retry */
@@ -986,8 +858,8 @@ static void test_sandbox_confirm_failures(void **state)
 
     assert_int_equal(confirm(c, ev, NULL, &err), PB_OK);
     json_decref(ev);
-    connection_free(wrong);
-    connection_free(c);
+    pbt_connection_free(wrong);
+    pbt_connection_free(c);
 }
 
 /* confirm off: nothing is asked */
@@ -1000,7 +872,7 @@ static void test_confirm_off(void **state)
     assert_int_equal(inbound_json(c, fixture(), &out, &err), PB_OK);
     assert_int_equal(c->type->confirm(c, &ctx, out.ev[0].event, &err), PB_OK);
     pb_event_list_clear(&out);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 int main(void)

@@ -44,53 +44,20 @@
 #include "net/http_client.h"
 #include "net/httpd.h"
 #include "paytrace.h" /* sandbox/paytrace.h: sbx_paytrace_type */
+#include "pbtest.h"
 
 #define SECRET "sandbox-paytrace-secret"
 #define GOOD_CARD "4111111111111111"
 #define DECLINE_CARD "4012888888881881"
-#define MAX_RECORDED 256
 
 /* ---- the webhook receiver ------------------------------------------------------ */
 
-struct receiver {
-    pthread_mutex_t mu;
-    int n;
-    char *body[MAX_RECORDED];
-    char signature[MAX_RECORDED][80];
-};
-
-static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static enum pb_http_action on_hook(struct pb_http_request *req, struct pb_http_response *resp,
-                                   void *arg)
-{
-    const char *sig = pb_http_header(req, "X-PayTrace-Signature");
-    pthread_mutex_lock(&rx.mu);
-    if (rx.n < MAX_RECORDED) {
-        rx.body[rx.n] = malloc(req->body_len + 1);
-        memcpy(rx.body[rx.n], req->body, req->body_len);
-        rx.body[rx.n][req->body_len] = '\0';
-        snprintf(rx.signature[rx.n], sizeof rx.signature[0], "%s", sig ? sig : "");
-        rx.n++;
-    }
-    pthread_mutex_unlock(&rx.mu);
-    pb_http_response_set(resp, 200, "text/plain", "ok", 2);
-    return PB_HTTP_DONE;
-}
+static struct pbt_receiver rx;
 
 static void receiver_clear(void)
 {
-    pthread_mutex_lock(&rx.mu);
-    for (int i = 0; i < rx.n; i++)
-        free(rx.body[i]);
-    rx.n = 0;
-    pthread_mutex_unlock(&rx.mu);
+    pbt_receiver_clear(&rx);
 }
-
-static const struct pb_http_route hook_routes[] = {
-    {"POST", "/hook", on_hook, NULL},
-    {NULL, NULL, NULL, NULL},
-};
 
 /* ---- the scripted fake PayTrace ----------------------------------------------------- */
 
@@ -166,8 +133,8 @@ static void fake_script(int api_status, const char *api_body, int export_status,
 /* ---- fixture ------------------------------------------------------------------------ */
 
 struct fixture {
-    void *state;
-    struct pb_httpd *emulator, *receiver, *fake;
+    struct pbt_env env; /* the emulator */
+    struct pb_httpd *fake;
     char base[64], hook_url[64], fake_base[64];
     struct pb_http_client *http;
 };
@@ -177,60 +144,32 @@ static struct fixture fx;
 static int group_setup(void **unused)
 {
     struct pb_err err = {0};
-    struct pb_httpd_config rcfg = {.routes = hook_routes}, fcfg = {.routes = fake_routes};
-    struct pb_httpd_config ecfg = {0};
-    json_t *settings;
+    struct pb_httpd_config fcfg = {.routes = fake_routes};
 
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_httpd_start(&rcfg, &fx.receiver, &err) || pb_httpd_start(&fcfg, &fx.fake, &err)) {
+    if (pbt_receiver_start(&rx, "X-PayTrace-Signature") || pb_httpd_start(&fcfg, &fx.fake, &err)) {
         fprintf(stderr, "receiver/fake: %s\n", err.msg);
         return -1;
     }
-    snprintf(fx.hook_url, sizeof fx.hook_url, "http://127.0.0.1:%d/hook",
-             pb_httpd_port(fx.receiver));
-    snprintf(fx.fake_base, sizeof fx.fake_base, "http://127.0.0.1:%d", pb_httpd_port(fx.fake));
-    settings = json_pack("{s:s}", "webhook_url", fx.hook_url);
-    fx.state = sbx_paytrace_type.create(settings, &err);
-    json_decref(settings);
-    if (!fx.state) {
-        fprintf(stderr, "create: %s\n", err.msg);
+    snprintf(fx.hook_url, sizeof fx.hook_url, "%s", rx.url);
+    pbt_url(fx.fake_base, sizeof fx.fake_base, pb_httpd_port(fx.fake), NULL);
+    if (pbt_env_emulator(&fx.env, &sbx_paytrace_type,
+                         json_pack("{s:s}", "webhook_url", fx.hook_url), 0))
         return -1;
-    }
-    ecfg.routes = sbx_paytrace_type.routes(fx.state);
-    if (pb_httpd_start(&ecfg, &fx.emulator, &err)) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    if (sbx_paytrace_type.started)
-        sbx_paytrace_type.started(fx.state, pb_httpd_port(fx.emulator));
-    snprintf(fx.base, sizeof fx.base, "http://127.0.0.1:%d", pb_httpd_port(fx.emulator));
-    if (pb_http_client_new(&fx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
+    pbt_url(fx.base, sizeof fx.base, fx.env.port, NULL);
+    fx.http = fx.env.http;
     return 0;
 }
 
 static int group_teardown(void **unused)
 {
-    pb_http_client_free(fx.http);
-    pb_httpd_stop(fx.emulator);
-    sbx_paytrace_type.destroy(fx.state);
-    pb_httpd_stop(fx.receiver);
+    pbt_env_stop(&fx.env);
+    pbt_receiver_stop(&rx);
     pb_httpd_stop(fx.fake);
-    receiver_clear();
     fake_script(200, "", 200, "");
-    curl_global_cleanup();
     return 0;
 }
 
 /* ---- helpers -------------------------------------------------------------------------- */
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
 
 /* Dotted paths through objects and arrays ("order.lines.0.sku"): core/json.h. */
 static json_t *at(const json_t *root, const char *path)
@@ -254,25 +193,9 @@ static long long int_at(const json_t *root, const char *path)
 static struct pb_connection *connection_new(json_t *settings, json_t *secrets, struct pb_err *err,
                                             enum pb_rc *rc_out)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_paytrace;
-    snprintf(c->name, sizeof c->name, "paytrace-test");
-    c->settings = settings;
-    c->secrets = secrets;
-    *rc_out = c->type->init(c, err);
-    return c;
+    return pbt_connection_try(&pb_connector_paytrace, "paytrace-test", settings, NULL, secrets,
+                              err, rc_out);
 }
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
-}
-
 /* A connection to `base` with the sandbox's credentials. */
 static struct pb_connection *connect_to(const char *base, const char *password)
 {
@@ -290,76 +213,25 @@ static struct pb_connection *connect_to(const char *base, const char *password)
 
 static struct pb_call_ctx ctx_new(time_t now)
 {
-    struct pb_call_ctx ctx = {
-        .http = fx.http, .trace = json_array(), .now = now, .retry_after_s = -1};
-    return ctx;
+    return pbt_ctx(fx.http, json_array(), now);
 }
-
 /* ---- talking to the emulator directly ------------------------------------------------------ */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
 
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-    snprintf(url, sizeof url, "%s%s", fx.base, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(fx.env.port, method, path, body, out);
 }
-
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    v = json_integer_value(json_object_get(s, key));
+    json_t *s = pbt_stats(fx.env.port);
+    long long v = json_integer_value(json_object_get(s, key));
     json_decref(s);
     return v;
 }
-
 static void wait_webhooks(void)
 {
-    for (int i = 0; i < 1500; i++) {
-        if (stat_of("webhooks_pending") == 0)
-            return;
-        usleep(10000);
-    }
-    fail_msg("webhooks still pending after 15 s");
+    pbt_wait_stat_zero(fx.env.port, "webhooks_pending", 15, "webhooks");
 }
-
 static void emulator_settings(const char *json)
 {
     json_t *r;
@@ -419,16 +291,6 @@ static const char *get_header(void *ctx, const char *name)
     return strcasecmp(name, "X-PayTrace-Signature") == 0 ? h->signature : NULL;
 }
 
-static void hmac_hex(const char *secret, const char *body, size_t len, char out[65])
-{
-    unsigned char mac[32];
-    unsigned int mac_len = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac,
-         &mac_len);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", mac[i]);
-}
-
 static enum pb_rc inbound_raw(struct pb_connection *c, const char *body, const char *signature,
                               time_t now, struct pb_event_list *out, struct pb_err *err)
 {
@@ -447,7 +309,7 @@ static enum pb_rc inbound_signed(struct pb_connection *c, const char *body, time
                                  struct pb_event_list *out, struct pb_err *err)
 {
     char sig[65];
-    hmac_hex(SECRET, body, strlen(body), sig);
+    pbt_hmac_hex(SECRET, body, strlen(body), sig);
     return inbound_raw(c, body, sig, now, out, err);
 }
 
@@ -502,7 +364,7 @@ static void expect_reject(json_t *n, enum pb_rc rc, const char *needle)
     assert_int_equal(inbound_json(c, n, &out, &err), rc);
     assert_int_equal(out.n, 0);
     assert_contains(err.msg, needle);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void expect_reject_text(const char *body, enum pb_rc rc, const char *needle)
@@ -513,7 +375,7 @@ static void expect_reject_text(const char *body, enum pb_rc rc, const char *need
     assert_int_equal(inbound_signed(c, body, t_created() + 10, &out, &err), rc);
     assert_int_equal(out.n, 0);
     assert_contains(err.msg, needle);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- settings
@@ -530,33 +392,33 @@ static void test_init_settings(void **unused)
     c = connection_new(json_object(), json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.api_base");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s,s:i}", "api_base", "http://x", "poll_overlap", 5),
                        json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.poll_overlap: unknown setting");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(
         json_pack("{s:s,s:i}", "api_base", "http://127.0.0.1:1", "poll_overlap_s", -1),
         json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.poll_overlap_s");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(
         json_pack("{s:s,s:s}", "api_base", "http://127.0.0.1:1", "token_path", "oauth/token"),
         json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.token_path");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s,s:s}", "api_base", "http://127.0.0.1:1", "currency", "usd"),
                        json_deep_copy(secrets), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.currency");
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* settlement: the slot and its one setting, read when the slot is called */
     assert_true(pb_connector_paytrace.caps & PB_CAP_SETTLEMENT);
@@ -573,19 +435,19 @@ static void test_init_settings(void **unused)
         assert_int_equal(pb_settlement_batch_count(set), 0);
         pb_settlement_set_free(set);
     }
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "http://127.0.0.1:1"),
                        json_pack("{s:s,s:s}", "username", "u", "password", "p"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.webhook_secret");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "http://127.0.0.1:1"),
                        json_pack("{s:s,s:s}", "password", "p", "webhook_secret", "w"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.username");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_new(json_pack("{s:s}", "api_base", "https://api.sandbox.paytrace.com/"),
                        json_deep_copy(secrets), &err, &rc);
@@ -596,7 +458,7 @@ static void test_init_settings(void **unused)
     assert_non_null(pb_connector_paytrace.poll);
     assert_non_null(pb_connector_paytrace.refund);
     assert_string_equal(pb_connector_paytrace.name, "paytrace");
-    connection_free(c);
+    pbt_connection_free(c);
     json_decref(secrets);
 }
 
@@ -657,7 +519,7 @@ static void test_token_fetch_reuse_refresh(void **unused)
     assert_int_equal(json_integer_value(json_object_get(json_array_get(ctx.trace, 0), "status")),
                      401);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a wrong password: transient, naming the secrets to check */
     c = connect_to(fx.base, "wrong");
@@ -667,7 +529,7 @@ static void test_token_fetch_reuse_refresh(void **unused)
     assert_contains(err.msg, "invalid_grant");
     assert_contains(err.msg, "secrets.username");
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- the webhook, from the emulator
@@ -743,7 +605,7 @@ static void test_webhook_sale_exact_money(void **unused)
     free(body);
     json_decref(reply);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_webhook_declined_with_reason(void **unused)
@@ -780,7 +642,7 @@ static void test_webhook_declined_with_reason(void **unused)
     free(body);
     json_decref(reply);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* A sale through the connector; its id into id. */
@@ -882,7 +744,7 @@ static void test_refund_slot(void **unused)
     json_decref(req);
 
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_void_event(void **unused)
@@ -918,7 +780,7 @@ static void test_void_event(void **unused)
     pb_event_list_clear(&out);
     free(body);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_customer_and_sale_by_customer(void **unused)
@@ -947,7 +809,7 @@ static void test_customer_and_sale_by_customer(void **unused)
     json_decref(reply);
     json_decref(req);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- the poller
@@ -1035,7 +897,7 @@ static void test_poll_finds_dropped_webhook(void **unused)
     pb_event_list_clear(&polled);
     pb_event_list_clear(&hooked);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_poll_pages(void **unused)
@@ -1081,7 +943,7 @@ static void test_poll_pages(void **unused)
         assert_true(seen[j] >= 1);
     pb_event_list_clear(&page);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- the fake server: exact wire bytes and failure classes
@@ -1193,7 +1055,7 @@ static void test_wire_and_failures(void **unused)
     json_decref(req);
 
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
     fake_script(200, "", 200, "");
 }
 
@@ -1271,7 +1133,7 @@ static void test_poll_records_from_fake(void **unused)
     assert_contains(err.msg, "not a PayTrace cursor");
 
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
     fake_script(200, "", 200, "");
 }
 
@@ -1300,14 +1162,14 @@ static void test_inbound_fixture(void **unused)
     /* the signature header may be upper-case hex */
     {
         char sig[65];
-        hmac_hex(SECRET, fixture_text, strlen(fixture_text), sig);
+        pbt_hmac_hex(SECRET, fixture_text, strlen(fixture_text), sig);
         for (char *p = sig; *p; p++)
             if (*p >= 'a' && *p <= 'f')
                 *p = (char)(*p - 'a' + 'A');
         assert_int_equal(inbound_raw(c, fixture_text, sig, t_created(), &out, &err), PB_OK);
         pb_event_list_clear(&out);
     }
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_inbound_amounts(void **unused)
@@ -1340,7 +1202,7 @@ static void test_inbound_amounts(void **unused)
     n = fixture();
     json_object_set_new(json_object_get(n, "transaction"), "amount", json_real(10.999));
     expect_reject(n, PB_ERR_INVALID, "transaction.amount");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_inbound_rejections(void **unused)
@@ -1352,7 +1214,7 @@ static void test_inbound_rejections(void **unused)
     json_t *n;
 
     /* signature */
-    hmac_hex("another-secret", fixture_text, strlen(fixture_text), sig);
+    pbt_hmac_hex("another-secret", fixture_text, strlen(fixture_text), sig);
     assert_int_equal(inbound_raw(c, fixture_text, sig, t_created(), &out, &err), PB_ERR_AUTH);
     assert_contains(err.msg, "does not match the body");
     assert_int_equal(inbound_raw(c, fixture_text, NULL, t_created(), &out, &err), PB_ERR_AUTH);
@@ -1369,7 +1231,7 @@ static void test_inbound_rejections(void **unused)
              "\"created_at\":\"yesterday\",\"transaction\":{}}");
     assert_int_equal(inbound_signed(c, stale, t_created(), &out, &err), PB_ERR_INVALID);
     assert_contains(err.msg, "created_at must be a UTC ISO 8601 time");
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* malformed */
     expect_reject_text("{\"event_id\":", PB_ERR_INVALID, "body is not valid JSON");
@@ -1528,7 +1390,7 @@ static void test_inbound_decline_refund_void_shapes(void **unused)
     pb_event_list_clear(&out);
     free(body);
     json_decref(n);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 int main(void)

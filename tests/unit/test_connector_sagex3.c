@@ -46,83 +46,24 @@
 #include "connectors/connector.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 extern const struct pb_connector_type pb_connector_sagex3;
 extern const struct sbx_emulator_type sbx_sagex3_type;
 
-static struct {
-    void *emu;
-    struct pb_httpd *httpd;
-    int port;
-    struct pb_http_client *http;
-} sx;
+static struct pbt_env sx;
 
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
-
-/* ---- plain libcurl to the emulator's admin routes ------------------------------------------ */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
+/* ---- the emulator's admin routes ----------------------------------------------------------- */
 
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
 
 static json_t *records(void)
@@ -142,49 +83,21 @@ static void inject(const char *body)
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config hc;
-    json_t *settings =
-        json_pack("{s:{s:i,s:i,s:i}}", "stock", "ITM-100", 10, "ITM-200", 5, "ITM-300", 0);
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sx.emu = sbx_sagex3_type.create(settings, &err);
-    json_decref(settings);
-    if (!sx.emu) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    memset(&hc, 0, sizeof hc);
-    hc.port = 0;
-    hc.threads = 0;
-    hc.max_body = 8u << 20;
-    hc.routes = sbx_sagex3_type.routes(sx.emu);
-    if (pb_httpd_start(&hc, &sx.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sx.port = pb_httpd_port(sx.httpd);
-    if (sbx_sagex3_type.started)
-        sbx_sagex3_type.started(sx.emu, sx.port);
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_emulator(&sx, &sbx_sagex3_type,
+                            json_pack("{s:{s:i,s:i,s:i}}", "stock", "ITM-100", 10, "ITM-200", 5,
+                                      "ITM-300", 0),
+                            8u << 20);
 }
 
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_httpd_stop(sx.httpd);
-    sbx_sagex3_type.destroy(sx.emu);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
 static int test_setup(void **state)
 {
-    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    pbt_admin_post(sx.port, "/_sandbox/reset", "{}");
     return 0;
 }
 
@@ -192,23 +105,13 @@ static int test_setup(void **state)
 static struct pb_connection *connection_full(int port, const char *password, json_t *extra,
                                              struct pb_err *err, enum pb_rc *rc)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
     char base[96];
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_sagex3;
-    snprintf(c->name, sizeof c->name, "x3-test");
-    c->settings = json_pack("{s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias", "SEED",
-                            "default_site", "FR011", "timeout_ms", 10000);
-    if (extra) {
-        json_object_update(c->settings, extra);
-        json_decref(extra);
-    }
-    c->secrets = json_pack("{s:s,s:s}", "username", "admin", "password", password);
-    *rc = c->type->init(c, err);
-    return c;
+    return pbt_connection_try(
+        &pb_connector_sagex3, "x3-test",
+        json_pack("{s:s,s:s,s:s,s:i}", "base_url", pbt_url(base, sizeof base, port, NULL),
+                  "pool_alias", "SEED", "default_site", "FR011", "timeout_ms", 10000),
+        extra, json_pack("{s:s,s:s}", "username", "admin", "password", password), err, rc);
 }
-
 static struct pb_connection *connection_with(json_t *extra)
 {
     struct pb_err err = {0};
@@ -218,19 +121,9 @@ static struct pb_connection *connection_with(json_t *extra)
         fail_msg("init: %s", err.msg);
     return c;
 }
-
 static struct pb_connection *connection(void)
 {
     return connection_with(NULL);
-}
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
 }
 
 /* ---- items --------------------------------------------------------------------------------- */
@@ -246,22 +139,15 @@ static enum pb_rc run(struct pb_connection *c, struct item *x, const char *comma
                       const char *reference, uint32_t attempt)
 {
     struct pb_err err = {0};
-    struct pb_call_ctx ctx;
     if (!doc)
         fail_msg("document did not pack");
     memset(x, 0, sizeof *x);
     x->doc = doc;
     x->trace = json_array();
-    x->it.command = command;
-    x->it.document = doc;
-    x->it.reference = reference;
-    x->it.idempotency_key = reference;
-    x->it.attempt = attempt;
-    ctx = (struct pb_call_ctx){sx.http, x->trace, time(NULL), -1};
-    c->type->execute(c, &ctx, &x->it, 1, &err);
+    pbt_item(&x->it, command, doc, reference, reference, attempt);
+    pbt_execute1(c, sx.http, x->trace, time(NULL), &x->it, &err);
     return x->it.rc;
 }
-
 static void item_free(struct item *x)
 {
     json_decref(x->doc);
@@ -338,7 +224,7 @@ static void expect_init_error(json_t *extra, const char *password, const char *w
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, words);
     assert_null(c->state);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_init_refusals(void **state)
@@ -382,7 +268,7 @@ static void test_init_refusals(void **state)
     c->secrets = json_pack("{s:s,s:s}", "username", "admin", "password", "p");
     assert_int_equal(c->type->init(c, &err), PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.base_url: required");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_max_batch_and_unknown_command(void **state)
@@ -399,7 +285,7 @@ static void test_max_batch_and_unknown_command(void **state)
     expect_fail(&x, PB_ERR_PERMANENT, "no command \"invoice.create\"");
     item_free(&x);
     assert_int_equal(stat_of("requests"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- customer.upsert ----------------------------------------------------------------------- */
@@ -424,7 +310,7 @@ static void test_customer_upsert_twice_is_one_customer(void **state)
                     "<wss:read>");
     item_free(&a);
     item_free(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_customer_upsert_modifies_or_keeps(void **state)
@@ -455,8 +341,8 @@ static void test_customer_upsert_modifies_or_keeps(void **state)
             "BPCNAM")),
         "Ann Smith-Jones");
     json_decref(r);
-    connection_free(keep);
-    connection_free(c);
+    pbt_connection_free(keep);
+    pbt_connection_free(c);
 }
 
 static void test_customer_matched_without_number(void **state)
@@ -479,14 +365,14 @@ static void test_customer_matched_without_number(void **state)
     assert_int_equal(stat_of("customers"), 1);
     item_free(&a);
     item_free(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* without a match field and without a number: a mapping error, nothing sent */
     c = connection();
     run(c, &none, "customer.upsert", json_pack("{s:{s:s}}", "BPC0_1", "BPCNAM", "Bob"), "x", 1);
     expect_fail(&none, PB_ERR_MAPPING, "needs the customer's number (field BPCNUM");
     item_free(&none);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- salesorder.create --------------------------------------------------------------------- */
@@ -521,7 +407,7 @@ static void test_salesorder_lines_site_defaulted(void **state)
                             json_array_get(json_object_get(soh, "SOH4_1"), 1), "QTY")),
                         "1");
     json_decref(r);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a site in the document wins; no default and no site: mapping error */
     c = connection_with(json_pack("{s:s}", "default_site", "US011"));
@@ -532,7 +418,7 @@ static void test_salesorder_lines_site_defaulted(void **state)
     expect_ok(&x);
     assert_contains(x.it.erp_id, "FR011");
     item_free(&x);
-    connection_free(c);
+    pbt_connection_free(c);
     c = connection();
     json_object_del(c->settings, "default_site");
     c->type->destroy(c);
@@ -543,7 +429,7 @@ static void test_salesorder_lines_site_defaulted(void **state)
     run(c, &x, "salesorder.create", order_doc("C001", "ITM-200"), "ORDER-3", 1);
     expect_fail(&x, PB_ERR_MAPPING, "settings.default_site is not set");
     item_free(&x);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_salesorder_invalid_item_is_permanent(void **state)
@@ -556,7 +442,7 @@ static void test_salesorder_invalid_item_is_permanent(void **state)
     assert_contains(x.it.message, "Sage X3 refused save SOH");
     item_free(&x);
     assert_int_equal(stat_of("sales_orders"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_salesorder_retry_finds_the_saved_order(void **state)
@@ -588,7 +474,7 @@ static void test_salesorder_retry_finds_the_saved_order(void **state)
     item_free(&first);
     item_free(&retry);
     item_free(&fresh);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- stock.allocate ------------------------------------------------------------------------ */
@@ -635,7 +521,7 @@ static void test_allocation_and_repeat(void **state)
     run(c, &a, "stock.allocate", json_pack("{s:{s:s}}", "GRP1", "ORDER", "x"), "alloc-x", 1);
     expect_fail(&a, PB_ERR_MAPPING, "needs the order number (field SOHNUM");
     item_free(&a);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- payment.create ------------------------------------------------------------------------ */
@@ -652,7 +538,7 @@ static void test_payment_wrong_account_is_permanent(void **state)
     expect_fail(&x, PB_ERR_PERMANENT, "Account 4119999 : invalid");
     item_free(&x);
     assert_int_equal(stat_of("payments"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_payment_linked_with_transaction_id(void **state)
@@ -684,7 +570,7 @@ static void test_payment_linked_with_transaction_id(void **state)
     run(c, &x, "payment.create", payment_doc("SONFR011-999999", "4110000", "PT-2"), "PT-2", 1);
     expect_fail(&x, PB_ERR_PERMANENT, "Order SONFR011-999999 : record does not exist");
     item_free(&x);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_payment_retry_finds_the_saved_payment(void **state)
@@ -705,7 +591,7 @@ static void test_payment_retry_finds_the_saved_payment(void **state)
     assert_int_equal(stat_of("duplicate_references"), 0);
     item_free(&first);
     item_free(&retry);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- journal.create ------------------------------------------------------------------------ */
@@ -734,7 +620,7 @@ static void test_journal_balanced_retry_and_unbalanced(void **state)
     item_free(&a);
     item_free(&b);
     item_free(&bad);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- faults -------------------------------------------------------------------------------- */
@@ -764,7 +650,7 @@ static void test_soap_fault_and_busy_are_transient(void **state)
     expect_ok(&x);
     item_free(&x);
     assert_int_equal(stat_of("customers"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_bad_credentials(void **state)
@@ -787,7 +673,7 @@ static void test_bad_credentials(void **state)
     item_free(&x);
     assert_int_equal(stat_of("unauthorized"), 1);
     assert_int_equal(stat_of("customers"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_unreachable_is_transient(void **state)
@@ -800,7 +686,7 @@ static void test_unreachable_is_transient(void **state)
     run(c, &x, "customer.upsert", customer_doc("C001", "Ann"), "c", 1);
     expect_fail(&x, PB_ERR_TRANSIENT, "did not answer read BPC");
     item_free(&x);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- escaping ------------------------------------------------------------------------------ */
@@ -865,7 +751,7 @@ static void test_hostile_values_are_escaped(void **state)
         item_free(&b);
         assert_int_equal(stat_of("sales_orders"), 1);
     }
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_mapping_errors_before_any_call(void **state)
@@ -899,7 +785,7 @@ static void test_mapping_errors_before_any_call(void **state)
     expect_fail(&x, PB_ERR_MAPPING, "must be a JSON object");
     item_free(&x);
     assert_int_equal(stat_of("requests"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- public names ------------------------------------------------------------------------- */
@@ -927,49 +813,16 @@ static void test_public_names_from_settings_and_document(void **state)
                     "&lt;FLD NAME=\"REFLOT\"&gt;ORDER-Z&lt;/FLD&gt;");
     item_free(&x);
     assert_int_equal(stat_of("sales_orders"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- a scripted server ---------------------------------------------------------------------- */
 
-#define SCRIPT_MAX 8
-
-static struct {
-    pthread_mutex_t lock;
-    int n, next;
-    int status[SCRIPT_MAX];
-    char *body[SCRIPT_MAX];
-    char last_request[8192];
-} script = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {0}, {0}, ""};
-
-static enum pb_http_action scripted(struct pb_http_request *req, struct pb_http_response *resp,
-                                    void *arg)
-{
-    pthread_mutex_lock(&script.lock);
-    snprintf(script.last_request, sizeof script.last_request, "%s", req->body ? req->body : "");
-    if (script.next < script.n) {
-        const char *b = script.body[script.next];
-        pb_http_response_set(resp, script.status[script.next], "text/xml", b, strlen(b));
-        script.next++;
-    } else {
-        pb_http_response_set(resp, 500, "text/plain", "script exhausted", 16);
-    }
-    pthread_mutex_unlock(&script.lock);
-    return PB_HTTP_DONE;
-}
-
-static void script_reset(void)
-{
-    for (int i = 0; i < script.n; i++)
-        free(script.body[i]);
-    script.n = script.next = 0;
-}
+static struct pbt_script script;
 
 static void script_add(int status, const char *body)
 {
-    assert_true(script.n < SCRIPT_MAX);
-    script.status[script.n] = status;
-    script.body[script.n++] = strdup(body);
+    pbt_script_add(&script, status, body);
 }
 
 /* A CAdxResultXml reply; `result` is escaped XML text for resultXml. */
@@ -999,21 +852,17 @@ static void script_result_busy(const char *op, int status, const char *message, 
 
 static void test_scripted_replies(void **state)
 {
-    static const struct pb_http_route routes[] = {{"*", "*", scripted, NULL}, {NULL}};
-    struct pb_httpd_config hc = {0};
-    struct pb_httpd *h;
     struct pb_err err = {0};
     enum pb_rc rc;
     struct pb_connection *c;
     struct item x;
 
-    hc.routes = routes;
-    assert_int_equal(pb_httpd_start(&hc, &h, &err), PB_OK);
-    c = connection_full(pb_httpd_port(h), "p", NULL, &err, &rc);
+    pbt_script_start(&script, "text/xml");
+    c = connection_full(script.port, "p", NULL, &err, &rc);
     assert_int_equal(rc, PB_OK);
 
     /* the duplicate-BPC race: not found, then "already exists" on save, then found */
-    script_reset();
+    pbt_script_reset(&script);
     script_result("read", 0, "BPCNUM C001 : record does not exist", NULL);
     script_result("save", 0, "BPCNUM C001 : record already exists", NULL);
     script_result(
@@ -1029,14 +878,14 @@ static void test_scripted_replies(void **state)
     item_free(&x);
 
     /* status 1 without the key: transient (the retry looks it up) */
-    script_reset();
+    pbt_script_reset(&script);
     script_result("save", 1, NULL, "&lt;RESULT/&gt;");
     run(c, &x, "salesorder.create", order_doc("C001", "ITM-100"), "O-1", 1);
     expect_fail(&x, PB_ERR_TRANSIENT, "saved the SOH but its reply has no SOHNUM");
     item_free(&x);
 
     /* a 200 that is not SOAP; a 404; a 503 without a Fault; a Client Fault */
-    script_reset();
+    pbt_script_reset(&script);
     script_add(200, "<html>login</html>");
     script_add(404, "not here");
     script_add(503, "busy");
@@ -1058,7 +907,7 @@ static void test_scripted_replies(void **state)
     item_free(&x);
 
     /* status 0: busy by technicalInfos alone, or by X3's words; else permanent */
-    script_reset();
+    pbt_script_reset(&script);
     script_result_busy("save", 0, "Request aborted", NULL, 1);
     script_result("save", 0, "Timeout: no connection available in pool SEED", NULL);
     script_result("save", 0, "Order SONFR011-000001 : record locked by ADMIN", NULL);
@@ -1084,9 +933,8 @@ static void test_scripted_replies(void **state)
                                          "</callContext><publicName>SOH</publicName>");
     assert_contains(script.last_request, "xmlns:wss=\"http://www.adonix.com/WSS\"");
 
-    script_reset();
-    connection_free(c);
-    pb_httpd_stop(h);
+    pbt_connection_free(c);
+    pbt_script_stop(&script);
 }
 
 int main(void)

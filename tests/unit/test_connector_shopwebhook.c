@@ -50,6 +50,7 @@
 #include "connectors/connector.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 extern const struct pb_connector_type pb_connector_shopwebhook;
@@ -58,88 +59,25 @@ extern const struct sbx_emulator_type sbx_shop_type;
 #define SECRET "sandbox-shop-secret"
 #define KEY1 "pb-shop-test-101-order-status-2"
 
-static struct {
-    void *shop; /* the receiver's state */
-    struct pb_httpd *httpd;
-    int port;
-    struct pb_http_client *http;
-} sx;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
+static struct pbt_env sx; /* emu: the receiver's state */
 
 /* ---- plain libcurl to the receiver ----------------------------------------------------------- */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
 
 /* One request; `headers` NULL-terminated "Name: value" lines. */
 static long request(const char *method, const char *path, const char *const *headers,
                     const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    for (size_t i = 0; headers && headers[i]; i++)
-        h = curl_slist_append(h, headers[i]);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_call(sx.port, method, path, headers, body, out);
 }
 
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    static const char *const json_header[] = {"Content-Type: application/json", NULL};
-    return request(method, path, json_header, body, out);
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
 
 /* The recorded statuses of an order (a new reference). */
@@ -209,42 +147,14 @@ static const char *error_code(json_t *reply)
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    json_t *settings = json_pack("{s:s,s:i}", "secret", SECRET, "tolerance_s", 300);
-    struct pb_httpd_config cfg = {0};
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sx.shop = sbx_shop_type.create(settings, &err);
-    json_decref(settings);
-    if (!sx.shop) {
-        fprintf(stderr, "shop: %s\n", err.msg);
-        return -1;
-    }
-    cfg.port = 0;
-    cfg.threads = 0;
-    cfg.routes = sbx_shop_type.routes(sx.shop);
-    if (pb_httpd_start(&cfg, &sx.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sx.port = pb_httpd_port(sx.httpd);
-    sbx_shop_type.started(sx.shop, sx.port);
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_emulator(&sx, &sbx_shop_type,
+                            json_pack("{s:s,s:i}", "secret", SECRET, "tolerance_s", 300), 0);
 }
-
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_httpd_stop(sx.httpd);
-    sbx_shop_type.destroy(sx.shop);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
-
 static int test_setup(void **state)
 {
     assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
@@ -259,31 +169,19 @@ static int test_setup(void **state)
 /* A connection to `url` (NULL: the receiver) with this secret; init must pass. */
 static struct pb_connection *connection_to(const char *url, const char *secret)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    struct pb_err err = {0};
     char own[128];
-
-    assert_non_null(c);
-    snprintf(own, sizeof own, "http://127.0.0.1:%d/status", sx.port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_shopwebhook;
-    snprintf(c->name, sizeof c->name, "shop-test");
-    c->settings = json_pack("{s:s,s:i}", "url", url ? url : own, "timeout_ms", 5000);
-    c->secrets = json_pack("{s:s}", "signing_secret", secret);
-    if (c->type->init(c, &err))
-        fail_msg("init: %s", err.msg);
-    return c;
+    return pbt_connection(&pb_connector_shopwebhook, "shop-test",
+                          json_pack("{s:s,s:i}", "url",
+                                    url ? url : pbt_url(own, sizeof own, sx.port, "/status"),
+                                    "timeout_ms", 5000),
+                          NULL, json_pack("{s:s}", "signing_secret", secret));
 }
-
 static void connection_free(struct pb_connection *c)
 {
     c->type->destroy(c);
     assert_null(c->state);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
+    pbt_connection_free(c);
 }
-
 static json_t *status_doc(const char *order, const char *state)
 {
     return json_pack("{s:s,s:s,s:{s:I,s:s,s:s},s:s,s:s,s:{s:s,s:s},s:s}", "order_reference", order,
@@ -304,17 +202,11 @@ struct run {
 static void execute(struct pb_connection *c, json_t *doc, const char *reference, const char *key,
                     uint32_t attempt, time_t now, struct run *r)
 {
-    struct pb_call_ctx ctx = {.http = sx.http, .now = now ? now : time(NULL), .retry_after_s = -1};
     memset(r, 0, sizeof *r);
     r->trace = json_array();
-    ctx.trace = r->trace;
-    r->item.command = "order.status";
-    r->item.document = doc;
-    r->item.reference = reference;
-    r->item.idempotency_key = key;
-    r->item.attempt = attempt;
+    pbt_item(&r->item, "order.status", doc, reference, key, attempt);
     r->item.rc = PB_ERR_INTERNAL;
-    r->rc = c->type->execute(c, &ctx, &r->item, 1, &r->err);
+    r->rc = pbt_execute1(c, sx.http, r->trace, now ? now : time(NULL), &r->item, &r->err);
 }
 
 static void run_free(struct run *r)

@@ -50,90 +50,28 @@
 #include "connectors/syspro/syspro_internal.h"
 #include "net/http_client.h"
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "syspro.h"
 
 extern const struct pb_connector_type pb_connector_syspro;
 
-static struct {
-    void *emu;
-    struct pb_httpd *httpd;
-    int port;
-    struct pb_http_client *http;
-} sx;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
-
-static void assert_lacks(const char *hay, const char *needle)
-{
-    if (hay && strstr(hay, needle))
-        fail_msg("did not expect \"%s\" in: %s", needle, hay);
-}
+static struct pbt_env sx;
 
 /* ---- the emulator's admin routes ------------------------------------------------------------ */
 
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
-
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
 
 static void emu_settings(const char *json)
 {
-    assert_int_equal(admin("POST", "/_sandbox/settings", json, NULL), 200);
+    pbt_admin_post(sx.port, "/_sandbox/settings", json);
 }
 
 /* ---- connections ------------------------------------------------------------------------------
@@ -142,24 +80,15 @@ static void emu_settings(const char *json)
 static struct pb_connection *connection_at(int port, const char *op_password, json_t *extra,
                                            struct pb_err *err, enum pb_rc *rc)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
     char base[128];
-    snprintf(base, sizeof base, "http://127.0.0.1:%d/SYSPROWCFService/Rest", port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_syspro;
-    snprintf(c->name, sizeof c->name, "syspro-test");
-    c->settings =
-        json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url", base, "company_id", "EDU1", "operator",
-                  "ADMIN", "bank", "BANK1", "payment_type", "CC", "timeout_ms", 5000);
-    if (extra) {
-        json_object_update(c->settings, extra);
-        json_decref(extra);
-    }
-    c->secrets = json_pack("{s:s,s:s}", "operator_password", op_password, "company_password", "");
-    *rc = c->type->init(c, err);
-    return c;
+    return pbt_connection_try(
+        &pb_connector_syspro, "syspro-test",
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url",
+                  pbt_url(base, sizeof base, port, "/SYSPROWCFService/Rest"), "company_id", "EDU1",
+                  "operator", "ADMIN", "bank", "BANK1", "payment_type", "CC", "timeout_ms", 5000),
+        extra, json_pack("{s:s,s:s}", "operator_password", op_password, "company_password", ""),
+        err, rc);
 }
-
 static struct pb_connection *connection_with(json_t *extra)
 {
     struct pb_err err = {0};
@@ -175,15 +104,6 @@ static struct pb_connection *connection(void)
     return connection_with(NULL);
 }
 
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
-}
-
 /* ---- running one item --------------------------------------------------------------------------
  */
 
@@ -197,24 +117,15 @@ struct run {
 static void run_item(struct pb_connection *c, const char *command, const char *doc_json,
                      const char *reference, uint32_t attempt, struct run *r)
 {
-    struct pb_call_ctx ctx = {0};
     json_error_t jerr;
+    json_t *doc = json_loads(doc_json, 0, &jerr);
     memset(r, 0, sizeof *r);
-    r->it.command = command;
-    r->it.document = json_loads(doc_json, 0, &jerr);
-    if (!r->it.document)
+    if (!doc)
         fail_msg("test document: %s: %s", jerr.text, doc_json);
-    r->it.reference = reference;
-    r->it.idempotency_key = reference;
-    r->it.attempt = attempt;
+    pbt_item(&r->it, command, doc, reference, reference, attempt);
     r->trace = json_array();
-    ctx.http = sx.http;
-    ctx.trace = r->trace;
-    ctx.now = time(NULL);
-    ctx.retry_after_s = -1;
-    r->rc = c->type->execute(c, &ctx, &r->it, 1, &r->err);
+    r->rc = pbt_execute1(c, sx.http, r->trace, time(NULL), &r->it, &r->err);
 }
-
 static void run_free(struct run *r)
 {
     json_decref(r->it.document);
@@ -237,51 +148,23 @@ static char *trace_text(struct run *r)
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
     json_t *settings = json_loads("{\"stock_codes\":[\"A100\",\"B100\",\"C100\",\"SHIP\"],"
                                   "\"customers\":[{\"Customer\":\"0000001\",\"Name\":\"Caf\\u00e9 "
                                   "\\u00a3 Ltd\"},\"0000002\"],"
                                   "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"]}",
                                   0, NULL);
-    struct pb_httpd_config cfg = {0};
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sx.emu = sbx_syspro_type.create(settings, &err);
-    json_decref(settings);
-    if (!sx.emu) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    cfg.port = 0;
-    cfg.threads = 0;
-    cfg.max_body = 1u << 20;
-    cfg.routes = sbx_syspro_type.routes(sx.emu);
-    if (pb_httpd_start(&cfg, &sx.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sx.port = pb_httpd_port(sx.httpd);
-    if (sbx_syspro_type.started)
-        sbx_syspro_type.started(sx.emu, sx.port);
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_emulator(&sx, &sbx_syspro_type, settings, 1u << 20);
 }
 
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_httpd_stop(sx.httpd);
-    sbx_syspro_type.destroy(sx.emu);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
 static int test_setup(void **state)
 {
-    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    pbt_admin_post(sx.port, "/_sandbox/reset", "{}");
     return 0;
 }
 
@@ -426,42 +309,42 @@ static void test_init_validates_settings(void **state)
     c = connection_at(sx.port, "x", json_pack("{s:s}", "busines_objects", "x"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.busines_objects");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x",
                       json_pack("{s:{s:s}}", "business_objects", "sales_order", "SOR TOI"), &err,
                       &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.business_objects.sales_order");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "journal", "X"),
                       &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "business_objects.journal");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:s}", "base_url", "ftp://host"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.base_url");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:s}", "posting_period", "X"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.posting_period");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x",
                       json_pack("{s:{s:{s:s}}}", "parameters", "sales_order", "Bad Name", "Y"),
                       &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.parameters.sales_order");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:s}", "lookup_before_create", "never"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "lookup_before_create");
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a missing secret key is named (an empty one is allowed) */
     c = calloc(1, sizeof *c);
@@ -472,7 +355,7 @@ static void test_init_validates_settings(void **state)
     c->secrets = json_pack("{s:s}", "company_password", "");
     assert_int_equal(c->type->init(c, &err), PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.operator_password");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_max_batch(void **state)
@@ -484,7 +367,7 @@ static void test_max_batch(void **state)
     assert_int_equal(c->type->max_batch(c, "customer.ensure"), 1);
     assert_int_equal(c->type->max_batch(c, "stock.check"), 1);
     assert_int_equal(c->type->max_batch(c, "invoice.create"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- sessions ---------------------------------------------------------------------------------
@@ -506,7 +389,7 @@ static void test_session_reused_and_logged_off(void **state)
     assert_int_equal(stat_of("invalid_session_calls"), 0);
     assert_int_equal(stat_of("userid_missing_spaces"), 0);
     assert_int_equal(stat_of("sessions"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
     assert_int_equal(stat_of("logoffs"), 1);
     assert_int_equal(stat_of("sessions"), 0);
 }
@@ -528,7 +411,7 @@ static void test_userid_goes_back_with_percent20_percent20(void **state)
     c = raw_connection(NULL);
     run_item(c, "stock.check", "{\"StockCode\":\"A100\"}", "A100", 1, &r);
     assert_int_equal(r.it.rc, PB_OK);
-    connection_free(c); /* logs off */
+    pbt_connection_free(c); /* logs off */
     assert_int_equal(raw.n_lines, 3);
     assert_contains(raw.lines[0], "GET /SYSPROWCFService/Rest/logon?Operator=ADMIN&");
     assert_contains(raw.lines[1], "GET /SYSPROWCFService/Rest/Query/Query?UserId=" RAW_GUID
@@ -587,7 +470,7 @@ static void test_threads_share_one_session(void **state)
         assert_int_equal(w[i].ok, 5);
     }
     assert_int_equal(stat_of("logons"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_refused_logon_is_transient_and_not_repeated(void **state)
@@ -613,7 +496,7 @@ static void test_refused_logon_is_transient_and_not_repeated(void **state)
     run_free(&r);
     assert_int_equal(stat_of("failed_logons"), 1);
     assert_int_equal(stat_of("sales_orders"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_expired_session_logs_on_again_once(void **state)
@@ -631,7 +514,7 @@ static void test_expired_session_logs_on_again_once(void **state)
     assert_int_equal(stat_of("logons"), 2);
     assert_int_equal(stat_of("invalid_session_calls"), 1);
     assert_int_equal(stat_of("sales_orders"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- sales orders
@@ -660,7 +543,7 @@ static void test_salesorder_create(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 0), "StockCode")),
                         "A100");
     json_decref(orders);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_salesorder_po_defaults_to_reference_and_hold(void **state)
@@ -684,7 +567,7 @@ static void test_salesorder_po_defaults_to_reference_and_hold(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(lines, 1), "Comment")),
                         "On hold: Opayo fraud score 85");
     json_decref(orders);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_stock_code_not_found_is_permanent(void **state)
@@ -704,7 +587,7 @@ static void test_stock_code_not_found_is_permanent(void **state)
     assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
     assert_contains(r.it.message, "Stock code 'XYZ' not found");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_retry_finds_the_order_and_posts_nothing(void **state)
@@ -726,7 +609,7 @@ static void test_retry_finds_the_order_and_posts_nothing(void **state)
     run_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
     assert_int_equal(stat_of("duplicate_customer_po_numbers"), 0); /* looked up, not posted */
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_order_already_in_syspro_is_not_posted_twice(void **state)
@@ -745,7 +628,7 @@ static void test_order_already_in_syspro_is_not_posted_twice(void **state)
     run_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
     assert_int_equal(stat_of("duplicate_customer_po_numbers"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_lookup_always_when_syspro_allows_duplicates(void **state)
@@ -761,7 +644,7 @@ static void test_lookup_always_when_syspro_allows_duplicates(void **state)
     assert_true(json_is_true(json_object_get(r.it.result, "existing")));
     run_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- AR payments and credit notes ------------------------------------------------------------ */
@@ -777,7 +660,7 @@ static void test_payment_invalid_customer_is_permanent(void **state)
     assert_contains(r.it.message, "ARSTPY");
     run_free(&r);
     assert_int_equal(stat_of("ar_payments"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_payment_applied_and_retry_finds_it(void **state)
@@ -815,7 +698,7 @@ static void test_payment_applied_and_retry_finds_it(void **state)
     run_free(&r);
     assert_int_equal(stat_of("business_errors"), 0);
     assert_int_equal(stat_of("ar_payments"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_credit_note_and_retry(void **state)
@@ -848,7 +731,7 @@ static void test_credit_note_and_retry(void **state)
     assert_null(json_object_get(r.it.result, "refusal")); /* looked up, not posted */
     run_free(&r);
     assert_int_equal(stat_of("credit_notes"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- text: encodings and escaping ----------------------------------------------------------- */
@@ -875,7 +758,7 @@ static void test_windows_1252_reply_arrives_as_utf8(void **state)
                            "CustomerName");
     assert_string_equal(json_string_value(name), "Caf\xc3\xa9 \xc2\xa3 Ltd");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_hostile_name_round_trips(void **state)
@@ -913,7 +796,7 @@ static void test_hostile_name_round_trips(void **state)
         hostile);
     run_free(&r);
     assert_int_equal(stat_of("customers_added"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_lower_case_replies(void **state)
@@ -934,7 +817,7 @@ static void test_lower_case_replies(void **state)
     assert_true(json_is_true(json_object_get(r.it.result, "existing")));
     run_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- mapping and configuration errors ---------------------------------------------------------
@@ -981,7 +864,7 @@ static void test_mapping_errors(void **state)
     run_free(&r);
     assert_int_equal(stat_of("sales_orders"), 0);
     assert_int_equal(stat_of("ar_payments"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a payment without a bank anywhere */
     c = connection_with(json_pack("{s:s}", "bank", ""));
@@ -990,7 +873,7 @@ static void test_mapping_errors(void **state)
     assert_int_equal(r.it.rc, PB_ERR_MAPPING);
     assert_contains(r.it.message, "settings.bank");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_unlicensed_object_is_permanent(void **state)
@@ -1003,7 +886,7 @@ static void test_unlicensed_object_is_permanent(void **state)
     assert_contains(r.it.message, "SORTOX");
     assert_contains(r.it.message, "not licensed");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- transport ----------------------------------------------------------------------------------
@@ -1049,7 +932,7 @@ static void test_5xx_is_transient(void **state)
     assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
     assert_contains(r.it.message, "not XML");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
     raw_stop();
 }
 
@@ -1076,7 +959,7 @@ static void test_query_reply_without_the_customer_means_not_found(void **state)
     assert_int_equal(r.it.rc, PB_OK);
     assert_true(json_is_true(json_object_get(r.it.result, "created")));
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
     assert_int_equal(raw.n_lines, 4);
     assert_contains(raw.lines[2], "/Setup/Add?");
     raw_stop();
@@ -1105,7 +988,7 @@ static void test_url_too_long_is_refused_before_sending(void **state)
     assert_int_equal(r.it.rc, PB_ERR_PERMANENT);
     assert_contains(r.it.message, "max_url_bytes");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
     assert_int_equal(raw.n_lines, 2); /* logon and logoff: the order never went out */
     raw_stop();
 }
@@ -1121,7 +1004,7 @@ static void test_unreachable_is_transient(void **state)
     assert_int_equal(r.it.rc, PB_ERR_TRANSIENT);
     assert_contains(r.it.message, "logon");
     run_free(&r);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- reconciliation: settings and the wire (raw server) ---------------------------------------
@@ -1142,7 +1025,7 @@ static void test_recon_settings(void **state)
     assert_string_equal(st->bo.gl_journal_query, "GENQJL");
     assert_int_equal(st->ledger_page_size, 500);
     assert_string_equal(st->currency, "");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x",
                       json_pack("{s:{s:s,s:s},s:{s:{s:s}},s:s,s:i}", "business_objects",
@@ -1157,23 +1040,23 @@ static void test_recon_settings(void **state)
     assert_string_equal(st->currency, "ZAR");
     assert_int_equal(st->ledger_page_size, 50);
     assert_non_null(st->params_gl_journal);
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:{s:s}}", "business_objects", "gl_journal", ""),
                       &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.business_objects.gl_journal: required");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:s}", "currency", "pounds"), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.currency");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(sx.port, "x", json_pack("{s:i}", "ledger_page_size", 0), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.ledger_page_size");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static enum pb_rc raw_ledger(struct pb_connection *c, int32_t from, int32_t to, json_t *records,
@@ -1260,7 +1143,7 @@ static void test_ledger_pages_lower_case_1252_and_signs(void **state)
     assert_string_equal(json_string_value(json_object_get(r, "kind")), "refund");
     assert_int_equal(json_integer_value(json_object_get(r, "amount_minor")), -250);
     assert_string_equal(json_string_value(json_object_get(r, "record_id")), "CN000007");
-    connection_free(c);
+    pbt_connection_free(c);
     /* logon, two pages, logoff; the second page asked after K2b */
     assert_int_equal(raw.n_lines, 4);
     assert_contains(raw.lines[1], "DateFrom%3E2026-03-01%3C");
@@ -1302,19 +1185,19 @@ static void test_ledger_unreadable_replies_are_permanent(void **state)
     assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
                      PB_ERR_PERMANENT);
     assert_contains(err.msg, "Value '1.234', not an exact GBP amount");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "NOKEY"));
     assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
                      PB_ERR_PERMANENT);
     assert_contains(err.msg, "MoreRecords Y but gives no new LastKey");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "NOCUR"));
     assert_int_equal(raw_ledger(c, DAY_2026_03_01, DAY_2026_03_01, records, trace, &err),
                      PB_ERR_PERMANENT);
     assert_contains(err.msg, "set settings.currency");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = raw_connection(json_pack("{s:{s:s}}", "business_objects", "ar_payment_query", "BUSY"));
     ctx.http = sx.http;
@@ -1323,7 +1206,7 @@ static void test_ledger_unreadable_replies_are_permanent(void **state)
     assert_int_equal(c->type->ledger(c, &ctx, DAY_2026_03_01, DAY_2026_03_01, records, &err),
                      PB_ERR_TRANSIENT);
     assert_int_equal(ctx.retry_after_s, 9);
-    connection_free(c);
+    pbt_connection_free(c);
     raw_stop();
     json_decref(records);
     json_decref(trace);
@@ -1374,7 +1257,7 @@ static void test_journal_xml_and_reply_without_a_key(void **state)
                           "</Line></Item></PostGlJournal>");
     assert_lacks(text, RAW_GUID);
     free(text);
-    connection_free(c);
+    pbt_connection_free(c);
     raw_stop();
     json_decref(trace);
 }
@@ -1401,7 +1284,7 @@ static void test_journal_lookup_refused_posts_nothing(void **state)
                      PB_ERR_PERMANENT);
     assert_contains(err.msg, "may not use this query");
     assert_contains(err.msg, "could post twice");
-    connection_free(c);
+    pbt_connection_free(c);
     for (int i = 0; i < raw.n_lines; i++)
         assert_lacks(raw.lines[i], "GENTJL");
     raw_stop();
@@ -1430,7 +1313,7 @@ static void test_journal_5xx_is_transient(void **state)
     assert_contains(err.msg, "GENTJL Transaction/Post: HTTP 503");
     assert_int_equal(retry_after, 4);
     assert_string_equal(id, "");
-    connection_free(c);
+    pbt_connection_free(c);
     raw_stop();
     json_decref(trace);
 }

@@ -55,150 +55,61 @@
 #include "net/http_client.h"
 #include "net/httpd.h"
 #include "net/ratelimit.h"
+#include "pbtest.h"
 #include "sandbox.h"
 
 extern const struct pb_connector_type pb_connector_xero;
 
 #define TENANT "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e" /* the emulator's default tenant */
 
-static struct {
-    struct pb_sandbox *sb;
-    int port;
-    struct pb_http_client *http;
-} sx;
+static struct pbt_env sx;
 
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
-
-/* ---- plain libcurl to the emulator's admin routes -------------------------------------------- */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
+/* ---- the emulator's admin routes and the fixture --------------------------------------------- */
 
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
-
-/* ---- fixture --------------------------------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    json_t *settings = json_pack("{s:{s:i}}", "xero", "port", 0);
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_sandbox_start(settings, &sx.sb, &err)) {
-        fprintf(stderr, "sandbox: %s\n", err.msg);
-        json_decref(settings);
-        return -1;
-    }
-    json_decref(settings);
-    sx.port = pb_sandbox_port(sx.sb, "xero");
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_sandbox(&sx, "xero", json_pack("{s:{s:i}}", "xero", "port", 0));
 }
 
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_sandbox_stop(sx.sb);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
 static int test_setup(void **state)
 {
-    json_t *faults = json_pack("{s:b}", "reset", 1);
-    struct pb_err err = {0};
-    assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
-    json_decref(faults);
-    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    pbt_faults(sx.sb, "xero", "{\"reset\":true}");
+    pbt_admin_post(sx.port, "/_sandbox/reset", "{}");
     return 0;
 }
 
 static struct pb_connection *connection_at(int port, const char *client_secret, json_t *extra,
                                            struct pb_err *err, enum pb_rc *rc)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
     char api[96], token[96];
-    snprintf(api, sizeof api, "http://127.0.0.1:%d/api.xro/2.0", port);
-    snprintf(token, sizeof token, "http://127.0.0.1:%d/connect/token", port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_xero;
-    snprintf(c->name, sizeof c->name, "xero-test");
-    c->settings = json_pack("{s:s,s:s,s:s}", "api_base", api, "token_url", token, "tenant_id",
-                            TENANT);
-    if (extra) {
-        json_object_update(c->settings, extra);
-        json_decref(extra);
-    }
-    c->secrets = json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret",
-                           client_secret);
-    *rc = c->type->init(c, err);
+    struct pb_connection *c = pbt_connection_try(
+        &pb_connector_xero, "xero-test",
+        json_pack("{s:s,s:s,s:s}", "api_base", pbt_url(api, sizeof api, port, "/api.xro/2.0"),
+                  "token_url", pbt_url(token, sizeof token, port, "/connect/token"), "tenant_id",
+                  TENANT),
+        extra, json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret", client_secret),
+        err, rc);
     if (*rc == PB_OK &&
         pb_ratelimit_new(&pb_connector_xero.default_rate_limit, &c->limiter, err) != PB_OK)
         fail_msg("ratelimit: %s", err->msg);
     return c;
 }
-
 static struct pb_connection *connection(void)
 {
     struct pb_err err = {0};
@@ -207,16 +118,6 @@ static struct pb_connection *connection(void)
     if (rc)
         fail_msg("init: %s", err.msg);
     return c;
-}
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    pb_ratelimit_free(c->limiter);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
 }
 
 /* ---- items ----------------------------------------------------------------------------------- */
@@ -257,7 +158,7 @@ static void batch_clear(struct batch *b)
 static enum pb_rc execute_at(struct pb_connection *c, struct batch *b, time_t now, json_t *trace,
                              struct pb_err *err)
 {
-    struct pb_call_ctx ctx = {sx.http, trace, now, -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, trace, now);
     return c->type->execute(c, &ctx, b->it, b->n, err);
 }
 
@@ -319,19 +220,19 @@ static void test_init_settings(void **state)
     c = connection_at(1, "x", json_pack("{s:i}", "batch_size", 51), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.batch_size");
-    connection_free(c);
+    pbt_connection_free(c);
     c = connection_at(1, "x", json_pack("{s:s}", "tenant_id", ""), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.tenant_id");
-    connection_free(c);
+    pbt_connection_free(c);
     c = connection_at(1, "x", json_pack("{s:i}", "batchsize", 5), &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.batchsize");
-    connection_free(c);
+    pbt_connection_free(c);
     c = connection_at(1, "", NULL, &err, &rc);
     assert_int_equal(rc, PB_ERR_CONFIG);
     assert_contains(err.msg, "secrets.client_secret");
-    connection_free(c);
+    pbt_connection_free(c);
 
     c = connection_at(1, "x", json_pack("{s:i}", "batch_size", 20), &err, &rc);
     assert_int_equal(rc, PB_OK);
@@ -350,7 +251,7 @@ static void test_init_settings(void **state)
     assert_int_equal(pb_connector_xero.default_rate_limit.per_minute, 60);
     assert_int_equal(pb_connector_xero.default_rate_limit.per_day, 5000);
     assert_int_equal(pb_connector_xero.default_rate_limit.concurrent, 5);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_token_fetch_and_reuse(void **state)
@@ -402,7 +303,7 @@ static void test_token_fetch_and_reuse(void **state)
     batch_clear(&b);
     assert_int_equal(stat_of("tokens_issued"), issued + 3);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* Many workers share one connection: one token between them. */
@@ -452,7 +353,7 @@ static void test_token_shared_by_threads(void **state)
     }
     assert_int_equal(stat_of("tokens_issued"), issued + 1);
     assert_int_equal(stat_of("contacts"), 6);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_bad_client_credentials(void **state)
@@ -473,7 +374,7 @@ static void test_bad_client_credentials(void **state)
     }
     assert_int_equal(stat_of("contacts"), 0);
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_contact_upsert(void **state)
@@ -545,7 +446,7 @@ static void test_contact_upsert(void **state)
     assert_int_equal(b.it[0].rc, PB_ERR_MAPPING);
     expect_ok(&b, 1);
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_invoice_batch_with_bad_account(void **state)
@@ -571,7 +472,7 @@ static void test_invoice_batch_with_bad_account(void **state)
     assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "INV-1");
     batch_clear(&b);
     assert_int_equal(stat_of("invoices"), 2);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_payment_and_retry_by_reference(void **state)
@@ -627,7 +528,7 @@ static void test_payment_and_retry_by_reference(void **state)
     batch_clear(&b);
     assert_int_equal(stat_of("invoices"), 2);
     assert_int_equal(stat_of("duplicate_invoice_references"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* A document without Reference is sent with the item's reference, so a retry can find it. */
@@ -658,7 +559,7 @@ static void test_reference_filled_in(void **state)
     assert_string_equal(b.it[0].erp_id, inv);
     batch_clear(&b);
     assert_int_equal(stat_of("invoices"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* An identical write retried (its reply lost) is answered from Xero's idempotency store. */
@@ -687,7 +588,7 @@ static void test_idempotency_key_replay(void **state)
     }
     assert_int_equal(stat_of("invoices"), 2);
     assert_int_equal(stat_of("idempotent_replays"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_invoice_void(void **state)
@@ -738,7 +639,7 @@ static void test_invoice_void(void **state)
     assert_int_equal(b.it[0].rc, PB_ERR_MAPPING);
     assert_contains(b.it[0].message, "InvoiceID");
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_rate_limited(void **state)
@@ -763,7 +664,7 @@ static void test_rate_limited(void **state)
     }
     batch_clear(&b);
     assert_int_equal(stat_of("contacts"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_server_error(void **state)
@@ -787,7 +688,7 @@ static void test_server_error(void **state)
     assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
     json_decref(faults);
     assert_int_equal(stat_of("invoices"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_unknown_command(void **state)
@@ -800,7 +701,7 @@ static void test_unknown_command(void **state)
     assert_int_equal(b.it[0].rc, PB_ERR_PERMANENT);
     assert_contains(b.it[0].message, "journal.post");
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- credit notes ---------------------------------------------------------------------------- */
@@ -927,7 +828,7 @@ static void test_creditnote_create_and_retry(void **state)
     batch_clear(&b);
     assert_int_equal(stat_of("credit_notes"), 2);
     assert_int_equal(stat_of("duplicate_credit_note_references"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* Credit applied to an unpaid invoice; an over-allocation refused in Xero's
@@ -1048,7 +949,7 @@ static void test_creditnote_allocate(void **state)
     assert_int_equal(b.it[0].retry_after_s, 3);
     batch_clear(&b);
     assert_int_equal(stat_of("allocations"), 2);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* A partial refund of a PAID invoice: a credit note for part of it, which
@@ -1131,7 +1032,7 @@ static void test_creditnote_partial_refund_of_paid_invoice(void **state)
                              "kr72", 1, NULL, msg, sizeof msg),
                      PB_ERR_MAPPING);
     assert_contains(msg, "CreditNote.CreditNoteID");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_creditnote_void(void **state)
@@ -1186,7 +1087,7 @@ static void test_creditnote_void(void **state)
                              "CB-83-WON", "kv83", 2, NULL, msg, sizeof msg),
                      PB_ERR_PERMANENT);
     assert_contains(msg, "Xero has no credit note");
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- the requests against Xero's Accounting API spec ----------------------------------------- */
@@ -1384,7 +1285,7 @@ static void test_recon_calls_traced(void **state)
     json_decref(settle);
     json_decref(adjust);
     json_decref(manual);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* Every call the credit-note tests made: the method and path are operations
@@ -1655,7 +1556,7 @@ static void test_request_shape(void **state)
     assert_string_equal(fk.content_type, "");
     assert_string_equal(fk.idem, "");
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
     pb_httpd_stop(server);
 }
 
@@ -1716,7 +1617,7 @@ static void test_fake_error_replies(void **state)
     assert_int_equal(execute(c, &b, &err), PB_ERR_TRANSIENT);
     assert_contains(b.it[0].message, "without a \"Contacts\" array");
     batch_clear(&b);
-    connection_free(c);
+    pbt_connection_free(c);
     pb_httpd_stop(server);
 }
 

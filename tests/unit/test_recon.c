@@ -24,6 +24,7 @@
 
 #include "recon/recon.h"
 #include "recon/recon_internal.h"
+#include "pbtest.h"
 
 #define D(n) (20500 + (n))
 
@@ -1029,14 +1030,6 @@ static void test_csv_header_errors(void **state)
     pb_recon_destroy(run);
 }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    fclose(f);
-}
-
 static void test_load_files_threads_agree(void **state)
 {
     char sdir[] = "/tmp/recon-test-XXXXXX", spath[64], lpath[64];
@@ -1048,11 +1041,11 @@ static void test_load_files_threads_agree(void **state)
     uint64_t digest[2];
     struct pb_err err = {0};
     (void)state;
-    assert_non_null(mkdtemp(sdir));
+    pbt_tempdir(sdir);
     snprintf(spath, sizeof(spath), "%s/settlement.csv", sdir);
     snprintf(lpath, sizeof(lpath), "%s/ledger.csv", sdir);
-    write_file(spath, settlement_csv);
-    write_file(lpath, ledger);
+    pbt_write_file(spath, settlement_csv);
+    pbt_write_file(lpath, ledger);
     for (int t = 1; t <= 2; t++) {
         struct pb_recon_config cfg = base_config();
         struct pb_recon_run *run;

@@ -30,6 +30,7 @@
 #include "reconcile/reconcile.h"
 #include "sandbox.h"
 #include "store/store.h"
+#include "pbtest.h"
 
 static char dir[256];
 
@@ -107,43 +108,10 @@ static void complete_jobs(struct pb_store *s, const char *const *posted)
 
 static json_t *post_json(int port, const char *path, const char *body)
 {
-    struct pb_http_client *http = NULL;
-    struct pb_http_call call = {0};
-    struct pb_err err = {0};
-    char url[160];
     json_t *reply;
-    assert_int_equal(pb_http_client_new(&http, &err), PB_OK);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    call.method = "POST";
-    call.url = url;
-    call.body = body;
-    call.body_len = strlen(body);
-    call.headers[0] = "Content-Type: application/json";
-    if (pb_http_perform(http, &call, &err))
-        fail_msg("POST %s: %s", path, err.msg);
-    assert_int_equal(call.status, 200);
-    reply = json_loads(call.response, 0, NULL);
-    pb_http_call_reset(&call);
-    pb_http_client_free(http);
+    assert_int_equal(pbt_admin(port, "POST", path, body, &reply), 200);
     return reply;
 }
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char *buf;
-    long n;
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = calloc(1, (size_t)n + 1);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    return buf;
-}
-
 #define TX(id, type, minor, ref, at)                                                          \
     "{\"transactionId\":\"" id "\",\"transactionType\":\"" type "\",\"status\":\"Ok\","      \
     "\"amount\":{\"totalAmount\":" #minor "},\"currency\":\"GBP\",\"vendorTxCode\":\"" ref   \
@@ -172,7 +140,7 @@ static void test_reconcile_day(void **state)
     (void)state;
 
     snprintf(dir, sizeof dir, "/tmp/pb-test-reconcile-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    pbt_tempdir(dir);
     if (pb_sandbox_start(settings, &sb, &err))
         fail_msg("sandbox: %s", err.msg);
     json_decref(settings);
@@ -259,7 +227,7 @@ static void test_reconcile_day(void **state)
 
     /* the JSON report: T1, T2, T3 by reference, T9 missing in the ERP */
     snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21.json", outdir);
-    report_text = slurp(path);
+    report_text = pbt_slurp(path);
     assert_non_null(report_text);
     report = json_loads(report_text, 0, NULL);
     free(report_text);
@@ -296,7 +264,7 @@ static void test_reconcile_day(void **state)
 
     /* the CSV: a header and the one break */
     snprintf(path, sizeof path, "%s/recon-" CONN "-2026-11-21-breaks.csv", outdir);
-    csv = slurp(path);
+    csv = pbt_slurp(path);
     assert_non_null(csv);
     assert_true(strncmp(csv, "class,action,", 13) == 0);
     assert_non_null(strstr(csv, "\nmissing_in_erp,post_to_erp,no,7.00,GBP,settlement,"));

@@ -50,92 +50,29 @@
 #include "net/http_client.h"
 #include "net/httpd.h"
 #include "recon/recon.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 extern const struct pb_connector_type pb_connector_sagex3;
 extern const struct sbx_emulator_type sbx_sagex3_type;
 
-static struct {
-    void *emu;
-    struct pb_httpd *httpd;
-    int port;
-    struct pb_http_client *http;
-} sx;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
+static struct pbt_env sx;
 
 /* ---- the emulator's admin routes ----------------------------------------------------------- */
 
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
-
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static json_t *stats(void)
 {
-    json_t *s;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    assert_non_null(s);
-    return s;
+    return pbt_stats(sx.port);
 }
-
 static long long stat_of(const char *key)
 {
-    json_t *s = stats();
-    long long v;
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
-
 /* How many SOAP operations of one kind ("query", "read", "save") so far. */
 static long long ops_of(const char *op)
 {
@@ -165,48 +102,22 @@ static json_t *journals(void)
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config hc;
-    json_t *settings = json_pack("{s:s,s:[s,s,s,s,s,s]}", "closed_before", "20200101", "accounts",
-                                 "5120000", "4110000", "7070000", "6270000", "5115000", "6278000");
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sx.emu = sbx_sagex3_type.create(settings, &err);
-    json_decref(settings);
-    if (!sx.emu) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    memset(&hc, 0, sizeof hc);
-    hc.port = 0;
-    hc.max_body = 8u << 20;
-    hc.routes = sbx_sagex3_type.routes(sx.emu);
-    if (pb_httpd_start(&hc, &sx.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sx.port = pb_httpd_port(sx.httpd);
-    if (sbx_sagex3_type.started)
-        sbx_sagex3_type.started(sx.emu, sx.port);
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_emulator(&sx, &sbx_sagex3_type,
+                            json_pack("{s:s,s:[s,s,s,s,s,s]}", "closed_before", "20200101",
+                                      "accounts", "5120000", "4110000", "7070000", "6270000",
+                                      "5115000", "6278000"),
+                            8u << 20);
 }
 
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_httpd_stop(sx.httpd);
-    sbx_sagex3_type.destroy(sx.emu);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
 static int test_setup(void **state)
 {
-    assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);
+    pbt_admin_post(sx.port, "/_sandbox/reset", "{}");
     return 0;
 }
 
@@ -215,48 +126,30 @@ static int test_setup(void **state)
  * nulls remove a setting. */
 static struct pb_connection *connection_at(int port, json_t *extra)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    struct pb_err err = {0};
     char base[96];
-
-    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_sagex3;
-    snprintf(c->name, sizeof c->name, "x3-recon");
-    c->settings =
-        json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url", base, "pool_alias", "SEED",
-                  "default_site", "FR011", "timeout_ms", 10000, "journal_type", "ODJ",
-                  "journal_site", "US011", "refund_account", "4110000", "ledger_page_size", 2);
+    json_t *settings =
+        json_pack("{s:s,s:s,s:s,s:i,s:s,s:s,s:s,s:i}", "base_url",
+                  pbt_url(base, sizeof base, port, NULL), "pool_alias", "SEED", "default_site",
+                  "FR011", "timeout_ms", 10000, "journal_type", "ODJ", "journal_site", "US011",
+                  "refund_account", "4110000", "ledger_page_size", 2);
     if (extra) {
         const char *key;
         json_t *v;
         json_object_foreach(extra, key, v)
         {
             if (json_is_null(v)) /* null removes a default */
-                json_object_del(c->settings, key);
+                json_object_del(settings, key);
             else
-                json_object_set(c->settings, key, v);
+                json_object_set(settings, key, v);
         }
         json_decref(extra);
     }
-    c->secrets = json_pack("{s:s,s:s}", "username", "admin", "password", "sandbox-x3");
-    if (c->type->init(c, &err) != PB_OK)
-        fail_msg("init: %s", err.msg);
-    return c;
+    return pbt_connection(&pb_connector_sagex3, "x3-recon", settings, NULL,
+                          json_pack("{s:s,s:s}", "username", "admin", "password", "sandbox-x3"));
 }
-
 static struct pb_connection *connection(void)
 {
     return connection_at(sx.port, NULL);
-}
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
 }
 
 /* ---- posting through the sink --------------------------------------------------------------- */
@@ -268,16 +161,10 @@ static void post(struct pb_connection *c, const char *command, json_t *doc, cons
     struct pb_err err = {0};
     struct pb_sink_item it;
     json_t *trace = json_array();
-    struct pb_call_ctx ctx = {sx.http, trace, time(NULL), -1};
 
     assert_non_null(doc);
-    memset(&it, 0, sizeof it);
-    it.command = command;
-    it.document = doc;
-    it.reference = reference;
-    it.idempotency_key = reference;
-    it.attempt = 1;
-    c->type->execute(c, &ctx, &it, 1, &err);
+    pbt_item(&it, command, doc, reference, reference, 1);
+    pbt_execute1(c, sx.http, trace, time(NULL), &it, &err);
     if (it.rc != PB_OK)
         fail_msg("%s %s: rc %d: %s", command, reference, it.rc, it.message);
     if (out)
@@ -433,7 +320,7 @@ static void test_ledger_reads_the_range_only(void **state)
         json_decref(trace);
     }
     assert_int_equal(ops_of("query"), queries);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_ledger_without_refund_account_reads_no_journal(void **state)
@@ -468,8 +355,8 @@ static void test_ledger_without_refund_account_reads_no_journal(void **state)
     assert_int_equal(json_array_size(recs), 2);
     expect_record(recs, memo, "refund", "PT-RF-9", -500, "USD", "2026-03-10");
     json_decref(recs);
-    connection_free(plain);
-    connection_free(c);
+    pbt_connection_free(plain);
+    pbt_connection_free(c);
 }
 
 /* ---- post_journal ---------------------------------------------------------------------------- */
@@ -570,7 +457,7 @@ static void test_post_journal_once_and_reversal(void **state)
         assert_int_equal(json_array_size(recs), 0);
         json_decref(recs);
     }
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_post_journal_refusals(void **state)
@@ -630,9 +517,9 @@ static void test_post_journal_refusals(void **state)
         post_journal(untyped, batch_journal("PB-x3-8", "2026-03-02", 1), id, sizeof id, &err, NULL),
         PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.journal_type");
-    connection_free(untyped);
+    pbt_connection_free(untyped);
     assert_int_equal(stat_of("journals"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- transient failures ------------------------------------------------------------------------
@@ -678,7 +565,7 @@ static void test_faults_are_transient(void **state)
         PB_OK);
     assert_string_equal(again, id);
     assert_int_equal(stat_of("journals"), 1);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_lost_save_reply_then_retry_posts_once(void **state)
@@ -707,7 +594,7 @@ static void test_lost_save_reply_then_retry_posts_once(void **state)
                         "PB-l-1");
     json_decref(js);
     assert_int_equal(stat_of("duplicate_references"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* A listening socket that never answers: curl connects and waits. */
@@ -737,53 +624,23 @@ static void test_timeout_and_unreachable_are_transient(void **state)
         post_journal(c, batch_journal("PB-to-1", "2026-03-02", 1), id, sizeof id, &err, NULL),
         PB_ERR_TRANSIENT);
     assert_contains(err.msg, "did not answer query GACC");
-    connection_free(c);
+    pbt_connection_free(c);
     close(fd);
 
     c = connection_at(1, NULL);
     assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_TRANSIENT);
     json_decref(recs);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- a scripted server: the replies the emulator does not give ------------------------------ */
 
-#define SCRIPT_MAX 8
-
-static struct {
-    pthread_mutex_t lock;
-    int n, next;
-    char *body[SCRIPT_MAX];
-    char last_request[8192];
-} script = {PTHREAD_MUTEX_INITIALIZER, 0, 0, {0}, ""};
-
-static enum pb_http_action scripted(struct pb_http_request *req, struct pb_http_response *resp,
-                                    void *arg)
-{
-    pthread_mutex_lock(&script.lock);
-    snprintf(script.last_request, sizeof script.last_request, "%s", req->body ? req->body : "");
-    if (script.next < script.n) {
-        const char *b = script.body[script.next++];
-        pb_http_response_set(resp, 200, "text/xml", b, strlen(b));
-    } else {
-        pb_http_response_set(resp, 500, "text/plain", "script exhausted", 16);
-    }
-    pthread_mutex_unlock(&script.lock);
-    return PB_HTTP_DONE;
-}
-
-static void script_reset(void)
-{
-    for (int i = 0; i < script.n; i++)
-        free(script.body[i]);
-    script.n = script.next = 0;
-}
+static struct pbt_script script;
 
 /* A status-1 reply whose resultXml is `result` (escaped XML text). */
 static void script_result(const char *op, const char *result)
 {
     char body[4096];
-    assert_true(script.n < SCRIPT_MAX);
     snprintf(body, sizeof body,
              "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
              "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\">"
@@ -792,7 +649,7 @@ static void script_result(const char *op, const char *result)
              "<technicalInfos><busy>false</busy></technicalInfos></%sReturn></ns1:%sResponse>"
              "</soapenv:Body></soapenv:Envelope>",
              op, op, result, op, op);
-    script.body[script.n++] = strdup(body);
+    pbt_script_add(&script, 200, body);
 }
 
 #define LIN(num, extra)                                                                            \
@@ -802,20 +659,16 @@ static void script_result(const char *op, const char *result)
 
 static void test_scripted_ledger_replies(void **state)
 {
-    static const struct pb_http_route routes[] = {{"*", "*", scripted, NULL}, {NULL}};
-    struct pb_httpd_config hc = {0};
-    struct pb_httpd *h;
     struct pb_err err = {0};
     struct pb_connection *c;
     json_t *recs;
 
-    hc.routes = routes;
-    assert_int_equal(pb_httpd_start(&hc, &h, &err), PB_OK);
-    c = connection_at(pb_httpd_port(h), json_pack("{s:n}", "refund_account"));
+    pbt_script_start(&script, "text/xml");
+    c = connection_at(script.port, json_pack("{s:n}", "refund_account"));
 
     /* a publication whose query lists NUM and REF only: each record is read;
      * a record X3 returned outside the range is left out */
-    script_reset();
+    pbt_script_reset(&script);
     script_result("query", RESULT(LIN("PAY7", FLD("REF", "PT-7")) LIN("PAY8", FLD("REF", "PT-8"))));
     script_result("read", RESULT("&lt;GRP ID=\"PAY0_1\"&gt;" FLD("NUM", "PAY7") FLD("REF", "PT-7")
                                      FLD("ACCDAT", "20260301") FLD("AMTCUR", "12.30")
@@ -836,7 +689,7 @@ static void test_scripted_ledger_replies(void **state)
     assert_contains(script.last_request, "<listSize>2</listSize>");
 
     /* pages that do not advance stop the read */
-    script_reset();
+    pbt_script_reset(&script);
     script_result(
         "query",
         RESULT(LIN("PAY2", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.00") FLD("CUR", "GBP"))
@@ -848,21 +701,20 @@ static void test_scripted_ledger_replies(void **state)
     json_decref(recs);
 
     /* an amount the currency cannot hold, a line without its number */
-    script_reset();
+    pbt_script_reset(&script);
     script_result("query", RESULT(LIN("PAY4", FLD("ACCDAT", "20260301") FLD("AMTCUR", "1.005")
                                                   FLD("CUR", "GBP"))));
     assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_PERMANENT);
     assert_contains(err.msg, "Sage X3 PAY PAY4: AMTCUR \"1.005\" is not an amount in GBP");
     json_decref(recs);
-    script_reset();
+    pbt_script_reset(&script);
     script_result("query", RESULT("&lt;LIN NUM=\"1\"&gt;" FLD("REF", "PT-1") "&lt;/LIN&gt;"));
     assert_int_equal(ledger(c, "2026-03-01", "2026-03-02", &recs, &err), PB_ERR_PERMANENT);
     assert_contains(err.msg, "returned a line without its NUM");
     json_decref(recs);
 
-    script_reset();
-    connection_free(c);
-    pb_httpd_stop(h);
+    pbt_connection_free(c);
+    pbt_script_stop(&script);
 }
 
 static void test_type_table(void **state)

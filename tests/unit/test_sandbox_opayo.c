@@ -33,74 +33,26 @@
 #include <unistd.h>
 
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 /* base64("sandbox-key:sandbox-password") */
 #define BASIC_AUTH "Authorization: Basic c2FuZGJveC1rZXk6c2FuZGJveC1wYXNzd29yZA=="
 #define SECRET "sandbox-notify-secret"
-#define MAX_RECORDED 64
 
 /* ---- the notification receiver ------------------------------------------- */
 
-struct receiver {
-    pthread_mutex_t mu;
-    int fail_next;            /* answer 500 to this many more deliveries */
-    int n;                    /* deliveries recorded (500s included) */
-    char *body[MAX_RECORDED]; /* owned */
-    size_t len[MAX_RECORDED];
-    char signature[MAX_RECORDED][80];
-    int answered[MAX_RECORDED]; /* status we answered */
-};
-
-static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static enum pb_http_action on_hook(struct pb_http_request *req, struct pb_http_response *resp,
-                                   void *arg)
-{
-    const char *sig = pb_http_header(req, "X-Opayo-Signature");
-    int status = 200;
-
-    pthread_mutex_lock(&rx.mu);
-    if (rx.fail_next > 0) {
-        rx.fail_next--;
-        status = 500;
-    }
-    if (rx.n < MAX_RECORDED) {
-        rx.body[rx.n] = malloc(req->body_len + 1);
-        memcpy(rx.body[rx.n], req->body, req->body_len);
-        rx.body[rx.n][req->body_len] = '\0';
-        rx.len[rx.n] = req->body_len;
-        snprintf(rx.signature[rx.n], sizeof(rx.signature[0]), "%s", sig ? sig : "");
-        rx.answered[rx.n] = status;
-        rx.n++;
-    }
-    pthread_mutex_unlock(&rx.mu);
-    pb_http_response_set(resp, status, "text/plain", "ok", 2);
-    return PB_HTTP_DONE;
-}
+static struct pbt_receiver rx;
 
 static void receiver_clear(void)
 {
-    pthread_mutex_lock(&rx.mu);
-    for (int i = 0; i < rx.n; i++)
-        free(rx.body[i]);
-    rx.n = 0;
-    rx.fail_next = 0;
-    pthread_mutex_unlock(&rx.mu);
+    pbt_receiver_clear(&rx);
 }
 
 /* ---- fixture ------------------------------------------------------------- */
 
-static const struct pb_http_route hook_routes[] = {
-    {"POST", "/hook", on_hook, NULL},
-    {NULL, NULL, NULL, NULL},
-};
-
 struct fixture {
-    void *state;
-    struct pb_httpd *emulator;
-    struct pb_httpd *receiver;
-    char base[64]; /* http://127.0.0.1:PORT */
+    struct pbt_env env; /* the emulator */
     char hook_url[64];
 };
 
@@ -108,100 +60,32 @@ static struct fixture fx;
 
 static int group_setup(void **unused)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config rcfg = {.routes = hook_routes};
-    struct pb_httpd_config ecfg = {0};
-    json_t *settings;
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_httpd_start(&rcfg, &fx.receiver, &err)) {
-        fprintf(stderr, "receiver: %s\n", err.msg);
+    if (pbt_receiver_start(&rx, "X-Opayo-Signature"))
         return -1;
-    }
-    snprintf(fx.hook_url, sizeof(fx.hook_url), "http://127.0.0.1:%d/hook",
-             pb_httpd_port(fx.receiver));
-    settings = json_pack("{s:s}", "notify_url", fx.hook_url);
-    fx.state = sbx_opayo_type.create(settings, &err);
-    json_decref(settings);
-    if (!fx.state) {
-        fprintf(stderr, "create: %s\n", err.msg);
+    snprintf(fx.hook_url, sizeof(fx.hook_url), "%s", rx.url);
+    if (pbt_env_emulator(&fx.env, &sbx_opayo_type, json_pack("{s:s}", "notify_url", fx.hook_url),
+                         0))
         return -1;
-    }
-    ecfg.routes = sbx_opayo_type.routes(fx.state);
-    if (pb_httpd_start(&ecfg, &fx.emulator, &err)) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    sbx_opayo_type.started(fx.state, pb_httpd_port(fx.emulator));
-    snprintf(fx.base, sizeof(fx.base), "http://127.0.0.1:%d", pb_httpd_port(fx.emulator));
     return 0;
 }
 
 static int group_teardown(void **unused)
 {
-    pb_httpd_stop(fx.emulator);
-    sbx_opayo_type.destroy(fx.state);
-    pb_httpd_stop(fx.receiver);
-    receiver_clear();
-    curl_global_cleanup();
+    pbt_env_stop(&fx.env);
+    pbt_receiver_stop(&rx);
     return 0;
 }
 
 /* ---- HTTP client --------------------------------------------------------- */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
 
 /* One request to the emulator; returns the status and the parsed JSON reply
  * (or NULL) in *out. auth is a full header line or NULL. */
 static long call(const char *method, const char *path, const char *auth, const char *body,
                  json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    struct buf b = {0};
-    char url[512];
-    long status = 0;
-
-    snprintf(url, sizeof(url), "%s%s", fx.base, path);
-    h = curl_slist_append(h, "Content-Type: application/json");
-    if (auth)
-        h = curl_slist_append(h, auth);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    return status;
+    const char *headers[] = {"Content-Type: application/json", auth, NULL};
+    return pbt_call(fx.env.port, method, path, headers, body, out);
 }
-
 static const char *sget(json_t *o, const char *path)
 {
     /* dotted path lookup of a string, e.g. "paymentMethod.card.lastFourDigits" */
@@ -287,14 +171,8 @@ static long stat_of(const char *key)
 /* Poll until the notifier has nothing pending (at most 15 s). */
 static void wait_notifications(void)
 {
-    for (int i = 0; i < 1500; i++) {
-        if (stat_of("notifications_pending") == 0)
-            return;
-        usleep(10000);
-    }
-    fail_msg("notifications still pending after 15 s");
+    pbt_wait_stat_zero(fx.env.port, "notifications_pending", 15, "notifications");
 }
-
 static int test_setup(void **unused)
 {
     json_t *r;
@@ -806,7 +684,7 @@ static void test_destroy_prompt(void **unused)
     void *st = sbx_opayo_type.create(settings, &err);
     struct pb_httpd *h;
     struct pb_httpd_config cfg = {0};
-    char saved[64];
+    int saved;
     json_t *r;
     struct timespec t0, t1;
 
@@ -814,15 +692,15 @@ static void test_destroy_prompt(void **unused)
     assert_non_null(st);
     cfg.routes = sbx_opayo_type.routes(st);
     assert_int_equal(pb_httpd_start(&cfg, &h, &err), 0);
-    snprintf(saved, sizeof(saved), "%s", fx.base);
-    snprintf(fx.base, sizeof(fx.base), "http://127.0.0.1:%d", pb_httpd_port(h));
+    saved = fx.env.port; /* call() talks to this emulator for a while */
+    fx.env.port = pb_httpd_port(h);
     assert_int_equal(
         pay("Payment", "4929000000006", "order-dead", 100, "88", "412", "sam@example.com", &r),
         201);
     json_decref(r);
     usleep(300000); /* let it fail and back off at least once */
     assert_true(stat_of("notifications_pending") >= 1);
-    snprintf(fx.base, sizeof(fx.base), "%s", saved);
+    fx.env.port = saved;
     pb_httpd_stop(h);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     sbx_opayo_type.destroy(st);

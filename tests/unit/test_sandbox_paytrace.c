@@ -34,81 +34,32 @@
 #include "core/json.h"
 #include "net/httpd.h"
 #include "paytrace.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 #define SECRET "sandbox-paytrace-secret"
-#define MAX_RECORDED 64
 #define GOOD_CARD "4111111111111111"
 #define DECLINE_CARD "4012888888881881"
 
 /* ---- the webhook receiver ------------------------------------------------------ */
 
-struct receiver {
-    pthread_mutex_t mu;
-    int fail_next;
-    int n;
-    char *body[MAX_RECORDED];
-    size_t len[MAX_RECORDED];
-    char signature[MAX_RECORDED][80];
-    int answered[MAX_RECORDED];
-};
-
-static struct receiver rx = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-static enum pb_http_action on_hook(struct pb_http_request *req, struct pb_http_response *resp,
-                                   void *arg)
-{
-    const char *sig = pb_http_header(req, "X-PayTrace-Signature");
-    int status = 200;
-    pthread_mutex_lock(&rx.mu);
-    if (rx.fail_next > 0) {
-        rx.fail_next--;
-        status = 500;
-    }
-    if (rx.n < MAX_RECORDED) {
-        rx.body[rx.n] = malloc(req->body_len + 1);
-        memcpy(rx.body[rx.n], req->body, req->body_len);
-        rx.body[rx.n][req->body_len] = '\0';
-        rx.len[rx.n] = req->body_len;
-        snprintf(rx.signature[rx.n], sizeof rx.signature[0], "%s", sig ? sig : "");
-        rx.answered[rx.n] = status;
-        rx.n++;
-    }
-    pthread_mutex_unlock(&rx.mu);
-    pb_http_response_set(resp, status, "text/plain", "ok", 2);
-    return PB_HTTP_DONE;
-}
+static struct pbt_receiver rx;
 
 static void receiver_clear(void)
 {
-    pthread_mutex_lock(&rx.mu);
-    for (int i = 0; i < rx.n; i++)
-        free(rx.body[i]);
-    rx.n = 0;
-    rx.fail_next = 0;
-    pthread_mutex_unlock(&rx.mu);
+    pbt_receiver_clear(&rx);
 }
 
 static int received(void)
 {
-    int n;
-    pthread_mutex_lock(&rx.mu);
-    n = rx.n;
-    pthread_mutex_unlock(&rx.mu);
-    return n;
+    return pbt_receiver_count(&rx);
 }
-
-static const struct pb_http_route hook_routes[] = {
-    {"POST", "/hook", on_hook, NULL},
-    {NULL, NULL, NULL, NULL},
-};
 
 /* ---- fixture --------------------------------------------------------------------- */
 
 struct fixture {
-    void *state;
-    struct pb_httpd *emulator, *receiver;
-    char base[64], hook_url[64];
+    struct pbt_env env; /* the emulator */
+    char hook_url[64];
     char token[128];
 };
 
@@ -116,116 +67,51 @@ static struct fixture fx;
 
 static int group_setup(void **unused)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config rcfg = {.routes = hook_routes}, ecfg = {0};
-    json_t *settings;
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_httpd_start(&rcfg, &fx.receiver, &err)) {
-        fprintf(stderr, "receiver: %s\n", err.msg);
+    if (pbt_receiver_start(&rx, "X-PayTrace-Signature"))
         return -1;
-    }
-    snprintf(fx.hook_url, sizeof fx.hook_url, "http://127.0.0.1:%d/hook",
-             pb_httpd_port(fx.receiver));
-    settings = json_pack("{s:s}", "webhook_url", fx.hook_url);
-    fx.state = sbx_paytrace_type.create(settings, &err);
-    json_decref(settings);
-    if (!fx.state) {
-        fprintf(stderr, "create: %s\n", err.msg);
+    snprintf(fx.hook_url, sizeof fx.hook_url, "%s", rx.url);
+    if (pbt_env_emulator(&fx.env, &sbx_paytrace_type,
+                         json_pack("{s:s}", "webhook_url", fx.hook_url), 0))
         return -1;
-    }
-    ecfg.routes = sbx_paytrace_type.routes(fx.state);
-    if (pb_httpd_start(&ecfg, &fx.emulator, &err)) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    if (sbx_paytrace_type.started)
-        sbx_paytrace_type.started(fx.state, pb_httpd_port(fx.emulator));
-    snprintf(fx.base, sizeof fx.base, "http://127.0.0.1:%d", pb_httpd_port(fx.emulator));
     return 0;
 }
 
 static int group_teardown(void **unused)
 {
-    pb_httpd_stop(fx.emulator);
-    sbx_paytrace_type.destroy(fx.state);
-    pb_httpd_stop(fx.receiver);
-    receiver_clear();
-    curl_global_cleanup();
+    pbt_env_stop(&fx.env);
+    pbt_receiver_stop(&rx);
     return 0;
 }
 
 /* ---- HTTP client --------------------------------------------------------------------- */
-
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
 
 /* One request; the status, the parsed reply in *out and the raw text in *raw
  * (either may be NULL). content_type NULL = JSON; auth = 1 sends fx.token. */
 static long request(const char *method, const char *path, int auth, const char *content_type,
                     const char *body, json_t **out, char **raw)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    struct buf b = {0};
-    char url[512], line[256];
-    long status = 0;
+    char type[256], bearer[256];
+    const char *headers[] = {type, auth ? bearer : NULL, NULL};
+    struct pbt_http_opts opts = {.headers = headers};
+    struct pbt_reply r;
+    long status;
 
-    snprintf(url, sizeof url, "%s%s", fx.base, path);
-    snprintf(line, sizeof line, "Content-Type: %s",
+    snprintf(type, sizeof type, "Content-Type: %s",
              content_type ? content_type : "application/json");
-    h = curl_slist_append(h, line);
-    if (auth) {
-        snprintf(line, sizeof line, "Authorization: Bearer %s", fx.token);
-        h = curl_slist_append(h, line);
-    }
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    snprintf(bearer, sizeof bearer, "Authorization: Bearer %s", fx.token);
+    status = pbt_http(fx.env.port, method, path, &opts, body, &r);
     if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    if (raw)
-        *raw = b.data;
-    else
-        free(b.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+        *out = r.len ? json_loads(r.body, 0, NULL) : NULL;
+    if (raw) {
+        *raw = r.body;
+        r.body = NULL;
+    }
+    pbt_reply_free(&r);
     return status;
 }
-
 static long api(const char *path, const char *body, json_t **out)
 {
     return request("POST", path, 1, NULL, body, out, NULL);
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
 }
 
 static long long ival(json_t *o, const char *key)
@@ -261,14 +147,8 @@ static long long stat_of(const char *key)
 
 static void wait_webhooks(void)
 {
-    for (int i = 0; i < 1500; i++) {
-        if (stat_of("webhooks_pending") == 0)
-            return;
-        usleep(10000);
-    }
-    fail_msg("webhooks still pending after 15 s");
+    pbt_wait_stat_zero(fx.env.port, "webhooks_pending", 15, "webhooks");
 }
-
 static void get_token(void)
 {
     json_t *r;
@@ -311,16 +191,6 @@ static long sale(const char *card, const char *amount, const char *invoice, json
     return api("/v1/transactions/sale/keyed", body, out);
 }
 
-static void hmac_hex(const char *secret, const char *body, size_t len, char out[65])
-{
-    unsigned char mac[32];
-    unsigned int mac_len = 0;
-    HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)body, len, mac,
-         &mac_len);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", mac[i]);
-}
-
 /* Webhook i: signed with `secret`, parsed (caller frees). */
 static json_t *webhook(int i, const char *secret)
 {
@@ -328,7 +198,7 @@ static json_t *webhook(int i, const char *secret)
     json_t *o;
     pthread_mutex_lock(&rx.mu);
     assert_true(i < rx.n);
-    hmac_hex(secret, rx.body[i], rx.len[i], want);
+    pbt_hmac_hex(secret, rx.body[i], rx.len[i], want);
     assert_string_equal(rx.signature[i], want);
     o = json_loadb(rx.body[i], rx.len[i], 0, NULL);
     pthread_mutex_unlock(&rx.mu);

@@ -37,23 +37,14 @@
 #include <libxml/tree.h>
 
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "sbx.h"
 
 extern const struct sbx_emulator_type sbx_sagex3_type;
 
 #define SOAP_PATH "/soap-generic/syracuse/collaboration/syracuse/CAdxWebServiceXmlCC"
 
-static struct {
-    void *emu;
-    struct pb_httpd *httpd;
-    int port;
-} sb;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
+static struct pbt_env sb;
 
 /* ---- HTTP ---------------------------------------------------------------------------------- */
 
@@ -69,27 +60,6 @@ struct reply {
     char *result;        /* resultXml text, or NULL */
     char fault[512];     /* "code: string" of a Fault */
 };
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    char *nb = realloc(r->body, r->len + size * n + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, size * n);
-    r->body = nb;
-    r->len += size * n;
-    r->body[r->len] = '\0';
-    return size * n;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    size_t used = strlen(r->headers);
-    snprintf(r->headers + used, sizeof r->headers - used, "%.*s", (int)(size * n), p);
-    return size * n;
-}
 
 static const char *lname(const xmlNode *n)
 {
@@ -168,36 +138,21 @@ static void reply_free(struct reply *r)
 static void http(struct reply *r, const char *method, const char *path, const char *userpwd,
                  const char *body)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: text/xml; charset=utf-8");
-    char url[256];
+    static const char *const headers[] = {"Content-Type: text/xml; charset=utf-8",
+                                          "SOAPAction: \"\"", NULL};
+    struct pbt_http_opts opts = {.headers = headers, .userpwd = userpwd};
+    struct pbt_reply h;
 
     memset(r, 0, sizeof *r);
-    h = curl_slist_append(h, "SOAPAction: \"\"");
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sb.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (userpwd) {
-        curl_easy_setopt(c, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
-        curl_easy_setopt(c, CURLOPT_USERPWD, userpwd);
-    }
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+    pbt_http(sb.port, method, path, &opts, body, &h);
+    r->status = h.status;
+    r->body = h.body;
+    r->len = h.len;
+    snprintf(r->headers, sizeof r->headers, "%s", h.headers);
+    h.body = NULL;
+    pbt_reply_free(&h);
     parse_soap(r);
 }
-
 /* One operation. `params` is the XML after publicName (objectKeys,
  * objectXml, listSize), written out literally. */
 static void soap(struct reply *r, const char *op, const char *public_name, const char *params)
@@ -235,51 +190,21 @@ static long admin(const char *method, const char *path, const char *body, json_t
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sb.port, key);
 }
-
 /* ---- fixture ------------------------------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    struct pb_httpd_config hc = {0};
-    json_t *settings = json_pack("{s:{s:i,s:i}}", "stock", "ITM-100", 3, "ITM-200", 10);
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sb.emu = sbx_sagex3_type.create(settings, &err);
-    json_decref(settings);
-    if (!sb.emu) {
-        fprintf(stderr, "emulator: %s\n", err.msg);
-        return -1;
-    }
-    hc.routes = sbx_sagex3_type.routes(sb.emu);
-    hc.max_body = 8u << 20;
-    if (pb_httpd_start(&hc, &sb.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sb.port = pb_httpd_port(sb.httpd);
-    if (sbx_sagex3_type.started)
-        sbx_sagex3_type.started(sb.emu, sb.port);
-    return 0;
+    return pbt_env_emulator(&sb, &sbx_sagex3_type,
+                            json_pack("{s:{s:i,s:i}}", "stock", "ITM-100", 3, "ITM-200", 10),
+                            8u << 20);
 }
-
 static int group_teardown(void **state)
 {
-    pb_httpd_stop(sb.httpd);
-    sbx_sagex3_type.destroy(sb.emu);
-    curl_global_cleanup();
+    pbt_env_stop(&sb);
     return 0;
 }
-
 static int test_setup(void **state)
 {
     assert_int_equal(admin("POST", "/_sandbox/reset", "{}", NULL), 200);

@@ -33,66 +33,16 @@
 #include <jansson.h>
 
 #include "net/httpd.h"
+#include "pbtest.h"
 #include "syspro.h"
 
-static struct {
-    void *emu;
-    struct pb_httpd *httpd;
-    int port;
-} sx;
-
-struct reply {
-    long status;
-    char *body;
-    size_t len;
-    char content_type[128];
-};
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    char *nb = realloc(r->body, r->len + size * n + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, size * n);
-    r->body = nb;
-    r->len += size * n;
-    r->body[r->len] = '\0';
-    return size * n;
-}
-
-static void reply_free(struct reply *r)
-{
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
+static struct pbt_env sx;
 
 /* method + raw path (already escaped) */
-static void http(const char *method, const char *path, const char *body, struct reply *r)
+static void http(const char *method, const char *path, const char *body, struct pbt_reply *r)
 {
-    CURL *c = curl_easy_init();
-    char url[65536];
-    char *ct = NULL;
-    memset(r, 0, sizeof *r);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
-    snprintf(r->content_type, sizeof r->content_type, "%s", ct ? ct : "");
-    if (!r->body)
-        r->body = calloc(1, 1);
-    curl_easy_cleanup(c);
+    pbt_http(sx.port, method, path, NULL, body, r);
 }
-
 static char *esc(const char *s)
 {
     char *e = curl_easy_escape(NULL, s, 0);
@@ -101,38 +51,14 @@ static char *esc(const char *s)
     return copy;
 }
 
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
-
-static void assert_lacks(const char *hay, const char *needle)
-{
-    if (hay && strstr(hay, needle))
-        fail_msg("did not expect \"%s\" in: %s", needle, hay);
-}
-
 static long long stat_of(const char *key)
 {
-    struct reply r;
-    json_t *j;
-    long long v;
-    http("GET", "/_sandbox/stats", NULL, &r);
-    assert_int_equal(r.status, 200);
-    j = json_loads(r.body, 0, NULL);
-    if (!json_is_integer(json_object_get(j, key)))
-        fail_msg("stats has no integer %s: %s", key, r.body);
-    v = json_integer_value(json_object_get(j, key));
-    json_decref(j);
-    reply_free(&r);
-    return v;
+    return pbt_stat(sx.port, key);
 }
-
 /* Log on; the session id (with its two spaces) into out. */
 static void logon(char *out, size_t len)
 {
-    struct reply r;
+    struct pbt_reply r;
     http("GET",
          "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=EDU1"
          "&CompanyPassword=",
@@ -141,12 +67,12 @@ static void logon(char *out, size_t len)
     assert_int_equal(r.len, 38);
     assert_true(r.len < len);
     memcpy(out, r.body, r.len + 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* One business call; raw XML in, reply out. */
 static void bo(const char *op, const char *session, const char *object, const char *params,
-               const char *xml_in, struct reply *r)
+               const char *xml_in, struct pbt_reply *r)
 {
     char *u = esc(session), *p = esc(params ? params : ""), *x = esc(xml_in);
     char *path = malloc(strlen(u) + strlen(p) + strlen(x) + 256);
@@ -171,7 +97,6 @@ static void bo(const char *op, const char *session, const char *object, const ch
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
     json_t *settings = json_loads(
         "{\"company_id\":\"EDU1\",\"company_password\":\"\",\"operator\":\"ADMIN\","
         "\"operator_password\":\"sandbox-op\",\"session_ttl_s\":3600,"
@@ -182,43 +107,19 @@ static int group_setup(void **state)
         "\"encoding\":\"windows-1252\",\"banks\":[\"BANK1\"],"
         "\"invoices\":[{\"Invoice\":\"INV900\",\"Customer\":\"0000002\",\"Balance\":\"20.00\"}]}",
         0, NULL);
-    struct pb_httpd_config cfg = {0};
-
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    sx.emu = sbx_syspro_type.create(settings, &err);
-    json_decref(settings);
-    if (!sx.emu) {
-        fprintf(stderr, "create: %s\n", err.msg);
-        return -1;
-    }
-    cfg.port = 0;
-    cfg.threads = 0;
-    cfg.max_body = 1u << 20;
-    cfg.routes = sbx_syspro_type.routes(sx.emu);
-    if (pb_httpd_start(&cfg, &sx.httpd, &err)) {
-        fprintf(stderr, "httpd: %s\n", err.msg);
-        return -1;
-    }
-    sx.port = pb_httpd_port(sx.httpd);
-    if (sbx_syspro_type.started)
-        sbx_syspro_type.started(sx.emu, sx.port);
-    return 0;
+    return pbt_env_emulator(&sx, &sbx_syspro_type, settings, 1u << 20);
 }
-
 static int group_teardown(void **state)
 {
-    pb_httpd_stop(sx.httpd);
-    sbx_syspro_type.destroy(sx.emu);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
-
 static int test_setup(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     http("POST", "/_sandbox/reset", "{}", &r);
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     return 0;
 }
 
@@ -228,7 +129,7 @@ static void test_settings_are_checked(void **state)
 {
     struct pb_err err = {0};
     json_t *bad = json_pack("{s:s}", "encodng", "utf-8");
-    struct reply r;
+    struct pbt_reply r;
     assert_null(sbx_syspro_type.create(bad, &err));
     assert_contains(err.msg, "encodng");
     json_decref(bad);
@@ -238,12 +139,12 @@ static void test_settings_are_checked(void **state)
     json_decref(bad);
     http("POST", "/_sandbox/settings", "{\"currency\":\"XXQ\"}", &r);
     assert_int_equal(r.status, 400);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_logon_reply_has_two_trailing_spaces(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     http("GET",
          "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=EDU1"
          "&CompanyPassword=",
@@ -253,27 +154,27 @@ static void test_logon_reply_has_two_trailing_spaces(void **state)
     assert_string_equal(r.body + 36, "  ");
     assert_int_equal(r.body[8], '-');
     assert_contains(r.content_type, "application/octet-stream");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("sessions"), 1);
     assert_int_equal(stat_of("logons"), 1);
 }
 
 static void test_bad_password_is_error_in_200(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     http("GET",
          "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=wrong&CompanyId=EDU1"
          "&CompanyPassword=",
          NULL, &r);
     assert_int_equal(r.status, 200);
     assert_true(strncmp(r.body, "ERROR:", 6) == 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
     http("GET",
          "/SYSPROWCFService/Rest/logon?Operator=ADMIN&OperatorPassword=sandbox-op&CompanyId=NOPE"
          "&CompanyPassword=",
          NULL, &r);
     assert_true(strncmp(r.body, "ERROR:", 6) == 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("failed_logons"), 2);
     assert_int_equal(stat_of("sessions"), 0);
 }
@@ -281,7 +182,7 @@ static void test_bad_password_is_error_in_200(void **state)
 static void test_trimmed_userid_is_refused(void **state)
 {
     char session[64], trimmed[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     memcpy(trimmed, session, 36);
     trimmed[36] = '\0';
@@ -289,21 +190,21 @@ static void test_trimmed_userid_is_refused(void **state)
        &r);
     assert_int_equal(r.status, 200);
     assert_contains(r.body, "ERROR: Invalid UserId");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("userid_missing_spaces"), 1);
     assert_int_equal(stat_of("sales_orders"), 0);
     /* with the spaces, as %20%20 */
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-1", "A100", "1", "1.00"),
        &r);
     assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
 }
 
 static void test_sortoi_creates_and_reports_in_1252(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     json_t *orders, *o;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "SORTOI",
@@ -318,7 +219,7 @@ static void test_sortoi_creates_and_reports_in_1252(void **state)
     /* "Café £ Ltd": é is 0xE9 and £ is 0xA3 in Windows-1252, and never UTF-8's C2 A3 */
     assert_contains(r.body, "Caf\xe9 \xa3 Ltd");
     assert_lacks(r.body, "\xc2\xa3");
-    reply_free(&r);
+    pbt_reply_free(&r);
     http("GET", "/_sandbox/orders", NULL, &r);
     orders = json_loads(r.body, 0, NULL);
     o = json_array_get(orders, 0);
@@ -327,13 +228,13 @@ static void test_sortoi_creates_and_reports_in_1252(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "CustomerName")),
                         "Caf\xc3\xa9 \xc2\xa3 Ltd");
     json_decref(orders);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_sortoi_business_errors(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "XYZ", "1", "1.00"),
        &r);
@@ -341,20 +242,20 @@ static void test_sortoi_business_errors(void **state)
     assert_contains(r.body, "<ErrorDescription>Stock code 'XYZ' not found</ErrorDescription>");
     assert_contains(r.body, "<ErrorNumber>");
     assert_contains(r.body, "<RecordsInvalid>1</RecordsInvalid>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("ZZZ", "PO-X", "A100", "1", "1.00"), &r);
     assert_contains(r.body, "Customer 'ZZZ' not found");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "A100", "1.5", "2.00"),
        &r);
     assert_contains(r.body, "<OrderValue>3.00</OrderValue>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* the same CustomerPoNumber again is refused and counted */
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-X", "A100", "1", "2.00"),
        &r);
     assert_contains(r.body, "Customer purchase order number 'PO-X' already exists");
     assert_contains(r.body, "sales order '000001'");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("sales_orders"), 1);
     assert_int_equal(stat_of("duplicate_customer_po_numbers"), 1);
     assert_int_equal(stat_of("business_errors"), 3);
@@ -364,19 +265,19 @@ static void test_sortoi_business_errors(void **state)
        "</Query>",
        &r);
     assert_contains(r.body, "<SalesOrder>000001</SalesOrder>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "SORQRY", NULL,
        "<Query><Key><Customer>0000001</Customer><CustomerPoNumber>PO-NONE</CustomerPoNumber>"
        "</Key></Query>",
        &r);
     assert_contains(r.body, "not found");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_arstpy_lower_case_and_applied(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     const char *params = "<PostArPayment><Parameters><PostingPeriod>C</PostingPeriod>"
                          "<IgnoreWarnings>N</IgnoreWarnings><ApplyIfEntireDocumentValid>Y"
                          "</ApplyIfEntireDocumentValid><ValidateOnly>N</ValidateOnly></Parameters>"
@@ -388,12 +289,12 @@ static void test_arstpy_lower_case_and_applied(void **state)
        &r);
     assert_contains(r.body, "<errordescription>Customer 'ZZZ' is invalid</errordescription>");
     assert_contains(r.body, "<recordsinvalid>1</recordsinvalid>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("ar_payments"), 0);
 
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-P", "A100", "1", "10.99"),
        &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* over-applying the order's 10.99 is refused */
     bo("Transaction/Post", session, "ARSTPY", params,
        "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>11.00"
@@ -402,7 +303,7 @@ static void test_arstpy_lower_case_and_applied(void **state)
        "</PostArPayment>",
        &r);
     assert_contains(r.body, "exceeds the balance 10.99 of invoice '000001'");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTPY", params,
        "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>10.99"
        "</PaymentValue><Bank>BANK1</Bank><Reference>R2</Reference><InvoiceToPay><Invoice>000001"
@@ -411,7 +312,7 @@ static void test_arstpy_lower_case_and_applied(void **state)
        &r);
     assert_contains(r.body, "<journal>1</journal>");
     assert_contains(r.body, "<entry>1</entry>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* a bad bank */
     bo("Transaction/Post", session, "ARSTPY", params,
        "<PostArPayment><Item><Payment><Customer>0000001</Customer><PaymentValue>1.00"
@@ -419,7 +320,7 @@ static void test_arstpy_lower_case_and_applied(void **state)
        "</PostArPayment>",
        &r);
     assert_contains(r.body, "Bank 'NOPE' is invalid");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("ar_payments"), 1);
     /* the payment is listed with the customer's transactions */
     bo("Query/Query", session, "ARSQRY", NULL,
@@ -428,7 +329,7 @@ static void test_arstpy_lower_case_and_applied(void **state)
        &r);
     assert_contains(r.body, "<Reference>R2</Reference>");
     assert_contains(r.body, "<Balance>0.00</Balance>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* only the transactions of one reference */
     bo("Query/Query", session, "ARSQRY", NULL,
        "<Query><Key><Customer>0000001</Customer></Key><Option><IncludeTransactions>Y"
@@ -436,100 +337,100 @@ static void test_arstpy_lower_case_and_applied(void **state)
        &r);
     assert_contains(r.body, "<Transactions/>");
     assert_lacks(r.body, "<Reference>R2</Reference>");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_customer_setup_escapes_and_queries(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Setup/Add", session, "ARSSCS", NULL,
        "<SetupArCustomer><Item><Key><Customer>WEB0001</Customer></Key><Name>Ann &lt;&amp;&gt; "
        "\xc3\xa9\xc2\xa3</Name><Email>ann@example.com</Email></Item></SetupArCustomer>",
        &r);
     assert_contains(r.body, "<RecordsInvalid>0</RecordsInvalid>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("customers_added"), 1);
     bo("Setup/Add", session, "ARSSCS", NULL,
        "<SetupArCustomer><Item><Key><Customer>WEB0001</Customer></Key><Name>Again</Name></Item>"
        "</SetupArCustomer>",
        &r);
     assert_contains(r.body, "Customer 'WEB0001' already exists");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQRY", NULL,
        "<Query><Key><Customer>WEB0001</Customer></Key></Query>", &r);
     assert_contains(r.body, "<Name>Ann &lt;&amp;&gt; \xe9\xa3</Name>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQRY", NULL,
        "<Query><Key><Customer>NOBODY</Customer></Key></Query>", &r);
     assert_contains(r.body, "Customer 'NOBODY' not found");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "INVQRY", NULL,
        "<Query><Key><StockCode>B100</StockCode></Key></Query>", &r);
     assert_contains(r.body, "<Price>4.50</Price>");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_credit_notes(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-C", "A100", "1", "10.00"),
        &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTIN", NULL,
        "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
        "<InvoiceValue>12.00</InvoiceValue><Reference>RF-1</Reference><OriginalDocument>000001"
        "</OriginalDocument></Invoice></Item></PostArInvoice>",
        &r);
     assert_contains(r.body, "exceeds the uncredited value 10.00 of document '000001'");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTIN", NULL,
        "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
        "<InvoiceValue>4.00</InvoiceValue><Reference>RF-1</Reference><OriginalDocument>000001"
        "</OriginalDocument></Invoice></Item></PostArInvoice>",
        &r);
     assert_contains(r.body, "<Invoice>CN000001</Invoice>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("credit_notes"), 1);
 }
 
 static void test_encodings(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     http("POST", "/_sandbox/settings", "{\"encoding\":\"windows-1252-undeclared\"}", &r);
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQRY", NULL,
        "<Query><Key><Customer>0000001</Customer></Key></Query>", &r);
     assert_lacks(r.body, "<?xml");
     assert_contains(r.body, "Caf\xe9 \xa3 Ltd");
-    reply_free(&r);
+    pbt_reply_free(&r);
     http("POST", "/_sandbox/settings", "{\"encoding\":\"utf-8\",\"lowercase_replies\":true}", &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQRY", NULL,
        "<Query><Key><Customer>0000001</Customer></Key></Query>", &r);
     assert_contains(r.body, "encoding=\"UTF-8\"");
     assert_contains(r.body, "<name>Caf\xc3\xa9 \xc2\xa3 Ltd</name>");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_sessions_expire_and_log_off(void **state)
 {
     char session[64], path[256];
-    struct reply r;
+    struct pbt_reply r;
     char *u;
     logon(session, sizeof session);
     http("POST", "/_sandbox/expire_sessions", "{}", &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "INVQRY", NULL,
        "<Query><Key><StockCode>A100</StockCode></Key></Query>", &r);
     assert_contains(r.body, "ERROR: Invalid UserId");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("invalid_session_calls"), 1);
     logon(session, sizeof session);
     u = esc(session);
@@ -537,7 +438,7 @@ static void test_sessions_expire_and_log_off(void **state)
     free(u);
     http("GET", path, NULL, &r);
     assert_string_equal(r.body, "0");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("logoffs"), 1);
     assert_int_equal(stat_of("sessions"), 0);
 }
@@ -545,30 +446,30 @@ static void test_sessions_expire_and_log_off(void **state)
 static void test_malformed_requests_get_error_text(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "SORTOX", NULL, "<x/>", &r);
     assert_true(strncmp(r.body, "ERROR:", 6) == 0);
     assert_contains(r.body, "SORTOX");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "SORTOI", NULL, "<SalesOrders><unclosed>", &r);
     assert_contains(r.body, "ERROR: XmlIn");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_reset_forgets(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "SORTOI", NULL, ORDER("0000001", "PO-R", "A100", "1", "1.00"),
        &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     http("POST", "/_sandbox/settings", "{\"customers\":[\"0000009\"]}", &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("customers"), 1);
     http("POST", "/_sandbox/reset", "{}", &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("sales_orders"), 0);
     assert_int_equal(stat_of("sessions"), 0);
     assert_int_equal(stat_of("customers"), 2);
@@ -592,27 +493,27 @@ static void test_reset_forgets(void **state)
 static void test_payments_queryable_by_date_and_paged(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
     bo("Transaction/Post", session, "ARSTPY", NULL,
        PAYMENT("0000001", "10.00", "D-1", "2026-03-01"), &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTPY", NULL,
        PAYMENT("0000002", "20.00", "D-2", "2026-03-02"), &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTPY", NULL,
        PAYMENT("0000001", "30.00", "D-3", "2026-03-09"), &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTIN", NULL,
        "<PostArInvoice><Item><Invoice><Customer>0000001</Customer><DocumentType>C</DocumentType>"
        "<InvoiceValue>4.00</InvoiceValue><Reference>RF-D</Reference><InvoiceDate>2026-03-02"
        "</InvoiceDate></Invoice></Item></PostArInvoice>",
        &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "ARSTPY", NULL, PAYMENT("0000001", "1.00", "D-X", "2026-02-30"),
        &r);
     assert_contains(r.body, "<errordescription>Payment date '2026-02-30' is invalid");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* the first week, two at a time */
     bo("Query/Query", session, "ARSQPY", NULL,
@@ -628,7 +529,7 @@ static void test_payments_queryable_by_date_and_paged(void **state)
     assert_lacks(r.body, "RF-D");
     assert_contains(r.body, "<MoreRecords>Y</MoreRecords>");
     assert_contains(r.body, "<LastKey>00000002</LastKey>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQPY", NULL,
        "<Query><Option><DateFrom>2026-03-01</DateFrom><DateTo>2026-03-07</DateTo>"
        "<MaxRecords>2</MaxRecords><StartAfterKey>00000002</StartAfterKey></Option></Query>",
@@ -640,23 +541,23 @@ static void test_payments_queryable_by_date_and_paged(void **state)
     assert_lacks(r.body, "D-1");
     assert_contains(r.body, "<RecordsReturned>1</RecordsReturned>");
     assert_contains(r.body, "<MoreRecords>N</MoreRecords>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* payments only */
     bo("Query/Query", session, "ARSQPY", NULL,
        "<Query><Option><IncludeCreditNotes>N</IncludeCreditNotes></Option></Query>", &r);
     assert_contains(r.body, "<RecordsReturned>3</RecordsReturned>");
     assert_lacks(r.body, "RF-D");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "ARSQPY", NULL,
        "<Query><Option><DateFrom>March</DateFrom></Option></Query>", &r);
     assert_contains(r.body, "DateFrom 'March' is invalid");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_gl_journals_validated_stored_and_queried(void **state)
 {
     char session[64];
-    struct reply r;
+    struct pbt_reply r;
     logon(session, sizeof session);
 
     bo("Transaction/Post", session, "GENTJL", NULL,
@@ -668,31 +569,31 @@ static void test_gl_journals_validated_stored_and_queried(void **state)
     assert_contains(r.body, "<GlPeriod>3</GlPeriod>");
     assert_contains(r.body, "<Journal>1</Journal>");
     assert_contains(r.body, "<RecordsInvalid>0</RecordsInvalid>");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* refusals, in SYSPRO's style */
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-2", "2026-03-02", LINE("1000", "D", "97.00") LINE("1100", "C", "100.00")), &r);
     assert_contains(r.body, "Journal is out of balance: debits 97.00, credits 100.00");
     assert_contains(r.body, "<RecordsInvalid>1</RecordsInvalid>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-3", "2026-03-02", LINE("1000", "D", "1.00")), &r);
     assert_contains(r.body, "A journal needs at least 2 lines, it has 1");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-4", "2026-03-02", LINE("4999", "D", "1.00") LINE("1100", "C", "1.00")), &r);
     assert_contains(r.body, "Ledger code '4999' not found in the general ledger");
     assert_contains(r.body, "<ErrorNumber>20120</ErrorNumber>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-5", "2026-03-02", LINE("1000", "X", "1.00") LINE("1100", "C", "1.00")), &r);
     assert_contains(r.body, "Entry type 'X' for ledger code '1000' is invalid");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-6", "2026-03-02", LINE("1000", "D", "1.001") LINE("1100", "C", "1.001")), &r);
     assert_contains(r.body, "Entry value '1.001' for ledger code '1000' is invalid");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* the chart and the closed periods are settings */
     http("POST", "/_sandbox/settings",
@@ -700,20 +601,20 @@ static void test_gl_journals_validated_stored_and_queried(void **state)
          "\"gl_closed_periods\":[\"2026-03\"]}",
          &r);
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-7", "2026-03-31", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
     assert_contains(r.body, "GL period 2026/03 is closed for posting");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-8", "2026-04-01", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
     assert_contains(r.body, "<Journal>2</Journal>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* a repeated Reference is not refused: a second journal */
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-8", "2026-04-01", LINE("1000", "D", "1.00") LINE("4999", "C", "1.00")), &r);
     assert_contains(r.body, "<Journal>3</Journal>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("gl_journals"), 3);
 
     bo("Query/Query", session, "GENQJL", NULL,
@@ -723,35 +624,35 @@ static void test_gl_journals_validated_stored_and_queried(void **state)
     assert_contains(r.body, "<LedgerCode>6100</LedgerCode>");
     assert_contains(r.body, "<EntryValue>97.00</EntryValue>");
     assert_lacks(r.body, "ErrorDescription");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "GENQJL", NULL,
        "<Query><Key><Reference>J-8</Reference></Key></Query>", &r);
     assert_contains(r.body, "<Journal>2</Journal>");
     assert_contains(r.body, "<Journal>3</Journal>");
-    reply_free(&r);
+    pbt_reply_free(&r);
     bo("Query/Query", session, "GENQJL", NULL,
        "<Query><Key><Reference>J-2</Reference></Key></Query>", &r);
     assert_contains(r.body, "GL journal with reference 'J-2' not found");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* bad settings change nothing */
     http("POST", "/_sandbox/settings", "{\"gl_closed_periods\":[\"2026-13\"]}", &r);
     assert_int_equal(r.status, 400);
     assert_contains(r.body, "gl_closed_periods[0]");
-    reply_free(&r);
+    pbt_reply_free(&r);
     http("POST", "/_sandbox/settings", "{\"gl_accounts\":[\"\"]}", &r);
     assert_int_equal(r.status, 400);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* reset forgets journals, the chart change and the closed period */
     http("POST", "/_sandbox/reset", "{}", &r);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of("gl_journals"), 0);
     logon(session, sizeof session);
     bo("Transaction/Post", session, "GENTJL", NULL,
        JOURNAL("J-9", "2026-03-31", LINE("6900", "D", "0.02") LINE("1100", "C", "0.02")), &r);
     assert_contains(r.body, "<Journal>1</Journal>");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 int main(void)

@@ -26,17 +26,10 @@
 #include <jansson.h>
 
 #include "core/json.h"
+#include "pbtest.h"
 #include "sandbox.h"
 
 #define TENANT "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e"
-
-struct reply {
-    long status;
-    char *body;
-    size_t len;
-    char headers[4096];
-    json_t *json;               /* parsed body, NULL if not JSON */
-};
 
 static struct pb_sandbox *open_sb, *tight_sb;
 static int open_port, tight_port;
@@ -44,128 +37,44 @@ static char token[128], tight_token[128];
 
 /* ---- HTTP helpers -------------------------------------------------------- */
 
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    char *nb = realloc(r->body, r->len + size * n + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, size * n);
-    r->body = nb;
-    r->len += size * n;
-    r->body[r->len] = '\0';
-    return size * n;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    size_t have = strlen(r->headers), add = size * n;
-    if (have + add < sizeof(r->headers)) {
-        memcpy(r->headers + have, p, add);
-        r->headers[have + add] = '\0';
-    }
-    return size * n;
-}
-
-static void reply_free(struct reply *r)
-{
-    free(r->body);
-    json_decref(r->json);
-    memset(r, 0, sizeof(*r));
-}
-
 /* Value of a reply header (case-insensitive) into buf, or NULL. */
-static const char *header(const struct reply *r, const char *name, char *buf, size_t len)
-{
-    const char *p = r->headers;
-    size_t n = strlen(name);
-    while (p && *p) {
-        if (!strncasecmp(p, name, n) && p[n] == ':') {
-            const char *v = p + n + 1, *e;
-            while (*v == ' ')
-                v++;
-            e = strpbrk(v, "\r\n");
-            snprintf(buf, len, "%.*s", (int)(e ? e - v : (long)strlen(v)), v);
-            return buf;
-        }
-        p = strchr(p, '\n');
-        if (p)
-            p++;
-    }
-    return NULL;
-}
-
 /* One request. `auth`: a bearer token, "" for none; extra: one more header or NULL. */
 static long http(int port, const char *method, const char *path, const char *auth,
-                 const char *extra, const char *body, struct reply *r)
+                 const char *extra, const char *body, struct pbt_reply *r)
 {
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = NULL;
-    char url[2048], line[512];
-    memset(r, 0, sizeof(*r));
-    assert_non_null(c);
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    char line[512];
+    const char *headers[5] = {NULL};
+    struct pbt_http_opts opts = {.headers = headers, .timeout_ms = 20000};
+    int n = 0;
     if (auth && *auth) {
         snprintf(line, sizeof(line), "Authorization: Bearer %s", auth);
-        h = curl_slist_append(h, line);
-        h = curl_slist_append(h, "xero-tenant-id: " TENANT);
+        headers[n++] = line;
+        headers[n++] = "xero-tenant-id: " TENANT;
     }
     if (extra)
-        h = curl_slist_append(h, extra);
-    if (body) {
-        h = curl_slist_append(h, "Content-Type: application/json");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    else
-        r->status = -1;
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (r->body)
-        r->json = json_loadb(r->body, r->len, JSON_DECODE_ANY, NULL);
-    return r->status;
+        headers[n++] = extra;
+    if (body)
+        headers[n++] = "Content-Type: application/json";
+    return pbt_http_try(port, method, path, &opts, body, r);
 }
-
-static long api(const char *method, const char *path, const char *body, struct reply *r)
+static long api(const char *method, const char *path, const char *body, struct pbt_reply *r)
 {
     return http(open_port, method, path, token, NULL, body, r);
 }
 
 static void get_token(int port, char *out, size_t len)
 {
-    CURL *c = curl_easy_init();
-    struct reply r;
-    char url[256];
-    memset(&r, 0, sizeof(r));
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/connect/token", port);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_USERPWD, "sandbox-client:sandbox-secret");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
-                     "grant_type=client_credentials&scope=accounting.transactions");
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_easy_cleanup(c);
+    struct pbt_http_opts opts = {.userpwd = "sandbox-client:sandbox-secret"};
+    struct pbt_reply r;
+    pbt_http(port, "POST", "/connect/token", &opts,
+             "grant_type=client_credentials&scope=accounting.transactions", &r);
     assert_int_equal(r.status, 200);
-    r.json = json_loads(r.body, 0, NULL);
     assert_non_null(r.json);
     assert_string_equal(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
     assert_int_equal(json_integer_value(json_object_get(r.json, "expires_in")), 1800);
     snprintf(out, len, "%s", json_string_value(json_object_get(r.json, "access_token")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
-
 /* Minor units of an amount member, read exactly. */
 static int64_t minor_of(json_t *obj, const char *key)
 {
@@ -177,18 +86,18 @@ static int64_t minor_of(json_t *obj, const char *key)
     return v;
 }
 
-static json_t *first(const struct reply *r, const char *key)
+static json_t *first(const struct pbt_reply *r, const char *key)
 {
     return json_array_get(json_object_get(r->json, key), 0);
 }
 
 static json_int_t stat_of(int port, const char *key)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_int_t v;
     assert_int_equal(http(port, "GET", "/_sandbox/stats", NULL, NULL, NULL, &r), 200);
     v = json_integer_value(json_object_get(r.json, key));
-    reply_free(&r);
+    pbt_reply_free(&r);
     return v;
 }
 
@@ -196,7 +105,7 @@ static json_int_t stat_of(int port, const char *key)
 static void make_invoice(const char *reference, const char *qty, const char *unit,
                          char *number, size_t len)
 {
-    struct reply r;
+    struct pbt_reply r;
     char body[1024];
     snprintf(body, sizeof(body),
              "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Customer %s\"},"
@@ -207,7 +116,7 @@ static void make_invoice(const char *reference, const char *qty, const char *uni
     assert_int_equal(api("PUT", "/api.xro/2.0/Invoices?unitdp=4", body, &r), 200);
     snprintf(number, len, "%s",
              json_string_value(json_object_get(first(&r, "Invoices"), "InvoiceNumber")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* ---- fixtures ------------------------------------------------------------ */
@@ -250,14 +159,14 @@ static int group_teardown(void **state)
 
 static int reset(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     (void)state;
     if (http(open_port, "POST", "/_sandbox/reset", NULL, NULL, "{}", &r) != 200)
         return -1;
-    reply_free(&r);
+    pbt_reply_free(&r);
     if (http(open_port, "POST", "/_sandbox/faults", NULL, NULL, "{\"reset\":true}", &r) != 200)
         return -1;
-    reply_free(&r);
+    pbt_reply_free(&r);
     return 0;
 }
 
@@ -266,7 +175,7 @@ static int reset(void **state)
 /* Contact, invoice, two payments; AmountDue and PAID through a where filter. */
 static void test_invoice_payment_flow(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *inv, *line;
     char contact_id[64], invoice_id[64], body[1024];
     (void)state;
@@ -274,7 +183,7 @@ static void test_invoice_payment_flow(void **state)
     assert_int_equal(http(open_port, "GET", "/connections", token, NULL, NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(json_array_get(r.json, 0), "tenantId")),
                         TENANT);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     assert_int_equal(api("PUT", "/api.xro/2.0/Contacts",
                          "{\"Contacts\":[{\"Name\":\"Acme Ltd\",\"EmailAddress\":\"ap@acme.test\","
@@ -291,7 +200,7 @@ static void test_invoice_payment_flow(void **state)
     assert_non_null(strstr(json_string_value(json_object_get(first(&r, "Contacts"),
                                                              "UpdatedDateUTC")),
                            "/Date("));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* Quantity 3 x 10.995 = 32.985 -> 32.98 (half to even); 1 x 0.125 -> 0.12. */
     snprintf(body, sizeof(body),
@@ -320,7 +229,7 @@ static void test_invoice_payment_flow(void **state)
     assert_non_null(strstr(r.body, "\"UnitAmount\":10.995"));
     snprintf(invoice_id, sizeof(invoice_id), "%s",
              json_string_value(json_object_get(inv, "InvoiceID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* A part payment (POST, a single payment) by InvoiceID. */
     snprintf(body, sizeof(body),
@@ -331,7 +240,7 @@ static void test_invoice_payment_flow(void **state)
     assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "PaymentType")),
                         "ACCRECPAYMENT");
     assert_int_equal(minor_of(first(&r, "Payments"), "Amount"), 1010);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* More than is due is refused, by its Xero message. */
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
@@ -341,7 +250,7 @@ static void test_invoice_payment_flow(void **state)
                      400);
     if (!strstr(r.body, "Payment amount exceeds the amount outstanding"))
         fail_msg("%s", r.body);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* To a revenue account: refused. */
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
@@ -350,7 +259,7 @@ static void test_invoice_payment_flow(void **state)
                          &r),
                      400);
     assert_non_null(strstr(r.body, "Payments can only be made to bank accounts"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices?where=Reference%3D%3D%22ORDER-1001%22",
                          NULL, &r),
@@ -358,7 +267,7 @@ static void test_invoice_payment_flow(void **state)
     assert_int_equal(json_array_size(json_object_get(r.json, "Invoices")), 1);
     assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 2300);
     assert_int_equal(minor_of(first(&r, "Invoices"), "AmountPaid"), 1010);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* The rest (PUT, a batch) pays it off. */
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
@@ -367,7 +276,7 @@ static void test_invoice_payment_flow(void **state)
                          "\"Reference\":\"PAY-2\"}]}",
                          &r),
                      200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET",
                          "/api.xro/2.0/Invoices?where=Reference%3D%3D%22ORDER-1001%22%20AND%20"
                          "Status%3D%3D%22PAID%22",
@@ -378,24 +287,24 @@ static void test_invoice_payment_flow(void **state)
     assert_int_equal(minor_of(inv, "AmountDue"), 0);
     assert_int_equal(json_array_size(json_object_get(inv, "Payments")), 2);
     assert_non_null(json_object_get(inv, "FullyPaidOnDate"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* Payments by invoice; an unknown where field is a clear 400. */
     snprintf(body, sizeof(body),
              "/api.xro/2.0/Payments?where=Invoice.InvoiceID%%3D%%3Dguid(%%22%s%%22)", invoice_id);
     assert_int_equal(api("GET", body, NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 2);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices?where=Colour%3D%3D%22red%22", NULL, &r),
                      400);
     assert_non_null(strstr(r.body, "Colour"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     snprintf(body, sizeof(body), "/api.xro/2.0/Contacts/%s", contact_id);
     assert_int_equal(api("GET", body, NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "Contacts"), "Name")),
                         "Acme Ltd");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     assert_int_equal(stat_of(open_port, "invoices"), 1);
     assert_int_equal(stat_of(open_port, "payments"), 2);
@@ -405,7 +314,7 @@ static void test_invoice_payment_flow(void **state)
 /* summarizeErrors=false: one element saved, the other reported. */
 static void test_summarize_errors_false(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *bad, *good;
     (void)state;
     assert_int_equal(api("PUT", "/api.xro/2.0/Invoices?summarizeErrors=false",
@@ -425,7 +334,7 @@ static void test_summarize_errors_false(void **state)
         json_string_value(json_object_get(
             json_array_get(json_object_get(bad, "ValidationErrors"), 0), "Message")),
         "Account code '999' is not a valid code for this document.");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "invoices"), 1);
     assert_int_equal(stat_of(open_port, "contacts"), 1);  /* Bob, created once by name */
 }
@@ -433,7 +342,7 @@ static void test_summarize_errors_false(void **state)
 /* Without the flag one bad element fails the batch and nothing is saved. */
 static void test_validation_envelope(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     (void)state;
     assert_int_equal(api("PUT", "/api.xro/2.0/Invoices",
                          "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Bob\"},"
@@ -449,7 +358,7 @@ static void test_validation_envelope(void **state)
                         "A validation exception occurred");
     assert_int_equal(json_array_size(json_object_get(r.json, "Elements")), 1);
     assert_non_null(strstr(r.body, "The currency 'CHF' is not enabled"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "invoices"), 0);
     assert_int_equal(stat_of(open_port, "contacts"), 0);
 
@@ -458,24 +367,24 @@ static void test_validation_envelope(void **state)
     assert_int_equal(json_integer_value(json_object_get(r.json, "ErrorNumber")), 14);
     assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
                         "PostDataInvalidException");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* Contact names are unique among active contacts */
     assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", "{\"Contacts\":[{\"Name\":\"Zed\"}]}",
                          &r),
                      200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", "{\"Contacts\":[{\"Name\":\"Zed\"}]}",
                          &r),
                      400);
     assert_non_null(strstr(r.body, "The contact name Zed is already assigned to another contact."));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* A repeated Idempotency-Key replays the first reply and creates nothing. */
 static void test_idempotency_replay(void **state)
 {
-    struct reply a, b;
+    struct pbt_reply a, b;
     char hdr[256], key[200];
     const char *body = "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Idem\"},"
                        "\"Reference\":\"IDEM-1\",\"LineItems\":[{\"Description\":\"x\","
@@ -489,15 +398,15 @@ static void test_idempotency_replay(void **state)
                      200);
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.body, b.body, a.len);
-    reply_free(&a);
-    reply_free(&b);
+    pbt_reply_free(&a);
+    pbt_reply_free(&b);
     assert_int_equal(stat_of(open_port, "invoices"), 1);
     assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
     assert_int_equal(stat_of(open_port, "duplicate_invoice_references"), 0);
 
     /* Without a key the same body is a second invoice, and the stats say so. */
     assert_int_equal(api("PUT", "/api.xro/2.0/Invoices", body, &a), 200);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(stat_of(open_port, "duplicate_invoice_references"), 1);
 
     /* A refused write saved nothing and is not stored: the corrected request
@@ -509,7 +418,7 @@ static void test_idempotency_replay(void **state)
                           "\"Quantity\":1,\"UnitAmount\":1,\"AccountCode\":\"999\"}]}]}",
                           &a),
                      400);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token,
                           "Idempotency-Key: evt-456",
                           "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":\"Idem\"},"
@@ -517,7 +426,7 @@ static void test_idempotency_replay(void **state)
                           "\"Quantity\":1,\"UnitAmount\":1,\"AccountCode\":\"200\"}]}]}",
                           &a),
                      200);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(stat_of(open_port, "invoices"), 3);
     assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
 
@@ -525,14 +434,14 @@ static void test_idempotency_replay(void **state)
     key[129] = '\0';
     snprintf(hdr, sizeof(hdr), "Idempotency-Key: %s", key);
     assert_int_equal(http(open_port, "PUT", "/api.xro/2.0/Invoices", token, hdr, body, &a), 400);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(stat_of(open_port, "invoices"), 3);
 }
 
 /* The per-minute limit answers 429 with Retry-After and the problem. */
 static void test_rate_limit_minute(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char buf[64];
     long retry;
     (void)state;
@@ -540,27 +449,27 @@ static void test_rate_limit_minute(void **state)
         assert_int_equal(http(tight_port, "GET", "/api.xro/2.0/Contacts", tight_token, NULL, NULL,
                               &r),
                          200);
-        assert_non_null(header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)));
+        assert_non_null(pbt_reply_header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)));
         assert_int_equal(strtol(buf, NULL, 10), 2 - i);
-        assert_non_null(header(&r, "X-DayLimit-Remaining", buf, sizeof(buf)));
-        assert_non_null(header(&r, "X-AppMinLimit-Remaining", buf, sizeof(buf)));
-        reply_free(&r);
+        assert_non_null(pbt_reply_header(&r, "X-DayLimit-Remaining", buf, sizeof(buf)));
+        assert_non_null(pbt_reply_header(&r, "X-AppMinLimit-Remaining", buf, sizeof(buf)));
+        pbt_reply_free(&r);
     }
     assert_int_equal(http(tight_port, "GET", "/api.xro/2.0/Contacts", tight_token, NULL, NULL, &r),
                      429);
-    assert_non_null(header(&r, "Retry-After", buf, sizeof(buf)));
+    assert_non_null(pbt_reply_header(&r, "Retry-After", buf, sizeof(buf)));
     retry = strtol(buf, NULL, 10);
     assert_true(retry >= 1 && retry <= 60);
-    assert_string_equal(header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
-    assert_string_equal(header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)), "0");
-    reply_free(&r);
+    assert_string_equal(pbt_reply_header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
+    assert_string_equal(pbt_reply_header(&r, "X-MinLimit-Remaining", buf, sizeof(buf)), "0");
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(tight_port, "requests") >= 4, 1);
 }
 
 /* Faults set at run time: a 429 burst, then every request failing. */
 static void test_faults_runtime(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char buf[64];
     struct pb_err err = {0};
     json_t *f;
@@ -569,50 +478,48 @@ static void test_faults_runtime(void **state)
                           "{\"burst_429\":2,\"retry_after_s\":7}", &r),
                      200);
     assert_int_equal(json_integer_value(json_object_get(r.json, "burst_429")), 2);
-    reply_free(&r);
+    pbt_reply_free(&r);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 429);
-        assert_string_equal(header(&r, "Retry-After", buf, sizeof(buf)), "7");
-        assert_string_equal(header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
-        reply_free(&r);
+        assert_string_equal(pbt_reply_header(&r, "Retry-After", buf, sizeof(buf)), "7");
+        assert_string_equal(pbt_reply_header(&r, "X-Rate-Limit-Problem", buf, sizeof(buf)), "minute");
+        pbt_reply_free(&r);
     }
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* Admin routes are never faulted. */
     assert_int_equal(http(open_port, "POST", "/_sandbox/faults", NULL, NULL,
                           "{\"error_rate\":1}", &r),
                      200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(http(open_port, "GET", "/_sandbox/health", NULL, NULL, NULL, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 500);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 503);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "faults_injected"), 4);
     /* A bad fault is refused and changes nothing. */
     assert_int_equal(http(open_port, "POST", "/_sandbox/faults", NULL, NULL,
                           "{\"error_rate\":2}", &r),
                      400);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(http(open_port, "GET", "/_sandbox/faults", NULL, NULL, NULL, &r), 200);
     assert_int_equal(json_integer_value(json_object_get(r.json, "faults_injected")), 4);
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* Through the C API: clear them. */
     f = json_pack("{s:b}", "reset", 1);
     assert_int_equal(pb_sandbox_set_faults(open_sb, "xero", f, &err), PB_OK);
     assert_int_equal(pb_sandbox_set_faults(open_sb, "opayo", f, &err), PB_ERR_NOTFOUND);
     json_decref(f);
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* No token, a bad token, a wrong tenant, bad client credentials. */
 static void test_auth(void **state)
 {
-    struct reply r;
-    CURL *c;
-    char url[128];
+    struct pbt_reply r;
     (void)state;
     assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", "not-a-token", NULL, NULL,
                           &r),
@@ -620,36 +527,27 @@ static void test_auth(void **state)
     assert_string_equal(json_string_value(json_object_get(r.json, "Detail")),
                         "AuthenticationUnsuccessful");
     assert_int_equal(json_integer_value(json_object_get(r.json, "Status")), 401);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", NULL, NULL, NULL, &r), 401);
-    reply_free(&r);
+    pbt_reply_free(&r);
     {
         char hdr[200];
         snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", token);
         assert_int_equal(http(open_port, "GET", "/api.xro/2.0/Invoices", NULL, hdr, NULL, &r),
                          403);
-        reply_free(&r);
+        pbt_reply_free(&r);
     }
-    memset(&r, 0, sizeof(r));
-    c = curl_easy_init();
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/connect/token", open_port);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
-                     "grant_type=client_credentials&client_id=sandbox-client&client_secret=no");
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_easy_cleanup(c);
+    pbt_http(open_port, "POST", "/connect/token", NULL,
+             "grant_type=client_credentials&client_id=sandbox-client&client_secret=no", &r);
     assert_int_equal(r.status, 400);
     assert_non_null(strstr(r.body, "invalid_client"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* Paging: 100 per page, 1-based; without page, everything. */
 static void test_paging(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char *body = malloc(64 * 1024);
     size_t o = 0;
     (void)state;
@@ -660,27 +558,27 @@ static void test_paging(void **state)
                               "\"p%d@x.test\"}", i ? "," : "", i, i);
     snprintf(body + o, 64 * 1024 - o, "]}");
     assert_int_equal(api("PUT", "/api.xro/2.0/Contacts", body, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     free(body);
     assert_int_equal(api("GET", "/api.xro/2.0/Contacts?page=2", NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 50);
     assert_string_equal(json_string_value(json_object_get(first(&r, "Contacts"), "Name")), "P100");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/Contacts", NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 150);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/Contacts?where=EmailAddress%3D%3D%22P7%40X.test%22"
                          "%20OR%20Name%3D%3D%22P009%22",
                          NULL, &r),
                      200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Contacts")), 2);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* Voiding through POST /Invoices/{id}; a voided invoice takes no payment. */
 static void test_void_invoice(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char number[32], path[128];
     (void)state;
     make_invoice("VOID-1", "1", "12.50", number, sizeof(number));
@@ -688,25 +586,25 @@ static void test_void_invoice(void **state)
     assert_int_equal(api("GET", path, NULL, &r), 200);
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s",
              json_string_value(json_object_get(first(&r, "Invoices"), "InvoiceID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("POST", path, "{\"Invoices\":[{\"Status\":\"VOIDED\"}]}", &r), 200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Status")),
                         "VOIDED");
     assert_int_equal(minor_of(first(&r, "Invoices"), "Total"), 1250);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments",
                          "{\"Payments\":[{\"Invoice\":{\"InvoiceNumber\":\"INV-0001\"},"
                          "\"Account\":{\"Code\":\"090\"},\"Amount\":1}]}",
                          &r),
                      400);
     assert_non_null(strstr(r.body, "not of valid status"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* Two payments in one batch share the amount due; escaped names round-trip. */
 static void test_batch_claims_and_escaping(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char number[32], body[512];
     json_t *pays;
     (void)state;
@@ -722,13 +620,13 @@ static void test_batch_claims_and_escaping(void **state)
                                                           "StatusAttributeString")), "OK");
     assert_string_equal(json_string_value(json_object_get(json_array_get(pays, 1),
                                                           "StatusAttributeString")), "ERROR");
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(body, sizeof(body), "/api.xro/2.0/Invoices/%s", number);
     assert_int_equal(api("GET", body, NULL, &r), 200);
     assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 400);
     assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Status")),
                         "AUTHORISED");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     assert_int_equal(api("PUT", "/api.xro/2.0/Invoices",
                          "{\"Invoices\":[{\"Type\":\"ACCREC\",\"Contact\":{\"Name\":"
@@ -741,7 +639,7 @@ static void test_batch_claims_and_escaping(void **state)
                         "Caf\xc3\xa9 \"Quote\" \\ Ltd");
     assert_string_equal(json_string_value(json_object_get(first(&r, "Invoices"), "Reference")),
                         "tab\there");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* ---- credit notes ---------------------------------------------------------- */
@@ -749,17 +647,17 @@ static void test_batch_claims_and_escaping(void **state)
 /* GET `path` and copy member `key` of the first element of `env` into out. */
 static void get_member(const char *path, const char *env, const char *key, char *out, size_t len)
 {
-    struct reply r;
+    struct pbt_reply r;
     assert_int_equal(api("GET", path, NULL, &r), 200);
     snprintf(out, len, "%s", json_string_value(json_object_get(first(&r, env), key)));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* An AUTHORISED ACCRECCREDIT of one line for the invoice's contact; its id into id. */
 static void make_credit_note(const char *contact_id, const char *reference, const char *amount,
                              const char *status, char *id, size_t len)
 {
-    struct reply r;
+    struct pbt_reply r;
     char body[1024];
     snprintf(body, sizeof(body),
              "{\"CreditNotes\":[{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"ContactID\":\"%s\"},"
@@ -772,12 +670,12 @@ static void make_credit_note(const char *contact_id, const char *reference, cons
         fail_msg("%s", r.body);
     snprintf(id, len, "%s",
              json_string_value(json_object_get(first(&r, "CreditNotes"), "CreditNoteID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* PUT /CreditNotes/{id}/Allocations of one allocation; returns the status. */
 static long allocate(const char *cn_id, const char *invoice_id, const char *amount,
-                     struct reply *r)
+                     struct pbt_reply *r)
 {
     char path[128], body[512];
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations", cn_id);
@@ -793,7 +691,7 @@ static long allocate(const char *cn_id, const char *invoice_id, const char *amou
  * allocated. */
 static void test_credit_note_allocation(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char number[32], path[256], inv_id[64], contact_id[64], cn[64], cn2[64], body[1024];
     json_t *el, *list;
     (void)state;
@@ -806,7 +704,7 @@ static void test_credit_note_allocation(void **state)
                                                "ContactID")));
     assert_int_equal(minor_of(first(&r, "Invoices"), "AmountCredited"), 0);
     assert_int_equal(json_array_size(json_object_get(first(&r, "Invoices"), "CreditNotes")), 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* created AUTHORISED, numbered CN-0001, exact totals, RemainingCredit = Total */
     snprintf(body, sizeof(body),
@@ -826,7 +724,7 @@ static void test_credit_note_allocation(void **state)
     assert_non_null(strstr(r.body, "\"RemainingCredit\":10.00"));
     snprintf(cn, sizeof(cn), "%s", json_string_value(json_object_get(el, "CreditNoteID")));
     assert_string_equal(json_string_value(json_object_get(el, "ID")), cn);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* more than the remaining credit: refused by Xero's message, nothing moves */
     assert_int_equal(allocate(cn, inv_id, "10.01", &r), 400);
@@ -834,7 +732,7 @@ static void test_credit_note_allocation(void **state)
     if (!strstr(r.body, "Credit Note cannot be allocated as amount is greater than amount "
                         "outstanding"))
         fail_msg("%s", r.body);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* 4.00 applied: the invoice owes 26.00, the note has 6.00 left */
     assert_int_equal(allocate(cn, inv_id, "\"4.00\"", &r), 200);
@@ -843,7 +741,7 @@ static void test_credit_note_allocation(void **state)
     assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv_id);
     assert_string_equal(pb_json_str(el, "CreditNote.CreditNoteID"), cn);
     assert_int_equal(strlen(pb_json_str(el, "AllocationID")), 36);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* two in one batch share the remaining credit: 4 + 4 > 6 */
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations?summarizeErrors=false",
@@ -857,7 +755,7 @@ static void test_credit_note_allocation(void **state)
     list = json_object_get(r.json, "Allocations");
     assert_string_equal(pb_json_str(json_array_get(list, 0), "StatusAttributeString"), "OK");
     assert_string_equal(pb_json_str(json_array_get(list, 1), "StatusAttributeString"), "ERROR");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
     assert_int_equal(api("GET", path, NULL, &r), 200);
@@ -865,7 +763,7 @@ static void test_credit_note_allocation(void **state)
     assert_int_equal(minor_of(el, "RemainingCredit"), 200);
     assert_int_equal(json_array_size(json_object_get(el, "Allocations")), 2);
     assert_string_equal(json_string_value(json_object_get(el, "Status")), "AUTHORISED");
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     el = first(&r, "Invoices");
@@ -876,17 +774,17 @@ static void test_credit_note_allocation(void **state)
     assert_string_equal(pb_json_str(el, "CreditNotes.0.CreditNoteID"), cn);
     assert_int_equal(minor_of(json_array_get(json_object_get(el, "CreditNotes"), 0),
                               "AppliedAmount"), 400);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* an invoice with credit applied, and the note itself, cannot be voided */
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
     assert_int_equal(api("POST", path, "{\"Invoices\":[{\"Status\":\"VOIDED\"}]}", &r), 400);
     assert_non_null(strstr(r.body, "cannot be voided as it has a credit note allocated"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
     assert_int_equal(api("POST", path, "{\"CreditNotes\":[{\"Status\":\"VOIDED\"}]}", &r), 400);
     assert_non_null(strstr(r.body, "cannot be voided as it has been allocated"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* by Reference, Status and Contact.ContactID */
     snprintf(path, sizeof(path),
@@ -896,28 +794,28 @@ static void test_credit_note_allocation(void **state)
              contact_id);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "CreditNotes")), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes?where=Reference%3D%3D%22nope%22", NULL,
                          &r),
                      200);
     assert_int_equal(json_array_size(json_object_get(r.json, "CreditNotes")), 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* refusals: unknown note (404), no Date, another contact, the wrong type */
     assert_int_equal(allocate("00000000-0000-4000-8000-000000000000", inv_id, "1", &r), 404);
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s/Allocations", cn);
     snprintf(body, sizeof(body), "{\"Allocations\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},"
              "\"Amount\":1}]}", inv_id);
     assert_int_equal(api("PUT", path, body, &r), 400);
     assert_non_null(strstr(r.body, "Allocation Date must be specified"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     make_invoice("ORDER-OTHER", "1", "5.00", number, sizeof(number));
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
     get_member(path, "Invoices", "InvoiceID", body, sizeof(body));
     assert_int_equal(allocate(cn, body, "1", &r), 400);
     assert_non_null(strstr(r.body, "same contact"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(body, sizeof(body),
              "{\"CreditNotes\":[{\"Type\":\"ACCPAYCREDIT\",\"Contact\":{\"ContactID\":\"%s\"},"
              "\"Status\":\"AUTHORISED\",\"LineItems\":[{\"Description\":\"x\",\"Quantity\":1,"
@@ -927,10 +825,10 @@ static void test_credit_note_allocation(void **state)
     el = first(&r, "CreditNotes");
     assert_string_equal(json_string_value(json_object_get(el, "CreditNoteNumber")), "");
     snprintf(cn2, sizeof(cn2), "%s", json_string_value(json_object_get(el, "CreditNoteID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(allocate(cn2, inv_id, "1", &r), 400);
     assert_non_null(strstr(r.body, "Credit Note cannot be allocated to an incorrect invoice type"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     assert_int_equal(stat_of(open_port, "credit_notes"), 2);
     assert_int_equal(stat_of(open_port, "allocations"), 2);
@@ -941,7 +839,7 @@ static void test_credit_note_allocation(void **state)
  * plus a cash refund: a payment on the credit note. */
 static void test_credit_note_refund_of_paid_invoice(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char number[32], path[256], inv_id[64], contact_id[64], cn[64], body[1024];
     json_t *el;
     (void)state;
@@ -951,19 +849,19 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
     snprintf(inv_id, sizeof(inv_id), "%s", pb_json_str(first(&r, "Invoices"), "InvoiceID"));
     snprintf(contact_id, sizeof(contact_id), "%s",
              pb_json_str(first(&r, "Invoices"), "Contact.ContactID"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(body, sizeof(body),
              "{\"Payments\":[{\"Invoice\":{\"InvoiceID\":\"%s\"},\"Account\":{\"Code\":\"091\"},"
              "\"Amount\":20.00,\"Date\":\"2024-05-02\",\"Reference\":\"PAY-P\"}]}",
              inv_id);
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     make_credit_note(contact_id, "REFUND-P", "7.50", "AUTHORISED", cn, sizeof(cn));
     assert_int_equal(allocate(cn, inv_id, "7.50", &r), 400);
     if (!strstr(r.body, "The invoice you are trying to allocate to has already been paid off"))
         fail_msg("%s", r.body);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* a refund larger than the credit: Xero's payment message */
     snprintf(body, sizeof(body),
@@ -972,7 +870,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
              cn);
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 400);
     assert_non_null(strstr(r.body, "Payment amount exceeds the amount outstanding"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* not both an invoice and a credit note */
     snprintf(body, sizeof(body),
              "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Invoice\":{\"InvoiceID\""
@@ -980,7 +878,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
              cn, inv_id);
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 400);
     assert_non_null(strstr(r.body, "not both"));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     snprintf(body, sizeof(body),
              "{\"Payments\":[{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":"
@@ -993,7 +891,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
     assert_null(json_object_get(el, "Invoice"));
     assert_int_equal(minor_of(el, "Amount"), 750);
     assert_int_equal(minor_of(json_object_get(el, "CreditNote"), "RemainingCredit"), 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
     assert_int_equal(api("GET", path, NULL, &r), 200);
@@ -1002,25 +900,25 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
     assert_int_equal(minor_of(el, "RemainingCredit"), 0);
     assert_int_equal(json_array_size(json_object_get(el, "Payments")), 1);
     assert_non_null(json_object_get(el, "FullyPaidOnDate"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     /* the invoice stays PAID and untouched */
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", inv_id);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_string_equal(pb_json_str(first(&r, "Invoices"), "Status"), "PAID");
     assert_int_equal(minor_of(first(&r, "Invoices"), "AmountPaid"), 2000);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* found by Reference and by credit note; the invoice's payment is not */
     assert_int_equal(api("GET", "/api.xro/2.0/Payments?where=Reference%3D%3D%22RF-1%22", NULL,
                          &r),
                      200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path),
              "/api.xro/2.0/Payments?where=CreditNote.CreditNoteID%%3D%%3Dguid(%%22%s%%22)", cn);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "Payments")), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* a paid-off credit note takes no more refunds and cannot be voided */
     snprintf(body, sizeof(body),
@@ -1029,7 +927,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
              cn);
     assert_int_equal(api("POST", "/api.xro/2.0/Payments", body, &r), 400);
     assert_non_null(strstr(r.body, "Credit Note not of valid status for creation of a payment"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
     assert_int_equal(api("POST", path,
                          "{\"CreditNotes\":[{\"CreditNoteID\":\"ignored-by-path\",\"Status\":"
@@ -1037,7 +935,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
                          &r),
                      400);
     assert_non_null(strstr(r.body, "Credit Note status cannot be changed from PAID to VOIDED"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "payments"), 2);
     assert_int_equal(stat_of(open_port, "allocations"), 0);
 }
@@ -1046,7 +944,7 @@ static void test_credit_note_refund_of_paid_invoice(void **state)
  * type and account checks; paging. */
 static void test_credit_note_lifecycle(void **state)
 {
-    struct reply a, b;
+    struct pbt_reply a, b;
     char path[256], cn[64], contact_id[64], number[32], inv_id[64];
     const char *body = "{\"CreditNotes\":[{\"Type\":\"ACCRECCREDIT\",\"Contact\":{\"Name\":"
                        "\"Refunded Ltd\"},\"Reference\":\"CB-1\",\"LineItems\":[{\"Description\""
@@ -1065,8 +963,8 @@ static void test_credit_note_lifecycle(void **state)
     snprintf(cn, sizeof(cn), "%s", pb_json_str(first(&a, "CreditNotes"), "CreditNoteID"));
     snprintf(contact_id, sizeof(contact_id), "%s",
              pb_json_str(first(&a, "CreditNotes"), "Contact.ContactID"));
-    reply_free(&a);
-    reply_free(&b);
+    pbt_reply_free(&a);
+    pbt_reply_free(&b);
     assert_int_equal(stat_of(open_port, "credit_notes"), 1);
     assert_int_equal(stat_of(open_port, "idempotent_replays"), 1);
     assert_int_equal(stat_of(open_port, "duplicate_credit_note_references"), 0);
@@ -1077,38 +975,38 @@ static void test_credit_note_lifecycle(void **state)
     get_member(path, "Invoices", "InvoiceID", inv_id, sizeof(inv_id));
     assert_int_equal(allocate(cn, inv_id, "1", &a), 400);
     assert_non_null(strstr(a.body, "AUTHORISED"));
-    reply_free(&a);
+    pbt_reply_free(&a);
 
     snprintf(path, sizeof(path), "/api.xro/2.0/CreditNotes/%s", cn);
     assert_int_equal(api("POST", path, "{\"CreditNotes\":[{\"Status\":\"AUTHORISED\"}]}", &a),
                      200);
     assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Status"), "AUTHORISED");
     assert_int_equal(minor_of(first(&a, "CreditNotes"), "RemainingCredit"), 1234);
-    reply_free(&a);
+    pbt_reply_free(&a);
     /* VOIDED, as when a chargeback is won; found by status; takes no refund */
     assert_int_equal(api("POST", path,
                          "{\"CreditNotes\":[{\"CreditNoteID\":\"x\",\"Status\":\"VOIDED\"}]}", &a),
                      200);
     assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Status"), "VOIDED");
     assert_int_equal(minor_of(first(&a, "CreditNotes"), "Total"), 1234);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes?where=Status%3D%3D%22VOIDED%22&page=1",
                          NULL, &a),
                      200);
     assert_int_equal(json_array_size(json_object_get(a.json, "CreditNotes")), 1);
     assert_int_equal(json_integer_value(pb_json_path(a.json, "pagination.itemCount")), 1);
-    reply_free(&a);
+    pbt_reply_free(&a);
     snprintf(path, sizeof(path),
              "{\"CreditNote\":{\"CreditNoteID\":\"%s\"},\"Account\":{\"Code\":\"090\"},"
              "\"Amount\":1}",
              cn);
     assert_int_equal(api("POST", "/api.xro/2.0/Payments", path, &a), 400);
     assert_non_null(strstr(a.body, "not of valid status"));
-    reply_free(&a);
+    pbt_reply_free(&a);
 
     /* without the key the same body is a second note, and the stats say so */
     assert_int_equal(api("PUT", "/api.xro/2.0/CreditNotes", body, &a), 200);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(stat_of(open_port, "duplicate_credit_note_references"), 1);
 
     /* an invoice type, a bad account, an unknown id: refused */
@@ -1125,25 +1023,25 @@ static void test_credit_note_lifecycle(void **state)
     assert_non_null(strstr(a.body, "Account code '999' is not a valid code for this document."));
     assert_non_null(strstr(a.body, "Credit Note with CreditNoteID 11111111-1111-4111-8111-"
                                    "111111111111 could not be found."));
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(stat_of(open_port, "credit_notes"), 2);
     /* credit notes are not invoices */
     assert_int_equal(api("GET", "/api.xro/2.0/Invoices", NULL, &a), 200);
     assert_int_equal(json_array_size(json_object_get(a.json, "Invoices")), 1);
-    reply_free(&a);
+    pbt_reply_free(&a);
     snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", cn);
     assert_int_equal(api("GET", path, NULL, &a), 404);
-    reply_free(&a);
+    pbt_reply_free(&a);
     assert_int_equal(api("GET", "/api.xro/2.0/CreditNotes/CN-0002", NULL, &a), 200);
     assert_string_equal(pb_json_str(first(&a, "CreditNotes"), "Reference"), "CB-1");
-    reply_free(&a);
+    pbt_reply_free(&a);
     (void)contact_id;
 }
 
 /* ---- reconciliation: dates in where, deleted payments, bank transactions, journals ---- */
 
 /* GET `resource` with `where` (escaped here) and an optional page. */
-static long get_where(const char *resource, const char *where, int page, struct reply *r)
+static long get_where(const char *resource, const char *where, int page, struct pbt_reply *r)
 {
     CURL *c = curl_easy_init();
     char *esc = curl_easy_escape(c, where, 0), path[1024];
@@ -1157,7 +1055,7 @@ static long get_where(const char *resource, const char *where, int page, struct 
     return st;
 }
 
-static size_t count_of(const struct reply *r, const char *key)
+static size_t count_of(const struct pbt_reply *r, const char *key)
 {
     return json_array_size(json_object_get(r->json, key));
 }
@@ -1166,7 +1064,7 @@ static size_t count_of(const struct reply *r, const char *key)
  * in two pages; a deleted payment stays listed, and its invoice owes again. */
 static void test_payments_where_date_and_paging(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     char number[32], *body = malloc(64 * 1024), pid[64];
     size_t o = 0;
     static const char *const days[] = {"2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22",
@@ -1189,7 +1087,7 @@ static void test_payments_where_date_and_paging(void **state)
     snprintf(body + o, 64 * 1024 - o, "]}");
     assert_int_equal(api("PUT", "/api.xro/2.0/Payments", body, &r), 200);
     assert_int_equal(count_of(&r, "Payments"), 130);
-    reply_free(&r);
+    pbt_reply_free(&r);
     free(body);
 
     assert_int_equal(get_where("Payments",
@@ -1201,23 +1099,23 @@ static void test_payments_where_date_and_paging(void **state)
     assert_int_equal(json_integer_value(pb_json_path(r.json, "pagination.pageCount")), 2);
     assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "Date")),
                         "/Date(1795132800000+0000)/"); /* 2026-11-20 */
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("Payments",
                                "Date >= DateTime(2026,11,20) && Date <= DateTime(2026,11,22)", 2,
                                &r),
                      200);
     assert_int_equal(count_of(&r, "Payments"), 10);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("Payments", "Date < DateTime(2026, 11, 20, 0, 0, 0)", 0, &r), 200);
     assert_int_equal(count_of(&r, "Payments"), 10);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("Payments", "Date > \"2026-11-22\" AND Reference==\"P-130\"", 0,
                                &r),
                      200);
     assert_int_equal(count_of(&r, "Payments"), 1);
     snprintf(pid, sizeof(pid), "%s",
              json_string_value(json_object_get(first(&r, "Payments"), "PaymentID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* delete it: listed as DELETED, the invoice owes 1.00 more */
     {
@@ -1226,32 +1124,32 @@ static void test_payments_where_date_and_paging(void **state)
         assert_int_equal(api("POST", path, "{\"Status\":\"DELETED\"}", &r), 200);
         assert_string_equal(json_string_value(json_object_get(first(&r, "Payments"), "Status")),
                             "DELETED");
-        reply_free(&r);
+        pbt_reply_free(&r);
         assert_int_equal(api("POST", path, "{\"Status\":\"DELETED\"}", &r), 400);
         assert_non_null(strstr(r.body, "already been deleted"));
-        reply_free(&r);
+        pbt_reply_free(&r);
     }
     assert_int_equal(get_where("Payments", "Date >= DateTime(2026,11,23) && Status==\"DELETED\"",
                                0, &r),
                      200);
     assert_int_equal(count_of(&r, "Payments"), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     {
         char path[96];
         snprintf(path, sizeof(path), "/api.xro/2.0/Invoices/%s", number);
         assert_int_equal(api("GET", path, NULL, &r), 200);
         assert_int_equal(minor_of(first(&r, "Invoices"), "AmountDue"), 100000 - 12900);
         assert_int_equal(json_array_size(json_object_get(first(&r, "Invoices"), "Payments")), 129);
-        reply_free(&r);
+        pbt_reply_free(&r);
     }
     /* a date compared with text, text with a date: 400 in Xero's exception */
     assert_int_equal(get_where("Payments", "Date >= \"soon\"", 0, &r), 400);
     assert_non_null(strstr(r.body, "QueryParseException"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("Payments", "Reference > DateTime(2026,11,20)", 0, &r), 400);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("Payments", "Date >= DateTime(2026,13,1)", 0, &r), 400);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static const char JOURNAL_OK[] =
@@ -1264,7 +1162,7 @@ static const char JOURNAL_OK[] =
 /* Xero's words for a refused journal, from a 400 ValidationException. */
 static void expect_journal_refused(const char *body, const char *words)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *errs;
     assert_int_equal(api("PUT", "/api.xro/2.0/ManualJournals", body, &r), 400);
     assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
@@ -1273,12 +1171,12 @@ static void expect_journal_refused(const char *body, const char *words)
     assert_true(json_array_size(errs) >= 1);
     if (!strstr(r.body, words))
         fail_msg("expected \"%s\" in %s", words, r.body);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_manual_journals(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *mj, *lines;
     char id[64], path[128];
     (void)state;
@@ -1296,7 +1194,7 @@ static void test_manual_journals(void **state)
                         "260");
     assert_non_null(strstr(r.body, "\"LineAmount\":-102.35")); /* exact on the wire */
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(mj, "ManualJournalID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     expect_journal_refused(
         "{\"ManualJournals\":[{\"Narration\":\"x\",\"JournalLines\":["
@@ -1331,7 +1229,7 @@ static void test_manual_journals(void **state)
     assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
                                                           "StatusAttributeString")),
                         "ERROR");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "manual_journals"), 1);
 
     assert_int_equal(get_where("ManualJournals", "Narration.Contains(\"[paybridge PB-opayo-7]\")",
@@ -1341,28 +1239,28 @@ static void test_manual_journals(void **state)
     assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
                                                           "ManualJournalID")),
                         id);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("ManualJournals", "Narration.Contains(\"[paybridge PB-opayo-70]\")",
                                1, &r),
                      200);
     assert_int_equal(count_of(&r, "ManualJournals"), 0);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("ManualJournals", "Narration.StartsWith(\"opayo batch\") && "
                                "Date == DateTime(2026,11,21)", 0, &r),
                      200);
     assert_int_equal(count_of(&r, "ManualJournals"), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/ManualJournals/%s", id);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "ManualJournals"),
                                                           "Narration")),
                         "Opayo batch 7 [paybridge PB-opayo-7]");
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static void test_bank_transactions(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *bt;
     char id[64], path[128];
     (void)state;
@@ -1385,7 +1283,7 @@ static void test_bank_transactions(void **state)
     assert_int_equal(minor_of(bt, "Total"), 2011);
     assert_string_equal(json_string_value(pb_json_path(bt, "Contact.Name")), "Walk-in");
     snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(bt, "BankTransactionID")));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "contacts"), 1); /* Walk-in created once */
 
     /* not a bank account; an unknown line account */
@@ -1397,7 +1295,7 @@ static void test_bank_transactions(void **state)
                          &r),
                      400);
     assert_non_null(strstr(r.body, "Account code '200' is not a bank account"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "bank_transactions"), 2);
 
     assert_int_equal(get_where("BankTransactions",
@@ -1405,7 +1303,7 @@ static void test_bank_transactions(void **state)
                      200);
     assert_int_equal(count_of(&r, "BankTransactions"), 1);
     assert_int_equal(minor_of(first(&r, "BankTransactions"), "Total"), 500);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     snprintf(path, sizeof(path), "/api.xro/2.0/BankTransactions/%s", id);
     assert_int_equal(api("POST", path, "{\"BankTransactions\":[{\"Status\":\"DELETED\"}]}", &r),
@@ -1413,18 +1311,18 @@ static void test_bank_transactions(void **state)
     assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransactions"),
                                                           "Status")),
                         "DELETED");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("POST", path, "{\"Reference\":\"changed\",\"Status\":\"DELETED\"}", &r),
                      400);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransactions"),
                                                           "Status")),
                         "DELETED");
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("BankTransactions", "Status==\"AUTHORISED\"", 0, &r), 200);
     assert_int_equal(count_of(&r, "BankTransactions"), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 static const char TRANSFER_OK[] =
@@ -1434,13 +1332,13 @@ static const char TRANSFER_OK[] =
 /* One element of a 400 ValidationException carries `words`. */
 static void expect_refused(const char *path, const char *body, const char *words)
 {
-    struct reply r;
+    struct pbt_reply r;
     assert_int_equal(api("PUT", path, body, &r), 400);
     assert_string_equal(json_string_value(json_object_get(r.json, "Type")),
                         "ValidationException");
     if (!strstr(r.body, words))
         fail_msg("expected \"%s\" in %s", words, r.body);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 /* A transfer between two BANK accounts, its two legs listed as bank
@@ -1449,7 +1347,7 @@ static void expect_refused(const char *path, const char *body, const char *words
  * a bank account on a bank transaction's line. */
 static void test_bank_transfers(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     json_t *tr, *leg;
     char id[64], from_txn[64], path[128];
     (void)state;
@@ -1466,7 +1364,7 @@ static void test_bank_transfers(void **state)
     snprintf(from_txn, sizeof(from_txn), "%s",
              json_string_value(json_object_get(tr, "FromBankTransactionID")));
     assert_int_equal(strlen(id), 36);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "bank_transfers"), 1);
     assert_int_equal(stat_of(open_port, "bank_transactions"), 0); /* legs are not counted */
 
@@ -1480,35 +1378,35 @@ static void test_bank_transfers(void **state)
                         "[paybridge PB-7]");
     assert_int_equal(minor_of(leg, "Total"), 10000);
     assert_null(json_object_get(leg, "Contact"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("BankTransactions", "Type==\"RECEIVE-TRANSFER\"", 0, &r), 200);
     assert_int_equal(count_of(&r, "BankTransactions"), 1);
     assert_string_equal(json_string_value(pb_json_path(first(&r, "BankTransactions"),
                                                        "BankAccount.Code")),
                         "090");
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* found by its Reference; "PB-70" finds nothing; by id */
     assert_int_equal(get_where("BankTransfers", "Reference.StartsWith(\"[paybridge PB-7]\")", 0,
                                &r),
                      200);
     assert_int_equal(count_of(&r, "BankTransfers"), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("BankTransfers", "Reference==\"[paybridge PB-70]\"", 1, &r), 200);
     assert_int_equal(count_of(&r, "BankTransfers"), 0);
     assert_non_null(json_object_get(r.json, "pagination"));
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("BankTransfers", "Date == DateTime(2026,11,21) && "
                                "FromBankAccount.Code==\"091\"", 0, &r),
                      200);
     assert_int_equal(count_of(&r, "BankTransfers"), 1);
-    reply_free(&r);
+    pbt_reply_free(&r);
     snprintf(path, sizeof(path), "/api.xro/2.0/BankTransfers/%s", id);
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(first(&r, "BankTransfers"),
                                                           "BankTransferID")),
                         id);
-    reply_free(&r);
+    pbt_reply_free(&r);
 
     /* refusals */
     expect_refused("/api.xro/2.0/BankTransfers",
@@ -1540,19 +1438,19 @@ static void test_bank_transfers(void **state)
  * it commits or (after_commit) after; other calls and later ones go through. */
 static void test_fail_next(void **state)
 {
-    struct reply r;
+    struct pbt_reply r;
     (void)state;
     assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
                           "{\"method\":\"PUT\",\"path\":\"/api.xro/2.0/BankTransfers\"}", &r),
                      200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(get_where("BankTransfers", "Reference==\"x\"", 0, &r), 200); /* a GET */
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 503);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "bank_transfers"), 0);
     assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "bank_transfers"), 1);
     /* after_commit: the transfer is made, the reply lost */
     assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
@@ -1560,14 +1458,14 @@ static void test_fail_next(void **state)
                           "\"status\":500,\"after_commit\":true}",
                           &r),
                      200);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(api("PUT", "/api.xro/2.0/BankTransfers", TRANSFER_OK, &r), 500);
-    reply_free(&r);
+    pbt_reply_free(&r);
     assert_int_equal(stat_of(open_port, "bank_transfers"), 2);
     assert_int_equal(http(open_port, "POST", "/_sandbox/fail_next", NULL, NULL,
                           "{\"method\":\"PUT\",\"status\":200}", &r),
                      400);
-    reply_free(&r);
+    pbt_reply_free(&r);
 }
 
 int main(void)

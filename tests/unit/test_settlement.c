@@ -49,16 +49,11 @@
 #include "sandbox.h"
 #include "connectors/paytrace/paytrace.h"
 #include "connectors/connector.h"
+#include "pbtest.h"
 
 extern const struct pb_connector_type pb_connector_opayo;
 
 /* ---- helpers ------------------------------------------------------------------------ */
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
 
 static void dump_bad(const struct pb_settlement_set *set)
 {
@@ -748,23 +743,10 @@ static void emu_stop(struct emu *e)
 /* POST a JSON body to the emulator; returns the reply (caller frees). */
 static json_t *emu_post(struct emu *e, const char *path, const char *body)
 {
-    char url[160];
-    struct pb_http_call call = {0};
-    struct pb_err err = {0};
     json_t *reply;
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", e->port, path);
-    call.method = "POST";
-    call.url = url;
-    call.body = body;
-    call.body_len = strlen(body);
-    call.headers[0] = "Content-Type: application/json";
-    if (pb_http_perform(e->http, &call, &err))
-        fail_msg("POST %s: %s", path, err.msg);
-    reply = json_loads(call.response, 0, NULL);
-    pb_http_call_reset(&call);
+    pbt_admin(e->port, "POST", path, body, &reply);
     return reply;
 }
-
 static struct pb_connection *report_connection(const char *url, const char *password)
 {
     struct pb_connection *c = calloc(1, sizeof *c);
@@ -776,13 +758,6 @@ static struct pb_connection *report_connection(const char *url, const char *pass
     c->secrets =
         json_pack("{s:s,s:s}", "report_user", "sandbox-report", "report_password", password);
     return c;
-}
-
-static void connection_free(struct pb_connection *c)
-{
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
 }
 
 static void test_opayo_report_against_emulator(void **state)
@@ -860,7 +835,7 @@ static void test_opayo_report_against_emulator(void **state)
     assert_int_equal(line_by_ref(set, "T6")->batch, PB_SETTLEMENT_NO_BATCH);
     assert_int_equal(batch_by_id(set, "opayo", "100001")->line_count, 4); /* across pages */
     pb_settlement_set_free(set);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a wrong password: 0010, permanent, and the message says what to check */
     c = report_connection(e.url, "wrong");
@@ -872,7 +847,7 @@ static void test_opayo_report_against_emulator(void **state)
     assert_contains(err.msg, "secrets.report_password");
     assert_contains(err.msg, "retrying cannot help");
     assert_int_equal(pb_settlement_batch_count(set), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* no report_url: a config error naming the key */
     c = report_connection(e.url, "x");
@@ -881,7 +856,7 @@ static void test_opayo_report_against_emulator(void **state)
         pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err),
         PB_ERR_CONFIG);
     assert_contains(err.msg, "settings.report_url");
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* the server gone: transient */
     pb_httpd_stop(e.httpd);
@@ -890,7 +865,7 @@ static void test_opayo_report_against_emulator(void **state)
     assert_int_equal(
         pb_settlement_opayo_fetch_batches(c, &ctx, day(2026, 11, 21), day(2026, 11, 21), set, &err),
         PB_ERR_TRANSIENT);
-    connection_free(c);
+    pbt_connection_free(c);
     pb_settlement_set_free(set);
     json_decref(ctx.trace);
     emu_stop(&e);
@@ -963,17 +938,6 @@ static enum pb_rc read_one(void *arg, const char *name, const char *data, size_t
     return pb_settlement_parse_csv(d->set, d->map, name, data, len, err);
 }
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[512];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void test_dir_reads_new_files_once(void **state)
 {
     char dir[] = "/tmp/pb-settlement-dir-XXXXXX";
@@ -984,17 +948,17 @@ static void test_dir_reads_new_files_once(void **state)
     char cmd[600];
     (void)state;
 
-    assert_non_null(mkdtemp(dir));
+    pbt_tempdir(dir);
     d.set = pb_settlement_set_new();
     d.map = csv_map(CSV_MAP);
-    write_file(dir, "a.csv",
+    pbt_write_file_in(dir, "a.csv",
                "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
                "B1,T1,O1,1.00,0,GBP,SALE,2026-11-20\n");
-    write_file(dir, "b.csv",
+    pbt_write_file_in(dir, "b.csv",
                "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
                "B2,T2,O2,2.00,0,GBP,SALE,2026-11-20\n");
-    write_file(dir, "notes.txt", "not a report");
-    write_file(dir, "broken.csv", "Batch,Nope\nB9,1\n"); /* a header without the columns */
+    pbt_write_file_in(dir, "notes.txt", "not a report");
+    pbt_write_file_in(dir, "broken.csv", "Batch,Nope\nB9,1\n"); /* a header without the columns */
 
     assert_int_equal(pb_settlement_dir_read_new(dir, &opt, read_one, &d, &n, &err),
                      PB_ERR_INVALID); /* broken.csv's error, after the others were read */
@@ -1011,11 +975,11 @@ static void test_dir_reads_new_files_once(void **state)
 
     /* a new file and a fixed one are read; a.csv rewritten (new size) is read again, and its
      * batch, already loaded, is a duplicate rather than double money */
-    write_file(dir, "broken.csv", "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n");
-    write_file(dir, "c.csv",
+    pbt_write_file_in(dir, "broken.csv", "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n");
+    pbt_write_file_in(dir, "c.csv",
                "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
                "B3,T3,O3,3.00,0,GBP,SALE,2026-11-21\n");
-    write_file(dir, "a.csv",
+    pbt_write_file_in(dir, "a.csv",
                "Batch,Transaction ID,Order,Amount,Fee,Currency,Type,Date\n"
                "B1,T1,O1,1.00,0,GBP,SALE,2026-11-20\n\n");
     d.calls = 0;
@@ -1203,13 +1167,6 @@ static void read_report_files(const char *dir, const char *gateway, struct pb_se
     pb_settlement_csv_map_free(d.map);
 }
 
-static void remove_dir(const char *dir)
-{
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
 /* Pi retrieve shapes with the sandbox extensions a settle reads: a Deferred released for less
  * than authorised (a partial capture), one never released, a voided Payment. */
 static const char OPAYO_TRAFFIC[] =
@@ -1254,7 +1211,7 @@ static void test_opayo_slot_files_chargebacks_partial_captures(void **state)
     const struct pb_settlement_line *l;
     (void)state;
 
-    assert_non_null(mkdtemp(dir));
+    pbt_tempdir(dir);
     assert_true(pb_connector_opayo.caps & PB_CAP_SETTLEMENT);
     assert_non_null(pb_connector_opayo.settlement);
     emu_start(&e);
@@ -1357,9 +1314,9 @@ static void test_opayo_slot_files_chargebacks_partial_captures(void **state)
 
     pb_settlement_set_free(api);
     pb_settlement_set_free(files);
-    connection_free(c);
+    pbt_connection_free(c);
     emu_stop(&e);
-    remove_dir(dir);
+    pbt_remove_tree(dir);
 }
 
 /* The same traffic and the same settle request seed the same anomalies. */
@@ -1420,7 +1377,7 @@ static void test_paytrace_slot_anomalies_and_files(void **state)
     struct pb_http_call call = {0};
     (void)state;
 
-    assert_non_null(mkdtemp(dir));
+    pbt_tempdir(dir);
     assert_true(pb_connector_paytrace.caps & PB_CAP_SETTLEMENT);
     if (pb_sandbox_start(cfg, &sb, &err))
         fail_msg("sandbox: %s", err.msg);
@@ -1531,7 +1488,7 @@ static void test_paytrace_slot_anomalies_and_files(void **state)
     pb_settlement_set_free(by_range);
     pb_settlement_set_free(files);
     pb_sandbox_stop(sb);
-    remove_dir(dir);
+    pbt_remove_tree(dir);
 }
 
 /* Bad data in the emulators' report layout: each class reported with its line and reason,

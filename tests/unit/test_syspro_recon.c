@@ -36,132 +36,47 @@
 #include "connectors/settlement/settlement.h"
 #include "connectors/syspro/syspro_internal.h"
 #include "net/http_client.h"
+#include "pbtest.h"
 #include "sandbox.h"
 
 extern const struct pb_connector_type pb_connector_syspro;
 
-static struct {
-    struct pb_sandbox *sb;
-    int port;
-    struct pb_http_client *http;
-} sx;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
+static struct pbt_env sx;
 
 /* ---- the emulator's admin routes ------------------------------------------------------- */
 
-struct buf {
-    char *data;
-    size_t len;
-};
-
-static size_t collect(char *p, size_t size, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    char *grown = realloc(b->data, b->len + size * n + 1);
-    if (!grown)
-        return 0;
-    b->data = grown;
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
-
 static long admin(const char *method, const char *path, const char *body, json_t **out)
 {
-    CURL *c = curl_easy_init();
-    struct buf b = {0};
-    char url[256];
-    long status = 0;
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", sx.port, path);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (out)
-        *out = b.data ? json_loads(b.data, 0, NULL) : NULL;
-    free(b.data);
-    curl_easy_cleanup(c);
-    return status;
+    return pbt_admin(sx.port, method, path, body, out);
 }
 
 static long long stat_of(const char *key)
 {
-    json_t *s;
-    long long v;
-    assert_int_equal(admin("GET", "/_sandbox/stats", NULL, &s), 200);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
 
 static void faults(const char *json)
 {
-    struct pb_err err = {0};
-    json_t *f = json_loads(json, 0, NULL);
-    assert_non_null(f);
-    if (pb_sandbox_set_faults(sx.sb, "syspro", f, &err))
-        fail_msg("faults: %s", err.msg);
-    json_decref(f);
+    pbt_faults(sx.sb, "syspro", json);
 }
 
 /* ---- connections and calls ----------------------------------------------------------------- */
 
 static struct pb_connection *connection_with(json_t *extra)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    struct pb_err err = {0};
     char base[128];
-    snprintf(base, sizeof base, "http://127.0.0.1:%d/SYSPROWCFService/Rest", sx.port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_syspro;
-    snprintf(c->name, sizeof c->name, "syspro-recon");
-    c->settings =
-        json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url", base, "company_id", "EDU1", "operator",
-                  "ADMIN", "bank", "BANK1", "currency", "GBP", "timeout_ms", 5000);
-    if (extra) {
-        json_object_update(c->settings, extra);
-        json_decref(extra);
-    }
-    c->secrets = json_pack("{s:s,s:s}", "operator_password", "sandbox-op", "company_password", "");
-    if (c->type->init(c, &err))
-        fail_msg("init: %s", err.msg);
-    return c;
+    return pbt_connection(
+        &pb_connector_syspro, "syspro-recon",
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:i}", "base_url",
+                  pbt_url(base, sizeof base, sx.port, "/SYSPROWCFService/Rest"), "company_id",
+                  "EDU1", "operator", "ADMIN", "bank", "BANK1", "currency", "GBP", "timeout_ms",
+                  5000),
+        extra, json_pack("{s:s,s:s}", "operator_password", "sandbox-op", "company_password", ""));
 }
-
-static void connection_free(struct pb_connection *c)
-{
-    if (c->state)
-        c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    free(c);
-}
-
 static void ctx_init(struct pb_call_ctx *ctx, json_t *trace)
 {
-    memset(ctx, 0, sizeof *ctx);
-    ctx->http = sx.http;
-    ctx->trace = trace;
-    ctx->now = time(NULL);
-    ctx->retry_after_s = -1;
+    *ctx = pbt_ctx(sx.http, trace, time(NULL));
 }
-
 /* Post one document with execute(); returns its erp_id (static buffer). */
 static const char *post(struct pb_connection *c, const char *command, const char *doc,
                         const char *reference)
@@ -267,30 +182,15 @@ static const char *s_of(json_t *o, const char *key)
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
     json_t *settings = json_loads("{\"syspro\":{\"port\":0,\"customers\":[\"0000001\","
                                   "\"0000002\"],\"gl_closed_periods\":[\"2026-01\"]}}",
                                   0, NULL);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_sandbox_start(settings, &sx.sb, &err)) {
-        fprintf(stderr, "sandbox: %s\n", err.msg);
-        json_decref(settings);
-        return -1;
-    }
-    json_decref(settings);
-    sx.port = pb_sandbox_port(sx.sb, "syspro");
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_sandbox(&sx, "syspro", settings);
 }
 
 static int group_teardown(void **state)
 {
-    pb_http_client_free(sx.http);
-    pb_sandbox_stop(sx.sb);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
@@ -378,7 +278,7 @@ static void test_ledger_reads_the_range_with_signs_and_ids(void **state)
     assert_int_equal(stat_of("logons"), 1);
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_ledger_reads_every_page(void **state)
@@ -410,7 +310,7 @@ static void test_ledger_reads_every_page(void **state)
     assert_int_equal(calls_to(trace, "ARSQPY"), 3); /* 2 + 2 + 1 */
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_ledger_of_an_empty_range(void **state)
@@ -422,7 +322,7 @@ static void test_ledger_of_an_empty_range(void **state)
     assert_int_equal(json_array_size(records), 0);
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_post_journal_once(void **state)
@@ -470,7 +370,7 @@ static void test_post_journal_once(void **state)
     assert_int_equal(calls_to(trace, "GENTJL"), 0);
 
     /* a new connection (a new process) finds it too */
-    connection_free(c);
+    pbt_connection_free(c);
     c = connection_with(NULL);
     second[0] = '\0';
     assert_int_equal(journal(c, SETTLEMENT_JOURNAL("PB-opayo-demo-100001", "2026-03-02", "6100"),
@@ -479,7 +379,7 @@ static void test_post_journal_once(void **state)
     assert_string_equal(second, first);
     assert_int_equal(stat_of("gl_journals"), 1);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_reversal_is_a_second_journal(void **state)
@@ -513,7 +413,7 @@ static void test_reversal_is_a_second_journal(void **state)
     assert_string_equal(s_of(json_array_get(lines, 1), "EntryType"), "D");
     json_decref(ledger_json);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_long_narration_is_cut_not_refused(void **state)
@@ -543,7 +443,7 @@ static void test_long_narration_is_cut_not_refused(void **state)
     assert_int_equal(strlen(notation), 510); /* cut between characters */
     json_decref(ledger_json);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_unknown_gl_account_is_permanent(void **state)
@@ -562,7 +462,7 @@ static void test_unknown_gl_account_is_permanent(void **state)
     assert_string_equal(id, "");
     assert_int_equal(stat_of("gl_journals"), 0);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_closed_period_is_permanent(void **state)
@@ -578,7 +478,7 @@ static void test_closed_period_is_permanent(void **state)
     assert_contains(err.msg, "GL period 2026/01 is closed");
     assert_int_equal(stat_of("gl_journals"), 0);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_bad_journals_are_refused_before_sending(void **state)
@@ -616,7 +516,7 @@ static void test_bad_journals_are_refused_before_sending(void **state)
     assert_int_equal(json_array_size(trace), 0); /* nothing went out, not even a logon */
     assert_int_equal(stat_of("gl_journals"), 0);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_unlicensed_query_object_is_permanent(void **state)
@@ -630,7 +530,7 @@ static void test_unlicensed_query_object_is_permanent(void **state)
     assert_contains(err.msg, "not licensed");
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_faults_are_transient_and_post_nothing(void **state)
@@ -665,7 +565,7 @@ static void test_faults_are_transient_and_post_nothing(void **state)
     assert_int_equal(ledger(quick, "2026-03-01", "2026-03-31", records, trace, &err),
                      PB_ERR_TRANSIENT);
     faults("{\"reset\":true}");
-    connection_free(quick);
+    pbt_connection_free(quick);
 
     assert_int_equal(stat_of("gl_journals"), 0);
     /* and once the faults are gone, the same journal goes through once */
@@ -675,7 +575,7 @@ static void test_faults_are_transient_and_post_nothing(void **state)
     assert_int_equal(stat_of("gl_journals"), 1);
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_one_session_for_everything(void **state)
@@ -710,7 +610,7 @@ static void test_one_session_for_everything(void **state)
     assert_int_equal(pb__syspro_state(c)->logons, 2);
     json_decref(records);
     json_decref(trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 int main(void)

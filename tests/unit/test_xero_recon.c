@@ -38,6 +38,7 @@
 #include "core/json.h"
 #include "net/http_client.h"
 #include "net/ratelimit.h"
+#include "pbtest.h"
 #include "sandbox.h"
 
 extern const struct pb_connector_type pb_connector_xero;
@@ -45,117 +46,49 @@ extern const struct pb_connector_type pb_connector_xero;
 #define TENANT "2f9b7d4c-8a1e-4c3b-9f5d-6e0a1b2c3d4e" /* the emulator's default tenant */
 #define DAY_2026_11_20 20777                          /* days since 1970-01-01 */
 
-static struct {
-    struct pb_sandbox *sb;
-    int port;
-    struct pb_http_client *http;
-} sx;
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (!hay || !strstr(hay, needle))
-        fail_msg("expected \"%s\" in: %s", needle, hay ? hay : "(null)");
-}
+static struct pbt_env sx;
 
 /* ---- fixture --------------------------------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
-    struct pb_err err = {0};
-    json_t *settings = json_pack("{s:{s:i,s:b}}", "xero", "port", 0, "limits", 0);
-    (void)state;
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (pb_sandbox_start(settings, &sx.sb, &err)) {
-        fprintf(stderr, "sandbox: %s\n", err.msg);
-        json_decref(settings);
-        return -1;
-    }
-    json_decref(settings);
-    sx.port = pb_sandbox_port(sx.sb, "xero");
-    if (pb_http_client_new(&sx.http, &err)) {
-        fprintf(stderr, "client: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return pbt_env_sandbox(&sx, "xero", json_pack("{s:{s:i,s:b}}", "xero", "port", 0, "limits", 0));
 }
 
 static int group_teardown(void **state)
 {
-    (void)state;
-    pb_http_client_free(sx.http);
-    pb_sandbox_stop(sx.sb);
-    curl_global_cleanup();
+    pbt_env_stop(&sx);
     return 0;
 }
 
 static void set_faults(const char *json)
 {
-    struct pb_err err = {0};
-    json_t *faults = json_loads(json, 0, NULL);
-    assert_non_null(faults);
-    assert_int_equal(pb_sandbox_set_faults(sx.sb, "xero", faults, &err), PB_OK);
-    json_decref(faults);
+    pbt_faults(sx.sb, "xero", json);
 }
 
 static struct pb_connection *connection_with(json_t *extra)
 {
-    struct pb_connection *c = calloc(1, sizeof *c);
-    struct pb_err err = {0};
     char api[96], token[96];
-    assert_non_null(c);
-    snprintf(api, sizeof api, "http://127.0.0.1:%d/api.xro/2.0", sx.port);
-    snprintf(token, sizeof token, "http://127.0.0.1:%d/connect/token", sx.port);
-    c->magic = PB_CONNECTION_MAGIC;
-    c->type = &pb_connector_xero;
-    snprintf(c->name, sizeof c->name, "xero-recon");
-    c->settings =
-        json_pack("{s:s,s:s,s:s}", "api_base", api, "token_url", token, "tenant_id", TENANT);
-    if (extra) {
-        json_object_update(c->settings, extra);
-        json_decref(extra);
-    }
-    c->secrets =
-        json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret", "sandbox-secret");
-    if (c->type->init(c, &err) != PB_OK)
-        fail_msg("init: %s", err.msg);
-    return c;
+    return pbt_connection(
+        &pb_connector_xero, "xero-recon",
+        json_pack("{s:s,s:s,s:s}", "api_base", pbt_url(api, sizeof api, sx.port, "/api.xro/2.0"),
+                  "token_url", pbt_url(token, sizeof token, sx.port, "/connect/token"),
+                  "tenant_id", TENANT),
+        extra,
+        json_pack("{s:s,s:s}", "client_id", "sandbox-client", "client_secret", "sandbox-secret"));
 }
-
-static void connection_free(struct pb_connection *c)
-{
-    c->type->destroy(c);
-    json_decref(c->settings);
-    json_decref(c->secrets);
-    pb_ratelimit_free(c->limiter);
-    free(c);
-}
-
 static int test_setup(void **state)
 {
-    struct pb_http_call call = {0};
-    struct pb_err err = {0};
-    char url[96];
-    (void)state;
     set_faults("{\"reset\":true}");
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/_sandbox/reset", sx.port);
-    call.method = "POST";
-    call.url = url;
-    call.body = "{}";
-    call.body_len = 2;
-    call.timeout_ms = 10000;
-    if (pb_http_perform(sx.http, &call, &err) != PB_OK || call.status != 200)
-        return -1;
-    pb_http_call_reset(&call);
-    return 0;
+    return pbt_admin(sx.port, "POST", "/_sandbox/reset", "{}", NULL) == 200 ? 0 : -1;
 }
-
 /* ---- API access through the connector ----------------------------------------------------------
  */
 
 static json_t *api(struct pb_connection *c, const char *method, const char *path, const char *body,
                    long expect)
 {
-    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, NULL, time(NULL));
     struct xero_request rq = {method, path, body, NULL};
     struct pb_http_call call;
     struct pb_err err = {0};
@@ -171,26 +104,8 @@ static json_t *api(struct pb_connection *c, const char *method, const char *path
 
 static long long stat_of(struct pb_connection *c, const char *key)
 {
-    struct pb_http_call call = {0};
-    struct pb_err err = {0};
-    char url[96];
-    json_t *s;
-    long long v;
-    (void)c;
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/_sandbox/stats", sx.port);
-    call.method = "GET";
-    call.url = url;
-    call.timeout_ms = 10000;
-    assert_int_equal(pb_http_perform(sx.http, &call, &err), PB_OK);
-    s = json_loadb(call.response, call.response_len, 0, NULL);
-    pb_http_call_reset(&call);
-    if (!json_is_integer(json_object_get(s, key)))
-        fail_msg("stats has no integer \"%s\"", key);
-    v = json_integer_value(json_object_get(s, key));
-    json_decref(s);
-    return v;
+    return pbt_stat(sx.port, key);
 }
-
 /* A JSON text builder for the bulk bodies. */
 struct text {
     char *p;
@@ -392,13 +307,13 @@ static void test_ledger_payments_refunds_pages(void **state)
     assert_int_equal(page2, 1);
     json_decref(records);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_ledger_server_error_is_transient(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
-    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, NULL, time(NULL));
     json_t *records = json_array();
     struct pb_err err = {0};
     (void)state;
@@ -409,7 +324,7 @@ static void test_ledger_server_error_is_transient(void **state)
     assert_int_equal(json_array_size(records), 0);
     set_faults("{\"reset\":true}");
     json_decref(records);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* ---- post_journal
@@ -596,7 +511,7 @@ static void test_post_journal_settlement_once(void **state)
     json_decref(rev);
     json_decref(j);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* The second part fails: the first stays posted and a retry posts only the
@@ -640,7 +555,7 @@ static void test_post_journal_retry_after_part_failed(void **state)
     assert_int_equal(stat_of(c, "manual_journals"), 0);
     json_decref(j);
     json_decref(ctx.trace);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 /* An auto-adjustment (Dr clearing d, Cr Other Revenue d) is one RECEIVE into
@@ -649,7 +564,7 @@ static void test_post_journal_retry_after_part_failed(void **state)
 static void test_post_journal_adjustment_and_manual(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
-    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, NULL, time(NULL));
     json_t *j = two_line_journal("PB-adj-1", "091", "260", 1), *list, *el;
     char id[128], id2[128];
     struct pb_err err = {0};
@@ -701,13 +616,13 @@ static void test_post_journal_adjustment_and_manual(void **state)
     assert_int_equal(stat_of(c, "manual_journals"), 1);
     assert_int_equal(stat_of(c, "bank_transactions"), 2);
     json_decref(j);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_post_journal_refused(void **state)
 {
     struct pb_connection *c = connection_with(NULL);
-    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, NULL, time(NULL));
     json_t *j = batch_journal("PB-bad-account", "GBP", "999", 10000, 235);
     char id[128] = "x";
     struct pb_err err = {0};
@@ -740,7 +655,7 @@ static void test_post_journal_refused(void **state)
     assert_int_equal(stat_of(c, "manual_journals"), 0);
     assert_int_equal(stat_of(c, "bank_transfers"), 0);
     assert_int_equal(stat_of(c, "bank_transactions"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_post_journal_base_currency(void **state)
@@ -756,7 +671,7 @@ static void test_post_journal_base_currency(void **state)
     assert_contains(err.msg, "is in EUR");
     assert_contains(err.msg, "base currency GBP");
     json_decref(j);
-    connection_free(c);
+    pbt_connection_free(c);
     json_decref(ctx.trace);
 
     /* settings.base_currency: refused without a single call */
@@ -769,7 +684,7 @@ static void test_post_journal_base_currency(void **state)
     json_decref(j);
     json_decref(ctx.trace);
     assert_int_equal(stat_of(c, "manual_journals"), 0);
-    connection_free(c);
+    pbt_connection_free(c);
 
     /* a bad setting is named */
     {
@@ -790,7 +705,7 @@ static void test_post_journal_base_currency(void **state)
 static void test_post_journal_lookup_transient(void **state)
 {
     struct pb_connection *c = connection_with(json_pack("{s:s}", "base_currency", "GBP"));
-    struct pb_call_ctx ctx = {sx.http, NULL, time(NULL), -1};
+    struct pb_call_ctx ctx = pbt_ctx(sx.http, NULL, time(NULL));
     json_t *j = batch_journal("PB-retry-1", "GBP", "404", 10000, 235);
     char id[128];
     struct pb_err err = {0};
@@ -824,7 +739,7 @@ static void test_post_journal_lookup_transient(void **state)
     set_faults("{\"reset\":true}");
     assert_int_equal(stat_of(c, "bank_transfers"), 1);
     json_decref(j);
-    connection_free(c);
+    pbt_connection_free(c);
 }
 
 static void test_caps(void **state)
