@@ -771,11 +771,12 @@ static enum pb_rc post_manual(struct pb_connection *c, struct pb_call_ctx *ctx,
                               struct pb_err *err)
 {
     char narration[1200], what[96];
-    json_t *out = json_array(), *mj;
+    json_t *out, *mj;
     enum pb_rc rc;
 
     if ((rc = find_journal(c, ctx, jd, erp_id, erp_id_len, err)) || erp_id[0])
         return rc;
+    out = json_array();
     snprintf(narration, sizeof narration, "%s%s%s", jd->narration, jd->narration[0] ? " " : "",
              jd->mark);
     for (size_t i = 0; out && i < jd->n; i++) {
