@@ -44,6 +44,10 @@ enum pb_reconcile_source { PB_RECONCILE_SOURCE_API = 0, PB_RECONCILE_SOURCE_DIR,
 struct pb_reconcile_conf {
     char erp[64];           /* the ERP connection: ledger read back, journals posted */
     int ledger_from_erp;    /* 1: the ERP's records (default); 0: paybridge's own record */
+    int ledger_all;         /* ledger_scope: 0 "gateway" (default): only the ERP records that
+                               can be tied to this gateway connection (paybridge's xref, or a
+                               gateway reference of their own); 1 "all": every customer receipt
+                               and refund the ERP holds in the window */
     char schedule[64];      /* cron expression, "" = by hand only */
     struct pb_cron cron;
     int date_offset_days;   /* a scheduled run reconciles (today - this), default 1 */

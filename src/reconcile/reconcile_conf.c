@@ -8,6 +8,7 @@
  *   reconcile:
  *     erp: xero-demo                 # the ERP connection
  *     ledger: erp                    # erp | paybridge
+ *     ledger_scope: gateway          # gateway (records tied to this connection) | all
  *     schedule: "0 6 * * *"          # UTC; omitted = by hand only
  *     date_offset_days: 1            # a scheduled run reconciles yesterday
  *     source: api                    # api | dir | sftp
@@ -79,7 +80,7 @@ enum pb_rc pb_reconcile_conf_parse(const json_t *obj, const char *config_path, c
                                    struct pb_reconcile_conf **out, const json_t **bad,
                                    struct pb_err *err)
 {
-    static const char *const keys[] = {"erp", "ledger", "schedule", "date_offset_days", "source",
+    static const char *const keys[] = {"erp", "ledger", "ledger_scope", "schedule", "date_offset_days", "source",
                                        "dir", "url", "known_hosts", "suffix", "columns",
                                        "accounts", "post_journals", "report_dir",
                                        "date_window_days", "settlement_lag_days", "currencies",
@@ -109,7 +110,7 @@ enum pb_rc pb_reconcile_conf_parse(const json_t *obj, const char *config_path, c
         for (const char *const *a = keys; *a; a++)
             ok |= strcmp(*a, k) == 0;
         if (!ok)
-            BAD(v, "reconcile: unknown key \"%s\" (allowed: erp, ledger, schedule, "
+            BAD(v, "reconcile: unknown key \"%s\" (allowed: erp, ledger, ledger_scope, schedule, "
                    "date_offset_days, source, dir, url, known_hosts, suffix, columns, accounts, "
                    "post_journals, report_dir, date_window_days, settlement_lag_days, currencies, "
                    "fx_rates)",
@@ -128,6 +129,16 @@ enum pb_rc pb_reconcile_conf_parse(const json_t *obj, const char *config_path, c
         else
             BAD(v, "reconcile.ledger: \"erp\" (read the ERP's records back) or \"paybridge\" "
                    "(what paybridge posted)");
+    }
+    if ((v = json_object_get(obj, "ledger_scope"))) {
+        s = json_string_value(v);
+        if (s && strcmp(s, "gateway") == 0)
+            c->ledger_all = 0;
+        else if (s && strcmp(s, "all") == 0)
+            c->ledger_all = 1;
+        else
+            BAD(v, "reconcile.ledger_scope: \"gateway\" (only the ERP records tied to this "
+                   "gateway connection) or \"all\" (every receipt and refund in the ERP)");
     }
     if ((v = json_object_get(obj, "schedule"))) {
         struct pb_err e = {0};

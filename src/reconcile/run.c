@@ -57,6 +57,7 @@ struct day {
     struct pb_settlement_set *set;
     struct pb_recon_run *run;
     json_t *records;   /* the ledger side, as added */
+    size_t other_records; /* ERP records of other sources, left out (ledger_scope: gateway) */
     json_t *problems;  /* [{side, source, line, reason}] */
     json_t *detail;
     int64_t run_id;
@@ -351,11 +352,12 @@ static enum pb_rc read_ledger(struct day *d, struct pb_err *err)
         all = posted;
     } else {
         struct pb_connection *e = &d->erp->conn;
-        json_t *by_id = json_object(), *by_ref = json_object();
+        json_t *by_id = json_object(), *by_ref = json_object(), *by_gw = json_object();
         if (!e->type->ledger || !(e->type->caps & PB_CAP_LEDGER)) {
             json_decref(posted);
             json_decref(by_id);
             json_decref(by_ref);
+            json_decref(by_gw);
             return pb_err_set(err, PB_ERR_CONFIG,
                               "the %s connector cannot read its ledger back: set "
                               "reconcile.ledger: paybridge",
@@ -368,6 +370,7 @@ static enum pb_rc read_ledger(struct day *d, struct pb_err *err)
             json_decref(posted);
             json_decref(by_id);
             json_decref(by_ref);
+            json_decref(by_gw);
             return rc;
         }
         /* paybridge's xref names the gateway transaction behind an ERP record */
@@ -375,26 +378,47 @@ static enum pb_rc read_ledger(struct day *d, struct pb_err *err)
         {
             const char *id = json_string_value(json_object_get(r, "record_id"));
             const char *ref = json_string_value(json_object_get(r, "reference"));
+            const char *g = json_string_value(json_object_get(r, "gateway_ref"));
             if (id && *id)
                 json_object_set(by_id, id, r);
             if (ref && *ref)
                 json_object_set(by_ref, ref, r);
+            if (g && *g)
+                json_object_set(by_gw, g, r);
         }
-        json_array_foreach(all, i, r)
         {
-            const char *g = json_string_value(json_object_get(r, "gateway_ref"));
-            const char *id = json_string_value(json_object_get(r, "record_id"));
-            const char *ref = json_string_value(json_object_get(r, "reference"));
-            json_t *p = id ? json_object_get(by_id, id) : NULL;
-            if (!p && ref && *ref)
-                p = json_object_get(by_ref, ref);
-            json_object_set_new(r, "erp", json_string(e->name));
-            if ((!g || !*g) && p)
-                json_object_set(r, "gateway_ref", json_object_get(p, "gateway_ref"));
-            json_object_set_new(r, "posted_by_paybridge", json_boolean(p != NULL));
+            json_t *kept = json_array();
+            json_array_foreach(all, i, r)
+            {
+                const char *g = json_string_value(json_object_get(r, "gateway_ref"));
+                const char *id = json_string_value(json_object_get(r, "record_id"));
+                const char *ref = json_string_value(json_object_get(r, "reference"));
+                json_t *p = id && *id ? json_object_get(by_id, id) : NULL;
+                int by_record = p != NULL;
+                if (!p && ref && *ref)
+                    p = json_object_get(by_ref, ref);
+                if (!p && g && *g)
+                    p = json_object_get(by_gw, g);
+                /* another source's money (a wire, another gateway) is not this
+                 * gateway's to settle: left out unless ledger_scope is all */
+                if (!p && !d->conf->ledger_all) {
+                    d->other_records++;
+                    continue;
+                }
+                json_object_set_new(r, "erp", json_string(e->name));
+                /* the xref row of this very record names its gateway transaction
+                 * best (an ERP refund may carry the original payment's id) */
+                if (p && (by_record || !g || !*g))
+                    json_object_set(r, "gateway_ref", json_object_get(p, "gateway_ref"));
+                json_object_set_new(r, "posted_by_paybridge", json_boolean(p != NULL));
+                json_array_append(kept, r);
+            }
+            json_decref(all);
+            all = kept;
         }
         json_decref(by_id);
         json_decref(by_ref);
+        json_decref(by_gw);
         json_decref(posted);
     }
     if ((rc = pb__rdb_matched_elsewhere(d->db, d->gw->conn.name, d->date, &elsewhere, err))) {
@@ -853,13 +877,14 @@ enum pb_rc pb_reconcile_day(struct pb_config *cfg, struct pb_store *store, struc
     if (d.conf->post_journals)
         post_journals(&d, journals);
     d.detail = json_pack(
-        "{s:s,s:s,s:s,s:i,s:o,s:{s:s,s:o,s:I},s:O,s:O,s:O,s:{s:I,s:I,s:I,s:I}}", "connection",
+        "{s:s,s:s,s:s,s:i,s:o,s:{s:s,s:o,s:I,s:I},s:O,s:O,s:O,s:{s:I,s:I,s:I,s:I}}", "connection",
         connection, "date", d.date, "erp", d.conf->erp, "revision", res->revision, "counts",
         counts_json(&res->summary, n_breaks), "inputs", "source",
         d.conf->source == PB_RECONCILE_SOURCE_API    ? "api"
         : d.conf->source == PB_RECONCILE_SOURCE_DIR ? "dir"
                                                      : "sftp",
-        "batches", batches, "ledger_records", (json_int_t)json_array_size(d.records), "breaks",
+        "batches", batches, "ledger_records", (json_int_t)json_array_size(d.records),
+        "ledger_records_of_other_sources", (json_int_t)d.other_records, "breaks",
         breaks, "problems", d.problems, "journals", journals, "journal_counts", "posted",
         (json_int_t)res->journals_posted, "existing", (json_int_t)res->journals_existing, "held",
         (json_int_t)res->journals_held, "failed", (json_int_t)res->journals_failed);
