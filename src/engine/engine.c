@@ -1101,10 +1101,14 @@ enum pb_rc pb_engine_start(struct pb_config *cfg, const struct pb_engine_options
                 free(wk);
                 break;
             }
-            pthread_create(&e->workers[e->n_workers++], NULL, worker_main, wk);
+            if (pthread_create(&e->workers[e->n_workers], NULL, worker_main, wk) == 0)
+                pthread_setname_np(e->workers[e->n_workers], "pb-worker");
+            e->n_workers++;
         }
-        pthread_create(&e->maintainer, NULL, maintainer_main, e);
-        pthread_create(&e->poller, NULL, poller_main, e);
+        if (pthread_create(&e->maintainer, NULL, maintainer_main, e) == 0)
+            pthread_setname_np(e->maintainer, "pb-maintainer");
+        if (pthread_create(&e->poller, NULL, poller_main, e) == 0)
+            pthread_setname_np(e->poller, "pb-poller");
     }
     memset(&hc, 0, sizeof(hc));
     hc.bind_addr = cfg->listen_addr;
