@@ -55,9 +55,18 @@
  * rebuilt as a jansson tree by walking the template: null leaves are dropped,
  * then objects and arrays of the template that ended up empty.
  *
+ * Mode 4 (pb_mapper_next) walks the steps from $__pb_sel on in one run
+ * (__pb_n<k> -> __pb_s<k> in mode 4 = that step's when as a status: 0 skip,
+ * 1 run, 2 no value / several / an error, inside `try`) and returns [k, status]
+ * of the first step that is not skipped, or [n_steps, 0]: the engine's "which
+ * step is next" costs one evaluation instead of one per step (the payment job
+ * of opayo-xero checked four refund/chargeback whens one by one).
+ *
  * jv and jansson. Events come in as jansson trees and are converted to jv for
  * every call (jv values are not thread-safe to share, so nothing jv-typed is
- * kept in the flow set; each mapper owns jv copies of the flows' vars).
+ * kept in the flow set; each mapper owns jv copies of the flows' vars),
+ * except for events the caller keeps (pb_mapper_keep): their jv and $fx are
+ * made once and reused until pb_mapper_unkeep_all().
  * Results are converted back; a non-integer number (a double) in a document
  * is an error, because it means money or a rate went through jq arithmetic.
  *
