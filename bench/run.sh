@@ -41,7 +41,7 @@ PB=$BUILD/paybridge
 SBX=$BUILD/paybridge-sandbox
 LG=$BUILD/bench/pb_loadgen
 OUT=$BUILD/bench
-FLOW=$ROOT/flows/opayo-xero.yaml
+FLOW=${BENCH_FLOW:-$ROOT/flows/opayo-xero.yaml}
 
 INGEST_CONNECTIONS=${BENCH_INGEST_CONNECTIONS:-64}
 INGEST_REQUESTS=${BENCH_INGEST_REQUESTS:-200000}
