@@ -219,8 +219,18 @@ static int guid_at(const char *t)
 /* See pan.h: pb_pan_scan with GUID-shaped tokens blanked first. */
 size_t pb_pan_scan_payload(const char *body, size_t len, size_t *first_offset)
 {
-    char *scratch = malloc(len + 1);
+    char *scratch;
     size_t found;
+    /* Fast path. Blanking a GUID only turns digits into 'x', and a GUID is
+     * bounded by non-word bytes (never digits), so every digit group of the
+     * blanked text is a group of the raw text, and groups only lose
+     * neighbours: whatever the blanked text holds, the raw text holds too.
+     * Hence when the raw text has no PAN, neither has the payload, and the
+     * copy and the GUID pass (most of the cost) are needed only for the few
+     * bodies whose raw scan finds something. */
+    if (!body || pb_pan_scan(body, len, NULL) == 0)
+        return 0;
+    scratch = malloc(len + 1);
     if (!scratch) /* fail closed: scan the raw text */
         return pb_pan_scan(body, len, first_offset);
     memcpy(scratch, body, len);

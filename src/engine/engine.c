@@ -465,6 +465,9 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     char idbuf[32];
     snprintf(idbuf, sizeof(idbuf), "%lld", (long long)w->job->event_id);
     today(day);
+    /* the event is not changed from here on (until run_batch frees it): the
+     * mapper converts it for jq once, for this step and next_runnable() */
+    pb_mapper_keep(wk->mapper, w->event);
     enum pb_rc rc = pb_mapper_step(wk->mapper, st, w->event, w->refs, idbuf, day, &run,
                                    &w->reference, &w->document, &err);
     if (rc == PB_ERR_MAPPING && strstr(err.msg, "retry later:")) {
@@ -510,19 +513,16 @@ static size_t next_runnable(struct worker *wk, struct work_item *x, size_t from)
     const struct pb_flow *fl = x->flow;
     json_t *refs = x->refs ? json_deep_copy(x->refs) : json_object();
     char idbuf[32], day[11];
-    size_t i;
+    size_t i = fl->n_steps;
+    struct pb_err err = {0};
     if (x->outcome == PB_OUTCOME_DONE && x->erp_id[0] && x->job->step >= 1 && refs)
         json_object_set_new(refs, x->job->step_name, json_string(x->erp_id));
     snprintf(idbuf, sizeof(idbuf), "%lld", (long long)x->job->event_id);
     today(day);
-    for (i = from; i < fl->n_steps; i++) {
-        int run = 0;
-        struct pb_err err = {0};
-        enum pb_rc rc = pb_mapper_when(wk->mapper, &fl->steps[i], x->event, refs, idbuf, day, &run,
-                                       &err);
-        if (rc || run)
-            break;
-    }
+    /* all the whens in one jq evaluation; when that fails, the next step's
+     * own job maps it again and reports the error */
+    if (pb_mapper_next(wk->mapper, fl, from, x->event, refs, idbuf, day, &i, &err) != PB_OK)
+        i = from < fl->n_steps ? from : fl->n_steps;
     json_decref(refs);
     return i;
 }
@@ -850,6 +850,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         free((char *)items[j].idempotency_key);
         json_decref(items[j].result);
     }
+    pb_mapper_unkeep_all(wk->mapper); /* before the events go */
     for (size_t i = 0; i < n; i++) {
         json_decref(w[i].emit);
         free(w[i].emit_json);
@@ -1100,10 +1101,14 @@ enum pb_rc pb_engine_start(struct pb_config *cfg, const struct pb_engine_options
                 free(wk);
                 break;
             }
-            pthread_create(&e->workers[e->n_workers++], NULL, worker_main, wk);
+            if (pthread_create(&e->workers[e->n_workers], NULL, worker_main, wk) == 0)
+                pthread_setname_np(e->workers[e->n_workers], "pb-worker");
+            e->n_workers++;
         }
-        pthread_create(&e->maintainer, NULL, maintainer_main, e);
-        pthread_create(&e->poller, NULL, poller_main, e);
+        if (pthread_create(&e->maintainer, NULL, maintainer_main, e) == 0)
+            pthread_setname_np(e->maintainer, "pb-maintainer");
+        if (pthread_create(&e->poller, NULL, poller_main, e) == 0)
+            pthread_setname_np(e->poller, "pb-poller");
     }
     memset(&hc, 0, sizeof(hc));
     hc.bind_addr = cfg->listen_addr;

@@ -55,9 +55,18 @@
  * rebuilt as a jansson tree by walking the template: null leaves are dropped,
  * then objects and arrays of the template that ended up empty.
  *
+ * Mode 4 (pb_mapper_next) walks the steps from $__pb_sel on in one run
+ * (__pb_n<k> -> __pb_s<k> in mode 4 = that step's when as a status: 0 skip,
+ * 1 run, 2 no value / several / an error, inside `try`) and returns [k, status]
+ * of the first step that is not skipped, or [n_steps, 0]: the engine's "which
+ * step is next" costs one evaluation instead of one per step (the payment job
+ * of opayo-xero checked four refund/chargeback whens one by one).
+ *
  * jv and jansson. Events come in as jansson trees and are converted to jv for
  * every call (jv values are not thread-safe to share, so nothing jv-typed is
- * kept in the flow set; each mapper owns jv copies of the flows' vars).
+ * kept in the flow set; each mapper owns jv copies of the flows' vars),
+ * except for events the caller keeps (pb_mapper_keep): their jv and $fx are
+ * made once and reused until pb_mapper_unkeep_all().
  * Results are converted back; a non-integer number (a double) in a document
  * is an error, because it means money or a rate went through jq arithmetic.
  *
@@ -87,6 +96,7 @@
 #define JSON_DEPTH_MAX 128
 #define MODE_STEP 0 /* evaluate a step: [false] or [true, reference, document] */
 #define MODE_LEAF 2 /* evaluate one expression alone (diagnosis) */
+#define MODE_NEXT 4 /* [k, r]: the first step k >= sel whose when holds (r 1) or fails (r 2) */
 
 /* ---- a bounded string builder ---------------------------------------------------------- */
 
@@ -250,6 +260,28 @@ static void emit_step_def(struct sbuf *b, const struct pb_flow_step *st)
         emit_dispatch(b, "__pb_sel", "__pb_l", st->leaf_base, 0, st->n_leaves);
     else
         sb_puts(b, "error(\"no expressions\")");
+    sb_puts(b, "\n  elif $__pb_mode == 4 then ");
+    /* the step's when as a status: 0 skip, 1 run, 2 no value / several / an
+     * error (its own job reports it); skipped when a $refs.NAME it reads is
+     * missing, as pb_mapper_when() does in C */
+    if (st->n_needs) {
+        sb_puts(b, "if ");
+        for (size_t i = 0; i < st->n_needs; i++) {
+            sb_puts(b, i ? " and $refs[" : "$refs[");
+            sb_quote(b, st->needs[i]);
+            sb_puts(b, "] != null");
+        }
+        sb_puts(b, " then ");
+    }
+    if (st->has_when) {
+        sb_puts(b, "(try ([");
+        emit_call(b, st, 0);
+        sb_puts(b, "] | if length == 1 then (if .[0] then 1 else 0 end) else 2 end) catch 2)");
+    } else {
+        sb_puts(b, "1");
+    }
+    if (st->n_needs)
+        sb_puts(b, " else 0 end");
     sb_puts(b, "\n  else ");
     if (st->has_when)
         emit_call(b, st, 0);
@@ -283,7 +315,15 @@ static char *program_build(const struct pb_flow *f)
     emit_defs(&b, f);
     for (size_t k = 0; k < f->n_steps; k++)
         emit_step_def(&b, &f->steps[k]);
-    sb_puts(&b, "if $__pb_mode == 3 then . else ");
+    /* mode 4: __pb_n<k> walks the steps from k on (defined last to first:
+     * jq sees only earlier definitions) */
+    sb_printf(&b, "def __pb_n%zu: [%zu, 0];\n", f->n_steps, f->n_steps);
+    for (size_t k = f->n_steps; k-- > 0;)
+        sb_printf(&b,
+                  "def __pb_n%zu: if $__pb_sel > %zu then __pb_n%zu else (__pb_s%zu as $__pb_r "
+                  "| if $__pb_r == 0 then __pb_n%zu else [%zu, $__pb_r] end) end;\n",
+                  k, k, k + 1, k, k + 1, k);
+    sb_puts(&b, "if $__pb_mode == 3 then . elif $__pb_mode == 4 then __pb_n0 else ");
     if (f->n_steps)
         emit_dispatch(&b, "__pb_step", "__pb_s", 0, 0, f->n_steps);
     else
@@ -679,6 +719,17 @@ struct pb_mapper {
     struct mapper_flow *flows;    /* owned: one per flow of the set, by set_index */
     size_t n_flows;
     struct jqmsg msg; /* compile messages */
+    /* events the caller keeps unchanged (pb_mapper_keep): their jv conversion
+     * and $fx (for `fx_flow`) are made on first use and reused */
+    struct kept {
+        const json_t *event;
+        int converted;
+        jv event_jv;
+        const struct pb_flow *fx_flow; /* NULL: $fx not computed yet */
+        enum pb_rc fxrc;
+        jv fxval, fxerr;
+    } *kept;
+    size_t n_kept, cap_kept;
 };
 
 struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err)
@@ -702,10 +753,47 @@ struct pb_mapper *pb_mapper_new(const struct pb_flowset *set, struct pb_err *err
     return m;
 }
 
+void pb_mapper_unkeep_all(struct pb_mapper *m)
+{
+    if (!m || m->magic != MAPPER_MAGIC)
+        return;
+    for (size_t i = 0; i < m->n_kept; i++) {
+        if (m->kept[i].converted)
+            jv_free(m->kept[i].event_jv);
+        if (m->kept[i].fx_flow) {
+            jv_free(m->kept[i].fxval);
+            jv_free(m->kept[i].fxerr);
+        }
+    }
+    m->n_kept = 0;
+}
+
+enum pb_rc pb_mapper_keep(struct pb_mapper *m, const json_t *event)
+{
+    if (!m || m->magic != MAPPER_MAGIC || !event)
+        return PB_ERR_INVALID;
+    for (size_t i = 0; i < m->n_kept; i++)
+        if (m->kept[i].event == event)
+            return PB_OK;
+    if (m->n_kept == m->cap_kept) {
+        size_t cap = m->cap_kept ? m->cap_kept * 2 : 16;
+        struct kept *k = realloc(m->kept, cap * sizeof(*k));
+        if (!k)
+            return PB_ERR_NOMEM; /* not kept: converted on every call, as before */
+        m->kept = k;
+        m->cap_kept = cap;
+    }
+    memset(&m->kept[m->n_kept], 0, sizeof(m->kept[0]));
+    m->kept[m->n_kept++].event = event;
+    return PB_OK;
+}
+
 void pb_mapper_free(struct pb_mapper *m)
 {
     if (!m)
         return;
+    pb_mapper_unkeep_all(m);
+    free(m->kept);
     for (size_t i = 0; i < m->n_flows; i++) {
         if (m->flows[i].jq)
             jq_teardown(&m->flows[i].jq);
@@ -762,6 +850,77 @@ static struct mapper_flow *mapper_flow(struct pb_mapper *m, const struct pb_flow
 struct inputs {
     jv event, refs, fxval, fxerr, event_id, now;
 };
+
+static void inputs_free(struct inputs *in)
+{
+    jv_free(in->event);
+    jv_free(in->refs);
+    jv_free(in->fxval);
+    jv_free(in->fxerr);
+    jv_free(in->event_id);
+    jv_free(in->now);
+}
+
+/* pb_flow_fx() says "flow F: why"; the why. */
+static const char *fx_why(const struct pb_flow *f, const struct pb_err *fxerr);
+
+/* Convert the per-call inputs once (*fxrc / *fxerr: $fx could not be computed).
+ * PB_ERR_INVALID (in `err`, naming `what`) for an event nested too deeply. */
+static enum pb_rc inputs_make(struct pb_mapper *m, struct inputs *in, const struct pb_flow *f,
+                              const char *what, const json_t *event, const json_t *refs,
+                              const char *event_id, const char *today, enum pb_rc *fxrc,
+                              struct pb_err *fxerr, struct pb_err *err)
+{
+    json_t *fx = NULL;
+    struct kept *k = NULL;
+    for (size_t i = 0; i < m->n_kept; i++)
+        if (m->kept[i].event == event) {
+            k = &m->kept[i];
+            break;
+        }
+    *fxrc = PB_OK;
+    if (k && k->fx_flow == f) {
+        *fxrc = k->fxrc;
+        if (*fxrc != PB_OK)
+            pb_err_set(fxerr, *fxrc, "flow %s: %s", f->name, jv_string_value(k->fxerr));
+    } else if (f->uses_fx) {
+        *fxrc = pb_flow_fx(f, event, &fx, fxerr);
+    }
+    if (k && k->converted) {
+        in->event = jv_copy(k->event_jv);
+    } else {
+        in->event = to_jv(event, 0);
+        if (!jv_is_valid(in->event)) {
+            json_decref(fx);
+            jv_free(in->event);
+            return pb_err_set(err, PB_ERR_INVALID, "flow %s %s: the event is nested too deeply",
+                              f->name, what);
+        }
+        if (k) {
+            k->event_jv = jv_copy(in->event);
+            k->converted = 1;
+        }
+    }
+    in->refs = refs ? to_jv(refs, 0) : jv_object();
+    if (k && k->fx_flow == f) {
+        in->fxval = jv_copy(k->fxval);
+        in->fxerr = jv_copy(k->fxerr);
+        json_decref(fx);
+    } else {
+        in->fxval = fx ? to_jv(fx, 0) : jv_null();
+        in->fxerr = *fxrc != PB_OK ? jv_string(fx_why(f, fxerr)) : jv_null();
+        if (k && !k->fx_flow) {
+            k->fx_flow = f;
+            k->fxrc = *fxrc;
+            k->fxval = jv_copy(in->fxval);
+            k->fxerr = jv_copy(in->fxerr);
+        }
+    }
+    in->event_id = event_id ? jv_string(event_id) : jv_null();
+    in->now = today ? jv_string(today) : jv_null();
+    json_decref(fx);
+    return PB_OK;
+}
 
 static jv envelope(const struct mapper_flow *mf, size_t step, size_t sel, int mode,
                    const struct inputs *in)
@@ -831,7 +990,6 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step, 
     struct pb_err fxerr = {0};
     enum pb_rc rc = PB_OK, fxrc = PB_OK;
     struct mapper_flow *mf;
-    json_t *fx = NULL;
     char msg[PB_ERR_MSG_MAX];
     jv out;
     enum run_result r;
@@ -853,21 +1011,13 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step, 
     }
     if (!(mf = mapper_flow(m, step->flow, err)))
         return err ? err->rc : PB_ERR_INTERNAL;
-    if (step->flow->uses_fx)
-        fxrc = pb_flow_fx(step->flow, event, &fx, &fxerr);
-    in.event = to_jv(event, 0);
-    if (!jv_is_valid(in.event)) {
-        json_decref(fx);
-        jv_free(in.event);
-        return pb_err_set(err, PB_ERR_INVALID, "flow %s step %s: the event is nested too deeply",
-                          step->flow->name, step->name);
+    {
+        char what[160];
+        snprintf(what, sizeof(what), "step %s", step->name);
+        if ((rc = inputs_make(m, &in, step->flow, what, event, refs, event_id, today, &fxrc, &fxerr,
+                              err)))
+            return rc;
     }
-    in.refs = refs ? to_jv(refs, 0) : jv_object();
-    in.fxval = fx ? to_jv(fx, 0) : jv_null();
-    in.fxerr = fxrc != PB_OK ? jv_string(fx_why(step->flow, &fxerr)) : jv_null();
-    in.event_id = event_id ? jv_string(event_id) : jv_null();
-    in.now = today ? jv_string(today) : jv_null();
-    json_decref(fx);
     r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_LEAF, &in), &out, msg, sizeof(msg));
     if (r == RUN_HALTED) {
         mapper_flow_discard(mf);
@@ -879,13 +1029,83 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step, 
         rc = map_error(step, 0, err, "%s",
                        r == RUN_NONE ? "produced no value" : r == RUN_MANY ? "produced more than one value" : msg);
     }
-    jv_free(in.event);
-    jv_free(in.refs);
-    jv_free(in.fxval);
-    jv_free(in.fxerr);
-    jv_free(in.event_id);
-    jv_free(in.now);
+    inputs_free(&in);
     return rc;
+}
+
+enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_t from,
+                          const json_t *event, const json_t *refs, const char *event_id,
+                          const char *today, size_t *next, struct pb_err *err)
+{
+    struct inputs in;
+    struct pb_err fxerr = {0};
+    enum pb_rc rc, fxrc = PB_OK;
+    struct mapper_flow *mf;
+    char msg[PB_ERR_MSG_MAX];
+    size_t first = from;
+    jv out;
+    enum run_result r;
+
+    *next = flow ? flow->n_steps : 0;
+    if (!m || m->magic != MAPPER_MAGIC)
+        return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_next: not a mapper");
+    if (!flow || flow->set != m->set)
+        return pb_err_set(err, PB_ERR_INVALID,
+                          "pb_mapper_next: the flow does not belong to this mapper's flow set");
+    if (refs && !json_is_object(refs))
+        return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_next: refs must be an object");
+    /* what C decides alone: steps whose $refs are missing, a step without a when */
+    for (; first < flow->n_steps; first++) {
+        const struct pb_flow_step *st = &flow->steps[first];
+        int missing = 0;
+        for (size_t i = 0; i < st->n_needs && !missing; i++) {
+            json_t *id = refs ? json_object_get(refs, st->needs[i]) : NULL;
+            missing = !id || json_is_null(id);
+        }
+        if (missing)
+            continue;
+        if (!st->has_when) {
+            *next = first;
+            return PB_OK;
+        }
+        break;
+    }
+    if (first >= flow->n_steps)
+        return PB_OK;
+    if (!(mf = mapper_flow(m, flow, err)))
+        return err ? err->rc : PB_ERR_INTERNAL;
+    if ((rc = inputs_make(m, &in, flow, "when", event, refs, event_id, today, &fxrc, &fxerr, err)))
+        return rc;
+    /* one evaluation for all the whens from `first` on */
+    r = run_jq(mf->jq, envelope(mf, 0, first, MODE_NEXT, &in), &out, msg, sizeof(msg));
+    if (r == RUN_ONE && jv_get_kind(out) == JV_KIND_ARRAY && jv_array_length(jv_copy(out)) == 2) {
+        jv k = jv_array_get(jv_copy(out), 0);
+        if (jv_get_kind(k) == JV_KIND_NUMBER && jv_number_value(k) >= (double)first &&
+            jv_number_value(k) <= (double)flow->n_steps) {
+            *next = (size_t)jv_number_value(k);
+            jv_free(k);
+            jv_free(out);
+            inputs_free(&in);
+            return PB_OK;
+        }
+        jv_free(k);
+    }
+    if (r == RUN_ONE)
+        jv_free(out);
+    if (r == RUN_HALTED)
+        mapper_flow_discard(mf);
+    inputs_free(&in);
+    /* cannot happen (every when is inside try); step by step, as before */
+    for (size_t i = first; i < flow->n_steps; i++) {
+        int run = 0;
+        struct pb_err e2 = {0};
+        if (pb_mapper_when(m, &flow->steps[i], event, refs, event_id, today, &run, &e2) || run) {
+            *next = i;
+            return PB_OK;
+        }
+    }
+    *next = flow->n_steps;
+    return PB_OK;
 }
 
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
@@ -897,7 +1117,6 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
     enum pb_rc rc = PB_OK, fxrc = PB_OK;
     struct mapper_flow *mf;
     struct eval ev;
-    json_t *fx = NULL;
     char msg[PB_ERR_MSG_MAX];
     jv out, ref = jv_invalid(), doc = jv_invalid();
     enum run_result r;
@@ -925,22 +1144,13 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
 
     /* $fx: computed in C; when it cannot be, __pb_fx raises the error where
      * (and only if) an expression uses it */
-    if (step->flow->uses_fx)
-        fxrc = pb_flow_fx(step->flow, event, &fx, &fxerr);
-
-    in.event = to_jv(event, 0);
-    if (!jv_is_valid(in.event)) {
-        json_decref(fx);
-        jv_free(in.event);
-        return pb_err_set(err, PB_ERR_INVALID, "flow %s step %s: the event is nested too deeply",
-                          step->flow->name, step->name);
+    {
+        char what[160];
+        snprintf(what, sizeof(what), "step %s", step->name);
+        if ((rc = inputs_make(m, &in, step->flow, what, event, refs, event_id, today, &fxrc, &fxerr,
+                              err)))
+            return rc;
     }
-    in.refs = refs ? to_jv(refs, 0) : jv_object();
-    in.fxval = fx ? to_jv(fx, 0) : jv_null();
-    in.fxerr = fxrc != PB_OK ? jv_string(fx_why(step->flow, &fxerr)) : jv_null();
-    in.event_id = event_id ? jv_string(event_id) : jv_null();
-    in.now = today ? jv_string(today) : jv_null();
-    json_decref(fx);
     ev.m = m;
     ev.step = step;
     ev.err = err;
@@ -1018,12 +1228,7 @@ done:
     }
     jv_free(ref);
     jv_free(doc);
-    jv_free(in.event);
-    jv_free(in.refs);
-    jv_free(in.fxval);
-    jv_free(in.fxerr);
-    jv_free(in.event_id);
-    jv_free(in.now);
+    inputs_free(&in);
     return rc;
 }
 

@@ -77,6 +77,28 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step,
                           const json_t *event, const json_t *refs, const char *event_id,
                           const char *today, int *run, struct pb_err *err);
 
+/* The first step of `flow` from index `from` on that runs for this event: its
+ * `when` holds (and the $refs it reads are there), or evaluating its `when`
+ * fails (no value, several, a jq error: that step's own job reports it).
+ * *next = that index, or flow->n_steps when no step runs. Equivalent to
+ * pb_mapper_when() on each step in turn, but the event is converted once and
+ * all the whens are evaluated in one jq run. Errors (nothing evaluated):
+ * PB_ERR_INVALID (not this mapper's flow, refs not an object, an event nested
+ * too deeply), PB_ERR_NOMEM, PB_ERR_INTERNAL. */
+enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_t from,
+                          const json_t *event, const json_t *refs, const char *event_id,
+                          const char *today, size_t *next, struct pb_err *err);
+
+/* Keeping events. pb_mapper_keep(m, event) promises that `event` will neither
+ * change nor be freed until pb_mapper_unkeep_all(m): until then the mapper
+ * converts it for jq (and computes its $fx) once, on first use, and every call
+ * with this very pointer reuses that (a worker maps a job's step, then, after
+ * the ERP call, looks for its next step with the same event). Optional: an
+ * event not kept is converted on every call. PB_ERR_NOMEM (nothing kept) is
+ * harmless. */
+enum pb_rc pb_mapper_keep(struct pb_mapper *m, const json_t *event);
+void pb_mapper_unkeep_all(struct pb_mapper *m);
+
 /* `paybridge map test FLOW.yaml SAMPLE.json`: load one flow file and one
  * sample canonical event, evaluate every step in order as the engine would
  * (refs of steps that ran are the placeholders "<NAME.id>"), and print to

@@ -1054,8 +1054,11 @@ static enum pb_rc sqlite_open(const char *path, struct pb_store **out, struct pb
         pb_err_set(err, PB_ERR_INTERNAL, "cannot start the store writer thread");
         goto fail;
     }
-    if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0)
+    pthread_setname_np(s->thread, "pb-store-writer"); /* names for top -H, perf, bench */
+    if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
         s->ckpt_started = 1;
+        pthread_setname_np(s->checkpointer, "pb-checkpoint");
+    }
     *out = &s->base;
     return PB_OK;
 fail:

@@ -1,0 +1,238 @@
+/*
+ * tests/unit/test_mapper_next.c: pb_mapper_next() and pb_mapper_keep() of
+ * engine/mapping.c (the engine's fast path for "which step runs next"): for
+ * every shipped flow, every sample event, every starting step and several
+ * sets of refs, pb_mapper_next() must name the same step as calling
+ * pb_mapper_when() on each step in turn, and a kept event must map to the
+ * same reference and document as one converted on every call. Also: a when
+ * that fails (a jq error, no value) is returned as the next step, so that its
+ * own job reports the error. Fixtures via PB_SOURCE_DIR (set by ctest).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/diag.h"
+#include "engine/flow.h"
+#include "engine/mapping.h"
+
+#define TODAY "2026-11-30"
+
+static void source_path(char *buf, size_t len, const char *rel)
+{
+    const char *src = getenv("PB_SOURCE_DIR");
+    snprintf(buf, len, "%s/%s", src && *src ? src : ".", rel);
+}
+
+static json_t *event(const char *name)
+{
+    char path[1024], rel[256];
+    json_error_t je;
+    json_t *e;
+    snprintf(rel, sizeof(rel), "tests/fixtures/events/%s", name);
+    source_path(path, sizeof(path), rel);
+    e = json_load_file(path, 0, &je);
+    if (!e)
+        fail_msg("%s:%d: %s", path, je.line, je.text);
+    return e;
+}
+
+static struct pb_flowset *set_from_file(const char *rel)
+{
+    char path[1024];
+    struct pb_diags d = {0};
+    struct pb_flowset *set = pb_flowset_new();
+    assert_non_null(set);
+    source_path(path, sizeof(path), rel);
+    if (pb_flowset_add_file(set, path, &d) != PB_OK)
+        fail_msg("%s does not load", path);
+    return set;
+}
+
+static const char *const flows[] = {"flows/opayo-xero.yaml", "flows/opayo-syspro.yaml",
+                                    "flows/paytrace-sagex3.yaml"};
+static const char *const events[] = {
+    "opayo-payment-ok-gbp.json",   "opayo-payment-eur.json",      "opayo-payment-jpy.json",
+    "opayo-payment-chf.json",      "opayo-payment-minimal.json",  "opayo-payment-declined.json",
+    "opayo-payment-rejected.json", "opayo-payment-odd-status.json", "opayo-refund-enriched.json",
+    "opayo-chargeback-won.json",   "paytrace-sale-lines.json"};
+
+/* the reference answer: pb_mapper_when on each step in turn (engine.c before) */
+static size_t next_by_when(struct pb_mapper *m, const struct pb_flow *f, size_t from,
+                           const json_t *ev, const json_t *refs)
+{
+    for (size_t i = from; i < f->n_steps; i++) {
+        int run = 0;
+        struct pb_err err = {0};
+        if (pb_mapper_when(m, &f->steps[i], ev, refs, "7", TODAY, &run, &err) != PB_OK || run)
+            return i;
+    }
+    return f->n_steps;
+}
+
+static void test_next_equals_when_loop(void **state)
+{
+    (void)state;
+    size_t compared = 0, found_runnable = 0;
+    for (size_t fi = 0; fi < sizeof(flows) / sizeof(flows[0]); fi++) {
+        struct pb_flowset *set = set_from_file(flows[fi]);
+        const struct pb_flow *f = pb_flowset_flow(set, 0);
+        struct pb_err err = {0};
+        struct pb_mapper *m = pb_mapper_new(set, &err);
+        assert_non_null(m);
+        for (size_t ei = 0; ei < sizeof(events) / sizeof(events[0]); ei++) {
+            json_t *ev = event(events[ei]);
+            /* refs: none, then the steps before k as if they had run */
+            for (size_t k = 0; k <= f->n_steps; k++) {
+                json_t *refs = json_object();
+                for (size_t j = 0; j < k; j++)
+                    json_object_set_new(refs, f->steps[j].name, json_string("erp-id-1"));
+                for (size_t from = 0; from <= f->n_steps; from++) {
+                    size_t want = next_by_when(m, f, from, ev, refs), got = 999;
+                    for (int keep = 0; keep < 2; keep++) {
+                        if (keep)
+                            assert_int_equal(pb_mapper_keep(m, ev), PB_OK);
+                        assert_int_equal(
+                            pb_mapper_next(m, f, from, ev, refs, "7", TODAY, &got, &err), PB_OK);
+                        if (got != want)
+                            fail_msg("%s %s refs of %zu steps from %zu (kept %d): next %zu, "
+                                     "pb_mapper_when says %zu",
+                                     flows[fi], events[ei], k, from, keep, got, want);
+                        pb_mapper_unkeep_all(m);
+                    }
+                    compared++;
+                    found_runnable += want < f->n_steps;
+                }
+                json_decref(refs);
+            }
+            json_decref(ev);
+        }
+        pb_mapper_free(m);
+        pb_flowset_free(set);
+    }
+    assert_true(compared > 100);
+    assert_true(found_runnable > 10); /* not only "none" */
+}
+
+/* the payment: contact runs first; after the payment step nothing runs */
+static void test_next_opayo_xero_payment(void **state)
+{
+    (void)state;
+    struct pb_flowset *set = set_from_file("flows/opayo-xero.yaml");
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    json_t *ev = event("opayo-payment-ok-gbp.json");
+    json_t *refs = json_object();
+    size_t next = 999;
+    assert_int_equal(pb_mapper_next(m, f, 0, ev, refs, "7", TODAY, &next, &err), PB_OK);
+    assert_string_equal(f->steps[next].name, "contact");
+    json_object_set_new(refs, "contact", json_string("c-1"));
+    assert_int_equal(pb_mapper_next(m, f, next + 1, ev, refs, "7", TODAY, &next, &err), PB_OK);
+    assert_string_equal(f->steps[next].name, "invoice");
+    json_object_set_new(refs, "invoice", json_string("i-1"));
+    assert_int_equal(pb_mapper_next(m, f, next + 1, ev, refs, "7", TODAY, &next, &err), PB_OK);
+    assert_string_equal(f->steps[next].name, "payment");
+    json_object_set_new(refs, "payment", json_string("p-1"));
+    assert_int_equal(pb_mapper_next(m, f, next + 1, ev, refs, "7", TODAY, &next, &err), PB_OK);
+    assert_int_equal(next, f->n_steps);
+    json_decref(refs);
+    json_decref(ev);
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
+/* a when that errors or yields nothing: that step is next (its job reports it) */
+static void test_next_stops_at_failing_when(void **state)
+{
+    (void)state;
+    static const char text[] =
+        "flow: f\nsource: s\nevents: [payment.succeeded]\ntarget: t\nsteps:\n"
+        "  - name: a\n    command: x.create\n    when: 'false'\n    reference: '\"a\"'\n"
+        "    document: {A: '1'}\n"
+        "  - name: b\n    command: x.create\n    when: '.payment.amount.minor | error(\"boom\")'\n"
+        "    reference: '\"b\"'\n    document: {B: '1'}\n"
+        "  - name: c\n    command: x.create\n    when: 'empty'\n    reference: '\"c\"'\n"
+        "    document: {C: '1'}\n"
+        "  - name: d\n    command: x.create\n    reference: '\"d\"'\n    document: {D: '1'}\n";
+    struct pb_flowset *set = pb_flowset_new();
+    struct pb_diags d = {0};
+    struct pb_err err = {0};
+    assert_int_equal(pb_flowset_add_string(set, "f.yaml", text, &d), PB_OK);
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    json_t *ev = event("opayo-payment-ok-gbp.json");
+    size_t next = 999;
+    assert_int_equal(pb_mapper_next(m, f, 0, ev, NULL, "7", TODAY, &next, &err), PB_OK);
+    assert_int_equal(next, 1); /* b's when raises an error */
+    assert_int_equal(pb_mapper_next(m, f, 2, ev, NULL, "7", TODAY, &next, &err), PB_OK);
+    assert_int_equal(next, 2); /* c's when yields no value */
+    assert_int_equal(pb_mapper_next(m, f, 3, ev, NULL, "7", TODAY, &next, &err), PB_OK);
+    assert_int_equal(next, 3); /* d has no when */
+    assert_int_equal(pb_mapper_next(m, f, 4, ev, NULL, "7", TODAY, &next, &err), PB_OK);
+    assert_int_equal(next, 4);
+    json_decref(ev);
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
+/* a kept event maps exactly as one converted on every call */
+static void test_keep_same_documents(void **state)
+{
+    (void)state;
+    struct pb_flowset *set = set_from_file("flows/opayo-xero.yaml");
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    for (size_t ei = 0; ei < sizeof(events) / sizeof(events[0]); ei++) {
+        json_t *ev = event(events[ei]);
+        json_t *refs = json_object();
+        for (size_t s = 0; s < f->n_steps; s++)
+            json_object_set_new(refs, f->steps[s].name, json_string("erp-id-1"));
+        for (size_t s = 0; s < f->n_steps; s++) {
+            int run[2] = {0, 0};
+            char *ref[2] = {NULL, NULL};
+            json_t *doc[2] = {NULL, NULL};
+            enum pb_rc rc[2];
+            struct pb_err e[2] = {{0}, {0}};
+            for (int keep = 0; keep < 2; keep++) {
+                if (keep)
+                    pb_mapper_keep(m, ev);
+                rc[keep] = pb_mapper_step(m, &f->steps[s], ev, refs, "7", TODAY, &run[keep],
+                                          &ref[keep], &doc[keep], &e[keep]);
+            }
+            pb_mapper_unkeep_all(m);
+            assert_int_equal(rc[0], rc[1]);
+            assert_int_equal(run[0], run[1]);
+            assert_string_equal(e[0].msg, e[1].msg);
+            if (ref[0])
+                assert_string_equal(ref[0], ref[1]);
+            assert_true(doc[0] ? json_equal(doc[0], doc[1]) : doc[1] == NULL);
+            for (int k = 0; k < 2; k++) {
+                free(ref[k]);
+                json_decref(doc[k]);
+            }
+        }
+        json_decref(refs);
+        json_decref(ev);
+    }
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_next_equals_when_loop),
+        cmocka_unit_test(test_next_opayo_xero_payment),
+        cmocka_unit_test(test_next_stops_at_failing_when),
+        cmocka_unit_test(test_keep_same_documents),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
