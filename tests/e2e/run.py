@@ -413,8 +413,11 @@ class SftpServer:
     as that user; the case's reports go into DIR/sftp ({sftp_dir}). Nothing
     outside DIR is written, except that as root sshd needs its privilege
     separation directory (/run/sshd on Debian), which is created when missing
-    as the distribution's service unit does. A server that cannot start fails
-    the case with sshd's own words: never a silent skip."""
+    as the distribution's service unit does. `UsePAM no`, unless sshd refuses
+    the user because its password is locked (then the same server with PAM,
+    which judges the account and lets a key in). OpenSSH's own sftp client
+    must list the directory before paybridge is judged; a server that cannot
+    start or serve fails the case with sshd's own words: never a silent skip."""
 
     def __init__(self, run):
         self.run = run
@@ -445,7 +448,7 @@ class SftpServer:
             kind, blob = f.read().split()[:2]
         return path, kind + " " + blob
 
-    def write_config(self):
+    def write_config(self, use_pam):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -455,7 +458,8 @@ class SftpServer:
             f.write("ListenAddress 127.0.0.1:%d\n" % self.port)
             f.write("HostKey %s\n" % self.host_key)
             f.write("AuthorizedKeysFile %s\n" % os.path.join(self.home, "authorized_keys"))
-            f.write("PidFile none\nUsePAM no\nStrictModes no\nPubkeyAuthentication yes\n"
+            f.write("UsePAM %s\n" % ("yes" if use_pam else "no"))
+            f.write("PidFile none\nStrictModes no\nPubkeyAuthentication yes\n"
                     "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                     "PermitRootLogin prohibit-password\nAllowUsers %s\nX11Forwarding no\n"
                     "AllowTcpForwarding no\nPrintMotd no\nLogLevel VERBOSE\n"
@@ -465,15 +469,33 @@ class SftpServer:
     def start(self):
         os.makedirs(self.home)
         os.makedirs(self.served)
-        sshd = self.find("sshd")
         self.host_key, self.host_entry_key = self.keygen("host_ed25519_key")
         _, self.wrong_entry_key = self.keygen("other_host_ed25519_key")  # a key this server does not have
         self.client_key, client_pub = self.keygen("client_ed25519_key")
         self.client_pub = self.client_key + ".pub"
         with open(os.path.join(self.home, "authorized_keys"), "w") as f:
             f.write(client_pub + "\n")
+        self.launch(use_pam=False)
+        self.known_hosts = os.path.join(self.home, "known_hosts")
+        with open(self.known_hosts, "w") as f:
+            f.write(self.host_entry() + "\n")
+        why = self.probe()
+        if why and "because account is locked" in why:
+            # Without PAM, sshd refuses any login to an account whose password is
+            # locked ("!" or "*" in /etc/shadow: many CI users), keys or not; PAM
+            # judges the account instead and lets a key in. Same server, with PAM.
+            self.stop()
+            self.launch(use_pam=True)
+            with open(self.known_hosts, "w") as f:
+                f.write(self.host_entry() + "\n")
+            why = self.probe()
+        if why:
+            raise Abort(why)
+
+    def launch(self, use_pam):
+        sshd = self.find("sshd")
         for attempt in range(5):
-            conf = self.write_config()
+            conf = self.write_config(use_pam)
             # `sshd -t` first: it names what is wrong with the set-up (a missing
             # privilege separation directory or user) instead of dying silently
             for _ in range(2):
@@ -499,7 +521,7 @@ class SftpServer:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.05)
-            if self.proc.poll() is None and "Server listening" in text:
+            if self.proc.poll() is None and "Server listening on 127.0.0.1 port %d" % self.port in text:
                 break
             self.stop()
             if "Address already in use" not in text:
@@ -507,10 +529,6 @@ class SftpServer:
                             % (self.user, self.proc and self.proc.returncode, self.run.tail(self.log_path, 20)))
         else:
             raise Abort("sshd found no free port in 5 tries:\n%s" % self.run.tail(self.log_path, 20))
-        self.known_hosts = os.path.join(self.home, "known_hosts")
-        with open(self.known_hosts, "w") as f:
-            f.write(self.host_entry() + "\n")
-        self.probe()
 
     def host_entry(self, wrong=False):
         """A known_hosts line for this server: its host key, or (wrong) another one."""
@@ -518,7 +536,8 @@ class SftpServer:
 
     def probe(self):
         """OpenSSH's own sftp client, with the same key and known_hosts as paybridge
-        gets: proves the server works before paybridge is judged against it."""
+        gets: proves the server works before paybridge is judged against it.
+        Returns why it does not (with sshd's log), or None."""
         cmd = [self.find("sftp"), "-b", "-", "-P", str(self.port), "-i", self.client_key,
                "-o", "UserKnownHostsFile=" + self.known_hosts, "-o", "GlobalKnownHostsFile=/dev/null",
                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
@@ -526,9 +545,10 @@ class SftpServer:
         p = subprocess.run(cmd, input=("ls %s\n" % self.served).encode(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=30)
         if p.returncode != 0:
-            raise Abort("the test sftp server refuses OpenSSH's own client (rc %d): %s\nsshd log:\n%s"
-                        % (p.returncode, p.stdout.decode("utf-8", "replace").strip(),
-                           self.run.tail(self.log_path, 20)))
+            return ("the test sftp server refuses OpenSSH's own client (rc %d, user %s): %s\nsshd log:\n%s"
+                    % (p.returncode, self.user, p.stdout.decode("utf-8", "replace").strip(),
+                       self.run.tail(self.log_path, 20)))
+        return None
 
     def url(self):
         return "sftp://127.0.0.1:%d%s/" % (self.port, self.served)
@@ -538,6 +558,7 @@ class SftpServer:
                 .replace("{sftp_key}", self.client_key).replace("{sftp_pub}", self.client_pub)
                 .replace("{sftp_known_hosts}", self.known_hosts)
                 .replace("{sftp_host_key_entry}", self.host_entry())
+                .replace("{sftp_host_key}", self.host_entry_key)
                 .replace("{sftp_wrong_host_key_entry}", self.host_entry(wrong=True))
                 .replace("{sftp_port}", str(self.port)))
 
