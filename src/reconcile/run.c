@@ -194,8 +194,15 @@ static enum pb_rc fetch_settlement(struct day *d, struct pb_err *err)
             snprintf(state, sizeof state, "%s/.paybridge-sftp", d->conf->dir);
             o.user = pb_connection_secret(c, "sftp_user");
             o.password = pb_connection_secret(c, "sftp_password");
-            o.private_key = pb_connection_setting(c, "sftp_private_key", NULL);
-            o.public_key = pb_connection_setting(c, "sftp_public_key", NULL);
+            /* the key files' paths: secrets first, because every gateway connector
+             * refuses settings it does not know (`paybridge check` fails on
+             * settings.sftp_private_key); settings still count where accepted */
+            o.private_key = pb_connection_secret(c, "sftp_private_key");
+            if (!o.private_key || !o.private_key[0])
+                o.private_key = pb_connection_setting(c, "sftp_private_key", NULL);
+            o.public_key = pb_connection_secret(c, "sftp_public_key");
+            if (!o.public_key || !o.public_key[0])
+                o.public_key = pb_connection_setting(c, "sftp_public_key", NULL);
             o.known_hosts = d->conf->known_hosts;
             o.suffix = d->conf->suffix;
             o.state_path = state;

@@ -51,10 +51,12 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -403,6 +405,173 @@ class Paybridge:
         self.log.close()
 
 
+class SftpServer:
+    """An OpenSSH sftp server for the case ("sftp": true): Debian's sshd run as
+    the current user (root or not) with `-D -e -f DIR/sshd/sshd_config` on a
+    free loopback port, its own ed25519 host key, and an authorized_keys
+    holding a generated client key. It serves the whole file system read-write
+    as that user; the case's reports go into DIR/sftp ({sftp_dir}). Nothing
+    outside DIR is written, except that as root sshd needs its privilege
+    separation directory (/run/sshd on Debian), which is created when missing
+    as the distribution's service unit does. `UsePAM no`, unless sshd refuses
+    the user because its password is locked (then the same server with PAM,
+    which judges the account and lets a key in). OpenSSH's own sftp client
+    must list the directory before paybridge is judged; a server that cannot
+    start or serve fails the case with sshd's own words: never a silent skip."""
+
+    def __init__(self, run):
+        self.run = run
+        self.proc = None
+        self.port = 0
+        self.home = os.path.join(run.dir, "sshd")
+        self.served = os.path.join(run.dir, "sftp")
+        self.log_path = os.path.join(run.dir, "sshd.log")
+        self.user = pwd.getpwuid(os.getuid()).pw_name
+
+    @staticmethod
+    def find(exe):
+        path = os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin:/sbin"
+        found = shutil.which(exe, path=path)
+        if not found:
+            raise Abort("%s is not installed: the sftp cases need openssh-server and openssh-client "
+                        "(scripts/install-deps installs them; Debian: apt-get install openssh-server openssh-client)"
+                        % exe)
+        return os.path.abspath(found)  # sshd re-executes itself: it wants an absolute path
+
+    def keygen(self, name):
+        path = os.path.join(self.home, name)
+        p = subprocess.run([self.find("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "pb-e2e-" + name,
+                            "-f", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            raise Abort("ssh-keygen -t ed25519 -f %s failed (rc %d): %s" % (path, p.returncode, p.stdout.decode()))
+        with open(path + ".pub") as f:
+            kind, blob = f.read().split()[:2]
+        return path, kind + " " + blob
+
+    def write_config(self, use_pam):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        conf = os.path.join(self.home, "sshd_config")
+        with open(conf, "w") as f:
+            f.write("# written by tests/e2e/run.py for case %s\n" % self.run.name)
+            f.write("ListenAddress 127.0.0.1:%d\n" % self.port)
+            f.write("HostKey %s\n" % self.host_key)
+            f.write("AuthorizedKeysFile %s\n" % os.path.join(self.home, "authorized_keys"))
+            f.write("UsePAM %s\n" % ("yes" if use_pam else "no"))
+            f.write("PidFile none\nStrictModes no\nPubkeyAuthentication yes\n"
+                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                    "PermitRootLogin prohibit-password\nAllowUsers %s\nX11Forwarding no\n"
+                    "AllowTcpForwarding no\nPrintMotd no\nLogLevel VERBOSE\n"
+                    "Subsystem sftp internal-sftp\n" % self.user)
+        return conf
+
+    def start(self):
+        os.makedirs(self.home)
+        os.makedirs(self.served)
+        self.host_key, self.host_entry_key = self.keygen("host_ed25519_key")
+        _, self.wrong_entry_key = self.keygen("other_host_ed25519_key")  # a key this server does not have
+        self.client_key, client_pub = self.keygen("client_ed25519_key")
+        self.client_pub = self.client_key + ".pub"
+        with open(os.path.join(self.home, "authorized_keys"), "w") as f:
+            f.write(client_pub + "\n")
+        self.launch(use_pam=False)
+        self.known_hosts = os.path.join(self.home, "known_hosts")
+        with open(self.known_hosts, "w") as f:
+            f.write(self.host_entry() + "\n")
+        why = self.probe()
+        if why and "because account is locked" in why:
+            # Without PAM, sshd refuses any login to an account whose password is
+            # locked ("!" or "*" in /etc/shadow: many CI users), keys or not; PAM
+            # judges the account instead and lets a key in. Same server, with PAM.
+            self.stop()
+            self.launch(use_pam=True)
+            with open(self.known_hosts, "w") as f:
+                f.write(self.host_entry() + "\n")
+            why = self.probe()
+        if why:
+            raise Abort(why)
+
+    def launch(self, use_pam):
+        sshd = self.find("sshd")
+        for attempt in range(5):
+            conf = self.write_config(use_pam)
+            # `sshd -t` first: it names what is wrong with the set-up (a missing
+            # privilege separation directory or user) instead of dying silently
+            for _ in range(2):
+                p = subprocess.run([sshd, "-t", "-f", conf], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                out = p.stdout.decode("utf-8", "replace").strip()
+                m = re.search(r"Missing privilege separation directory: (\S+)", out)
+                if p.returncode == 0 or not m or os.getuid() != 0:
+                    break
+                os.makedirs(m.group(1), mode=0o755, exist_ok=True)
+            if p.returncode != 0:
+                raise Abort("`sshd -t -f %s` refuses the test server's configuration (rc %d, running as %s): %s"
+                            % (conf, p.returncode, self.user, out))
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", conf], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=set_parent_death_signal)
+            log.close()
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                with open(self.log_path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+                if "Server listening on 127.0.0.1 port %d" % self.port in text:
+                    break
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if self.proc.poll() is None and "Server listening on 127.0.0.1 port %d" % self.port in text:
+                break
+            self.stop()
+            if "Address already in use" not in text:
+                raise Abort("sshd did not start (running as %s, exit %s):\n%s"
+                            % (self.user, self.proc and self.proc.returncode, self.run.tail(self.log_path, 20)))
+        else:
+            raise Abort("sshd found no free port in 5 tries:\n%s" % self.run.tail(self.log_path, 20))
+
+    def host_entry(self, wrong=False):
+        """A known_hosts line for this server: its host key, or (wrong) another one."""
+        return "[127.0.0.1]:%d %s" % (self.port, self.wrong_entry_key if wrong else self.host_entry_key)
+
+    def probe(self):
+        """OpenSSH's own sftp client, with the same key and known_hosts as paybridge
+        gets: proves the server works before paybridge is judged against it.
+        Returns why it does not (with sshd's log), or None."""
+        cmd = [self.find("sftp"), "-b", "-", "-P", str(self.port), "-i", self.client_key,
+               "-o", "UserKnownHostsFile=" + self.known_hosts, "-o", "GlobalKnownHostsFile=/dev/null",
+               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+               "-o", "ConnectTimeout=10", "%s@127.0.0.1" % self.user]
+        p = subprocess.run(cmd, input=("ls %s\n" % self.served).encode(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        if p.returncode != 0:
+            return ("the test sftp server refuses OpenSSH's own client (rc %d, user %s): %s\nsshd log:\n%s"
+                    % (p.returncode, self.user, p.stdout.decode("utf-8", "replace").strip(),
+                       self.run.tail(self.log_path, 20)))
+        return None
+
+    def url(self):
+        return "sftp://127.0.0.1:%d%s/" % (self.port, self.served)
+
+    def subst(self, text):
+        return (text.replace("{sftp_url}", self.url()).replace("{sftp_dir}", self.served)
+                .replace("{sftp_key}", self.client_key).replace("{sftp_pub}", self.client_pub)
+                .replace("{sftp_known_hosts}", self.known_hosts)
+                .replace("{sftp_host_key_entry}", self.host_entry())
+                .replace("{sftp_host_key}", self.host_entry_key)
+                .replace("{sftp_wrong_host_key_entry}", self.host_entry(wrong=True))
+                .replace("{sftp_port}", str(self.port)))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 # ---- the run of one case ------------------------------------------------------------------------------
 
 class Run:
@@ -418,7 +587,7 @@ class Run:
             except ValueError as e:
                 raise CaseError("%s is not JSON: %s" % (case_path, e))
         known = {"description", "sandbox", "paybridge", "steps", "timeout_s", "comment", "allow_log_errors",
-                 "pairs", "shop_status"}
+                 "pairs", "shop_status", "sftp"}
         for k in self.case:
             if k not in known:
                 raise CaseError("%s: unknown top-level key %r (known: %s)" % (case_path, k, ", ".join(sorted(known))))
@@ -431,6 +600,9 @@ class Run:
         self.shop_status = self.case.get("shop_status", False)
         if not isinstance(self.shop_status, bool):
             raise CaseError("shop_status: true or false")
+        self.sftp_on = self.case.get("sftp", False)
+        if not isinstance(self.sftp_on, bool):
+            raise CaseError("sftp: true or false")
         self.systems = []
         for p in self.pairs:
             for system in PAIRS[p]["systems"]:
@@ -441,7 +613,7 @@ class Run:
         self.pb_conf = self.case.get("paybridge", {})
         known_pb = {"max_attempts", "xero_rate_limit", "max_body", "workers", "flow_edits", "opayo_settings",
                     "xero_settings", "syspro_settings", "sagex3_settings", "paytrace_settings", "shop_settings",
-                    "paytrace_poll_interval_s", "status_webhook", "log_level", "reconcile", "comment"}
+                    "paytrace_poll_interval_s", "status_webhook", "log_level", "reconcile", "secrets", "comment"}
         for k in self.pb_conf:
             if k not in known_pb:
                 raise CaseError("paybridge.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known_pb))))
@@ -503,6 +675,10 @@ class Run:
         self.flow_path = self.flow_paths.get("opayo-xero")
         self.sandbox = Sandbox(self)
         self.pb = Paybridge(self)
+        self.sftp = SftpServer(self) if self.sftp_on else None
+        if self.sftp:
+            self.env["PB_E2E_SFTP_USER"] = self.sftp.user
+        self.file_snapshots = {}  # expect_files "snapshot" label -> {path: (inode, mtime_ns, size)}
 
     # -- reporting --
 
@@ -640,7 +816,24 @@ class Run:
             # a gateway connection's reconcile: block; "{dir}" is the case's directory
             if name not in conns:
                 raise CaseError("paybridge.reconcile.%s: not a connection of the case (%s)" % (name, ", ".join(sorted(conns))))
-            conns[name]["reconcile"] = json.loads(json.dumps(block).replace("{dir}", self.dir))
+            conns[name]["reconcile"] = json.loads(self.conf_subst(json.dumps(block)))
+            if block.get("source") == "sftp" and self.sftp:
+                # the login of the test server: the current user (key authentication)
+                conns[name].setdefault("secrets", {})["sftp_user"] = "env:PB_E2E_SFTP_USER"
+        if self.sftp:
+            # {sftp_key} and {sftp_pub} in a connection's settings (sftp_private_key, sftp_public_key)
+            for conn in conns.values():
+                conn["settings"] = json.loads(self.conf_subst(json.dumps(conn["settings"])))
+        for name, extra in sorted(self.pb_conf.get("secrets", {}).items()):
+            # more secrets of a connection, e.g. sftp_private_key: each value goes into
+            # an environment variable and the config says env:NAME, as for every secret
+            if name not in conns or not isinstance(extra, dict):
+                raise CaseError("paybridge.secrets.%s: a mapping for a connection of the case (%s)"
+                                % (name, ", ".join(sorted(conns))))
+            for k, v in sorted(extra.items()):
+                var = "PB_E2E_SECRET_%s_%s" % (re.sub(r"[^A-Za-z0-9]", "_", name).upper(), k.upper())
+                self.env[var] = self.conf_subst(str(v))
+                conns[name].setdefault("secrets", {})[k] = "env:" + var
         if self.pb_conf.get("status_webhook"):
             # every gateway connection tells the shop of its orders' states (built-in status jobs)
             for name in ("opayo-shop", "paytrace-shop"):
@@ -656,6 +849,15 @@ class Run:
                 "retry": self.retry(),
             }
         return conns
+
+    def conf_subst(self, text):
+        """{dir} and, with "sftp": true, the {sftp_*} names in configuration text."""
+        text = text.replace("{dir}", self.dir)
+        if self.sftp:
+            text = self.sftp.subst(text)
+        elif "{sftp_" in text:
+            raise CaseError("{sftp_...} is used but the case does not start the sftp server (\"sftp\": true)")
+        return text
 
     def write_config(self, port):
         conf = {
@@ -708,6 +910,9 @@ class Run:
         self.admin_hash = out.strip()
         self.sandbox.start(self.sandbox_settings(), self.systems)
         self.say("sandbox: %s; dir %s" % (", ".join("%s :%d" % (k, self.sandbox.ports[k]) for k in self.systems), self.dir))
+        if self.sftp:
+            self.sftp.start()
+            self.say("sshd: %s as %s (log %s)" % (self.sftp.url(), self.sftp.user, self.sftp.log_path))
         self.write_config(0)
         rc, out, err = self.cli("check", "-c", self.config_path)
         if rc != 0:
@@ -1756,9 +1961,9 @@ class Run:
         return "%s %s checked" % (system, path)
 
     def subst(self, text):
-        """{dir}, {today} (UTC, YYYY-MM-DD) and {tx:CODE} (the gateway transaction
-        id of an order of this case) in a string."""
-        text = text.replace("{dir}", self.dir).replace("{today}", time.strftime("%Y-%m-%d", time.gmtime()))
+        """{dir}, {today} (UTC, YYYY-MM-DD), {yesterday}, {tx:CODE} (the gateway
+        transaction id of an order of this case) and the {sftp_*} names in a string."""
+        text = self.conf_subst(text).replace("{today}", time.strftime("%Y-%m-%d", time.gmtime()))
         text = text.replace("{yesterday}", time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400)))
 
         def tx(m):
@@ -1782,6 +1987,67 @@ class Run:
         with open(path, "w") as f:
             f.write(text)
         return "wrote %s (%d bytes)" % (path, len(text))
+
+    def step_expect_files(self, spec, step):
+        """A directory's files: {"dir", "names" (exactly its files not starting with
+        '.', any order), "same_content_as" (a directory: each of them byte for byte
+        equal to the file of that name there), "snapshot": LABEL (remember each
+        file's inode, mtime and size), "unchanged_since": LABEL (every file of
+        that snapshot is still the same inode with the same mtime and size:
+        nobody wrote it again, since a writer replaces it by a rename),
+        "lines_contain": {"name": ["text", ...]} (each text in some line)}."""
+        known = {"dir", "names", "same_content_as", "snapshot", "unchanged_since", "lines_contain"}
+        for k in spec:
+            if k not in known:
+                raise CaseError("expect_files.%s: unknown key (known: %s)" % (k, ", ".join(sorted(known))))
+        d = self.subst(spec["dir"])
+        if not d.startswith(self.dir + "/"):
+            raise CaseError("expect_files.dir: must be under {dir}")
+        names = sorted(n for n in os.listdir(d) if not n.startswith(".")) if os.path.isdir(d) else []
+        if "names" in spec:
+            want = sorted(self.subst(n) for n in spec["names"])
+            self.expect(names == want, "%s holds %s, expected %s" % (d, names, want))
+        if "same_content_as" in spec:
+            other = self.subst(spec["same_content_as"])
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    mine = f.read()
+                try:
+                    with open(os.path.join(other, n), "rb") as f:
+                        theirs = f.read()
+                except OSError as e:
+                    theirs = None
+                    self.fail("%s/%s has no counterpart in %s: %s" % (d, n, other, e))
+                if theirs is not None:
+                    self.expect(mine == theirs, "%s/%s (%d bytes) differs from %s/%s (%d bytes)"
+                                % (d, n, len(mine), other, n, len(theirs)))
+        for n, texts in spec.get("lines_contain", {}).items():
+            n = self.subst(n)
+            try:
+                with open(os.path.join(d, n)) as f:
+                    lines = f.read().splitlines()
+            except OSError as e:
+                self.fail("%s/%s: %s" % (d, n, e))
+                continue
+            for t in as_list(texts):
+                t = self.subst(t)
+                self.expect(any(t in l for l in lines), "%s/%s has no line containing %r:\n%s"
+                            % (d, n, t, "\n".join(lines)[:800]))
+
+        def stat(path):
+            st = os.stat(path)
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        if "unchanged_since" in spec:
+            label = spec["unchanged_since"]
+            if label not in self.file_snapshots:
+                raise CaseError("expect_files.unchanged_since: no earlier snapshot %r" % label)
+            for path, was in sorted(self.file_snapshots[label].items()):
+                now = stat(path) if os.path.exists(path) else None
+                self.expect(now == was, "%s was written again since snapshot %r: (inode, mtime_ns, size) %r, was %r"
+                            % (path, label, now, was))
+        if "snapshot" in spec:
+            self.file_snapshots[spec["snapshot"]] = {os.path.join(d, n): stat(os.path.join(d, n)) for n in names}
+        return "%s: %s" % (d, ", ".join(names) or "(empty)")
 
     def step_admin(self, spec, step):
         """One admin API call with the case's key: {"method", "path", "body", "expect_status",
@@ -2711,6 +2977,7 @@ class Run:
         "reconcile": (step_reconcile, CLI_EXPECT),
         "expect_sandbox": (step_expect_sandbox, set()),
         "write_file": (step_write_file, set()),
+        "expect_files": (step_expect_files, set()),
         "admin": (step_admin, set()),
     }
 
@@ -2761,6 +3028,8 @@ class Run:
             if problem:
                 self.fail(problem)
             self.sandbox.stop()
+            if self.sftp:
+                self.sftp.stop()
         # paybridge logs at level error only when it lost its grip on the store: never expected
         allowed = set(self.case.get("allow_log_errors", []))
         errors = [l for l in self.log_lines('"level":"error"', 1000000)

@@ -348,6 +348,73 @@ static size_t mem_write(char *ptr, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+/* What the host key check saw: libcurl alone says only "SSL peer certificate or
+ * SSH remote key was not OK", which does not tell a missing known_hosts entry
+ * from a changed key. */
+struct hostcheck {
+    const char *known_hosts;
+    int seen;                /* the check ran */
+    enum curl_khmatch match; /* its outcome */
+    enum curl_khtype type;   /* the type of the key the server offered */
+};
+
+static int host_key_cb(CURL *h, const struct curl_khkey *known, const struct curl_khkey *found,
+                       enum curl_khmatch match, void *arg)
+{
+    struct hostcheck *hc = arg;
+    (void)h;
+    (void)known;
+    hc->seen = 1;
+    hc->match = match;
+    hc->type = found ? found->keytype : CURLKHTYPE_UNKNOWN;
+    /* only an exact match passes; never CURLKHSTAT_FINE_ADD_TO_FILE */
+    return match == CURLKHMATCH_OK ? CURLKHSTAT_FINE : CURLKHSTAT_REJECT;
+}
+
+static const char *key_type_name(enum curl_khtype t)
+{
+    switch (t) {
+    case CURLKHTYPE_RSA1:
+    case CURLKHTYPE_RSA:
+        return "ssh-rsa";
+    case CURLKHTYPE_DSS:
+        return "ssh-dss";
+    case CURLKHTYPE_ECDSA:
+        return "ecdsa";
+    case CURLKHTYPE_ED25519:
+        return "ssh-ed25519";
+    default:
+        return "unknown type of";
+    }
+}
+
+/* The host key refusal in words: which file, which host, what to do. */
+static enum pb_rc host_key_refused(CURL *h, const struct hostcheck *hc, const char *what,
+                                   struct pb_err *err)
+{
+    char *ip = NULL;
+    long port = 0;
+    char host[300];
+    curl_easy_getinfo(h, CURLINFO_PRIMARY_IP, &ip);
+    curl_easy_getinfo(h, CURLINFO_PRIMARY_PORT, &port);
+    if (port && port != 22)
+        snprintf(host, sizeof host, "[%s]:%ld", ip ? ip : "?", port);
+    else
+        snprintf(host, sizeof host, "%s", ip ? ip : "?");
+    if (hc->match == CURLKHMATCH_MISMATCH)
+        return pb_err_set(err, PB_ERR_AUTH,
+                          "sftp %s: the server's %s host key is not the key known_hosts %s holds "
+                          "for %s: this may not be the server you trust; if its key really "
+                          "changed, check the new fingerprint with its owner and replace the "
+                          "line (ssh-keyscan)",
+                          what, key_type_name(hc->type), hc->known_hosts, host);
+    return pb_err_set(err, PB_ERR_AUTH,
+                      "sftp %s: known_hosts %s has no key for %s (the server offered an %s host "
+                      "key): add the server's line (ssh-keyscan -p PORT HOST) after checking its "
+                      "fingerprint with its owner",
+                      what, hc->known_hosts, host, key_type_name(hc->type));
+}
+
 static enum pb_rc classify(CURLcode c, const char *what, const char *errbuf, struct pb_err *err)
 {
     const char *detail = errbuf && errbuf[0] ? errbuf : curl_easy_strerror(c);
@@ -368,7 +435,8 @@ static enum pb_rc classify(CURLcode c, const char *what, const char *errbuf, str
     }
 }
 
-static void sftp_setup(CURL *h, const struct pb_settlement_sftp_options *opt, char *errbuf)
+static void sftp_setup(CURL *h, const struct pb_settlement_sftp_options *opt, char *errbuf,
+                       struct hostcheck *hc)
 {
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -384,8 +452,12 @@ static void sftp_setup(CURL *h, const struct pb_settlement_sftp_options *opt, ch
         curl_easy_setopt(h, CURLOPT_SSH_PRIVATE_KEYFILE, opt->private_key);
     if (opt->public_key)
         curl_easy_setopt(h, CURLOPT_SSH_PUBLIC_KEYFILE, opt->public_key);
-    if (opt->known_hosts)
+    if (opt->known_hosts) {
         curl_easy_setopt(h, CURLOPT_SSH_KNOWNHOSTS, opt->known_hosts);
+        curl_easy_setopt(h, CURLOPT_SSH_KEYFUNCTION, host_key_cb);
+        curl_easy_setopt(h, CURLOPT_SSH_KEYDATA, hc);
+    }
+    hc->seen = 0;
     errbuf[0] = '\0';
 }
 
@@ -401,6 +473,7 @@ enum pb_rc pb_settlement_sftp_fetch_new(const char *url,
     CURLcode c;
     enum pb_rc rc = PB_OK, first = PB_OK;
     struct pb_err first_err = {0};
+    struct hostcheck hc = {.known_hosts = opt ? opt->known_hosts : NULL};
     size_t read_ok = 0;
     int changed = 0;
 
@@ -425,7 +498,7 @@ enum pb_rc pb_settlement_sftp_fetch_new(const char *url,
         rc = pb_err_set(err, PB_ERR_NOMEM, "curl_easy_init failed");
         goto out;
     }
-    sftp_setup(h, opt, errbuf);
+    sftp_setup(h, opt, errbuf, &hc);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_DIRLISTONLY, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, mem_write);
@@ -434,6 +507,8 @@ enum pb_rc pb_settlement_sftp_fetch_new(const char *url,
         rc = listing.over
                  ? pb_err_set(err, PB_ERR_TOOBIG, "sftp list %s: listing larger than %u bytes", url,
                               LISTING_MAX)
+             : c == CURLE_PEER_FAILED_VERIFICATION && hc.seen
+                 ? host_key_refused(h, &hc, "list", err)
                  : classify(c, "list", errbuf, err);
         goto out;
     }
@@ -457,12 +532,14 @@ enum pb_rc pb_settlement_sftp_fetch_new(const char *url,
         if ((size_t)snprintf(file_url, sizeof file_url, "%s%s", url, name) >= sizeof file_url)
             continue;
         /* size and mtime, without the body */
-        sftp_setup(h, opt, errbuf);
+        sftp_setup(h, opt, errbuf, &hc);
         curl_easy_setopt(h, CURLOPT_URL, file_url);
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
         curl_easy_setopt(h, CURLOPT_FILETIME, 1L);
         if ((c = curl_easy_perform(h)) != CURLE_OK) {
-            frc = classify(c, name, errbuf, &e);
+            frc = c == CURLE_PEER_FAILED_VERIFICATION && hc.seen
+                      ? host_key_refused(h, &hc, name, &e)
+                      : classify(c, name, errbuf, &e);
             goto failed;
         }
         curl_easy_getinfo(h, CURLINFO_FILETIME, &mtime);
@@ -475,14 +552,16 @@ enum pb_rc pb_settlement_sftp_fetch_new(const char *url,
                              PB_SETTLEMENT_FILE_MAX);
             goto failed;
         }
-        sftp_setup(h, opt, errbuf);
+        sftp_setup(h, opt, errbuf, &hc);
         curl_easy_setopt(h, CURLOPT_URL, file_url);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, mem_write);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
         if ((c = curl_easy_perform(h)) != CURLE_OK) {
             frc = body.over ? pb_err_set(&e, PB_ERR_TOOBIG, "%s: larger than %u bytes", name,
                                          PB_SETTLEMENT_FILE_MAX)
-                            : classify(c, name, errbuf, &e);
+                  : c == CURLE_PEER_FAILED_VERIFICATION && hc.seen
+                      ? host_key_refused(h, &hc, name, &e)
+                      : classify(c, name, errbuf, &e);
             free(body.p);
             goto failed;
         }
