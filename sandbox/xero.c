@@ -141,6 +141,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2123,6 +2124,127 @@ static void reply_write(struct call *c, const char *key, struct out_el *els, siz
     }
 }
 
+/* ==== updates of one record ============================================== */
+
+/* The one element of the body of POST /{key}/{id} (an update of one record),
+ * or NULL having replied: the body's own error, or a 400
+ * PostDataInvalidException saying `one_msg` when it holds other than one
+ * element. *root owns the body. */
+static json_t *update_element(struct call *c, const char *key, const char *one_msg,
+                              json_t **root)
+{
+    json_t *arr = body_elements(c, key, root);
+    if (!arr)
+        return NULL;
+    if (json_array_size(arr) != 1) {
+        json_decref(*root);
+        reply_exception(c->resp, 400, 14, "PostDataInvalidException", "%s", one_msg);
+        return NULL;
+    }
+    return json_array_get(arr, 0);
+}
+
+/* The reply of such an update: 404 when the record was not found, else the
+ * rendered element `el`, or `errs` (consumed) against the element `e`.
+ * Consumes root. */
+static void reply_update(struct call *c, const char *key, int found, json_t *e, json_t *errs,
+                         struct out_el *el, json_t *root)
+{
+    if (!found) {
+        json_decref(errs);
+        json_decref(root);
+        reply_not_found(c->resp);
+        return;
+    }
+    if (errs)
+        el->err = error_element(e, errs, "HasValidationErrors");
+    reply_write(c, key, el, 1, errs != NULL);
+    json_decref(errs);
+    json_decref(root);
+}
+
+/* ==== create-only batches ================================================ */
+
+/* The write of a resource the sandbox only creates (BankTransactions,
+ * ManualJournals, BankTransfers): every element is checked on its own
+ * outside the lock, then, with the data lock held and unless summarizeErrors
+ * has a failure to report, each good one is committed and rendered. The
+ * resource's `_in` struct carries the borrowed element and its owned errors
+ * at src_off and errs_off; check fills it, commit saves it (data held) and
+ * returns the saved record or NULL (having said why in its errors, or not),
+ * release frees whatever else check and commit left in it. */
+struct batch_type {
+    const char *key;            /* the body's and the reply's envelope key */
+    enum entity ent;            /* what a saved record renders as */
+    const char *has_key;        /* "HasErrors" or "HasValidationErrors" */
+    size_t size;                /* of one `_in` struct */
+    size_t src_off, errs_off;   /* of its json_t *src and json_t *errs */
+    void (*check)(struct call *c, void *in);
+    const void *(*commit)(struct call *c, void *in);
+    void (*release)(void *in);
+};
+
+/* The json_t * member at `off` in one `_in` struct. */
+static json_t **batch_slot(char *in, size_t off)
+{
+    return (json_t **)(void *)(in + off);
+}
+
+static void batch_write(struct call *c, const struct batch_type *bt)
+{
+    struct xero *x = c->x;
+    json_t *root, *arr = body_elements(c, bt->key, &root);
+    char *in;
+    struct out_el *els;
+    size_t n, i;
+    int n_failed = 0;
+    if (!arr)
+        return;
+    n = json_array_size(arr);
+    in = calloc(n ? n : 1, bt->size);
+    els = calloc(n ? n : 1, sizeof(*els));
+    if (!in || !els) {
+        free(in);
+        free(els);
+        json_decref(root);
+        reply_problem(c->resp, 500, "InternalError", "out of memory");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        char *el = in + i * bt->size;
+        *batch_slot(el, bt->src_off) = json_array_get(arr, i);
+        bt->check(c, el);
+        n_failed += *batch_slot(el, bt->errs_off) != NULL;
+    }
+    pthread_mutex_lock(&x->data);
+    if (!(n_failed && c->summarize)) {
+        for (i = 0; i < n; i++) {
+            char *el = in + i * bt->size;
+            const void *saved;
+            if (*batch_slot(el, bt->errs_off))
+                continue;
+            saved = bt->commit(c, el);
+            if (saved)
+                out_el_render(&els[i], bt->ent, saved, !c->summarize);
+            else
+                n_failed++;
+        }
+    }
+    pthread_mutex_unlock(&x->data);
+    for (i = 0; i < n; i++) {
+        char *el = in + i * bt->size;
+        json_t *errs = *batch_slot(el, bt->errs_off);
+        if (errs)
+            els[i].err = error_element(*batch_slot(el, bt->src_off), errs, bt->has_key);
+        json_decref(errs);
+        bt->release(el);
+    }
+    free(in);
+    reply_write(c, bt->key, els, n, n_failed);
+    free(els);
+    json_decref(root);
+}
+
 /* ==== Contacts ============================================================ */
 
 struct contact_in {
@@ -3951,20 +4073,15 @@ static int payment_set_status(struct payment *p, const char *status)
 static void payment_delete(struct call *c, const char *id)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "Payments", &root), *e, *errs = NULL;
+    json_t *root, *e, *errs = NULL;
     struct out_el el = {0};
     struct payment *p;
     const char *status;
     int bad = 0;
-    if (!arr)
+    e = update_element(c, "Payments", "POST /Payments/{PaymentID} takes one {\"Status\":\"DELETED\"}",
+                       &root);
+    if (!e)
         return;
-    if (json_array_size(arr) != 1) {
-        json_decref(root);
-        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
-                        "POST /Payments/{PaymentID} takes one {\"Status\":\"DELETED\"}");
-        return;
-    }
-    e = json_array_get(arr, 0);
     status = json_is_object(e) ? opt_str(e, "Status", &bad) : NULL;
     if (!status || strcasecmp(status, "DELETED") != 0)
         add_error(&errs, "A payment can only be deleted: send {\"Status\":\"DELETED\"}");
@@ -3981,17 +4098,7 @@ static void payment_delete(struct call *c, const char *id)
     if (p && !errs)
         out_el_render(&el, E_PAYMENT, p, !c->summarize);
     pthread_mutex_unlock(&x->data);
-    if (!p) {
-        json_decref(errs);
-        json_decref(root);
-        reply_not_found(c->resp);
-        return;
-    }
-    if (errs)
-        el.err = error_element(e, errs, "HasValidationErrors");
-    reply_write(c, "Payments", &el, 1, errs != NULL);
-    json_decref(errs);
-    json_decref(root);
+    reply_update(c, "Payments", p != NULL, e, errs, &el, root);
 }
 
 /* ==== BankTransactions ==================================================== */
@@ -4247,54 +4354,33 @@ static void bank_commit(struct call *c, struct bank_in *bi)
     bi->saved = t;
 }
 
+static void bank_check_el(struct call *c, void *in)
+{
+    bank_check(c, in);
+}
+
+static const void *bank_commit_el(struct call *c, void *in)
+{
+    struct bank_in *el = in;
+    bank_commit(c, el);
+    return el->saved;
+}
+
+static void bank_release_el(void *in)
+{
+    struct bank_in *el = in;
+    free(el->head);
+}
+
+static const struct batch_type BANK_BATCH = {
+    "BankTransactions", E_BANK_TXN, "HasValidationErrors", sizeof(struct bank_in),
+    offsetof(struct bank_in, src), offsetof(struct bank_in, errs),
+    bank_check_el, bank_commit_el, bank_release_el,
+};
+
 static void bank_write(struct call *c)
 {
-    struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "BankTransactions", &root);
-    struct bank_in *in;
-    struct out_el *els;
-    size_t n, i;
-    int n_failed = 0;
-    if (!arr)
-        return;
-    n = json_array_size(arr);
-    in = calloc(n ? n : 1, sizeof(*in));
-    els = calloc(n ? n : 1, sizeof(*els));
-    if (!in || !els) {
-        free(in);
-        free(els);
-        json_decref(root);
-        reply_problem(c->resp, 500, "InternalError", "out of memory");
-        return;
-    }
-    for (i = 0; i < n; i++) {
-        in[i].src = json_array_get(arr, i);
-        bank_check(c, &in[i]);
-        n_failed += in[i].errs != NULL;
-    }
-    pthread_mutex_lock(&x->data);
-    if (!(n_failed && c->summarize)) {
-        for (i = 0; i < n; i++) {
-            if (in[i].errs)
-                continue;
-            bank_commit(c, &in[i]);
-            if (in[i].saved)
-                out_el_render(&els[i], E_BANK_TXN, in[i].saved, !c->summarize);
-            else
-                n_failed++;
-        }
-    }
-    pthread_mutex_unlock(&x->data);
-    for (i = 0; i < n; i++) {
-        if (in[i].errs)
-            els[i].err = error_element(in[i].src, in[i].errs, "HasValidationErrors");
-        json_decref(in[i].errs);
-        free(in[i].head);
-    }
-    free(in);
-    reply_write(c, "BankTransactions", els, n, n_failed);
-    free(els);
-    json_decref(root);
+    batch_write(c, &BANK_BATCH);
 }
 
 /* POST /BankTransactions/{id} {"BankTransactions":[{"Status":"DELETED"}]}
@@ -4302,21 +4388,17 @@ static void bank_write(struct call *c)
 static void bank_update(struct call *c, const char *id)
 {
     struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "BankTransactions", &root), *e, *errs = NULL;
+    json_t *root, *e, *errs = NULL;
     struct out_el el = {0};
     struct bank_txn *t;
     const char *status, *key;
     json_t *v;
     int bad = 0;
-    if (!arr)
+    e = update_element(c, "BankTransactions",
+                       "POST /BankTransactions/{BankTransactionID} takes one bank transaction",
+                       &root);
+    if (!e)
         return;
-    if (json_array_size(arr) != 1) {
-        json_decref(root);
-        reply_exception(c->resp, 400, 14, "PostDataInvalidException",
-                        "POST /BankTransactions/{BankTransactionID} takes one bank transaction");
-        return;
-    }
-    e = json_array_get(arr, 0);
     status = json_is_object(e) ? opt_str(e, "Status", &bad) : NULL;
     if (!status || (strcasecmp(status, "DELETED") && strcasecmp(status, "VOIDED")))
         add_error(&errs, "The sandbox changes only the Status of a bank transaction, to DELETED "
@@ -4337,17 +4419,7 @@ static void bank_update(struct call *c, const char *id)
         out_el_render(&el, E_BANK_TXN, t, !c->summarize);
     }
     pthread_mutex_unlock(&x->data);
-    if (!t) {
-        json_decref(errs);
-        json_decref(root);
-        reply_not_found(c->resp);
-        return;
-    }
-    if (errs)
-        el.err = error_element(e, errs, "HasValidationErrors");
-    reply_write(c, "BankTransactions", &el, 1, errs != NULL);
-    json_decref(errs);
-    json_decref(root);
+    reply_update(c, "BankTransactions", t != NULL, e, errs, &el, root);
 }
 
 /* ==== ManualJournals ====================================================== */
@@ -4509,54 +4581,33 @@ static void journal_commit(struct call *c, struct journal_in *ji)
     ji->saved = j;
 }
 
+static void journal_check_el(struct call *c, void *in)
+{
+    journal_check(c, in);
+}
+
+static const void *journal_commit_el(struct call *c, void *in)
+{
+    struct journal_in *el = in;
+    journal_commit(c, el);
+    return el->saved;
+}
+
+static void journal_release_el(void *in)
+{
+    struct journal_in *el = in;
+    free(el->head);
+}
+
+static const struct batch_type JOURNAL_BATCH = {
+    "ManualJournals", E_MANUAL_JOURNAL, "HasErrors", sizeof(struct journal_in),
+    offsetof(struct journal_in, src), offsetof(struct journal_in, errs),
+    journal_check_el, journal_commit_el, journal_release_el,
+};
+
 static void journals_write(struct call *c)
 {
-    struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "ManualJournals", &root);
-    struct journal_in *in;
-    struct out_el *els;
-    size_t n, i;
-    int n_failed = 0;
-    if (!arr)
-        return;
-    n = json_array_size(arr);
-    in = calloc(n ? n : 1, sizeof(*in));
-    els = calloc(n ? n : 1, sizeof(*els));
-    if (!in || !els) {
-        free(in);
-        free(els);
-        json_decref(root);
-        reply_problem(c->resp, 500, "InternalError", "out of memory");
-        return;
-    }
-    for (i = 0; i < n; i++) {
-        in[i].src = json_array_get(arr, i);
-        journal_check(c, &in[i]);
-        n_failed += in[i].errs != NULL;
-    }
-    pthread_mutex_lock(&x->data);
-    if (!(n_failed && c->summarize)) {
-        for (i = 0; i < n; i++) {
-            if (in[i].errs)
-                continue;
-            journal_commit(c, &in[i]);
-            if (in[i].saved)
-                out_el_render(&els[i], E_MANUAL_JOURNAL, in[i].saved, !c->summarize);
-            else
-                n_failed++;
-        }
-    }
-    pthread_mutex_unlock(&x->data);
-    for (i = 0; i < n; i++) {
-        if (in[i].errs)
-            els[i].err = error_element(in[i].src, in[i].errs, "HasErrors");
-        json_decref(in[i].errs);
-        free(in[i].head);
-    }
-    free(in);
-    reply_write(c, "ManualJournals", els, n, n_failed);
-    free(els);
-    json_decref(root);
+    batch_write(c, &JOURNAL_BATCH);
 }
 
 /* ==== BankTransfers ======================================================= */
@@ -4742,56 +4793,35 @@ static void transfer_commit(struct call *c, struct transfer_in *ti)
     ti->saved = t;
 }
 
+static void transfer_check_el(struct call *c, void *in)
+{
+    transfer_check(c, in);
+}
+
+static const void *transfer_commit_el(struct call *c, void *in)
+{
+    struct transfer_in *el = in;
+    transfer_commit(c, el);
+    return el->saved;
+}
+
+static void transfer_release_el(void *in)
+{
+    struct transfer_in *el = in;
+    free(el->text);
+    free(el->from_head);
+    free(el->to_head);
+}
+
+static const struct batch_type TRANSFER_BATCH = {
+    "BankTransfers", E_BANK_TRANSFER, "HasValidationErrors", sizeof(struct transfer_in),
+    offsetof(struct transfer_in, src), offsetof(struct transfer_in, errs),
+    transfer_check_el, transfer_commit_el, transfer_release_el,
+};
+
 static void transfers_write(struct call *c)
 {
-    struct xero *x = c->x;
-    json_t *root, *arr = body_elements(c, "BankTransfers", &root);
-    struct transfer_in *in;
-    struct out_el *els;
-    size_t n, i;
-    int n_failed = 0;
-    if (!arr)
-        return;
-    n = json_array_size(arr);
-    in = calloc(n ? n : 1, sizeof(*in));
-    els = calloc(n ? n : 1, sizeof(*els));
-    if (!in || !els) {
-        free(in);
-        free(els);
-        json_decref(root);
-        reply_problem(c->resp, 500, "InternalError", "out of memory");
-        return;
-    }
-    for (i = 0; i < n; i++) {
-        in[i].src = json_array_get(arr, i);
-        transfer_check(c, &in[i]);
-        n_failed += in[i].errs != NULL;
-    }
-    pthread_mutex_lock(&x->data);
-    if (!(n_failed && c->summarize)) {
-        for (i = 0; i < n; i++) {
-            if (in[i].errs)
-                continue;
-            transfer_commit(c, &in[i]);
-            if (in[i].saved)
-                out_el_render(&els[i], E_BANK_TRANSFER, in[i].saved, !c->summarize);
-            else
-                n_failed++;
-        }
-    }
-    pthread_mutex_unlock(&x->data);
-    for (i = 0; i < n; i++) {
-        if (in[i].errs)
-            els[i].err = error_element(in[i].src, in[i].errs, "HasValidationErrors");
-        json_decref(in[i].errs);
-        free(in[i].text);
-        free(in[i].from_head);
-        free(in[i].to_head);
-    }
-    free(in);
-    reply_write(c, "BankTransfers", els, n, n_failed);
-    free(els);
-    json_decref(root);
+    batch_write(c, &TRANSFER_BATCH);
 }
 
 /* ==== GET: where filters and listing ====================================== */
