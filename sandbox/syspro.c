@@ -1020,6 +1020,93 @@ static int parse_call(struct pb_http_request *req, struct pb_http_response *resp
     return 1;
 }
 
+/* ==== items of a business object ============================================= */
+
+/* The end of a reply made of records (<Order>s for SORTOI, <Item>s for the
+ * others): a document with none at all gets one `elem` saying `none`,
+ * counted as read and invalid; the invalid records count as business
+ * errors; then the <StatusOfItems>. */
+static void end_items(struct emu *x, xmlNodePtr out_root, const char *elem, const char *none,
+                      long read, long invalid)
+{
+    if (read == 0) {
+        xmlNodePtr item = xmlNewChild(out_root, NULL, BAD_CAST elem, NULL);
+        add_error(item, ERR_FIELD, "%s", none);
+        read = invalid = 1;
+    }
+    x->n.business_errors += (uint64_t)invalid;
+    add_status(out_root, read, invalid);
+}
+
+/* The end of an all-or-nothing posting of staged items (ARSTPY, GENTJL):
+ * when it did not post and some item was invalid, every valid one says it
+ * was not posted; the staged records are freed; then end_items(). */
+static void end_staged(struct emu *x, xmlNodePtr out_root, xmlNodePtr *items, json_t **staged,
+                       size_t n, long invalid, int posted)
+{
+    if (!posted && invalid) {
+        for (size_t i = 0; i < n; i++)
+            if (staged[i])
+                add_error(items[i], ERR_NOT_POSTED,
+                          "Not posted: another item of the document is invalid");
+    }
+    for (size_t i = 0; i < n; i++)
+        json_decref(staged[i]);
+    end_items(x, out_root, "Item", "XmlIn has no Item", (long)n, invalid);
+}
+
+/* The PostingPeriod parameter of an AR posting into period. */
+static void posting_period(struct call *c, char *period, size_t len)
+{
+    if (!ktext(c->p, "PostingPeriod", period, len))
+        snprintf(period, len, "C"); /* the current period unless told */
+}
+
+/* The <Key><Customer/><Reference/></Key> of an AR item's reply, from the
+ * Customer and Reference of `in`, and the customer it names: NULL, with
+ * "Customer 'X' is invalid" on the item, when there is none. */
+static json_t *keyed_customer(struct emu *x, xmlNodePtr in, xmlNodePtr item, char *code,
+                              size_t code_len, char *ref, size_t ref_len)
+{
+    xmlNodePtr key;
+    json_t *cust;
+    ktext(in, "Customer", code, code_len);
+    ktext(in, "Reference", ref, ref_len);
+    key = xmlNewChild(item, NULL, BAD_CAST "Key", NULL);
+    add(key, "Customer", code);
+    add(key, "Reference", ref);
+    if (!code[0] || !(cust = customer(x, code))) {
+        add_error(item, ERR_CUSTOMER_INVALID, "Customer '%s' is invalid", code);
+        return NULL;
+    }
+    return cust;
+}
+
+/* Whether a Reference of `len` characters fits in `max`; else 0 with the
+ * error on item. */
+static int reference_fits(xmlNodePtr item, const char *ref, size_t len, int max)
+{
+    if (len <= (size_t)max)
+        return 1;
+    add_error(item, ERR_FIELD, "Reference '%s' is longer than %d characters", ref, max);
+    return 0;
+}
+
+/* An AR item's date element `name` into date (today when absent); 0, with
+ * "<what> date 'X' is invalid" on item, when it is not a date. */
+static int item_date(xmlNodePtr in, const char *name, const char *what, xmlNodePtr item,
+                     char *date, size_t len)
+{
+    int32_t days;
+    if (!ktext(in, name, date, len))
+        today(date, len);
+    else if (!date_days(date, &days)) {
+        add_error(item, ERR_FIELD, "%s date '%s' is invalid", what, date);
+        return 0;
+    }
+    return 1;
+}
+
 /* ==== SORTOI ========================================================================= */
 
 /* One <Orders>: validate and (unless validate_only) create. Adds <Order> to out. */
@@ -1220,13 +1307,7 @@ static void sortoi(struct emu *x, struct call *c, xmlNodePtr out_root)
         if (!sortoi_order(x, c, o, out_root, validate_only))
             invalid++;
     }
-    if (read == 0) {
-        xmlNodePtr order = xmlNewChild(out_root, NULL, BAD_CAST "Order", NULL);
-        add_error(order, ERR_FIELD, "XmlIn has no Orders");
-        read = invalid = 1;
-    }
-    x->n.business_errors += (uint64_t)invalid;
-    add_status(out_root, read, invalid);
+    end_items(x, out_root, "Order", "XmlIn has no Orders", read, invalid);
 }
 
 /* ==== ARSTPY ============================================================================ */
@@ -1255,7 +1336,6 @@ static json_t *payable(struct emu *x, const char *customer_code, const char *doc
 static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t **staged)
 {
     char code[64], bank[64], value_text[64], ref[128], ptype[64], inv[64], text[64], date[32];
-    int32_t days;
     json_t *cust, *applied = json_array();
     const char *currency;
     int64_t value, sum = 0;
@@ -1264,17 +1344,8 @@ static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t *
         add_error(item, ERR_FIELD, "Payment is missing");
         goto fail;
     }
-    ktext(pay, "Customer", code, sizeof code);
-    ktext(pay, "Reference", ref, sizeof ref);
-    {
-        xmlNodePtr key = xmlNewChild(item, NULL, BAD_CAST "Key", NULL);
-        add(key, "Customer", code);
-        add(key, "Reference", ref);
-    }
-    if (!code[0] || !(cust = customer(x, code))) {
-        add_error(item, ERR_CUSTOMER_INVALID, "Customer '%s' is invalid", code);
+    if (!(cust = keyed_customer(x, pay, item, code, sizeof code, ref, sizeof ref)))
         goto fail;
-    }
     currency = customer_currency(x, cust);
     if (!ktext(pay, "Bank", bank, sizeof bank) || !json_object_get(x->set.banks, bank)) {
         add_error(item, ERR_BANK_INVALID, "Bank '%s' is invalid", bank);
@@ -1285,18 +1356,11 @@ static int arstpy_check(struct emu *x, xmlNodePtr pay, xmlNodePtr item, json_t *
         add_error(item, ERR_VALUE_INVALID, "Payment value '%s' is invalid", value_text);
         goto fail;
     }
-    if (strlen(ref) > REFERENCE_MAX) {
-        add_error(item, ERR_FIELD, "Reference '%s' is longer than %d characters", ref,
-                  REFERENCE_MAX);
+    if (!reference_fits(item, ref, strlen(ref), REFERENCE_MAX))
         goto fail;
-    }
     ktext(pay, "PaymentType", ptype, sizeof ptype);
-    if (!ktext(pay, "PaymentDate", date, sizeof date))
-        today(date, sizeof date);
-    else if (!date_days(date, &days)) {
-        add_error(item, ERR_FIELD, "Payment date '%s' is invalid", date);
+    if (!item_date(pay, "PaymentDate", "Payment", item, date, sizeof date))
         goto fail;
-    }
     for (xmlNodePtr t = pay->children; t; t = t->next) {
         int64_t open, part;
         int is_order;
@@ -1347,10 +1411,9 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
     int whole = yn(c->p, "ApplyIfEntireDocumentValid", 1),
         validate_only = yn(c->p, "ValidateOnly", 0);
     char period[8] = "C";
-    int year, month;
+    int year, month, posted;
 
-    if (!ktext(c->p, "PostingPeriod", period, sizeof period))
-        snprintf(period, sizeof period, "C"); /* the current period unless told */
+    posting_period(c, period, sizeof period);
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it && n < 256; it = it->next) {
         if (!named(it, "Item"))
             continue;
@@ -1363,14 +1426,11 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
         }
         n++;
     }
-    if (n == 0) {
-        items[0] = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
-        add_error(items[0], ERR_FIELD, "XmlIn has no Item");
-        n = 1;
-        invalid = 1;
-    }
+    if (n == 0)
+        invalid = 1; /* end_staged() says why */
     trnperiod(strcasecmp(period, "P") == 0, &year, &month);
-    if (!validate_only && !(whole && invalid)) {
+    posted = !validate_only && !(whole && invalid);
+    if (posted) {
         long journal = x->next_journal++, entry = 0;
         for (size_t i = 0; i < n; i++) {
             size_t j;
@@ -1408,16 +1468,8 @@ static void arstpy(struct emu *x, struct call *c, xmlNodePtr out_root)
             add_int(items[i], "Entry", entry);
             json_array_append(x->payments, staged[i]);
         }
-    } else if (invalid) {
-        for (size_t i = 0; i < n; i++)
-            if (staged[i])
-                add_error(items[i], ERR_NOT_POSTED,
-                          "Not posted: another item of the document is invalid");
     }
-    for (size_t i = 0; i < n; i++)
-        json_decref(staged[i]);
-    x->n.business_errors += (uint64_t)invalid;
-    add_status(out_root, (long)n, invalid);
+    end_staged(x, out_root, items, staged, n, invalid, posted);
 }
 
 /* ==== ARSTIN (credit notes) ============================================================ */
@@ -1429,13 +1481,11 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
     char period[8] = "C";
     int year, month;
 
-    if (!ktext(c->p, "PostingPeriod", period, sizeof period))
-        snprintf(period, sizeof period, "C"); /* the current period unless told */
+    posting_period(c, period, sizeof period);
     trnperiod(strcasecmp(period, "P") == 0, &year, &month);
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it; it = it->next) {
         char code[64], ref[128], value_text[64], type[16], orig[64], number[16], date[32], seq[16];
-        xmlNodePtr inv, item, key;
-        int32_t days;
+        xmlNodePtr inv, item;
         json_t *cust, *odoc = NULL;
         const char *currency;
         int64_t value, open = 0;
@@ -1446,15 +1496,8 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
         read++;
         inv = kid(it, "Invoice");
         item = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
-        key = xmlNewChild(item, NULL, BAD_CAST "Key", NULL);
-        ktext(inv, "Customer", code, sizeof code);
-        ktext(inv, "Reference", ref, sizeof ref);
-        add(key, "Customer", code);
-        add(key, "Reference", ref);
-        if (!code[0] || !(cust = customer(x, code))) {
-            add_error(item, ERR_CUSTOMER_INVALID, "Customer '%s' is invalid", code);
+        if (!(cust = keyed_customer(x, inv, item, code, sizeof code, ref, sizeof ref)))
             goto bad;
-        }
         currency = customer_currency(x, cust);
         if (!ktext(inv, "DocumentType", type, sizeof type) || strcasecmp(type, "C") != 0) {
             add_error(item, ERR_NOT_EMULATED,
@@ -1468,17 +1511,9 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
             add_error(item, ERR_VALUE_INVALID, "Invoice value '%s' is invalid", value_text);
             goto bad;
         }
-        if (strlen(ref) > REFERENCE_MAX) {
-            add_error(item, ERR_FIELD, "Reference '%s' is longer than %d characters", ref,
-                      REFERENCE_MAX);
+        if (!reference_fits(item, ref, strlen(ref), REFERENCE_MAX) ||
+            !item_date(inv, "InvoiceDate", "Invoice", item, date, sizeof date))
             goto bad;
-        }
-        if (!ktext(inv, "InvoiceDate", date, sizeof date))
-            today(date, sizeof date);
-        else if (!date_days(date, &days)) {
-            add_error(item, ERR_FIELD, "Invoice date '%s' is invalid", date);
-            goto bad;
-        }
         if (ktext(inv, "OriginalDocument", orig, sizeof orig)) {
             odoc = payable(x, code, orig, &open, &is_order);
             if (!odoc) {
@@ -1520,13 +1555,7 @@ static void arstin(struct emu *x, struct call *c, xmlNodePtr out_root)
     bad:
         invalid++;
     }
-    if (read == 0) {
-        xmlNodePtr item = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
-        add_error(item, ERR_FIELD, "XmlIn has no Item");
-        read = invalid = 1;
-    }
-    x->n.business_errors += (uint64_t)invalid;
-    add_status(out_root, read, invalid);
+    end_items(x, out_root, "Item", "XmlIn has no Item", read, invalid);
 }
 
 /* ==== ARSSCS (Setup/Add customers) ======================================================= */
@@ -1574,13 +1603,7 @@ static void arsscs(struct emu *x, struct call *c, xmlNodePtr out_root)
         json_object_set_new(x->set.customers, code, rec);
         x->n.customers_added++;
     }
-    if (read == 0) {
-        xmlNodePtr item = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
-        add_error(item, ERR_FIELD, "XmlIn has no Item");
-        read = invalid = 1;
-    }
-    x->n.business_errors += (uint64_t)invalid;
-    add_status(out_root, read, invalid);
+    end_items(x, out_root, "Item", "XmlIn has no Item", read, invalid);
 }
 
 /* ==== queries ===================================================================== */
@@ -1818,11 +1841,8 @@ static int gentjl_check(struct emu *x, xmlNodePtr in, xmlNodePtr item, json_t **
         add_error(item, ERR_FIELD, "Journal date '%s' is invalid", date);
         goto fail;
     }
-    if (utf8_chars(ref) > JOURNAL_REFERENCE_MAX) {
-        add_error(item, ERR_FIELD, "Reference '%s' is longer than %d characters", ref,
-                  JOURNAL_REFERENCE_MAX);
+    if (!reference_fits(item, ref, utf8_chars(ref), JOURNAL_REFERENCE_MAX))
         goto fail;
-    }
     snprintf(period, sizeof period, "%.7s", date);
     if (json_object_get(x->set.gl_closed_periods, period)) {
         add_error(item, ERR_PERIOD_CLOSED, "GL period %.4s/%s is closed for posting", date,
@@ -1892,7 +1912,7 @@ static void gentjl(struct emu *x, struct call *c, xmlNodePtr out_root)
     size_t n = 0;
     long invalid = 0;
     int whole = yn(c->p, "ApplyIfEntireDocumentValid", 1),
-        validate_only = yn(c->p, "ValidateOnly", 0);
+        validate_only = yn(c->p, "ValidateOnly", 0), posted;
 
     for (xmlNodePtr it = c->root ? c->root->children : NULL; it && n < 64; it = it->next) {
         if (!named(it, "Item"))
@@ -1902,13 +1922,10 @@ static void gentjl(struct emu *x, struct call *c, xmlNodePtr out_root)
             invalid++;
         n++;
     }
-    if (n == 0) {
-        items[0] = xmlNewChild(out_root, NULL, BAD_CAST "Item", NULL);
-        add_error(items[0], ERR_FIELD, "XmlIn has no Item");
-        n = 1;
-        invalid = 1;
-    }
-    if (!validate_only && !(whole && invalid)) {
+    if (n == 0)
+        invalid = 1; /* end_staged() says why */
+    posted = !validate_only && !(whole && invalid);
+    if (posted) {
         for (size_t i = 0; i < n; i++) {
             long journal;
             if (!staged[i])
@@ -1920,16 +1937,8 @@ static void gentjl(struct emu *x, struct call *c, xmlNodePtr out_root)
             add_int(items[i], "Journal", journal);
             json_array_append(x->gl_journals, staged[i]);
         }
-    } else if (invalid) {
-        for (size_t i = 0; i < n; i++)
-            if (staged[i])
-                add_error(items[i], ERR_NOT_POSTED,
-                          "Not posted: another item of the document is invalid");
     }
-    for (size_t i = 0; i < n; i++)
-        json_decref(staged[i]);
-    x->n.business_errors += (uint64_t)invalid;
-    add_status(out_root, (long)n, invalid);
+    end_staged(x, out_root, items, staged, n, invalid, posted);
 }
 
 static void genqjl(struct emu *x, struct call *c, xmlNodePtr root)
