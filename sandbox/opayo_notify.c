@@ -78,6 +78,9 @@
  * for us, but it has no way to abort a call in flight, and prompt shutdown
  * with pending retries is a requirement. Rejected: one thread per delivery;
  * unbounded under a slow receiver and it reorders nothing useful.
+ *
+ * The signed POST itself, the backoff, the timed wait and the duplicate roll
+ * are sbx_notify.c's, shared with the PayTrace webhook sender.
  */
 #include "opayo.h"
 
@@ -93,6 +96,7 @@
 #include "core/crypto.h"
 #include "core/log.h"
 #include "net/httpd.h"
+#include "sbx_notify.h"
 
 #define OPAYO_NOTIFIER_MAGIC 0x4F4E5446u      /* "ONTF" */
 #define OPAYO_NOTIFY_QUEUE_MAX 4096           /* deliveries queued at most */
@@ -378,19 +382,6 @@ static void queue_clear(struct pb__opayo_notifier *n)
     n->n_queued = 0;
 }
 
-/* 1 with probability `rate` (0..1), from the CSPRNG. */
-static int roll(double rate)
-{
-    uint32_t r;
-    if (rate <= 0.0)
-        return 0;
-    if (rate >= 1.0)
-        return 1;
-    if (pb_random_bytes(&r, sizeof(r)))
-        return 0;
-    return (double)r < rate * 4294967296.0;
-}
-
 enum pb_rc pb__opayo_notifier_enqueue(struct pb__opayo_notifier *n, const char *id,
                                       const char *body, size_t len, int first,
                                       struct pb_err *err)
@@ -407,7 +398,7 @@ enum pb_rc pb__opayo_notifier_enqueue(struct pb__opayo_notifier *n, const char *
         goto out;
     }
     due = pb_monotonic_ns() + (first ? (uint64_t)n->delay_ms * 1000000u : 0);
-    if (first && roll(n->duplicate_rate))
+    if (first && sbx_roll(n->duplicate_rate))
         copies = 2;
     for (int i = 0; i < copies; i++) {
         if (n->n_queued >= OPAYO_NOTIFY_QUEUE_MAX) {
@@ -455,96 +446,23 @@ void pb__opayo_notifier_reset(struct pb__opayo_notifier *n)
 
 /* ---- the sender thread --------------------------------------------------- */
 
-static size_t discard_reply(char *data, size_t size, size_t nmemb, void *arg)
-{
-    size_t *total = arg;
-    size_t n = size * nmemb;
-    (void)data;
-    *total += n;
-    if (*total > OPAYO_NOTIFY_REPLY_MAX)
-        return 0; /* abort: a receiver has no reason to answer with megabytes */
-    return n;
-}
-
-static int abort_on_stop(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-                         curl_off_t ulnow)
-{
-    struct pb__opayo_notifier *n = arg;
-    return atomic_load(&n->stop) ? 1 : 0;
-}
-
 /* One POST attempt. Returns the HTTP status, or 0 when there was no reply. */
 static long post_once(struct pb__opayo_notifier *n, CURL *curl, const char *url,
                       const char *secret, const struct delivery *d)
 {
-    unsigned char mac[PB_SHA256_LEN];
-    char hex[2 * PB_SHA256_LEN + 1];
-    char sig_header[64 + sizeof(hex)];
     char id_header[64 + OPAYO_GUID_LEN];
-    struct curl_slist *headers = NULL, *tmp;
-    size_t reply_bytes = 0;
-    long status = 0;
+    const char *more[] = {id_header, "User-Agent: paybridge-sandbox-opayo/1", "Expect:", NULL};
+    struct sbx_post post = {url, secret, "X-Opayo-Signature", more, d->body, d->len,
+                            OPAYO_NOTIFY_TIMEOUT_MS, OPAYO_NOTIFY_REPLY_MAX, 1, &n->stop};
     CURLcode cc;
+    long status;
 
-    if (pb_hmac_sha256(secret, strlen(secret), d->body, d->len, mac) ||
-        pb_hex_encode(mac, sizeof(mac), hex, sizeof(hex)))
-        return 0;
-    snprintf(sig_header, sizeof(sig_header), "X-Opayo-Signature: %s", hex);
     snprintf(id_header, sizeof(id_header), "X-Opayo-Notification-Id: %s", d->id);
-    const char *lines[] = {"Content-Type: application/json", sig_header, id_header,
-                           "User-Agent: paybridge-sandbox-opayo/1", "Expect:"};
-    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
-        tmp = curl_slist_append(headers, lines[i]);
-        if (!tmp) {
-            curl_slist_free_all(headers);
-            return 0;
-        }
-        headers = tmp;
-    }
-
-    /* reset keeps live connections, so keep-alive survives across sends */
-    curl_easy_reset(curl);
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(curl, CURLOPT_POST, 1L);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, d->body);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)d->len);
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, OPAYO_NOTIFY_TIMEOUT_MS);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, OPAYO_NOTIFY_TIMEOUT_MS);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard_reply);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply_bytes);
-    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
-    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, n);
-    cc = curl_easy_perform(curl);
-    if (cc == CURLE_OK || cc == CURLE_WRITE_ERROR)
-        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    status = sbx_notify_post(curl, &post, &cc);
     if (cc != CURLE_OK && cc != CURLE_WRITE_ERROR && !atomic_load(&n->stop))
         pb_log(PB_LOG_WARN, "sandbox.opayo.notify_error", "notification_id", d->id, "error",
                curl_easy_strerror(cc), NULL);
-    curl_slist_free_all(headers);
     return status;
-}
-
-static uint64_t backoff_ns(unsigned attempts_made)
-{
-    uint64_t ms = OPAYO_NOTIFY_BACKOFF_FIRST_MS;
-    for (unsigned i = 1; i < attempts_made && ms < OPAYO_NOTIFY_BACKOFF_CAP_MS; i++)
-        ms *= 2;
-    if (ms > OPAYO_NOTIFY_BACKOFF_CAP_MS)
-        ms = OPAYO_NOTIFY_BACKOFF_CAP_MS;
-    return ms * 1000000u;
-}
-
-static void wait_until(struct pb__opayo_notifier *n, uint64_t due_ns)
-{
-    struct timespec ts = {.tv_sec = (time_t)(due_ns / 1000000000u),
-                          .tv_nsec = (long)(due_ns % 1000000000u)};
-    pthread_cond_timedwait(&n->cv, &n->mu, &ts);
 }
 
 static void *sender_main(void *arg)
@@ -566,7 +484,7 @@ static void *sender_main(void *arg)
         }
         now = pb_monotonic_ns();
         if (d->due_ns > now) {
-            wait_until(n, d->due_ns);
+            sbx_wait_until(&n->cv, &n->mu, d->due_ns);
             continue;
         }
         queue_unlink(n, d);
@@ -611,7 +529,8 @@ static void *sender_main(void *arg)
         }
         pb_log(PB_LOG_DEBUG, "sandbox.opayo.notify_retry", "notification_id", d->id, "status",
                status_text, NULL);
-        d->due_ns = pb_monotonic_ns() + backoff_ns(d->attempts);
+        d->due_ns = pb_monotonic_ns() + sbx_backoff_ns(d->attempts, OPAYO_NOTIFY_BACKOFF_FIRST_MS,
+                                                  OPAYO_NOTIFY_BACKOFF_CAP_MS);
         queue_push(n, d);
     }
     pthread_mutex_unlock(&n->mu);

@@ -183,6 +183,7 @@
 #include "opayo_report.h" /* the settlement helpers shared by the emulators */
 #include "paytrace.h"
 #include "sbx.h"
+#include "sbx_notify.h"
 
 #define PT_STATE_MAGIC 0x50545342u /* "PTSB" */
 #define PT_MAX_TRANSACTIONS 100000
@@ -377,18 +378,6 @@ static void random_digits(char *out, size_t n)
 }
 
 /* 1 with probability `rate` (0..1), from the CSPRNG. */
-static int roll(double rate)
-{
-    uint32_t r;
-    if (rate <= 0.0)
-        return 0;
-    if (rate >= 1.0)
-        return 1;
-    if (pb_random_bytes(&r, sizeof r))
-        return 0;
-    return (double)r < rate * 4294967296.0;
-}
-
 static void mask_number(const char *digits, char out[24])
 {
     size_t n = strlen(digits), i;
@@ -1041,7 +1030,7 @@ static int webhook_enqueue(struct pt_state *st, const struct txn *t, int first)
         rc = -1;
         goto out;
     }
-    if (first && roll(st->drop_rate)) {
+    if (first && sbx_roll(st->drop_rate)) {
         st->w_dropped++;
         rc = 1;
         goto out;
@@ -1087,79 +1076,19 @@ static void queue_clear(struct pt_state *st)
     st->n_queued = 0;
 }
 
-static size_t discard_reply(char *data, size_t size, size_t nmemb, void *arg)
-{
-    size_t *total = arg, n = size * nmemb;
-    (void)data;
-    *total += n;
-    return *total > PT_REPLY_MAX ? 0 : n;
-}
-
-static int abort_on_stop(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
-{
-    struct pt_state *st = arg;
-    return atomic_load(&st->stop) ? 1 : 0;
-}
-
 /* One POST; the HTTP status or 0. */
 static long post_once(struct pt_state *st, CURL *curl, const char *url, const char *secret,
                       const struct delivery *d)
 {
-    unsigned char mac[PB_SHA256_LEN];
-    char hex[2 * PB_SHA256_LEN + 1], sig[80 + sizeof hex];
-    struct curl_slist *headers = NULL, *tmp;
-    size_t reply_bytes = 0;
-    long status = 0;
+    const char *more[] = {"User-Agent: paybridge-sandbox-paytrace/1", "Expect:", NULL};
+    struct sbx_post post = {url, secret, "X-PayTrace-Signature", more, d->body, d->len,
+                            PT_POST_TIMEOUT_MS, PT_REPLY_MAX, 0, &st->stop};
     CURLcode cc;
-
-    if (pb_hmac_sha256(secret, strlen(secret), d->body, d->len, mac) ||
-        pb_hex_encode(mac, sizeof mac, hex, sizeof hex))
-        return 0;
-    snprintf(sig, sizeof sig, "X-PayTrace-Signature: %s", hex);
-    const char *lines[] = {"Content-Type: application/json", sig,
-                           "User-Agent: paybridge-sandbox-paytrace/1", "Expect:"};
-    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-        tmp = curl_slist_append(headers, lines[i]);
-        if (!tmp) {
-            curl_slist_free_all(headers);
-            return 0;
-        }
-        headers = tmp;
-    }
-    curl_easy_reset(curl);
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(curl, CURLOPT_POST, 1L);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, d->body);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)d->len);
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, PT_POST_TIMEOUT_MS);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, PT_POST_TIMEOUT_MS);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard_reply);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply_bytes);
-    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, abort_on_stop);
-    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, st);
-    cc = curl_easy_perform(curl);
-    if (cc == CURLE_OK || cc == CURLE_WRITE_ERROR)
-        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    else if (!atomic_load(&st->stop))
+    long status = sbx_notify_post(curl, &post, &cc);
+    if (cc != CURLE_OK && cc != CURLE_WRITE_ERROR && !atomic_load(&st->stop))
         pb_log(PB_LOG_WARN, "sandbox.paytrace.webhook_error", "error", curl_easy_strerror(cc),
                NULL);
-    curl_slist_free_all(headers);
     return status;
-}
-
-static uint64_t backoff_ns(unsigned attempts)
-{
-    uint64_t ms = PT_BACKOFF_FIRST_MS;
-    for (unsigned i = 1; i < attempts && ms < PT_BACKOFF_CAP_MS; i++)
-        ms *= 2;
-    if (ms > PT_BACKOFF_CAP_MS)
-        ms = PT_BACKOFF_CAP_MS;
-    return ms * 1000000u;
 }
 
 static void *sender_main(void *arg)
@@ -1183,10 +1112,7 @@ static void *sender_main(void *arg)
         }
         now = pb_monotonic_ns();
         if ((*best)->due_ns > now) {
-            uint64_t due = (*best)->due_ns;
-            struct timespec ts = {.tv_sec = (time_t)(due / 1000000000u),
-                                  .tv_nsec = (long)(due % 1000000000u)};
-            pthread_cond_timedwait(&st->wcv, &st->wmu, &ts);
+            sbx_wait_until(&st->wcv, &st->wmu, (*best)->due_ns);
             continue;
         }
         d = *best;
@@ -1229,7 +1155,8 @@ static void *sender_main(void *arg)
             delivery_free(d);
             continue;
         }
-        d->due_ns = pb_monotonic_ns() + backoff_ns(d->attempts);
+        d->due_ns =
+            pb_monotonic_ns() + sbx_backoff_ns(d->attempts, PT_BACKOFF_FIRST_MS, PT_BACKOFF_CAP_MS);
         d->next = st->head;
         st->head = d;
         st->n_queued++;
