@@ -12,7 +12,9 @@
  * Step numbering of a job: 0 is the source's confirm step (when the source
  * connector can confirm and the connection does not set confirm: false),
  * 1..n are the flow's steps. Completing step k queues step k+1 in the same
- * transaction.
+ * transaction; when k+1 has the batch's next (target, command), that
+ * transaction leases it to the worker too (tries 1, durable before the call),
+ * which runs it at once with the event it already parsed (struct chain).
  *
  * Exactly-once: before a step calls the ERP, the xref is consulted with the
  * step's reference; the sink is told `tries`, and a try after the first makes
