@@ -12,7 +12,9 @@
  * Step numbering of a job: 0 is the source's confirm step (when the source
  * connector can confirm and the connection does not set confirm: false),
  * 1..n are the flow's steps. Completing step k queues step k+1 in the same
- * transaction.
+ * transaction; when k+1 has the batch's next (target, command), that
+ * transaction leases it to the worker too (tries 1, durable before the call),
+ * which runs it at once with the event it already parsed (struct chain).
  *
  * Exactly-once: before a step calls the ERP, the xref is consulted with the
  * step's reference; the sink is told `tries`, and a try after the first makes
@@ -434,8 +436,10 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     json_error_t jerr;
     char day[11];
 
-    w->event = json_loads(w->job->event_json, 0, &jerr);
-    w->refs = json_loads(w->job->refs_json, 0, &jerr);
+    if (!w->event) { /* else handed over by the job before it (run_batch's chain) */
+        w->event = json_loads(w->job->event_json, 0, &jerr);
+        w->refs = json_loads(w->job->refs_json, 0, &jerr);
+    }
     if (!w->event || !w->refs) {
         decide(w, PB_OUTCOME_DEAD, PB_ERR_INTERNAL, "stored event is not valid JSON");
         return;
@@ -527,7 +531,25 @@ static size_t next_runnable(struct worker *wk, struct work_item *x, size_t from)
     return i;
 }
 
-static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
+/* The next steps a batch leased for itself in its completion commit (the
+ * jobs a claim would have returned next), with their events and refs already
+ * parsed: the worker runs them at once, and the mapper keeps the events' jq
+ * conversion. Saves per job the claim's lease + load (a join, a refs query),
+ * the event's parse and its conversion for jq. */
+struct chain {
+    struct pb_job *jobs;    /* [n], freed with pb_store_jobs_free */
+    json_t **events;        /* [n], owned until handed to run_batch */
+    json_t **refs;          /* [n], likewise */
+    size_t n;
+};
+
+/* Run n claimed (or chained) jobs of one (target, command). `events` and
+ * `refs` (NULL, or [n] parsed for each job) become run_batch's. With `chain`
+ * non-NULL, a completion whose next step is of the same flow and the same
+ * (target, command) as the first such leases that step, which comes back in
+ * *chain. */
+static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n, json_t **events,
+                      json_t **refs, struct chain *chain)
 {
     struct pb_engine *e = wk->e;
     struct work_item *w = calloc(n, sizeof(*w));
@@ -545,6 +567,11 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
 
     if (!w || !items || !item_owner || !trace) {
         /* leases expire and the jobs come back */
+        for (size_t i = 0; events && i < n; i++) {
+            pb_mapper_unkeep(wk->mapper, events[i]);
+            json_decref(events[i]);
+            json_decref(refs ? refs[i] : NULL);
+        }
         free(w);
         free(items);
         free(item_owner);
@@ -554,6 +581,10 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         w[i].job = &jobs[i];
         w[i].retry_after_s = -1;
+        if (events && refs) {
+            w[i].event = events[i];
+            w[i].refs = refs[i];
+        }
         if (!conn) {
             decide(&w[i], PB_OUTCOME_DEAD, PB_ERR_CONFIG, "the target connection is no longer configured");
             continue;
@@ -701,6 +732,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
     pb_trace_finish(trace, failed_any);
     char *trace_s = dump_or_null(trace);
     int64_t now = pb_now_ms();
+    const char *chain_target = NULL, *chain_command = NULL;
     int64_t dur = (int64_t)((pb_monotonic_ns() - t0) / 1000000u);
     for (size_t i = 0; i < n; i++) {
         struct work_item *x = &w[i];
@@ -781,6 +813,16 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
             op->u.complete.next.target = nx->target;
             op->u.complete.next.command = nx->command;
             op->u.complete.next.run_at_ms = now;
+            /* chained: the first next step's (target, command) and the events
+             * the engine did not enrich (a refund's .original is looked up
+             * afresh by each of its jobs) */
+            if (chain && !chain_target && !json_object_get(x->event, "original")) {
+                chain_target = nx->target;
+                chain_command = nx->command;
+            }
+            if (chain_target && strcmp(chain_target, nx->target) == 0 &&
+                strcmp(chain_command, nx->command) == 0 && !json_object_get(x->event, "original"))
+                op->u.complete.next_lease_until = now + LEASE_MS;
         } else if ((x->outcome == PB_OUTCOME_DONE || x->outcome == PB_OUTCOME_SKIPPED) && x->flow) {
             /* the flow is through: a paid order is now "processing" in the
              * ERP; tell the shop once per event (the status job's (event,
@@ -841,6 +883,52 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         if (ops[i].rc && ops[i].rc != PB_ERR_EXISTS)
             pb_log(PB_LOG_ERROR, "job.complete_failed", "error", ops[i].err.msg, (char *)NULL);
     }
+    if (chain) {
+        size_t cn = 0;
+        for (size_t i = 0; i < n; i++)
+            if (ops[i].rc == PB_OK && ops[i].u.complete.next_job_id > 0 && w[i].event)
+                cn++;
+        chain->n = 0;
+        chain->jobs = cn ? calloc(cn, sizeof(*chain->jobs)) : NULL;
+        chain->events = cn ? calloc(cn, sizeof(json_t *)) : NULL;
+        chain->refs = cn ? calloc(cn, sizeof(json_t *)) : NULL;
+        /* out of memory: the leased jobs come back when their leases expire */
+        for (size_t i = 0; cn && chain->jobs && chain->events && chain->refs && i < n; i++) {
+            struct work_item *x = &w[i];
+            const struct pb_job_new *nj = &ops[i].u.complete.next;
+            struct pb_job *cj = &chain->jobs[chain->n];
+            json_t *r;
+            if (ops[i].rc != PB_OK || ops[i].u.complete.next_job_id <= 0 || !x->event)
+                continue;
+            /* the refs a claim would load: the flow's done steps with an ERP id */
+            r = x->refs ? json_deep_copy(x->refs) : json_object();
+            if (r && x->outcome == PB_OUTCOME_DONE && x->erp_id[0])
+                json_object_set_new(r, x->job->step_name, json_string(x->erp_id));
+            cj->id = ops[i].u.complete.next_job_id;
+            cj->event_id = x->job->event_id;
+            cj->flow = strdup(x->job->flow);
+            cj->step = nj->step;
+            cj->step_name = strdup(nj->step_name);
+            cj->target = strdup(nj->target);
+            cj->command = strdup(nj->command);
+            cj->attempts = 1;
+            cj->tries = 1;
+            if (!r || !cj->flow || !cj->step_name || !cj->target || !cj->command) {
+                /* out of memory: the job comes back when its lease expires */
+                json_decref(r);
+                free(cj->flow);
+                free(cj->step_name);
+                free(cj->target);
+                free(cj->command);
+                memset(cj, 0, sizeof(*cj));
+                continue;
+            }
+            chain->events[chain->n] = x->event;
+            chain->refs[chain->n] = r;
+            chain->n++;
+            x->event = NULL; /* the next step's now, still kept by the mapper */
+        }
+    }
     free(trace_s);
     for (size_t i = 0; i < n * 4; i++)
         free(strs[i]);
@@ -850,8 +938,8 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n)
         free((char *)items[j].idempotency_key);
         json_decref(items[j].result);
     }
-    pb_mapper_unkeep_all(wk->mapper); /* before the events go */
     for (size_t i = 0; i < n; i++) {
+        pb_mapper_unkeep(wk->mapper, w[i].event); /* before the event goes */
         json_decref(w[i].emit);
         free(w[i].emit_json);
         json_decref(w[i].event);
@@ -886,8 +974,22 @@ static void *worker_main(void *arg)
         op.u.claim.lease_ms = LEASE_MS;
         op.u.claim.max = e->cfg->claim_batch;
         if (pb_store_run(e->store, &op) == PB_OK && op.u.claim.n > 0) {
-            run_batch(wk, op.u.claim.jobs, op.u.claim.n);
+            struct chain ch = {0};
+            run_batch(wk, op.u.claim.jobs, op.u.claim.n, NULL, NULL, &ch);
             pb_store_jobs_free(op.u.claim.jobs, op.u.claim.n);
+            while (ch.n > 0) {
+                /* the next steps of the same events, leased by that commit */
+                struct chain cur = ch;
+                memset(&ch, 0, sizeof(ch));
+                run_batch(wk, cur.jobs, cur.n, cur.events, cur.refs, &ch);
+                pb_store_jobs_free(cur.jobs, cur.n);
+                free(cur.events);
+                free(cur.refs);
+            }
+            free(ch.jobs);
+            free(ch.events);
+            free(ch.refs);
+            pb_mapper_unkeep_all(wk->mapper); /* nothing is kept past here */
             continue;
         }
         /* nothing due: sleep until woken, the next due time, or 250 ms */

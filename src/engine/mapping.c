@@ -768,6 +768,25 @@ void pb_mapper_unkeep_all(struct pb_mapper *m)
     m->n_kept = 0;
 }
 
+void pb_mapper_unkeep(struct pb_mapper *m, const json_t *event)
+{
+    if (!m || m->magic != MAPPER_MAGIC || !event)
+        return;
+    for (size_t i = 0; i < m->n_kept; i++) {
+        struct kept *k = &m->kept[i];
+        if (k->event != event)
+            continue;
+        if (k->converted)
+            jv_free(k->event_jv);
+        if (k->fx_flow) {
+            jv_free(k->fxval);
+            jv_free(k->fxerr);
+        }
+        m->kept[i] = m->kept[--m->n_kept];
+        return;
+    }
+}
+
 enum pb_rc pb_mapper_keep(struct pb_mapper *m, const json_t *event)
 {
     if (!m || m->magic != MAPPER_MAGIC || !event)

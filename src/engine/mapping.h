@@ -98,6 +98,9 @@ enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_
  * harmless. */
 enum pb_rc pb_mapper_keep(struct pb_mapper *m, const json_t *event);
 void pb_mapper_unkeep_all(struct pb_mapper *m);
+/* Release one kept event (before it is freed), keeping the others: a worker
+ * that runs an event's next step at once keeps that event's conversion. */
+void pb_mapper_unkeep(struct pb_mapper *m, const json_t *event);
 
 /* `paybridge map test FLOW.yaml SAMPLE.json`: load one flow file and one
  * sample canonical event, evaluate every step in order as the engine would

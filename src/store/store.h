@@ -24,7 +24,8 @@
  *  - a job's completion, its xref row, its attempt row and the next step's
  *    job are written in one transaction (exactly-once effects);
  *  - a claim (attempts+1, lease) is durable before the worker calls out, so
- *    after a crash `tries` tells that a call may already have taken effect.
+ *    after a crash `tries` tells that a call may already have taken effect
+ *    (a completion may lease the next step itself: next_lease_until).
  */
 #ifndef PB_STORE_STORE_H
 #define PB_STORE_STORE_H
@@ -141,6 +142,11 @@ struct pb_store_op {
             const char *result_json;    /* the ERP's record for this item (redacted), may be NULL */
             const char *mapping_version;
             struct pb_job_new next;     /* next step to queue (flow == NULL: none) */
+            /* > 0: insert `next` already leased until then (attempts = tries = 1),
+             * for the worker to run at once: the claim is durable with this
+             * commit, before any call, exactly like a PB_OP_CLAIM's lease */
+            int64_t next_lease_until;
+            int64_t next_job_id;        /* out: the leased next job, 0 = none (it existed) */
             /* an event the job produced (a gateway refund's refund.succeeded),
              * inserted and routed in the same transaction; connection == NULL: none */
             struct {
