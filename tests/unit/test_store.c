@@ -154,6 +154,52 @@ static void test_claim_complete_xref_next(void **st)
     close_and_remove(s);
 }
 
+/* A completion may lease the next step itself (the engine then runs it at
+ * once): the new job is leased with tries 1, not claimable by others, and
+ * after its lease runs out it is recovered and claimable again with tries 2,
+ * as any lost lease. */
+static void test_complete_leases_next(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op a, op;
+    struct pb_job *jobs, *none;
+    int64_t now = pb_now_ms();
+    inbox(s, "TX-9", 1, &a);
+    assert_int_equal(claim(s, &jobs, now), 1);
+    memset(&op, 0, sizeof(op));
+    op.kind = PB_OP_COMPLETE;
+    op.u.complete.job_id = jobs[0].id;
+    op.u.complete.attempt = 1;
+    op.u.complete.outcome = PB_OUTCOME_DONE;
+    op.u.complete.erp_id = "C-9";
+    op.u.complete.next.flow = "f1";
+    op.u.complete.next.step = 2;
+    op.u.complete.next.step_name = "invoice";
+    op.u.complete.next.target = "xero";
+    op.u.complete.next.command = "invoice.create";
+    op.u.complete.next_lease_until = now + 60000;
+    assert_int_equal(pb_store_run(s, &op), PB_OK);
+    assert_true(op.u.complete.next_job_id > 0);
+    pb_store_jobs_free(jobs, 1);
+    /* leased: nobody else can claim it now */
+    assert_int_equal(claim(s, &none, now + 1000), 0);
+    assert_int_equal(state_count(s, "leased"), 1);
+    /* the lease lapses (the worker died): the maintainer returns it, then it is
+     * claimable again with tries 2 */
+    memset(&a, 0, sizeof(a));
+    a.kind = PB_OP_RECOVER;
+    a.u.recover.now_ms = now + 61000;
+    assert_int_equal(pb_store_run(s, &a), PB_OK);
+    assert_int_equal(a.u.recover.count, 1);
+    assert_int_equal(claim(s, &jobs, now + 61000), 1);
+    assert_int_equal(jobs[0].id, op.u.complete.next_job_id);
+    assert_string_equal(jobs[0].command, "invoice.create");
+    assert_int_equal(jobs[0].tries, 2);
+    assert_string_equal(jobs[0].refs_json, "{\"contact\":\"C-9\"}");
+    pb_store_jobs_free(jobs, 1);
+    close_and_remove(s);
+}
+
 static void test_retry_dead_replay_keeps_tries(void **st)
 {
     struct pb_store *s = open_fresh();
@@ -322,6 +368,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inbox_dedup),
         cmocka_unit_test(test_claim_complete_xref_next),
+        cmocka_unit_test(test_complete_leases_next),
         cmocka_unit_test(test_retry_dead_replay_keeps_tries),
         cmocka_unit_test(test_recover_leases),
         cmocka_unit_test(test_group_commit),
