@@ -31,6 +31,10 @@ struct pb_err;
 int pb_reconcile_once(struct pb_config *cfg, struct pb_store *store, struct pb_recon_db *db,
                       const char *connection, const char *date, FILE *out, struct pb_err *err);
 
+/* Shared by subcommands: load the config, printing every diagnostic on stderr;
+ * NULL when it has errors. init: initialise the connections (secrets). */
+struct pb_config *pb_cli_load_config(const char *path, int init);
+
 /* Shared by subcommands: "-c FILE" / "--config FILE" (default ./paybridge.yaml). */
 const char *pb_cli_config_arg(int *argc, char **argv);
 

@@ -38,7 +38,7 @@ const char *pb_cli_config_arg(int *argc, char **argv)
     return path;
 }
 
-static struct pb_config *load(const char *path, int init)
+struct pb_config *pb_cli_load_config(const char *path, int init)
 {
     struct pb_diags d = {0};
     struct pb_config *cfg = NULL;
@@ -77,7 +77,7 @@ int pb_cli_serve(int argc, char **argv)
             return 2;
         }
     }
-    if (!(cfg = load(path, 1)))
+    if (!(cfg = pb_cli_load_config(path, 1)))
         return 1;
     pb_log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -147,7 +147,7 @@ int pb_cli_map(int argc, char **argv)
 
 static struct pb_store *open_store(const char *path, struct pb_config **cfg_out)
 {
-    struct pb_config *cfg = load(path, 0);
+    struct pb_config *cfg = pb_cli_load_config(path, 0);
     struct pb_store *s = NULL;
     struct pb_err err = {0};
     if (!cfg)

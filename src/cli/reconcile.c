@@ -26,20 +26,6 @@
 #include "reconcile/reconcile.h"
 #include "store/store.h"
 
-static struct pb_config *load(const char *path, int init)
-{
-    struct pb_diags d = {0};
-    struct pb_config *cfg = NULL;
-    if (pb_config_load(path, init, &cfg, &d)) {
-        pb_diags_print(&d, stderr);
-        fprintf(stderr, "paybridge: %s has errors\n", path);
-        pb_diags_free(&d);
-        return NULL;
-    }
-    pb_diags_free(&d);
-    return cfg;
-}
-
 static struct pb_recon_db *open_db(const struct pb_config *cfg)
 {
     struct pb_recon_db *db = NULL;
@@ -100,7 +86,7 @@ int pb_cli_reconcile(int argc, char **argv)
                 "  (see `paybridge recon show C:DATE`)\n");
         return 2;
     }
-    if (!(cfg = load(path, 1)))
+    if (!(cfg = pb_cli_load_config(path, 1)))
         return 1;
     if (pb_store_open(cfg->store_dsn, &store, &err)) {
         fprintf(stderr, "paybridge reconcile: %s\n", err.msg);
@@ -135,7 +121,7 @@ int pb_cli_recon(int argc, char **argv)
                         "       paybridge recon undo JOURNAL_REFERENCE [--by NAME] -c FILE\n");
         return 2;
     }
-    if (!(cfg = load(path, strcmp(sub, "undo") == 0)))
+    if (!(cfg = pb_cli_load_config(path, strcmp(sub, "undo") == 0)))
         return 1;
     if (!(db = open_db(cfg))) {
         pb_config_free(cfg);
