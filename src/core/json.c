@@ -168,49 +168,224 @@ enum pb_rc pb_json_to_minor(const json_t *v, const char *currency, int64_t *out,
 
 /* ---- serialiser ---------------------------------------------------------------- */
 
+/* One pass over the tree into one growing buffer. Everything is formatted
+ * here except reals: how jansson prints a double depends on how jansson was
+ * built (printf "%.17g" plus its own clean-up, or a shortest-digits dtoa in
+ * newer releases) and on LC_NUMERIC, so a real is handed to json_dumpb() to
+ * stay byte-identical with json_dumps(); documents carry money as strings,
+ * so reals are rare. Strings are escaped as jansson's dump.c does: '"', '\\'
+ * and control characters always (\b \f \n \r \t, the rest as \u00XX with
+ * upper-case hex), '/' only with JSON_ESCAPE_SLASH, non-ASCII only with
+ * JSON_ENSURE_ASCII (as \uXXXX, a UTF-16 surrogate pair above the BMP), and
+ * a string that is not valid UTF-8 fails the whole dump, as in jansson.
+ * DEL (0x7F) is written as is. tests/unit/test_json.c checks all of this
+ * byte for byte against the previous implementation (one json_dump_callback()
+ * per leaf) on a few hundred generated trees. */
+
+/* Lengths of the first DUMP_KEYS_CACHED decimal keys are computed once per
+ * call; further keys (no caller has that many) are measured as they are
+ * compared. */
+#define DUMP_KEYS_CACHED 32
+
 struct dump {
-    char *data;     /* owned; NUL-terminated when len > 0 */
+    char *data;     /* owned; room for a NUL is always reserved */
     size_t len;     /* bytes used, excluding the NUL */
     size_t cap;     /* bytes allocated */
-    size_t flags;   /* jansson flags used for scalars */
+    size_t flags;   /* jansson flags, used for reals */
+    int ensure_ascii, escape_slash;
     const char *const *decimal_keys; /* borrowed, NULL-terminated, may be NULL */
+    size_t keylen[DUMP_KEYS_CACHED]; /* strlen of decimal_keys[i], i < DUMP_KEYS_CACHED */
 };
 
-static int put(struct dump *d, const char *s, size_t n)
+/* Room for n more bytes and a NUL; -1 past PB_JSON_DUMP_MAX or out of memory. */
+static int reserve(struct dump *d, size_t n)
 {
+    size_t cap;
+    char *p;
+
     if (n > PB_JSON_DUMP_MAX - d->len)
         return -1;
-    if (d->len + n + 1 > d->cap) {
-        size_t cap = d->cap ? d->cap : 256;
-        char *p;
-        while (cap < d->len + n + 1)
-            cap *= 2;
-        if (cap > PB_JSON_DUMP_MAX + 1)
-            cap = PB_JSON_DUMP_MAX + 1;
-        p = realloc(d->data, cap);
-        if (!p)
-            return -1;
-        d->data = p;
-        d->cap = cap;
-    }
-    memcpy(d->data + d->len, s, n);
-    d->len += n;
-    d->data[d->len] = '\0';
+    if (d->len + n + 1 <= d->cap)
+        return 0;
+    cap = d->cap ? d->cap : 256;
+    while (cap < d->len + n + 1)
+        cap *= 2;
+    if (cap > PB_JSON_DUMP_MAX + 1)
+        cap = PB_JSON_DUMP_MAX + 1;
+    p = realloc(d->data, cap);
+    if (!p)
+        return -1;
+    d->data = p;
+    d->cap = cap;
     return 0;
 }
 
-static int dump_callback(const char *buffer, size_t size, void *data)
+static int put(struct dump *d, const char *s, size_t n)
 {
-    return put(data, buffer, size);
+    if (reserve(d, n))
+        return -1;
+    memcpy(d->data + d->len, s, n);
+    d->len += n;
+    return 0;
+}
+
+static int put_char(struct dump *d, char c)
+{
+    if (d->len + 2 > d->cap && reserve(d, 1))
+        return -1;
+    d->data[d->len++] = c;
+    return 0;
+}
+
+/* Length of the well-formed UTF-8 sequence (2 to 4 bytes) starting at p,
+ * which holds n >= 1 bytes and p[0] >= 0x80, with its code point in *cp; 0
+ * when it is malformed: a stray continuation byte, C0/C1/F5..FF, a truncated
+ * sequence, an overlong form, a surrogate (U+D800..U+DFFF) or a code point
+ * above U+10FFFF. */
+static size_t utf8_sequence(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    uint32_t c = p[0], min;
+    size_t len;
+
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        c &= 0x1F;
+        min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        c &= 0x0F;
+        min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        c &= 0x07;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        c = (c << 6) | (p[i] & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+/* "\uXXXX" with upper-case hex into out (6 bytes). */
+static void u_escape(char *out, uint32_t unit)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    out[0] = '\\';
+    out[1] = 'u';
+    out[2] = hex[(unit >> 12) & 0xF];
+    out[3] = hex[(unit >> 8) & 0xF];
+    out[4] = hex[(unit >> 4) & 0xF];
+    out[5] = hex[unit & 0xF];
+}
+
+/* A JSON string token for the n bytes at s. */
+static int put_string(struct dump *d, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n, *run = p;
+
+    if (put_char(d, '"'))
+        return -1;
+    while (p < end) {
+        unsigned c = *p;
+        char esc[12];
+        size_t esc_len = 2;
+
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80 && (c != '/' || !d->escape_slash)) {
+            p++;
+            continue;
+        }
+        if (c >= 0x80) {
+            uint32_t cp;
+            size_t len = utf8_sequence(p, (size_t)(end - p), &cp);
+            if (len == 0)
+                return -1;
+            if (!d->ensure_ascii) {
+                p += len;
+                continue;
+            }
+            if (cp < 0x10000) {
+                u_escape(esc, cp);
+                esc_len = 6;
+            } else {
+                cp -= 0x10000;
+                u_escape(esc, 0xD800 | (cp >> 10));
+                u_escape(esc + 6, 0xDC00 | (cp & 0x3FF));
+                esc_len = 12;
+            }
+            if (put(d, (const char *)run, (size_t)(p - run)) || put(d, esc, esc_len))
+                return -1;
+            p += len;
+            run = p;
+            continue;
+        }
+        esc[0] = '\\';
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '/': esc[1] = '/'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            u_escape(esc, c);
+            esc_len = 6;
+            break;
+        }
+        if (put(d, (const char *)run, (size_t)(p - run)) || put(d, esc, esc_len))
+            return -1;
+        p++;
+        run = p;
+    }
+    if (put(d, (const char *)run, (size_t)(p - run)))
+        return -1;
+    return put_char(d, '"');
+}
+
+/* As printf("%lld"), without printf. */
+static int put_integer(struct dump *d, json_int_t v)
+{
+    char buf[24], *end = buf + sizeof(buf), *p = end;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    return put(d, p, (size_t)(end - p));
+}
+
+static int put_real(struct dump *d, const json_t *v)
+{
+    char buf[128]; /* jansson's own limit for a real is 100 bytes */
+    size_t n = json_dumpb(v, buf, sizeof(buf), d->flags);
+    if (n == 0 || n > sizeof(buf))
+        return -1;
+    return put(d, buf, n);
 }
 
 static int is_decimal_key(const struct dump *d, const char *key, size_t keylen)
 {
-    if (!d->decimal_keys)
+    const char *const *k = d->decimal_keys;
+    if (!k)
         return 0;
-    for (const char *const *k = d->decimal_keys; *k; k++)
-        if (strlen(*k) == keylen && memcmp(*k, key, keylen) == 0)
+    for (size_t i = 0; k[i]; i++) {
+        size_t n = i < DUMP_KEYS_CACHED ? d->keylen[i] : strlen(k[i]);
+        if (n == keylen && memcmp(k[i], key, keylen) == 0)
             return 1;
+    }
     return 0;
 }
 
@@ -241,7 +416,7 @@ static int put_decimal(struct dump *d, const char *s, size_t n)
 {
     size_t i = 0;
     if (s[0] == '-') {
-        if (put(d, "-", 1))
+        if (put_char(d, '-'))
             return -1;
         i = 1;
     }
@@ -254,24 +429,18 @@ static int dump_value(struct dump *d, const json_t *v, int depth)
 {
     if (depth > PB_JSON_DEPTH_MAX)
         return -1;
-    if (json_is_object(v)) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
         int first = 1;
-        void *it;
-        if (put(d, "{", 1))
+        if (put_char(d, '{'))
             return -1;
-        for (it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
+        for (void *it = json_object_iter((json_t *)v); it;
+             it = json_object_iter_next((json_t *)v, it)) {
             const char *key = json_object_iter_key(it);
             size_t keylen = json_object_iter_key_len(it);
             json_t *member = json_object_iter_value(it);
-            json_t *key_json = json_stringn_nocheck(key, keylen);
-            int rc;
 
-            if (!key_json)
-                return -1;
-            rc = (!first && put(d, ",", 1)) ||
-                 json_dump_callback(key_json, dump_callback, d, d->flags) || put(d, ":", 1);
-            json_decref(key_json);
-            if (rc)
+            if ((!first && put_char(d, ',')) || put_string(d, key, keylen) || put_char(d, ':'))
                 return -1;
             first = 0;
             if (json_is_string(member) && is_decimal_key(d, key, keylen) &&
@@ -282,29 +451,48 @@ static int dump_value(struct dump *d, const json_t *v, int depth)
                 return -1;
             }
         }
-        return put(d, "}", 1);
+        return put_char(d, '}');
     }
-    if (json_is_array(v)) {
-        if (put(d, "[", 1))
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        if (put_char(d, '['))
             return -1;
-        for (size_t i = 0; i < json_array_size(v); i++)
-            if ((i > 0 && put(d, ",", 1)) || dump_value(d, json_array_get(v, i), depth + 1))
+        for (size_t i = 0; i < n; i++)
+            if ((i > 0 && put_char(d, ',')) || dump_value(d, json_array_get(v, i), depth + 1))
                 return -1;
-        return put(d, "]", 1);
+        return put_char(d, ']');
     }
-    return json_dump_callback(v, dump_callback, d, d->flags) ? -1 : 0;
+    case JSON_STRING:
+        return put_string(d, json_string_value(v), json_string_length(v));
+    case JSON_INTEGER:
+        return put_integer(d, json_integer_value(v));
+    case JSON_REAL:
+        return put_real(d, v);
+    case JSON_TRUE:
+        return put(d, "true", 4);
+    case JSON_FALSE:
+        return put(d, "false", 5);
+    case JSON_NULL:
+        return put(d, "null", 4);
+    default:
+        return -1;
+    }
 }
 
 char *pb_json_dumps_decimal(const json_t *root, const char *const *decimal_keys, size_t flags)
 {
     struct dump d = {
-        .flags = JSON_COMPACT | JSON_ENCODE_ANY |
-                 (flags & (JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH | JSON_REAL_PRECISION(31))),
+        .flags = JSON_COMPACT | JSON_ENCODE_ANY | (flags & JSON_REAL_PRECISION(31)),
+        .ensure_ascii = (flags & JSON_ENSURE_ASCII) != 0,
+        .escape_slash = (flags & JSON_ESCAPE_SLASH) != 0,
         .decimal_keys = decimal_keys,
     };
-    if (!root || dump_value(&d, root, 0) || put(&d, "", 0)) {
+    for (size_t i = 0; decimal_keys && i < DUMP_KEYS_CACHED && decimal_keys[i]; i++)
+        d.keylen[i] = strlen(decimal_keys[i]);
+    if (!root || dump_value(&d, root, 0) || reserve(&d, 0)) {
         free(d.data);
         return NULL;
     }
+    d.data[d.len] = '\0';
     return d.data;
 }

@@ -2,9 +2,13 @@
  * tests/unit/test_json.c: dotted paths, exact amounts from JSON values and
  * the decimal-preserving serialiser (core/json.c).
  *
- * The serialiser is checked two ways: exact expected strings for the
- * decimal rewriting, and byte-for-byte agreement with json_dumps() on trees
- * where no member is rewritten (so "everything else exactly as jansson").
+ * The serialiser is checked three ways: exact expected strings for the
+ * decimal rewriting and the escapes; byte-for-byte agreement with
+ * json_dumps() on trees where no member is rewritten (so "everything else
+ * exactly as jansson"); and byte-for-byte agreement (or the same refusal)
+ * with the previous implementation, kept here as ref_dumps_decimal(), on 400
+ * generated trees under every key list and flag combination, plus the depth
+ * and size limits at their edges.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -362,6 +366,478 @@ static void test_dumps_decimal_limits(void **state)
     json_decref(root);
 }
 
+/* ---- the single-pass writer against the previous implementation ------------------ */
+
+/* The previous pb_json_dumps_decimal() (one json_dump_callback() per leaf
+ * and per key), copied verbatim from core/json.c as it was before the
+ * single-pass writer, renamed ref_*. The writer must produce exactly its
+ * bytes (or, like it, NULL) for every tree, key list and flag set. */
+
+struct ref_dump {
+    char *data;     /* owned; NUL-terminated when len > 0 */
+    size_t len;     /* bytes used, excluding the NUL */
+    size_t cap;     /* bytes allocated */
+    size_t flags;   /* jansson flags used for scalars */
+    const char *const *decimal_keys; /* borrowed, NULL-terminated, may be NULL */
+};
+
+static int ref_put(struct ref_dump *d, const char *s, size_t n)
+{
+    if (n > PB_JSON_DUMP_MAX - d->len)
+        return -1;
+    if (d->len + n + 1 > d->cap) {
+        size_t cap = d->cap ? d->cap : 256;
+        char *p;
+        while (cap < d->len + n + 1)
+            cap *= 2;
+        if (cap > PB_JSON_DUMP_MAX + 1)
+            cap = PB_JSON_DUMP_MAX + 1;
+        p = realloc(d->data, cap);
+        if (!p)
+            return -1;
+        d->data = p;
+        d->cap = cap;
+    }
+    memcpy(d->data + d->len, s, n);
+    d->len += n;
+    d->data[d->len] = '\0';
+    return 0;
+}
+
+static int ref_dump_callback(const char *buffer, size_t size, void *data)
+{
+    return ref_put(data, buffer, size);
+}
+
+static int ref_is_decimal_key(const struct ref_dump *d, const char *key, size_t keylen)
+{
+    if (!d->decimal_keys)
+        return 0;
+    for (const char *const *k = d->decimal_keys; *k; k++)
+        if (strlen(*k) == keylen && memcmp(*k, key, keylen) == 0)
+            return 1;
+    return 0;
+}
+
+/* Matches -?[0-9]+(\.[0-9]+)? on exactly n bytes. */
+static int ref_is_decimal_text(const char *s, size_t n)
+{
+    size_t i = 0, digits = 0;
+    if (i < n && s[i] == '-')
+        i++;
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+        digits++;
+    if (digits == 0)
+        return 0;
+    if (i == n)
+        return 1;
+    if (s[i] != '.')
+        return 0;
+    i++;
+    digits = 0;
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+        digits++;
+    return digits > 0 && i == n;
+}
+
+/* Write decimal text as a JSON number token: drop leading zeros of the
+ * integer part ("-007.5" -> "-7.5", "00" -> "0"). */
+static int ref_put_decimal(struct ref_dump *d, const char *s, size_t n)
+{
+    size_t i = 0;
+    if (s[0] == '-') {
+        if (ref_put(d, "-", 1))
+            return -1;
+        i = 1;
+    }
+    while (i + 1 < n && s[i] == '0' && s[i + 1] >= '0' && s[i + 1] <= '9')
+        i++;
+    return ref_put(d, s + i, n - i);
+}
+
+static int ref_dump_value(struct ref_dump *d, const json_t *v, int depth)
+{
+    if (depth > PB_JSON_DEPTH_MAX)
+        return -1;
+    if (json_is_object(v)) {
+        int first = 1;
+        void *it;
+        if (ref_put(d, "{", 1))
+            return -1;
+        for (it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
+            const char *key = json_object_iter_key(it);
+            size_t keylen = json_object_iter_key_len(it);
+            json_t *member = json_object_iter_value(it);
+            json_t *key_json = json_stringn_nocheck(key, keylen);
+            int rc;
+
+            if (!key_json)
+                return -1;
+            rc = (!first && ref_put(d, ",", 1)) ||
+                 json_dump_callback(key_json, ref_dump_callback, d, d->flags) || ref_put(d, ":", 1);
+            json_decref(key_json);
+            if (rc)
+                return -1;
+            first = 0;
+            if (json_is_string(member) && ref_is_decimal_key(d, key, keylen) &&
+                ref_is_decimal_text(json_string_value(member), json_string_length(member))) {
+                if (ref_put_decimal(d, json_string_value(member), json_string_length(member)))
+                    return -1;
+            } else if (ref_dump_value(d, member, depth + 1)) {
+                return -1;
+            }
+        }
+        return ref_put(d, "}", 1);
+    }
+    if (json_is_array(v)) {
+        if (ref_put(d, "[", 1))
+            return -1;
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if ((i > 0 && ref_put(d, ",", 1)) || ref_dump_value(d, json_array_get(v, i), depth + 1))
+                return -1;
+        return ref_put(d, "]", 1);
+    }
+    return json_dump_callback(v, ref_dump_callback, d, d->flags) ? -1 : 0;
+}
+
+static char *ref_dumps_decimal(const json_t *root, const char *const *decimal_keys, size_t flags)
+{
+    struct ref_dump d = {
+        .flags = JSON_COMPACT | JSON_ENCODE_ANY |
+                 (flags & (JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH | JSON_REAL_PRECISION(31))),
+        .decimal_keys = decimal_keys,
+    };
+    if (!root || ref_dump_value(&d, root, 0) || ref_put(&d, "", 0)) {
+        free(d.data);
+        return NULL;
+    }
+    return d.data;
+}
+
+/* Deterministic xorshift64*: the same trees on every run and machine. */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t rng(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 0x2545F4914F6CDD1DULL;
+}
+
+static size_t rng_below(size_t n)
+{
+    return (size_t)(rng() % n);
+}
+
+/* Pieces strings are made of: plain ASCII, everything JSON escapes, '/',
+ * DEL, and UTF-8 of 2, 3 and 4 bytes up to the edges of each range. */
+static const char *const pieces[] = {
+    "a", "Z", "0", " ", "Invoice INV-0042", "10.99", "-", ".", "e", "~",
+    "\"", "\\", "/", "//", "\x7f", "\x01", "\x1f", "\b", "\f", "\n", "\r", "\t", "\x0b",
+    "\xc2\x80",         /* U+0080 */
+    "\xc3\xa9",         /* é */
+    "\xdf\xbf",         /* U+07FF */
+    "\xe0\xa0\x80",     /* U+0800 */
+    "\xe2\x82\xac",     /* € */
+    "\xe2\x80\xa8",     /* U+2028 line separator */
+    "\xed\x9f\xbf",     /* U+D7FF */
+    "\xee\x80\x80",     /* U+E000 */
+    "\xef\xbf\xbf",     /* U+FFFF */
+    "\xf0\x90\x80\x80", /* U+10000 */
+    "\xf0\x9f\x98\x80", /* 😀 */
+    "\xf4\x8f\xbf\xbf", /* U+10FFFF */
+};
+
+/* Malformed UTF-8: both writers must refuse a tree holding any of these. */
+static const char *const bad_utf8[] = {
+    "\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xc2", "\xc3\x28", "\xe0\x80\x80",
+    "\xe0\x9f\xbf", "\xed\xa0\x80", "\xed\xbf\xbf", "\xe2\x82", "\xf0\x80\x80\x80",
+    "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80",
+    "\xfe", "\xff", "\xf0\x9f\x98",
+};
+
+static const char *const decimal_texts[] = {
+    "10.99", "0", "-0", "007.50", "-00", "00", "-0.05", "100", "123456789012345678901234.5678",
+    "1e5", ".5", "5.", "+5", "--5", " 5", "1,00", "", "-", "1.2.3", "0x10", "NaN", "12345.67",
+};
+
+/* Keys: the decimal keys themselves, near misses, escapes, non-ASCII. */
+static const char *const key_pool[] = {
+    "UnitAmount", "TaxAmount", "LineAmount", "Quantity", "Total", "UnitAmountX", "Unit",
+    "Description", "", "a\"b", "back\\slash", "sl/ash", "tab\tkey", "\xc3\xa9t\xc3\xa9",
+    "\xf0\x9f\x98\x80", "ctl\x01", "Contact", "LineItems", "k39", "x",
+};
+
+static json_t *random_string(int allow_bad)
+{
+    char buf[256];
+    size_t len = 0, parts;
+
+    if (rng_below(4) == 0) {
+        const char *t = decimal_texts[rng_below(sizeof(decimal_texts) / sizeof(*decimal_texts))];
+        return json_string(t);
+    }
+    parts = rng_below(9);
+    for (size_t i = 0; i < parts; i++) {
+        const char *p = pieces[rng_below(sizeof(pieces) / sizeof(*pieces))];
+        size_t n = strlen(p);
+        if (len + n >= sizeof(buf))
+            break;
+        memcpy(buf + len, p, n);
+        len += n;
+    }
+    if (rng_below(10) == 0 && len + 1 < sizeof(buf))
+        buf[len++] = '\0'; /* an embedded NUL: \u0000 */
+    if (allow_bad && rng_below(40) == 0) {
+        const char *b = bad_utf8[rng_below(sizeof(bad_utf8) / sizeof(*bad_utf8))];
+        size_t n = strlen(b), at = len ? rng_below(len + 1) : 0;
+        if (len + n < sizeof(buf)) {
+            /* Insert at a piece boundary or not: either way it stays invalid
+             * or becomes another invalid sequence, never valid by accident
+             * for the pieces above (checked by the reference, which agrees). */
+            memmove(buf + at + n, buf + at, len - at);
+            memcpy(buf + at, b, n);
+            len += n;
+        }
+    }
+    return json_stringn_nocheck(buf, len);
+}
+
+static json_t *random_scalar(int allow_bad)
+{
+    static const json_int_t ints[] = {0, 1, -1, 42, INT64_MAX, INT64_MIN, INT64_MIN + 1,
+                                      1000000000000LL, -987654321LL};
+    static const double reals[] = {0.1, -0.0, 0.0, 1e300, -1e300, 5e-324, 100.0, 3.25,
+                                   123456789.125, 1e21, 1e-7, 2.5e-5, 0.30000000000000004};
+    switch (rng_below(8)) {
+    case 0:
+        return json_integer(ints[rng_below(sizeof(ints) / sizeof(*ints))]);
+    case 1:
+        return json_integer((json_int_t)rng());
+    case 2: {
+        if (rng_below(2))
+            return json_real(reals[rng_below(sizeof(reals) / sizeof(*reals))]);
+        uint64_t bits = rng();
+        double d;
+        memcpy(&d, &bits, sizeof(d));
+        return json_real(d == d && d - d == 0 ? d : 1.5); /* finite only */
+    }
+    case 3:
+        return rng_below(2) ? json_true() : json_false();
+    case 4:
+        return json_null();
+    default:
+        return random_string(allow_bad);
+    }
+}
+
+static json_t *random_tree(int depth, int allow_bad)
+{
+    size_t kind = depth >= 6 ? 2 : rng_below(depth == 0 ? 2 : 4);
+
+    if (kind == 0) {
+        json_t *o = json_object();
+        size_t n = rng_below(7);
+        for (size_t i = 0; i < n; i++) {
+            const char *key = key_pool[rng_below(sizeof(key_pool) / sizeof(*key_pool))];
+            json_t *v;
+            /* Decimal keys mostly get decimal texts, so rewriting is exercised. */
+            if (strstr(key, "Amount") || !strcmp(key, "Quantity") || !strcmp(key, "Total"))
+                v = rng_below(3) ? json_string(decimal_texts[rng_below(
+                                       sizeof(decimal_texts) / sizeof(*decimal_texts))])
+                                 : random_tree(depth + 1, allow_bad);
+            else
+                v = random_tree(depth + 1, allow_bad);
+            if (rng_below(8) == 0) { /* a key with an embedded NUL */
+                char k[32];
+                size_t kl = strlen(key);
+                memcpy(k, key, kl);
+                k[kl] = '\0';
+                k[kl + 1] = 'z';
+                json_object_setn_new_nocheck(o, k, kl + 2, v);
+            } else {
+                json_object_set_new_nocheck(o, key, v);
+            }
+        }
+        return o;
+    }
+    if (kind == 1) {
+        json_t *a = json_array();
+        size_t n = rng_below(6);
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(a, random_tree(depth + 1, allow_bad));
+        return a;
+    }
+    return random_scalar(allow_bad);
+}
+
+/* Compares both writers on one tree, key list and flag set; returns 1 when
+ * they produced a document, 0 when both refused. */
+static int compare_writers(const json_t *root, const char *const *keys, size_t flags)
+{
+    char *want = ref_dumps_decimal(root, keys, flags);
+    char *got = pb_json_dumps_decimal(root, keys, flags);
+    int produced = want != NULL;
+
+    if (!want != !got) {
+        char *plain = json_dumps(root, JSON_ENCODE_ANY | JSON_COMPACT);
+        fail_msg("flags %#zx: reference %s, writer %s on %s", flags, want ? want : "NULL",
+                 got ? got : "NULL", plain ? plain : "(undumpable)");
+    }
+    if (want && strcmp(want, got) != 0)
+        fail_msg("flags %#zx:\n want %s\n got  %s", flags, want, got);
+    free(want);
+    free(got);
+    return produced;
+}
+
+/* Every flag the function is given: the honoured ones, the ignored ones,
+ * and a few real precisions. */
+static size_t flag_set(size_t combo, size_t precision_index)
+{
+    static const size_t bits[] = {JSON_ENSURE_ASCII, JSON_ESCAPE_SLASH, JSON_SORT_KEYS,
+                                  JSON_INDENT(3),    JSON_PRESERVE_ORDER, JSON_EMBED};
+    static const int precisions[] = {0, 1, 5, 15, 17, 31};
+    size_t flags = JSON_REAL_PRECISION(precisions[precision_index % 6]);
+    for (size_t b = 0; b < sizeof(bits) / sizeof(*bits); b++)
+        if (combo & ((size_t)1 << b))
+            flags |= bits[b];
+    return flags;
+}
+
+static void test_dumps_decimal_same_as_reference(void **state)
+{
+    (void)state;
+    static const char *const no_keys[] = {NULL};
+    static const char *const odd_keys[] = {"a\"b", "\xc3\xa9t\xc3\xa9", "", "sl/ash",
+                                           "tab\tkey", "x", NULL};
+    /* More keys than the writer caches lengths for, the real ones last. */
+    static const char *const many_keys[] = {
+        "k0",  "k1",  "k2",  "k3",  "k4",  "k5",  "k6",  "k7",  "k8",  "k9",  "k10",
+        "k11", "k12", "k13", "k14", "k15", "k16", "k17", "k18", "k19", "k20", "k21",
+        "k22", "k23", "k24", "k25", "k26", "k27", "k28", "k29", "k30", "k31", "k32",
+        "k33", "Unit", "UnitAmount", "Total", "k37", "k38", "k39", NULL};
+    const char *const *key_lists[] = {NULL, no_keys, xero_keys, odd_keys, many_keys};
+    size_t produced = 0, refused = 0;
+
+    rng_state = 0x9E3779B97F4A7C15ULL;
+    for (size_t t = 0; t < 400; t++) {
+        json_t *root = random_tree(0, t % 2);
+        for (size_t k = 0; k < sizeof(key_lists) / sizeof(*key_lists); k++)
+            for (size_t combo = 0; combo < 64; combo += (k == 2 ? 1 : 5)) {
+                if (compare_writers(root, key_lists[k], flag_set(combo, t + combo)))
+                    produced++;
+                else
+                    refused++;
+            }
+        json_decref(root);
+    }
+    /* Both paths must really have been taken. */
+    assert_true(produced > 20000);
+    assert_true(refused > 100);
+
+    /* Scalars at the root, every string piece alone, every bad sequence alone. */
+    for (size_t i = 0; i < 200; i++) {
+        json_t *v = random_scalar(0);
+        compare_writers(v, xero_keys, flag_set(i % 64, i));
+        json_decref(v);
+    }
+    for (size_t i = 0; i < sizeof(pieces) / sizeof(*pieces); i++)
+        for (size_t combo = 0; combo < 4; combo++) {
+            json_t *v = json_pack("{s:s,s:[s]}", pieces[i], pieces[i], "UnitAmount", pieces[i]);
+            assert_non_null(v);
+            assert_int_equal(compare_writers(v, xero_keys, flag_set(combo, 0)), 1);
+            json_decref(v);
+        }
+    for (size_t i = 0; i < sizeof(bad_utf8) / sizeof(*bad_utf8); i++) {
+        json_t *v = json_stringn_nocheck(bad_utf8[i], strlen(bad_utf8[i]));
+        json_t *o = json_object();
+        json_object_set_new_nocheck(o, bad_utf8[i], json_integer(1));
+        assert_int_equal(compare_writers(v, NULL, 0), 0);
+        assert_int_equal(compare_writers(o, NULL, JSON_ENSURE_ASCII), 0);
+        assert_null(pb_json_dumps_decimal(v, NULL, JSON_ENSURE_ASCII));
+        json_decref(v);
+        json_decref(o);
+    }
+}
+
+static void test_dumps_decimal_escapes_exact(void **state)
+{
+    (void)state;
+    /* Pinned bytes, independent of any implementation: '/' is left alone
+     * unless JSON_ESCAPE_SLASH, non-ASCII is passed through as UTF-8 unless
+     * JSON_ENSURE_ASCII, DEL is not escaped, \u escapes use upper-case hex. */
+    json_t *v = json_stringn("a/b\x01\x1f\x7f\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\0\"\\\b\f\n\r\t",
+                             23);
+    char *out = pb_json_dumps_decimal(v, NULL, 0);
+    assert_string_equal(out, "\"a/b\\u0001\\u001F\x7f\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"
+                             "\\u0000\\\"\\\\\\b\\f\\n\\r\\t\"");
+    free(out);
+    out = pb_json_dumps_decimal(v, NULL, JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH);
+    assert_string_equal(out, "\"a\\/b\\u0001\\u001F\x7f\\u00E9\\u20AC\\uD83D\\uDE00"
+                             "\\u0000\\\"\\\\\\b\\f\\n\\r\\t\"");
+    free(out);
+    json_decref(v);
+
+    v = json_pack("[I,I,I]", (json_int_t)INT64_MIN, (json_int_t)INT64_MAX, (json_int_t)0);
+    out = pb_json_dumps_decimal(v, NULL, 0);
+    assert_string_equal(out, "[-9223372036854775808,9223372036854775807,0]");
+    free(out);
+    json_decref(v);
+}
+
+/* Nesting right at PB_JSON_DEPTH_MAX: a leaf one level too deep fails, a
+ * decimal member there does not (it is written without descending), as
+ * before. */
+static void test_dumps_decimal_depth_edges(void **state)
+{
+    (void)state;
+    for (int extra = -2; extra <= 1; extra++) {
+        for (int leaf = 0; leaf < 3; leaf++) {
+            json_t *root = json_array(), *cur = root;
+            for (int i = 0; i < PB_JSON_DEPTH_MAX + extra - 1; i++) {
+                json_t *next = (i % 2) ? json_array() : json_object();
+                if (json_is_array(cur))
+                    json_array_append_new(cur, next);
+                else
+                    json_object_set_new(cur, "UnitAmount", next);
+                cur = next;
+            }
+            json_t *last = leaf == 0 ? json_integer(7) : json_string("1.50");
+            if (json_is_array(cur))
+                json_array_append_new(cur, last);
+            else
+                json_object_set_new(cur, leaf == 2 ? "x" : "UnitAmount", last);
+            compare_writers(root, xero_keys, 0);
+            json_decref(root);
+        }
+    }
+}
+
+/* Output of exactly PB_JSON_DUMP_MAX bytes is written; one more is refused. */
+static void test_dumps_decimal_size_limit(void **state)
+{
+    (void)state;
+    size_t n = PB_JSON_DUMP_MAX - 2; /* plus the two quotes */
+    char *big = malloc(n + 1);
+    json_t *v;
+    char *out;
+
+    assert_non_null(big);
+    memset(big, 'x', n + 1);
+    v = json_stringn(big, n);
+    out = pb_json_dumps_decimal(v, NULL, 0);
+    assert_non_null(out);
+    assert_int_equal(strlen(out), PB_JSON_DUMP_MAX);
+    free(out);
+    json_decref(v);
+    v = json_stringn(big, n + 1);
+    assert_null(pb_json_dumps_decimal(v, NULL, 0));
+    json_decref(v);
+    free(big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -375,6 +851,10 @@ int main(void)
         cmocka_unit_test(test_dumps_decimal_matches_jansson),
         cmocka_unit_test(test_dumps_decimal_escaped_keys_and_round_trip),
         cmocka_unit_test(test_dumps_decimal_limits),
+        cmocka_unit_test(test_dumps_decimal_same_as_reference),
+        cmocka_unit_test(test_dumps_decimal_escapes_exact),
+        cmocka_unit_test(test_dumps_decimal_depth_edges),
+        cmocka_unit_test(test_dumps_decimal_size_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
