@@ -218,7 +218,6 @@ struct pb_store_stats {
     uint64_t ops;               /* operations applied */
     uint64_t max_batch;         /* largest batch */
     uint64_t pages_written;     /* database pages the commits wrote to the WAL (SQLITE_DBSTATUS_CACHE_WRITE) */
-    uint64_t wal_restarts;      /* times the writer emptied the WAL so that it starts over */
 };
 
 struct pb_store_ops {

@@ -23,7 +23,6 @@
 #include "store/store.h"
 
 #include <sqlite3.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +33,6 @@
 
 #define MAX_BATCH 1024
 #define N_READERS 4
-/* WAL restart (see wal_hook): once the WAL holds this many frames (~32 MiB
- * at 4 KiB pages, under journal_size_limit) the writer lets it start over */
-#define WAL_RESTART_FRAMES 8192
-/* ... when the checkpointer has copied all but at most this many frames: the
- * writer copies the rest itself (a few batches' pages, from the page cache) */
-#define WAL_CATCHUP_FRAMES 512
 
 static const char *SCHEMA[] = {
     /* version 1 */
@@ -198,8 +191,6 @@ struct sqlite_store {
     pthread_t checkpointer;         /* runs WAL checkpoints off the writer's path */
     sqlite3 *ckpt_db;
     int ckpt_started;
-    _Atomic int ckpt_backfilled;    /* frames the checkpointer's last pass had copied */
-    _Atomic int ckpt_kick;          /* the writer wants a pass now (wal_hook) */
     struct pb_store_stats stats;
     pthread_mutex_t stats_lock;
 };
@@ -873,8 +864,8 @@ static void finish(struct pb_store_op *op)
 /* Apply a batch inside the open transaction. Each op runs in a SAVEPOINT so
  * that a failed op leaves nothing behind and the others still commit; in
  * `fast` mode webhooks (INBOX_PUT) skip theirs: three statements and a
- * sub-journal copy of every page the op touches, ~8% of the writer's CPU per
- * webhook (bench/README.md). A webhook that fails in fast mode returns -1:
+ * sub-journal copy of every page the op touches, 2-4 us of the writer's CPU
+ * per webhook (of ~40). A webhook that fails in fast mode returns -1:
  * the caller rolls the whole transaction back and runs the batch again with a
  * savepoint per op. */
 static int apply_batch(struct sqlite_store *s, struct pb_store_op **batch, size_t n, int fast)
@@ -1084,71 +1075,32 @@ static void sqlite_close(struct pb_store *base);
 /* WAL checkpoints. With SQLite's automatic checkpoint, the COMMIT that crosses
  * the threshold copies pages into the database and fsyncs it on the writer
  * thread, and every webhook of that batch waits (bench: p99 12 ms at 5,000/s).
- * Instead the writer never checkpoints on its own (wal_autocheckpoint=0) and
- * this thread runs a PASSIVE checkpoint (it never blocks the writer) every
- * 200 ms, on its own connection, and at once when the writer asks for one
- * (ckpt_kick, see wal_hook).
- *
- * A checkpoint alone never empties the WAL under a sustained load: the writer
- * appends a batch between any pass and its next BEGIN, so SQLite never starts
- * the WAL over and the file grows for as long as the load lasts (2 GB in the
- * bench's 10 s). Every commit then appends to new blocks: the kernel allocates
- * pages and blocks for each frame and every fsync also commits the file's new
- * size to the ext4 journal. So once the WAL holds WAL_RESTART_FRAMES, the
- * writer (wal_hook, after a commit) has the checkpointer run pass after pass
- * until it is at most WAL_CATCHUP_FRAMES behind, then copies the rest itself;
- * its next transaction starts the WAL over (journal_size_limit truncates it
- * to 64 MiB if it grew past that) and commits overwrite blocks that exist. */
+ * Instead the writer never checkpoints (wal_autocheckpoint=0) and this thread
+ * runs a PASSIVE checkpoint (it never blocks the writer) every 200 ms, on its
+ * own connection. Under a sustained load above what the checkpointer can copy
+ * back (the bench's saturating ingest), the WAL grows; once the load drops a
+ * passive checkpoint completes, the next write restarts the WAL and
+ * journal_size_limit truncates the file to 64 MiB. */
 static void *checkpointer_main(void *arg)
 {
     struct sqlite_store *s = arg;
     for (;;) {
         struct timespec ts;
-        int stop, log = 0, done = 0;
+        int stop;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 200 * 1000000L;
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&s->lock);
-        if (!s->stop && !atomic_load(&s->ckpt_kick))
+        if (!s->stop)
             pthread_cond_timedwait(&s->ckpt_cond, &s->lock, &ts);
         stop = s->stop;
         pthread_mutex_unlock(&s->lock);
-        atomic_store(&s->ckpt_kick, 0);
-        sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        atomic_store(&s->ckpt_backfilled, done);
+        sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         if (stop)
             break;
     }
     return NULL;
-}
-
-/* After each commit, on the writer thread, with the WAL's size in frames. */
-static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
-{
-    struct sqlite_store *s = arg;
-    int log = 0, done = 0;
-    (void)name;
-    if (frames < WAL_RESTART_FRAMES)
-        return SQLITE_OK;
-    if (frames - atomic_load(&s->ckpt_backfilled) > WAL_CATCHUP_FRAMES) {
-        if (!atomic_exchange(&s->ckpt_kick, 1)) {
-            pthread_mutex_lock(&s->lock);
-            pthread_cond_signal(&s->ckpt_cond);
-            pthread_mutex_unlock(&s->lock);
-        }
-        return SQLITE_OK;
-    }
-    /* PASSIVE: never waits; SQLITE_BUSY while the checkpointer runs a pass,
-     * then the next commit tries again */
-    if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK &&
-        done == log) {
-        atomic_store(&s->ckpt_backfilled, 0);
-        pthread_mutex_lock(&s->stats_lock);
-        s->stats.wal_restarts++;
-        pthread_mutex_unlock(&s->stats_lock);
-    }
-    return SQLITE_OK;
 }
 
 static enum pb_rc sqlite_open(const char *path, struct pb_store **out, struct pb_err *err)
@@ -1167,7 +1119,6 @@ static enum pb_rc sqlite_open(const char *path, struct pb_store **out, struct pb
         goto fail;
     if (open_conn(path, 0, &s->ckpt_db, err))
         goto fail;
-    sqlite3_wal_hook(s->db, wal_hook, s);
     for (int i = 0; i < ST_COUNT; i++)
         if (sqlite3_prepare_v3(s->db, STMT_SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
             SQLITE_OK) {
