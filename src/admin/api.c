@@ -443,6 +443,7 @@ static enum pb_http_action h_metrics(struct pb_http_request *req, struct pb_http
     bprintf(&b, "# HELP paybridge_store_commits_total Group commits\n# TYPE paybridge_store_commits_total counter\n");
     bprintf(&b, "paybridge_store_commits_total %llu\n", (unsigned long long)ss.commits);
     bprintf(&b, "paybridge_store_ops_total %llu\n", (unsigned long long)ss.ops);
+    bprintf(&b, "paybridge_store_pages_written_total %llu\n", (unsigned long long)ss.pages_written);
     pb_http_response_body_take(resp, 200, b.p, b.n);
     snprintf(resp->content_type, sizeof(resp->content_type), "text/plain; version=0.0.4");
     return PB_HTTP_DONE;

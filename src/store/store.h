@@ -217,6 +217,7 @@ struct pb_store_stats {
     uint64_t commits;           /* transactions committed */
     uint64_t ops;               /* operations applied */
     uint64_t max_batch;         /* largest batch */
+    uint64_t pages_written;     /* database pages the commits wrote to the WAL (SQLITE_DBSTATUS_CACHE_WRITE) */
 };
 
 struct pb_store_ops {

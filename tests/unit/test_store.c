@@ -2,7 +2,9 @@
  * test_store.c: the SQLite store — inbox de-duplication, the event and its
  * first job in one transaction, claims (tries survive replays), completions
  * (xref + next step atomically), retries, dead letters, lease recovery, and
- * the group commit sharing one transaction between concurrent submitters.
+ * the group commit sharing one transaction between concurrent submitters, a
+ * webhook failing half-way inside a batch (no savepoint on the fast path: the
+ * batch is redone) and the pages each commit writes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -354,6 +356,110 @@ static void test_second_process_commits(void **st)
     close_and_remove(a);
 }
 
+/* A webhook that fails half-way (its event row written, its job refused) in
+ * the middle of a batch: the writer applies webhooks without a savepoint, so
+ * it must roll the batch back and run it again with one per op. The others
+ * commit, the failed one leaves no event behind (a retry is not a duplicate). */
+struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int open, finished;
+};
+
+static void gate_done(struct pb_store_op *op)
+{
+    struct gate *g = op->ctx;
+    pthread_mutex_lock(&g->lock);
+    while (!g->open)
+        pthread_cond_wait(&g->cond, &g->lock); /* holds the writer: the next ops queue up */
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void count_done(struct pb_store_op *op)
+{
+    struct gate *g = op->ctx;
+    pthread_mutex_lock(&g->lock);
+    g->finished++;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void inbox_async(struct pb_store_op *op, const char *gw_id, struct gate *g,
+                        void (*done)(struct pb_store_op *))
+{
+    memset(op, 0, sizeof(*op));
+    op->kind = PB_OP_INBOX_PUT;
+    op->u.inbox.connection = "opayo-shop";
+    op->u.inbox.gateway_event_id = gw_id;
+    op->u.inbox.type = "payment.succeeded";
+    op->u.inbox.event_json = "{\"type\":\"payment.succeeded\"}";
+    op->u.inbox.received_ms = pb_now_ms();
+    op->u.inbox.jobs[0].flow = "f1";
+    op->u.inbox.jobs[0].step = 1;
+    op->u.inbox.jobs[0].step_name = "contact";
+    op->u.inbox.jobs[0].target = "xero";
+    op->u.inbox.jobs[0].command = "contact.upsert";
+    op->u.inbox.n_jobs = 1;
+    op->done = done;
+    op->ctx = g;
+}
+
+static void test_failed_webhook_in_batch(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op hold, ops[4], again;
+    struct pb_store_stats before, after;
+    struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    const char *ids[4] = {"TX-B1", "TX-B2", "TX-BAD", "TX-B3"};
+    json_t *out = NULL;
+    struct pb_err err = {0};
+
+    inbox_async(&hold, "TX-HOLD", &g, gate_done);
+    pb_store_submit(s, &hold);
+    /* the writer is in hold's done until the gate opens (or has not taken it
+     * yet): either way the four below are queued together behind it */
+    for (int i = 0; i < 4; i++) {
+        inbox_async(&ops[i], ids[i], &g, count_done);
+        if (i == 2)
+            ops[i].u.inbox.jobs[0].target = NULL; /* NOT NULL: the job insert fails */
+    }
+    s->ops->stats(s, &before);
+    for (int i = 0; i < 4; i++)
+        pb_store_submit(s, &ops[i]);
+    pthread_mutex_lock(&g.lock);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cond);
+    while (g.finished < 4)
+        pthread_cond_wait(&g.cond, &g.lock);
+    pthread_mutex_unlock(&g.lock);
+    s->ops->stats(s, &after);
+
+    assert_int_equal(ops[0].rc, PB_OK);
+    assert_int_equal(ops[1].rc, PB_OK);
+    assert_int_equal(ops[2].rc, PB_ERR_STORE);
+    assert_non_null(strstr(ops[2].err.msg, "insert job"));
+    assert_int_equal(ops[3].rc, PB_OK);
+    assert_false(ops[0].u.inbox.duplicate);
+    assert_false(ops[3].u.inbox.duplicate);
+    assert_true(ops[0].u.inbox.event_id > hold.u.inbox.event_id);
+    assert_int_equal(ops[1].u.inbox.event_id, ops[0].u.inbox.event_id + 1);
+    assert_true(after.max_batch >= 4);                 /* they did share a batch */
+    /* the batch wrote pages (events, jobs, both unique keys); the rolled-back
+     * first attempt did not add to them */
+    assert_true(after.pages_written > before.pages_written);
+    assert_true(after.pages_written - before.pages_written < 100);
+    assert_int_equal(pb_store_query(s, "events.count", NULL, &out, &err), PB_OK);
+    assert_int_equal(json_integer_value(json_object_get(out, "events")), 4); /* hold + 3 */
+    json_decref(out);
+    assert_int_equal(state_count(s, "ready"), 4);
+    inbox(s, "TX-BAD", 1, &again);                     /* the retry is a new event */
+    assert_false(again.u.inbox.duplicate);
+    inbox(s, "TX-B2", 1, &again);
+    assert_true(again.u.inbox.duplicate);
+    assert_int_equal(again.u.inbox.event_id, ops[1].u.inbox.event_id);
+    close_and_remove(s);
+}
+
 static void test_bad_dsn(void **st)
 {
     struct pb_store *s = NULL;
@@ -375,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_reopen_is_durable),
         cmocka_unit_test(test_second_process_commits),
+        cmocka_unit_test(test_failed_webhook_in_batch),
         cmocka_unit_test(test_bad_dsn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
