@@ -2165,14 +2165,53 @@ static void reply_update(struct call *c, const char *key, int found, json_t *e, 
 
 /* ==== create-only batches ================================================ */
 
+/* The start of every create-only element's check: `e` must be an object
+ * ("A <what> must be a JSON object") and must not carry `id_key` (refused
+ * with `refusal`). 0 when the check may go on; else the error is in *errs. */
+static int create_only_element(json_t *e, const char *what, const char *id_key,
+                               const char *refusal, json_t **errs)
+{
+    if (!json_is_object(e)) {
+        add_error(errs, "A %s must be a JSON object", what);
+        return -1;
+    }
+    if (json_object_get(e, id_key)) {
+        add_error(errs, "%s", refusal);
+        return -1;
+    }
+    return 0;
+}
+
+/* The element's Date in days since the epoch into *date: today when absent. */
+static void element_date(struct call *c, json_t *e, int64_t *date, json_t **errs)
+{
+    int bad = 0;
+    const char *s = opt_str(e, "Date", &bad);
+    *date = c->now_ms / 86400000;
+    if (bad || (s && parse_date(s, date)))
+        add_error(errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
+                  s ? s : "(not a string)");
+}
+
+/* The element's Reference (borrowed; NULL when absent). */
+static const char *element_reference(json_t *e, json_t **errs)
+{
+    int bad = 0;
+    const char *ref = opt_str(e, "Reference", &bad);
+    if (bad || (ref && strlen(ref) > NAME_MAX_LEN))
+        add_error(errs, "Reference must be a string of at most 255 characters");
+    return ref;
+}
+
 /* The write of a resource the sandbox only creates (BankTransactions,
  * ManualJournals, BankTransfers): every element is checked on its own
  * outside the lock, then, with the data lock held and unless summarizeErrors
  * has a failure to report, each good one is committed and rendered. The
  * resource's `_in` struct carries the borrowed element and its owned errors
  * at src_off and errs_off; check fills it, commit saves it (data held) and
- * returns the saved record or NULL (having said why in its errors, or not),
- * release frees whatever else check and commit left in it. */
+ * returns the saved record or NULL (having said why in its errors, or not).
+ * The char * members at owned_off[0..n_owned) are check's (commit may take
+ * one, leaving NULL); batch_write frees whatever is left in them. */
 struct batch_type {
     const char *key;            /* the body's and the reply's envelope key */
     enum entity ent;            /* what a saved record renders as */
@@ -2181,7 +2220,7 @@ struct batch_type {
     size_t src_off, errs_off;   /* of its json_t *src and json_t *errs */
     void (*check)(struct call *c, void *in);
     const void *(*commit)(struct call *c, void *in);
-    void (*release)(void *in);
+    size_t n_owned, owned_off[3];
 };
 
 /* The json_t * member at `off` in one `_in` struct. */
@@ -2237,7 +2276,8 @@ static void batch_write(struct call *c, const struct batch_type *bt)
         if (errs)
             els[i].err = error_element(*batch_slot(el, bt->src_off), errs, bt->has_key);
         json_decref(errs);
-        bt->release(el);
+        for (size_t k = 0; k < bt->n_owned; k++)
+            free(*(char **)(void *)(el + bt->owned_off[k]));
     }
     free(in);
     reply_write(c, bt->key, els, n, n_failed);
@@ -4127,7 +4167,6 @@ struct bank_in {
     char *head;                 /* owned, open */
     size_t head_len;
     struct contact *contact;    /* resolved */
-    struct bank_txn *saved;
 };
 
 static json_t *money_text(int64_t minor, const char *currency)
@@ -4231,20 +4270,17 @@ static char *bank_head(const char *id, const char *type, const struct account *a
     return head;
 }
 
-static void bank_check(struct call *c, struct bank_in *bi)
+static void bank_check(struct call *c, void *in)
 {
+    struct bank_in *bi = in;
     json_t *e = bi->src, *contact, *acc, *lines;
     const char *s;
     int bad = 0;
-    if (!json_is_object(e)) {
-        add_error(&bi->errs, "A bank transaction must be a JSON object");
+    if (create_only_element(e, "bank transaction", "BankTransactionID",
+                            "The sandbox creates bank transactions only; change one's Status "
+                            "with POST /BankTransactions/{BankTransactionID}",
+                            &bi->errs))
         return;
-    }
-    if (json_object_get(e, "BankTransactionID")) {
-        add_error(&bi->errs, "The sandbox creates bank transactions only; change one's Status "
-                  "with POST /BankTransactions/{BankTransactionID}");
-        return;
-    }
     s = opt_str(e, "Type", &bad);
     if (!s || !one_of(s, BANK_TYPES))
         add_error(&bi->errs, "Type must be one of RECEIVE, SPEND, RECEIVE-OVERPAYMENT, "
@@ -4282,16 +4318,8 @@ static void bank_check(struct call *c, struct bank_in *bi)
     if (bad || (s && (strlen(s) != 3 || !currency_enabled(c->x, s))))
         add_error(&bi->errs, "The currency '%s' is not enabled for this organisation",
                   s ? s : "(not text)");
-    bi->date = c->now_ms / 86400000;
-    bad = 0;
-    s = opt_str(e, "Date", &bad);
-    if (bad || (s && parse_date(s, &bi->date)))
-        add_error(&bi->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
-                  s ? s : "(not a string)");
-    bad = 0;
-    bi->reference = opt_str(e, "Reference", &bad);
-    if (bad || (bi->reference && strlen(bi->reference) > NAME_MAX_LEN))
-        add_error(&bi->errs, "Reference must be a string of at most 255 characters");
+    element_date(c, e, &bi->date, &bi->errs);
+    bi->reference = element_reference(e, &bi->errs);
     bad = 0;
     s = opt_str(e, "Status", &bad);
     if (bad || (s && strcasecmp(s, "AUTHORISED") != 0))
@@ -4314,20 +4342,21 @@ static void bank_check(struct call *c, struct bank_in *bi)
 }
 
 /* Resolve the contact and save (data held). */
-static void bank_commit(struct call *c, struct bank_in *bi)
+static const void *bank_commit(struct call *c, void *in)
 {
+    struct bank_in *bi = in;
     struct xero *x = c->x;
     struct bank_txn *t;
     if (bi->contact_id[0]) {
         bi->contact = hidx_get(&x->c_id, bi->contact_id);
         if (!bi->contact) {
             add_error(&bi->errs, "Contact could not be found");
-            return;
+            return NULL;
         }
     } else if (!(bi->contact = active_named(x, bi->contact_name, NULL)) &&
                !(bi->contact = contact_insert_named(x, bi->contact_name, c->now_ms))) {
         add_error(&bi->errs, "The sandbox ran out of memory");
-        return;
+        return NULL;
     }
     t = calloc(1, sizeof(*t));
     if (!t || !(t->reference = xstrdup(bi->reference)) || vec_push(&x->bank_txns, t)) {
@@ -4335,7 +4364,7 @@ static void bank_commit(struct call *c, struct bank_in *bi)
             free(t->reference);
         free(t);
         add_error(&bi->errs, "The sandbox ran out of memory");
-        return;
+        return NULL;
     }
     copy_str(t->id, sizeof(t->id), bi->new_id);
     copy_str(t->type, sizeof(t->type), bi->type);
@@ -4351,37 +4380,14 @@ static void bank_commit(struct call *c, struct bank_in *bi)
     bi->head = NULL;
     t->seq = ++x->seq;
     hidx_add(&x->bt_id, t->id, t);
-    bi->saved = t;
-}
-
-static void bank_check_el(struct call *c, void *in)
-{
-    bank_check(c, in);
-}
-
-static const void *bank_commit_el(struct call *c, void *in)
-{
-    struct bank_in *el = in;
-    bank_commit(c, el);
-    return el->saved;
-}
-
-static void bank_release_el(void *in)
-{
-    struct bank_in *el = in;
-    free(el->head);
+    return t;
 }
 
 static const struct batch_type BANK_BATCH = {
     "BankTransactions", E_BANK_TXN, "HasValidationErrors", sizeof(struct bank_in),
-    offsetof(struct bank_in, src), offsetof(struct bank_in, errs),
-    bank_check_el, bank_commit_el, bank_release_el,
+    offsetof(struct bank_in, src), offsetof(struct bank_in, errs), bank_check, bank_commit,
+    1, {offsetof(struct bank_in, head)},
 };
-
-static void bank_write(struct call *c)
-{
-    batch_write(c, &BANK_BATCH);
-}
 
 /* POST /BankTransactions/{id} {"BankTransactions":[{"Status":"DELETED"}]}
  * (or VOIDED): the one update the sandbox makes. */
@@ -4450,24 +4456,20 @@ struct journal_in {
     int64_t date;
     char *head;                 /* owned, open */
     size_t head_len;
-    struct journal *saved;
 };
 
-static void journal_check(struct call *c, struct journal_in *ji)
+static void journal_check(struct call *c, void *in)
 {
+    struct journal_in *ji = in;
     const char *cur = c->x->base_currency, *s;
     json_t *e = ji->src, *lines, *line, *out, *doc;
     int64_t debits = 0, credits = 0;
     int bad = 0;
     size_t i;
-    if (!json_is_object(e)) {
-        add_error(&ji->errs, "A manual journal must be a JSON object");
+    if (create_only_element(e, "manual journal", "ManualJournalID",
+                            "The sandbox creates manual journals only; it does not update them",
+                            &ji->errs))
         return;
-    }
-    if (json_object_get(e, "ManualJournalID")) {
-        add_error(&ji->errs, "The sandbox creates manual journals only; it does not update them");
-        return;
-    }
     ji->narration = opt_str(e, "Narration", &bad);
     if (bad || !ji->narration || !ji->narration[strspn(ji->narration, " \t\r\n")])
         add_error(&ji->errs, "Narration cannot be empty.");
@@ -4476,12 +4478,7 @@ static void journal_check(struct call *c, struct journal_in *ji)
     if (bad || (s && strcasecmp(s, "DRAFT") && strcasecmp(s, "POSTED")))
         add_error(&ji->errs, "Status must be DRAFT or POSTED for a new manual journal");
     copy_str(ji->status, sizeof(ji->status), s && !strcasecmp(s, "POSTED") ? "POSTED" : "DRAFT");
-    ji->date = c->now_ms / 86400000;
-    bad = 0;
-    s = opt_str(e, "Date", &bad);
-    if (bad || (s && parse_date(s, &ji->date)))
-        add_error(&ji->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
-                  s ? s : "(not a string)");
+    element_date(c, e, &ji->date, &ji->errs);
     bad = 0;
     s = opt_str(e, "LineAmountTypes", &bad);
     if (bad || (s && strcmp(s, "NoTax") && strcmp(s, "Exclusive") && strcmp(s, "Inclusive")))
@@ -4559,8 +4556,9 @@ static void journal_check(struct call *c, struct journal_in *ji)
 }
 
 /* Save (data held). */
-static void journal_commit(struct call *c, struct journal_in *ji)
+static const void *journal_commit(struct call *c, void *in)
 {
+    struct journal_in *ji = in;
     struct xero *x = c->x;
     struct journal *j = calloc(1, sizeof(*j));
     if (!j || !(j->narration = xstrdup(ji->narration)) || vec_push(&x->journals, j)) {
@@ -4568,7 +4566,7 @@ static void journal_commit(struct call *c, struct journal_in *ji)
             free(j->narration);
         free(j);
         add_error(&ji->errs, "The sandbox ran out of memory");
-        return;
+        return NULL;
     }
     copy_str(j->id, sizeof(j->id), ji->new_id);
     copy_str(j->status, sizeof(j->status), ji->status);
@@ -4578,37 +4576,14 @@ static void journal_commit(struct call *c, struct journal_in *ji)
     ji->head = NULL;
     j->seq = ++x->seq;
     hidx_add(&x->mj_id, j->id, j);
-    ji->saved = j;
-}
-
-static void journal_check_el(struct call *c, void *in)
-{
-    journal_check(c, in);
-}
-
-static const void *journal_commit_el(struct call *c, void *in)
-{
-    struct journal_in *el = in;
-    journal_commit(c, el);
-    return el->saved;
-}
-
-static void journal_release_el(void *in)
-{
-    struct journal_in *el = in;
-    free(el->head);
+    return j;
 }
 
 static const struct batch_type JOURNAL_BATCH = {
     "ManualJournals", E_MANUAL_JOURNAL, "HasErrors", sizeof(struct journal_in),
-    offsetof(struct journal_in, src), offsetof(struct journal_in, errs),
-    journal_check_el, journal_commit_el, journal_release_el,
+    offsetof(struct journal_in, src), offsetof(struct journal_in, errs), journal_check,
+    journal_commit, 1, {offsetof(struct journal_in, head)},
 };
-
-static void journals_write(struct call *c)
-{
-    batch_write(c, &JOURNAL_BATCH);
-}
 
 /* ==== BankTransfers ======================================================= */
 
@@ -4640,7 +4615,6 @@ struct transfer_in {
     char new_id[37], from_txn[37], to_txn[37];
     char *text, *from_head, *to_head;  /* owned */
     size_t len, from_len, to_len;
-    struct bank_transfer *saved;
 };
 
 static const struct account *transfer_account(struct call *c, json_t *e, const char *key,
@@ -4668,21 +4642,17 @@ static const struct account *transfer_account(struct call *c, json_t *e, const c
     return acc;
 }
 
-static void transfer_check(struct call *c, struct transfer_in *ti)
+static void transfer_check(struct call *c, void *in)
 {
-    const char *cur = c->x->base_currency, *s;
+    struct transfer_in *ti = in;
+    const char *cur = c->x->base_currency;
     json_t *e = ti->src, *v, *doc;
     struct pb_err err = {0};
-    int bad = 0;
-    if (!json_is_object(e)) {
-        add_error(&ti->errs, "A bank transfer must be a JSON object");
+    if (create_only_element(e, "bank transfer", "BankTransferID",
+                            "The sandbox creates bank transfers only; it does not change or "
+                            "delete them",
+                            &ti->errs))
         return;
-    }
-    if (json_object_get(e, "BankTransferID")) {
-        add_error(&ti->errs, "The sandbox creates bank transfers only; it does not change or "
-                  "delete them");
-        return;
-    }
     ti->from = transfer_account(c, e, "FromBankAccount", &ti->errs);
     ti->to = transfer_account(c, e, "ToBankAccount", &ti->errs);
     if (ti->from && ti->from == ti->to)
@@ -4694,15 +4664,8 @@ static void transfer_check(struct call *c, struct transfer_in *ti)
         add_error(&ti->errs, "Amount: %s", err.msg);
     else if (ti->amount <= 0)
         add_error(&ti->errs, "Amount must be greater than zero");
-    ti->date = c->now_ms / 86400000;
-    s = opt_str(e, "Date", &bad);
-    if (bad || (s && parse_date(s, &ti->date)))
-        add_error(&ti->errs, "Date '%s' is not a valid date (expected YYYY-MM-DD)",
-                  s ? s : "(not a string)");
-    bad = 0;
-    ti->reference = opt_str(e, "Reference", &bad);
-    if (bad || (ti->reference && strlen(ti->reference) > NAME_MAX_LEN))
-        add_error(&ti->errs, "Reference must be a string of at most 255 characters");
+    element_date(c, e, &ti->date, &ti->errs);
+    ti->reference = element_reference(e, &ti->errs);
     if (ti->errs)
         return;
     new_uuid(ti->new_id);
@@ -4759,8 +4722,9 @@ static struct bank_txn *transfer_leg(struct call *c, const char *id, const char 
 }
 
 /* Save the transfer and its two legs (data held). */
-static void transfer_commit(struct call *c, struct transfer_in *ti)
+static const void *transfer_commit(struct call *c, void *in)
 {
+    struct transfer_in *ti = in;
     struct xero *x = c->x;
     struct bank_transfer *t;
     if (x->transfers.n == x->transfers.cap && vec_push(&x->transfers, NULL) == 0)
@@ -4775,7 +4739,7 @@ static void transfer_commit(struct call *c, struct transfer_in *ti)
             free(t->reference);
         free(t);
         add_error(&ti->errs, "The sandbox ran out of memory");
-        return;
+        return NULL;
     }
     copy_str(t->id, sizeof(t->id), ti->new_id);
     copy_str(t->from_code, sizeof(t->from_code), ti->from->code);
@@ -4790,39 +4754,16 @@ static void transfer_commit(struct call *c, struct transfer_in *ti)
     hidx_add(&x->btr_id, t->id, t);
     transfer_leg(c, ti->from_txn, "SPEND-TRANSFER", ti->from, ti, &ti->from_head, ti->from_len);
     transfer_leg(c, ti->to_txn, "RECEIVE-TRANSFER", ti->to, ti, &ti->to_head, ti->to_len);
-    ti->saved = t;
-}
-
-static void transfer_check_el(struct call *c, void *in)
-{
-    transfer_check(c, in);
-}
-
-static const void *transfer_commit_el(struct call *c, void *in)
-{
-    struct transfer_in *el = in;
-    transfer_commit(c, el);
-    return el->saved;
-}
-
-static void transfer_release_el(void *in)
-{
-    struct transfer_in *el = in;
-    free(el->text);
-    free(el->from_head);
-    free(el->to_head);
+    return t;
 }
 
 static const struct batch_type TRANSFER_BATCH = {
     "BankTransfers", E_BANK_TRANSFER, "HasValidationErrors", sizeof(struct transfer_in),
-    offsetof(struct transfer_in, src), offsetof(struct transfer_in, errs),
-    transfer_check_el, transfer_commit_el, transfer_release_el,
+    offsetof(struct transfer_in, src), offsetof(struct transfer_in, errs), transfer_check,
+    transfer_commit, 3,
+    {offsetof(struct transfer_in, text), offsetof(struct transfer_in, from_head),
+     offsetof(struct transfer_in, to_head)},
 };
-
-static void transfers_write(struct call *c)
-{
-    batch_write(c, &TRANSFER_BATCH);
-}
 
 /* ==== GET: where filters and listing ====================================== */
 
@@ -5905,16 +5846,16 @@ static void run_op(struct call *c, enum op op)
     case OP_BANK_TXNS_GET: list_get(c, E_BANK_TXN); break;
     case OP_BANK_TXN_GET: one_get(c, E_BANK_TXN); break;
     case OP_BANK_TXNS_PUT:
-    case OP_BANK_TXNS_POST: bank_write(c); break;
+    case OP_BANK_TXNS_POST: batch_write(c, &BANK_BATCH); break;
     case OP_BANK_TXN_POST: bank_update(c, c->req->params[0]); break;
     case OP_JOURNALS_GET: list_get(c, E_MANUAL_JOURNAL); break;
     case OP_JOURNAL_GET: one_get(c, E_MANUAL_JOURNAL); break;
     case OP_JOURNALS_PUT:
-    case OP_JOURNALS_POST: journals_write(c); break;
+    case OP_JOURNALS_POST: batch_write(c, &JOURNAL_BATCH); break;
     case OP_TRANSFERS_GET: list_get(c, E_BANK_TRANSFER); break;
     case OP_TRANSFER_GET: one_get(c, E_BANK_TRANSFER); break;
     case OP_TRANSFERS_PUT:
-    case OP_TRANSFERS_POST: transfers_write(c); break;
+    case OP_TRANSFERS_POST: batch_write(c, &TRANSFER_BATCH); break;
     case OP_FAIL_NEXT: op_fail_next(c); break;
     case OP_STATS: op_stats(c); break;
     case OP_RESET: op_reset(c); break;
