@@ -209,12 +209,6 @@ struct txn {
 
 struct opayo_state;
 
-/* One route's real handler; the table points every route at counted(). */
-struct route_slot {
-    struct opayo_state *st;
-    pb_http_handler handler;
-};
-
 #define OPAYO_MAX_ROUTES 20
 #define OPAYO_STATUS_SLOTS 32                 /* distinct HTTP statuses counted */
 
@@ -237,7 +231,7 @@ struct opayo_state {
     uint64_t requests;              /* requests answered by our handlers */
     int status_code[OPAYO_STATUS_SLOTS];  /* HTTP statuses seen, 0 = free slot */
     uint64_t status_count[OPAYO_STATUS_SLOTS];
-    struct route_slot slots[OPAYO_MAX_ROUTES];      /* arg of each route */
+    struct sbx_route_slot slots[OPAYO_MAX_ROUTES];      /* arg of each route */
     struct pb_http_route routes[OPAYO_MAX_ROUTES + 1]; /* our table; ends with {NULL} */
 };
 
@@ -1695,21 +1689,14 @@ static enum pb_http_action h_admin_reset(struct pb_http_request *req,
 static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_response *resp,
                                    void *arg)
 {
-    struct route_slot *slot = arg;
-    struct opayo_state *st = state_of(slot->st);
+    struct sbx_route_slot *slot = arg;
+    struct opayo_state *st = state_of(slot->state);
     enum pb_http_action act = slot->handler(req, resp, st);
     int status = resp->status ? resp->status : 500;
 
     pthread_mutex_lock(&st->mu);
     st->requests++;
-    for (size_t i = 0; i < OPAYO_STATUS_SLOTS; i++) {
-        if (st->status_code[i] == 0)
-            st->status_code[i] = status;
-        if (st->status_code[i] == status) {
-            st->status_count[i]++;
-            break;
-        }
-    }
+    sbx_count_status(st->status_code, st->status_count, OPAYO_STATUS_SLOTS, status);
     pthread_mutex_unlock(&st->mu);
     return act;
 }
@@ -1778,11 +1765,32 @@ static int setting_string(json_t *settings, const char *key, const char *def, ch
     return 0;
 }
 
+/* Our route table, in order; every route goes through counted(). */
+static const struct sbx_route_spec OPAYO_ROUTES[] = {
+    {"POST", "/api/v1/merchant-session-keys", h_msk_create},
+    {"GET", "/api/v1/merchant-session-keys/{}", h_msk_get},
+    {"POST", "/api/v1/card-identifiers", h_card_create},
+    {"POST", "/api/v1/transactions", h_txn_create},
+    {"GET", "/api/v1/transactions/{}", h_txn_get},
+    {"POST", "/api/v1/transactions/{}/instructions", h_instruction_create},
+    {"GET", "/api/v1/transactions/{}/instructions", h_instruction_list},
+    {"POST", "/_sandbox/notify/{}", h_admin_notify},
+    {"GET", "/_sandbox/settings", h_admin_settings_get},
+    {"POST", "/_sandbox/settings", h_admin_settings_set},
+    {"GET", "/_sandbox/stats", h_admin_stats},
+    {"GET", "/_sandbox/transactions", h_admin_transactions},
+    {"POST", "/_sandbox/reset", h_admin_reset},
+    {"POST", "/access/access.htm", h_report_access},
+    {"POST", "/_sandbox/settle", h_report_settle},
+    {"GET", "/_sandbox/settlements", h_report_settlements},
+};
+#define N_OPAYO_ROUTES (sizeof(OPAYO_ROUTES) / sizeof(OPAYO_ROUTES[0]))
+_Static_assert(N_OPAYO_ROUTES <= OPAYO_MAX_ROUTES, "route table too small");
+
 static void *opayo_create(json_t *settings, struct pb_err *err)
 {
     struct opayo_state *st;
     json_t *avs;
-    size_t r = 0;
 
     if (settings && !json_is_object(settings)) {
         pb_err_set(err, PB_ERR_CONFIG, "opayo settings must be a JSON object");
@@ -1822,31 +1830,7 @@ static void *opayo_create(json_t *settings, struct pb_err *err)
     if (!st->report)
         goto fail;
 
-#define ROUTE(m, p, h)                                                                     \
-    do {                                                                                   \
-        st->slots[r] = (struct route_slot){st, (h)};                                       \
-        st->routes[r] = (struct pb_http_route){(m), (p), counted, &st->slots[r]};          \
-        r++;                                                                               \
-    } while (0)
-    ROUTE("POST", "/api/v1/merchant-session-keys", h_msk_create);
-    ROUTE("GET", "/api/v1/merchant-session-keys/{}", h_msk_get);
-    ROUTE("POST", "/api/v1/card-identifiers", h_card_create);
-    ROUTE("POST", "/api/v1/transactions", h_txn_create);
-    ROUTE("GET", "/api/v1/transactions/{}", h_txn_get);
-    ROUTE("POST", "/api/v1/transactions/{}/instructions", h_instruction_create);
-    ROUTE("GET", "/api/v1/transactions/{}/instructions", h_instruction_list);
-    ROUTE("POST", "/_sandbox/notify/{}", h_admin_notify);
-    ROUTE("GET", "/_sandbox/settings", h_admin_settings_get);
-    ROUTE("POST", "/_sandbox/settings", h_admin_settings_set);
-    ROUTE("GET", "/_sandbox/stats", h_admin_stats);
-    ROUTE("GET", "/_sandbox/transactions", h_admin_transactions);
-    ROUTE("POST", "/_sandbox/reset", h_admin_reset);
-    ROUTE("POST", "/access/access.htm", h_report_access);
-    ROUTE("POST", "/_sandbox/settle", h_report_settle);
-    ROUTE("GET", "/_sandbox/settlements", h_report_settlements);
-#undef ROUTE
-    st->routes[r] = (struct pb_http_route){NULL, NULL, NULL, NULL};
-    _Static_assert(OPAYO_MAX_ROUTES >= 16, "route table too small");
+    sbx_routes_fill(OPAYO_ROUTES, N_OPAYO_ROUTES, st, counted, st->slots, st->routes);
     return st;
 fail:
     opayo_destroy(st);

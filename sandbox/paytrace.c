@@ -267,11 +267,6 @@ struct delivery {
 
 struct pt_state;
 
-struct route_slot {
-    struct pt_state *st;
-    pb_http_handler handler;
-};
-
 struct pt_state {
     unsigned magic;     /* PT_STATE_MAGIC while alive */
     pthread_mutex_t mu; /* guards the store, see LOCKING */
@@ -312,7 +307,7 @@ struct pt_state {
     uint64_t generation;
     uint64_t w_sent, w_acknowledged, w_failed, w_dropped;
 
-    struct route_slot slots[PT_ROUTES_MAX];
+    struct sbx_route_slot slots[PT_ROUTES_MAX];
     struct pb_http_route routes[PT_ROUTES_MAX + 1];
 };
 
@@ -2302,21 +2297,14 @@ static enum pb_http_action h_admin_revoke(struct pb_http_request *req,
 static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_response *resp,
                                    void *arg)
 {
-    struct route_slot *slot = arg;
-    struct pt_state *st = state_of(slot->st);
+    struct sbx_route_slot *slot = arg;
+    struct pt_state *st = state_of(slot->state);
     enum pb_http_action act = slot->handler(req, resp, st);
     int status = resp->status ? resp->status : 500;
 
     pthread_mutex_lock(&st->mu);
     st->requests++;
-    for (size_t i = 0; i < PT_STATUS_SLOTS; i++) {
-        if (st->status_code[i] == 0)
-            st->status_code[i] = status;
-        if (st->status_code[i] == status) {
-            st->status_count[i]++;
-            break;
-        }
-    }
+    sbx_count_status(st->status_code, st->status_count, PT_STATUS_SLOTS, status);
     pthread_mutex_unlock(&st->mu);
     return act;
 }
@@ -2343,12 +2331,34 @@ static int setting_string(json_t *settings, const char *key, const char *def, ch
     return 0;
 }
 
+/* Our route table, in order; every route goes through counted(). */
+static const struct sbx_route_spec PT_ROUTES[] = {
+    {"POST", "/oauth/token", h_token},
+    {"POST", "/v1/transactions/sale/keyed", h_sale_keyed},
+    {"POST", "/v1/transactions/sale/by_customer", h_sale_customer},
+    {"POST", "/v1/checks/sale/by_account", h_sale_check},
+    {"POST", "/v1/transactions/refund/for_transaction", h_refund},
+    {"POST", "/v1/transactions/void", h_void},
+    {"POST", "/v1/customer/create", h_customer_create},
+    {"POST", "/v1/transactions/export/by_date_range", h_export},
+    {"POST", "/v1/batches/export_settled", h_export_settled},
+    {"GET", "/_sandbox/stats", h_admin_stats},
+    {"GET", "/_sandbox/transactions", h_admin_transactions},
+    {"GET", "/_sandbox/settings", h_admin_settings_get},
+    {"POST", "/_sandbox/settings", h_admin_settings_set},
+    {"POST", "/_sandbox/reset", h_admin_reset},
+    {"POST", "/_sandbox/webhook/{}", h_admin_webhook},
+    {"POST", "/_sandbox/settle", h_admin_settle},
+    {"POST", "/_sandbox/tokens/revoke", h_admin_revoke},
+};
+#define N_PT_ROUTES (sizeof(PT_ROUTES) / sizeof(PT_ROUTES[0]))
+_Static_assert(N_PT_ROUTES <= PT_ROUTES_MAX, "route table too small");
+
 static void *pt_create(json_t *settings, struct pb_err *err)
 {
     struct pt_state *st;
     pthread_condattr_t ca;
     json_t *v;
-    size_t r = 0;
 
     if (settings && !json_is_object(settings)) {
         pb_err_set(err, PB_ERR_CONFIG, "paytrace settings must be a JSON object");
@@ -2442,32 +2452,7 @@ static void *pt_create(json_t *settings, struct pb_err *err)
     }
     st->thread_started = 1;
 
-#define ROUTE(m, p, h)                                                                             \
-    do {                                                                                           \
-        st->slots[r] = (struct route_slot){st, (h)};                                               \
-        st->routes[r] = (struct pb_http_route){(m), (p), counted, &st->slots[r]};                  \
-        r++;                                                                                       \
-    } while (0)
-    ROUTE("POST", "/oauth/token", h_token);
-    ROUTE("POST", "/v1/transactions/sale/keyed", h_sale_keyed);
-    ROUTE("POST", "/v1/transactions/sale/by_customer", h_sale_customer);
-    ROUTE("POST", "/v1/checks/sale/by_account", h_sale_check);
-    ROUTE("POST", "/v1/transactions/refund/for_transaction", h_refund);
-    ROUTE("POST", "/v1/transactions/void", h_void);
-    ROUTE("POST", "/v1/customer/create", h_customer_create);
-    ROUTE("POST", "/v1/transactions/export/by_date_range", h_export);
-    ROUTE("POST", "/v1/batches/export_settled", h_export_settled);
-    ROUTE("GET", "/_sandbox/stats", h_admin_stats);
-    ROUTE("GET", "/_sandbox/transactions", h_admin_transactions);
-    ROUTE("GET", "/_sandbox/settings", h_admin_settings_get);
-    ROUTE("POST", "/_sandbox/settings", h_admin_settings_set);
-    ROUTE("POST", "/_sandbox/reset", h_admin_reset);
-    ROUTE("POST", "/_sandbox/webhook/{}", h_admin_webhook);
-    ROUTE("POST", "/_sandbox/settle", h_admin_settle);
-    ROUTE("POST", "/_sandbox/tokens/revoke", h_admin_revoke);
-#undef ROUTE
-    st->routes[r] = (struct pb_http_route){NULL, NULL, NULL, NULL};
-    _Static_assert(PT_ROUTES_MAX >= 17, "route table too small");
+    sbx_routes_fill(PT_ROUTES, N_PT_ROUTES, st, counted, st->slots, st->routes);
     return st;
 fail:
     pt_destroy(st);

@@ -29,6 +29,9 @@
  * Locking: none here beyond faults.c's mutex. Injected replies are counted
  * there; an emulator's own state has its own lock.
  *
+ * Also here, owning nothing: sbx_routes_fill() and sbx_count_status(), the
+ * counted route tables that several emulators share (see sbx.h).
+ *
  * Emulators are found in a constant table (EMULATORS). Adding a system is
  * one file exporting a `struct sbx_emulator_type`, its extern in sbx.h and
  * one line in that table. References must stay strong: a weak one would not
@@ -533,4 +536,29 @@ void pb_sandbox_stop(struct pb_sandbox *sb)
         system_free(sb->sys[i]);
     sb->magic = 0;
     free(sb);
+}
+
+/* ---- counted route tables (sbx.h) ---------------------------------------- */
+
+void sbx_routes_fill(const struct sbx_route_spec *spec, size_t n, void *state,
+                     pb_http_handler through, struct sbx_route_slot *slots,
+                     struct pb_http_route *routes)
+{
+    for (size_t i = 0; i < n; i++) {
+        slots[i] = (struct sbx_route_slot){state, spec[i].handler};
+        routes[i] = (struct pb_http_route){spec[i].method, spec[i].pattern, through, &slots[i]};
+    }
+    routes[n] = (struct pb_http_route){NULL, NULL, NULL, NULL};
+}
+
+void sbx_count_status(int *codes, uint64_t *counts, size_t n, int status)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (codes[i] == 0)
+            codes[i] = status;
+        if (codes[i] == status) {
+            counts[i]++;
+            return;
+        }
+    }
 }

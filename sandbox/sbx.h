@@ -13,11 +13,17 @@
  *
  * Emulators keep their state in memory behind their own mutex; handlers run on
  * a thread per connection and may block.
+ *
+ * The emulators that count their replies by HTTP status (opayo.c, paytrace.c,
+ * shop.c) build their table with sbx_routes_fill() and count with
+ * sbx_count_status() (both in sandbox.c); the counters stay in their state.
  */
 #ifndef PB_SANDBOX_SBX_H
 #define PB_SANDBOX_SBX_H
 
 #include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "core/err.h"
 #include "net/httpd.h"
@@ -33,6 +39,31 @@ struct sbx_emulator_type {
     /* MUST: stop threads, free state. */
     void (*destroy)(void *state);
 };
+
+/* One route of an emulator's table: what sbx_routes_fill() takes. */
+struct sbx_route_spec {
+    const char *method, *pattern;
+    pb_http_handler handler;        /* the real handler; gets the state as arg */
+};
+
+/* The arg of each route of a filled table. */
+struct sbx_route_slot {
+    void *state;
+    pb_http_handler handler;
+};
+
+/* Fills routes[0..n) with spec's methods and patterns, every route pointing
+ * at `through` with &slots[i] = {state, spec[i].handler} as arg, and
+ * routes[n] with the {NULL} end. slots holds n, routes n + 1; `through`
+ * calls slot->handler(req, resp, slot->state) and does its counting. */
+void sbx_routes_fill(const struct sbx_route_spec *spec, size_t n, void *state,
+                     pb_http_handler through, struct sbx_route_slot *slots,
+                     struct pb_http_route *routes);
+
+/* Counts one reply of `status` in codes[]/counts[] (n slots, a code of 0 is
+ * a free slot; a status that finds no slot is not counted). The caller holds
+ * the lock that guards them. */
+void sbx_count_status(int *codes, uint64_t *counts, size_t n, int status);
 
 extern const struct sbx_emulator_type sbx_xero_type;
 extern const struct sbx_emulator_type sbx_opayo_type;

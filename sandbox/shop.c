@@ -115,11 +115,6 @@ struct status_rec {
 
 struct shop_emu;
 
-struct route_slot {
-    struct shop_emu *st;
-    pb_http_handler handler;
-};
-
 struct shop_emu {
     unsigned magic;                         /* SHOP_EMU_MAGIC while alive */
     pthread_mutex_t mu;                     /* guards everything below but slots/routes */
@@ -136,7 +131,7 @@ struct shop_emu {
     uint64_t received, duplicates, rejected, failed_injected, requests;
     int status_code[SHOP_STATUS_SLOTS]; /* HTTP statuses answered, 0 = free slot */
     uint64_t status_count[SHOP_STATUS_SLOTS];
-    struct route_slot slots[SHOP_MAX_ROUTES];
+    struct sbx_route_slot slots[SHOP_MAX_ROUTES];
     struct pb_http_route routes[SHOP_MAX_ROUTES + 1]; /* ends with {NULL} */
 };
 
@@ -811,21 +806,14 @@ static enum pb_http_action h_admin_settings_set(struct pb_http_request *req,
 static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_response *resp,
                                    void *arg)
 {
-    struct route_slot *slot = arg;
-    struct shop_emu *st = state_of(slot->st);
+    struct sbx_route_slot *slot = arg;
+    struct shop_emu *st = state_of(slot->state);
     enum pb_http_action act = slot->handler(req, resp, st);
     int status = resp->status ? resp->status : 500;
 
     pthread_mutex_lock(&st->mu);
     st->requests++;
-    for (size_t i = 0; i < SHOP_STATUS_SLOTS; i++) {
-        if (st->status_code[i] == 0)
-            st->status_code[i] = status;
-        if (st->status_code[i] == status) {
-            st->status_count[i]++;
-            break;
-        }
-    }
+    sbx_count_status(st->status_code, st->status_count, SHOP_STATUS_SLOTS, status);
     pthread_mutex_unlock(&st->mu);
     return act;
 }
@@ -834,10 +822,21 @@ static enum pb_http_action counted(struct pb_http_request *req, struct pb_http_r
 
 static void shop_destroy(void *arg);
 
+/* Our route table, in order; every route goes through counted(). */
+static const struct sbx_route_spec SHOP_ROUTES[] = {
+    {"POST", "/status", h_status},
+    {"GET", "/_sandbox/statuses", h_admin_statuses},
+    {"GET", "/_sandbox/stats", h_admin_stats},
+    {"GET", "/_sandbox/settings", h_admin_settings_get},
+    {"POST", "/_sandbox/settings", h_admin_settings_set},
+    {"POST", "/_sandbox/reset", h_admin_reset},
+};
+#define N_SHOP_ROUTES (sizeof(SHOP_ROUTES) / sizeof(SHOP_ROUTES[0]))
+_Static_assert(N_SHOP_ROUTES <= SHOP_MAX_ROUTES, "route table too small");
+
 static void *shop_create(json_t *settings, struct pb_err *err)
 {
     struct shop_emu *st;
-    size_t r = 0;
 
     if (settings && !json_is_object(settings)) {
         pb_err_set(err, PB_ERR_CONFIG, "shop settings must be a JSON object");
@@ -862,21 +861,7 @@ static void *shop_create(json_t *settings, struct pb_err *err)
     if (settings && apply_settings(st, settings, 1, err))
         goto fail;
 
-#define ROUTE(m, p, h)                                                                             \
-    do {                                                                                           \
-        st->slots[r] = (struct route_slot){st, (h)};                                               \
-        st->routes[r] = (struct pb_http_route){(m), (p), counted, &st->slots[r]};                  \
-        r++;                                                                                       \
-    } while (0)
-    ROUTE("POST", "/status", h_status);
-    ROUTE("GET", "/_sandbox/statuses", h_admin_statuses);
-    ROUTE("GET", "/_sandbox/stats", h_admin_stats);
-    ROUTE("GET", "/_sandbox/settings", h_admin_settings_get);
-    ROUTE("POST", "/_sandbox/settings", h_admin_settings_set);
-    ROUTE("POST", "/_sandbox/reset", h_admin_reset);
-#undef ROUTE
-    st->routes[r] = (struct pb_http_route){NULL, NULL, NULL, NULL};
-    _Static_assert(SHOP_MAX_ROUTES >= 6, "route table too small");
+    sbx_routes_fill(SHOP_ROUTES, N_SHOP_ROUTES, st, counted, st->slots, st->routes);
     return st;
 fail:
     shop_destroy(st);
