@@ -20,6 +20,7 @@
  *   GET  /admin/recon/runs?connection=C reconciliation runs, newest day first
  *   GET  /admin/recon/runs/{run}        one run (id or C:YYYY-MM-DD): breaks, journals, problems
  *   GET  /admin/recon/runs/{run}/items?kind=match|line|record   its inputs and matches
+ *   GET  /admin/recon/breaks?connection=C&from=D&to=D   every break of the period's runs
  *   POST /admin/recon/journals/{ref}/undo   reverse a journal ({"by": NAME} optional)
  *
  * Admin authentication: `Authorization: Bearer <key>`; the SHA-256 of the
@@ -542,6 +543,30 @@ static enum pb_http_action h_recon_items(struct pb_http_request *req, struct pb_
     return send_json(resp, 200, items);
 }
 
+static enum pb_http_action h_recon_breaks(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
+{
+    struct pb_engine *e = arg;
+    struct pb_reconcile_scheduler *s;
+    struct pb_err err = {0};
+    json_t *out = NULL;
+    const char *from = pb_http_query(req, "from"), *to = pb_http_query(req, "to");
+    int32_t probe;
+    REQUIRE_ADMIN(e, req, resp);
+    if (!(s = recon_or_503(resp)))
+        return PB_HTTP_DONE;
+    if ((from && pb_recon_date_parse(from, strlen(from), &probe)) ||
+        (to && pb_recon_date_parse(to, strlen(to), &probe))) {
+        pb_http_response_error(resp, 400, "invalid", "from and to are YYYY-MM-DD");
+        return PB_HTTP_DONE;
+    }
+    if (pb_recon_db_breaks(pb_reconcile_scheduler_db(s), pb_http_query(req, "connection"), from, to,
+                           &out, &err)) {
+        pb_http_response_error(resp, 500, pb_rc_name(err.rc), "%s", err.msg);
+        return PB_HTTP_DONE;
+    }
+    return send_json(resp, 200, out);
+}
+
 static enum pb_http_action h_recon_undo(struct pb_http_request *req, struct pb_http_response *resp, void *arg)
 {
     struct pb_engine *e = arg;
@@ -588,6 +613,7 @@ const struct pb_http_route *pb_admin_routes(struct pb_engine *e)
         {"GET", "/admin/recon/runs", h_recon_runs, e},
         {"GET", "/admin/recon/runs/{}", h_recon_run, e},
         {"GET", "/admin/recon/runs/{}/items", h_recon_items, e},
+        {"GET", "/admin/recon/breaks", h_recon_breaks, e},
         {"POST", "/admin/recon/journals/{}/undo", h_recon_undo, e},
         {NULL, NULL, NULL, NULL},
     };

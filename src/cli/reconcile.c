@@ -9,6 +9,9 @@
  *   paybridge recon list [--connection C] -c FILE
  *   paybridge recon show RUN [--matches] -c FILE   RUN: an id or C:YYYY-MM-DD;
  *       --matches also lists every match with its rule and explanation
+ *   paybridge recon breaks [--connection C] [--from D] [--to D] -c FILE
+ *       every break of the period's runs (each day's latest revision), with
+ *       totals per class and currency: the list a month's close works from
  *   paybridge recon undo REFERENCE [--by NAME] -c FILE
  *       reverse a journal (an automatic adjustment, or a batch journal) by
  *       posting its reversal.
@@ -22,6 +25,7 @@
 
 #include "cli/cli.h"
 #include "core/err.h"
+#include "core/money.h"
 #include "engine/config.h"
 #include "reconcile/reconcile.h"
 #include "store/store.h"
@@ -105,6 +109,51 @@ int pb_cli_reconcile(int argc, char **argv)
     return status;
 }
 
+/* Every break of the period, then totals per (class, currency). */
+static void print_breaks(const json_t *days, FILE *f)
+{
+    json_t *totals = json_object(), *day, *b;
+    size_t i, k, n = 0;
+    const char *key;
+    json_t *v;
+    json_array_foreach(days, i, day)
+    {
+        json_array_foreach(json_object_get(day, "breaks"), k, b)
+        {
+            char tk[64];
+            json_t *t;
+            const char *cls = json_string_value(json_object_get(b, "class"));
+            const char *cur = json_string_value(json_object_get(b, "currency"));
+            fprintf(f, "%s %-16s %-20s %10s %s  %s\n", json_string_value(json_object_get(day, "date")),
+                    json_string_value(json_object_get(day, "connection")), cls ? cls : "?",
+                    json_string_value(json_object_get(b, "amount")) ?: "?", cur ? cur : "?",
+                    json_string_value(json_object_get(b, "action")) ?: "");
+            snprintf(tk, sizeof tk, "%s %s", cls ? cls : "?", cur ? cur : "?");
+            if (!(t = json_object_get(totals, tk))) {
+                t = json_pack("{s:i,s:I}", "count", 0, "minor", (json_int_t)0);
+                json_object_set_new(totals, tk, t);
+            }
+            json_object_set_new(t, "count", json_integer(json_integer_value(json_object_get(t, "count")) + 1));
+            json_object_set_new(t, "minor",
+                                json_integer(json_integer_value(json_object_get(t, "minor")) +
+                                             json_integer_value(json_object_get(b, "amount_minor"))));
+            json_object_set_new(t, "currency", json_string(cur ? cur : "XXX"));
+            n++;
+        }
+    }
+    fprintf(f, "%zu break(s) in %zu run(s)\n", n, json_array_size(days));
+    json_object_foreach(totals, key, v)
+    {
+        char amount[PB_MONEY_DECIMAL_MAX] = "?";
+        pb_money_format_decimal(json_integer_value(json_object_get(v, "minor")),
+                                json_string_value(json_object_get(v, "currency")), amount,
+                                sizeof amount, NULL);
+        fprintf(f, "  %-28s %5lld  net %s\n", key, (long long)json_integer_value(json_object_get(v, "count")),
+                amount);
+    }
+    json_decref(totals);
+}
+
 int pb_cli_recon(int argc, char **argv)
 {
     const char *path = pb_cli_config_arg(&argc, argv);
@@ -114,10 +163,12 @@ int pb_cli_recon(int argc, char **argv)
     struct pb_err err = {0};
     json_t *out = NULL;
     int status = 0;
-    if (!sub || (strcmp(sub, "list") && strcmp(sub, "show") && strcmp(sub, "undo")) ||
+    if (!sub || (strcmp(sub, "list") && strcmp(sub, "show") && strcmp(sub, "undo") &&
+                 strcmp(sub, "breaks")) ||
         ((!strcmp(sub, "show") || !strcmp(sub, "undo")) && argc < 3)) {
         fprintf(stderr, "usage: paybridge recon list [--connection C] -c FILE\n"
                         "       paybridge recon show RUN [--matches] -c FILE   (RUN: id or CONNECTION:YYYY-MM-DD)\n"
+                        "       paybridge recon breaks [--connection C] [--from YYYY-MM-DD] [--to YYYY-MM-DD] -c FILE\n"
                         "       paybridge recon undo JOURNAL_REFERENCE [--by NAME] -c FILE\n");
         return 2;
     }
@@ -151,6 +202,26 @@ int pb_cli_recon(int argc, char **argv)
                        (long long)json_integer_value(json_object_get(c, "pending")));
             }
         }
+    } else if (strcmp(sub, "breaks") == 0) {
+        const char *conn = NULL, *from = NULL, *to = NULL;
+        int32_t probe;
+        for (int i = 2; i + 1 < argc; i += 2) {
+            if (strcmp(argv[i], "--connection") == 0)
+                conn = argv[i + 1];
+            else if (strcmp(argv[i], "--from") == 0)
+                from = argv[i + 1];
+            else if (strcmp(argv[i], "--to") == 0)
+                to = argv[i + 1];
+        }
+        if ((from && pb_recon_date_parse(from, strlen(from), &probe)) ||
+            (to && pb_recon_date_parse(to, strlen(to), &probe))) {
+            fprintf(stderr, "paybridge recon breaks: --from and --to are YYYY-MM-DD\n");
+            status = 2;
+        } else if (pb_recon_db_breaks(db, conn, from, to, &out, &err)) {
+            fprintf(stderr, "paybridge recon breaks: %s\n", err.msg);
+            status = 1;
+        } else
+            print_breaks(out, stdout);
     } else if (strcmp(sub, "show") == 0) {
         if (pb_recon_db_run(db, argv[2], &out, &err)) {
             fprintf(stderr, "paybridge recon show: %s\n", err.msg);

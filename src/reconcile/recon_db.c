@@ -597,3 +597,40 @@ out:
     pthread_mutex_unlock(&db->mu);
     return rc;
 }
+
+enum pb_rc pb_recon_db_breaks(struct pb_recon_db *db, const char *connection, const char *from,
+                              const char *to, json_t **out, struct pb_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    enum pb_rc rc = PB_OK;
+    *out = NULL;
+    pthread_mutex_lock(&db->mu);
+    if (sqlite3_prepare_v2(db->db,
+                           "SELECT connection, date, revision, status,"
+                           " json_extract(detail,'$.breaks') AS breaks FROM runs"
+                           " WHERE (?1 IS NULL OR connection=?1) AND (?2 IS NULL OR date>=?2)"
+                           " AND (?3 IS NULL OR date<=?3) ORDER BY date, connection",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = sqlerr(db, err, "reading breaks");
+        goto out;
+    }
+    bt(st, 1, connection);
+    bt(st, 2, from);
+    bt(st, 3, to);
+    if (!(*out = all_rows(st)))
+        rc = sqlerr(db, err, "reading breaks");
+    else {
+        size_t i;
+        json_t *r;
+        json_array_foreach(*out, i, r)
+        {
+            json_t *b = json_object_get(r, "breaks");
+            json_object_set_new(r, "breaks", json_is_string(b) ? (json_loads(json_string_value(b), 0, NULL) ?: json_array())
+                                                                : json_array());
+        }
+    }
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}

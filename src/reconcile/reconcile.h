@@ -125,6 +125,13 @@ enum pb_rc pb_recon_db_run(struct pb_recon_db *db, const char *run, json_t **out
 enum pb_rc pb_recon_db_runs(struct pb_recon_db *db, const char *connection, int limit, json_t **out,
                             struct pb_err *err);
 
+/* The breaks of the stored runs of a period, for the month's close: an array
+ * of {"connection", "date", "revision", "status", "breaks": [...]} for each
+ * day's latest revision, oldest first. connection NULL = all; from/to
+ * "YYYY-MM-DD" inclusive, NULL = open-ended. */
+enum pb_rc pb_recon_db_breaks(struct pb_recon_db *db, const char *connection, const char *from,
+                              const char *to, json_t **out, struct pb_err *err);
+
 /* The stored inputs and matches of a run (by id), of one kind ("line",
  * "record", "match") or all (NULL), in order. */
 enum pb_rc pb_recon_db_run_items(struct pb_recon_db *db, int64_t run_id, const char *kind,

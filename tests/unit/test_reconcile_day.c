@@ -331,6 +331,23 @@ static void test_reconcile_day(void **state)
         assert_non_null(strstr(json_string_value(json_object_get(run, "error")), "report_url"));
         json_decref(run);
     }
+    /* the period's breaks: the day's one break; the failed run has none */
+    {
+        json_t *days = NULL;
+        assert_int_equal(pb_recon_db_breaks(db, NULL, "2026-11-01", "2026-11-30", &days, &err), PB_OK);
+        assert_int_equal(json_array_size(days), 2);
+        {
+            size_t i, total = 0;
+            json_t *d;
+            json_array_foreach(days, i, d)
+                total += json_array_size(json_object_get(d, "breaks"));
+            assert_int_equal(total, 1);
+        }
+        json_decref(days);
+        assert_int_equal(pb_recon_db_breaks(db, CONN, "2026-11-22", NULL, &days, &err), PB_OK);
+        assert_int_equal(json_array_size(days), 0);
+        json_decref(days);
+    }
     /* a bad date and an unknown connection */
     out = open_memstream(&text, &text_len);
     assert_int_equal(pb_reconcile_once(cfg, s, db, CONN, "2026-13-01", out, &err), PB_ERR_INVALID);
