@@ -146,7 +146,8 @@ static void bt(sqlite3_stmt *st, int i, const char *s)
 }
 
 /* Every row of a prepared statement as JSON objects (column names as keys;
- * a column named "detail" or "lines" is parsed as JSON). */
+ * a column named "detail", "lines", "counts" or "breaks" holds JSON text and
+ * is parsed). */
 static json_t *all_rows(sqlite3_stmt *st)
 {
     json_t *arr = json_array();
@@ -166,7 +167,8 @@ static json_t *all_rows(sqlite3_stmt *st)
             default: {
                 const char *t = (const char *)sqlite3_column_text(st, i);
                 v = NULL;
-                if (strcmp(name, "detail") == 0 || strcmp(name, "lines") == 0)
+                if (strcmp(name, "detail") == 0 || strcmp(name, "lines") == 0 ||
+                    strcmp(name, "counts") == 0 || strcmp(name, "breaks") == 0)
                     v = json_loads(t, 0, NULL);
                 if (!v)
                     v = json_string(t ? t : "");
@@ -181,6 +183,28 @@ static json_t *all_rows(sqlite3_stmt *st)
         return NULL;
     }
     return arr;
+}
+
+/* Run a read under the lock: `sql` with ?1..?n bound to args (text; NULL
+ * binds NULL), every row into *out (all_rows). `what` names it in errors. */
+static enum pb_rc select_rows(struct pb_recon_db *db, const char *sql, const char *const *args,
+                              int n_args, const char *what, json_t **out, struct pb_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    enum pb_rc rc = PB_OK;
+    *out = NULL;
+    pthread_mutex_lock(&db->mu);
+    if (sqlite3_prepare_v2(db->db, sql, -1, &st, NULL) != SQLITE_OK)
+        rc = sqlerr(db, err, what);
+    else {
+        for (int k = 0; k < n_args; k++)
+            bt(st, k + 1, args[k]);
+        if (!(*out = all_rows(st)))
+            rc = sqlerr(db, err, what);
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&db->mu);
+    return rc;
 }
 
 enum pb_rc pb__rdb_run_begin(struct pb_recon_db *db, const char *connection, const char *date,
@@ -379,28 +403,16 @@ out:
 enum pb_rc pb__rdb_journal_get(struct pb_recon_db *db, const char *reference, json_t **row,
                                struct pb_err *err)
 {
-    sqlite3_stmt *st = NULL;
     json_t *rows;
-    enum pb_rc rc = PB_OK;
+    enum pb_rc rc = select_rows(db, "SELECT * FROM journals WHERE reference=?1", &reference, 1,
+                                "reading a journal", &rows, err);
     *row = NULL;
-    pthread_mutex_lock(&db->mu);
-    if (sqlite3_prepare_v2(db->db, "SELECT * FROM journals WHERE reference=?1", -1, &st, NULL) !=
-        SQLITE_OK) {
-        rc = sqlerr(db, err, "reading a journal");
-        goto out;
-    }
-    bt(st, 1, reference);
-    if (!(rows = all_rows(st))) {
-        rc = sqlerr(db, err, "reading a journal");
-        goto out;
-    }
+    if (rc)
+        return rc;
     if (json_array_size(rows))
         *row = json_incref(json_array_get(rows, 0));
     json_decref(rows);
-out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    return PB_OK;
 }
 
 enum pb_rc pb__rdb_journal_add(struct pb_recon_db *db, int64_t run_id, const char *connection,
@@ -484,67 +496,39 @@ out:
 enum pb_rc pb__rdb_journals_of(struct pb_recon_db *db, const char *connection, const char *date,
                                json_t **rows, struct pb_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    enum pb_rc rc = PB_OK;
-    *rows = NULL;
-    pthread_mutex_lock(&db->mu);
-    if (sqlite3_prepare_v2(db->db,
-                           "SELECT reference, kind, status, date, currency, amount_minor, narration,"
-                           " erp, erp_id, error, reverses, undone_by, lines FROM journals"
-                           " WHERE connection=?1 AND (date=?2 OR run_id IN (SELECT id FROM runs"
-                           "  WHERE connection=?1 AND date=?2)) ORDER BY created_ms, reference",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = sqlerr(db, err, "reading journals");
-        goto out;
-    }
-    bt(st, 1, connection);
-    bt(st, 2, date);
-    if (!(*rows = all_rows(st)))
-        rc = sqlerr(db, err, "reading journals");
-out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    const char *args[] = {connection, date};
+    return select_rows(db,
+                       "SELECT reference, kind, status, date, currency, amount_minor, narration,"
+                       " erp, erp_id, error, reverses, undone_by, lines FROM journals"
+                       " WHERE connection=?1 AND (date=?2 OR run_id IN (SELECT id FROM runs"
+                       "  WHERE connection=?1 AND date=?2)) ORDER BY created_ms, reference",
+                       args, 2, "reading journals", rows, err);
 }
 
 enum pb_rc pb_recon_db_run(struct pb_recon_db *db, const char *run, json_t **out, struct pb_err *err)
 {
-    sqlite3_stmt *st = NULL;
     json_t *rows = NULL, *r, *journals = NULL;
-    enum pb_rc rc = PB_OK;
+    enum pb_rc rc;
     const char *colon = run ? strrchr(run, ':') : NULL;
-    char *end;
+    char *end, conn[128];
     long long id = run ? strtoll(run, &end, 10) : 0;
     *out = NULL;
     if (!run || !*run)
         return pb_err_set(err, PB_ERR_INVALID, "name a run: its id or CONNECTION:YYYY-MM-DD");
-    pthread_mutex_lock(&db->mu);
-    if (sqlite3_prepare_v2(db->db,
-                           colon ? "SELECT * FROM runs WHERE connection=?1 AND date=?2"
-                                 : "SELECT * FROM runs WHERE id=?3",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = sqlerr(db, err, "reading a run");
-        goto out;
-    }
     if (colon) {
-        sqlite3_bind_text(st, 1, run, (int)(colon - run), SQLITE_TRANSIENT);
-        bt(st, 2, colon + 1);
+        const char *args[] = {conn, colon + 1};
+        snprintf(conn, sizeof conn, "%.*s", (int)(colon - run), run);
+        rc = select_rows(db, "SELECT * FROM runs WHERE connection=?1 AND date=?2", args, 2,
+                         "reading a run", &rows, err);
     } else {
-        if (*end || id <= 0) {
-            rc = pb_err_set(err, PB_ERR_INVALID,
-                            "\"%s\" is not a run: give its id or CONNECTION:YYYY-MM-DD", run);
-            goto out;
-        }
-        sqlite3_bind_int64(st, 3, id);
+        if (*end || id <= 0)
+            return pb_err_set(err, PB_ERR_INVALID,
+                              "\"%s\" is not a run: give its id or CONNECTION:YYYY-MM-DD", run);
+        rc = select_rows(db, "SELECT * FROM runs WHERE id=CAST(?1 AS INTEGER)", &run, 1,
+                         "reading a run", &rows, err);
     }
-    rows = all_rows(st);
-out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&db->mu);
     if (rc)
         return rc;
-    if (!rows)
-        return sqlerr(db, err, "reading a run");
     if (!(r = json_array_get(rows, 0))) {
         json_decref(rows);
         return pb_err_set(err, PB_ERR_NOTFOUND, "no reconciliation run %s", run);
@@ -564,73 +548,25 @@ out:
 enum pb_rc pb_recon_db_runs(struct pb_recon_db *db, const char *connection, int limit, json_t **out,
                             struct pb_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    enum pb_rc rc = PB_OK;
-    *out = NULL;
-    pthread_mutex_lock(&db->mu);
-    if (sqlite3_prepare_v2(db->db,
-                           "SELECT id, connection, date, erp, revision, status, trigger, started_ms,"
-                           " finished_ms, error, json_extract(detail,'$.counts') AS counts"
-                           " FROM runs WHERE ?1 IS NULL OR connection=?1"
-                           " ORDER BY date DESC, connection LIMIT ?2",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = sqlerr(db, err, "listing runs");
-        goto out;
-    }
-    bt(st, 1, connection);
-    sqlite3_bind_int(st, 2, limit > 0 ? limit : 100);
-    if (!(*out = all_rows(st)))
-        rc = sqlerr(db, err, "listing runs");
-    else {
-        size_t i;
-        json_t *r;
-        json_array_foreach(*out, i, r)
-        {
-            json_t *c = json_object_get(r, "counts");
-            if (json_is_string(c))
-                json_object_set_new(r, "counts",
-                                    json_loads(json_string_value(c), 0, NULL) ?: json_null());
-        }
-    }
-out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    char n[16];
+    const char *args[] = {connection, n};
+    snprintf(n, sizeof n, "%d", limit > 0 ? limit : 100);
+    return select_rows(db,
+                       "SELECT id, connection, date, erp, revision, status, trigger, started_ms,"
+                       " finished_ms, error, json_extract(detail,'$.counts') AS counts"
+                       " FROM runs WHERE ?1 IS NULL OR connection=?1"
+                       " ORDER BY date DESC, connection LIMIT CAST(?2 AS INTEGER)",
+                       args, 2, "listing runs", out, err);
 }
 
 enum pb_rc pb_recon_db_breaks(struct pb_recon_db *db, const char *connection, const char *from,
                               const char *to, json_t **out, struct pb_err *err)
 {
-    sqlite3_stmt *st = NULL;
-    enum pb_rc rc = PB_OK;
-    *out = NULL;
-    pthread_mutex_lock(&db->mu);
-    if (sqlite3_prepare_v2(db->db,
-                           "SELECT connection, date, revision, status,"
-                           " json_extract(detail,'$.breaks') AS breaks FROM runs"
-                           " WHERE (?1 IS NULL OR connection=?1) AND (?2 IS NULL OR date>=?2)"
-                           " AND (?3 IS NULL OR date<=?3) ORDER BY date, connection",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = sqlerr(db, err, "reading breaks");
-        goto out;
-    }
-    bt(st, 1, connection);
-    bt(st, 2, from);
-    bt(st, 3, to);
-    if (!(*out = all_rows(st)))
-        rc = sqlerr(db, err, "reading breaks");
-    else {
-        size_t i;
-        json_t *r;
-        json_array_foreach(*out, i, r)
-        {
-            json_t *b = json_object_get(r, "breaks");
-            json_object_set_new(r, "breaks", json_is_string(b) ? (json_loads(json_string_value(b), 0, NULL) ?: json_array())
-                                                                : json_array());
-        }
-    }
-out:
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&db->mu);
-    return rc;
+    const char *args[] = {connection, from, to};
+    return select_rows(db,
+                       "SELECT connection, date, revision, status,"
+                       " COALESCE(json_extract(detail,'$.breaks'), '[]') AS breaks FROM runs"
+                       " WHERE (?1 IS NULL OR connection=?1) AND (?2 IS NULL OR date>=?2)"
+                       " AND (?3 IS NULL OR date<=?3) ORDER BY date, connection",
+                       args, 3, "reading breaks", out, err);
 }
