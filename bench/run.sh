@@ -377,6 +377,8 @@ elif fresh ingest && start_engine "$DIR" --no-workers; then
     METRICS=$("$LG" --port "$ENGINE_PORT" --get /metrics 2>/dev/null)
     COMMITS=$(metric paybridge_store_commits_total "$METRICS")
     OPS=$(metric paybridge_store_ops_total "$METRICS")
+    PAGES=$(metric paybridge_store_pages_written_total "$METRICS")
+    RESTARTS=$(metric paybridge_store_wal_restarts_total "$METRICS")
     HWM=$(status_kb "$ENGINE_PID" VmHWM)
     SERVER_CPU=$(awk -v a="$P_BEFORE" -v b="$P_AFTER" -v t="$TICK" -v s="${ELAPSED:-0}" \
         'BEGIN { if (s > 0 && b != "") printf "%.0f", 100 * (b - a) / t / s; else print 0 }')
@@ -392,7 +394,7 @@ elif fresh ingest && start_engine "$DIR" --no-workers; then
     [ -n "$ELAPSED" ] || V=MISS
     crashed "$ENGINE_PID" ingest && V=CRASH
     echo "   ${ACKS:-?} durable acks/s ($OK ok, $FAILED failed, ${ELAPSED:-?} s)  target >= 20000/s  $V"
-    echo "   group commit: ${COMMITS:-?} commits, ${OPS:-?} ops -> $BATCH acks per commit; server peak RSS $((${HWM:-0} / 1024)) MB"
+    echo "   group commit: ${COMMITS:-?} commits, ${OPS:-?} ops -> $BATCH acks per commit, ${PAGES:-?} pages written, WAL restarted ${RESTARTS:-?} times; server peak RSS $((${HWM:-0} / 1024)) MB"
     echo "   CPU (% of one core, of $((NPROC * 100))%): server ${SERVER_CPU}% = ${US_PER_ACK} us per ack, pb_loadgen ${LG_PCT}%, whole machine ${BUSY}% (other work ~${OTHER}%)"
     echo "   busiest server threads: $THREADS_TOP"
     ROWS+=("ingest throughput|${ACKS:-?} acks/s (batch $BATCH/commit, peak RSS $((${HWM:-0} / 1024)) MB)|>= 20000/s|$V")

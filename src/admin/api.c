@@ -445,6 +445,10 @@ static enum pb_http_action h_metrics(struct pb_http_request *req, struct pb_http
     bprintf(&b, "paybridge_store_commits_total %llu\n", (unsigned long long)ss.commits);
     bprintf(&b, "paybridge_store_ops_total %llu\n", (unsigned long long)ss.ops);
     bprintf(&b, "paybridge_store_pages_written_total %llu\n", (unsigned long long)ss.pages_written);
+    bprintf(&b, "paybridge_store_wal_restarts_total %llu\n", (unsigned long long)ss.wal_restarts);
+    bprintf(&b, "paybridge_store_wal_restart_pause_seconds_total %llu.%09llu\n",
+            (unsigned long long)(ss.wal_pause_ns / 1000000000ull),
+            (unsigned long long)(ss.wal_pause_ns % 1000000000ull));
     pb_http_response_body_take(resp, 200, b.p, b.n);
     snprintf(resp->content_type, sizeof(resp->content_type), "text/plain; version=0.0.4");
     return PB_HTTP_DONE;

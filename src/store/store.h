@@ -218,6 +218,8 @@ struct pb_store_stats {
     uint64_t ops;               /* operations applied */
     uint64_t max_batch;         /* largest batch */
     uint64_t pages_written;     /* database pages the commits wrote to the WAL (SQLITE_DBSTATUS_CACHE_WRITE) */
+    uint64_t wal_restarts;      /* tail checkpoints after which the WAL was written from its start again */
+    uint64_t wal_pause_ns;      /* time the writer spent in those tail checkpoints */
 };
 
 struct pb_store_ops {

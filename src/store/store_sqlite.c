@@ -23,6 +23,7 @@
 #include "store/store.h"
 
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,11 @@
 
 #define MAX_BATCH 1024
 #define N_READERS 4
+/* The WAL is restarted (written again from its first frame) once it holds
+ * this many frames (~128 MiB of 4 KiB pages) and the checkpointer has copied
+ * all but at most WAL_TAIL_FRAMES of them: see checkpointer_main. */
+#define WAL_RESTART_FRAMES 32768
+#define WAL_TAIL_FRAMES 2048
 
 static const char *SCHEMA[] = {
     /* version 1 */
@@ -191,6 +197,8 @@ struct sqlite_store {
     pthread_t checkpointer;         /* runs WAL checkpoints off the writer's path */
     sqlite3 *ckpt_db;
     int ckpt_started;
+    atomic_int restart_wanted;      /* the checkpointer asks the writer to copy the tail */
+    int wal_restart_frames;         /* WAL_RESTART_FRAMES, or the DSN's ?wal_restart_mib= */
     struct pb_store_stats stats;
     pthread_mutex_t stats_lock;
 };
@@ -905,6 +913,25 @@ static void batch_void(struct pb_store_op **batch, size_t n)
     }
 }
 
+/* The writer's half of a WAL restart (the other half is checkpointer_main).
+ * No other connection writes, so a PASSIVE checkpoint here copies every frame
+ * the checkpointer has not copied yet (a few hundred pages, a few ms), unless
+ * a reader still reads an older snapshot; then the BEGIN that follows finds
+ * the WAL fully copied and starts it again from its first frame. */
+static void wal_tail_checkpoint(struct sqlite_store *s)
+{
+    int log = -1, copied = -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_mutex_lock(&s->stats_lock);
+    s->stats.wal_pause_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
+    if (rc == SQLITE_OK && log == copied)
+        s->stats.wal_restarts++;
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
 static void *writer_main(void *arg)
 {
     struct sqlite_store *s = arg;
@@ -928,6 +955,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         struct pb_err err = {0};
+        if (atomic_exchange(&s->restart_wanted, 0))
+            wal_tail_checkpoint(s);
         int ok = exec_retry(s->db, "BEGIN IMMEDIATE", &err) == 0;
         if (ok && apply_batch(s, batch, n, 1) != 0) {
             /* a webhook failed half-way, without a savepoint: start over */
@@ -1011,9 +1040,9 @@ static int open_conn(const char *path, int readonly, sqlite3 **out, struct pb_er
         if (exec_retry(db, "PRAGMA journal_mode=WAL", err) || exec(db, "PRAGMA synchronous=FULL", err) ||
             exec(db, "PRAGMA foreign_keys=OFF", err) ||
             exec(db, "PRAGMA wal_autocheckpoint=0", err) ||
-            /* after a burst the WAL file shrinks back to 64 MiB when it restarts
-             * (a fully checkpointed WAL is reused from its start) */
-            exec(db, "PRAGMA journal_size_limit=67108864", err)) {
+            /* the WAL restarts at ~128 MiB (checkpointer_main); after a stall
+             * (a long reader) it shrinks back to 256 MiB when it restarts */
+            exec(db, "PRAGMA journal_size_limit=268435456", err)) {
             sqlite3_close(db);
             return -1;
         }
@@ -1075,20 +1104,42 @@ static void sqlite_close(struct pb_store *base);
 /* WAL checkpoints. With SQLite's automatic checkpoint, the COMMIT that crosses
  * the threshold copies pages into the database and fsyncs it on the writer
  * thread, and every webhook of that batch waits (bench: p99 12 ms at 5,000/s).
- * Instead the writer never checkpoints (wal_autocheckpoint=0) and this thread
- * runs a PASSIVE checkpoint (it never blocks the writer) every 200 ms, on its
- * own connection. Under a sustained load above what the checkpointer can copy
- * back (the bench's saturating ingest), the WAL grows; once the load drops a
- * passive checkpoint completes, the next write restarts the WAL and
- * journal_size_limit truncates the file to 64 MiB. */
+ * Instead the writer never checkpoints on its own (wal_autocheckpoint=0) and
+ * this thread runs PASSIVE checkpoints (they never block the writer) on its
+ * own connection: every 200 ms, or back to back while the WAL is long.
+ *
+ * A passive checkpoint alone cannot keep the WAL short under a sustained load:
+ * SQLite writes the WAL from its first frame again only when a write begins
+ * with every frame already copied, and a writer that commits every
+ * millisecond is always a few frames ahead. The WAL then grows for as long as
+ * the load lasts (1.2 GB in the bench's 10 s of ingest), and appending to a
+ * growing file costs far more than overwriting one: new page-cache pages
+ * zeroed by the kernel, block allocation, and an fdatasync that must also
+ * commit the file's new size (measured here: 256 KiB write + fdatasync, 1,437/s
+ * appending vs 4,014/s overwriting). So once the WAL holds WAL_RESTART_FRAMES
+ * and this thread has copied all but WAL_TAIL_FRAMES of them, it asks the
+ * writer (restart_wanted) to copy the rest itself between two batches
+ * (wal_tail_checkpoint), and the file is reused from its start, at a steady
+ * size below journal_size_limit. The writer pauses then (5-25 ms measured
+ * here, mostly the database's fdatasync), so the threshold is a trade: at
+ * 16 MiB the pauses pushed the p99 ack latency at 5,000/s to 8-16 ms; at
+ * 128 MiB (one pause every ~2 s at 5,000/s) it is 5.7 ms and the saturated
+ * ingest rate went from 12,300 to 16,200 acks/s (bench/run.sh, scenarios 2
+ * and 3). paybridge_store_wal_restart_pause_seconds_total counts the pauses.
+ *
+ * Rejected: a RESTART checkpoint from this thread (it waits for the writer
+ * with the busy handler and holds it out while it copies everything: p99
+ * 8-16 ms); letting the WAL grow (unbounded disk, and the slow appends). */
 static void *checkpointer_main(void *arg)
 {
     struct sqlite_store *s = arg;
+    int hurry = 0;
     for (;;) {
         struct timespec ts;
-        int stop;
+        int stop, log = -1, copied = -1;
+        long wait_ms = hurry ? 2 : 200;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
+        ts.tv_nsec += wait_ms * 1000000L;
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&s->lock);
@@ -1096,21 +1147,60 @@ static void *checkpointer_main(void *arg)
             pthread_cond_timedwait(&s->ckpt_cond, &s->lock, &ts);
         stop = s->stop;
         pthread_mutex_unlock(&s->lock);
-        sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied) !=
+            SQLITE_OK)
+            log = copied = -1;
         if (stop)
             break;
+        hurry = log >= s->wal_restart_frames;
+        if (hurry && log - copied <= WAL_TAIL_FRAMES)
+            atomic_store(&s->restart_wanted, 1);
     }
     return NULL;
 }
 
-static enum pb_rc sqlite_open(const char *path, struct pb_store **out, struct pb_err *err)
+/* "PATH" or "PATH?wal_restart_mib=N" (1..4096): the path alone in *path_out
+ * (malloc'ed), the WAL restart threshold in frames. */
+static enum pb_rc parse_dsn(const char *dsn, char **path_out, int *frames, struct pb_err *err)
 {
-    struct sqlite_store *s = calloc(1, sizeof(*s));
-    if (!s)
+    const char *q = strchr(dsn, '?');
+    *frames = WAL_RESTART_FRAMES;
+    if (q) {
+        char *end;
+        long mib;
+        if (strncmp(q + 1, "wal_restart_mib=", 16) != 0)
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "store \"%s\": unknown option \"%s\" (the only option is "
+                              "wal_restart_mib=N)",
+                              dsn, q + 1);
+        mib = strtol(q + 17, &end, 10);
+        if (end == q + 17 || *end || mib < 1 || mib > 4096)
+            return pb_err_set(err, PB_ERR_CONFIG,
+                              "store \"%s\": wal_restart_mib must be a whole number of MiB from 1 "
+                              "to 4096",
+                              dsn);
+        *frames = (int)(mib * 1024 * 1024 / 4096);
+    }
+    *path_out = q ? strndup(dsn, (size_t)(q - dsn)) : strdup(dsn);
+    return *path_out ? PB_OK : pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+}
+
+static enum pb_rc sqlite_open(const char *dsn, struct pb_store **out, struct pb_err *err)
+{
+    struct sqlite_store *s;
+    char *path;
+    int frames;
+    enum pb_rc rc = parse_dsn(dsn, &path, &frames, err);
+    if (rc)
+        return rc;
+    if (!(s = calloc(1, sizeof(*s)))) {
+        free(path);
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    }
     s->base.magic = PB_STORE_MAGIC;
     s->base.ops = &pb_store_sqlite_ops;
-    s->path = strdup(path);
+    s->path = path;
+    s->wal_restart_frames = frames;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->stats_lock, NULL);
     pthread_cond_init(&s->cond, NULL);

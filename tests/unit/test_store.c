@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include "store/store.h"
 
 static char dir[256];
@@ -317,6 +319,71 @@ static void test_group_commit(void **st)
     close_and_remove(s);
 }
 
+/* Under a sustained load the WAL is written from its start again, so its file
+ * stays bounded (before the checkpointer asked the writer to copy the tail,
+ * it grew for as long as the load lasted: the whole ~75 MiB here). */
+struct big_submitter {
+    struct pb_store *s;
+    int base;
+    const char *body;
+};
+
+static void *submit_big(void *arg)
+{
+    struct big_submitter *sb = arg;
+    for (int i = 0; i < 1500; i++) {
+        char id[32];
+        struct pb_store_op op;
+        snprintf(id, sizeof(id), "W%d-%d", sb->base, i);
+        memset(&op, 0, sizeof(op));
+        op.kind = PB_OP_INBOX_PUT;
+        op.u.inbox.connection = "opayo-shop";
+        op.u.inbox.gateway_event_id = id;
+        op.u.inbox.type = "payment.succeeded";
+        op.u.inbox.event_json = sb->body;
+        op.u.inbox.raw = sb->body;
+        op.u.inbox.raw_len = strlen(sb->body);
+        op.u.inbox.received_ms = pb_now_ms();
+        assert_int_equal(pb_store_run(sb->s, &op), PB_OK);
+    }
+    return NULL;
+}
+
+static void test_wal_restarts_under_load(void **st)
+{
+    struct pb_store *s = NULL;
+    struct pb_err err = {0};
+    struct pb_store_stats stats;
+    struct big_submitter sb[4];
+    pthread_t t[4];
+    char path[320], body[4200];
+    struct stat wal;
+    snprintf(dir, sizeof(dir), "/tmp/pb-test-store-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/t.db?wal_restart_mib=1", dir);
+    assert_int_equal(pb_store_open(path, &s, &err), PB_OK);
+    snprintf(body, sizeof(body), "{\"type\":\"payment.succeeded\",\"pad\":\"%04000d\"}", 7);
+    for (int i = 0; i < 4; i++) {
+        sb[i].s = s;
+        sb[i].base = i;
+        sb[i].body = body;
+        pthread_create(&t[i], NULL, submit_big, &sb[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    s->ops->stats(s, &stats);
+    assert_int_equal(stats.ops, 6000);
+    assert_true(stats.pages_written > 18000); /* ~75 MiB went through the WAL */
+    assert_true(stats.wal_restarts >= 2);
+    assert_true(stats.wal_pause_ns > 0);
+    snprintf(path, sizeof(path), "%s/t.db-wal", dir);
+    assert_int_equal(stat(path, &wal), 0);
+    /* the first lap is the longest (the checkpointer's first pass comes
+     * after 200 ms); the file never has to hold half of what went through */
+    assert_true((uint64_t)wal.st_size < stats.pages_written * 4120 / 2);
+    close_and_remove(s);
+}
+
 static void test_reopen_is_durable(void **st)
 {
     struct pb_store *s = open_fresh();
@@ -466,6 +533,10 @@ static void test_bad_dsn(void **st)
     struct pb_err err = {0};
     assert_int_equal(pb_store_open("postgres://x", &s, &err), PB_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "postgres"));
+    assert_int_equal(pb_store_open("/tmp/x.db?wal_restart_mib=0", &s, &err), PB_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "wal_restart_mib must be"));
+    assert_int_equal(pb_store_open("/tmp/x.db?cache=big", &s, &err), PB_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "unknown option"));
     assert_int_equal(pb_store_open("/nonexistent-dir/x/y.db", &s, &err), PB_ERR_STORE);
     assert_non_null(strstr(err.msg, "cannot open"));
 }
@@ -479,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_retry_dead_replay_keeps_tries),
         cmocka_unit_test(test_recover_leases),
         cmocka_unit_test(test_group_commit),
+        cmocka_unit_test(test_wal_restarts_under_load),
         cmocka_unit_test(test_reopen_is_durable),
         cmocka_unit_test(test_second_process_commits),
         cmocka_unit_test(test_failed_webhook_in_batch),
