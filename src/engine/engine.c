@@ -429,6 +429,27 @@ static void today(char out[11])
     strftime(out, 11, "%Y-%m-%d", &tm);
 }
 
+/* The xref lookup before anything is created, as pb_mapper_step_unless's
+ * `known`: on a hit the step's document is not even built. */
+struct xref_probe {
+    struct pb_engine *e;
+    struct work_item *w;
+    int asked, hit;
+};
+
+static int xref_known(void *ctx, const char *reference)
+{
+    struct xref_probe *p = ctx;
+    struct pb_err err = {0};
+    char erp[128];
+    p->asked = 1;
+    p->hit = p->e->store->ops->xref_get(p->e->store, p->w->job->target, p->w->job->command,
+                                        reference, erp, sizeof(erp), &err) == PB_OK;
+    if (p->hit)
+        snprintf(p->w->erp_id, sizeof(p->w->erp_id), "%s", erp);
+    return p->hit;
+}
+
 static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
 {
     struct pb_engine *e = wk->e;
@@ -472,8 +493,10 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     /* the event is not changed from here on (until run_batch frees it): the
      * mapper converts it for jq once, for this step and next_runnable() */
     pb_mapper_keep(wk->mapper, w->event);
-    enum pb_rc rc = pb_mapper_step(wk->mapper, st, w->event, w->refs, idbuf, day, &run,
-                                   &w->reference, &w->document, &err);
+    struct xref_probe probe = {.e = e, .w = w};
+    enum pb_rc rc = pb_mapper_step_unless(wk->mapper, st, w->event, w->refs, idbuf, day,
+                                          xref_known, &probe, &run, &w->reference, &w->document,
+                                          &err);
     if (rc == PB_ERR_MAPPING && strstr(err.msg, "retry later:")) {
         /* the flow says the data it needs is not there yet (e.g. a refund
          * whose payment is still being posted): a transient wait, retried
@@ -489,15 +512,11 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
         decide(w, PB_OUTCOME_SKIPPED, PB_OK, "the step's `when` is false for this event");
         return;
     }
-    if (w->reference && w->reference[0]) {
-        char erp[128];
-        if (e->store->ops->xref_get(e->store, w->job->target, w->job->command, w->reference,
-                                         erp, sizeof(erp), &err) == PB_OK) {
-            decide(w, PB_OUTCOME_DONE, PB_OK, "already in the ERP (xref)");
-            snprintf(w->erp_id, sizeof(w->erp_id), "%s", erp);
-            atomic_fetch_add_explicit(&e->metrics.xref_hits, 1, memory_order_relaxed);
-            return;
-        }
+    if (!probe.asked && w->reference && w->reference[0])
+        xref_known(&probe, w->reference);
+    if (probe.hit) {
+        decide(w, PB_OUTCOME_DONE, PB_OK, "already in the ERP (xref)");
+        atomic_fetch_add_explicit(&e->metrics.xref_hits, 1, memory_order_relaxed);
     }
 }
 

@@ -55,6 +55,9 @@
  * rebuilt as a jansson tree by walking the template: null leaves are dropped,
  * then objects and arrays of the template that ended up empty.
  *
+ * Mode 5 (pb_mapper_step_unless) is mode 0 without the document: [false] or
+ * [true, reference], so that an xref hit costs no document.
+ *
  * Mode 4 (pb_mapper_next) walks the steps from $__pb_sel on in one run
  * (__pb_n<k> -> __pb_s<k> in mode 4 = that step's when as a status: 0 skip,
  * 1 run, 2 no value / several / an error, inside `try`) and returns [k, status]
@@ -97,6 +100,7 @@
 #define MODE_STEP 0 /* evaluate a step: [false] or [true, reference, document] */
 #define MODE_LEAF 2 /* evaluate one expression alone (diagnosis) */
 #define MODE_NEXT 4 /* [k, r]: the first step k >= sel whose when holds (r 1) or fails (r 2) */
+#define MODE_REF 5  /* a step without its document: [false] or [true, reference] */
 
 /* ---- a bounded string builder ---------------------------------------------------------- */
 
@@ -289,9 +293,10 @@ static void emit_step_def(struct sbuf *b, const struct pb_flow_step *st)
         sb_puts(b, "true");
     sb_puts(b, " as $__pb_run | if $__pb_run then [true, ");
     emit_call(b, st, st->reference_leaf);
-    sb_puts(b, ", ");
+    /* mode 5: the reference alone (pb_mapper_step_unless) */
+    sb_puts(b, "] + (if $__pb_mode == 5 then [] else [");
     emit_tnode(b, st, &st->document);
-    sb_puts(b, "] else [false] end end;\n");
+    sb_puts(b, "] end) else [false] end end;\n");
 }
 
 /* The program of one flow (malloc'ed), or NULL when out of memory:
@@ -1127,9 +1132,71 @@ enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_
     return PB_OK;
 }
 
+/* A step's reference (borrowed) is non-empty text without NUL, at most
+ * PB_FLOW_REFERENCE_MAX bytes; else PB_ERR_MAPPING naming the field. */
+static enum pb_rc check_reference(const struct pb_flow_step *step, jv ref, struct pb_err *err)
+{
+    int len = jv_get_kind(ref) == JV_KIND_STRING ? jv_string_length_bytes(jv_copy(ref)) : -1;
+    if (len > 0 && strlen(jv_string_value(ref)) == (size_t)len) {
+        if ((size_t)len <= PB_FLOW_REFERENCE_MAX)
+            return PB_OK;
+        return map_error(step, step->reference_leaf, err, "the reference is longer than %d bytes",
+                         PB_FLOW_REFERENCE_MAX);
+    }
+    if (len >= 0)
+        return map_error(step, step->reference_leaf, err,
+                         "the reference is empty (or contains NUL); it must be non-empty text");
+    return map_error(step, step->reference_leaf, err,
+                     "evaluated to %s; a reference must be non-empty text (use tostring for "
+                     "numbers)",
+                     jv_kind_name(jv_get_kind(ref)));
+}
+
+/* Mode 5 for pb_mapper_step_unless: 1 when the step runs and known() says
+ * its reference is done (*reference set), else 0: the caller evaluates the
+ * whole step, which also reports any error of this shorter evaluation. */
+static int reference_known(struct mapper_flow *mf, const struct pb_flow_step *step,
+                           const struct inputs *in, int (*known)(void *, const char *),
+                           void *ctx, char **reference)
+{
+    char msg[PB_ERR_MSG_MAX];
+    struct pb_err ignored = {0};
+    jv out, ref;
+    int hit = 0;
+    enum run_result r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_REF, in), &out, msg,
+                               sizeof(msg));
+    if (r == RUN_HALTED) {
+        mapper_flow_discard(mf);
+        return 0;
+    }
+    if (r != RUN_ONE)
+        return 0;
+    if (jv_get_kind(out) != JV_KIND_ARRAY || jv_array_length(jv_copy(out)) != 2) {
+        jv_free(out);
+        return 0; /* [false] (skipped) is the whole evaluation's to say, too */
+    }
+    ref = jv_array_get(out, 1);
+    if (check_reference(step, ref, &ignored) == PB_OK && known(ctx, jv_string_value(ref)) == 1) {
+        *reference = strdup(jv_string_value(ref));
+        hit = *reference != NULL;
+    }
+    jv_free(ref);
+    return hit;
+}
+
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
                           const json_t *refs, const char *event_id, const char *today, int *run,
                           char **reference, json_t **document, struct pb_err *err)
+{
+    return pb_mapper_step_unless(m, step, event, refs, event_id, today, NULL, NULL, run,
+                                 reference, document, err);
+}
+
+enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step *step,
+                                 const json_t *event, const json_t *refs, const char *event_id,
+                                 const char *today, int (*known)(void *ctx, const char *reference),
+                                 void *ctx, int *run, char **reference, json_t **document,
+                                 struct pb_err *err)
 {
     struct inputs in;
     struct pb_err fxerr = {0};
@@ -1174,6 +1241,15 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
     ev.step = step;
     ev.err = err;
 
+    if (known && reference_known(mf, step, &in, known, ctx, reference)) {
+        *run = 1; /* already done: no document to build */
+        inputs_free(&in);
+        return PB_OK;
+    }
+    if (!mf->ready && !(mf = mapper_flow(m, step->flow, err))) { /* halted above */
+        inputs_free(&in);
+        return err ? err->rc : PB_ERR_INTERNAL;
+    }
     r = run_jq(mf->jq, envelope(mf, step->index, 0, MODE_STEP, &in), &out, msg, sizeof(msg));
     if (r == RUN_HALTED) {
         mapper_flow_discard(mf); /* a halted libjq 1.6 state must not be started again */
@@ -1205,23 +1281,8 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
         ref = jv_array_get(jv_copy(out), 1);
         doc = jv_array_get(out, 2);
     }
-    if (jv_get_kind(ref) != JV_KIND_STRING || jv_string_length_bytes(jv_copy(ref)) == 0 ||
-        (size_t)jv_string_length_bytes(jv_copy(ref)) > PB_FLOW_REFERENCE_MAX ||
-        strlen(jv_string_value(ref)) != (size_t)jv_string_length_bytes(jv_copy(ref))) {
-        if (jv_get_kind(ref) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(ref)) > 0 &&
-            strlen(jv_string_value(ref)) == (size_t)jv_string_length_bytes(jv_copy(ref)))
-            rc = map_error(step, step->reference_leaf, err, "the reference is longer than %d bytes",
-                           PB_FLOW_REFERENCE_MAX);
-        else if (jv_get_kind(ref) == JV_KIND_STRING)
-            rc = map_error(step, step->reference_leaf, err,
-                           "the reference is empty (or contains NUL); it must be non-empty text");
-        else
-            rc = map_error(step, step->reference_leaf, err,
-                           "evaluated to %s; a reference must be non-empty text (use tostring "
-                           "for numbers)",
-                           jv_kind_name(jv_get_kind(ref)));
+    if ((rc = check_reference(step, ref, err)))
         goto done;
-    }
     if (fxrc != PB_OK) {
         /* the step runs but the flow needs $fx: stop before anything is created */
         rc = pb_err_set(err, fxrc, "flow %s step %s: %s", step->flow->name, step->name,

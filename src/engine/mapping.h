@@ -70,6 +70,19 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
                           const json_t *refs, const char *event_id, const char *today, int *run,
                           char **reference, json_t **document, struct pb_err *err);
 
+/* pb_mapper_step that asks first: the step's when and reference are evaluated
+ * alone, and when known(ctx, reference) returns 1 (the ERP already has that
+ * record: an xref hit) the document is never built: PB_OK, *run = 1,
+ * *reference set, *document NULL. Otherwise (0, or the short evaluation
+ * failed) exactly pb_mapper_step. For a find-or-create step (a customer that
+ * is in the ERP after its first order) that saves the document's jq, most of
+ * the step's cost; a miss pays one short evaluation more. known may be NULL. */
+enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step *step,
+                                 const json_t *event, const json_t *refs, const char *event_id,
+                                 const char *today, int (*known)(void *ctx, const char *reference),
+                                 void *ctx, int *run, char **reference, json_t **document,
+                                 struct pb_err *err);
+
 /* Only the step's `when` (and the $refs it needs): *run = 1 when the step
  * would run. Cheaper than pb_mapper_step (no reference, no document); the
  * engine uses it to pass over steps that do not apply to an event. */

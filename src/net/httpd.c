@@ -435,7 +435,7 @@ enum pb_rc pb_httpd_start(const struct pb_httpd_config *cfg, struct pb_httpd **o
     if (cfg->threads == 0)
         flags |= MHD_USE_THREAD_PER_CONNECTION;
     else
-        flags |= MHD_USE_EPOLL;
+        flags |= MHD_USE_EPOLL | MHD_USE_TURBO;
     if (cfg->threads > 1)
         h->daemon = MHD_start_daemon(
             flags, (uint16_t)cfg->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, &sa,

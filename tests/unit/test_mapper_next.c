@@ -4,7 +4,9 @@
  * every shipped flow, every sample event, every starting step and several
  * sets of refs, pb_mapper_next() must name the same step as calling
  * pb_mapper_when() on each step in turn, and a kept event must map to the
- * same reference and document as one converted on every call. Also: a when
+ * same reference and document as one converted on every call, and
+ * pb_mapper_step_unless() must equal pb_mapper_step() unless the reference
+ * is known (then no document). Also: a when
  * that fails (a jq error, no value) is returned as the next step, so that its
  * own job reports the error. Fixtures via PB_SOURCE_DIR (set by ctest).
  */
@@ -226,6 +228,85 @@ static void test_keep_same_documents(void **state)
     pb_flowset_free(set);
 }
 
+/* pb_mapper_step_unless: with an unknown reference it is pb_mapper_step,
+ * field for field and error for error (every shipped flow, event and step);
+ * with a known one the reference is the same and no document is built; a
+ * step that does not run never asks. */
+struct asked {
+    int calls, answer;
+    char last[256];
+};
+
+static int known_cb(void *ctx, const char *reference)
+{
+    struct asked *a = ctx;
+    a->calls++;
+    snprintf(a->last, sizeof(a->last), "%s", reference);
+    return a->answer;
+}
+
+static void test_step_unless(void **state)
+{
+    (void)state;
+    for (size_t fi = 0; fi < sizeof(flows) / sizeof(flows[0]); fi++) {
+        struct pb_flowset *set = set_from_file(flows[fi]);
+        const struct pb_flow *f = pb_flowset_flow(set, 0);
+        struct pb_err err = {0};
+        struct pb_mapper *m = pb_mapper_new(set, &err);
+        size_t hits = 0;
+        for (size_t ei = 0; ei < sizeof(events) / sizeof(events[0]); ei++) {
+            json_t *ev = event(events[ei]);
+            json_t *refs = json_object();
+            for (size_t s = 0; s < f->n_steps; s++)
+                json_object_set_new(refs, f->steps[s].name, json_string("erp-id-1"));
+            for (size_t s = 0; s < f->n_steps; s++) {
+                int run[3] = {0, 0, 0};
+                char *ref[3] = {NULL, NULL, NULL};
+                json_t *doc[3] = {NULL, NULL, NULL};
+                enum pb_rc rc[3];
+                struct pb_err e[3] = {{0}, {0}, {0}};
+                struct asked miss = {0, 0, ""}, hit = {0, 1, ""};
+                rc[0] = pb_mapper_step(m, &f->steps[s], ev, refs, "7", TODAY, &run[0], &ref[0],
+                                       &doc[0], &e[0]);
+                rc[1] = pb_mapper_step_unless(m, &f->steps[s], ev, refs, "7", TODAY, known_cb,
+                                              &miss, &run[1], &ref[1], &doc[1], &e[1]);
+                rc[2] = pb_mapper_step_unless(m, &f->steps[s], ev, refs, "7", TODAY, known_cb,
+                                              &hit, &run[2], &ref[2], &doc[2], &e[2]);
+                /* unknown: exactly pb_mapper_step */
+                assert_int_equal(rc[0], rc[1]);
+                assert_int_equal(run[0], run[1]);
+                assert_string_equal(e[0].msg, e[1].msg);
+                assert_true(ref[0] ? ref[1] && strcmp(ref[0], ref[1]) == 0 : ref[1] == NULL);
+                assert_true(doc[0] ? json_equal(doc[0], doc[1]) : doc[1] == NULL);
+                if (rc[0] == PB_OK && run[0]) {
+                    /* it ran: asked once, with the step's reference */
+                    assert_int_equal(miss.calls, 1);
+                    assert_string_equal(miss.last, ref[0]);
+                    assert_int_equal(rc[2], PB_OK);
+                    assert_int_equal(run[2], 1);
+                    assert_string_equal(ref[2], ref[0]);
+                    assert_null(doc[2]);
+                    hits++;
+                } else if (rc[0] == PB_OK) {
+                    /* skipped: never asked */
+                    assert_int_equal(miss.calls, 0);
+                    assert_int_equal(hit.calls, 0);
+                    assert_int_equal(run[2], 0);
+                }
+                for (int k = 0; k < 3; k++) {
+                    free(ref[k]);
+                    json_decref(doc[k]);
+                }
+            }
+            json_decref(refs);
+            json_decref(ev);
+        }
+        assert_true(hits > 0);
+        pb_mapper_free(m);
+        pb_flowset_free(set);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -233,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_next_opayo_xero_payment),
         cmocka_unit_test(test_next_stops_at_failing_when),
         cmocka_unit_test(test_keep_same_documents),
+        cmocka_unit_test(test_step_unless),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
