@@ -54,6 +54,15 @@ void pb_event_list_clear(struct pb_event_list *l)
     for (size_t i = 0; i < l->n; i++) {
         json_decref(l->ev[i].event);
         l->ev[i].event = NULL;
+        free(l->ev[i].json);
+        l->ev[i].json = NULL;
     }
     l->n = 0;
+}
+
+json_t *pb_event_tree(struct pb_event_out *ev)
+{
+    if (!ev->event && ev->json)
+        ev->event = json_loads(ev->json, 0, NULL);
+    return ev->event;
 }

@@ -252,6 +252,7 @@ enum pb_http_action pb_engine_http_inbound(struct pb_http_request *req,
     ir.header = header_cb;
     ir.header_ctx = req;
     ir.now = time(NULL);
+    ir.pan_checked = 1; /* scanned above, before the connector saw a byte */
     rc = conn->conn.type->inbound(&conn->conn, &ir, &in->events, &err);
     if (rc == PB_OK && in->events.n == 0) {
         /* e.g. a verification ping: authenticated, nothing to store */
@@ -806,6 +807,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n, json_t *
             snprintf(x->emit_ev.type, sizeof(x->emit_ev.type), "%s",
                      pb_json_str(x->emit, "type") ? pb_json_str(x->emit, "type") : "refund.succeeded");
             x->emit_ev.event = x->emit;
+            x->emit_ev.json = NULL;
             x->emit_json = pb_route_event(e->cfg, conn, &x->emit_ev, &tmp, now);
             op->u.complete.emit.connection = conn->conn.name;
             op->u.complete.emit.gateway_event_id = x->emit_ev.event_id;

@@ -72,11 +72,21 @@ char *pb_route_event(const struct pb_config *cfg, const struct pb_conn_entry *co
 {
     char *json;
     const char *orig;
-    json_object_set_new(ev->event, "type", json_string(ev->type));
-    json_object_set_new(ev->event, "source",
-                        json_pack("{s:s,s:s,s:s}", "connection", conn->conn.name, "connector",
-                                  conn->conn.type->name, "event_id", ev->event_id));
-    json = json_dumps(ev->event, JSON_COMPACT);
+    if (ev->json) { /* serialised by the connector, "type" and "source" included */
+        json = ev->json;
+        ev->json = NULL;
+        orig = ev->original_gateway_id[0] ? ev->original_gateway_id : NULL;
+    } else {
+        json_object_set_new(ev->event, "type", json_string(ev->type));
+        json_object_set_new(ev->event, "source",
+                            json_pack("{s:s,s:s,s:s}", "connection", conn->conn.name, "connector",
+                                      conn->conn.type->name, "event_id", ev->event_id));
+        json = json_dumps(ev->event, JSON_COMPACT);
+        /* refunds and chargebacks name the payment they belong to */
+        orig = pb_json_str(ev->event, "refund.original_gateway_id");
+        if (!orig)
+            orig = pb_json_str(ev->event, "chargeback.original_gateway_id");
+    }
     memset(op, 0, sizeof(*op));
     op->kind = PB_OP_INBOX_PUT;
     op->u.inbox.connection = conn->conn.name;
@@ -84,10 +94,6 @@ char *pb_route_event(const struct pb_config *cfg, const struct pb_conn_entry *co
     op->u.inbox.type = ev->type;
     op->u.inbox.event_json = json ? json : "{}";
     op->u.inbox.received_ms = now;
-    /* refunds and chargebacks name the payment they belong to */
-    orig = pb_json_str(ev->event, "refund.original_gateway_id");
-    if (!orig)
-        orig = pb_json_str(ev->event, "chargeback.original_gateway_id");
     op->u.inbox.original_gateway_id = orig;
     pb_route_jobs(cfg, conn, ev->type, op->u.inbox.jobs, &op->u.inbox.n_jobs, now);
     return json;

@@ -210,7 +210,7 @@ static void test_payment_succeeded(void **state)
     assert_int_equal(out.n, 1);
     assert_string_equal(out.ev[0].event_id, TX_ID);
     assert_string_equal(out.ev[0].type, "payment.succeeded");
-    ev = out.ev[0].event;
+    ev = pb_event_tree(&out.ev[0]);
     assert_string_equal(pb_json_str(ev, "type"), "payment.succeeded");
     assert_string_equal(pb_json_str(ev, "occurred_at"), CREATED);
     assert_string_equal(pb_json_str(ev, "payment.gateway_id"), TX_ID);
@@ -259,9 +259,9 @@ static void test_address_region_and_name(void **state)
                         json_string("Flat 2"));
     json_object_del(tx_of(n), "customerLastName");
     assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
-    assert_string_equal(pb_json_str(out.ev[0].event, "customer.address.region"), "CA");
-    assert_string_equal(pb_json_str(out.ev[0].event, "customer.address.line2"), "Flat 2");
-    assert_string_equal(pb_json_str(out.ev[0].event, "customer.name"), "Ann");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "customer.address.region"), "CA");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "customer.address.line2"), "Flat 2");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "customer.name"), "Ann");
     pb_event_list_clear(&out);
     pbt_connection_free(c);
 }
@@ -282,7 +282,7 @@ static const char *type_for(const char *tx_type, const char *status)
         fail_msg("%s/%s: %s", tx_type, status, err.msg);
     assert_int_equal(out.n, 1);
     snprintf(type, sizeof type, "%s", out.ev[0].type);
-    assert_string_equal(pb_json_str(out.ev[0].event, "type"), type);
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "type"), type);
     pb_event_list_clear(&out);
     pbt_connection_free(c);
     return type;
@@ -312,10 +312,10 @@ static void test_declined_keeps_customer(void **state)
     json_object_del(tx_of(n), "bankAuthorisationCode");
     assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
     assert_string_equal(out.ev[0].type, "payment.declined");
-    assert_string_equal(pb_json_str(out.ev[0].event, "payment.status"), "NotAuthed");
-    assert_string_equal(pb_json_str(out.ev[0].event, "payment.status_code"), "2000");
-    assert_true(json_is_null(pb_json_path(out.ev[0].event, "payment.auth_code")));
-    assert_string_equal(pb_json_str(out.ev[0].event, "customer.name"), "Ann Smith");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "payment.status"), "NotAuthed");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "payment.status_code"), "2000");
+    assert_true(json_is_null(pb_json_path(pb_event_tree(&out.ev[0]), "payment.auth_code")));
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "customer.name"), "Ann Smith");
     pb_event_list_clear(&out);
     pbt_connection_free(c);
 }
@@ -332,11 +332,11 @@ static void test_refund_event(void **state)
     json_object_set_new(json_object_get(tx_of(n), "amount"), "totalAmount", json_integer(500));
     assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
     assert_string_equal(out.ev[0].type, "refund.succeeded");
-    assert_null(json_object_get(out.ev[0].event, "payment"));
-    assert_string_equal(pb_json_str(out.ev[0].event, "refund.original_gateway_id"),
+    assert_null(json_object_get(pb_event_tree(&out.ev[0]), "payment"));
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "refund.original_gateway_id"),
                         "0C3B9F54-8A9E-4D1B-9E2F-4A3C2B1D0E9F");
-    assert_string_equal(pb_json_str(out.ev[0].event, "refund.amount.decimal"), "5.00");
-    assert_string_equal(pb_json_str(out.ev[0].event, "customer.email"), "ann@example.com");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "refund.amount.decimal"), "5.00");
+    assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "customer.email"), "ann@example.com");
     pb_event_list_clear(&out);
     pbt_connection_free(c);
 
@@ -363,11 +363,11 @@ static void test_currency_exponents(void **state)
         json_object_set_new(json_object_get(tx_of(n), "amount"), "totalAmount",
                             json_integer(cases[i].minor));
         assert_int_equal(inbound_json(c, n, &out, &err), PB_OK);
-        assert_int_equal(json_integer_value(pb_json_path(out.ev[0].event, "payment.amount.minor")),
+        assert_int_equal(json_integer_value(pb_json_path(pb_event_tree(&out.ev[0]), "payment.amount.minor")),
                          cases[i].minor);
-        assert_string_equal(pb_json_str(out.ev[0].event, "payment.amount.currency"),
+        assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "payment.amount.currency"),
                             cases[i].currency);
-        assert_string_equal(pb_json_str(out.ev[0].event, "payment.amount.decimal"),
+        assert_string_equal(pb_json_str(pb_event_tree(&out.ev[0]), "payment.amount.decimal"),
                             cases[i].decimal);
         pb_event_list_clear(&out);
         pbt_connection_free(c);
@@ -385,7 +385,7 @@ static void test_event_id_is_transaction_id(void **state)
     assert_int_equal(inbound_json(c, fixture(), &a, &err), PB_OK);
     assert_int_equal(inbound_json(c, n, &b, &err), PB_OK);
     assert_string_equal(a.ev[0].event_id, b.ev[0].event_id);
-    assert_true(json_equal(a.ev[0].event, b.ev[0].event));
+    assert_true(json_equal(pb_event_tree(&a.ev[0]), pb_event_tree(&b.ev[0])));
     pb_event_list_clear(&a);
     pb_event_list_clear(&b);
     pbt_connection_free(c);
@@ -743,7 +743,7 @@ static json_t *notified_event(struct pb_connection *c, const char *card, const c
     assert_int_equal(out.n, 1);
     assert_string_equal(out.ev[0].event_id, tx_id);
     assert_string_equal(out.ev[0].type, want_type);
-    ev = json_incref(out.ev[0].event);
+    ev = json_incref(pb_event_tree(&out.ev[0]));
     pb_event_list_clear(&out);
     return ev;
 }
@@ -870,7 +870,7 @@ static void test_confirm_off(void **state)
     struct pb_err err = {0};
     struct pb_call_ctx ctx = {NULL, NULL, 0, -1};
     assert_int_equal(inbound_json(c, fixture(), &out, &err), PB_OK);
-    assert_int_equal(c->type->confirm(c, &ctx, out.ev[0].event, &err), PB_OK);
+    assert_int_equal(c->type->confirm(c, &ctx, pb_event_tree(&out.ev[0]), &err), PB_OK);
     pb_event_list_clear(&out);
     pbt_connection_free(c);
 }

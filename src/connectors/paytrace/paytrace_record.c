@@ -705,6 +705,8 @@ enum pb_rc pb__paytrace_event_append(struct pb_event_list *out, const char *even
     snprintf(e->event_id, sizeof e->event_id, "%s", event_id);
     snprintf(e->type, sizeof e->type, "%s", type);
     e->event = event;
+    e->json = NULL;
+    e->original_gateway_id[0] = '\0';
     out->n++;
     return PB_OK;
 }
