@@ -523,7 +523,7 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
 
 static char *dump_or_null(json_t *j)
 {
-    return j ? json_dumps(j, JSON_COMPACT) : NULL;
+    return j ? pb_json_dumps_decimal(j, NULL, 0) : NULL; /* json_dumps(JSON_COMPACT), 3.5x faster */
 }
 
 /* The index of the first step from `from` on that runs for this event
@@ -541,6 +541,20 @@ static size_t next_runnable(struct worker *wk, struct work_item *x, size_t from)
     struct pb_err err = {0};
     if (x->outcome == PB_OUTCOME_DONE && x->erp_id[0] && x->job->step >= 1 && refs)
         json_object_set_new(refs, x->job->step_name, json_string(x->erp_id));
+    /* the step after one that ran, with the same when: it runs too, unless
+     * it reads the id of a step that did not run (then the jq walk decides) */
+    if (x->outcome == PB_OUTCOME_DONE && x->job->step >= 1 && from == (size_t)x->job->step &&
+        from < fl->n_steps && refs &&
+        pb_mapper_same_when(&fl->steps[from - 1], &fl->steps[from])) {
+        size_t k = 0;
+        while (k < fl->steps[from].n_needs &&
+               json_is_string(json_object_get(refs, fl->steps[from].needs[k])))
+            k++;
+        if (k == fl->steps[from].n_needs) {
+            json_decref(refs);
+            return from;
+        }
+    }
     snprintf(idbuf, sizeof(idbuf), "%lld", (long long)x->job->event_id);
     today(day);
     /* all the whens in one jq evaluation; when that fails, the next step's

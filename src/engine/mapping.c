@@ -712,10 +712,16 @@ static enum pb_rc build_doc(struct eval *ev, const struct pb__tnode *t, jv v, in
 /* ---- the mapper ---------------------------------------------------------------------------- */
 
 /* What a mapper keeps per flow; filled on the flow's first evaluation. */
+/* How often pb_mapper_step_unless's `known` said yes for one step. */
+struct probe_stat {
+    uint32_t asked, hits, passed;
+};
+
 struct mapper_flow {
     jq_state *jq; /* owned: the flow's program; NULL until first use */
     jv vars;      /* owned: the flow's vars as jv (this thread's copy) */
     int ready;    /* jq and vars are set */
+    struct probe_stat *probe; /* owned: [n_steps], NULL until first asked; kept over discards */
 };
 
 struct pb_mapper {
@@ -823,6 +829,7 @@ void pb_mapper_free(struct pb_mapper *m)
             jq_teardown(&m->flows[i].jq);
         if (m->flows[i].ready)
             jv_free(m->flows[i].vars);
+        free(m->flows[i].probe);
     }
     free(m->flows);
     m->magic = 0;
@@ -1152,12 +1159,46 @@ static enum pb_rc check_reference(const struct pb_flow_step *step, jv ref, struc
                      jv_kind_name(jv_get_kind(ref)));
 }
 
+/* Whether to evaluate the reference alone first. That pays where `known`
+ * often says yes (a customer step: most orders come from customers who are
+ * in the ERP already) and costs a short evaluation more where it never does
+ * (an invoice step: every reference is new). So: during the step's first 16
+ * answers on this mapper, while at least one answer in four was yes, and
+ * once in 64 calls otherwise, so that a step whose answers change is seen.
+ * Counts are halved at 1024, so that recent answers weigh more. */
+static int should_probe(struct probe_stat *p)
+{
+    if (!p || p->asked < 16 || p->hits * 4 >= p->asked)
+        return 1;
+    return ++p->passed % 64 == 0;
+}
+
+static void note_answer(struct probe_stat *p, int yes)
+{
+    if (!p)
+        return;
+    p->asked++;
+    p->hits += yes ? 1u : 0u;
+    if (p->asked >= 1024) {
+        p->asked /= 2;
+        p->hits /= 2;
+    }
+}
+
+static struct probe_stat *probe_stat(struct mapper_flow *mf, const struct pb_flow_step *step)
+{
+    if (!mf->probe)
+        mf->probe = calloc(step->flow->n_steps, sizeof(*mf->probe));
+    return mf->probe ? &mf->probe[step->index] : NULL; /* NULL (no memory): always ask */
+}
+
 /* Mode 5 for pb_mapper_step_unless: 1 when the step runs and known() says
  * its reference is done (*reference set), else 0: the caller evaluates the
- * whole step, which also reports any error of this shorter evaluation. */
+ * whole step, which also reports any error of this shorter evaluation.
+ * *asked: known() was called. */
 static int reference_known(struct mapper_flow *mf, const struct pb_flow_step *step,
                            const struct inputs *in, int (*known)(void *, const char *),
-                           void *ctx, char **reference)
+                           void *ctx, char **reference, int *asked)
 {
     char msg[PB_ERR_MSG_MAX];
     struct pb_err ignored = {0};
@@ -1176,12 +1217,131 @@ static int reference_known(struct mapper_flow *mf, const struct pb_flow_step *st
         return 0; /* [false] (skipped) is the whole evaluation's to say, too */
     }
     ref = jv_array_get(out, 1);
-    if (check_reference(step, ref, &ignored) == PB_OK && known(ctx, jv_string_value(ref)) == 1) {
-        *reference = strdup(jv_string_value(ref));
-        hit = *reference != NULL;
+    if (check_reference(step, ref, &ignored) == PB_OK) {
+        *asked = 1;
+        if (known(ctx, jv_string_value(ref)) == 1) {
+            *reference = strdup(jv_string_value(ref));
+            hit = *reference != NULL;
+        }
     }
     jv_free(ref);
     return hit;
+}
+
+/* Can `text` (n bytes) give a different answer for the same event at another
+ * time? Conservatively yes when it mentions $refs (the ids of the steps that
+ * ran), now / $now (the clock), input (more input) or $__loc__. */
+static int may_vary(const char *text, size_t n)
+{
+    static const char *const words[] = {"$refs", "now", "input", "$__loc__", NULL};
+    for (size_t i = 0; words[i]; i++) {
+        size_t w = strlen(words[i]);
+        for (size_t j = 0; j + w <= n; j++)
+            if (memcmp(text + j, words[i], w) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+static int ident_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+/* Does `name` (len bytes) occur in text[0..n) as a call: not part of a longer
+ * identifier, not a field (.name) or a variable ($name)? */
+static int calls(const char *text, size_t n, const char *name, size_t len)
+{
+    for (size_t j = 0; len && j + len <= n; j++)
+        if (memcmp(text + j, name, len) == 0 &&
+            (j == 0 || (!ident_char(text[j - 1]) && text[j - 1] != '.' && text[j - 1] != '$')) &&
+            (j + len == n || !ident_char(text[j + len])))
+            return 1;
+    return 0;
+}
+
+#define DEFS_MAX 256
+
+/* The flow's defs cut at each line that starts a definition at the defs'
+ * own indentation: [start, end) of each, and its name. 0 when the text does
+ * not have that shape (then nothing is proven). */
+static size_t split_defs(const char *d, size_t *start, size_t *end, const char **name,
+                         size_t *name_len)
+{
+    size_t n = 0, indent = SIZE_MAX, len = strlen(d);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < len;) {
+            size_t sp = i;
+            while (sp < len && (d[sp] == ' ' || d[sp] == '\t'))
+                sp++;
+            if (len - sp > 4 && memcmp(d + sp, "def ", 4) == 0) {
+                if (pass == 0 && sp - i < indent)
+                    indent = sp - i;
+                if (pass == 1 && sp - i == indent) {
+                    size_t a = sp + 4, b;
+                    while (a < len && d[a] == ' ')
+                        a++;
+                    b = a;
+                    while (b < len && ident_char(d[b]))
+                        b++;
+                    if (n == DEFS_MAX || b == a)
+                        return 0;
+                    if (n)
+                        end[n - 1] = i;
+                    start[n] = i;
+                    name[n] = d + a;
+                    name_len[n] = b - a;
+                    n++;
+                }
+            }
+            while (i < len && d[i] != '\n')
+                i++;
+            i++;
+        }
+    }
+    if (n)
+        end[n - 1] = len;
+    return n;
+}
+
+/* may_vary over `text` and every definition it calls, transitively */
+static int may_vary_with_defs(const char *text, const char *defs)
+{
+    size_t start[DEFS_MAX], end[DEFS_MAX], name_len[DEFS_MAX], n;
+    const char *name[DEFS_MAX];
+    unsigned char used[DEFS_MAX] = {0};
+    int grew = 1;
+    if (may_vary(text, strlen(text)))
+        return 1;
+    if (!defs || !defs[0])
+        return 0;
+    if (!(n = split_defs(defs, start, end, name, name_len)))
+        return may_vary(defs, strlen(defs)); /* not understood: all of it counts */
+    for (size_t i = 0; i < n; i++)
+        used[i] = (unsigned char)calls(text, strlen(text), name[i], name_len[i]);
+    while (grew) {
+        grew = 0;
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; !used[i] && j < n; j++)
+                if (used[j] && calls(defs + start[j], end[j] - start[j], name[i], name_len[i]))
+                    used[i] = 1, grew = 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (used[i] && may_vary(defs + start[i], end[i] - start[i]))
+            return 1;
+    return 0;
+}
+
+int pb_mapper_same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next)
+{
+    const char *a, *b;
+    if (!ran || !next || ran->flow != next->flow)
+        return 0;
+    if (!ran->has_when || !next->has_when)
+        return !ran->has_when && !next->has_when;
+    a = ran->leaves[0].code;
+    b = next->leaves[0].code;
+    return a && b && strcmp(a, b) == 0 && !may_vary_with_defs(a, next->flow->defs_code);
 }
 
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,
@@ -1198,6 +1358,8 @@ enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step 
                                  void *ctx, int *run, char **reference, json_t **document,
                                  struct pb_err *err)
 {
+    struct probe_stat *ps = NULL;
+    int asked = 0;
     struct inputs in;
     struct pb_err fxerr = {0};
     enum pb_rc rc = PB_OK, fxrc = PB_OK;
@@ -1241,10 +1403,18 @@ enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step 
     ev.step = step;
     ev.err = err;
 
-    if (known && reference_known(mf, step, &in, known, ctx, reference)) {
-        *run = 1; /* already done: no document to build */
-        inputs_free(&in);
-        return PB_OK;
+    if (known) {
+        ps = probe_stat(mf, step);
+        if (should_probe(ps)) {
+            int hit = reference_known(mf, step, &in, known, ctx, reference, &asked);
+            if (asked)
+                note_answer(ps, hit);
+            if (hit) {
+                *run = 1; /* already done: no document to build */
+                inputs_free(&in);
+                return PB_OK;
+            }
+        }
     }
     if (!mf->ready && !(mf = mapper_flow(m, step->flow, err))) { /* halted above */
         inputs_free(&in);
@@ -1297,6 +1467,14 @@ enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step 
         goto done;
     }
     *run = 1;
+    if (known && !asked) { /* not asked first: ask now, the answer is the same */
+        int hit = known(ctx, *reference) == 1;
+        note_answer(ps, hit);
+        if (hit) {
+            json_decref(*document);
+            *document = NULL;
+        }
+    }
 
 done:
     if (rc != PB_OK) {

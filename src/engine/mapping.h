@@ -70,13 +70,17 @@ enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, 
                           const json_t *refs, const char *event_id, const char *today, int *run,
                           char **reference, json_t **document, struct pb_err *err);
 
-/* pb_mapper_step that asks first: the step's when and reference are evaluated
- * alone, and when known(ctx, reference) returns 1 (the ERP already has that
- * record: an xref hit) the document is never built: PB_OK, *run = 1,
- * *reference set, *document NULL. Otherwise (0, or the short evaluation
- * failed) exactly pb_mapper_step. For a find-or-create step (a customer that
- * is in the ERP after its first order) that saves the document's jq, most of
- * the step's cost; a miss pays one short evaluation more. known may be NULL. */
+/* pb_mapper_step that asks known(ctx, reference) (the engine: is it in the
+ * xref?) once for a step that runs: when it returns 1 the result is PB_OK,
+ * *run = 1, *reference set and *document NULL; otherwise exactly
+ * pb_mapper_step. Where the answer is often yes (a find-or-create customer
+ * step: most orders come from customers already in the ERP) the step's when
+ * and reference are evaluated alone first and the document's jq, most of the
+ * step's cost, is never run; where it is mostly no (an invoice: each
+ * reference is new) the whole step is evaluated at once and known() asked
+ * after, so a miss costs nothing more. The choice is made per step on this
+ * mapper from the answers so far (should_probe in mapping.c). known may be
+ * NULL (then exactly pb_mapper_step). */
 enum pb_rc pb_mapper_step_unless(struct pb_mapper *m, const struct pb_flow_step *step,
                                  const json_t *event, const json_t *refs, const char *event_id,
                                  const char *today, int (*known)(void *ctx, const char *reference),
@@ -98,6 +102,14 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step,
  * all the whens are evaluated in one jq run. Errors (nothing evaluated):
  * PB_ERR_INVALID (not this mapper's flow, refs not an object, an event nested
  * too deeply), PB_ERR_NOMEM, PB_ERR_INTERNAL. */
+/* 1 when `next`'s when is provably what `ran`'s was for the same event: both
+ * have none, or both have the same expression text in the same flow, and
+ * neither it nor the flow's defs can vary between two evaluations ($refs,
+ * now/$now, input, $__loc__ not mentioned). The engine then knows that the
+ * step after one that ran will run too (its needs aside) without evaluating
+ * anything: opayo-xero's contact, invoice and payment all say `paid`. */
+int pb_mapper_same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next);
+
 enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_t from,
                           const json_t *event, const json_t *refs, const char *event_id,
                           const char *today, size_t *next, struct pb_err *err);

@@ -81,7 +81,7 @@ char *pb_route_event(const struct pb_config *cfg, const struct pb_conn_entry *co
         json_object_set_new(ev->event, "source",
                             json_pack("{s:s,s:s,s:s}", "connection", conn->conn.name, "connector",
                                       conn->conn.type->name, "event_id", ev->event_id));
-        json = json_dumps(ev->event, JSON_COMPACT);
+        json = pb_json_dumps_decimal(ev->event, NULL, 0);
         /* refunds and chargebacks name the payment they belong to */
         orig = pb_json_str(ev->event, "refund.original_gateway_id");
         if (!orig)

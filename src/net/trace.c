@@ -67,6 +67,7 @@
  *     for debugging that the method and URL do not, and one wrong branch
  *     would record a token.
  */
+#include "core/json.h"
 #include "net/trace.h"
 
 #include <stdio.h>
@@ -344,7 +345,7 @@ static char *redact_json_text(const char *text, size_t n)
     redact_json(root);
     /* 15 significant digits print 1.1 as 1.1 (17 would print 1.1000000000000001);
      * the trace is for reading, and API decimals have fewer digits. */
-    out = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    out = pb_json_dumps_decimal(root, NULL, JSON_REAL_PRECISION(15));
     json_decref(root);
     return out;
 }

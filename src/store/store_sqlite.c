@@ -20,6 +20,7 @@
  * turn. Every worker would pay its own fsync, which caps completions at the
  * disk's fsync rate (a few hundred per second here).
  */
+#include "core/json.h"
 #include "store/store.h"
 
 #include <sqlite3.h>
@@ -338,7 +339,7 @@ static enum pb_rc load_job(struct sqlite_store *s, int64_t id, struct pb_job *j,
     while (sqlite3_step(st) == SQLITE_ROW)
         json_object_set_new(refs, (const char *)sqlite3_column_text(st, 0),
                             json_string((const char *)sqlite3_column_text(st, 1)));
-    j->refs_json = json_dumps(refs, JSON_COMPACT);
+    j->refs_json = pb_json_dumps_decimal(refs, NULL, 0);
     json_decref(refs);
     if (!j->flow || !j->target || !j->command || !j->event_json || !j->refs_json)
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory loading job %lld", (long long)id);
