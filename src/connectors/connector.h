@@ -119,7 +119,13 @@ struct pb_sink_item {
     char message[512];                      /* why it failed, in the ERP's words when it said so */
     int retry_after_s;                      /* -1 unless the ERP asked for a delay */
     json_t *result;                         /* owned (set by the sink, freed by the engine): the ERP's record */
+    char *result_json;                      /* owned (malloc), instead of result: the record as the
+                                               bytes the ERP sent (no tree built to serialise it) */
 };
+
+/* The item's record as a tree: `result`, parsed from `result_json` on first
+ * use (then owned by the item as `result`). NULL when there is none. */
+json_t *pb_sink_item_record(struct pb_sink_item *it);
 
 /* Everything the engine lends to a connector for one call. */
 struct pb_call_ctx {

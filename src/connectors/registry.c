@@ -60,6 +60,13 @@ void pb_event_list_clear(struct pb_event_list *l)
     l->n = 0;
 }
 
+json_t *pb_sink_item_record(struct pb_sink_item *it)
+{
+    if (!it->result && it->result_json)
+        it->result = json_loads(it->result_json, 0, NULL);
+    return it->result;
+}
+
 json_t *pb_event_tree(struct pb_event_out *ev)
 {
     if (!ev->event && ev->json)

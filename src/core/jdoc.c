@@ -55,6 +55,7 @@ static char *arena_str(struct pb_jdoc *d, const char *s, size_t n)
 
 struct builder {
     struct pb_jdoc *d;
+    yajl_handle h;              /* for the offsets of containers */
     struct pb_jnode *cur;       /* innermost open container, NULL before the root */
     const char *key;            /* pending member name (cur is an object) */
     size_t key_len;
@@ -151,6 +152,8 @@ static int open_container(struct builder *b, enum pb_jtype type)
         return refuse(b, PB_ERR_INVALID, "nested deeper than %s levels", "64");
     if (!(n = add(b, type)))
         return 0;
+    /* the parse is one chunk: bytes consumed so far end just after the '{' */
+    n->start = yajl_get_bytes_consumed(b->h) - 1;
     b->cur = n;
     b->depth++;
     return 1;
@@ -159,6 +162,7 @@ static int open_container(struct builder *b, enum pb_jtype type)
 static int close_container(void *ctx)
 {
     struct builder *b = ctx;
+    b->cur->end = yajl_get_bytes_consumed(b->h);
     b->cur = b->cur->parent;
     b->depth--;
     return 1;
@@ -224,6 +228,7 @@ enum pb_rc pb_jdoc_parse(struct pb_jdoc *d, const char *buf, size_t len, struct 
     b.d = d;
     if (!(h = yajl_alloc(&callbacks, NULL, &b)))
         return pb_err_set(err, PB_ERR_NOMEM, "out of memory");
+    b.h = h;
     st = yajl_parse(h, (const unsigned char *)buf, len);
     if (st == yajl_status_ok)
         st = yajl_complete_parse(h);

@@ -20,7 +20,9 @@
  * line and column, as jansson's did.
  *
  * Numbers are kept as their literal text (never converted to a double); an
- * integer literal also as int64 (`is_int`).
+ * integer literal also as int64 (`is_int`). Objects and arrays know where
+ * their text is in the parsed buffer (`start`, `end`), so that a caller can
+ * keep one element of a reply as the bytes received, without serialising.
  *
  * Ownership: every pointer into the tree lives until pb_jdoc_free(). Strings
  * are NUL-terminated copies; `len` is the real length (a string with \u0000
@@ -48,6 +50,7 @@ struct pb_jnode {
     const char *str;            /* PB_J_STRING: the value; PB_J_NUMBER: the literal */
     size_t len;
     size_t n;                   /* PB_J_OBJECT / PB_J_ARRAY: members or elements */
+    size_t start, end;          /* PB_J_OBJECT / PB_J_ARRAY: its text is buf[start, end) */
     struct pb_jnode *parent, *first, *last, *next;
 };
 

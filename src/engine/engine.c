@@ -792,8 +792,9 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n, json_t *
             op->u.complete.document_json = strs[i * 4];
         }
         for (size_t j = 0; j < n_items; j++)
-            if (item_owner[j] == x && items[j].result) {
-                char *r = dump_or_null(items[j].result);
+            if (item_owner[j] == x && (items[j].result || items[j].result_json)) {
+                char *r = items[j].result_json ? strdup(items[j].result_json)
+                                               : dump_or_null(items[j].result);
                 strs[i * 4 + 1] = r && failed ? pb_trace_redact_body(r, strlen(r)) : r;
                 if (strs[i * 4 + 1] != r)
                     free(r);
@@ -972,6 +973,7 @@ static void run_batch(struct worker *wk, struct pb_job *jobs, size_t n, json_t *
     for (size_t j = 0; j < n_items; j++) {
         free((char *)items[j].idempotency_key);
         json_decref(items[j].result);
+        free(items[j].result_json);
     }
     for (size_t i = 0; i < n; i++) {
         pb_mapper_unkeep(wk->mapper, w[i].event); /* before the event goes */

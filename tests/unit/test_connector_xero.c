@@ -151,6 +151,7 @@ static void batch_clear(struct batch *b)
     for (size_t i = 0; i < b->n; i++) {
         json_decref(b->docs[i]);
         json_decref(b->it[i].result);
+        free(b->it[i].result_json);
     }
     b->n = 0;
 }
@@ -172,7 +173,7 @@ static void expect_ok(struct batch *b, size_t i)
     if (b->it[i].rc != PB_OK)
         fail_msg("item %zu: rc %d: %s", i, b->it[i].rc, b->it[i].message);
     assert_true(strlen(b->it[i].erp_id) == 36);
-    assert_non_null(b->it[i].result);
+    assert_non_null(pb_sink_item_record(&b->it[i]));
 }
 
 static json_t *contact(const char *name, const char *email)
@@ -390,7 +391,7 @@ static void test_contact_upsert(void **state)
     expect_ok(&b, 0);
     expect_ok(&b, 1);
     assert_string_not_equal(b.it[0].erp_id, b.it[1].erp_id);
-    assert_string_equal(pb_json_str(b.it[0].result, "EmailAddress"), "ann@example.com");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "EmailAddress"), "ann@example.com");
     snprintf(ann, sizeof ann, "%s", b.it[0].erp_id);
     snprintf(bob, sizeof bob, "%s", b.it[1].erp_id);
     batch_clear(&b);
@@ -465,11 +466,11 @@ static void test_invoice_batch_with_bad_account(void **state)
     expect_ok(&b, 2);
     assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
     assert_contains(b.it[1].message, "Account code '999' is not a valid code for this document.");
-    assert_non_null(b.it[1].result); /* Xero's element, for the dead letter */
-    assert_string_equal(pb_json_str(b.it[1].result, "StatusAttributeString"), "ERROR");
+    assert_non_null(pb_sink_item_record(&b.it[1])); /* Xero's element, for the dead letter */
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[1]), "StatusAttributeString"), "ERROR");
     /* the decimal string went out as an exact number */
-    assert_true(json_is_number(pb_json_path(b.it[0].result, "Total")));
-    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "INV-1");
+    assert_true(json_is_number(pb_json_path(pb_sink_item_record(&b.it[0]), "Total")));
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Reference"), "INV-1");
     batch_clear(&b);
     assert_int_equal(stat_of("invoices"), 2);
     pbt_connection_free(c);
@@ -494,7 +495,7 @@ static void test_payment_and_retry_by_reference(void **state)
     assert_int_equal(execute(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     snprintf(pay, sizeof pay, "%s", b.it[0].erp_id);
-    assert_string_equal(pb_json_str(b.it[0].result, "Invoice.InvoiceID"), inv);
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Invoice.InvoiceID"), inv);
     batch_clear(&b);
     assert_int_equal(stat_of("payments"), 1);
 
@@ -546,7 +547,7 @@ static void test_reference_filled_in(void **state)
     add(&b, "invoice.create", doc, "ORDER-20", "ki20", 1);
     assert_int_equal(execute(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
-    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "ORDER-20");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Reference"), "ORDER-20");
     assert_null(json_object_get(b.docs[0], "Reference")); /* the borrowed document is untouched */
     snprintf(inv, sizeof inv, "%s", b.it[0].erp_id);
     batch_clear(&b);
@@ -609,7 +610,7 @@ static void test_invoice_void(void **state)
     assert_int_equal(execute(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_equal(b.it[0].erp_id, inv);
-    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Status"), "VOIDED");
     batch_clear(&b);
 
     /* a retry finds it voided and sends no second void */
@@ -783,9 +784,9 @@ static void test_creditnote_create_and_retry(void **state)
                         json_string("999"));
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
-    assert_string_equal(pb_json_str(b.it[0].result, "Reference"), "RF-1");
-    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "AUTHORISED");
-    assert_true(json_is_number(pb_json_path(b.it[0].result, "RemainingCredit")));
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Reference"), "RF-1");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Status"), "AUTHORISED");
+    assert_true(json_is_number(pb_json_path(pb_sink_item_record(&b.it[0]), "RemainingCredit")));
     assert_int_equal(b.it[1].rc, PB_ERR_PERMANENT);
     assert_contains(b.it[1].message, "Xero refused the CreditNote: Account code '999' is not a "
                                      "valid code for this document.");
@@ -861,8 +862,8 @@ static void test_creditnote_allocate(void **state)
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_equal(b.it[0].erp_id, cn);
-    assert_string_equal(pb_json_str(b.it[0].result, "CreditNoteID"), cn);
-    el = pb_json_path(b.it[0].result, "Allocations.0");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "CreditNoteID"), cn);
+    el = pb_json_path(pb_sink_item_record(&b.it[0]), "Allocations.0");
     assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv);
     assert_true(json_is_number(json_object_get(el, "Amount")));
     batch_clear(&b);
@@ -874,7 +875,7 @@ static void test_creditnote_allocate(void **state)
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_equal(b.it[0].erp_id, cn);
-    assert_int_equal(json_array_size(pb_json_path(b.it[0].result, "Allocations")), 1);
+    assert_int_equal(json_array_size(pb_json_path(pb_sink_item_record(&b.it[0]), "Allocations")), 1);
     batch_clear(&b);
     assert_int_equal(stat_of("requests"), requests + 1);
     assert_int_equal(stat_of("allocations"), 1);
@@ -887,8 +888,8 @@ static void test_creditnote_allocate(void **state)
     add(&b, "creditnote.allocate", doc, "AL-62", "ka62", 2);
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
-    assert_int_equal(json_array_size(pb_json_path(b.it[0].result, "Allocations")), 2);
-    el = pb_json_path(b.it[0].result, "Allocations.1");
+    assert_int_equal(json_array_size(pb_json_path(pb_sink_item_record(&b.it[0]), "Allocations")), 2);
+    el = pb_json_path(pb_sink_item_record(&b.it[0]), "Allocations.1");
     /* the invoice owes 30.00 - 4.00 - 3.50 */
     assert_string_equal(pb_json_str(el, "Invoice.InvoiceID"), inv);
     {
@@ -980,9 +981,9 @@ static void test_creditnote_partial_refund_of_paid_invoice(void **state)
     add(&b, "creditnote.refund", refund(cn, "RF-70", "10.00"), "REFUND-70", "kr70", 1);
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
-    assert_string_equal(pb_json_str(b.it[0].result, "PaymentType"), "ARCREDITPAYMENT");
-    assert_string_equal(pb_json_str(b.it[0].result, "CreditNote.CreditNoteID"), cn);
-    assert_int_equal(pb_json_to_minor(pb_json_path(b.it[0].result, "CreditNote.RemainingCredit"),
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "PaymentType"), "ARCREDITPAYMENT");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "CreditNote.CreditNoteID"), cn);
+    assert_int_equal(pb_json_to_minor(pb_json_path(pb_sink_item_record(&b.it[0]), "CreditNote.RemainingCredit"),
                                       "GBP", &left, &err),
                      PB_OK);
     assert_int_equal(left, 0);
@@ -1011,7 +1012,7 @@ static void test_creditnote_partial_refund_of_paid_invoice(void **state)
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_not_equal(b.it[0].erp_id, refund_id);
-    assert_string_equal(pb_json_str(b.it[0].result, "Invoice.InvoiceID"), inv2);
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Invoice.InvoiceID"), inv2);
     batch_clear(&b);
     assert_int_equal(stat_of("payments"), 3);
 
@@ -1023,7 +1024,7 @@ static void test_creditnote_partial_refund_of_paid_invoice(void **state)
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_not_equal(b.it[0].erp_id, refund_id);
-    assert_string_equal(pb_json_str(b.it[0].result, "CreditNote.CreditNoteID"), cn);
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "CreditNote.CreditNoteID"), cn);
     batch_clear(&b);
     assert_int_equal(stat_of("payments"), 4);
 
@@ -1052,7 +1053,7 @@ static void test_creditnote_void(void **state)
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
     assert_string_equal(b.it[0].erp_id, cn);
-    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Status"), "VOIDED");
     batch_clear(&b);
 
     /* a retry finds it VOIDED and sends no second void */
@@ -1060,7 +1061,7 @@ static void test_creditnote_void(void **state)
     add(&b, "creditnote.void", json_pack("{s:s}", "CreditNoteID", cn), "CB-80-WON", "kv80-b", 2);
     assert_int_equal(execute_traced(c, &b, &err), PB_OK);
     expect_ok(&b, 0);
-    assert_string_equal(pb_json_str(b.it[0].result, "Status"), "VOIDED");
+    assert_string_equal(pb_json_str(pb_sink_item_record(&b.it[0]), "Status"), "VOIDED");
     batch_clear(&b);
     assert_int_equal(stat_of("requests"), requests + 1);
 

@@ -115,6 +115,22 @@ static void test_values(void **state)
     assert_null(pb_jnode_get(n, "s")); /* not an object */
     assert_null(pb_jnode_get(NULL, "s"));
     pb_jdoc_free(&d);
+
+    /* containers know their own text */
+    {
+        static const char text[] = " {\"Invoices\": [ {\"ID\":\"a\",\"L\":[1,{}]} ,{\"ID\":\"b\"}]}\n";
+        const struct pb_jnode *arr, *el;
+        assert_int_equal(parse(text, &d, &err), PB_OK);
+        assert_int_equal(d.root->start, 1);
+        assert_int_equal(d.root->end, strlen(text) - 1);
+        arr = pb_jnode_get(d.root, "Invoices");
+        assert_memory_equal(text + arr->start, "[ {", 3);
+        el = arr->first;
+        assert_int_equal(el->end - el->start, strlen("{\"ID\":\"a\",\"L\":[1,{}]}"));
+        assert_memory_equal(text + el->start, "{\"ID\":\"a\",\"L\":[1,{}]}", el->end - el->start);
+        assert_memory_equal(text + el->next->start, "{\"ID\":\"b\"}", el->next->end - el->next->start);
+        pb_jdoc_free(&d);
+    }
 }
 
 static void expect_refused(const char *text, enum pb_rc rc, const char *needle)

@@ -336,6 +336,8 @@ enum pb_rc pb__xero_contact_upsert(struct pb_connection *c, struct pb_call_ctx *
         it->retry_after_s = lead->retry_after_s;
         json_decref(it->result);
         it->result = json_incref(lead->result);
+        free(it->result_json);
+        it->result_json = lead->result_json ? strdup(lead->result_json) : NULL;
     }
 out:
     json_decref(docs);

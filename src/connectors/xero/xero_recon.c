@@ -718,6 +718,7 @@ static enum pb_rc put_one(struct pb_connection *c, struct pb_call_ctx *ctx, cons
     pb__xero_apply_write_reply(&call, rc, &e, envelope, id_key, &itp, 1, &whole);
     pb_http_call_reset(&call);
     json_decref(item.result);
+    free(item.result_json);
     free(body);
     rc = item.rc;
     if (rc == PB_OK) {
