@@ -722,6 +722,7 @@ struct mapper_flow {
     jv vars;      /* owned: the flow's vars as jv (this thread's copy) */
     int ready;    /* jq and vars are set */
     struct probe_stat *probe; /* owned: [n_steps], NULL until first asked; kept over discards */
+    unsigned char *same_when; /* owned: [n_steps], step k vs k-1: 0 unknown, 1 same, 2 not */
 };
 
 struct pb_mapper {
@@ -830,6 +831,7 @@ void pb_mapper_free(struct pb_mapper *m)
         if (m->flows[i].ready)
             jv_free(m->flows[i].vars);
         free(m->flows[i].probe);
+        free(m->flows[i].same_when);
     }
     free(m->flows);
     m->magic = 0;
@@ -1332,16 +1334,30 @@ static int may_vary_with_defs(const char *text, const char *defs)
     return 0;
 }
 
-int pb_mapper_same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next)
+static int same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next)
 {
     const char *a, *b;
-    if (!ran || !next || ran->flow != next->flow)
-        return 0;
     if (!ran->has_when || !next->has_when)
         return !ran->has_when && !next->has_when;
     a = ran->leaves[0].code;
     b = next->leaves[0].code;
     return a && b && strcmp(a, b) == 0 && !may_vary_with_defs(a, next->flow->defs_code);
+}
+
+int pb_mapper_same_when(struct pb_mapper *m, const struct pb_flow_step *ran,
+                        const struct pb_flow_step *next)
+{
+    struct mapper_flow *mf;
+    if (!m || m->magic != MAPPER_MAGIC || !ran || !next || ran->flow != next->flow ||
+        next->index != ran->index + 1 || ran->flow->set != m->set)
+        return 0;
+    /* the text scan is done once per step and mapper, not per job */
+    mf = &m->flows[ran->flow->set_index];
+    if (!mf->same_when && !(mf->same_when = calloc(ran->flow->n_steps, 1)))
+        return same_when(ran, next);
+    if (!mf->same_when[next->index])
+        mf->same_when[next->index] = same_when(ran, next) ? 1 : 2;
+    return mf->same_when[next->index] == 1;
 }
 
 enum pb_rc pb_mapper_step(struct pb_mapper *m, const struct pb_flow_step *step, const json_t *event,

@@ -107,8 +107,11 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step,
  * neither it nor the flow's defs can vary between two evaluations ($refs,
  * now/$now, input, $__loc__ not mentioned). The engine then knows that the
  * step after one that ran will run too (its needs aside) without evaluating
- * anything: opayo-xero's contact, invoice and payment all say `paid`. */
-int pb_mapper_same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next);
+ * anything: opayo-xero's contact, invoice and payment all say `paid`.
+ * `next` must be the step right after `ran`; the answer is worked out once
+ * per mapper and step (a text scan of the defs). */
+int pb_mapper_same_when(struct pb_mapper *m, const struct pb_flow_step *ran,
+                        const struct pb_flow_step *next);
 
 enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_t from,
                           const json_t *event, const json_t *refs, const char *event_id,
