@@ -36,9 +36,9 @@
 #define MAX_BATCH 1024
 #define N_READERS 4
 /* The WAL is restarted (written again from its first frame) once it holds
- * this many frames (~256 MiB of 4 KiB pages) and the checkpointer has copied
+ * this many frames (~128 MiB of 4 KiB pages) and the checkpointer has copied
  * all but at most WAL_TAIL_FRAMES of them: see checkpointer_main. */
-#define WAL_RESTART_FRAMES 65536
+#define WAL_RESTART_FRAMES 32768
 #define WAL_TAIL_FRAMES 2048
 
 static const char *SCHEMA[] = {
@@ -1041,9 +1041,9 @@ static int open_conn(const char *path, int readonly, sqlite3 **out, struct pb_er
         if (exec_retry(db, "PRAGMA journal_mode=WAL", err) || exec(db, "PRAGMA synchronous=FULL", err) ||
             exec(db, "PRAGMA foreign_keys=OFF", err) ||
             exec(db, "PRAGMA wal_autocheckpoint=0", err) ||
-            /* the WAL restarts at ~256 MiB (checkpointer_main); after a stall
-             * (a long reader) it shrinks back to 512 MiB when it restarts */
-            exec(db, "PRAGMA journal_size_limit=536870912", err)) {
+            /* the WAL restarts at ~128 MiB (checkpointer_main); after a stall
+             * (a long reader) it shrinks back to 256 MiB when it restarts */
+            exec(db, "PRAGMA journal_size_limit=268435456", err)) {
             sqlite3_close(db);
             return -1;
         }
@@ -1121,13 +1121,16 @@ static void sqlite_close(struct pb_store *base);
  * and this thread has copied all but WAL_TAIL_FRAMES of them, it asks the
  * writer (restart_wanted) to copy the rest itself between two batches
  * (wal_tail_checkpoint), and the file is reused from its start, at a steady
- * size below journal_size_limit. The writer pauses then (5-25 ms measured
- * here, mostly the database's fdatasync), so the threshold is a trade: at
- * 16 MiB the pauses pushed the p99 ack latency at 5,000/s to 8-16 ms; at
- * 128 MiB (one pause every ~2 s at 5,000/s) it was 5.7 ms on a quiet
- * machine but 9.7 ms on a busy one, so 256 MiB: one pause every ~4 s at
- * 5,000/s, under 1% of the acks. The saturated ingest rate went from 12,300
- * to 16,200 acks/s with the restarts (bench/run.sh, scenarios 2 and 3).
+ * size below journal_size_limit. The writer pauses then, for 5-25 ms: a
+ * few fsyncs (the tail's pages into the database, the database again once
+ * the WAL is complete, the new WAL header) and SQLite's sort of every frame
+ * of the WAL, which grows with the WAL. So the threshold is a trade between
+ * how often and how long (measured with `?wal_restart_mib=`, bench/run.sh
+ * scenario 3 and an open loop at 5,000/s; one pause costs ~6 ms plus ~1 ms
+ * per 4,000 frames): at 16 MiB 46 pauses of 7 ms in 10 s and a p99 of
+ * 13 ms; at 256 MiB 4 pauses of 22 ms and a p99 of 7-18 ms; at 128 MiB the
+ * p99 was 5.7-9.7 ms over five runs. The saturated ingest rate went from
+ * 12,300 to 16,200 acks/s with the restarts.
  * paybridge_store_wal_restart_pause_seconds_total counts the pauses.
  *
  * Rejected: a RESTART checkpoint from this thread (it waits for the writer
