@@ -185,11 +185,11 @@ static void test_hostile_shapes(void **state)
     expect_refused(deep, PB_ERR_INVALID, "nested deeper than 64");
     /* 1024 members are fine, 1025 are not */
     for (int n = 1024; n <= 1025; n++) {
-        p = wide;
-        *p++ = '{';
+        size_t used = 0, cap = 1100 * 16 + 16;
+        wide[used++] = '{';
         for (int i = 0; i < n; i++)
-            p += sprintf(p, "%s\"k%d\":%d", i ? "," : "", i, i);
-        strcpy(p, "}");
+            used += (size_t)snprintf(wide + used, cap - used, "%s\"k%d\":%d", i ? "," : "", i, i);
+        snprintf(wide + used, cap - used, "}");
         if (n == 1024) {
             assert_int_equal(parse(wide, &d, &err), PB_OK);
             assert_int_equal(d.root->n, 1024);
