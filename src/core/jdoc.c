@@ -10,6 +10,7 @@
  */
 #include "core/jdoc.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,10 +65,13 @@ struct builder {
     char why[160];
 };
 
-static int refuse(struct builder *b, enum pb_rc rc, const char *fmt, const char *arg)
+static int refuse(struct builder *b, enum pb_rc rc, const char *fmt, ...)
 {
+    va_list ap;
     b->rc = rc;
-    snprintf(b->why, sizeof(b->why), fmt, arg);
+    va_start(ap, fmt);
+    vsnprintf(b->why, sizeof(b->why), fmt, ap);
+    va_end(ap);
     return 0;
 }
 
@@ -75,7 +79,7 @@ static struct pb_jnode *add(struct builder *b, enum pb_jtype type)
 {
     struct pb_jnode *n = arena_alloc(b->d, sizeof(*n));
     if (!n) {
-        refuse(b, PB_ERR_NOMEM, "out of memory%s", "");
+        refuse(b, PB_ERR_NOMEM, "out of memory");
         return NULL;
     }
     memset(n, 0, sizeof(*n));
@@ -115,7 +119,7 @@ static int on_number(void *ctx, const char *s, size_t len)
     struct pb_jnode *n = add(b, PB_J_NUMBER);
     int integer = 1;
     if (!n || !(n->str = arena_str(b->d, s, len)))
-        return n ? refuse(b, PB_ERR_NOMEM, "out of memory%s", "") : 0;
+        return n ? refuse(b, PB_ERR_NOMEM, "out of memory") : 0;
     n->len = len;
     for (size_t i = 0; i < len; i++)
         if (s[i] == '.' || s[i] == 'e' || s[i] == 'E')
@@ -126,7 +130,7 @@ static int on_number(void *ctx, const char *s, size_t len)
         for (size_t i = (size_t)neg; i < len; i++) {
             unsigned digit = (unsigned)(s[i] - '0');
             if (v > (limit - digit) / 10)
-                return refuse(b, PB_ERR_RANGE, "%s", "");
+                return refuse(b, PB_ERR_RANGE, "integer overflow");
             v = v * 10 + digit;
         }
         n->is_int = 1;
@@ -140,7 +144,7 @@ static int on_string(void *ctx, const unsigned char *s, size_t len)
     struct builder *b = ctx;
     struct pb_jnode *n = add(b, PB_J_STRING);
     if (!n || !(n->str = arena_str(b->d, (const char *)s, len)))
-        return n ? refuse(b, PB_ERR_NOMEM, "out of memory%s", "") : 0;
+        return n ? refuse(b, PB_ERR_NOMEM, "out of memory") : 0;
     n->len = len;
     return 1;
 }
@@ -149,7 +153,7 @@ static int open_container(struct builder *b, enum pb_jtype type)
 {
     struct pb_jnode *n;
     if (b->depth >= PB_JDOC_DEPTH_MAX)
-        return refuse(b, PB_ERR_INVALID, "nested deeper than %s levels", "64");
+        return refuse(b, PB_ERR_INVALID, "nested deeper than %d levels", PB_JDOC_DEPTH_MAX);
     if (!(n = add(b, type)))
         return 0;
     /* the parse is one chunk: bytes consumed so far end just after the '{' */
@@ -182,12 +186,12 @@ static int on_map_key(void *ctx, const unsigned char *key, size_t len)
 {
     struct builder *b = ctx;
     if (b->cur->n >= PB_JDOC_MEMBERS_MAX)
-        return refuse(b, PB_ERR_INVALID, "an object has more than %s members", "1024");
+        return refuse(b, PB_ERR_INVALID, "an object has more than %d members", PB_JDOC_MEMBERS_MAX);
     for (const struct pb_jnode *m = b->cur->first; m; m = m->next)
         if (m->key_len == len && memcmp(m->key, key, len) == 0)
             return refuse(b, PB_ERR_INVALID, "duplicate object key \"%.64s\"", m->key);
     if (!(b->key = arena_str(b->d, (const char *)key, len)))
-        return refuse(b, PB_ERR_NOMEM, "out of memory%s", "");
+        return refuse(b, PB_ERR_NOMEM, "out of memory");
     b->key_len = len;
     return 1;
 }

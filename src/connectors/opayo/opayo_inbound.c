@@ -29,13 +29,18 @@
  *      a resend of the same transaction (a duplicate, or a second notification
  *      for it) then de-duplicates in the inbox.
  *
+ * Parsing. The body is read with core/jdoc.h (yajl into an arena), not
+ * jansson: this is the webhook hot path, and the canonical event is written
+ * straight out as text with yajl_gen (pb_event_out.json), in the order and
+ * with the nulls that the jansson tree it replaced was serialised with.
+ *
  * Money. amount.totalAmount is an integer of minor units on the wire and stays
- * one: it is read with json_integer_value() (an int64) and never touches a
- * double. A real number (1e20, 10.5) is refused with PB_ERR_RANGE; an integer
- * literal too big for int64 makes jansson's parser fail with
- * json_error_numeric_overflow, which is reported as PB_ERR_RANGE too. The
- * "decimal" text comes from pb_money_format_decimal() with the currency's own
- * exponent (JPY 0, GBP 2, BHD 3).
+ * one: jdoc keeps an integer literal as an int64 (`is_int`, `i`) and never
+ * makes a double of it. A real number (1e20, 10.5) is refused with
+ * PB_ERR_RANGE; an integer literal too big for int64 makes the parse fail
+ * with PB_ERR_RANGE too. The "decimal" text comes from
+ * pb_money_format_decimal() with the currency's own exponent (JPY 0, GBP 2,
+ * BHD 3).
  *
  * Threading: pure function of its inputs and the immutable state; no locks.
  *

@@ -25,13 +25,13 @@
  * Text copied out of a reply into an item message is passed through
  * pb_pan_redact(), because messages end up in dead letters and logs.
  *
- * The 200 reply of a write, the hot path (one per batch of up to 50), is
- * read with core/jdoc.h (yajl into an arena), and each element's `result` is
- * kept as the bytes Xero sent (result_json), sliced out of the reply: no
- * jansson tree is built for the whole reply only to serialise each element
- * again (that was ~7% of a worker's time in bench/ scenario 4). Amounts in
- * the results are therefore Xero's own text. Other replies (400 Elements,
- * look-ups) are rare and use jansson.
+ * A write's reply (the 200, one per batch of up to 50 and the hot path, and
+ * a 400's Elements) is read with core/jdoc.h (yajl into an arena), and each
+ * element's `result` is kept as the bytes Xero sent (result_json), sliced
+ * out of the reply: no jansson tree is built for the whole reply only to
+ * serialise each element again (that was ~7% of a worker's time in bench/
+ * scenario 4). Amounts in the results are therefore Xero's own text.
+ * Look-ups and error words are rare and use jansson.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -183,6 +183,19 @@ void pb__xero_describe_failure(const struct pb_http_call *call, enum pb_rc rc,
              call->status, words[0] ? words : "(no message)");
 }
 
+/* A reply that is not {"<envelope>": [...]}: transient, the look-up by
+ * reference of the retry guards against a duplicate. */
+static void no_envelope(const struct pb_http_call *call, const char *envelope,
+                        struct xero_failure *out)
+{
+    out->rc = PB_ERR_TRANSIENT;
+    out->retry_after_s = -1;
+    snprintf(out->message, sizeof out->message,
+             "Xero answered HTTP %ld without a \"%s\" array; will retry (a look-up by "
+             "reference guards against a duplicate)",
+             call->status, envelope);
+}
+
 json_t *pb__xero_parse_envelope(const struct pb_http_call *call, const char *envelope,
                                 json_t **root_out, struct xero_failure *out)
 {
@@ -193,12 +206,7 @@ json_t *pb__xero_parse_envelope(const struct pb_http_call *call, const char *env
     arr = json_object_get(root, envelope);
     if (!json_is_array(arr)) {
         json_decref(root);
-        out->rc = PB_ERR_TRANSIENT;
-        out->retry_after_s = -1;
-        snprintf(out->message, sizeof out->message,
-                 "Xero answered HTTP %ld without a \"%s\" array; will retry (a look-up by "
-                 "reference guards against a duplicate)",
-                 call->status, envelope);
+        no_envelope(call, envelope, out);
         return NULL;
     }
     *root_out = root;
@@ -213,39 +221,6 @@ static int id_usable(const char *id)
         if (*p != '0' && *p != '-')
             return 1;
     return 0; /* Xero's 00000000-0000-0000-0000-000000000000 means "not saved" */
-}
-
-/* One element of a 200 reply (or of a 400's Elements) for one item. */
-static void apply_element(struct pb_sink_item *it, json_t *el, const char *id_key, int in_400)
-{
-    const char *status = json_string_value(json_object_get(el, "StatusAttributeString"));
-    const char *id = json_string_value(json_object_get(el, id_key));
-    char errors[400];
-
-    pb__xero_join_validation_errors(el, errors, sizeof errors);
-    if ((status && strcmp(status, "ERROR") == 0) || errors[0]) {
-        /* name what it refused: "ContactID" -> "Contact" */
-        size_t n = strlen(id_key) > 2 ? strlen(id_key) - 2 : strlen(id_key);
-        pb__xero_item_fail(it, PB_ERR_PERMANENT, -1, "Xero refused the %.*s: %s", (int)n, id_key,
-                           errors[0] ? errors : "StatusAttributeString ERROR without a message");
-        json_decref(it->result);
-        it->result = json_incref(el);
-        return;
-    }
-    if (in_400) {
-        pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1,
-                           "not saved: Xero refused the whole request because another element "
-                           "of the batch failed validation; will retry");
-        return;
-    }
-    if (!id_usable(id)) {
-        pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1,
-                           "Xero's reply element has neither a %s nor an error; will retry (a "
-                           "look-up by reference guards against a duplicate)",
-                           id_key);
-        return;
-    }
-    pb__xero_item_ok(it, id, el);
 }
 
 static const char *jstr(const struct pb_jnode *obj, const char *key)
@@ -274,10 +249,10 @@ static void join_errors(const struct pb_jnode *el, char *out, size_t len)
     }
 }
 
-/* apply_element for one element of a 200 reply read with jdoc (`text` is the
- * reply the nodes point into); the same rules and messages */
+/* One element of a 200 reply (or of a 400's Elements) for one item; `text`
+ * is the reply the nodes point into. */
 static void apply_reply_element(struct pb_sink_item *it, const struct pb_jnode *el,
-                                const char *text, const char *id_key)
+                                const char *text, const char *id_key, int in_400)
 {
     const char *status = jstr(el, "StatusAttributeString");
     const char *id = jstr(el, id_key);
@@ -291,6 +266,12 @@ static void apply_reply_element(struct pb_sink_item *it, const struct pb_jnode *
         keep_text(it, el, text);
         return;
     }
+    if (in_400) {
+        pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1,
+                           "not saved: Xero refused the whole request because another element "
+                           "of the batch failed validation; will retry");
+        return;
+    }
     if (!id_usable(id)) {
         pb__xero_item_fail(it, PB_ERR_TRANSIENT, -1,
                            "Xero's reply element has neither a %s nor an error; will retry (a "
@@ -302,11 +283,12 @@ static void apply_reply_element(struct pb_sink_item *it, const struct pb_jnode *
     keep_text(it, el, text);
 }
 
-/* The 200 reply of a write: 0 when every item got its outcome, -1 when the
- * reply is not {"<envelope>": [...]} (the caller then fails the batch as
- * pb__xero_parse_envelope would). */
-static int apply_ok_reply(const struct pb_http_call *call, const char *envelope,
-                          const char *id_key, struct pb_sink_item *const *sent, size_t n_sent)
+/* The elements of a write's reply, read with jdoc: the 200's {"<envelope>":
+ * [...]} (in_400 0, one element per item, fewer is said per item) or the
+ * 400's {"Elements": [...]} (in_400 1, exactly one per item). 0 when every
+ * item got its outcome, -1 when the reply is not of that shape. */
+static int apply_elements(const struct pb_http_call *call, const char *key, const char *id_key,
+                          int in_400, struct pb_sink_item *const *sent, size_t n_sent)
 {
     struct pb_jdoc *doc = malloc(sizeof(*doc));
     const struct pb_jnode *arr, *el;
@@ -317,20 +299,20 @@ static int apply_ok_reply(const struct pb_http_call *call, const char *envelope,
         free(doc);
         return -1;
     }
-    arr = pb_jnode_get(doc->root, envelope);
-    if (!arr || arr->type != PB_J_ARRAY) {
+    arr = pb_jnode_get(doc->root, key);
+    if (!arr || arr->type != PB_J_ARRAY || (in_400 && (arr->n != n_sent || n_sent == 0))) {
         pb_jdoc_free(doc);
         free(doc);
         return -1;
     }
     for (el = arr->first; i < n_sent; i++, el = el ? el->next : NULL) {
         if (el && el->type == PB_J_OBJECT)
-            apply_reply_element(sent[i], el, call->response, id_key);
+            apply_reply_element(sent[i], el, call->response, id_key, in_400);
         else
             pb__xero_item_fail(sent[i], PB_ERR_TRANSIENT, -1,
                                "Xero returned %zu %s for %zu sent, none for item %zu; will "
                                "retry (a look-up by reference guards against a duplicate)",
-                               arr->n, envelope, n_sent, i + 1);
+                               arr->n, key, n_sent, i + 1);
     }
     pb_jdoc_free(doc);
     free(doc);
@@ -342,44 +324,19 @@ int pb__xero_apply_write_reply(const struct pb_http_call *call, enum pb_rc rc,
                                const char *id_key, struct pb_sink_item *const *sent,
                                size_t n_sent, struct xero_failure *batch_failure)
 {
-    json_t *root = NULL, *arr, *elements;
     char what[64];
 
     snprintf(what, sizeof what, "writing %s", envelope);
-    if (rc == PB_OK && apply_ok_reply(call, envelope, id_key, sent, n_sent) == 0)
-        return 0;
     if (rc == PB_OK) {
-        /* not {"<envelope>": [...]}: fail the batch as the look-ups do */
-        arr = pb__xero_parse_envelope(call, envelope, &root, batch_failure);
-        if (!arr) {
-            for (size_t i = 0; i < n_sent; i++)
-                pb__xero_item_fail_with(sent[i], batch_failure);
-            return 1;
-        }
-        for (size_t i = 0; i < n_sent; i++) {
-            json_t *el = json_array_get(arr, i);
-            if (json_is_object(el))
-                apply_element(sent[i], el, id_key, 0);
-            else
-                pb__xero_item_fail(sent[i], PB_ERR_TRANSIENT, -1,
-                                   "Xero returned %zu %s for %zu sent, none for item %zu; will "
-                                   "retry (a look-up by reference guards against a duplicate)",
-                                   json_array_size(arr), envelope, n_sent, i + 1);
-        }
-        json_decref(root);
-        return 0;
-    }
-    if (call->status == 400 && call->response) {
-        root = json_loadb(call->response, call->response_len, 0, NULL);
-        elements = json_object_get(root, "Elements");
-        if (json_is_array(elements) && json_array_size(elements) == n_sent && n_sent > 0) {
-            for (size_t i = 0; i < n_sent; i++)
-                apply_element(sent[i], json_array_get(elements, i), id_key, 1);
-            json_decref(root);
+        if (apply_elements(call, envelope, id_key, 0, sent, n_sent) == 0)
             return 0;
-        }
-        json_decref(root);
+        no_envelope(call, envelope, batch_failure);
+        for (size_t i = 0; i < n_sent; i++)
+            pb__xero_item_fail_with(sent[i], batch_failure);
+        return 1;
     }
+    if (call->status == 400 && apply_elements(call, "Elements", id_key, 1, sent, n_sent) == 0)
+        return 0;
     pb__xero_describe_failure(call, rc, err, what, batch_failure);
     for (size_t i = 0; i < n_sent; i++)
         pb__xero_item_fail_with(sent[i], batch_failure);
