@@ -55,6 +55,9 @@
  * rebuilt as a jansson tree by walking the template: null leaves are dropped,
  * then objects and arrays of the template that ended up empty.
  *
+ * Leaves of a step with the same text (Date and DueDate: `event_date`) are
+ * evaluated once and bound to a variable; see "Common leaves" below.
+ *
  * Mode 5 (pb_mapper_step_unless) is mode 0 without the document: [false] or
  * [true, reference], so that an xref hit costs no document.
  *
@@ -201,16 +204,70 @@ static void emit_defs(struct sbuf *b, const struct pb_flow *f)
     }
 }
 
-/* Leaf i of the flow is the function __pb_l<i>. */
+/* Common leaves. A step's reference and document leaves with the same text
+ * (Date and DueDate both `event_date`, the reference and Reference both
+ * `.payment.reference`) are evaluated once per evaluation and bound to
+ * $__pb_c<first leaf>: `(__pb_l<first>) as $__pb_c<first> | ...`. That is
+ * the same result: within one evaluation the input, $refs, $now and the vars
+ * are fixed, and a leaf that yields no value or several still multiplies the
+ * whole result, which the count checks see. Left out are leaves that read the
+ * clock (now), more input or their own position ($__loc__), or that print
+ * (debug, stderr), directly or through the defs they call (cse_safe()). The
+ * when (leaf 0) is evaluated alone, before anything else. */
+#define CSE_NONE SIZE_MAX
+
+static int cse_safe(const char *text, const char *defs);
+
+/* The first leaf of the step with the same text as leaf i, when there is
+ * one that is not i itself and it is safe to share; else CSE_NONE. */
+static size_t cse_leader(const struct pb_flow_step *st, size_t i)
+{
+    size_t first = st->has_when ? 1 : 0, count = 0, leader = CSE_NONE;
+    if (i < first || !st->leaves[i].code)
+        return CSE_NONE;
+    for (size_t j = first; j < st->n_leaves; j++)
+        if (st->leaves[j].code && strcmp(st->leaves[j].code, st->leaves[i].code) == 0) {
+            if (leader == CSE_NONE)
+                leader = j;
+            count++;
+        }
+    if (count < 2 || !cse_safe(st->leaves[i].code, st->flow->defs_code))
+        return CSE_NONE;
+    return leader;
+}
+
+/* Leaf i of the flow is the function __pb_l<i>. `shared` (in a step's
+ * document and reference) uses the common value instead, when it has one. */
+static void emit_leaf(struct sbuf *b, const struct pb_flow_step *st, size_t leaf, int shared)
+{
+    size_t leader = shared ? cse_leader(st, leaf) : CSE_NONE;
+    if (leader != CSE_NONE)
+        sb_printf(b, "$__pb_c%zu", st->leaf_base + leader);
+    else
+        sb_printf(b, "(__pb_l%zu)", st->leaf_base + leaf);
+}
+
 static void emit_call(struct sbuf *b, const struct pb_flow_step *st, size_t leaf)
 {
-    sb_printf(b, "(__pb_l%zu)", st->leaf_base + leaf);
+    emit_leaf(b, st, leaf, 0);
+}
+
+/* `(__pb_l<k>) as $__pb_c<k> | ` for each group of common leaves: with
+ * `with_ref`, only the reference's group; else every group but that one. */
+static void emit_cse_bindings(struct sbuf *b, const struct pb_flow_step *st, int with_ref)
+{
+    size_t ref_leader = cse_leader(st, st->reference_leaf);
+    for (size_t i = 0; i < st->n_leaves; i++) {
+        if (cse_leader(st, i) != i || (i == ref_leader) != (with_ref != 0))
+            continue;
+        sb_printf(b, "(__pb_l%zu) as $__pb_c%zu | ", st->leaf_base + i, st->leaf_base + i);
+    }
 }
 
 static void emit_tnode(struct sbuf *b, const struct pb_flow_step *st, const struct pb__tnode *t)
 {
     if (t->kind == PB__TNODE_LEAF) {
-        emit_call(b, st, t->leaf);
+        emit_leaf(b, st, t->leaf, 1);
         return;
     }
     sb_puts(b, "{");
@@ -291,10 +348,13 @@ static void emit_step_def(struct sbuf *b, const struct pb_flow_step *st)
         emit_call(b, st, 0);
     else
         sb_puts(b, "true");
-    sb_puts(b, " as $__pb_run | if $__pb_run then [true, ");
-    emit_call(b, st, st->reference_leaf);
+    sb_puts(b, " as $__pb_run | if $__pb_run then ");
+    emit_cse_bindings(b, st, 1);
+    sb_puts(b, "[true, ");
+    emit_leaf(b, st, st->reference_leaf, 1);
     /* mode 5: the reference alone (pb_mapper_step_unless) */
     sb_puts(b, "] + (if $__pb_mode == 5 then [] else [");
+    emit_cse_bindings(b, st, 0);
     emit_tnode(b, st, &st->document);
     sb_puts(b, "] end) else [false] end end;\n");
 }
@@ -1306,19 +1366,19 @@ static size_t split_defs(const char *d, size_t *start, size_t *end, const char *
     return n;
 }
 
-/* may_vary over `text` and every definition it calls, transitively */
-static int may_vary_with_defs(const char *text, const char *defs)
+/* pred over `text` and every definition it calls, transitively */
+static int with_defs(const char *text, const char *defs, int (*pred)(const char *, size_t))
 {
     size_t start[DEFS_MAX], end[DEFS_MAX], name_len[DEFS_MAX], n;
     const char *name[DEFS_MAX];
     unsigned char used[DEFS_MAX] = {0};
     int grew = 1;
-    if (may_vary(text, strlen(text)))
+    if (pred(text, strlen(text)))
         return 1;
     if (!defs || !defs[0])
         return 0;
     if (!(n = split_defs(defs, start, end, name, name_len)))
-        return may_vary(defs, strlen(defs)); /* not understood: all of it counts */
+        return pred(defs, strlen(defs)); /* not understood: all of it counts */
     for (size_t i = 0; i < n; i++)
         used[i] = (unsigned char)calls(text, strlen(text), name[i], name_len[i]);
     while (grew) {
@@ -1329,9 +1389,29 @@ static int may_vary_with_defs(const char *text, const char *defs)
                     used[i] = 1, grew = 1;
     }
     for (size_t i = 0; i < n; i++)
-        if (used[i] && may_vary(defs + start[i], end[i] - start[i]))
+        if (used[i] && pred(defs + start[i], end[i] - start[i]))
             return 1;
     return 0;
+}
+
+/* Can `text` (n bytes) give two different answers within one evaluation, or
+ * do something besides computing a value? It calls now (the clock), input or
+ * inputs, debug or stderr, or reads $__loc__ (its position in the program). */
+static int not_pure(const char *text, size_t n)
+{
+    static const char *const words[] = {"now", "input", "inputs", "debug", "stderr", NULL};
+    for (size_t i = 0; words[i]; i++)
+        if (calls(text, n, words[i], strlen(words[i])))
+            return 1;
+    for (size_t j = 0; j + 8 <= n; j++)
+        if (memcmp(text + j, "$__loc__", 8) == 0)
+            return 1;
+    return 0;
+}
+
+static int cse_safe(const char *text, const char *defs)
+{
+    return !with_defs(text, defs, not_pure);
 }
 
 static int same_when(const struct pb_flow_step *ran, const struct pb_flow_step *next)
@@ -1341,7 +1421,7 @@ static int same_when(const struct pb_flow_step *ran, const struct pb_flow_step *
         return !ran->has_when && !next->has_when;
     a = ran->leaves[0].code;
     b = next->leaves[0].code;
-    return a && b && strcmp(a, b) == 0 && !may_vary_with_defs(a, next->flow->defs_code);
+    return a && b && strcmp(a, b) == 0 && !with_defs(a, next->flow->defs_code, may_vary);
 }
 
 int pb_mapper_same_when(struct pb_mapper *m, const struct pb_flow_step *ran,

@@ -58,6 +58,24 @@ static struct pb_flowset *set_from_file(const char *rel)
     return set;
 }
 
+/* A flow set of one probe flow given as YAML text. */
+static struct pb_flowset *set_from_yaml(const char *yaml)
+{
+    char path[] = "/tmp/pb-probe-flow-XXXXXX";
+    struct pb_diags d = {0};
+    struct pb_flowset *set = pb_flowset_new();
+    size_t len = strlen(yaml);
+    int fd = mkstemp(path);
+    assert_non_null(set);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, yaml, len), (ssize_t)len);
+    close(fd);
+    if (pb_flowset_add_file(set, path, &d) != PB_OK)
+        fail_msg("the probe flow does not load");
+    unlink(path);
+    return set;
+}
+
 static const char *const flows[] = {"flows/opayo-xero.yaml", "flows/opayo-syspro.yaml",
                                     "flows/paytrace-sagex3.yaml"};
 static const char *const events[] = {
@@ -408,18 +426,8 @@ static void test_same_when(void **state)
             "  - {name: e, command: x.create, when: 'late', reference: '\"e\"', document: {E: '1'}}\n"
             "  - {name: f, command: x.create, when: 'paid', reference: '\"f\"', document: {F: '1'}}\n"
             "  - {name: g, command: x.create, when: 'paid', reference: '\"g\"', document: {G: '1'}}\n";
-        char path[] = "/tmp/pb-same-when-XXXXXX";
-        struct pb_diags d = {0};
-        struct pb_flowset *set = pb_flowset_new();
-        int fd = mkstemp(path);
-        const struct pb_flow *f;
-        assert_true(fd >= 0);
-        assert_int_equal(write(fd, yaml, sizeof(yaml) - 1), (ssize_t)(sizeof(yaml) - 1));
-        close(fd);
-        if (pb_flowset_add_file(set, path, &d) != PB_OK)
-            fail_msg("the probe flow does not load");
-        unlink(path);
-        f = pb_flowset_flow(set, 0);
+        struct pb_flowset *set = set_from_yaml(yaml);
+        const struct pb_flow *f = pb_flowset_flow(set, 0);
         struct pb_mapper *pm = pb_mapper_new(set, &err0);
         for (int twice = 0; twice < 2; twice++) { /* worked out, then remembered */
             assert_false(pb_mapper_same_when(pm, &f->steps[0], &f->steps[1])); /* no when, a when */
@@ -444,6 +452,78 @@ static void test_same_when(void **state)
     }
 }
 
+/* Leaves of a step with the same text are evaluated once (mapping.c "Common
+ * leaves"): the document is the same, a shared leaf that fails still fails
+ * the step with its message, and leaves that must not be shared are not. */
+static void test_common_leaves(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "flow: probe\nsource: s\ntarget: t\nevents: [payment.succeeded]\n"
+        "defs: |\n"
+        "  def day: (.occurred_at // \"\")[0:10] | if length == 10 then . else $now end;\n"
+        "  def where: $__loc__.line;\n"
+        "steps:\n"
+        "  - {name: a, command: x.create, reference: '.payment.reference',\n"
+        "     document: {R: '.payment.reference', D: 'day', E: 'day', N: '.nothing', M: '.nothing',\n"
+        "                L: [{X: '.payment.reference'}, {X: 'day'}]}}\n"
+        "  - {name: b, command: x.create, reference: '\"b\"', document: {A: '$__loc__.line', B: '$__loc__.line', C: 'where', D: 'where'}}\n"
+        "  - {name: c, command: x.create, reference: '\"c\"', document: {A: '(1, 2)', B: '(1, 2)'}}\n"
+        "  - {name: d, command: x.create, reference: '\"d\"', document: {A: 'error(\"boom\")', B: 'error(\"boom\")'}}\n"
+        "  - {name: e, command: x.create, reference: '\"e\"', document: {A: 'empty', B: 'empty'}}\n";
+    struct pb_flowset *set = set_from_yaml(yaml);
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL;
+    char *ref = NULL;
+    int run = 0;
+    assert_non_null(m);
+
+    assert_int_equal(pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
+                     PB_OK);
+    assert_true(run);
+    assert_string_equal(ref, "ORDER-10023");
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"D\":\"2026-11-21\",\"E\":\"2026-11-21\",\"L\":[{\"X\":\"ORDER-10023\"},"
+                              "{\"X\":\"2026-11-21\"}],\"R\":\"ORDER-10023\"}");
+    free(text);
+    free(ref);
+    json_decref(doc);
+
+    /* $__loc__ is where the text is: the two leaves differ, shared or not */
+    ref = NULL;
+    doc = NULL;
+    assert_int_equal(pb_mapper_step(m, &f->steps[1], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
+                     PB_OK);
+    assert_true(json_is_integer(json_object_get(doc, "A")));
+    assert_true(json_integer_value(json_object_get(doc, "A")) !=
+                json_integer_value(json_object_get(doc, "B")));
+    assert_true(json_integer_value(json_object_get(doc, "C")) ==
+                json_integer_value(json_object_get(doc, "D"))); /* the same def */
+    free(ref);
+    json_decref(doc);
+
+    /* several values, an error, no value: the step fails and names the field */
+    static const char *const want[] = {"more than one value", "boom", "no value"};
+    for (size_t k = 2; k <= 4; k++) {
+        ref = NULL;
+        doc = NULL;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(
+            pb_mapper_step(m, &f->steps[k], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
+            PB_ERR_MAPPING);
+        assert_null(doc);
+        if (!strstr(err.msg, "A") || !strstr(err.msg, want[k - 2]))
+            fail_msg("step %zu: %s (want the field A and \"%s\")", k, err.msg, want[k - 2]);
+        free(ref);
+    }
+    json_decref(refs);
+    json_decref(ev);
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_step_unless),
         cmocka_unit_test(test_step_unless_adapts),
         cmocka_unit_test(test_same_when),
+        cmocka_unit_test(test_common_leaves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
