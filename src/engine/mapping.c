@@ -783,7 +783,20 @@ struct mapper_flow {
     int ready;    /* jq and vars are set */
     struct probe_stat *probe; /* owned: [n_steps], NULL until first asked; kept over discards */
     unsigned char *same_when; /* owned: [n_steps], step k vs k-1: 0 unknown, 1 same, 2 not */
+    struct type_guard *guards; /* owned: [n_steps], NULL until first asked */
 };
+
+/* What a step's when says about the event's type (type_guard()): analysed
+ * once; `types` lists the only types for which the when can be true. */
+#define GUARD_TYPES_MAX 16
+struct type_guard {
+    unsigned char state; /* 0 not analysed, 1 a guard, 2 anything else */
+    size_t n;
+    char *types[GUARD_TYPES_MAX]; /* owned */
+};
+static int guard_excludes(struct pb_mapper *m, const struct pb_flow *flow, size_t k,
+                          const char *type);
+static void guards_free(struct type_guard *g, size_t n);
 
 struct pb_mapper {
     unsigned magic;               /* MAPPER_MAGIC */
@@ -892,6 +905,8 @@ void pb_mapper_free(struct pb_mapper *m)
             jv_free(m->flows[i].vars);
         free(m->flows[i].probe);
         free(m->flows[i].same_when);
+        if (m->flows[i].guards)
+            guards_free(m->flows[i].guards, pb_flowset_flow(m->set, i)->n_steps);
     }
     free(m->flows);
     m->magic = 0;
@@ -1138,6 +1153,7 @@ enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_
     size_t first = from;
     jv out;
     enum run_result r;
+    const char *type;
 
     *next = flow ? flow->n_steps : 0;
     if (!m || m->magic != MAPPER_MAGIC)
@@ -1147,7 +1163,9 @@ enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_
                           "pb_mapper_next: the flow does not belong to this mapper's flow set");
     if (refs && !json_is_object(refs))
         return pb_err_set(err, PB_ERR_INVALID, "pb_mapper_next: refs must be an object");
-    /* what C decides alone: steps whose $refs are missing, a step without a when */
+    type = json_is_object(event) ? json_string_value(json_object_get(event, "type")) : NULL;
+    /* what C decides alone: steps whose $refs are missing, whens that test
+     * the event's type for another type, a step without a when */
     for (; first < flow->n_steps; first++) {
         const struct pb_flow_step *st = &flow->steps[first];
         int missing = 0;
@@ -1155,7 +1173,7 @@ enum pb_rc pb_mapper_next(struct pb_mapper *m, const struct pb_flow *flow, size_
             json_t *id = refs ? json_object_get(refs, st->needs[i]) : NULL;
             missing = !id || json_is_null(id);
         }
-        if (missing)
+        if (missing || (type && guard_excludes(m, flow, first, type)))
             continue;
         if (!st->has_when) {
             *next = first;
@@ -1422,6 +1440,192 @@ static int same_when(const struct pb_flow_step *ran, const struct pb_flow_step *
     a = ran->leaves[0].code;
     b = next->leaves[0].code;
     return a && b && strcmp(a, b) == 0 && !with_defs(a, next->flow->defs_code, may_vary);
+}
+
+/* ---- type guards ------------------------------------------------------------------- */
+
+/* Most whens after a flow's main path route on the event's type:
+ * `.type == "chargeback.won"`, or a def such as `def refunded: .type ==
+ * "refund.succeeded";`, or an `or` of such. For those, C knows that the when
+ * is false for any other type, and pb_mapper_next passes the step over
+ * without jq (after a payment, the whens of the refund and chargeback steps
+ * cost a jq evaluation for every payment). The grammar understood, over the
+ * when and the defs it names (each defined once, without parameters):
+ *
+ *   guard := term { "or" term }
+ *   term  := "(" guard ")" | ".type" "==" STRING | STRING "==" ".type" | DEFNAME
+ *
+ * STRING without escapes; anything else (another operator, a builtin, a def
+ * defined twice) is not a guard and goes to jq as before. The answer is
+ * exact: the canonical event is an object, so `.type == "x"` is a boolean
+ * and never an error, and `or` of booleans is their disjunction. */
+
+struct gtok {
+    const char *p, *end; /* the text being read */
+    const char *defs;    /* the flow's defs (for DEFNAME) */
+    int depth;           /* def nesting, bounded */
+};
+
+static void g_space(struct gtok *t)
+{
+    while (t->p < t->end) {
+        if (*t->p == ' ' || *t->p == '\t' || *t->p == '\n' || *t->p == '\r') {
+            t->p++;
+        } else if (*t->p == '#') {
+            while (t->p < t->end && *t->p != '\n')
+                t->p++;
+        } else {
+            break;
+        }
+    }
+}
+
+/* Accept the literal token `word` (an identifier must not continue). */
+static int g_accept(struct gtok *t, const char *word)
+{
+    size_t n = strlen(word);
+    g_space(t);
+    if ((size_t)(t->end - t->p) < n || memcmp(t->p, word, n) != 0)
+        return 0;
+    if (ident_char(word[n - 1]) && t->p + n < t->end && ident_char(t->p[n]))
+        return 0;
+    t->p += n;
+    return 1;
+}
+
+/* A string without escapes: [*s, *s + *n). */
+static int g_string(struct gtok *t, const char **s, size_t *n)
+{
+    const char *q;
+    g_space(t);
+    if (t->p >= t->end || *t->p != '"')
+        return 0;
+    for (q = t->p + 1; q < t->end && *q != '"'; q++)
+        if (*q == '\\' || (unsigned char)*q < 0x20)
+            return 0;
+    if (q >= t->end)
+        return 0;
+    *s = t->p + 1;
+    *n = (size_t)(q - t->p - 1);
+    t->p = q + 1;
+    return 1;
+}
+
+static int g_add(struct type_guard *g, const char *s, size_t n)
+{
+    if (g->n == GUARD_TYPES_MAX || !(g->types[g->n] = strndup(s, n)))
+        return 0;
+    g->n++;
+    return 1;
+}
+
+static int g_guard(struct gtok *t, struct type_guard *g);
+
+static int g_def(struct gtok *t, struct type_guard *g, const char *name, size_t len)
+{
+    size_t start[DEFS_MAX], end[DEFS_MAX], name_len[DEFS_MAX], n, found = SIZE_MAX;
+    const char *dname[DEFS_MAX];
+    struct gtok body;
+    if (!t->defs || t->depth >= 8 || !(n = split_defs(t->defs, start, end, dname, name_len)))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (name_len[i] == len && memcmp(dname[i], name, len) == 0) {
+            if (found != SIZE_MAX)
+                return 0; /* defined twice: which one applies depends on position */
+            found = i;
+        }
+    if (found == SIZE_MAX)
+        return 0; /* a builtin, or not a def of this flow */
+    body = (struct gtok){t->defs + start[found], t->defs + end[found], t->defs, t->depth + 1};
+    if (!g_accept(&body, "def"))
+        return 0;
+    g_space(&body);
+    if ((size_t)(body.end - body.p) < len || memcmp(body.p, name, len) != 0)
+        return 0;
+    body.p += len;
+    if (!g_accept(&body, ":"))
+        return 0;
+    if (!g_guard(&body, g) || !g_accept(&body, ";"))
+        return 0;
+    g_space(&body);
+    return body.p == body.end;
+}
+
+static int g_term(struct gtok *t, struct type_guard *g)
+{
+    const char *s, *id;
+    size_t n;
+    if (g_accept(t, "("))
+        return g_guard(t, g) && g_accept(t, ")");
+    if (g_accept(t, ".type"))
+        return g_accept(t, "==") && g_string(t, &s, &n) && g_add(g, s, n);
+    if (g_string(t, &s, &n))
+        return g_accept(t, "==") && g_accept(t, ".type") && g_add(g, s, n);
+    g_space(t);
+    id = t->p;
+    while (t->p < t->end && ident_char(*t->p))
+        t->p++;
+    if (t->p == id || (*id >= '0' && *id <= '9'))
+        return 0;
+    n = (size_t)(t->p - id);
+    if ((n == 2 && memcmp(id, "or", 2) == 0) || (n == 3 && memcmp(id, "and", 3) == 0))
+        return 0;
+    return g_def(t, g, id, n);
+}
+
+static int g_guard(struct gtok *t, struct type_guard *g)
+{
+    if (!g_term(t, g))
+        return 0;
+    while (g_accept(t, "or"))
+        if (!g_term(t, g))
+            return 0;
+    return 1;
+}
+
+/* Analyse step k's when into *g (state 1 or 2). */
+static void type_guard(const struct pb_flow_step *st, struct type_guard *g)
+{
+    struct gtok t;
+    const char *w = st->has_when ? st->leaves[0].code : NULL;
+    g->state = 2;
+    if (!w)
+        return;
+    t = (struct gtok){w, w + strlen(w), st->flow->defs_code, 0};
+    if (g_guard(&t, g) && (g_space(&t), t.p == t.end)) {
+        g->state = 1;
+        return;
+    }
+    for (size_t i = 0; i < g->n; i++)
+        free(g->types[i]);
+    g->n = 0;
+}
+
+static void guards_free(struct type_guard *g, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < g[k].n; i++)
+            free(g[k].types[i]);
+    free(g);
+}
+
+/* 1 when step k's when is a type guard that is false for `type`. */
+static int guard_excludes(struct pb_mapper *m, const struct pb_flow *flow, size_t k,
+                          const char *type)
+{
+    struct mapper_flow *mf = &m->flows[flow->set_index];
+    struct type_guard *g;
+    if (!mf->guards && !(mf->guards = calloc(flow->n_steps, sizeof(*mf->guards))))
+        return 0;
+    g = &mf->guards[k];
+    if (!g->state)
+        type_guard(&flow->steps[k], g);
+    if (g->state != 1)
+        return 0;
+    for (size_t i = 0; i < g->n; i++)
+        if (strcmp(g->types[i], type) == 0)
+            return 0;
+    return 1;
 }
 
 int pb_mapper_same_when(struct pb_mapper *m, const struct pb_flow_step *ran,

@@ -524,6 +524,57 @@ static void test_common_leaves(void **state)
     pb_flowset_free(set);
 }
 
+/* Whens that test the event's type are decided in C by pb_mapper_next
+ * (mapping.c "type guards"); what is not exactly such a test goes to jq. For
+ * every step of a probe flow and two events, pb_mapper_next from that step
+ * must agree with the step's own when. Each when below is true or false for
+ * a payment in a way a careless reading of it would get wrong. */
+static void test_type_guards(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "flow: probe\nsource: s\ntarget: t\nevents: [payment.succeeded, refund.succeeded]\n"
+        "defs: |\n"
+        "  def refunded: .type == \"refund.succeeded\";\n"
+        "  def twice: .type == \"refund.succeeded\";\n"
+        "  # the later definition is the one jq uses\n"
+        "  def twice: .type == \"payment.succeeded\";\n"
+        "  def either: (refunded) or \"payment.succeeded\" == .type; # a comment\n"
+        "  def takes($t): .type == $t;\n"
+        "steps:\n"
+        "  - {name: a, command: x.create, when: 'refunded', reference: '\"a\"', document: {A: '1'}}\n"
+        "  - {name: b, command: x.create, when: 'twice', reference: '\"b\"', document: {A: '1'}}\n"
+        "  - {name: c, command: x.create, when: '.type == \"refund.succeeded\" | not', reference: '\"c\"', document: {A: '1'}}\n"
+        "  - {name: d, command: x.create, when: '.type == \"refund.succeeded\" or true', reference: '\"d\"', document: {A: '1'}}\n"
+        "  - {name: e, command: x.create, when: 'either', reference: '\"e\"', document: {A: '1'}}\n"
+        "  - {name: f, command: x.create, when: 'takes(\"payment.succeeded\")', reference: '\"f\"', document: {A: '1'}}\n"
+        "  - {name: g, command: x.create, when: '.type == \"refund\\u002esucceeded\"', reference: '\"g\"', document: {A: '1'}}\n"
+        "  - {name: h, command: x.create, when: '(.type == \"chargeback.won\") # only chargebacks', reference: '\"h\"', document: {A: '1'}}\n";
+    static const int payment_runs[] = {0, 1, 1, 1, 1, 1, 0, 0};
+    struct pb_flowset *set = set_from_yaml(yaml);
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    static const char *const evs[] = {"opayo-payment-ok-gbp.json", "opayo-refund-enriched.json"};
+    assert_int_equal(f->n_steps, sizeof(payment_runs) / sizeof(payment_runs[0]));
+    for (size_t ei = 0; ei < 2; ei++) {
+        json_t *ev = event(evs[ei]), *refs = json_object();
+        for (size_t k = 0; k < f->n_steps; k++) {
+            size_t next = 99;
+            int run = -1;
+            assert_int_equal(pb_mapper_when(m, &f->steps[k], ev, refs, "7", TODAY, &run, &err), PB_OK);
+            if (ei == 0 && run != payment_runs[k])
+                fail_msg("step %s: the when is %d for a payment", f->steps[k].name, run);
+            assert_int_equal(pb_mapper_next(m, f, k, ev, refs, "7", TODAY, &next, &err), PB_OK);
+            assert_int_equal(next, next_by_when(m, f, k, ev, refs));
+        }
+        json_decref(refs);
+        json_decref(ev);
+    }
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_step_unless_adapts),
         cmocka_unit_test(test_same_when),
         cmocka_unit_test(test_common_leaves),
+        cmocka_unit_test(test_type_guards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
