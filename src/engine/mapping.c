@@ -182,6 +182,15 @@ static const char prologue[] =
     "def halt_error: error(\"halt_error is not available in flow expressions; use error(...)\");\n"
     "def halt_error($code): halt_error;\n"
     "def stderr: .;\n"
+    /* C builtins through debug and input (see "Native builtins"), then debug
+     * shadowed for the flows' own code */
+    "def __pb_native($f): [\"__pb_native\", $f, .] | debug | input;\n"
+    "def ascii_downcase: __pb_native(\"ascii_downcase\");\n"
+    "def ascii_upcase: __pb_native(\"ascii_upcase\");\n"
+    "def trim: __pb_native(\"trim\");\n"
+    "def ltrim: __pb_native(\"ltrim\");\n"
+    "def rtrim: __pb_native(\"rtrim\");\n"
+    "def debug: .;\n"
     "{} as $ENV\n"
     "| . as [$__pb_step, $__pb_sel, $__pb_mode, $__pb_event, $vars, $refs, $__pb_fxval,\n"
     "        $__pb_fxerr, $event_id, $now]\n"
@@ -458,10 +467,150 @@ static void on_jq_error(void *data, jv msg)
     jv_free(msg);
 }
 
+/* ---- native builtins ----------------------------------------------------------------
+ *
+ * libjq 1.6 defines ascii_downcase and ascii_upcase in jq, one character at a
+ * time: ~100,000 instructions for an e-mail address, more than everything
+ * else in a contact's reference. It has no trim (jq 1.7.1 has). libjq has no
+ * API to add a C function, but a program reaches two callbacks: `debug`
+ * hands its input to the debug callback and `input` returns what the input
+ * callback returns. So the prologue defines
+ *
+ *   def __pb_native($f): ["__pb_native", $f, .] | debug | input;
+ *   def ascii_downcase: __pb_native("ascii_downcase");   (and the others)
+ *
+ * and then shadows debug (a no-op, as it was) for the flows' own code, so
+ * that only __pb_native fills the slot of the thread that on_jq_debug
+ * computes the result into; on_jq_input hands it back (between the two calls
+ * nothing else runs on the thread). An `input` of a flow finds the slot empty
+ * and gets what it got before there was an input callback: the error
+ * "break", which `inputs` turns into no values. Results and errors are jq 1.6's own
+ * (ascii_*: "explode input must be a string") and jq 1.7.1's (trim, ltrim,
+ * rtrim: Unicode White_Space at either end). */
+
+static _Thread_local struct {
+    int armed;
+    jv result; /* owned while armed */
+} native_slot;
+
+static int white_space(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+           c == 0x205f || c == 0x3000;
+}
+
+/* The code point starting at s[i] (jq strings are valid UTF-8) and its length. */
+static uint32_t utf8_at(const unsigned char *s, size_t n, size_t i, size_t *len)
+{
+    unsigned char c = s[i];
+    size_t k = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    uint32_t cp = k == 1 ? c : k == 2 ? (c & 0x1fu) : k == 3 ? (c & 0x0fu) : (c & 0x07u);
+    if (i + k > n)
+        k = 1;
+    for (size_t j = 1; j < k; j++)
+        cp = (cp << 6) | (s[i + j] & 0x3fu);
+    *len = k;
+    return cp;
+}
+
+static jv native_trim(jv in, int left, int right)
+{
+    const unsigned char *s = (const unsigned char *)jv_string_value(in);
+    size_t n = (size_t)jv_string_length_bytes(jv_copy(in)), a = 0, b = n, len;
+    while (left && a < b && white_space(utf8_at(s, n, a, &len)))
+        a += len;
+    while (right && b > a) {
+        size_t p = b - 1;
+        while (p > a && (s[p] & 0xc0) == 0x80)
+            p--;
+        if (!white_space(utf8_at(s, n, p, &len)))
+            break;
+        b = p;
+    }
+    if (a == 0 && b == n)
+        return in;
+    jv out = jv_string_sized((const char *)s + a, (int)(b - a));
+    jv_free(in);
+    return out;
+}
+
+static jv native_case(jv in, int upper)
+{
+    int n = jv_string_length_bytes(jv_copy(in));
+    const char *s = jv_string_value(in);
+    char *buf = malloc((size_t)n + 1);
+    jv out;
+    if (!buf) {
+        jv_free(in);
+        return jv_invalid_with_msg(jv_string("out of memory"));
+    }
+    for (int i = 0; i < n; i++) {
+        char c = s[i];
+        if (upper && c >= 'a' && c <= 'z')
+            c = (char)(c - 32);
+        else if (!upper && c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        buf[i] = c;
+    }
+    out = jv_string_sized(buf, n);
+    free(buf);
+    jv_free(in);
+    return out;
+}
+
+static jv native_call(const char *f, jv in)
+{
+    int is_string = jv_get_kind(in) == JV_KIND_STRING;
+    if (strcmp(f, "ascii_downcase") == 0 || strcmp(f, "ascii_upcase") == 0) {
+        if (!is_string) {
+            jv_free(in);
+            return jv_invalid_with_msg(jv_string("explode input must be a string"));
+        }
+        return native_case(in, f[6] == 'u');
+    }
+    if (strcmp(f, "trim") == 0 || strcmp(f, "ltrim") == 0 || strcmp(f, "rtrim") == 0) {
+        if (!is_string) {
+            jv msg = jv_string_fmt("%s input must be a string", f);
+            jv_free(in);
+            return jv_invalid_with_msg(msg);
+        }
+        return native_trim(in, f[0] != 'r', f[0] != 'l');
+    }
+    jv_free(in);
+    return jv_invalid_with_msg(jv_string_fmt("no native builtin %s", f));
+}
+
 static void on_jq_debug(void *data, jv msg)
 {
+    jv tag, name;
     (void)data;
-    jv_free(msg); /* `debug` in a flow expression prints nothing */
+    if (jv_get_kind(msg) != JV_KIND_ARRAY || jv_array_length(jv_copy(msg)) != 3) {
+        jv_free(msg);
+        return;
+    }
+    tag = jv_array_get(jv_copy(msg), 0);
+    name = jv_array_get(jv_copy(msg), 1);
+    if (jv_get_kind(tag) == JV_KIND_STRING && strcmp(jv_string_value(tag), "__pb_native") == 0 &&
+        jv_get_kind(name) == JV_KIND_STRING) {
+        if (native_slot.armed)
+            jv_free(native_slot.result);
+        native_slot.result = native_call(jv_string_value(name), jv_array_get(jv_copy(msg), 2));
+        native_slot.armed = 1;
+    }
+    jv_free(tag);
+    jv_free(name);
+    jv_free(msg);
+}
+
+static jv on_jq_input(jq_state *jq, void *data)
+{
+    (void)jq;
+    (void)data;
+    if (!native_slot.armed)
+        return jv_invalid(); /* libjq: the error "break" */
+    native_slot.armed = 0;
+    return native_slot.result;
 }
 
 /* Compile `program` into a new jq_state; NULL with m->text set on failure. */
@@ -475,6 +624,7 @@ static jq_state *compile(const char *program, struct jqmsg *m)
     }
     jq_set_error_cb(jq, on_jq_error, m);
     jq_set_debug_cb(jq, on_jq_debug, NULL);
+    jq_set_input_cb(jq, on_jq_input, NULL);
     if (!jq_compile(jq, program)) {
         if (!m->text[0])
             snprintf(m->text, sizeof(m->text), "the expression does not compile");

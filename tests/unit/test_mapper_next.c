@@ -575,6 +575,83 @@ static void test_type_guards(void **state)
     pb_flowset_free(set);
 }
 
+/* ascii_downcase, ascii_upcase, trim, ltrim and rtrim run in C (mapping.c
+ * "Native builtins"): the same results as jq 1.6's own definitions (kept
+ * here as the reference) and jq 1.7.1's trim, the same errors, and debug and
+ * input behave for flows as they did before. */
+static void test_native_builtins(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "flow: probe\nsource: s\ntarget: t\nevents: [payment.succeeded]\n"
+        "defs: |\n"
+        "  def words: [\"Ann@Example.COM\", \"\", \"\\u00c0B\\u00c7 xY [Z]@`{\", \"abc\", \"\\u0000Z\\u00e9\"];\n"
+        "  def down16: explode | map(if 65 <= . and . <= 90 then . + 32 else . end) | implode;\n"
+        "  def up16: explode | map(if 97 <= . and . <= 122 then . - 32 else . end) | implode;\n"
+        "  def spaced: [\"  a b \\t\", \"\\u00a0x\\u3000\", \"\\u2028\\r\\n\", \"x\", \"\", \"\\u00e9 \\u00e9\", \"\\u200b\"];\n"
+        "steps:\n"
+        "  - name: a\n"
+        "    command: x.create\n"
+        "    reference: '.customer.email | ascii_downcase'\n"
+        "    document:\n"
+        "      D: 'words | map(ascii_downcase)'\n"
+        "      DR: 'words | map(down16)'\n"
+        "      U: 'words | map(ascii_upcase)'\n"
+        "      UR: 'words | map(up16)'\n"
+        "      T: 'spaced | map(trim)'\n"
+        "      L: 'spaced | map(ltrim)'\n"
+        "      R: 'spaced | map(rtrim)'\n"
+        "      G: '[\"x\" | debug, ([inputs] | length), (try input catch .)]'\n"
+        "  - {name: b, command: x.create, reference: '\"b\"', document: {A: '5 | ascii_downcase'}}\n"
+        "  - {name: c, command: x.create, reference: '\"c\"', document: {A: '{} | trim'}}\n";
+    struct pb_flowset *set = set_from_yaml(yaml);
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL;
+    char *ref = NULL, *text;
+    int run = 0;
+    assert_non_null(m);
+    if (pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err) != PB_OK)
+        fail_msg("%s", err.msg);
+    assert_string_equal(ref, "ann@example.com");
+    assert_true(json_equal(json_object_get(doc, "D"), json_object_get(doc, "DR")));
+    assert_true(json_equal(json_object_get(doc, "U"), json_object_get(doc, "UR")));
+    assert_string_equal(json_string_value(json_array_get(json_object_get(doc, "D"), 2)),
+                        "\xc3\x80" "b\xc3\x87 xy [z]@`{");
+    text = json_dumps(json_object_get(doc, "T"), JSON_COMPACT);
+    assert_string_equal(text, "[\"a b\",\"x\",\"\",\"x\",\"\",\"\xc3\xa9 \xc3\xa9\",\"\xe2\x80\x8b\"]");
+    free(text);
+    text = json_dumps(json_object_get(doc, "L"), JSON_COMPACT);
+    assert_string_equal(text, "[\"a b \\t\",\"x\xe3\x80\x80\",\"\",\"x\",\"\",\"\xc3\xa9 \xc3\xa9\",\"\xe2\x80\x8b\"]");
+    free(text);
+    text = json_dumps(json_object_get(doc, "R"), JSON_COMPACT);
+    assert_string_equal(text, "[\"  a b\",\"\xc2\xa0x\",\"\",\"x\",\"\",\"\xc3\xa9 \xc3\xa9\",\"\xe2\x80\x8b\"]");
+    free(text);
+    text = json_dumps(json_object_get(doc, "G"), JSON_COMPACT);
+    assert_string_equal(text, "[\"x\",0,\"break\"]");
+    free(text);
+    free(ref);
+    json_decref(doc);
+    static const char *const want[] = {"explode input must be a string",
+                                       "trim input must be a string"};
+    for (size_t k = 1; k <= 2; k++) {
+        ref = NULL;
+        doc = NULL;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(
+            pb_mapper_step(m, &f->steps[k], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
+            PB_ERR_MAPPING);
+        if (!strstr(err.msg, want[k - 1]))
+            fail_msg("step %zu: %s (want \"%s\")", k, err.msg, want[k - 1]);
+        free(ref);
+    }
+    json_decref(refs);
+    json_decref(ev);
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,6 +664,7 @@ int main(void)
         cmocka_unit_test(test_same_when),
         cmocka_unit_test(test_common_leaves),
         cmocka_unit_test(test_type_guards),
+        cmocka_unit_test(test_native_builtins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
