@@ -500,6 +500,8 @@ elif fresh e2e && start_engine "$DIR"; then
     COMMITS=$(metric paybridge_store_commits_total "$METRICS")
     OPS=$(metric paybridge_store_ops_total "$METRICS")
     PAGES=$(metric paybridge_store_pages_written_total "$METRICS")
+    WBUSY=$(metric paybridge_store_writer_busy_seconds_total "$METRICS")
+    WCOMMIT=$(metric paybridge_store_commit_seconds_total "$METRICS")
     INVOICES=$(jnum invoices "$STATS")
     CONTACTS=$(jnum contacts "$STATS")
     DUP_INV=$(jnum duplicate_invoice_references "$STATS")
@@ -528,7 +530,7 @@ elif fresh e2e && start_engine "$DIR"; then
     BUSY=$(machine_busy "$M_BEFORE" "$M_AFTER")
     US_PER_EVENT=$(awk -v a="$P_BEFORE" -v b="$P_AFTER" -v t="$TICK" -v n="$E2E_EVENTS" 'BEGIN { if (b != "") printf "%.0f", 1e6 * (b - a) / t / n; else print "null" }')
     echo "   $EPS events/s: $E2E_EVENTS events, first send -> last payment posted ${SPAN} s (all acknowledged after $(awk -v a="${T_FIRST:-0}" -v b="${T_ACKED:-0}" 'BEGIN { printf "%.2f", (b - a) / 1000 }') s = $INGEST_EPS acks/s)  target >= 5000/s  $V"
-    echo "   store: ${COMMITS:-?} commits, ${OPS:-?} ops ($(awk -v o="${OPS:-0}" -v c="${COMMITS:-0}" 'BEGIN { if (c > 0) printf "%.1f", o / c; else print "?" }') ops per commit, $(awk -v c="${COMMITS:-0}" -v n="$E2E_EVENTS" 'BEGIN { printf "%.2f", c / n }') commits per event, ${PAGES:-?} pages written = $(awk -v p="${PAGES:-0}" -v n="$E2E_EVENTS" 'BEGIN { printf "%.1f", p / n }') per event)"
+    echo "   store: ${COMMITS:-?} commits, ${OPS:-?} ops ($(awk -v o="${OPS:-0}" -v c="${COMMITS:-0}" 'BEGIN { if (c > 0) printf "%.1f", o / c; else print "?" }') ops per commit, $(awk -v c="${COMMITS:-0}" -v n="$E2E_EVENTS" 'BEGIN { printf "%.2f", c / n }') commits per event, ${PAGES:-?} pages written = $(awk -v p="${PAGES:-0}" -v n="$E2E_EVENTS" 'BEGIN { printf "%.1f", p / n }') per event); writer busy ${WBUSY:-?} s (in COMMIT ${WCOMMIT:-?} s) of ${ELAPSED_S} s"
     echo "   exactly-once $EXACT: invoices ${INVOICES:-?} payments ${PAYMENTS:-?} contacts ${CONTACTS:-?} duplicate_invoice_references ${DUP_INV:-?} duplicate_payment_references ${DUP_PAY:-?} dead letters ${DEAD:-?}; Xero API requests ${XREQ:-?}"
     echo "   CPU over the run (% of one core, of $((NPROC * 100))%): server ${SERVER_CPU}% = ${US_PER_EVENT} us per event, sandbox ${SBX_CPU}%, whole machine ${BUSY}% (includes pb_loadgen while pushing)"
     echo "   busiest server threads: $THREADS_TOP"

@@ -449,6 +449,16 @@ static enum pb_http_action h_metrics(struct pb_http_request *req, struct pb_http
     bprintf(&b, "paybridge_store_wal_restart_pause_seconds_total %llu.%09llu\n",
             (unsigned long long)(ss.wal_pause_ns / 1000000000ull),
             (unsigned long long)(ss.wal_pause_ns % 1000000000ull));
+    bprintf(&b, "# HELP paybridge_store_writer_busy_seconds_total Time the store writer spent on "
+                "batches; its rate near 1 means the writer is the bottleneck\n"
+                "# TYPE paybridge_store_writer_busy_seconds_total counter\n");
+    bprintf(&b, "paybridge_store_writer_busy_seconds_total %llu.%09llu\n",
+            (unsigned long long)(ss.busy_ns / 1000000000ull),
+            (unsigned long long)(ss.busy_ns % 1000000000ull));
+    bprintf(&b, "paybridge_store_commit_seconds_total %llu.%09llu\n",
+            (unsigned long long)(ss.commit_ns / 1000000000ull),
+            (unsigned long long)(ss.commit_ns % 1000000000ull));
+
     pb_http_response_body_take(resp, 200, b.p, b.n);
     snprintf(resp->content_type, sizeof(resp->content_type), "text/plain; version=0.0.4");
     return PB_HTTP_DONE;

@@ -220,6 +220,8 @@ struct pb_store_stats {
     uint64_t pages_written;     /* database pages the commits wrote to the WAL (SQLITE_DBSTATUS_CACHE_WRITE) */
     uint64_t wal_restarts;      /* tail checkpoints after which the WAL was written from its start again */
     uint64_t wal_pause_ns;      /* time the writer spent in those tail checkpoints */
+    uint64_t busy_ns;           /* time the writer spent on batches (apply + commit), wall clock */
+    uint64_t commit_ns;         /* of which in COMMIT: writing the WAL and its fsync */
 };
 
 struct pb_store_ops {

@@ -933,6 +933,23 @@ static void wal_tail_checkpoint(struct sqlite_store *s)
     pthread_mutex_unlock(&s->stats_lock);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The writer's fsync is also its batching: while COMMIT waits for the disk,
+ * the next ops queue up and share the next commit. Rejected: pipelining the
+ * fsync (synchronous=NORMAL on this connection, and a thread that
+ * fdatasyncs the WAL and only then finishes the committed batches, while the
+ * writer goes on). Measured on the 2-core bench machine, back to back with
+ * this design: ingest fell from 22,900 to 17,100 acks/s (7.6 instead of 16.1
+ * acks per commit: each commit costs CPU, and the CPU is what runs out), p50
+ * at 5,000/s rose from 0.44 to 0.69 ms, and end to end did not change
+ * (4,400 events/s; the writer's time in COMMIT fell from 5.3 to 1.7 s of
+ * 11.3, but the machine was as busy as before). */
 static void *writer_main(void *arg)
 {
     struct sqlite_store *s = arg;
@@ -956,6 +973,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         struct pb_err err = {0};
+        uint64_t t_begin = now_ns(), t_commit;
         if (atomic_exchange(&s->restart_wanted, 0))
             wal_tail_checkpoint(s);
         int ok = exec_retry(s->db, "BEGIN IMMEDIATE", &err) == 0;
@@ -975,6 +993,7 @@ static void *writer_main(void *arg)
          * (BUSY_SNAPSHOT), for good. Reset them all before committing. */
         for (int i = 0; i < ST_COUNT; i++)
             sqlite3_reset(s->st[i]);
+        t_commit = now_ns();
         if (ok && exec_retry(s->db, "COMMIT", &err) != 0) {
             exec(s->db, "ROLLBACK", NULL);
             ok = 0;
@@ -993,7 +1012,10 @@ static void *writer_main(void *arg)
         }
         int pages = 0, hi = 0;
         sqlite3_db_status(s->db, SQLITE_DBSTATUS_CACHE_WRITE, &pages, &hi, 1);
+        uint64_t t_end = now_ns();
         pthread_mutex_lock(&s->stats_lock);
+        s->stats.busy_ns += t_end - t_begin;
+        s->stats.commit_ns += t_end - t_commit;
         s->stats.pages_written += (uint64_t)pages;
         s->stats.commits++;
         s->stats.ops += n;
