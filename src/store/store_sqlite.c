@@ -127,7 +127,6 @@ enum stmt_id {
     ST_JOB_FINISH,
     ST_ATTEMPT_INSERT,
     ST_XREF_INSERT,
-    ST_JOB_META,
     ST_SAVEPOINT,
     ST_RELEASE,
     ST_ROLLBACK_TO,
@@ -162,19 +161,17 @@ static const char *STMT_SQL[ST_COUNT] = {
     [ST_NEXT_DUE] = "SELECT MIN(next_run_at) FROM jobs WHERE state=0",
     [ST_JOB_FINISH] = "UPDATE jobs SET state=?, erp_id=COALESCE(?, erp_id), reference=COALESCE(?, reference),"
                       " last_error=?, error_class=?, next_run_at=?, lease_until=NULL, updated_at=?"
-                      " WHERE id=? AND state=1",
+                      " WHERE id=? AND state=1 RETURNING event_id, target, command, flow",
     [ST_ATTEMPT_INSERT] = "INSERT INTO attempts(job_id, attempt, started_at, duration_ms, outcome,"
                           " message, error_class, trace, document, result, mapping_version)"
                           " VALUES(?,?,?,?,?,?,?,?,?,?,?)",
     [ST_XREF_INSERT] = "INSERT INTO xref(target, kind, reference, erp_id, event_id, created_at)"
                        " VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-    [ST_JOB_META] = "SELECT event_id, target, command FROM jobs WHERE id=?",
     [ST_SAVEPOINT] = "SAVEPOINT op",
     [ST_RELEASE] = "RELEASE op",
     [ST_ROLLBACK_TO] = "ROLLBACK TO op",
     [ST_REFUND_DONE] = "UPDATE refund_requests SET state=?, gateway_refund_id=?, message=?,"
-                       " updated_at=? WHERE event_id=(SELECT event_id FROM jobs WHERE id=?"
-                       " AND flow='paybridge.refund')",
+                       " updated_at=? WHERE event_id=?",
 };
 
 struct reader {
@@ -438,6 +435,8 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
     int state;
     sqlite3_stmt *st;
     int64_t event_id = 0;
+    char target[256], command[256];
+    int is_refund_job;
 
     op->u.complete.next_job_id = 0;
     switch (op->u.complete.outcome) {
@@ -456,11 +455,19 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
     sqlite3_bind_int64(st, 6, op->u.complete.outcome == PB_OUTCOME_RETRY ? op->u.complete.next_run_ms : now);
     sqlite3_bind_int64(st, 7, now);
     sqlite3_bind_int64(st, 8, op->u.complete.job_id);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        return db_err(s->db, &op->err, "finish job");
-    if (sqlite3_changes(s->db) == 0)
+    /* RETURNING: what the rest needs of the job, without a second look-up */
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE)
         return pb_err_set(&op->err, PB_ERR_EXISTS, "job %lld is no longer leased by this worker",
                           (long long)op->u.complete.job_id);
+    if (step != SQLITE_ROW)
+        return db_err(s->db, &op->err, "finish job");
+    event_id = sqlite3_column_int64(st, 0);
+    snprintf(target, sizeof(target), "%s", (const char *)sqlite3_column_text(st, 1));
+    snprintf(command, sizeof(command), "%s", (const char *)sqlite3_column_text(st, 2));
+    is_refund_job = strcmp((const char *)sqlite3_column_text(st, 3), "paybridge.refund") == 0;
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_err(s->db, &op->err, "finish job");
 
     st = s->st[ST_ATTEMPT_INSERT];
     sqlite3_reset(st);
@@ -479,29 +486,19 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
         return db_err(s->db, &op->err, "insert attempt");
 
     if (op->u.complete.outcome == PB_OUTCOME_DONE || op->u.complete.next.flow) {
-        /* event id of the job, for xref and the next step */
-        sqlite3_stmt *q = s->st[ST_JOB_META];
-        sqlite3_reset(q);
-        sqlite3_bind_int64(q, 1, op->u.complete.job_id);
-        if (sqlite3_step(q) == SQLITE_ROW) {
-            event_id = sqlite3_column_int64(q, 0);
-            if (op->u.complete.outcome == PB_OUTCOME_DONE && op->u.complete.reference &&
-                op->u.complete.erp_id && op->u.complete.erp_id[0]) {
-                sqlite3_stmt *x = s->st[ST_XREF_INSERT];
-                sqlite3_reset(x);
-                bind_text(x, 1, (const char *)sqlite3_column_text(q, 1));
-                bind_text(x, 2, (const char *)sqlite3_column_text(q, 2));
-                bind_text(x, 3, op->u.complete.reference);
-                bind_text(x, 4, op->u.complete.erp_id);
-                sqlite3_bind_int64(x, 5, event_id);
-                sqlite3_bind_int64(x, 6, now);
-                if (sqlite3_step(x) != SQLITE_DONE) {
-                    sqlite3_reset(q);
-                    return db_err(s->db, &op->err, "insert xref");
-                }
-            }
+        if (op->u.complete.outcome == PB_OUTCOME_DONE && op->u.complete.reference &&
+            op->u.complete.erp_id && op->u.complete.erp_id[0]) {
+            sqlite3_stmt *x = s->st[ST_XREF_INSERT];
+            sqlite3_reset(x);
+            bind_text(x, 1, target);
+            bind_text(x, 2, command);
+            bind_text(x, 3, op->u.complete.reference);
+            bind_text(x, 4, op->u.complete.erp_id);
+            sqlite3_bind_int64(x, 5, event_id);
+            sqlite3_bind_int64(x, 6, now);
+            if (sqlite3_step(x) != SQLITE_DONE)
+                return db_err(s->db, &op->err, "insert xref");
         }
-        sqlite3_reset(q);
         if (op->u.complete.next.flow && event_id && op->u.complete.next_lease_until > 0) {
             /* the next step, claimed by this worker in this commit */
             const struct pb_job_new *j = &op->u.complete.next;
@@ -527,7 +524,8 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
                 return rc;
         }
     }
-    if (op->u.complete.outcome == PB_OUTCOME_DONE || op->u.complete.outcome == PB_OUTCOME_DEAD) {
+    if (is_refund_job &&
+        (op->u.complete.outcome == PB_OUTCOME_DONE || op->u.complete.outcome == PB_OUTCOME_DEAD)) {
         /* a gateway refund paybridge asked for: the request leaves the ceiling's
          * "in flight" sum (succeeded: its refund.succeeded event counts now) */
         sqlite3_stmt *u = s->st[ST_REFUND_DONE];
@@ -536,7 +534,7 @@ static enum pb_rc op_complete(struct sqlite_store *s, struct pb_store_op *op)
         bind_text(u, 2, op->u.complete.outcome == PB_OUTCOME_DONE ? op->u.complete.erp_id : NULL);
         bind_text(u, 3, op->u.complete.message);
         sqlite3_bind_int64(u, 4, now);
-        sqlite3_bind_int64(u, 5, op->u.complete.job_id);
+        sqlite3_bind_int64(u, 5, event_id);
         int ok = sqlite3_step(u) == SQLITE_DONE;
         sqlite3_reset(u);
         if (!ok)
