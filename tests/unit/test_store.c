@@ -527,6 +527,70 @@ static void test_failed_webhook_in_batch(void **st)
     close_and_remove(s);
 }
 
+/* Completions skip their savepoint too (apply_batch's fast mode): one that
+ * fails after its first statements (here: its next job cannot be inserted)
+ * must leave nothing behind, and the completions batched with it commit. */
+static void test_failed_completion_in_batch(void **st)
+{
+    struct pb_store *s = open_fresh();
+    struct pb_store_op hold, ops[3], a;
+    struct pb_store_stats after;
+    struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    struct pb_job *jobs;
+    char erp[64], ref[3][32];
+    struct pb_err err = {0};
+    (void)st;
+
+    inbox(s, "TX-C1", 1, &a);
+    inbox(s, "TX-C2", 1, &a);
+    inbox(s, "TX-C3", 1, &a);
+    assert_int_equal(claim(s, &jobs, pb_now_ms()), 3);
+    inbox_async(&hold, "TX-HOLD", &g, gate_done);
+    pb_store_submit(s, &hold);
+    for (int i = 0; i < 3; i++) {
+        memset(&ops[i], 0, sizeof(ops[i]));
+        snprintf(ref[i], sizeof(ref[i]), "email:c%d@example.com", i);
+        ops[i].kind = PB_OP_COMPLETE;
+        ops[i].u.complete.job_id = jobs[i].id;
+        ops[i].u.complete.attempt = 1;
+        ops[i].u.complete.outcome = PB_OUTCOME_DONE;
+        ops[i].u.complete.erp_id = "C-X";
+        ops[i].u.complete.reference = ref[i];
+        ops[i].u.complete.next.flow = "f1";
+        ops[i].u.complete.next.step = 2;
+        ops[i].u.complete.next.step_name = "invoice";
+        ops[i].u.complete.next.target = i == 1 ? NULL : "xero"; /* NOT NULL: the insert fails */
+        ops[i].u.complete.next.command = "invoice.create";
+        ops[i].done = count_done;
+        ops[i].ctx = &g;
+    }
+    for (int i = 0; i < 3; i++)
+        pb_store_submit(s, &ops[i]);
+    pthread_mutex_lock(&g.lock);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cond);
+    while (g.finished < 3)
+        pthread_cond_wait(&g.cond, &g.lock);
+    pthread_mutex_unlock(&g.lock);
+    s->ops->stats(s, &after);
+
+    assert_true(after.max_batch >= 3);
+    assert_int_equal(ops[0].rc, PB_OK);
+    assert_int_equal(ops[1].rc, PB_ERR_STORE);
+    assert_non_null(strstr(ops[1].err.msg, "job"));
+    assert_int_equal(ops[2].rc, PB_OK);
+    /* the failed one: still leased, no xref; the others done, each with its next step */
+    assert_int_equal(state_count(s, "done"), 2);
+    assert_int_equal(state_count(s, "leased"), 1);
+    assert_int_equal(state_count(s, "ready"), 3); /* two invoice steps and TX-HOLD's job */
+    assert_int_equal(s->ops->xref_get(s, "xero", "contact.upsert", ref[1], erp, sizeof(erp), &err),
+                     PB_ERR_NOTFOUND);
+    assert_int_equal(s->ops->xref_get(s, "xero", "contact.upsert", ref[2], erp, sizeof(erp), &err),
+                     PB_OK);
+    pb_store_jobs_free(jobs, 3);
+    close_and_remove(s);
+}
+
 static void test_bad_dsn(void **st)
 {
     struct pb_store *s = NULL;
@@ -554,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_reopen_is_durable),
         cmocka_unit_test(test_second_process_commits),
         cmocka_unit_test(test_failed_webhook_in_batch),
+        cmocka_unit_test(test_failed_completion_in_batch),
         cmocka_unit_test(test_bad_dsn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
