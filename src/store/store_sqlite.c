@@ -4,8 +4,8 @@
  * One writer connection, owned by one writer thread. Submitters append ops to
  * a queue (mutex + condvar); the writer takes everything queued (up to
  * MAX_BATCH ops), runs it in one BEGIN IMMEDIATE ... COMMIT with a SAVEPOINT
- * per op (webhooks without one unless one of them fails: apply_batch), then
- * calls each op's `done`. With journal_mode=WAL and
+ * per op (webhooks and job completions without one unless one of them fails:
+ * apply_batch), then calls each op's `done`. With journal_mode=WAL and
  * synchronous=FULL the COMMIT is durable when it returns; a batch of 500
  * webhooks costs one fsync of the WAL.
  *
