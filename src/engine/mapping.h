@@ -99,7 +99,9 @@ enum pb_rc pb_mapper_when(struct pb_mapper *m, const struct pb_flow_step *step,
  * fails (no value, several, a jq error: that step's own job reports it).
  * *next = that index, or flow->n_steps when no step runs. Equivalent to
  * pb_mapper_when() on each step in turn, but the event is converted once and
- * all the whens are evaluated in one jq run. Errors (nothing evaluated):
+ * all the whens are evaluated in one jq run; whens that only test the event's
+ * type (mapping.c "type guards") are decided in C, without jq. Errors
+ * (nothing evaluated):
  * PB_ERR_INVALID (not this mapper's flow, refs not an object, an event nested
  * too deeply), PB_ERR_NOMEM, PB_ERR_INTERNAL. */
 /* 1 when `next`'s when is provably what `ran`'s was for the same event: both
