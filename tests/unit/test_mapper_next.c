@@ -650,6 +650,62 @@ static void test_native_builtins(void **state)
     pb_flowset_free(set);
 }
 
+/* utc_date (mapping.c "Native builtins"): the UTC date of an RFC 3339 / ISO
+ * 8601 timestamp, null for anything that is not one. The expected dates with
+ * an offset were checked with Python's datetime.fromisoformat(). */
+static void test_utc_date(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "flow: probe\nsource: s\ntarget: t\nevents: [payment.succeeded]\n"
+        "steps:\n"
+        "  - name: a\n"
+        "    command: x.create\n"
+        "    reference: '.occurred_at | utc_date'\n"
+        "    document:\n"
+        "      OK: '[\"2026-11-21\", \"2026-11-21T23:30:00-05:00\", \"2026-11-21T00:30:00+01:00\",\n"
+        "            \"2024-03-01T00:15:00+0100\", \"2023-03-01T00:15:00+01\", \"2026-12-31T20:00:00-04:00\",\n"
+        "            \"2026-12-31T23:59:60.123456Z\", \"2026-11-21 19:14:10z\", \"2026-11-21T19:14\",\n"
+        "            \"2000-02-29T12:00:00Z\", \"0000-01-01T00:00:00Z\", \"9999-12-31T23:59:59-00:00\"]\n"
+        "            | map(utc_date)'\n"
+        "      BAD: '[\"2026-02-29\", \"1900-02-29\", \"2026-13-01\", \"2026-00-10\", \"2026-11-31\",\n"
+        "             \"2026-11-21T24:00:00Z\", \"2026-11-21T19:60:00Z\", \"2026-11-21T19:14:61Z\",\n"
+        "             \"2026-11-21T19:14:10+24:00\", \"2026-11-21T19:14:10+01:60\", \"2026-11-21T19:14:10+1\",\n"
+        "             \"2026-11-21X19:14:10Z\", \"2026-11-21T19:14:10Zjunk\", \"2026-11-21T19:14:10.Z\",\n"
+        "             \"2026-11-2\", \"2026/11/21\", \"\", \"0000-01-01T00:00:00+01:00\",\n"
+        "             \"9999-12-31T23:00:00-02:00\", null, 20261121, {}]\n"
+        "            | map(utc_date)'\n"
+        "      FALLBACK: '(.nothing | utc_date) // $now'\n";
+    struct pb_flowset *set = set_from_yaml(yaml);
+    const struct pb_flow *f = pb_flowset_flow(set, 0);
+    struct pb_err err = {0};
+    struct pb_mapper *m = pb_mapper_new(set, &err);
+    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL, *v;
+    char *ref = NULL, *text;
+    size_t i;
+    int run = 0;
+    assert_non_null(m);
+    if (pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err) != PB_OK)
+        fail_msg("%s", err.msg);
+    assert_string_equal(ref, "2026-11-21");
+    text = json_dumps(json_object_get(doc, "OK"), JSON_COMPACT);
+    assert_string_equal(text, "[\"2026-11-21\",\"2026-11-22\",\"2026-11-20\",\"2024-02-29\","
+                              "\"2023-02-28\",\"2027-01-01\",\"2026-12-31\",\"2026-11-21\","
+                              "\"2026-11-21\",\"2000-02-29\",\"0000-01-01\",\"9999-12-31\"]");
+    free(text);
+    assert_int_equal(json_array_size(json_object_get(doc, "BAD")), 22);
+    json_array_foreach(json_object_get(doc, "BAD"), i, v)
+        if (!json_is_null(v))
+            fail_msg("BAD[%zu] gave %s, want null", i, json_string_value(v));
+    assert_string_equal(json_string_value(json_object_get(doc, "FALLBACK")), TODAY);
+    free(ref);
+    json_decref(doc);
+    json_decref(refs);
+    json_decref(ev);
+    pb_mapper_free(m);
+    pb_flowset_free(set);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -663,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_common_leaves),
         cmocka_unit_test(test_type_guards),
         cmocka_unit_test(test_native_builtins),
+        cmocka_unit_test(test_utc_date),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
