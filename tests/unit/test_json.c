@@ -838,6 +838,122 @@ static void test_dumps_decimal_size_limit(void **state)
     free(big);
 }
 
+/* ---- pb_json_loadb: the same tree as json_loadb, or NULL for the same inputs ---- */
+
+/* Parse `text` both ways under `flags`: both refuse, or both give trees that
+ * serialise to the same bytes (key order, integer vs real and all). */
+static void compare_loaders(const char *text, size_t len, size_t flags)
+{
+    json_error_t je, pe;
+    json_t *want = json_loadb(text, len, flags, &je);
+    json_t *got = pb_json_loadb(text, len, flags, &pe);
+    if (!want != !got)
+        fail_msg("flags %zx, %zu bytes \"%.*s\": jansson %s, pb_json_loadb %s", flags, len,
+                 (int)(len > 200 ? 200 : len), text, want ? "parses" : je.text,
+                 got ? "parses" : pe.text);
+    if (want) {
+        char *a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+        char *b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+        assert_non_null(a);
+        assert_non_null(b);
+        if (strcmp(a, b) != 0 || !json_equal(want, got))
+            fail_msg("flags %zx, \"%.*s\": jansson %s, pb_json_loadb %s", flags,
+                     (int)(len > 200 ? 200 : len), text, a, b);
+        free(a);
+        free(b);
+    } else {
+        assert_true(pe.text[0] != '\0');
+        assert_true(pe.line >= 1 && pe.position >= 0 && (size_t)pe.position <= len);
+    }
+    json_decref(want);
+    json_decref(got);
+}
+
+static const size_t load_flags[] = {0, JSON_REJECT_DUPLICATES, JSON_DECODE_ANY, JSON_ALLOW_NUL,
+                                    JSON_DECODE_INT_AS_REAL,
+                                    JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL};
+
+static void test_loadb_cases(void **state)
+{
+    (void)state;
+    static const char *const cases[] = {
+        "{}", "[]", " {\"a\":1} \n", "{\"a\":1,\"a\":2}", "{\"a\":{\"b\":1},\"a\":[]}",
+        "[1,2.5,-0,1e3,-1E-2,0.0,1.5e+3]", "[9223372036854775807]", "[9223372036854775808]",
+        "[-9223372036854775808]", "[-9223372036854775809]", "[1e400]", "[-1e400]", "[1e-400]",
+        "\"str\"", "5", "null", "true", "false", "", "   ", "{", "[1,]", "{\"a\"}", "{\"a\":}",
+        "[1] x", "[1][2]", "[\"\\u0000\"]", "{\"\\u0000\":1}", "{\"a\\u0000b\":1}",
+        "[\"\\ud83d\\ude00\"]", "[\"\xff\"]", "[\"\xc3\xa9\"]", "[\"\xc3\"]", "[\"\xed\xa0\x80\"]",
+        "[01]", "[.5]", "[+1]", "[1.]", "[1e]", "[-]", "[tru]", "[nul]", "/* c */ []", "[] // c",
+        "{\"a\":[{\"b\":{\"c\":[]}}]}", "[\"a\\tb\\n\\\"\\\\\\/\\b\\f\\r\"]", "[\"\\x\"]",
+        "[\"\\u12\"]", "[\"tab\there\"]", "{\"\":\"\"}", "[[[[[]]]]]", "{\"a\":1,}", "[,1]",
+        "{1:2}", "{\"a\" 1}", "\xef\xbb\xbf[]", "[\"\\u00e9\"]", "[1,\n2,\n  x]",
+        "[123456789012345678901234567890.5]", "[1E+2]", "[-0.0]", "[0e0]",
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++)
+        for (size_t f = 0; f < sizeof(load_flags) / sizeof(*load_flags); f++)
+            compare_loaders(cases[i], strlen(cases[i]), load_flags[f]);
+    /* the depth limit at its edge, both ways */
+    for (size_t depth = PB_JSON_DEPTH_MAX - 1; depth <= PB_JSON_DEPTH_MAX + 1; depth++) {
+        char *t = malloc(2 * depth + 1);
+        assert_non_null(t);
+        memset(t, '[', depth);
+        memset(t + depth, ']', depth);
+        t[2 * depth] = '\0';
+        compare_loaders(t, 2 * depth, 0);
+        free(t);
+    }
+    /* the documented difference: a lone surrogate escape */
+    {
+        json_t *j = pb_json_loadb("[\"a\\ud800b\"]", 12, 0, NULL);
+        assert_null(json_loadb("[\"a\\ud800b\"]", 12, 0, NULL));
+        assert_non_null(j);
+        assert_string_equal(json_string_value(json_array_get(j, 0)), "a?b");
+        json_decref(j);
+    }
+    /* the other documented difference: a NUL byte outside a string */
+    assert_non_null(json_loadb("[1\0]", 4, 0, NULL));
+    assert_null(pb_json_loadb("[1\0]", 4, 0, NULL));
+    assert_null(pb_json_loadb("[\"a\0\"]", 6, JSON_ALLOW_NUL, NULL));
+    /* error position, line and column as jansson counts them */
+    {
+        json_error_t e;
+        assert_null(pb_json_loadb("{\"a\":1,\n \"b\":x}", 15, 0, &e));
+        assert_int_equal(e.line, 2);
+        assert_true(e.column >= 5 && e.position >= 13);
+    }
+}
+
+/* Random trees (test_dumps_decimal's generator: NULs in keys and strings,
+ * invalid UTF-8, extreme numbers), written by jansson in three layouts, then
+ * parsed whole, cut short and with one byte changed. */
+static void test_loadb_same_as_jansson(void **state)
+{
+    static const char mutations[] = "{}[]\",:0123456789eE.-+ tfnu\\\x01\xc3\xff\xed\xa0";
+    (void)state;
+    rng_state = 0x2545F4914F6CDD1DULL;
+    for (int t = 0; t < 600; t++) {
+        json_t *root = random_tree(0, t % 3 == 0);
+        size_t dump_flags = t % 3 == 0 ? JSON_COMPACT : t % 3 == 1 ? JSON_INDENT(2) : 0;
+        char *text = json_dumps(root, dump_flags | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+        size_t len;
+        json_decref(root);
+        if (!text)
+            continue; /* a tree jansson will not write (bad UTF-8 in a key) */
+        len = strlen(text);
+        for (size_t f = 0; f < sizeof(load_flags) / sizeof(*load_flags); f++)
+            compare_loaders(text, len, load_flags[f]);
+        for (int k = 0; k < 6 && len > 0; k++) {
+            size_t at = rng_below(len);
+            char saved = text[at];
+            compare_loaders(text, at, load_flags[k % 6]);
+            text[at] = mutations[rng_below(sizeof(mutations) - 1)];
+            compare_loaders(text, len, load_flags[(k + 1) % 6]);
+            text[at] = saved;
+        }
+        free(text);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -855,6 +971,8 @@ int main(void)
         cmocka_unit_test(test_dumps_decimal_escapes_exact),
         cmocka_unit_test(test_dumps_decimal_depth_edges),
         cmocka_unit_test(test_dumps_decimal_size_limit),
+        cmocka_unit_test(test_loadb_cases),
+        cmocka_unit_test(test_loadb_same_as_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
