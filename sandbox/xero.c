@@ -1884,7 +1884,7 @@ static json_t *body_elements(struct call *c, const char *key, json_t **root)
                         "The request body is empty; expected {\"%s\":[...]}", key);
         return NULL;
     }
-    *root = json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    *root = pb_json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!*root) {
         reply_exception(c->resp, 400, 14, "PostDataInvalidException",
                         "JSON for post data was invalid,%s Line %d, position %d.", jerr.text,

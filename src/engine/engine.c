@@ -460,8 +460,9 @@ static void prepare(struct worker *wk, struct work_item *w, int is_confirm)
     char day[11];
 
     if (!w->event) { /* else handed over by the job before it (run_batch's chain) */
-        w->event = json_loads(w->job->event_json, 0, &jerr);
-        w->refs = json_loads(w->job->refs_json, 0, &jerr);
+        const char *ev = w->job->event_json, *refs = w->job->refs_json;
+        w->event = ev ? pb_json_loadb(ev, strlen(ev), 0, &jerr) : NULL;
+        w->refs = refs ? pb_json_loadb(refs, strlen(refs), 0, &jerr) : NULL;
     }
     if (!w->event || !w->refs) {
         decide(w, PB_OUTCOME_DEAD, PB_ERR_INTERNAL, "stored event is not valid JSON");
