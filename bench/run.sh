@@ -23,7 +23,10 @@
 # (5000), BENCH_LATENCY_SECONDS (10), BENCH_E2E_EVENTS (50000),
 # BENCH_E2E_TIMEOUT (150), BENCH_WORKERS (4), BENCH_KEEP=1 keeps the stores,
 # BENCH_RECON_LINES (1000000), BENCH_RECON_SEED (20260301),
-# BENCH_SCENARIOS ("1 2 3 4 5") picks scenarios.
+# BENCH_SCENARIOS ("1 2 3 4 5") picks scenarios, BENCH_ENGINE_ENV and
+# BENCH_SANDBOX_ENV (VAR=value words for the server's or the sandbox's
+# environment), BENCH_ENGINE_WRAP (a command the server runs under, e.g.
+# valgrind): see bench/README.md.
 #
 # Only bash, coreutils, grep, sed and awk are needed: HTTP GETs go through
 # `pb_loadgen --get`. Servers are started directly (never through a subshell)
@@ -196,7 +199,7 @@ start_sandbox() {   # start_sandbox DIR -> XERO_PORT set
     cat >"$dir/sandbox.json" <<EOF
 {"bind":"127.0.0.1","xero":{"port":0,"limits":false,"tenant_id":"$TENANT"}}
 EOF
-    "$SBX" --config "$dir/sandbox.json" --ports-file "$dir/sandbox.ports" \
+    env ${BENCH_SANDBOX_ENV:-} "$SBX" --config "$dir/sandbox.json" --ports-file "$dir/sandbox.ports" \
         >"$dir/sandbox.out" 2>"$dir/sandbox.log" &
     SBX_PID=$!
     STARTED+=("$SBX_PID")
@@ -257,7 +260,7 @@ EOF
 start_engine() {    # start_engine DIR [--no-workers] -> ENGINE_PID, ENGINE_PORT
     local dir=$1
     shift
-    "$PB" serve -c "$dir/paybridge.yaml" --port 0 --port-file "$dir/engine.port" "$@" \
+    env ${BENCH_ENGINE_ENV:-} ${BENCH_ENGINE_WRAP:-} "$PB" serve -c "$dir/paybridge.yaml" --port 0 --port-file "$dir/engine.port" "$@" \
         >"$dir/engine.out" 2>"$dir/engine.log" &
     ENGINE_PID=$!
     STARTED+=("$ENGINE_PID")
