@@ -440,6 +440,8 @@ elif fresh latency && start_engine "$DIR" --no-workers; then
     crashed "$ENGINE_PID" latency && V=CRASH
     echo "   p50 $P50 ms, p90 $P90 ms, p99 $P99 ms, p99.9 $P999 ms, max $MAX ms; achieved ${RATE}/s, $FAILED failed, max backlog $BACKLOG  target p99 < 10 ms  $V"
     echo "   CPU (% of one core): server ${SERVER_CPU}%, pb_loadgen ${LG_PCT}%, whole machine ${BUSY}% (other work ~${OTHER}%)"
+    METRICS=$("$LG" --port "$ENGINE_PORT" --get /metrics 2>/dev/null)
+    echo "   store: $(metric paybridge_store_commits_total "$METRICS") commits, WAL restarted $(metric paybridge_store_wal_restarts_total "$METRICS") times, writer paused $(metric paybridge_store_wal_restart_pause_seconds_total "$METRICS") s for them"
     ROWS+=("ack latency @${LATENCY_RATE}/s|p99 ${P99} ms (p50 $P50, p99.9 $P999, max $MAX)|p99 < 10 ms|$V")
     RESULTS+=("\"ack_latency\":{\"loadgen\":${LG_JSON:-null},\"server_cpu_pct\":$SERVER_CPU,\"loadgen_cpu_pct\":$LG_PCT,\"machine_busy_pct\":$BUSY,\"other_work_pct\":$OTHER,\"target_p99_ms\":10,\"verdict\":\"$V\"}")
     finish_scenario latency

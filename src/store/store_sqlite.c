@@ -27,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -194,6 +195,7 @@ struct sqlite_store {
     struct reader readers[N_READERS];
     pthread_t checkpointer;         /* runs WAL checkpoints off the writer's path */
     sqlite3 *ckpt_db;
+    int ckpt_fd;                    /* the database file, for the checkpointer's fdatasync; -1 */
     int ckpt_started;
     atomic_int restart_wanted;      /* the checkpointer asks the writer to copy the tail */
     int wal_restart_frames;         /* WAL_RESTART_FRAMES, or the DSN's ?wal_restart_mib= */
@@ -1161,7 +1163,7 @@ static void sqlite_close(struct pb_store *base);
 static void *checkpointer_main(void *arg)
 {
     struct sqlite_store *s = arg;
-    int hurry = 0;
+    int hurry = 0, synced = -1;
     for (;;) {
         struct timespec ts;
         int stop, log = -1, copied = -1;
@@ -1178,6 +1180,15 @@ static void *checkpointer_main(void *arg)
         if (sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied) !=
             SQLITE_OK)
             log = copied = -1;
+        /* SQLite fsyncs the database only after a checkpoint that copied the
+         * whole WAL, which under load is only the writer's tail checkpoint:
+         * its fdatasync then wrote back everything copied since the last
+         * restart, and the writer (every webhook) waited 13-16 ms for it at
+         * 5,000/s. Sync what was copied here, off the writer's path. */
+        if (s->ckpt_fd >= 0 && copied > 0 && copied != synced) {
+            fdatasync(s->ckpt_fd);
+            synced = copied;
+        }
         if (stop)
             break;
         hurry = log >= s->wal_restart_frames;
@@ -1227,6 +1238,7 @@ static enum pb_rc sqlite_open(const char *dsn, struct pb_store **out, struct pb_
     }
     s->base.magic = PB_STORE_MAGIC;
     s->base.ops = &pb_store_sqlite_ops;
+    s->ckpt_fd = -1;
     s->path = path;
     s->wal_restart_frames = frames;
     pthread_mutex_init(&s->lock, NULL);
@@ -1237,6 +1249,7 @@ static enum pb_rc sqlite_open(const char *dsn, struct pb_store **out, struct pb_
         goto fail;
     if (open_conn(path, 0, &s->ckpt_db, err))
         goto fail;
+    s->ckpt_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no early syncs, as SQLite does */
     for (int i = 0; i < ST_COUNT; i++)
         if (sqlite3_prepare_v3(s->db, STMT_SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
             SQLITE_OK) {
@@ -1282,6 +1295,8 @@ static void sqlite_close(struct pb_store *base)
         pthread_join(s->checkpointer, NULL);
     if (s->ckpt_db)
         sqlite3_close(s->ckpt_db);
+    if (s->ckpt_fd >= 0)
+        close(s->ckpt_fd);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     for (int i = 0; i < N_READERS; i++) {
