@@ -1145,10 +1145,11 @@ static void sqlite_close(struct pb_store *base);
  * and this thread has copied all but WAL_TAIL_FRAMES of them, it asks the
  * writer (restart_wanted) to copy the rest itself between two batches
  * (wal_tail_checkpoint), and the file is reused from its start, at a steady
- * size below journal_size_limit. The writer pauses then, for 5-25 ms: a
- * few fsyncs (the tail's pages into the database, the database again once
- * the WAL is complete, the new WAL header) and SQLite's sort of every frame
- * of the WAL, which grows with the WAL. So the threshold is a trade between
+ * size below journal_size_limit. The writer pauses then: a few fsyncs (the
+ * tail's pages into the database, the database again once the WAL is
+ * complete, the new WAL header) and SQLite's sort of the tail's frames. It
+ * paused 5-25 ms until this thread also fdatasynced the database after its
+ * own checkpoints (see below); since then ~2.5 ms. So the threshold is a trade between
  * how often and how long (measured with `?wal_restart_mib=`, bench/run.sh
  * scenario 3 and an open loop at 5,000/s; one pause costs ~6 ms plus ~1 ms
  * per 4,000 frames): at 16 MiB 46 pauses of 7 ms in 10 s and a p99 of
