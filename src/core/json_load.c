@@ -14,6 +14,7 @@
  * builds and the caller's json_error_t. Thread-safe (no global state).
  */
 #include "core/json.h"
+#include "core/utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -146,43 +147,12 @@ static int on_number(void *ctx, const char *s, size_t len)
     return ok;
 }
 
-/* UTF-8 as jansson accepts it (RFC 3629): no overlong forms, no surrogates
- * (yajl's own check lets ED A0 80 through), nothing above U+10FFFF. */
-static int utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf)
-            n = 1;
-        else if (c >= 0xe0 && c <= 0xef)
-            n = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-        else if (c >= 0xf0 && c <= 0xf4)
-            n = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-        else
-            return 0;
-        if (len - i <= n || s[i + 1] < lo || s[i + 1] > hi)
-            return 0;
-        for (size_t k = 2; k <= n; k++)
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-        i += n + 1;
-    }
-    return 1;
-}
-
 static int on_string(void *ctx, const unsigned char *s, size_t len)
 {
     struct builder *b = ctx;
     if (!(b->flags & JSON_ALLOW_NUL) && memchr(s, '\0', len))
         return refuse(b, "\\u0000 is not allowed without JSON_ALLOW_NUL");
-    if (!utf8_valid(s, len))
+    if (!pb_utf8_valid(s, len))
         return refuse(b, "invalid UTF-8 in a string");
     return put(b, json_stringn_nocheck((const char *)s, len));
 }
@@ -190,7 +160,7 @@ static int on_string(void *ctx, const unsigned char *s, size_t len)
 static int on_key(void *ctx, const unsigned char *s, size_t len)
 {
     struct builder *b = ctx;
-    if (!utf8_valid(s, len))
+    if (!pb_utf8_valid(s, len))
         return refuse(b, "invalid UTF-8 in an object key");
     if (memchr(s, '\0', len))
         return refuse(b, "NUL byte in object key not supported");
@@ -267,7 +237,7 @@ json_t *pb_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *e
         set_error(error, buf, len, 0, "out of memory");
         return NULL;
     }
-    yajl_config(h, yajl_dont_validate_strings, 1); /* utf8_valid() checks, strictly */
+    yajl_config(h, yajl_dont_validate_strings, 1); /* pb_utf8_valid() checks, strictly (yajl lets ED A0 80 through) */
     b.h = h;
     b.parsing = 1;
     st = yajl_parse(h, (const unsigned char *)buf, len);

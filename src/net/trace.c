@@ -77,6 +77,7 @@
 #include <strings.h>
 
 #include "core/pan.h"
+#include "core/utf8.h"
 
 #define TRACE_MAX_CALLS 64
 #define REDACTED "***"
@@ -178,39 +179,6 @@ static int name_is_secret(const char *name, size_t n, const char *const *words)
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80)
-        return c ? 1 : 0;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
-
 /* Copy with every invalid UTF-8 byte and every NUL replaced by '?'. */
 static char *utf8_sanitize(const char *in, size_t n)
 {
@@ -218,7 +186,7 @@ static char *utf8_sanitize(const char *in, size_t n)
     if (!out)
         return NULL;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq((const unsigned char *)in + i, n - i);
+        size_t k = in[i] ? pb_utf8_seq((const unsigned char *)in + i, n - i) : 0;
         if (!k) {
             out[i++] = '?';
             continue;

@@ -51,6 +51,7 @@
 #include <strings.h>
 
 #include "core/pan.h"
+#include "core/utf8.h"
 #include "syspro_internal.h"
 
 #define XML_DEPTH_MAX 8   /* nesting of a mapped document */
@@ -241,44 +242,6 @@ char *pb__syspro_xml_dump(xmlDocPtr doc)
 
 /* ---- replies ------------------------------------------------------------------------ */
 
-static int valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t k;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF) {
-            k = 1;
-            cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            k = 2;
-            cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + k >= n)
-            return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + j] & 0x3F);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 /* Does the body open with an XML declaration that names an encoding? */
 static int declares_encoding(const char *body, size_t len)
 {
@@ -344,7 +307,7 @@ xmlDocPtr pb__syspro_xml_parse_reply(const char *body, size_t len, const char *c
         encoding = NULL; /* UTF-16 with a byte-order mark: libxml2 detects it */
     else if (content_type_charset(content_type, charset, sizeof charset))
         encoding = charset;
-    else if (valid_utf8(u, len))
+    else if (pb_utf8_valid(u, len))
         encoding = "UTF-8";
     else
         encoding = "windows-1252";
