@@ -469,6 +469,50 @@ static void expect_mapping_error(struct pb_mapper *m, const struct pb_flow_step 
     json_decref(refs);
 }
 
+/* A probe flow given as YAML text, a mapper for it and the sample payment. */
+struct probe {
+    struct pb_flowset *set;
+    const struct pb_flow *f;
+    struct pb_mapper *m;
+    json_t *ev, *refs;
+};
+
+static void probe_open(struct probe *p, const char *yaml)
+{
+    struct pb_err err = {0};
+    p->set = set_from_yaml(yaml);
+    p->f = pb_flowset_flow(p->set, 0);
+    p->m = pb_mapper_new(p->set, &err);
+    p->ev = event("opayo-payment-ok-gbp.json");
+    p->refs = json_object();
+    assert_non_null(p->m);
+}
+
+static void probe_close(struct probe *p)
+{
+    json_decref(p->refs);
+    json_decref(p->ev);
+    pb_mapper_free(p->m);
+    pb_flowset_free(p->set);
+}
+
+/* Step k of the probe maps (else the test fails with the message): its
+ * document, its reference in *ref and whether it runs in *run (the
+ * caller's to free; run may be NULL). */
+static json_t *probe_step(struct probe *p, size_t k, char **ref, int *run)
+{
+    struct pb_err err = {0};
+    json_t *doc = NULL;
+    int r = 0;
+    *ref = NULL;
+    if (pb_mapper_step(p->m, &p->f->steps[k], p->ev, p->refs, "7", TODAY, &r, ref, &doc, &err) !=
+        PB_OK)
+        fail_msg("step %s: %s", p->f->steps[k].name, err.msg);
+    if (run)
+        *run = r;
+    return doc;
+}
+
 /* Leaves of a step with the same text are evaluated once (mapping.c "Common
  * leaves"): the document is the same, a shared leaf that fails still fails
  * the step with its message, and leaves that must not be shared are not. */
@@ -488,17 +532,13 @@ static void test_common_leaves(void **state)
         "  - {name: c, command: x.create, reference: '\"c\"', document: {A: '(1, 2)', B: '(1, 2)'}}\n"
         "  - {name: d, command: x.create, reference: '\"d\"', document: {A: 'error(\"boom\")', B: 'error(\"boom\")'}}\n"
         "  - {name: e, command: x.create, reference: '\"e\"', document: {A: 'empty', B: 'empty'}}\n";
-    struct pb_flowset *set = set_from_yaml(yaml);
-    const struct pb_flow *f = pb_flowset_flow(set, 0);
-    struct pb_err err = {0};
-    struct pb_mapper *m = pb_mapper_new(set, &err);
-    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL;
-    char *ref = NULL;
+    struct probe p;
+    json_t *doc;
+    char *ref;
     int run = 0;
-    assert_non_null(m);
+    probe_open(&p, yaml);
 
-    assert_int_equal(pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
-                     PB_OK);
+    doc = probe_step(&p, 0, &ref, &run);
     assert_true(run);
     assert_string_equal(ref, "ORDER-10023");
     char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
@@ -509,10 +549,7 @@ static void test_common_leaves(void **state)
     json_decref(doc);
 
     /* $__loc__ is where the text is: the two leaves differ, shared or not */
-    ref = NULL;
-    doc = NULL;
-    assert_int_equal(pb_mapper_step(m, &f->steps[1], ev, refs, "7", TODAY, &run, &ref, &doc, &err),
-                     PB_OK);
+    doc = probe_step(&p, 1, &ref, NULL);
     assert_true(json_is_integer(json_object_get(doc, "A")));
     assert_true(json_integer_value(json_object_get(doc, "A")) !=
                 json_integer_value(json_object_get(doc, "B")));
@@ -524,11 +561,8 @@ static void test_common_leaves(void **state)
     /* several values, an error, no value: the step fails and names the field */
     static const char *const want[] = {"more than one value", "boom", "no value"};
     for (size_t k = 2; k <= 4; k++)
-        expect_mapping_error(m, &f->steps[k], ev, "field A", want[k - 2]);
-    json_decref(refs);
-    json_decref(ev);
-    pb_mapper_free(m);
-    pb_flowset_free(set);
+        expect_mapping_error(p.m, &p.f->steps[k], p.ev, "field A", want[k - 2]);
+    probe_close(&p);
 }
 
 /* Whens that test the event's type are decided in C by pb_mapper_next
@@ -611,16 +645,11 @@ static void test_native_builtins(void **state)
         "      G: '[\"x\" | debug, ([inputs] | length), (try input catch .)]'\n"
         "  - {name: b, command: x.create, reference: '\"b\"', document: {A: '5 | ascii_downcase'}}\n"
         "  - {name: c, command: x.create, reference: '\"c\"', document: {A: '{} | trim'}}\n";
-    struct pb_flowset *set = set_from_yaml(yaml);
-    const struct pb_flow *f = pb_flowset_flow(set, 0);
-    struct pb_err err = {0};
-    struct pb_mapper *m = pb_mapper_new(set, &err);
-    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL;
-    char *ref = NULL, *text;
-    int run = 0;
-    assert_non_null(m);
-    if (pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err) != PB_OK)
-        fail_msg("%s", err.msg);
+    struct probe p;
+    json_t *doc;
+    char *ref, *text;
+    probe_open(&p, yaml);
+    doc = probe_step(&p, 0, &ref, NULL);
     assert_string_equal(ref, "ann@example.com");
     assert_true(json_equal(json_object_get(doc, "D"), json_object_get(doc, "DR")));
     assert_true(json_equal(json_object_get(doc, "U"), json_object_get(doc, "UR")));
@@ -643,11 +672,8 @@ static void test_native_builtins(void **state)
     static const char *const want[] = {"explode input must be a string",
                                        "trim input must be a string"};
     for (size_t k = 1; k <= 2; k++)
-        expect_mapping_error(m, &f->steps[k], ev, "field A", want[k - 1]);
-    json_decref(refs);
-    json_decref(ev);
-    pb_mapper_free(m);
-    pb_flowset_free(set);
+        expect_mapping_error(p.m, &p.f->steps[k], p.ev, "field A", want[k - 1]);
+    probe_close(&p);
 }
 
 /* utc_date (mapping.c "Native builtins"): the UTC date of an RFC 3339 / ISO
@@ -676,17 +702,12 @@ static void test_utc_date(void **state)
         "             \"9999-12-31T23:00:00-02:00\", null, 20261121, {}]\n"
         "            | map(utc_date)'\n"
         "      FALLBACK: '(.nothing | utc_date) // $now'\n";
-    struct pb_flowset *set = set_from_yaml(yaml);
-    const struct pb_flow *f = pb_flowset_flow(set, 0);
-    struct pb_err err = {0};
-    struct pb_mapper *m = pb_mapper_new(set, &err);
-    json_t *ev = event("opayo-payment-ok-gbp.json"), *refs = json_object(), *doc = NULL, *v;
-    char *ref = NULL, *text;
+    struct probe p;
+    json_t *doc, *v;
+    char *ref, *text;
     size_t i;
-    int run = 0;
-    assert_non_null(m);
-    if (pb_mapper_step(m, &f->steps[0], ev, refs, "7", TODAY, &run, &ref, &doc, &err) != PB_OK)
-        fail_msg("%s", err.msg);
+    probe_open(&p, yaml);
+    doc = probe_step(&p, 0, &ref, NULL);
     assert_string_equal(ref, "2026-11-21");
     text = json_dumps(json_object_get(doc, "OK"), JSON_COMPACT);
     assert_string_equal(text, "[\"2026-11-21\",\"2026-11-22\",\"2026-11-20\",\"2024-02-29\","
@@ -700,10 +721,7 @@ static void test_utc_date(void **state)
     assert_string_equal(json_string_value(json_object_get(doc, "FALLBACK")), TODAY);
     free(ref);
     json_decref(doc);
-    json_decref(refs);
-    json_decref(ev);
-    pb_mapper_free(m);
-    pb_flowset_free(set);
+    probe_close(&p);
 }
 
 int main(void)
